@@ -1,0 +1,292 @@
+"""The profile schema and its loading: one IdP connection with its targets and sync settings.
+
+A profile lives in `mappings/<name>/`: `profile.yaml` (validated here with pydantic; unknown
+keys are errors, not ignored), `attributes.csv` and `groups.csv` (validated by
+`usersync.mapping`). Secrets never sit in these files: a `SecretRef` names an environment
+variable or a Prefect Secret block, resolved at run time by whoever runs the sync.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from usersync.errors import ConfigError
+
+PROFILE_FILE = "profile.yaml"
+PROFILE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+
+
+class StrictModel(BaseModel):
+    """Base of every profile section: unknown keys are refused, so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(StrictModel):
+    """Where a secret comes from: an environment variable or a Prefect Secret block, by name."""
+
+    env: str | None = Field(None, description="Name of an environment variable holding the secret.")
+    prefect_secret: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the secret."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.prefect_secret is None):
+            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
+        return self
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"prefect_secret:{self.prefect_secret}"
+
+
+SecretLoader = Callable[[str], str]
+
+
+def resolve_secret(ref: SecretRef, *, load_prefect_secret: SecretLoader | None = None) -> str:
+    """The secret's value.
+
+    Args:
+        ref: where the secret is.
+        load_prefect_secret: reads a Prefect Secret block by name; the engine has no Prefect,
+            so the caller supplies it.
+
+    Raises:
+        ConfigError: the variable is unset or empty, or a block was named but no loader given.
+    """
+    if ref.env is not None:
+        value = os.environ.get(ref.env, "")
+        if not value:
+            raise ConfigError(f"environment variable {ref.env} is not set (needed for a secret)")
+        return value
+    if load_prefect_secret is None:
+        raise ConfigError(
+            f"secret '{ref.prefect_secret}' is a Prefect Secret block; run the sync through "
+            "Prefect or use an environment variable instead"
+        )
+    return load_prefect_secret(ref.prefect_secret or "")
+
+
+# -- sources --------------------------------------------------------------------------------
+
+
+class LdapTls(StrictModel):
+    """TLS for an LDAP connection. Certificates are validated unless explicitly turned off."""
+
+    mode: Literal["none", "ldaps", "starttls"] = Field(
+        "none", description="'ldaps' for ldaps:// URLs, 'starttls' to upgrade ldap://, or 'none'."
+    )
+    ca_file: Path | None = Field(None, description="PEM file of the CA that signed the server.")
+    validate_certificate: bool = Field(True, description="Turn off only for a lab directory.")
+
+
+class LdapSourceConfig(StrictModel):
+    """An LDAP directory (OpenLDAP, 389-ds, Active Directory)."""
+
+    kind: Literal["ldap"]
+    flavour: Literal["openldap", "active_directory"] = "openldap"
+    url: str = Field(description="ldap://host:port or ldaps://host:port")
+    bind_dn: str
+    bind_password: SecretRef
+    tls: LdapTls = LdapTls()
+    allow_cleartext_bind: bool = Field(
+        False,
+        description="Allow a simple bind over an unencrypted connection (lab directories only).",
+    )
+    user_base_dn: str
+    user_filter: str = "(objectClass=inetOrgPerson)"
+    group_base_dn: str
+    group_filter: str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
+    id_attribute: str = Field("entryUUID", description="Immutable user/group id attribute.")
+    group_name_attribute: str = "cn"
+    membership: Literal["group_member", "member_of"] = Field(
+        "group_member",
+        description="Read membership from the groups' member attributes or the users' memberOf.",
+    )
+    member_attributes: tuple[str, ...] = ("member", "uniqueMember")
+    disabled_filter: str | None = Field(
+        None, description="Users matching this filter are inactive, e.g. (pwdAccountLockedTime=*)."
+    )
+    page_size: int = Field(500, ge=1, le=1000)
+    connect_timeout_seconds: float = Field(10, gt=0)
+    receive_timeout_seconds: float = Field(60, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _ldap_url(cls, value: str) -> str:
+        if not value.startswith(("ldap://", "ldaps://")):
+            raise ValueError("must start with ldap:// or ldaps://")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_matches_url(self) -> LdapSourceConfig:
+        if self.url.startswith("ldaps://") and self.tls.mode != "ldaps":
+            raise ValueError("an ldaps:// URL needs tls.mode: ldaps")
+        if self.url.startswith("ldap://") and self.tls.mode == "ldaps":
+            raise ValueError("tls.mode ldaps needs an ldaps:// URL")
+        return self
+
+
+SourceConfig = Annotated[LdapSourceConfig, Field(discriminator="kind")]
+
+
+# -- targets --------------------------------------------------------------------------------
+
+
+class BasicAuth(StrictModel):
+    kind: Literal["basic"]
+    username: str
+    password: SecretRef
+
+
+class TokenAuth(StrictModel):
+    """A personal access token, sent as `Authorization: Bearer`."""
+
+    kind: Literal["token"]
+    token: SecretRef
+
+
+TargetAuth = Annotated[BasicAuth | TokenAuth, Field(discriminator="kind")]
+
+
+class TargetConfig(StrictModel):
+    """One Atlassian Data Center instance."""
+
+    kind: Literal["jira", "confluence", "bitbucket"]
+    url: str = Field(description="Base URL including the context path, e.g. https://jira.corp/jira")
+    auth: TargetAuth
+    timeout_seconds: float = Field(30, gt=0, description="Connect/read timeout of every call.")
+    max_attempts: int = Field(5, ge=1, le=20, description="Tries per call for 429/5xx/resets.")
+    max_retry_wait_seconds: float = Field(120, gt=0, description="Cap on one Retry-After wait.")
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    confluence_api: Literal["auto", "rest", "jsonrpc"] = Field(
+        "auto",
+        description="Confluence only: REST admin API (8.2+), JSON-RPC (older), or detect.",
+    )
+
+    @model_validator(mode="after")
+    def _product_options(self) -> TargetConfig:
+        if self.kind != "confluence" and self.confluence_api != "auto":
+            raise ValueError("confluence_api applies to kind: confluence only")
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+class SyncSettings(StrictModel):
+    """What a sync may do, and the guards that stop it before a mass change."""
+
+    create_users: bool = True
+    update_users: bool = True
+    deactivate_missing_users: bool = Field(
+        True, description="Deactivate managed accounts that left the source or are disabled there."
+    )
+    reactivate_users: bool = True
+    remove_memberships: bool = Field(
+        True, description="Remove managed users from managed groups the source no longer lists."
+    )
+    protected_usernames: tuple[str, ...] = Field(
+        (), description="Accounts usersync never touches (admins, service accounts)."
+    )
+    max_deactivations: int = Field(
+        500, ge=0, description="A plan that deactivates more accounts than this is refused."
+    )
+    max_deactivation_ratio: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="...or more than this share of the managed accounts (once 20 are managed).",
+    )
+    min_source_users: int = Field(1, ge=1, description="A smaller source aborts the run.")
+
+
+class Profile(StrictModel):
+    """One IdP connection: `mappings/<name>/profile.yaml`."""
+
+    name: str = Field(pattern=PROFILE_NAME_PATTERN)
+    description: str = ""
+    source: SourceConfig
+    targets: dict[str, TargetConfig] = Field(min_length=1)
+    settings: SyncSettings = SyncSettings()
+
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, value: dict[str, TargetConfig]) -> dict[str, TargetConfig]:
+        import re
+
+        for name in value:
+            if not re.match(PROFILE_NAME_PATTERN, name):
+                raise ValueError(f"target name '{name}': use lower-case letters, digits, dashes")
+        return value
+
+
+def mappings_dir() -> Path:
+    """Where profiles live: $USERSYNC_MAPPINGS_DIR, else ./mappings."""
+    return Path(os.environ.get("USERSYNC_MAPPINGS_DIR", "mappings"))
+
+
+def profile_dir(name: str, root: Path | None = None) -> Path:
+    """The folder of profile `name`.
+
+    Raises:
+        ConfigError: no such profile; the message lists the profiles there are.
+    """
+    root = root or mappings_dir()
+    folder = root / name
+    if not (folder / PROFILE_FILE).is_file():
+        known = sorted(p.parent.name for p in root.glob(f"*/{PROFILE_FILE}"))
+        raise ConfigError(
+            f"no profile '{name}' in {root}/ (expected {folder / PROFILE_FILE}); "
+            f"profiles there: {', '.join(known) or 'none'}"
+        )
+    return folder
+
+
+def load_profile(name: str, root: Path | None = None) -> Profile:
+    """Read and validate `mappings/<name>/profile.yaml`.
+
+    Raises:
+        ConfigError: missing file, YAML syntax error, or a schema violation; every problem
+            is listed with its path inside the file.
+    """
+    path = profile_dir(name, root) / PROFILE_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw.setdefault("name", name)
+    if raw["name"] != name:
+        raise ConfigError(f"{path}: name '{raw['name']}' differs from its folder '{name}'")
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid profile:\n{format_validation_error(exc)}") from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `  source.page_size: Input should be less than or equal to 1000`."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling against the documented keys)"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The canonical tables that pass between the stages of a sync, with their column names and dtypes.
+
+Every stage speaks pandas DataFrames whose columns are fixed here: a source produces a
+`SourceSnapshot` (users, groups, memberships keyed by immutable source ids), the mapping step
+turns it into a `DesiredState` per target, a target reports its `TargetState`, and the planner
+emits an operations table (`PLAN_COLUMNS`). `empty_frame` and `conform` build and check frames
+so that a stage never has to guess what another stage meant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+STRING = "string"
+BOOLEAN = "boolean"
+INT = "Int64"
+
+#: Source users: one row per user. Besides these columns a snapshot carries one string column
+#: per source attribute the mapping tables read (named as the profile spells them).
+SOURCE_USER_COLUMNS: dict[str, str] = {
+    "source_id": STRING,  # immutable id: entryUUID, objectGUID, SCIM id
+    "locator": STRING,  # where the user lives in the source (DN, SCIM location); for messages
+    "active": BOOLEAN,  # False when the source says the account is disabled
+}
+
+#: Source groups: one row per group.
+SOURCE_GROUP_COLUMNS: dict[str, str] = {
+    "source_group_id": STRING,  # immutable id of the group (entryUUID, objectGUID, SCIM id)
+    "source_group": STRING,  # the group's name in the source (cn, displayName)
+}
+
+#: Source memberships: user (by source id) is a direct or resolved member of group (by name).
+SOURCE_MEMBERSHIP_COLUMNS: dict[str, str] = {
+    "source_id": STRING,
+    "source_group": STRING,
+}
+
+#: The attributes a target account is described by, after mapping.
+USER_ATTRIBUTES: tuple[str, ...] = ("username", "email", "display_name")
+
+#: Desired users for one target: what the IdP says each account should look like.
+DESIRED_USER_COLUMNS: dict[str, str] = {
+    "source_id": STRING,
+    "username": STRING,
+    "email": STRING,
+    "display_name": STRING,
+    "active": BOOLEAN,
+}
+
+#: Desired memberships for one target (target group names).
+DESIRED_MEMBERSHIP_COLUMNS: dict[str, str] = {
+    "source_id": STRING,
+    "username": STRING,
+    "group": STRING,
+}
+
+#: Desired groups for one target.
+DESIRED_GROUP_COLUMNS: dict[str, str] = {"group": STRING}
+
+#: Users as a target holds them now.
+TARGET_USER_COLUMNS: dict[str, str] = {
+    "target_key": STRING,  # the product's immutable key (Jira key, Confluence userKey, Bitbucket id)
+    "username": STRING,
+    "email": STRING,
+    "display_name": STRING,
+    "active": BOOLEAN,
+}
+
+#: Groups a target holds now (only those the run asked about).
+TARGET_GROUP_COLUMNS: dict[str, str] = {"group": STRING}
+
+#: Memberships a target holds now (only for the groups the run asked about).
+TARGET_MEMBERSHIP_COLUMNS: dict[str, str] = {"username": STRING, "group": STRING}
+
+#: What usersync manages in a target (from the store's ledger).
+LEDGER_COLUMNS: dict[str, str] = {
+    "kind": STRING,  # "user" or "group"
+    "source_id": STRING,  # users: the source's immutable id; groups: empty
+    "target_key": STRING,  # users: the product key; groups: the group name
+    "name": STRING,  # username or group name when last written
+    "origin": STRING,  # "created" or "adopted"
+}
+
+#: The plan: one row per operation, in execution order.
+PLAN_COLUMNS: dict[str, str] = {
+    "seq": INT,
+    "target": STRING,
+    "op": STRING,  # one of OPERATIONS
+    "source_id": STRING,
+    "target_key": STRING,
+    "username": STRING,
+    "group": STRING,
+    "before": STRING,  # JSON of the changed fields before, "" when not applicable
+    "after": STRING,  # JSON of the changed fields after
+    "reason": STRING,  # why the planner chose this operation
+}
+
+#: Operation kinds, in the order a plan executes them. Groups exist before members are added;
+#: accounts are (re)activated before they join groups; removals and deactivations come last.
+OPERATIONS: tuple[str, ...] = (
+    "create_group",
+    "create_user",
+    "update_user",
+    "reactivate_user",
+    "add_membership",
+    "remove_membership",
+    "deactivate_user",
+)
+
+
+def empty_frame(columns: dict[str, str]) -> pd.DataFrame:
+    """An empty DataFrame with exactly these columns and dtypes."""
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
+
+
+def conform(frame: pd.DataFrame, columns: dict[str, str], *, what: str) -> pd.DataFrame:
+    """Return `frame` with the documented columns cast to their dtypes, in documented order first.
+
+    Extra columns are kept after the documented ones (source snapshots carry attributes).
+
+    Raises:
+        ValueError: a documented column is missing; the message names the table and the column.
+    """
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}")
+    extra = [name for name in frame.columns if name not in columns]
+    out = frame[list(columns) + extra].copy()
+    for name, dtype in columns.items():
+        out[name] = out[name].astype(dtype)
+    return out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class SourceSnapshot:
+    """A complete read of a source. Sources raise instead of returning a partial snapshot."""
+
+    users: pd.DataFrame
+    groups: pd.DataFrame
+    memberships: pd.DataFrame
+    source_kind: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "users": len(self.users),
+            "groups": len(self.groups),
+            "memberships": len(self.memberships),
+        }
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What one target should hold according to the source and the mapping tables."""
+
+    users: pd.DataFrame
+    groups: pd.DataFrame
+    memberships: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """What one target holds now, for the users and groups the run asked about."""
+
+    users: pd.DataFrame
+    groups: pd.DataFrame
+    memberships: pd.DataFrame

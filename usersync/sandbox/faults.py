@@ -1,0 +1,236 @@
+"""What every emulator shares: a request log, added latency and injected faults.
+
+`Instrumented` wraps a product emulator's ASGI app. It records every request (method, path,
+query, JSON body, status) so tests can prove what a run wrote, and it can delay answers or
+replace them with faults: 429 with the product's rate-limit headers, a 5xx, or a dropped
+connection (the response starts and the connection closes mid-body). Faults are configured
+in Python (`emulator.faults`) or over HTTP at `/_sandbox/faults`; the log is at
+`/_sandbox/requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CONTROL_PREFIX = "/_sandbox"
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    status: int = 0
+    auth: str = ""  # "basic", "bearer" or "" (never the credential itself)
+
+    @property
+    def is_write(self) -> bool:
+        return self.method in WRITE_METHODS
+
+
+@dataclass
+class Faults:
+    """Fault and latency settings. Counters apply to requests outside /_sandbox.
+
+    `script` is a queue of faults for the next requests, one per request, each "429", "500",
+    "503" or "drop"; after it is empty the periodic settings apply (every Nth request).
+    """
+
+    latency_seconds: float = 0.0
+    rate_limit_every: int = 0
+    retry_after_seconds: float = 1.0
+    error_every: int = 0
+    error_status: int = 500
+    drop_every: int = 0
+    only_methods: tuple[str, ...] = ()
+    script: deque[str] = field(default_factory=deque)
+    seen: int = 0
+
+    def next_fault(self, method: str) -> str | None:
+        if self.only_methods and method not in self.only_methods:
+            return None
+        self.seen += 1
+        if self.script:
+            return self.script.popleft()
+        for every, fault in (
+            (self.drop_every, "drop"),
+            (self.rate_limit_every, "429"),
+            (self.error_every, str(self.error_status)),
+        ):
+            if every and self.seen % every == 0:
+                return fault
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["script"] = list(self.script)
+        return out
+
+
+RateLimitHeaders = Callable[[float], dict[str, str]]
+
+
+def retry_after_only(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(int(seconds) if float(seconds).is_integer() else seconds)}
+
+
+class Instrumented:
+    """ASGI middleware: request log, latency, faults, and the /_sandbox control endpoints.
+
+    Args:
+        app: the product emulator's ASGI app.
+        rate_limit_headers: the headers a 429 of this product carries, given the wait.
+        error_body: the JSON body of an injected error, in the product's error shape.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        rate_limit_headers: RateLimitHeaders = retry_after_only,
+        error_body: Callable[[int, str], Any] = lambda status, message: {"message": message},
+    ) -> None:
+        self.app = app
+        self.faults = Faults()
+        self.requests: list[RecordedRequest] = []
+        self.rate_limit_headers = rate_limit_headers
+        self.error_body = error_body
+        self._lock = threading.Lock()
+
+    # -- Python API for tests ------------------------------------------------------------
+
+    def writes(self) -> list[RecordedRequest]:
+        """Requests with a write method (POST, PUT, PATCH, DELETE), in order."""
+        with self._lock:
+            return [r for r in self.requests if r.is_write]
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # -- ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path.startswith(CONTROL_PREFIX):
+            await self._control(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        record = RecordedRequest(
+            method=scope["method"],
+            path=path,
+            query=dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)),
+            body=_decode(body),
+            auth=_auth_kind(scope),
+        )
+        with self._lock:
+            self.requests.append(record)
+            fault = self.faults.next_fault(record.method)
+            latency = self.faults.latency_seconds
+            retry_after = self.faults.retry_after_seconds
+        if latency:
+            await asyncio.sleep(latency)
+        if fault == "drop":
+            record.status = -1
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"1000"),
+                                    (b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
+            raise ConnectionAbortedError("sandbox: injected dropped connection")
+        if fault is not None:
+            status = int(fault)
+            headers = self.rate_limit_headers(retry_after) if status == 429 else {}
+            message = "Rate limit exceeded" if status == 429 else "Injected server error"
+            await _send_json(send, status, self.error_body(status, message), headers)
+            record.status = status
+            return
+
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+            await send(message)
+
+        await self.app(scope, replay, capture)
+
+    async def _control(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path, method = scope["path"], scope["method"]
+        body = _decode(await _read_body(receive))
+        if path == f"{CONTROL_PREFIX}/requests" and method == "GET":
+            with self._lock:
+                data = [asdict(r) for r in self.requests]
+            await _send_json(send, 200, data)
+        elif path == f"{CONTROL_PREFIX}/requests" and method == "DELETE":
+            self.clear_log()
+            await _send_json(send, 204, None)
+        elif path == f"{CONTROL_PREFIX}/faults" and method == "GET":
+            await _send_json(send, 200, self.faults.as_dict())
+        elif path == f"{CONTROL_PREFIX}/faults" and method == "PUT" and isinstance(body, dict):
+            settings = {k: v for k, v in body.items() if k != "seen"}
+            settings["script"] = deque(settings.get("script", []))
+            if "only_methods" in settings:
+                settings["only_methods"] = tuple(settings["only_methods"])
+            try:
+                new = Faults(**settings)
+            except TypeError as exc:
+                await _send_json(send, 400, {"message": str(exc)})
+                return
+            with self._lock:
+                self.faults = new
+            await _send_json(send, 200, new.as_dict())
+        else:
+            await _send_json(send, 404, {"message": f"no sandbox control {method} {path}"})
+
+
+async def _read_body(receive: Callable) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _decode(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+
+
+def _auth_kind(scope: dict) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            return value.split(b" ", 1)[0].decode().lower()
+    return ""
+
+
+async def _send_json(send: Callable, status: int, data: Any, headers: dict | None = None) -> None:
+    payload = b"" if data is None or status == 204 else json.dumps(data).encode()
+    raw_headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,69 @@
+"""Serve an ASGI app over real HTTP on loopback, in a background thread.
+
+The emulators, the SCIM inbox and the tests use it: `with serve(app) as url:` yields the base
+URL of a uvicorn server bound to 127.0.0.1 on a free port and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+
+class _HideInjectedDrops(logging.Filter):
+    """Injected dropped connections are the point of a fault test, not an error to print."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ConnectionAbortedError))
+
+
+_DROPS_FILTER = _HideInjectedDrops()
+
+
+class ServedApp:
+    """A uvicorn server running `app` in a daemon thread."""
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        logging.getLogger("uvicorn.error").addFilter(_DROPS_FILTER)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.run, daemon=True, name="sandbox")
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_seconds: float = 10.0) -> ServedApp:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_seconds
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"sandbox server on {self.host}:{self.port} did not start")
+            time.sleep(0.02)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@contextmanager
+def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `app` for the duration of the block; yield its base URL."""
+    served = ServedApp(app, host=host, port=port).start()
+    try:
+        yield served.url
+    finally:
+        served.stop()
