@@ -90,7 +90,9 @@ def error_text(response: httpx.Response) -> str:
         if isinstance(errors, dict):
             parts.extend(f"{k}: {v}" for k, v in errors.items())
         elif isinstance(errors, list):
-            parts.extend(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
+            parts.extend(
+                str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors
+            )
         if body.get("message"):
             parts.append(str(body["message"]))
     return "; ".join(parts) or response.text[:200].strip()

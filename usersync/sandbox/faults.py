@@ -144,9 +144,16 @@ class Instrumented:
             await asyncio.sleep(latency)
         if fault == "drop":
             record.status = -1
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", b"1000"),
-                                    (b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-length", b"1000"),
+                        (b"content-type", b"application/json"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
             raise ConnectionAbortedError("sandbox: injected dropped connection")
         if fault is not None:
@@ -229,8 +236,10 @@ def _auth_kind(scope: dict) -> str:
 
 async def _send_json(send: Callable, status: int, data: Any, headers: dict | None = None) -> None:
     payload = b"" if data is None or status == 204 else json.dumps(data).encode()
-    raw_headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(payload)).encode())]
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
     raw_headers += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})
