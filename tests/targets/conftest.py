@@ -1,0 +1,47 @@
+"""The contract-suite harness: one `target_env` fixture per product, each over real HTTP.
+
+Every product provides `tests/targets/harness_<product>.py` with a context manager
+`environment(**options)` that starts the product's emulator with `usersync.sandbox.server.serve`
+and yields a `TargetEnv`. The contract suite (`test_contract.py`) runs unchanged against each;
+a fourth product only adds its client, its emulator and its harness module.
+
+Each emulator offers the same seeding methods, so the suite needs no product knowledge:
+`seed_user(username, email, display_name, active=True) -> None`,
+`seed_group(name, members=()) -> None`, and `app` (the `Instrumented` wrapper with `faults`,
+`requests` and `writes()`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from usersync.targets.base import Target
+
+PRODUCTS = ("jira", "confluence", "bitbucket")
+
+
+@dataclass
+class TargetEnv:
+    product: str
+    #: the client under test, pointed at the emulator; retries sleep for no time
+    target: Target
+    #: the product emulator: seed_user / seed_group / app (faults, request log)
+    emulator: Any
+    #: builds another client for the same emulator; keyword options per harness
+    #: (at least `credentials="wrong"` for bad credentials and `credentials="user"`
+    #: for a valid non-admin account)
+    make_target: Callable[..., Target]
+    #: the emulator's page size, so paging tests seed more than one page
+    page_size: int
+
+
+@pytest.fixture(params=PRODUCTS)
+def target_env(request: pytest.FixtureRequest) -> Iterator[TargetEnv]:
+    harness = importlib.import_module(f"tests.targets.harness_{request.param}")
+    with harness.environment() as env:
+        yield env
