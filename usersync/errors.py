@@ -80,6 +80,10 @@ class TargetRejectedError(TargetError):
     """Another 4xx: the target refused the request as invalid."""
 
 
+class TargetLicenceError(TargetRejectedError):
+    """The product's licence has no seat left for another user (Confluence answers 402)."""
+
+
 def is_transient(error: BaseException) -> bool:
     """True when retrying the same call later may succeed."""
     return isinstance(error, TransientError | TargetUnreachableError)
