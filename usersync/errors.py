@@ -44,9 +44,14 @@ class TargetError(UsersyncError):
         status: the HTTP status, or None when no response arrived.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, body: object = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, body: object = None, attempts: int = 1
+    ) -> None:
         super().__init__(message)
         self.status = status
+        #: how many times the call was sent; above 1 an earlier try may have been applied
+        #: before its answer was lost (a retried create that now answers "already exists")
+        self.attempts = attempts
         #: the parsed JSON body of the error response (or its text), for product modules
         #: that tell cases apart by message (Jira's 400 "already exists").
         self.body = body

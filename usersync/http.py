@@ -209,13 +209,13 @@ class ApiClient:
                 log.warning("%s: HTTP %s, retrying in %.1fs", what, response.status_code, wait)
                 self.retry.sleep(wait)
                 continue
-            raise self._refusal(what, response)
+            raise self._refusal(what, response, attempts=attempt)
 
     def get_json(self, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
         """GET and decode JSON."""
         return self.request("GET", path, params=params, ok=(200,)).json()
 
-    def _refusal(self, what: str, response: httpx.Response) -> TargetError:
+    def _refusal(self, what: str, response: httpx.Response, *, attempts: int) -> TargetError:
         status = response.status_code
         detail = error_text(response)
         kind: type[TargetError] = {
@@ -232,4 +232,5 @@ class ApiClient:
             f"{what}: HTTP {status}: {detail or response.reason_phrase}{hint}",
             status=status,
             body=_body(response),
+            attempts=attempts,
         )
