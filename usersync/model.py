@@ -59,6 +59,14 @@ DESIRED_MEMBERSHIP_COLUMNS: dict[str, str] = {
 #: Desired groups for one target.
 DESIRED_GROUP_COLUMNS: dict[str, str] = {"group": STRING}
 
+#: Source users the mapping could not turn into an account (no username, duplicate username,
+#: ...). They are reported, never provisioned, and never deprovisioned because of it.
+REJECTED_USER_COLUMNS: dict[str, str] = {
+    "source_id": STRING,
+    "locator": STRING,
+    "reason": STRING,
+}
+
 #: Users as a target holds them now.
 TARGET_USER_COLUMNS: dict[str, str] = {
     "target_key": STRING,  # the product's immutable key (Jira key, Confluence userKey, Bitbucket id)
@@ -101,6 +109,7 @@ PLAN_COLUMNS: dict[str, str] = {
 #: accounts are (re)activated before they join groups; removals and deactivations come last.
 OPERATIONS: tuple[str, ...] = (
     "create_group",
+    "adopt_user",  # an existing account matched by username joins the ledger; no target write
     "create_user",
     "update_user",
     "reactivate_user",
@@ -159,6 +168,7 @@ class DesiredState:
     users: pd.DataFrame
     groups: pd.DataFrame
     memberships: pd.DataFrame
+    rejected: pd.DataFrame
 
 
 @dataclass(frozen=True)

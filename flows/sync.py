@@ -1,0 +1,103 @@
+"""The `sync` flow: one profile (one IdP), its targets, optionally a dry run.
+
+What a deployment, a UI run or `usersync sync` starts. It wires the tasks: validate the
+profile, extract once, then per target transform → plan → (load) → report. A target that
+fails (unreachable, refused credentials, a guard) fails alone; the others complete, and the
+run ends Failed with every target's outcome in the summary artifact and the store.
+Parameters carry names only: secrets come from environment variables or Secret blocks.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from tasks import report, steps
+from usersync.errors import UsersyncError
+from usersync.report import summary_text
+from usersync.store import Store
+from usersync.sync import TargetOutcome, select_targets
+
+
+class SyncFailed(UsersyncError):
+    """At least one target failed or had failed operations."""
+
+
+@flow(name="sync", flow_run_name="sync-{profile}", validate_parameters=True)
+def sync(
+    profile: str,
+    targets: list[str] | None = None,
+    dry_run: bool = False,
+    allow_mass_deactivation: bool = False,
+    store_url: str | None = None,
+) -> list[dict]:
+    """Sync one profile's source into its targets.
+
+    Args:
+        profile: the folder name under mappings/.
+        targets: the profile's targets to sync (default: all).
+        dry_run: plan and publish the plan; write nothing anywhere.
+        allow_mass_deactivation: release the deactivation brake for this run (after checking
+            the plan of a dry run).
+        store_url: SQLAlchemy URL of the store (default: $USERSYNC_STORE_URL or
+            sqlite:///var/usersync.db). Give a URL without a password; use the
+            environment variable for credentials.
+    """
+    logger = get_run_logger()
+    loaded = steps.load_profile(profile)
+    chosen = select_targets(loaded.profile, targets)
+    snapshot = steps.extract(loaded)
+    store = Store.open(store_url)
+    outcomes: list[TargetOutcome] = []
+    try:
+        for name in chosen:
+            outcomes.append(
+                _sync_target(
+                    loaded, name, snapshot, store, store_url, dry_run, allow_mass_deactivation
+                )
+            )
+    finally:
+        store.close()
+    report.publish_summary(profile, outcomes, dry_run, snapshot.counts)
+    text = summary_text(outcomes)
+    logger.info("summary:\n%s", text)
+    bad = [o for o in outcomes if o.status in ("failed", "partial")]
+    if bad:
+        raise SyncFailed(
+            "; ".join(f"{o.target}: {o.status}" + (f" ({o.error})" if o.error else "") for o in bad)
+        )
+    return [o.as_dict() for o in outcomes]
+
+
+def _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_deactivation):
+    """Plan and load one target; any error fails this target only."""
+    logger = get_run_logger()
+    run_id = store.start_run(
+        loaded.profile.name, name, dry_run=dry_run, flow_run_id=str(flow_run.get_id() or "")
+    )
+    outcome = TargetOutcome(target=name, status="failed", run_id=run_id)
+    try:
+        desired = steps.transform(loaded, snapshot, name)
+        outcome.rejected = len(desired.rejected)
+        target_plan = steps.plan(loaded, name, desired, store_url, allow_mass_deactivation)
+        outcome.planned = target_plan.counts()
+        store.record_plan(run_id, target_plan.plan)
+        report.publish_plan(loaded.profile.name, target_plan)
+        if dry_run:
+            outcome.status = "planned"
+        else:
+            result = steps.load(loaded, name, target_plan, store_url, run_id)
+            outcome.executed = result.counts()
+            outcome.status = result.status
+            outcome.error = result.quarantined
+    except UsersyncError as exc:
+        logger.error("%s: %s", name, exc)
+        outcome.error = str(exc)
+        outcome.status = "failed"
+    store.finish_run(
+        run_id,
+        outcome.status,
+        {"planned": outcome.planned, "executed": outcome.executed, "rejected": outcome.rejected},
+        outcome.error,
+    )
+    return outcome

@@ -1,0 +1,47 @@
+"""Publish a run's plan and summary as Prefect artifacts and emit a completion event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from usersync.report import PLAN_ROWS_SHOWN, plan_rows, summary_markdown
+from usersync.sync import TargetOutcome, TargetPlan
+
+
+@task(
+    name="publish-plan",
+    task_run_name="publish-plan-{target_plan.target}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def publish_plan(profile: str, target_plan: TargetPlan) -> None:
+    """The plan of one target as a table artifact `plan-<profile>-<target>`."""
+    shown = min(len(target_plan.plan), PLAN_ROWS_SHOWN)
+    create_table_artifact(
+        table=plan_rows(target_plan.plan) or [{"op": "nothing to do"}],
+        key=f"plan-{profile}-{target_plan.target}",
+        description=f"{len(target_plan.plan)} operation(s) planned for {target_plan.target}"
+        + (f" (first {shown} shown; the store has all)" if shown < len(target_plan.plan) else ""),
+    )
+
+
+@task(name="publish-summary", cache_policy=NO_CACHE, persist_result=False)
+def publish_summary(
+    profile: str, outcomes: Sequence[TargetOutcome], dry_run: bool, source_counts: dict
+) -> None:
+    """The run summary as a markdown artifact `summary-<profile>` and a Prefect event."""
+    create_markdown_artifact(
+        markdown=summary_markdown(profile, outcomes, dry_run=dry_run, source_counts=source_counts),
+        key=f"summary-{profile}",
+        description=f"usersync {profile}" + (" (dry run)" if dry_run else ""),
+    )
+    emit_event(
+        event="usersync.sync.completed",
+        resource={"prefect.resource.id": f"usersync.profile.{profile}"},
+        payload={"dry_run": dry_run, "targets": [o.as_dict() for o in outcomes]},
+    )

@@ -1,0 +1,132 @@
+"""Prefect tasks around the engine's sync steps: retries, no caching, logging.
+
+Each task is a few lines around a `usersync.sync` function. None is cached or persists its
+result: a cached "Completed" must never stand in for a write, and the frames they pass are not
+worth hashing. Only reads are retried, and only for transient errors; writes are never
+retried as a whole (each call already retries its own transient failures, and the next run
+re-plans anything that failed).
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.retry import retry_only_transient
+from tasks.secrets import load_prefect_secret
+from usersync import sync
+from usersync.load import LoadResult
+from usersync.model import DesiredState, SourceSnapshot
+from usersync.store import Store
+
+SIDE_EFFECT_FREE = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="load-profile", **SIDE_EFFECT_FREE)
+def load_profile(profile: str) -> sync.LoadedProfile:
+    """Validate profile.yaml and both mapping tables before anything else happens."""
+    loaded = sync.load(profile)
+    get_run_logger().info(
+        "profile %s: source %s, targets %s, %d attribute rule(s), %d group rule(s)",
+        profile,
+        loaded.profile.source.kind,
+        ", ".join(loaded.profile.targets),
+        len(loaded.tables.attributes),
+        len(loaded.tables.groups),
+    )
+    return loaded
+
+
+@task(
+    name="extract",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_only_transient,
+    **SIDE_EFFECT_FREE,
+)
+def extract(loaded: sync.LoadedProfile) -> SourceSnapshot:
+    """Read the complete source snapshot (refused when it may be incomplete or is empty)."""
+    snapshot = sync.extract(loaded, load_prefect_secret=load_prefect_secret)
+    get_run_logger().info("extracted %s", snapshot.counts)
+    for note in snapshot.notes:
+        get_run_logger().warning(note)
+    return snapshot
+
+
+@task(name="transform", task_run_name="transform-{target}", **SIDE_EFFECT_FREE)
+def transform(loaded: sync.LoadedProfile, snapshot: SourceSnapshot, target: str) -> DesiredState:
+    """Apply the mapping tables for one target; report users the mapping rejects."""
+    desired = sync.transform(loaded, snapshot, target)
+    logger = get_run_logger()
+    logger.info(
+        "%s: %d user(s), %d group(s), %d membership(s) desired",
+        target,
+        len(desired.users),
+        len(desired.groups),
+        len(desired.memberships),
+    )
+    for row in desired.rejected.head(50).itertuples():
+        logger.warning("%s: not provisioned: %s: %s", target, row.locator, row.reason)
+    return desired
+
+
+@task(
+    name="plan",
+    task_run_name="plan-{target}",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_only_transient,
+    **SIDE_EFFECT_FREE,
+)
+def plan(
+    loaded: sync.LoadedProfile,
+    target: str,
+    desired: DesiredState,
+    store_url: str | None,
+    allow_mass_deactivation: bool,
+) -> sync.TargetPlan:
+    """Read the target's state and compute the plan; guards run here, before any write."""
+    store = Store.open(store_url)
+    try:
+        with sync.open_target_for(
+            loaded, target, load_prefect_secret=load_prefect_secret
+        ) as client:
+            result = sync.plan_target_sync(
+                loaded,
+                target,
+                client,
+                desired,
+                store,
+                allow_mass_deactivation=allow_mass_deactivation,
+            )
+    finally:
+        store.close()
+    get_run_logger().info("%s: planned %s", target, result.counts() or "nothing")
+    return result
+
+
+@task(name="load", task_run_name="load-{target}", **SIDE_EFFECT_FREE)
+def load(
+    loaded: sync.LoadedProfile,
+    target: str,
+    target_plan: sync.TargetPlan,
+    store_url: str | None,
+    run_id: int,
+) -> LoadResult:
+    """Execute the plan against the target, recording every outcome and the ledger."""
+    store = Store.open(store_url)
+    try:
+        with sync.open_target_for(
+            loaded, target, load_prefect_secret=load_prefect_secret
+        ) as client:
+            result = sync.load_target_sync(loaded, client, target_plan, store, run_id)
+    finally:
+        store.close()
+    logger = get_run_logger()
+    logger.info("%s: executed %s", target, result.counts())
+    for outcome in result.outcomes:
+        if outcome.status == "failed":
+            logger.error(
+                "%s: operation %d (%s) failed: %s", target, outcome.seq, outcome.op, outcome.error
+            )
+    return result

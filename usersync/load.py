@@ -1,0 +1,181 @@
+"""Execute a plan against one target: phase by phase, bounded concurrency, failures isolated.
+
+Operations run in the plan's order of kinds (groups, then accounts, then memberships, then
+deactivations); within one kind they are independent and run on a small thread pool. One
+failing operation does not stop the others, but operations that depend on it are skipped (no
+memberships for an account whose creation failed). A refusal of the credentials or the
+permission, or a target that stopped answering, quarantines the target for the rest of the
+run: the remaining operations are skipped, not hammered. Each outcome says what the ledger
+must now remember.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from usersync.errors import (
+    TargetAuthError,
+    TargetError,
+    TargetPermissionError,
+    TargetUnreachableError,
+)
+from usersync.model import OPERATIONS
+from usersync.store import LedgerEntry
+from usersync.targets.base import Target
+
+#: Errors after which no further call to the target makes sense in this run.
+QUARANTINE_ERRORS = (TargetAuthError, TargetPermissionError, TargetUnreachableError)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seq: int
+    op: str
+    status: str  # succeeded | failed | skipped
+    error: str | None = None
+    ledger: LedgerEntry | None = None
+
+
+@dataclass
+class LoadResult:
+    """What executing one target's plan did."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    quarantined: str | None = None
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{op: {succeeded: n, failed: n, skipped: n}} for the ops that occurred."""
+        out: dict[str, dict[str, int]] = {}
+        for outcome in self.outcomes:
+            per_op = out.setdefault(outcome.op, {"succeeded": 0, "failed": 0, "skipped": 0})
+            per_op[outcome.status] += 1
+        return out
+
+    @property
+    def failed(self) -> int:
+        return sum(o.status == "failed" for o in self.outcomes)
+
+    @property
+    def status(self) -> str:
+        if self.quarantined:
+            return "failed"
+        return "partial" if any(o.status != "succeeded" for o in self.outcomes) else "succeeded"
+
+
+def _changes(row: dict) -> dict[str, str]:
+    after = json.loads(row["after"] or "{}")
+    return {k: str(v) for k, v in after.items()}
+
+
+def _run_one(target: Target, row: dict) -> Outcome:
+    """Perform one operation; translate its result into an outcome and a ledger entry."""
+    op, seq = row["op"], int(row["seq"])
+    username, group = row["username"], row["group"]
+    source_id = row["source_id"] or None
+    entry: LedgerEntry | None = None
+    if op == "create_group":
+        target.create_group(group)
+        entry = LedgerEntry("group", group.casefold(), group)
+    elif op == "adopt_user":
+        entry = LedgerEntry("user", row["target_key"], username, source_id, origin="adopted")
+    elif op == "create_user":
+        after = _changes(row)
+        key = target.create_user(after["username"], after.get("email", ""), after["display_name"])
+        entry = LedgerEntry("user", key, after["username"], source_id)
+    elif op == "update_user":
+        changes = _changes(row)
+        target.update_user(username, changes)
+        entry = LedgerEntry(
+            "user", row["target_key"], changes.get("username", username), source_id, "adopted"
+        )
+    elif op == "reactivate_user":
+        target.reactivate_user(username)
+    elif op == "deactivate_user":
+        target.deactivate_user(username)
+    elif op == "add_membership":
+        target.add_member(group, username)
+    elif op == "remove_membership":
+        target.remove_member(group, username)
+    else:  # pragma: no cover - the planner only emits OPERATIONS
+        raise ValueError(f"unknown operation {op!r}")
+    return Outcome(seq, op, "succeeded", ledger=entry)
+
+
+def execute_plan(
+    target: Target,
+    plan: pd.DataFrame,
+    *,
+    max_workers: int = 4,
+    on_outcomes: Callable[[list[Outcome]], None] | None = None,
+) -> LoadResult:
+    """Run `plan` against `target`.
+
+    Args:
+        target: the open target client.
+        plan: the planner's operations (`model.PLAN_COLUMNS`).
+        max_workers: calls in flight at once within one kind of operation.
+        on_outcomes: called after each phase with its outcomes (to record them as they happen).
+
+    Returns:
+        Every operation's outcome and whether the target was quarantined.
+    """
+    result = LoadResult()
+    failed_users: set[str] = set()
+    failed_groups: set[str] = set()
+    rows = plan.astype(object).where(plan.notna(), "").to_dict("records")
+    with ThreadPoolExecutor(
+        max_workers=max_workers, thread_name_prefix=f"load-{target.name}"
+    ) as pool:
+        for op in OPERATIONS:
+            phase = [r for r in rows if r["op"] == op]
+            if not phase:
+                continue
+            outcomes: list[Outcome] = []
+            runnable = []
+            for row in phase:
+                reason = _skip_reason(row, result.quarantined, failed_users, failed_groups)
+                if reason:
+                    outcomes.append(Outcome(int(row["seq"]), op, "skipped", reason))
+                else:
+                    runnable.append(row)
+            for row, future in [(r, pool.submit(_run_one, target, r)) for r in runnable]:
+                try:
+                    outcomes.append(future.result())
+                except TargetError as exc:
+                    outcomes.append(Outcome(int(row["seq"]), op, "failed", str(exc)))
+                    if row["username"]:
+                        failed_users.add(row["username"].casefold())
+                    if op in ("create_user", "update_user"):
+                        renamed = _changes(row).get("username")
+                        if renamed:
+                            failed_users.add(renamed.casefold())
+                    if op == "create_group":
+                        failed_groups.add(row["group"].casefold())
+                    if isinstance(exc, QUARANTINE_ERRORS) and not result.quarantined:
+                        result.quarantined = str(exc)
+            outcomes.sort(key=lambda o: o.seq)
+            result.outcomes.extend(outcomes)
+            if on_outcomes:
+                on_outcomes(outcomes)
+    return result
+
+
+def _skip_reason(
+    row: dict, quarantined: str | None, failed_users: set[str], failed_groups: set[str]
+) -> str | None:
+    if quarantined:
+        return f"skipped: target quarantined after: {quarantined}"
+    if row["op"] in ("add_membership", "remove_membership"):
+        if row["username"].casefold() in failed_users:
+            return f"skipped: an earlier operation on user {row['username']} failed"
+        if row["group"].casefold() in failed_groups:
+            return f"skipped: creating group {row['group']} failed"
+    return None
+
+
+__all__ = ["LoadResult", "Outcome", "execute_plan"]

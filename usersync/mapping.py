@@ -1,0 +1,460 @@
+"""Apply a profile's mapping tables: source snapshot → desired users, groups and memberships per target.
+
+Two CSV tables, edited by admins, drive the transform:
+
+- `attributes.csv`, one row per target attribute (`username`, `email`, `display_name`):
+  `source` lists source attributes as fallbacks (`userPrincipalName|uid`: the first non-empty
+  wins); `transform` is a space-separated chain of `lower`, `upper`, `strip`, `regex` (uses the
+  `regex` and `replacement` columns) and `template` (uses the `template` column, e.g.
+  `{givenName} {sn}`; `{value}` is the value so far); `default` fills what is still empty.
+- `groups.csv`, one row per rule: `mode` `manual` (source group → target group),
+  `on-the-fly` (a source group, or `*` for all, keeps its name in the target) or `default`
+  (every active user joins `target_group`); `targets` limits a row to some of the profile's
+  targets (`jira;confluence`, blank for all). Columns are left for later settings.
+
+Tables are validated as a whole before anything runs; every problem names the file and line.
+The transform itself is vectorised: each rule is one pandas operation over the whole column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from usersync.errors import ConfigError
+from usersync.model import (
+    DESIRED_GROUP_COLUMNS,
+    DESIRED_MEMBERSHIP_COLUMNS,
+    DESIRED_USER_COLUMNS,
+    REJECTED_USER_COLUMNS,
+    USER_ATTRIBUTES,
+    DesiredState,
+    SourceSnapshot,
+    conform,
+    empty_frame,
+)
+
+ATTRIBUTES_FILE = "attributes.csv"
+GROUPS_FILE = "groups.csv"
+
+TRANSFORMS = ("lower", "upper", "strip", "regex", "template")
+ATTRIBUTE_COLUMNS = ("target", "source", "transform", "regex", "replacement", "template", "default")
+REQUIRED_ATTRIBUTE_COLUMNS = ("target", "source")
+GROUP_MODES = ("manual", "on-the-fly", "default")
+GROUP_COLUMNS = ("source_group", "target_group", "mode", "targets")
+REQUIRED_GROUP_COLUMNS = ("source_group", "target_group")
+ALL_GROUPS = "*"
+#: Attribute names usable in `source` and in template fields (LDAP descriptions, SCIM paths).
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:;-]*$")
+
+#: The shipped attribute table, as in the miniOrange app: username ← userName /
+#: userPrincipalName, email ← email / mail, display name ← the full name.
+DEFAULT_ATTRIBUTES_CSV = """target,source,transform,regex,replacement,template,default
+username,userName|userPrincipalName|uid|sAMAccountName,strip lower,,,,
+email,email|mail,strip lower,,,,
+display_name,displayName|cn,strip,,,,
+"""
+
+
+@dataclass(frozen=True)
+class AttributeRule:
+    """One validated row of attributes.csv."""
+
+    line: int
+    target: str
+    sources: tuple[str, ...]
+    transforms: tuple[str, ...]
+    regex: re.Pattern[str] | None
+    replacement: str
+    template: str
+    template_fields: tuple[str, ...]
+    default: str
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    """One validated row of groups.csv."""
+
+    line: int
+    mode: str
+    source_group: str
+    target_group: str
+    targets: tuple[str, ...]  # empty: every target
+
+    def applies_to(self, target: str) -> bool:
+        return not self.targets or target in self.targets
+
+
+@dataclass(frozen=True)
+class MappingTables:
+    """A profile's validated tables."""
+
+    attributes: tuple[AttributeRule, ...]
+    groups: tuple[GroupRule, ...]
+
+    def source_attributes(self) -> list[str]:
+        """Every source attribute the attribute rules read, in first-use order."""
+        seen: dict[str, None] = {}
+        for rule in self.attributes:
+            for name in (*rule.sources, *rule.template_fields):
+                if name != "value":
+                    seen.setdefault(name, None)
+        return list(seen)
+
+
+# -- reading and validating ----------------------------------------------------------------
+
+
+def _read_csv_rows(text: str, where: str, known: Sequence[str], required: Sequence[str]):
+    """Rows of a CSV as (line number, {column: stripped value}); checks the header."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise ConfigError(f"{where}: empty file; expected a header with {', '.join(required)}")
+    unknown = [h for h in header if h not in known]
+    if unknown:
+        raise ConfigError(
+            f"{where} line 1: unknown column(s) {', '.join(repr(u) for u in unknown)} "
+            f"(known: {', '.join(known)})"
+        )
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ConfigError(f"{where} line 1: missing column(s) {', '.join(missing)}")
+    if len(set(header)) != len(header):
+        raise ConfigError(f"{where} line 1: a column is named twice")
+    reader.fieldnames = header
+    rows = []
+    for record in reader:
+        line = reader.line_num
+        if None in record:
+            raise ConfigError(f"{where} line {line}: more cells than columns in the header")
+        values = {k: (v or "").strip() for k, v in record.items()}
+        if not any(values.values()) or values[header[0]].startswith("#"):
+            continue  # blank line or comment
+        rows.append((line, values))
+    return rows
+
+
+def parse_attributes(text: str, where: str = ATTRIBUTES_FILE) -> tuple[AttributeRule, ...]:
+    """Validate attributes.csv.
+
+    Raises:
+        ConfigError: unknown column or transform, bad regex or template, unknown or duplicate
+            target attribute, no username rule. The message names the file and line.
+    """
+    rules: list[AttributeRule] = []
+    seen: dict[str, int] = {}
+    for line, row in _read_csv_rows(text, where, ATTRIBUTE_COLUMNS, REQUIRED_ATTRIBUTE_COLUMNS):
+        at = f"{where} line {line}"
+        target = row["target"]
+        if target not in USER_ATTRIBUTES:
+            raise ConfigError(
+                f"{at}: unknown target attribute '{target}' (known: {', '.join(USER_ATTRIBUTES)})"
+            )
+        if target in seen:
+            raise ConfigError(f"{at}: '{target}' is mapped again (first on line {seen[target]})")
+        seen[target] = line
+        transforms = tuple(row.get("transform", "").replace(";", " ").split())
+        for name in transforms:
+            if name not in TRANSFORMS:
+                raise ConfigError(
+                    f"{at}: unknown transform '{name}' (known: {', '.join(TRANSFORMS)})"
+                )
+        sources = tuple(s.strip() for s in row["source"].split("|") if s.strip())
+        for name in sources:
+            if not ATTRIBUTE_NAME.match(name):
+                raise ConfigError(f"{at}: '{name}' is not a valid source attribute name")
+        regex = None
+        if "regex" in transforms:
+            if not row.get("regex"):
+                raise ConfigError(f"{at}: transform 'regex' needs a pattern in the regex column")
+            try:
+                regex = re.compile(row["regex"])
+            except re.error as exc:
+                raise ConfigError(f"{at}: invalid regex {row['regex']!r}: {exc}") from exc
+            try:
+                regex.sub(row.get("replacement", ""), "")
+            except (re.error, IndexError) as exc:
+                raise ConfigError(
+                    f"{at}: invalid replacement {row.get('replacement', '')!r}: {exc}"
+                ) from exc
+        elif row.get("regex"):
+            raise ConfigError(f"{at}: a regex is given but the transform column has no 'regex'")
+        template = row.get("template", "")
+        fields: tuple[str, ...] = ()
+        if "template" in transforms:
+            if not template:
+                raise ConfigError(f"{at}: transform 'template' needs the template column")
+            fields = _template_fields(template, at)
+        elif template:
+            raise ConfigError(f"{at}: a template is given but the transform column lacks it")
+        if not sources and "template" not in transforms and not row.get("default"):
+            raise ConfigError(f"{at}: give a source attribute, a template or a default")
+        rules.append(
+            AttributeRule(
+                line=line,
+                target=target,
+                sources=sources,
+                transforms=transforms,
+                regex=regex,
+                replacement=row.get("replacement", ""),
+                template=template,
+                template_fields=fields,
+                default=row.get("default", ""),
+            )
+        )
+    if "username" not in seen:
+        raise ConfigError(f"{where}: no 'username' row; every account needs a username")
+    return tuple(rules)
+
+
+def _template_fields(template: str, at: str) -> tuple[str, ...]:
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{at}: invalid template {template!r}: {exc}") from exc
+    fields = []
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name or not ATTRIBUTE_NAME.match(name) or spec or conversion:
+            raise ConfigError(
+                f"{at}: template field {{{name}}} must be a plain attribute name like {{givenName}}"
+            )
+        fields.append(name)
+    return tuple(fields)
+
+
+def parse_groups(
+    text: str, where: str = GROUPS_FILE, target_names: Iterable[str] = ()
+) -> tuple[GroupRule, ...]:
+    """Validate groups.csv.
+
+    Raises:
+        ConfigError: unknown column or mode, missing names, a target the profile lacks.
+    """
+    known_targets = set(target_names)
+    rules = []
+    for line, row in _read_csv_rows(text, where, GROUP_COLUMNS, REQUIRED_GROUP_COLUMNS):
+        at = f"{where} line {line}"
+        mode = row.get("mode") or "manual"
+        if mode not in GROUP_MODES:
+            raise ConfigError(f"{at}: unknown mode '{mode}' (known: {', '.join(GROUP_MODES)})")
+        source, target = row["source_group"], row["target_group"]
+        if mode == "manual" and not (source and target):
+            raise ConfigError(f"{at}: a manual rule needs source_group and target_group")
+        if mode == "manual" and source == ALL_GROUPS:
+            raise ConfigError(f"{at}: '*' is for on-the-fly rules; name one source group")
+        if mode == "on-the-fly" and (not source or target):
+            raise ConfigError(
+                f"{at}: an on-the-fly rule names a source_group (or *) and leaves target_group "
+                "empty: the group keeps its name"
+            )
+        if mode == "default" and (source or not target):
+            raise ConfigError(f"{at}: a default rule names only target_group")
+        targets = tuple(t.strip() for t in row.get("targets", "").split(";") if t.strip())
+        unknown = [t for t in targets if known_targets and t not in known_targets]
+        if unknown:
+            raise ConfigError(
+                f"{at}: unknown target(s) {', '.join(unknown)} "
+                f"(this profile has: {', '.join(sorted(known_targets))})"
+            )
+        rules.append(GroupRule(line, mode, source, target, targets))
+    return tuple(rules)
+
+
+def load_tables(folder: Path, target_names: Iterable[str] = ()) -> MappingTables:
+    """Read and validate a profile's tables; a missing attributes.csv means the shipped defaults.
+
+    Raises:
+        ConfigError: see `parse_attributes` and `parse_groups`; a missing groups.csv.
+    """
+    attributes_path = folder / ATTRIBUTES_FILE
+    attributes = (
+        parse_attributes(attributes_path.read_text(encoding="utf-8"), str(attributes_path))
+        if attributes_path.is_file()
+        else parse_attributes(DEFAULT_ATTRIBUTES_CSV, "shipped default attributes.csv")
+    )
+    groups_path = folder / GROUPS_FILE
+    if not groups_path.is_file():
+        raise ConfigError(
+            f"{groups_path}: missing; write at least the header "
+            f"'{','.join(GROUP_COLUMNS)}' (no rows = no groups are managed)"
+        )
+    groups = parse_groups(groups_path.read_text(encoding="utf-8"), str(groups_path), target_names)
+    return MappingTables(attributes, groups)
+
+
+# -- applying -------------------------------------------------------------------------------
+
+
+def _column(users: pd.DataFrame, name: str, lookup: dict[str, str]) -> pd.Series:
+    """A source attribute as a string column; blank values are missing; absent attribute → all NA."""
+    actual = lookup.get(name.casefold())
+    if actual is None:
+        return pd.Series(pd.NA, index=users.index, dtype="string")
+    values = users[actual].astype("string").str.strip()
+    return values.mask(values == "")
+
+
+def _render_template(
+    template: str, users: pd.DataFrame, lookup: dict[str, str], value: pd.Series
+) -> pd.Series:
+    out = pd.Series("", index=users.index, dtype="string")
+    any_field = pd.Series(False, index=users.index)
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out = out + literal
+        if name is None:
+            continue
+        part = value if name == "value" else _column(users, name, lookup)
+        any_field = any_field | part.notna()
+        out = out + part.fillna("")
+    return out.where(any_field & (out.str.strip() != ""))
+
+
+def map_attributes(users: pd.DataFrame, rules: Sequence[AttributeRule]) -> pd.DataFrame:
+    """Apply attribute rules to source users; one column per target attribute (NA = no value)."""
+    lookup = {str(c).casefold(): str(c) for c in users.columns}
+    out = pd.DataFrame(index=users.index)
+    for rule in rules:
+        value = pd.Series(pd.NA, index=users.index, dtype="string")
+        for name in rule.sources:
+            value = value.fillna(_column(users, name, lookup))
+        for name in rule.transforms:
+            if name == "lower":
+                value = value.str.lower()
+            elif name == "upper":
+                value = value.str.upper()
+            elif name == "strip":
+                value = value.str.strip()
+            elif name == "regex" and rule.regex is not None:
+                value = value.str.replace(rule.regex, rule.replacement, regex=True)
+            elif name == "template":
+                value = _render_template(rule.template, users, lookup, value)
+        value = value.mask(value.str.strip() == "")
+        if rule.default:
+            value = value.fillna(rule.default)
+        out[rule.target] = value
+    for name in USER_ATTRIBUTES:
+        if name not in out.columns:
+            out[name] = pd.Series(pd.NA, index=users.index, dtype="string")
+    return out
+
+
+def desired_state(
+    snapshot: SourceSnapshot, tables: MappingTables, target: str, *, email_required: bool = True
+) -> DesiredState:
+    """The users, groups and memberships target `target` should hold.
+
+    Users whose mapping yields no username (or no e-mail, when the product needs one) or whose
+    username collides with another user's (case-insensitively) are rejected with a reason:
+    reported, never written, and never deprovisioned because of it.
+    """
+    users = snapshot.users
+    mapped = map_attributes(users, tables.attributes)
+    mapped["source_id"] = users["source_id"].astype("string")
+    mapped["locator"] = users["locator"].astype("string")
+    mapped["active"] = users["active"].astype("boolean")
+
+    reason = pd.Series(pd.NA, index=mapped.index, dtype="string")
+    reason = reason.mask(mapped["username"].isna(), "no username: every source attribute is empty")
+    if email_required:
+        reason = reason.fillna(
+            pd.Series(pd.NA, index=mapped.index, dtype="string").mask(
+                mapped["email"].isna(), "no e-mail address (the target requires one)"
+            )
+        )
+    key = mapped["username"].str.casefold()
+    clash = key.notna() & key.duplicated(keep=False)
+    if clash.any():
+        first_locator = (
+            mapped.loc[clash]
+            .groupby(key[clash])["locator"]
+            .transform(lambda s: "; ".join(s.astype(str)))
+        )
+        reason = reason.fillna(
+            ("duplicate username '" + mapped.loc[clash, "username"] + "' (" + first_locator + ")")
+            .reindex(mapped.index)
+            .astype("string")
+        )
+    mapped["display_name"] = mapped["display_name"].fillna(mapped["username"])
+    rejected = mapped.loc[reason.notna(), ["source_id", "locator"]].assign(
+        reason=reason[reason.notna()]
+    )
+    good = mapped.loc[reason.isna()]
+    desired_users = conform(
+        good[list(DESIRED_USER_COLUMNS)], DESIRED_USER_COLUMNS, what="desired users"
+    )
+
+    memberships = _desired_memberships(snapshot, tables, target, good)
+    groups = _desired_groups(tables, target, memberships)
+    return DesiredState(
+        users=desired_users.sort_values("username", ignore_index=True),
+        groups=groups,
+        memberships=memberships,
+        rejected=conform(rejected, REJECTED_USER_COLUMNS, what="rejected users"),
+    )
+
+
+def _desired_memberships(
+    snapshot: SourceSnapshot, tables: MappingTables, target: str, users: pd.DataFrame
+) -> pd.DataFrame:
+    rules = [r for r in tables.groups if r.applies_to(target)]
+    active = users.loc[users["active"].fillna(False).astype(bool), ["source_id", "username"]]
+    source = snapshot.memberships[["source_id", "source_group"]].astype("string")
+    source = source.assign(source_key=source["source_group"].str.casefold())
+    parts = []
+    manual = pd.DataFrame(
+        {
+            "source_key": [r.source_group.casefold() for r in rules if r.mode == "manual"],
+            "group": [r.target_group for r in rules if r.mode == "manual"],
+        },
+        dtype="string",
+    )
+    if len(manual):
+        parts.append(source.merge(manual, on="source_key")[["source_id", "group"]])
+    fly = [r.source_group for r in rules if r.mode == "on-the-fly"]
+    if ALL_GROUPS in fly:
+        parts.append(source.rename(columns={"source_group": "group"})[["source_id", "group"]])
+    elif fly:
+        chosen = source[source["source_key"].isin([f.casefold() for f in fly])]
+        parts.append(chosen.rename(columns={"source_group": "group"})[["source_id", "group"]])
+    defaults = [r.target_group for r in rules if r.mode == "default"]
+    if defaults:
+        parts.append(
+            active[["source_id"]].merge(
+                pd.DataFrame({"group": defaults}, dtype="string"), how="cross"
+            )
+        )
+    if not parts:
+        return empty_frame(DESIRED_MEMBERSHIP_COLUMNS)
+    joined = pd.concat(parts, ignore_index=True).merge(active, on="source_id")
+    joined = joined.assign(group_key=joined["group"].str.casefold())
+    joined = joined.drop_duplicates(["source_id", "group_key"]).sort_values(
+        ["group_key", "username"]
+    )
+    return conform(
+        joined[list(DESIRED_MEMBERSHIP_COLUMNS)], DESIRED_MEMBERSHIP_COLUMNS, what="memberships"
+    )
+
+
+def _desired_groups(tables: MappingTables, target: str, memberships: pd.DataFrame) -> pd.DataFrame:
+    named = [
+        r.target_group for r in tables.groups if r.applies_to(target) and r.mode != "on-the-fly"
+    ]
+    names = pd.concat(
+        [pd.Series(named, dtype="string"), memberships["group"].astype("string")],
+        ignore_index=True,
+    )
+    frame = pd.DataFrame({"group": names})
+    frame = frame.assign(key=frame["group"].str.casefold()).drop_duplicates("key")
+    return conform(
+        frame.sort_values("key")[["group"]], DESIRED_GROUP_COLUMNS, what="desired groups"
+    )

@@ -1,0 +1,98 @@
+"""The store's tables (SQLAlchemy Core) and the migrations that bring an old database up to date.
+
+`SCHEMA_VERSION` counts the migrations; `migrate` creates missing tables and runs each
+migration step the database has not seen, recording the version in `schema_version`. A new
+column or table is a new step appended to `MIGRATIONS`, never an edit of an old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("profile", sa.String(100), nullable=False, index=True),
+    sa.Column("target", sa.String(100), nullable=False),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running|planned|succeeded|partial|failed
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("counts", sa.JSON, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+operations = sa.Table(
+    "operations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("op", sa.String(32), nullable=False),
+    sa.Column("source_id", sa.String(255), nullable=True),
+    sa.Column("target_key", sa.String(255), nullable=True),
+    sa.Column("username", sa.String(255), nullable=True),
+    sa.Column("group_name", sa.String(255), nullable=True),
+    sa.Column("before", sa.Text, nullable=True),
+    sa.Column("after", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),  # planned|succeeded|failed|skipped
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("executed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("run_id", "seq"),
+)
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("profile", sa.String(100), nullable=False),
+    sa.Column("target", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),  # user|group
+    sa.Column("source_id", sa.String(255), nullable=True),
+    sa.Column("target_key", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("origin", sa.String(10), nullable=False),  # created|adopted
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("profile", "target", "kind", "target_key"),
+    sa.Index("ix_ledger_source", "profile", "target", "kind", "source_id"),
+)
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+Migration = Callable[[sa.Connection], None]
+
+#: Steps after the initial schema, in order; step i brings version i+1 to i+2.
+MIGRATIONS: list[Migration] = []
+
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Create missing tables and run pending migrations; return the schema version now."""
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        current = conn.execute(sa.select(schema_version.c.version)).scalar()
+        if current is None:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            return SCHEMA_VERSION
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the store's schema is version {current}, newer than this usersync "
+                f"({SCHEMA_VERSION}); upgrade usersync"
+            )
+        for step in MIGRATIONS[current - 1 :]:
+            step(conn)
+        conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
+    return SCHEMA_VERSION
