@@ -1,0 +1,305 @@
+"""Bitbucket specifics the product-neutral contract suite cannot express, over real HTTP.
+
+Licence as the stand-in for deactivation (checked through the permissions REST API, as an
+admin would), slugs that differ from usernames, the refusal of personal access tokens by the
+admin endpoints, create-user as query parameters answering 204, paging across capped pages,
+and a 429 whose Retry-After is honoured without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.targets import harness_bitbucket as harness
+from tests.targets.conftest import TargetEnv
+from usersync.config import TargetConfig
+from usersync.errors import (
+    ConfigError,
+    TargetConflictError,
+    TargetPermissionError,
+    TargetRejectedError,
+)
+from usersync.http import RetryPolicy
+from usersync.sandbox.bitbucket import DEFAULT_GROUP, BitbucketEmulator
+from usersync.sandbox.server import serve
+from usersync.targets.bitbucket import BitbucketTarget
+
+API = f"{harness.CONTEXT_PATH}/rest/api/1.0"
+
+
+@pytest.fixture
+def env() -> Iterator[TargetEnv]:
+    with harness.environment() as env:
+        yield env
+
+
+def admin_api(env: TargetEnv) -> httpx.Client:
+    """A plain HTTP client as the admin, for checking what Bitbucket reports."""
+    base = env.target.client.base_url
+    return httpx.Client(base_url=base, auth=httpx.BasicAuth(*harness.ADMIN), timeout=10)
+
+
+def direct_permission(env: TargetEnv, username: str) -> str | None:
+    with admin_api(env) as api:
+        page = api.get("/admin/permissions/users", params={"filter": username}).json()
+    return next((r["permission"] for r in page["values"] if r["user"]["name"] == username), None)
+
+
+def active(env: TargetEnv, username: str) -> bool:
+    users = env.target.read_users([username])
+    assert len(users) == 1, f"{username} not found"
+    return bool(users.loc[0, "active"])
+
+
+# -- licence instead of deactivate --------------------------------------------------------
+
+
+def test_deactivate_revokes_licence_and_reactivate_grants_it_back(env: TargetEnv) -> None:
+    env.emulator.seed_user("alice", "alice@example.com", "Alice")
+    assert direct_permission(env, "alice") == "LICENSED_USER"
+
+    env.target.deactivate_user("alice")
+    assert direct_permission(env, "alice") is None
+    assert not active(env, "alice")
+    # Bitbucket's own `active` flag is the directory's and does not move.
+    with admin_api(env) as api:
+        user = api.get("/admin/users", params={"filter": "alice"}).json()["values"][0]
+    assert user["active"] is True
+
+    env.target.deactivate_user("alice")  # idempotent
+    env.target.reactivate_user("alice")
+    assert direct_permission(env, "alice") == "LICENSED_USER"
+    assert active(env, "alice")
+
+
+def test_reactivate_never_demotes_an_account_holding_more(env: TargetEnv) -> None:
+    env.emulator.seed_user("root2", "root2@example.com", "Second Admin", permission="ADMIN")
+    env.emulator.app.clear_log()
+    env.target.reactivate_user("root2")
+    assert direct_permission(env, "root2") == "ADMIN"
+    assert env.emulator.app.writes() == []
+
+
+def test_licence_through_a_group_reads_active_and_blocks_deactivation(env: TargetEnv) -> None:
+    env.emulator.seed_user("bob", "bob@example.com", "Bob", active=False, groups=[DEFAULT_GROUP])
+    assert direct_permission(env, "bob") is None
+    assert active(env, "bob")
+    with pytest.raises(TargetRejectedError, match=f"licensed through group.*{DEFAULT_GROUP}"):
+        env.target.deactivate_user("bob")
+    assert active(env, "bob")
+
+
+def test_unlicensed_seed_reads_inactive(env: TargetEnv) -> None:
+    env.emulator.seed_user("carol", "carol@example.com", "Carol", active=False)
+    assert not active(env, "carol")
+
+
+# -- create-user, slugs -------------------------------------------------------------------
+
+
+def test_create_user_sends_query_parameters_and_gets_204(env: TargetEnv) -> None:
+    env.emulator.app.clear_log()
+    key = env.target.create_user("dave", "dave@example.com", "Dave")
+
+    create = next(r for r in env.emulator.app.writes() if r.method == "POST")
+    assert create.path == f"{API}/admin/users"
+    assert create.body is None and create.status == 204
+    assert create.query["name"] == "dave"
+    assert create.query["emailAddress"] == "dave@example.com"
+    assert create.query["displayName"] == "Dave"
+    assert create.query["addToDefaultGroup"] == "false"
+    assert len(create.query["password"]) >= 32
+    # licensed directly, not through the default group, so deactivate can take it away
+    assert direct_permission(env, "dave") == "LICENSED_USER"
+    assert "dave" not in env.emulator.members(DEFAULT_GROUP)
+    assert key == str(env.emulator.users["dave"].id)
+    with pytest.raises(TargetConflictError):
+        env.target.create_user("DAVE", "other@example.com", "Other Dave")
+
+
+def test_slug_differs_from_an_email_style_username(env: TargetEnv) -> None:
+    username = "jane.doe@corp.example"
+    env.target.create_user(username, username, "Jane Doe")
+    with admin_api(env) as api:
+        assert api.get(f"/users/{username}").status_code == 404
+        by_slug = api.get("/users/jane.doe_corp.example")
+    assert by_slug.status_code == 200
+    assert by_slug.json()["name"] == username
+    assert by_slug.json()["slug"] != username
+
+    users = env.target.read_users([username.upper()])
+    assert list(users["username"]) == [username]
+    env.target.update_user(username, {"display_name": "Jane Q. Doe"})
+    env.target.deactivate_user(username)
+    assert not active(env, username)
+
+
+def test_rename_then_update_under_the_new_name(env: TargetEnv) -> None:
+    env.emulator.seed_user("erin", "erin@old.example", "Erin")
+    env.target.update_user("erin", {"username": "erin.k", "email": "erin@new.example"})
+    users = env.target.read_users(["erin", "erin.k"])
+    assert users.to_dict("records") == [
+        {
+            "target_key": str(env.emulator.users["erin.k"].id),
+            "username": "erin.k",
+            "email": "erin@new.example",
+            "display_name": "Erin",
+            "active": True,
+        }
+    ]
+
+
+# -- personal access tokens and permissions -----------------------------------------------
+
+
+def test_pat_fails_fast_with_zero_requests(env: TargetEnv) -> None:
+    target = env.make_target(credentials="token")
+    env.emulator.app.clear_log()
+    with pytest.raises(ConfigError, match=r"personal access tokens.*basic"):
+        target.create_user("frank", "frank@example.com", "Frank")
+    with pytest.raises(ConfigError, match="personal access tokens"):
+        target.read_users(["admin"])
+    assert env.emulator.app.requests == []
+    result = target.check()
+    assert not result.ok and "personal access tokens" in result.detail
+    assert env.emulator.app.writes() == []
+
+
+def test_emulator_refuses_pats_on_admin_endpoints(env: TargetEnv) -> None:
+    token = env.emulator.add_token("admin")
+    with httpx.Client(base_url=env.target.client.base_url, timeout=10) as api:
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert api.get("/admin/users", headers=bearer).status_code == 200  # LICENSED_USER level
+        refused = api.post("/admin/groups", params={"name": "g"}, headers=bearer)
+    assert refused.status_code == 401
+    assert refused.json()["errors"][0]["message"].startswith("Tokens may not have")
+    assert "g" not in env.emulator.groups
+
+
+def test_pat_as_basic_password_is_explained_and_writes_nothing(env: TargetEnv) -> None:
+    target = env.make_target(credentials="token-as-password")
+    with pytest.raises(TargetPermissionError, match="personal access tokens"):
+        target.create_group("ops")
+    assert all(r.status >= 400 for r in env.emulator.app.writes())
+    assert "ops" not in env.emulator.groups
+
+
+def test_non_admin_gets_a_permission_error_not_a_credentials_error(env: TargetEnv) -> None:
+    target = env.make_target(credentials="user")
+    with pytest.raises(TargetPermissionError, match="lacks the ADMIN global permission"):
+        target.create_group("ops")
+
+
+@pytest.mark.parametrize(
+    ("credentials", "ok", "phrase"),
+    [
+        ("admin", True, "holds SYS_ADMIN"),
+        ("wrong", False, "credentials"),
+        ("user", False, "lacks the ADMIN"),
+        ("token", False, "personal access tokens"),
+    ],
+)
+def test_check_gives_a_precise_reason(
+    env: TargetEnv, credentials: str, ok: bool, phrase: str
+) -> None:
+    result = env.make_target(credentials=credentials).check()
+    assert (result.ok, phrase in result.detail) == (ok, True), result.detail
+
+
+def test_check_reports_an_unreachable_instance() -> None:
+    config = TargetConfig.model_validate(
+        {
+            "kind": "bitbucket",
+            "url": "http://127.0.0.1:9",  # discard port: nothing listens
+            "auth": {"kind": "basic", "username": "admin", "password": {"prefect_secret": "p"}},
+        }
+    )
+    target = BitbucketTarget.from_config(
+        "bb",
+        config,
+        load_prefect_secret=lambda _name: "secret",
+        retry=RetryPolicy(max_attempts=1, sleep=lambda _s: None),
+    )
+    with target:
+        result = target.check()
+    assert not result.ok and "not reachable" in result.detail
+
+
+# -- paging, memberships, rate limits -----------------------------------------------------
+
+
+def test_paging_follows_next_page_start(env: TargetEnv) -> None:
+    names = [f"user{i:02d}" for i in range(30)]  # more than the filtered-lookup threshold
+    for name in names:
+        env.emulator.seed_user(name, f"{name}@example.com", name.title())
+    env.emulator.seed_group("devs", members=names[:12])
+    env.emulator.app.clear_log()
+
+    users = env.target.read_users(names)
+    _, members = env.target.read_groups(["devs"])
+
+    assert sorted(users["username"]) == names
+    assert users["active"].all()
+    assert sorted(members["username"]) == names[:12]
+    member_starts = [
+        r.query["start"]
+        for r in env.emulator.app.requests
+        if r.path.endswith("/admin/groups/more-members")
+    ]
+    assert member_starts == ["0", "5", "10"]
+    assert all(r.query.get("limit") == "1000" for r in env.emulator.app.requests)
+
+
+def test_emulator_page_envelope_defaults_and_latest_alias() -> None:
+    emulator = BitbucketEmulator(admin=harness.ADMIN)  # default cap, no context path
+    for i in range(30):
+        emulator.seed_user(f"p{i:02d}", f"p{i}@example.com", f"P {i}")
+    with (
+        serve(emulator.app) as url,
+        httpx.Client(base_url=url, auth=httpx.BasicAuth(*harness.ADMIN), timeout=10) as api,
+    ):
+        page = api.get("/rest/api/latest/admin/users").json()
+        assert (page["size"], page["limit"], page["start"]) == (25, 25, 0)
+        assert page["isLastPage"] is False and page["nextPageStart"] == 25
+        last = api.get("/rest/api/1.0/admin/users", params={"start": 25}).json()
+        assert last["isLastPage"] is True and "nextPageStart" not in last
+        missing = api.post("/rest/api/1.0/admin/users", params={"name": "x"})
+        assert missing.status_code == 400
+        assert set(missing.json()["errors"][0]) == {"context", "message", "exceptionName"}
+        no_password = api.post(
+            "/rest/api/1.0/admin/users",
+            params={"name": "x", "displayName": "X", "emailAddress": "x@example.com"},
+        )
+        assert no_password.status_code == 400
+        notified = api.post(
+            "/rest/api/1.0/admin/users",
+            params={"name": "x", "displayName": "X", "emailAddress": "x@e.com", "notify": "true"},
+        )
+        assert notified.status_code == 204 and notified.content == b""
+
+
+def test_memberships_are_idempotent() -> None:
+    # The emulator answers 404 for removing a non-member, the stricter of the two possibilities.
+    with harness.environment(remove_nonmember_status=404) as env:
+        env.emulator.seed_user("gina", "gina@example.com", "Gina")
+        env.target.create_group("ops")
+        env.target.add_member("ops", "gina")
+        env.target.add_member("OPS", "gina")
+        assert env.emulator.members("ops") == ["gina"]
+        env.target.remove_member("ops", "gina")
+        env.target.remove_member("ops", "gina")
+        assert env.emulator.members("ops") == []
+
+
+def test_429_retry_after_is_honoured_without_sleeping(env: TargetEnv) -> None:
+    env.emulator.app.faults.retry_after_seconds = 7
+    env.emulator.app.faults.script = deque(["429"])
+    env.target.create_group("ops")
+    assert env.waits == [7.0]
+    statuses = [r.status for r in env.emulator.app.writes()]
+    assert statuses == [429, 200]
+    assert "ops" in env.emulator.groups

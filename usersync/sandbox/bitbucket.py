@@ -1,0 +1,700 @@
+"""An emulator of the Bitbucket Data Center REST 1.0 user, group and global-permission admin API.
+
+`BitbucketEmulator` serves what usersync's Bitbucket client calls, as the product does it (see
+../shared/reference/atlassian-rest.md §3 and §6): an optional context path, both
+`/rest/api/1.0` and `/rest/api/latest`, the `{size,limit,start,isLastPage,nextPageStart,values}`
+page with default limit 25 and a server-side cap, `filter` substring matching, create-user as
+query parameters answering 204 with no body, 409 for existing users and groups, user slugs
+that differ from usernames, global permissions as the only notion of a licensed (usable)
+account, errors as `{"errors": [{"context", "message", "exceptionName"}]}`, and Bitbucket's
+habit of answering a missing permission with 401 (not 403). Personal access tokens work as
+Bearer or as a basic-auth password, and are refused by every endpoint that needs ADMIN
+(BSERV-10482). The ASGI app is wrapped in `Instrumented`, so tests get the request log and
+can inject 429 (with `Retry-After`), 5xx and dropped connections.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import re
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from usersync.sandbox.faults import Instrumented, retry_after_only
+
+#: Global permissions, lowest first; each implies the ones before it.
+GLOBAL_PERMISSIONS: tuple[str, ...] = ("LICENSED_USER", "PROJECT_CREATE", "ADMIN", "SYS_ADMIN")
+
+DEFAULT_PAGE_LIMIT = 25
+#: Bitbucket's real cap is not documented (reference: UNCONFIRMED); clients must follow
+#: nextPageStart whatever limit they ask for, and the cap makes them prove it.
+DEFAULT_MAX_PAGE_SIZE = 1000
+DEFAULT_GROUP = "stash-users"
+
+_EXC = "com.atlassian.bitbucket"
+BAD_CREDENTIALS = f"{_EXC}.auth.IncorrectPasswordAuthenticationException"
+NOT_PERMITTED = f"{_EXC}.AuthorisationException"
+NO_SUCH_USER = f"{_EXC}.user.NoSuchUserException"
+NO_SUCH_GROUP = f"{_EXC}.user.NoSuchGroupException"
+DUPLICATE_USER = f"{_EXC}.user.DuplicateUserException"
+DUPLICATE_GROUP = f"{_EXC}.user.DuplicateGroupException"
+INVALID_ARGUMENT = f"{_EXC}.validation.ArgumentValidationException"
+NOT_A_MEMBER = f"{_EXC}.user.NoSuchMembershipException"
+CANNOT_DEMOTE_SELF = f"{_EXC}.permission.PermissionModificationException"
+
+TOKEN_ADMIN_REFUSAL = "Tokens may not have the following permission: ADMIN"
+
+
+def user_slug(username: str) -> str:
+    """The URL slug Bitbucket derives from a username: lower case, unsafe characters as `_`.
+
+    `jane.doe@corp.example` → `jane.doe_corp.example`. Clients must take the slug from the
+    user object, never compute it; the emulator derives it so that tests can show the two differ.
+    """
+    return re.sub(r"[^a-z0-9._-]", "_", username.lower())
+
+
+def bitbucket_error(status: int, message: str, exception: str = "", context: str | None = None):
+    """Bitbucket's error body: `{"errors": [{"context", "message", "exceptionName"}]}`."""
+    del status  # the body shape does not depend on it
+    return {"errors": [{"context": context, "message": message, "exceptionName": exception}]}
+
+
+class BitbucketRefusal(Exception):
+    """Raised inside a handler to answer with a Bitbucket error."""
+
+    def __init__(self, status: int, message: str, exception: str, context: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.exception = exception
+        self.context = context
+
+
+@dataclass
+class EmulatedUser:
+    id: int
+    name: str
+    email: str
+    display_name: str
+    password: str
+    created: int
+    groups: set[str] = field(default_factory=set)  # group keys (casefolded names)
+
+    def as_json(self) -> dict[str, Any]:
+        # `active` is the directory flag: always true for internal users, and not the licence.
+        return {
+            "name": self.name,
+            "emailAddress": self.email,
+            "displayName": self.display_name,
+            "active": True,
+            "slug": user_slug(self.name),
+            "id": self.id,
+            "type": "NORMAL",
+            "directoryName": "Bitbucket Internal Directory",
+            "deletable": True,
+            "mutableDetails": True,
+            "mutableGroups": True,
+            "createdTimestamp": self.created,
+            "lastAuthenticationTimestamp": None,
+        }
+
+
+@dataclass
+class EmulatedGroup:
+    name: str
+
+
+@dataclass
+class Caller:
+    username: str
+    via_token: bool
+
+
+class BitbucketEmulator:
+    """A Bitbucket DC instance in memory, served as an ASGI app (`app`).
+
+    Args:
+        version: what `/application-properties` reports.
+        context_path: e.g. "/bitbucket"; every REST path sits under it.
+        admin: username and password of a SYS_ADMIN account created up front.
+        max_page_size: the largest `limit` the server honours; larger requests get this many.
+        default_group: the group `addToDefaultGroup=true` puts new users in; it holds
+            LICENSED_USER, as on a typical instance.
+        remove_nonmember_status: what `remove-group` answers for a user who is not in the
+            group (Bitbucket's real answer is UNCONFIRMED: 200 no-op or 404).
+    """
+
+    def __init__(
+        self,
+        *,
+        version: str = "8.19.0",
+        context_path: str = "",
+        admin: tuple[str, str] = ("admin", "admin"),
+        max_page_size: int = DEFAULT_MAX_PAGE_SIZE,
+        default_group: str = DEFAULT_GROUP,
+        remove_nonmember_status: int = 200,
+    ) -> None:
+        self.version = version
+        self.context_path = "/" + context_path.strip("/") if context_path.strip("/") else ""
+        self.max_page_size = max_page_size
+        self.default_group = default_group
+        self.remove_nonmember_status = remove_nonmember_status
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self.users: dict[str, EmulatedUser] = {}  # by casefolded username
+        self.groups: dict[str, EmulatedGroup] = {}  # by casefolded group name
+        self.user_permissions: dict[str, str] = {}  # casefolded username -> direct permission
+        self.group_permissions: dict[str, str] = {}  # casefolded group -> permission
+        self.tokens: dict[str, str] = {}  # token -> casefolded username
+        self.seed_group(default_group, permission="LICENSED_USER")
+        self.seed_user(admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1])
+        self.user_permissions[admin[0].casefold()] = "SYS_ADMIN"
+        self.app = Instrumented(
+            Starlette(routes=self._routes()),
+            rate_limit_headers=retry_after_only,
+            error_body=lambda status, message: bitbucket_error(status, message),
+        )
+
+    # -- seeding and inspection (Python API for tests) ------------------------------------
+
+    def seed_user(
+        self,
+        username: str,
+        email: str,
+        display_name: str,
+        active: bool = True,
+        *,
+        password: str | None = None,
+        permission: str | None = None,
+        groups: Iterable[str] = (),
+    ) -> None:
+        """Create an account directly. `active=False` means: no global permission (unlicensed).
+
+        `permission` grants a direct global permission other than LICENSED_USER (for an admin).
+        """
+        with self._lock:
+            user = EmulatedUser(
+                id=next(self._ids),
+                name=username,
+                email=email,
+                display_name=display_name,
+                password=password if password is not None else secrets.token_urlsafe(16),
+                created=int(time.time() * 1000),
+            )
+            self.users[username.casefold()] = user
+            if permission or active:
+                self.user_permissions[username.casefold()] = permission or "LICENSED_USER"
+            for group in groups:
+                user.groups.add(self._group(group).name.casefold())
+
+    def seed_group(
+        self, name: str, members: Iterable[str] = (), *, permission: str | None = None
+    ) -> None:
+        """Create a group with these (existing) members; `permission` grants it a global one."""
+        with self._lock:
+            self.groups.setdefault(name.casefold(), EmulatedGroup(name))
+            if permission:
+                self.group_permissions[name.casefold()] = permission
+            for member in members:
+                self._user(member).groups.add(name.casefold())
+
+    def add_token(self, username: str, token: str | None = None) -> str:
+        """Issue a personal access token for `username`; return it."""
+        with self._lock:
+            self._user(username)
+            token = token or secrets.token_urlsafe(32)
+            self.tokens[token] = username.casefold()
+            return token
+
+    def direct_permission(self, username: str) -> str | None:
+        """The global permission granted to the user directly, if any."""
+        with self._lock:
+            return self.user_permissions.get(username.casefold())
+
+    def effective_permission(self, username: str) -> str | None:
+        """The highest global permission the user holds, directly or through a group."""
+        with self._lock:
+            user = self._user(username)
+            held = [self.user_permissions.get(user.name.casefold())]
+            held += [self.group_permissions.get(g) for g in user.groups]
+            ranks = [GLOBAL_PERMISSIONS.index(p) for p in held if p]
+            return GLOBAL_PERMISSIONS[max(ranks)] if ranks else None
+
+    def members(self, group: str) -> list[str]:
+        """Usernames in `group`, sorted."""
+        with self._lock:
+            key = self._group(group).name.casefold()
+            return sorted(u.name for u in self.users.values() if key in u.groups)
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def _user(self, name: str) -> EmulatedUser:
+        user = self.users.get(name.casefold())
+        if user is None:
+            raise BitbucketRefusal(404, f"User {name} does not exist.", NO_SUCH_USER, "name")
+        return user
+
+    def _group(self, name: str) -> EmulatedGroup:
+        group = self.groups.get(name.casefold())
+        if group is None:
+            raise BitbucketRefusal(404, f"Group {name} does not exist.", NO_SUCH_GROUP, "name")
+        return group
+
+    def _page(self, request: Request, items: list[Any]) -> dict[str, Any]:
+        try:
+            start = max(0, int(request.query_params.get("start", 0)))
+            limit = int(request.query_params.get("limit", DEFAULT_PAGE_LIMIT))
+        except ValueError as exc:
+            raise BitbucketRefusal(400, f"Invalid paging: {exc}", INVALID_ARGUMENT) from exc
+        limit = max(1, min(limit, self.max_page_size))
+        values = items[start : start + limit]
+        last = start + len(values) >= len(items)
+        page: dict[str, Any] = {
+            "size": len(values),
+            "limit": limit,
+            "start": start,
+            "isLastPage": last,
+            "values": values,
+        }
+        if not last:
+            page["nextPageStart"] = start + len(values)
+        return page
+
+    @staticmethod
+    def _matches(needle: str, *fields: str) -> bool:
+        needle = needle.casefold()
+        return not needle or any(needle in f.casefold() for f in fields)
+
+    def _filtered_users(self, request: Request, users: Iterable[EmulatedUser]) -> list[dict]:
+        text = request.query_params.get("filter", "")
+        chosen = [u for u in users if self._matches(text, u.name, u.display_name, u.email)]
+        return [u.as_json() for u in sorted(chosen, key=lambda u: u.name.casefold())]
+
+    # -- authentication -------------------------------------------------------------------
+
+    def _caller(self, request: Request, *, needs: str) -> Caller:
+        """Who is calling, refusing as Bitbucket does: 401 for bad credentials and for too
+        little permission; a token never satisfies ADMIN."""
+        header = request.headers.get("authorization", "")
+        kind, _, value = header.partition(" ")
+        caller: Caller | None = None
+        if kind.lower() == "bearer" and value in self.tokens:
+            caller = Caller(self.tokens[value], via_token=True)
+        elif kind.lower() == "basic":
+            try:
+                username, _, secret = base64.b64decode(value).decode().partition(":")
+            except ValueError:
+                username, secret = "", ""
+            user = self.users.get(username.casefold())
+            if user is not None and secrets.compare_digest(user.password, secret):
+                caller = Caller(user.name.casefold(), via_token=False)
+            elif self.tokens.get(secret) == username.casefold():
+                caller = Caller(username.casefold(), via_token=True)
+        if caller is None:
+            raise BitbucketRefusal(
+                401,
+                "Authentication failed. Please check your credentials and try again.",
+                BAD_CREDENTIALS,
+            )
+        if caller.via_token and GLOBAL_PERMISSIONS.index(needs) >= GLOBAL_PERMISSIONS.index(
+            "ADMIN"
+        ):
+            raise BitbucketRefusal(401, TOKEN_ADMIN_REFUSAL, NOT_PERMITTED)
+        held = self.effective_permission(caller.username)
+        if held is None or GLOBAL_PERMISSIONS.index(held) < GLOBAL_PERMISSIONS.index(needs):
+            raise BitbucketRefusal(
+                401,
+                "You are not permitted to access this resource",
+                NOT_PERMITTED,
+            )
+        return caller
+
+    # -- routing --------------------------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        table: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
+            ("/application-properties", "GET", self._application_properties),
+            ("/users/{slug}", "GET", self._get_user_by_slug),
+            ("/admin/users", "GET", self._list_users),
+            ("/admin/users", "POST", self._create_user),
+            ("/admin/users", "PUT", self._update_user),
+            ("/admin/users", "DELETE", self._delete_user),
+            ("/admin/users/rename", "POST", self._rename_user),
+            ("/admin/users/more-members", "GET", self._groups_of_user),
+            ("/admin/users/add-groups", "POST", self._add_user_to_groups),
+            ("/admin/users/add-group", "POST", self._add_user_to_group_deprecated),
+            ("/admin/users/remove-group", "POST", self._remove_user_from_group),
+            ("/admin/groups", "GET", self._list_groups),
+            ("/admin/groups", "POST", self._create_group),
+            ("/admin/groups", "DELETE", self._delete_group),
+            ("/admin/groups/more-members", "GET", self._members_of_group),
+            ("/admin/groups/add-users", "POST", self._add_users_to_group),
+            ("/admin/groups/add-user", "POST", self._add_group_user_deprecated),
+            ("/admin/groups/remove-user", "POST", self._remove_group_user_deprecated),
+            ("/admin/permissions/users", "GET", self._list_user_permissions),
+            ("/admin/permissions/users", "PUT", self._set_user_permission),
+            ("/admin/permissions/users", "DELETE", self._revoke_user_permissions),
+            ("/admin/permissions/groups", "GET", self._list_group_permissions),
+            ("/admin/permissions/groups", "PUT", self._set_group_permission),
+            ("/admin/permissions/groups", "DELETE", self._revoke_group_permissions),
+        ]
+        routes = []
+        for api in ("1.0", "latest"):
+            for path, method, handler in table:
+                routes.append(
+                    Route(
+                        f"{self.context_path}/rest/api/{api}{path}",
+                        self._guarded(handler),
+                        methods=[method],
+                    )
+                )
+        return routes
+
+    def _guarded(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                with self._lock:
+                    return await handler(request)
+            except BitbucketRefusal as refusal:
+                return JSONResponse(
+                    bitbucket_error(
+                        refusal.status, refusal.message, refusal.exception, refusal.context
+                    ),
+                    status_code=refusal.status,
+                )
+
+        return endpoint
+
+    @staticmethod
+    def _required(source: Any, name: str) -> str:
+        value = source.get(name) if isinstance(source, dict) or hasattr(source, "get") else None
+        if not isinstance(value, str) or not value.strip():
+            raise BitbucketRefusal(400, f"{name} must be provided.", INVALID_ARGUMENT, name)
+        return value
+
+    @staticmethod
+    async def _json(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BitbucketRefusal(400, "A JSON body is required.", INVALID_ARGUMENT) from exc
+        if not isinstance(body, dict):
+            raise BitbucketRefusal(400, "A JSON object is required.", INVALID_ARGUMENT)
+        return body
+
+    # -- handlers: instance and users -----------------------------------------------------
+
+    async def _application_properties(self, request: Request) -> Response:
+        # Anonymous on the real product too: the cheapest proof that the instance is there.
+        return JSONResponse(
+            {
+                "version": self.version,
+                "buildNumber": self.version.replace(".", "") + "000",
+                "buildDate": "1700000000000",
+                "displayName": "Bitbucket",
+            }
+        )
+
+    async def _get_user_by_slug(self, request: Request) -> Response:
+        self._caller(request, needs="LICENSED_USER")
+        slug = request.path_params["slug"]
+        for user in self.users.values():
+            if user_slug(user.name) == slug:
+                return JSONResponse({k: v for k, v in user.as_json().items() if k != "deletable"})
+        raise BitbucketRefusal(404, f"User {slug} does not exist.", NO_SUCH_USER)
+
+    async def _list_users(self, request: Request) -> Response:
+        self._caller(request, needs="LICENSED_USER")
+        return JSONResponse(self._page(request, self._filtered_users(request, self.users.values())))
+
+    async def _create_user(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        query = request.query_params
+        name = self._required(query, "name")
+        display_name = self._required(query, "displayName")
+        email = self._required(query, "emailAddress")
+        notify = query.get("notify", "false").lower() == "true"
+        password = query.get("password", "")
+        if not notify and not password:
+            raise BitbucketRefusal(
+                400,
+                "A password must be provided when the user is not notified.",
+                INVALID_ARGUMENT,
+                "password",
+            )
+        if name.casefold() in self.users:
+            raise BitbucketRefusal(
+                409, f"A user with the name '{name}' already exists.", DUPLICATE_USER, "name"
+            )
+        add_default = query.get("addToDefaultGroup", "true").lower() == "true"
+        self.seed_user(
+            name,
+            email,
+            display_name,
+            active=False,
+            password=password or secrets.token_urlsafe(16),
+            groups=[self.default_group] if add_default else (),
+        )
+        return Response(status_code=204)
+
+    async def _update_user(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)
+        user = self._user(self._required(body, "name"))
+        if body.get("displayName"):
+            user.display_name = body["displayName"]
+        if body.get("email"):
+            user.email = body["email"]
+        return JSONResponse(user.as_json())
+
+    async def _delete_user(self, request: Request) -> Response:
+        caller = self._caller(request, needs="ADMIN")
+        user = self._user(self._required(request.query_params, "name"))
+        if user.name.casefold() == caller.username:
+            raise BitbucketRefusal(409, "You cannot delete yourself.", CANNOT_DEMOTE_SELF)
+        del self.users[user.name.casefold()]
+        self.user_permissions.pop(user.name.casefold(), None)
+        return JSONResponse(user.as_json())
+
+    async def _rename_user(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)
+        user = self._user(self._required(body, "name"))
+        new_name = self._required(body, "newName")
+        old_key, new_key = user.name.casefold(), new_name.casefold()
+        if new_key != old_key and new_key in self.users:
+            raise BitbucketRefusal(
+                409, f"A user with the name '{new_name}' already exists.", DUPLICATE_USER
+            )
+        del self.users[old_key]
+        user.name = new_name
+        self.users[new_key] = user
+        if old_key in self.user_permissions:
+            self.user_permissions[new_key] = self.user_permissions.pop(old_key)
+        for token, owner in list(self.tokens.items()):
+            if owner == old_key:
+                self.tokens[token] = new_key
+        return JSONResponse(user.as_json())
+
+    # -- handlers: groups and memberships -------------------------------------------------
+
+    async def _list_groups(self, request: Request) -> Response:
+        self._caller(request, needs="LICENSED_USER")
+        text = request.query_params.get("filter", "")
+        chosen = sorted(
+            (g.name for g in self.groups.values() if self._matches(text, g.name)),
+            key=str.casefold,
+        )
+        return JSONResponse(
+            self._page(request, [{"name": name, "deletable": True} for name in chosen])
+        )
+
+    async def _create_group(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        name = self._required(request.query_params, "name")
+        if name.casefold() in self.groups:
+            raise BitbucketRefusal(
+                409, f"A group named '{name}' already exists.", DUPLICATE_GROUP, "name"
+            )
+        self.seed_group(name)
+        return JSONResponse({"name": name, "deletable": True})
+
+    async def _delete_group(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        group = self._group(self._required(request.query_params, "name"))
+        key = group.name.casefold()
+        del self.groups[key]
+        self.group_permissions.pop(key, None)
+        for user in self.users.values():
+            user.groups.discard(key)
+        return JSONResponse({"name": group.name, "deletable": True})
+
+    async def _members_of_group(self, request: Request) -> Response:
+        self._caller(request, needs="LICENSED_USER")
+        key = self._group(self._required(request.query_params, "context")).name.casefold()
+        members = [u for u in self.users.values() if key in u.groups]
+        return JSONResponse(self._page(request, self._filtered_users(request, members)))
+
+    async def _groups_of_user(self, request: Request) -> Response:
+        # The spec's text for this endpoint is copied from the group variant; the payload is
+        # groups (reference §3.4), which is what the product returns in practice.
+        self._caller(request, needs="LICENSED_USER")
+        user = self._user(self._required(request.query_params, "context"))
+        text = request.query_params.get("filter", "")
+        names = sorted(
+            (self.groups[k].name for k in user.groups if self._matches(text, self.groups[k].name)),
+            key=str.casefold,
+        )
+        return JSONResponse(
+            self._page(request, [{"name": name, "deletable": True} for name in names])
+        )
+
+    def _add(self, username: str, groups: list[str]) -> None:
+        # All or nothing, as the product: every name is checked before anything changes.
+        user = self._user(username)
+        keys = [self._group(g).name.casefold() for g in groups]
+        user.groups.update(keys)
+
+    def _remove(self, username: str, group: str) -> Response:
+        user = self._user(username)
+        key = self._group(group).name.casefold()
+        if key not in user.groups and self.remove_nonmember_status == 404:
+            raise BitbucketRefusal(
+                404, f"User {user.name} is not a member of group {group}.", NOT_A_MEMBER
+            )
+        user.groups.discard(key)
+        return Response(status_code=200)
+
+    async def _add_user_to_groups(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)
+        groups = body.get("groups")
+        if not isinstance(groups, list) or not groups:
+            raise BitbucketRefusal(400, "groups must be provided.", INVALID_ARGUMENT, "groups")
+        self._add(self._required(body, "user"), groups)
+        return Response(status_code=200)
+
+    async def _add_users_to_group(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)
+        group = self._required(body, "group")
+        users = body.get("users")
+        if not isinstance(users, list) or not users:
+            raise BitbucketRefusal(400, "users must be provided.", INVALID_ARGUMENT, "users")
+        self._group(group)
+        for username in users:
+            self._user(username)
+        for username in users:
+            self._add(username, [group])
+        return Response(status_code=200)
+
+    async def _add_user_to_group_deprecated(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)  # context = user, itemName = group
+        self._add(self._required(body, "context"), [self._required(body, "itemName")])
+        return Response(status_code=200)
+
+    async def _add_group_user_deprecated(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)  # context = group, itemName = user
+        self._add(self._required(body, "itemName"), [self._required(body, "context")])
+        return Response(status_code=200)
+
+    async def _remove_user_from_group(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)  # context = user, itemName = group
+        return self._remove(self._required(body, "context"), self._required(body, "itemName"))
+
+    async def _remove_group_user_deprecated(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        body = await self._json(request)  # context = group, itemName = user
+        return self._remove(self._required(body, "itemName"), self._required(body, "context"))
+
+    # -- handlers: global permissions -----------------------------------------------------
+
+    def _permission_param(self, request: Request) -> str:
+        permission = self._required(request.query_params, "permission")
+        if permission not in GLOBAL_PERMISSIONS:
+            raise BitbucketRefusal(
+                400,
+                f"'{permission}' is not a global permission "
+                f"(known: {', '.join(GLOBAL_PERMISSIONS)}).",
+                INVALID_ARGUMENT,
+                "permission",
+            )
+        return permission
+
+    def _may_change(self, caller: Caller, current: str | None, wanted: str | None) -> None:
+        """A caller may not touch a level above their own, nor grant one above their own."""
+        mine = GLOBAL_PERMISSIONS.index(self.effective_permission(caller.username) or "ADMIN")
+        for level in (current, wanted):
+            if level and GLOBAL_PERMISSIONS.index(level) > mine:
+                raise BitbucketRefusal(
+                    409,
+                    "You cannot modify a permission level higher than your own.",
+                    CANNOT_DEMOTE_SELF,
+                )
+
+    async def _list_user_permissions(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        text = request.query_params.get("filter", "")
+        rows = [
+            {"user": user.as_json(), "permission": self.user_permissions[key]}
+            for key, user in sorted(self.users.items())
+            if key in self.user_permissions
+            and self._matches(text, user.name, user.display_name, user.email)
+        ]
+        return JSONResponse(self._page(request, rows))
+
+    async def _set_user_permission(self, request: Request) -> Response:
+        caller = self._caller(request, needs="ADMIN")
+        permission = self._permission_param(request)
+        names = request.query_params.getlist("name")
+        if not names:
+            raise BitbucketRefusal(400, "name must be provided.", INVALID_ARGUMENT, "name")
+        users = [self._user(name) for name in names]
+        for user in users:
+            key = user.name.casefold()
+            if key == caller.username:
+                raise BitbucketRefusal(
+                    409, "You cannot modify your own permission level.", CANNOT_DEMOTE_SELF
+                )
+            self._may_change(caller, self.user_permissions.get(key), permission)
+        for user in users:
+            self.user_permissions[user.name.casefold()] = permission
+        return Response(status_code=204)
+
+    async def _revoke_user_permissions(self, request: Request) -> Response:
+        caller = self._caller(request, needs="ADMIN")
+        user = self._user(self._required(request.query_params, "name"))
+        key = user.name.casefold()
+        if key == caller.username:
+            raise BitbucketRefusal(
+                409, "You cannot revoke your own permissions.", CANNOT_DEMOTE_SELF
+            )
+        self._may_change(caller, self.user_permissions.get(key), None)
+        self.user_permissions.pop(key, None)
+        return Response(status_code=204)
+
+    async def _list_group_permissions(self, request: Request) -> Response:
+        self._caller(request, needs="ADMIN")
+        text = request.query_params.get("filter", "")
+        rows = [
+            {"group": {"name": self.groups[key].name, "deletable": True}, "permission": level}
+            for key, level in sorted(self.group_permissions.items())
+            if self._matches(text, self.groups[key].name)
+        ]
+        return JSONResponse(self._page(request, rows))
+
+    async def _set_group_permission(self, request: Request) -> Response:
+        caller = self._caller(request, needs="ADMIN")
+        permission = self._permission_param(request)
+        names = request.query_params.getlist("name")
+        if not names:
+            raise BitbucketRefusal(400, "name must be provided.", INVALID_ARGUMENT, "name")
+        groups = [self._group(name) for name in names]
+        for group in groups:
+            self._may_change(caller, self.group_permissions.get(group.name.casefold()), permission)
+        for group in groups:
+            self.group_permissions[group.name.casefold()] = permission
+        return Response(status_code=204)
+
+    async def _revoke_group_permissions(self, request: Request) -> Response:
+        caller = self._caller(request, needs="ADMIN")
+        group = self._group(self._required(request.query_params, "name"))
+        self._may_change(caller, self.group_permissions.get(group.name.casefold()), None)
+        self.group_permissions.pop(group.name.casefold(), None)
+        return Response(status_code=204)

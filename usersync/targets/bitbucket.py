@@ -1,0 +1,474 @@
+"""The Bitbucket Data Center target: users, groups and licences through REST 1.0 admin endpoints.
+
+Bitbucket has no deactivate: an account is usable while it holds a global permission
+(LICENSED_USER or higher), directly or through a group. So `deactivate_user` revokes the
+user's direct global permissions and `reactivate_user` grants LICENSED_USER back, and
+`read_users` reports `active` as "holds a licence" (the `active` flag of Bitbucket's user
+object is the directory's and stays true). Accounts this client creates are not put in the
+default group, so their licence is the direct grant usersync controls; a user who is also
+licensed through a group cannot be deactivated here and gets an error naming the group. The
+admin endpoints refuse personal access tokens (BSERV-10482), so a token-configured target
+fails before any request with an error saying so. Endpoints are data (`ENDPOINTS`); one pager
+follows `isLastPage`/`nextPageStart`; the shared `ApiClient` does retries and error mapping.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from usersync.config import BasicAuth, SecretLoader, TargetConfig, TokenAuth, resolve_secret
+from usersync.errors import (
+    ConfigError,
+    TargetAuthError,
+    TargetError,
+    TargetNotFoundError,
+    TargetPermissionError,
+    TargetRejectedError,
+    TargetUnreachableError,
+    TransientError,
+)
+from usersync.http import ApiClient, RetryPolicy
+from usersync.model import (
+    TARGET_GROUP_COLUMNS,
+    TARGET_MEMBERSHIP_COLUMNS,
+    TARGET_USER_COLUMNS,
+    empty_frame,
+)
+from usersync.targets.base import Target, TargetCheck, normalise_name
+
+#: The REST root under the instance URL (which includes any context path).
+API_ROOT = "/rest/api/1.0"
+
+#: Every call this client makes, by purpose. Names travel as query parameters or JSON
+#: fields; only `/users/{slug}` takes a slug, and this client does not need it.
+ENDPOINTS: dict[str, str] = {
+    "application_properties": "/application-properties",
+    "users": "/admin/users",
+    "rename_user": "/admin/users/rename",
+    "groups": "/admin/groups",
+    "group_members": "/admin/groups/more-members",
+    "user_groups": "/admin/users/more-members",
+    "add_user_to_groups": "/admin/users/add-groups",
+    "remove_user_from_group": "/admin/users/remove-group",
+    "user_permissions": "/admin/permissions/users",
+    "group_permissions": "/admin/permissions/groups",
+}
+
+#: The page size asked for; the server may cap it, and the pager follows nextPageStart anyway.
+PAGE_LIMIT = 1000
+
+#: Up to this many usernames are looked up one `filter` query each; more, and the client
+#: reads the whole user list once (cheaper than thousands of filtered queries).
+FILTERED_LOOKUP_MAX = 25
+
+#: Global permissions, lowest first; any of them makes an account licensed.
+GLOBAL_PERMISSIONS: tuple[str, ...] = ("LICENSED_USER", "PROJECT_CREATE", "ADMIN", "SYS_ADMIN")
+ADMIN_PERMISSIONS = frozenset({"ADMIN", "SYS_ADMIN"})
+
+PAT_REFUSED = (
+    "Bitbucket's admin endpoints refuse personal access tokens (tokens cannot carry the "
+    "ADMIN permission, BSERV-10482); configure auth kind 'basic' with the username and "
+    "password of an account holding ADMIN or SYS_ADMIN"
+)
+
+#: Bitbucket answers both bad credentials and missing permission with 401; the exception
+#: name in the body tells them apart.
+_NOT_PERMITTED_EXCEPTION = "AuthorisationException"
+
+
+class BitbucketTarget(Target):
+    """Bitbucket Data Center (REST 1.0).
+
+    Args:
+        name: the target's name in the profile.
+        client: an `ApiClient` whose base URL is the instance's `/rest/api/1.0`.
+        admin_username: the account the client authenticates as (for `check`).
+        auth_kind: "basic" or "token"; with "token" every call fails before it is sent.
+    """
+
+    product = "bitbucket"
+
+    def __init__(
+        self, name: str, client: ApiClient, *, admin_username: str = "", auth_kind: str = "basic"
+    ) -> None:
+        super().__init__(name)
+        self.client = client
+        self.admin_username = admin_username
+        self.auth_kind = auth_kind
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        config: TargetConfig,
+        *,
+        load_prefect_secret: SecretLoader | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> BitbucketTarget:
+        """Build the target from its profile entry, resolving the secret now.
+
+        A token-configured target is built (so that `check` can say what is wrong) but
+        refuses every call.
+
+        Raises:
+            ConfigError: the entry is not a Bitbucket target, or its secret cannot be resolved.
+        """
+        if config.kind != "bitbucket":
+            raise ConfigError(f"target '{name}': kind is {config.kind!r}, expected 'bitbucket'")
+        auth: httpx.Auth | None = None
+        headers: dict[str, str] = {}
+        username = ""
+        if isinstance(config.auth, BasicAuth):
+            username = config.auth.username
+            secret = resolve_secret(config.auth.password, load_prefect_secret=load_prefect_secret)
+            auth = httpx.BasicAuth(username, secret)
+        elif isinstance(config.auth, TokenAuth):
+            secret = resolve_secret(config.auth.token, load_prefect_secret=load_prefect_secret)
+            headers["Authorization"] = f"Bearer {secret}"
+        client = ApiClient(
+            f"bitbucket '{name}'",
+            config.url + API_ROOT,
+            auth=auth,
+            # Bitbucket's XSRF check applies to the query-parameter POSTs (no JSON body).
+            headers={"X-Atlassian-Token": "no-check", **headers},
+            timeout_seconds=config.timeout_seconds,
+            retry=retry
+            or RetryPolicy(
+                max_attempts=config.max_attempts, max_wait_seconds=config.max_retry_wait_seconds
+            ),
+            verify=config.ca_file or config.verify_tls,
+            transport=transport,
+        )
+        return cls(name, client, admin_username=username, auth_kind=config.auth.kind)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _call(self, method: str, endpoint: str, **kwargs: Any) -> httpx.Response:
+        """One call to a named endpoint, with Bitbucket's 401s told apart."""
+        if self.auth_kind == "token":
+            raise ConfigError(f"target '{self.name}': {PAT_REFUSED}")
+        try:
+            return self.client.request(method, ENDPOINTS[endpoint], **kwargs)
+        except TargetAuthError as exc:
+            raise self._explain_401(exc, f"{method} {ENDPOINTS[endpoint]}") from exc
+
+    def _explain_401(self, exc: TargetAuthError, what: str) -> TargetError:
+        """Bitbucket answers 401 for bad credentials and for missing permission alike."""
+        errors = exc.body.get("errors") if isinstance(exc.body, dict) else None
+        first = errors[0] if isinstance(errors, list) and errors else None
+        if not isinstance(first, dict):
+            return exc
+        message = str(first.get("message") or "")
+        where = f"bitbucket '{self.name}': {what}: HTTP 401: {message}"
+        if "token" in message.lower():
+            return TargetPermissionError(
+                f"{where} ({PAT_REFUSED}; the configured password looks like a token)",
+                status=exc.status,
+                body=exc.body,
+            )
+        if str(first.get("exceptionName") or "").endswith(_NOT_PERMITTED_EXCEPTION):
+            return TargetPermissionError(
+                f"{where} (the account '{self.admin_username}' is valid but lacks the ADMIN "
+                "global permission that user management needs; grant it ADMIN or use another "
+                "account)",
+                status=exc.status,
+                body=exc.body,
+            )
+        return exc
+
+    def _pages(self, endpoint: str, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        """Every value of a paged endpoint, following nextPageStart until isLastPage."""
+        start = 0
+        while True:
+            page = self._call(
+                "GET", endpoint, params={**(params or {}), "start": start, "limit": PAGE_LIMIT}
+            ).json()
+            yield from page.get("values", [])
+            if page.get("isLastPage", True):
+                return
+            next_start = page.get("nextPageStart")
+            if not isinstance(next_start, int) or next_start <= start:
+                raise TargetRejectedError(
+                    f"bitbucket '{self.name}': GET {ENDPOINTS[endpoint]}: page at {start} is "
+                    f"not the last but nextPageStart is {next_start!r}; refusing a partial read"
+                )
+            start = next_start
+
+    def _find_user(self, username: str) -> dict[str, Any] | None:
+        wanted = normalise_name(username)
+        for user in self._pages("users", {"filter": username}):
+            if normalise_name(user.get("name", "")) == wanted:
+                return user
+        return None
+
+    def _require_user(self, username: str) -> dict[str, Any]:
+        user = self._find_user(username)
+        if user is None:
+            raise TargetNotFoundError(
+                f"bitbucket '{self.name}': user '{username}' does not exist", status=404
+            )
+        return user
+
+    def _direct_permissions(self, filter_text: str = "") -> dict[str, str]:
+        """casefolded username → the global permission granted to the user directly."""
+        params = {"filter": filter_text} if filter_text else {}
+        return {
+            normalise_name(row["user"]["name"]): row["permission"]
+            for row in self._pages("user_permissions", params)
+        }
+
+    def _licensing_groups(self) -> dict[str, str]:
+        """casefolded group name → name, for groups holding a global permission."""
+        return {
+            normalise_name(row["group"]["name"]): row["group"]["name"]
+            for row in self._pages("group_permissions")
+        }
+
+    def _group_licensed(self, usernames: set[str]) -> set[str]:
+        """Which of these (casefolded) users hold a licence through a group."""
+        if not usernames:
+            return set()
+        licensing = self._licensing_groups()
+        if not licensing:
+            return set()
+        if len(usernames) <= FILTERED_LOOKUP_MAX:
+            # The default group often holds everyone: ask per user rather than list it.
+            return {
+                name
+                for name in usernames
+                if any(
+                    normalise_name(g["name"]) in licensing
+                    for g in self._pages("user_groups", {"context": name})
+                )
+            }
+        licensed: set[str] = set()
+        for group in licensing.values():
+            for member in self._pages("group_members", {"context": group}):
+                key = normalise_name(member["name"])
+                if key in usernames:
+                    licensed.add(key)
+        return licensed
+
+    def _licensing_groups_of(self, username: str) -> list[str]:
+        licensing = self._licensing_groups()
+        return sorted(
+            licensing[normalise_name(g["name"])]
+            for g in self._pages("user_groups", {"context": username})
+            if normalise_name(g["name"]) in licensing
+        )
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read_users(self, usernames: Iterable[str]) -> pd.DataFrame:
+        """The accounts among `usernames`; `active` means licensed, directly or through a group."""
+        wanted = {normalise_name(u): u for u in usernames}
+        if not wanted:
+            return empty_frame(TARGET_USER_COLUMNS)
+        if len(wanted) <= FILTERED_LOOKUP_MAX:
+            found = [u for u in (self._find_user(name) for name in wanted.values()) if u]
+            direct: dict[str, str] = {}
+            for name in wanted.values():
+                direct.update(self._direct_permissions(name))
+        else:
+            found = [u for u in self._pages("users") if normalise_name(u["name"]) in wanted]
+            direct = self._direct_permissions()
+        keys = {normalise_name(u["name"]) for u in found}
+        licensed = {k for k in keys if k in direct} | self._group_licensed(keys - set(direct))
+        rows = [
+            {
+                "target_key": str(u["id"]),
+                "username": u["name"],
+                "email": u.get("emailAddress") or "",
+                "display_name": u.get("displayName") or "",
+                "active": normalise_name(u["name"]) in licensed,
+            }
+            for u in found
+        ]
+        return pd.DataFrame(rows, columns=list(TARGET_USER_COLUMNS)).astype(TARGET_USER_COLUMNS)
+
+    def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Which of `groups` exist, and all their members (licensed or not)."""
+        found: list[str] = []
+        members: list[dict[str, str]] = []
+        for group in dict.fromkeys(groups):
+            wanted = normalise_name(group)
+            match = next(
+                (
+                    g["name"]
+                    for g in self._pages("groups", {"filter": group})
+                    if normalise_name(g["name"]) == wanted
+                ),
+                None,
+            )
+            if match is None:
+                continue
+            found.append(match)
+            members += [
+                {"username": m["name"], "group": match}
+                for m in self._pages("group_members", {"context": match})
+            ]
+        return (
+            pd.DataFrame({"group": found}, dtype="string").astype(TARGET_GROUP_COLUMNS),
+            pd.DataFrame(members, columns=list(TARGET_MEMBERSHIP_COLUMNS)).astype(
+                TARGET_MEMBERSHIP_COLUMNS
+            ),
+        )
+
+    # -- writing --------------------------------------------------------------------------
+
+    def create_user(self, username: str, email: str, display_name: str) -> str:
+        """Create a licensed account; return its numeric id as the target key.
+
+        Bitbucket demands a password unless it e-mails the user (`notify`), which needs a
+        working mail server and sends mail nobody asked for. The account gets a random
+        48-character password instead, used nowhere and never logged: people sign in through
+        the IdP (SSO/Crowd) or set one with "forgot password". The account is kept out of
+        the default group so that its licence is the direct grant `deactivate_user` revokes.
+        """
+        self._call(
+            "POST",
+            "users",
+            params={
+                "name": username,
+                "displayName": display_name,
+                "emailAddress": email,
+                "password": secrets.token_urlsafe(36),
+                "addToDefaultGroup": "false",
+                "notify": "false",
+            },
+            ok=(204,),
+        )
+        self._grant_licence(username)
+        return str(self._require_user(username)["id"])
+
+    def update_user(self, username: str, changes: Mapping[str, str]) -> None:
+        """Rename first (if asked), then change display name and e-mail under the new name."""
+        unknown = set(changes) - {"username", "email", "display_name"}
+        if unknown:
+            raise ValueError(f"update_user: unknown attribute(s) {', '.join(sorted(unknown))}")
+        current = username
+        new_name = changes.get("username")
+        if new_name and new_name != username:
+            self._call("POST", "rename_user", json={"name": username, "newName": new_name})
+            current = new_name
+        body: dict[str, str] = {"name": current}
+        if "display_name" in changes:
+            body["displayName"] = changes["display_name"]
+        if "email" in changes:
+            body["email"] = changes["email"]
+        if len(body) > 1:
+            self._call("PUT", "users", json=body, ok=(200,))
+
+    def deactivate_user(self, username: str) -> None:
+        """Revoke the user's direct global permissions (Bitbucket's stand-in for deactivate).
+
+        Raises:
+            TargetRejectedError: the user is still licensed through a group; the message names
+                the group(s), which usersync does not change on its own.
+        """
+        self._call("DELETE", "user_permissions", params={"name": username}, ok=(204,))
+        still = self._licensing_groups_of(username)
+        if still:
+            raise TargetRejectedError(
+                f"bitbucket '{self.name}': revoked the direct licence of '{username}', but "
+                f"the account is still licensed through group(s) {', '.join(still)}; remove "
+                "it from those groups or revoke their global permission to deactivate it"
+            )
+
+    def reactivate_user(self, username: str) -> None:
+        """Grant LICENSED_USER unless the user already holds a direct global permission.
+
+        Granting blindly would demote an account that holds more (PUT sets the level).
+        """
+        if normalise_name(username) in self._direct_permissions(username):
+            return
+        self._require_user(username)
+        self._grant_licence(username)
+
+    def _grant_licence(self, username: str) -> None:
+        self._call(
+            "PUT",
+            "user_permissions",
+            params={"name": username, "permission": "LICENSED_USER"},
+            ok=(204,),
+        )
+
+    def create_group(self, group: str) -> None:
+        """Create a group; an existing one raises `TargetConflictError` (Bitbucket's 409)."""
+        self._call("POST", "groups", params={"name": group}, ok=(200,))
+
+    def add_member(self, group: str, username: str) -> None:
+        """Add a user to a group; Bitbucket accepts an existing membership as done."""
+        self._call(
+            "POST", "add_user_to_groups", json={"user": username, "groups": [group]}, ok=(200,)
+        )
+
+    def remove_member(self, group: str, username: str) -> None:
+        """Remove a user from a group; not a member counts as done.
+
+        Whether Bitbucket answers 200 or 404 for a non-member is not documented, so a 404 is
+        accepted when the user and the group both exist.
+        """
+        try:
+            self._call(
+                "POST",
+                "remove_user_from_group",
+                json={"context": username, "itemName": group},
+                ok=(200, 204),
+            )
+        except TargetNotFoundError:
+            self._require_user(username)
+            wanted = normalise_name(group)
+            if not any(
+                normalise_name(g["name"]) == wanted
+                for g in self._pages("groups", {"filter": group})
+            ):
+                raise
+            if any(
+                normalise_name(g["name"]) == wanted
+                for g in self._pages("user_groups", {"context": username})
+            ):
+                raise
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def check(self) -> TargetCheck:
+        """Reachable, credentials accepted, ADMIN held, no personal access token; no writes."""
+        where = f"bitbucket '{self.name}' at {self.client.base_url}"
+        try:
+            props = self.client.get_json(ENDPOINTS["application_properties"])
+        except (TargetUnreachableError, TransientError) as exc:
+            return TargetCheck(False, f"{where}: not reachable: {exc}")
+        except TargetAuthError as exc:
+            return TargetCheck(False, f"{where}: credentials refused: {exc}")
+        except TargetError as exc:
+            return TargetCheck(False, f"{where}: does not look like Bitbucket's REST API: {exc}")
+        version = props.get("version", "?") if isinstance(props, dict) else "?"
+        if self.auth_kind == "token":
+            return TargetCheck(False, f"{where} (Bitbucket {version}): {PAT_REFUSED}")
+        try:
+            # Needs ADMIN, writes nothing, and tells us the account's own level.
+            own = self._direct_permissions(self.admin_username).get(
+                normalise_name(self.admin_username)
+            )
+        except TargetPermissionError as exc:
+            return TargetCheck(False, f"{where}: {exc}")
+        except TargetAuthError as exc:
+            return TargetCheck(
+                False, f"{where}: credentials of '{self.admin_username}' refused: {exc}"
+            )
+        except TargetError as exc:
+            return TargetCheck(False, f"{where}: {exc}")
+        level = own or "ADMIN through a group"
+        return TargetCheck(
+            True, f"{where}: Bitbucket {version}, '{self.admin_username}' holds {level}"
+        )
