@@ -1,0 +1,758 @@
+"""An emulator of the Jira Data Center REST v2 user and group endpoints, for tests and the demo.
+
+`JiraEmulator` serves, under an optional context path, the calls usersync makes against Jira
+DC (`/rest/api/2/user`, `/user/search`, `/user/list`, `/group`, `/group/member`,
+`/group/user`, `/groups/picker`, `/myself`, `/mypermissions`, `/serverInfo`) with the
+product's envelopes, status codes and error bodies as documented in
+shared/reference/atlassian-rest.md sections 1, 5 and 6: names are matched case-insensitively
+and stored in lower case, user keys (`JIRAUSER10100`) survive renames, `/user/search` returns a
+bare array truncated to its result window (1000 before Jira 10, 100 from 10), `/user/list`
+exists from 10.3 only, adding an existing member is a 400. Basic auth and bearer PATs are
+checked; user and group administration needs an administrator. The app is wrapped in
+`Instrumented`, so tests read the request log and inject 429s (with Jira's `X-RateLimit-*`
+headers), 5xx and dropped connections. Where the reference marks behaviour UNCONFIRMED, the
+emulator takes the stricter reading (e.g. a PUT that changes nothing is a 400), so a client
+that copes with it copes with the product.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from usersync.sandbox.faults import Instrumented
+
+API_PREFIX = "/rest/api/2"
+FIRST_USER_ID = 10000
+#: The result window of /user/search: JRASERVER-65089 (1000) and JRASERVER-78520 (100 on 10.x).
+SEARCH_WINDOW_BEFORE_10 = 1000
+SEARCH_WINDOW_FROM_10 = 100
+USER_LIST_SINCE = (10, 3)
+USER_LIST_DEFAULT_PAGE = 2000
+#: `jira.ajax.autocomplete.limit`, the default cap of /groups/picker.
+GROUP_PICKER_LIMIT = 20
+FORBIDDEN_USERNAME_CHARACTERS = "<>&"
+
+NOT_AUTHENTICATED = "You are not authenticated. Authentication required to perform this operation."
+NOT_USER_ADMIN = "You do not have the permission to perform this operation (error.no-permission)."
+NOT_GROUP_ADMIN = (
+    "You must be a Jira administrator to manage groups (rest.authorization.admin.required)."
+)
+NOTHING_TO_CHANGE = "error.no.value.found.to.be.changed"
+USER_EXISTS = "A user with that username already exists."
+GROUP_EXISTS = "A group or user with this name already exists."
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """`"10.3.1"` → `(10, 3, 1)`; non-numeric parts stop the parse (`"9.12.0-SNAPSHOT"`)."""
+    numbers: list[int] = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+def jira_error(status: int, message: str = "", errors: dict[str, str] | None = None) -> Response:
+    """Jira's error envelope: `{"errorMessages": [...], "errors": {field: message}}`."""
+    return JSONResponse(
+        {"errorMessages": [message] if message else [], "errors": errors or {}}, status_code=status
+    )
+
+
+def jira_rate_limit_headers(retry_after: float, *, limit: int = 100, fill_rate: int = 10) -> dict:
+    """The headers of a rate-limited Jira DC answer (token bucket; see reference §1.7)."""
+    seconds = int(retry_after) if float(retry_after).is_integer() else retry_after
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Interval-Seconds": "1",
+        "X-RateLimit-FillRate": str(fill_rate),
+        "retry-after": str(seconds),
+    }
+
+
+def _java_boolean(value: str | None, default: bool) -> bool:
+    # JAX-RS parses booleans with Boolean.valueOf: "true" in any case is true, anything else false.
+    if value is None:
+        return default
+    return value.strip().lower() == "true"
+
+
+@dataclass
+class JiraUser:
+    """One account as the emulator stores it (names in lower case, like Jira)."""
+
+    id: int
+    key: str
+    name: str
+    email: str
+    display_name: str
+    active: bool = True
+    password: str = ""
+    admin: bool = False
+
+
+@dataclass
+class JiraGroup:
+    name: str
+    #: member user keys, so that a rename keeps the memberships
+    member_keys: set[str] = field(default_factory=set)
+
+
+class BadParameter(ValueError):
+    """A query parameter that does not parse; answered with 400."""
+
+
+class JiraEmulator:
+    """Jira DC's user and group REST API over an in-memory directory.
+
+    Args:
+        version: the Jira version `/serverInfo` reports; it switches the `/user/search` window
+            (1000 before 10.0, 100 from 10.0) and whether `/user/list` exists (10.3+).
+        context_path: e.g. "/jira"; every path is served under it.
+        admin: username and password of the seeded administrator.
+        max_page_size: the largest page `/group/member` and `/user/search` return.
+        max_list_page_size: the largest page `/user/list` returns.
+        search_window: overrides the version's `/user/search` result window.
+        rate_limit_headers_always: send `X-RateLimit-*` and `retry-after: 0` on every
+            authenticated answer, as Jira does once an admin turns rate limiting on.
+    """
+
+    def __init__(
+        self,
+        version: str = "9.12.0",
+        context_path: str = "",
+        admin: tuple[str, str] = ("admin", "admin"),
+        max_page_size: int = 50,
+        *,
+        max_list_page_size: int = USER_LIST_DEFAULT_PAGE,
+        search_window: int | None = None,
+        rate_limit_headers_always: bool = False,
+    ) -> None:
+        self.version = version
+        self.version_numbers = parse_version(version)
+        self.context_path = "/" + context_path.strip("/") if context_path.strip("/") else ""
+        self.max_page_size = max_page_size
+        self.max_list_page_size = max_list_page_size
+        default_window = (
+            SEARCH_WINDOW_FROM_10 if self.version_numbers >= (10,) else SEARCH_WINDOW_BEFORE_10
+        )
+        self.search_window = search_window or default_window
+        self.rate_limit_headers_always = rate_limit_headers_always
+        self._lock = threading.RLock()
+        self._users: dict[str, JiraUser] = {}  # by key
+        self._keys_by_name: dict[str, str] = {}  # lower-case name → key
+        self._groups: dict[str, JiraGroup] = {}  # lower-case name → group
+        self._tokens: dict[str, str] = {}  # token → user key
+        self._next_id = FIRST_USER_ID
+        self.seed_user(
+            admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1], admin=True
+        )
+        self.seed_group("jira-administrators", members=[admin[0]])
+        self.app = Instrumented(
+            Starlette(routes=self._routes()),
+            rate_limit_headers=jira_rate_limit_headers,
+            error_body=lambda status, message: {"errorMessages": [message], "errors": {}},
+        )
+
+    # -- seeding and state, for tests --------------------------------------------------------
+
+    def seed_user(
+        self,
+        username: str,
+        email: str,
+        display_name: str,
+        active: bool = True,
+        password: str | None = None,
+        admin: bool = False,
+    ) -> str:
+        """Add an account directly (no HTTP); return its key."""
+        with self._lock:
+            if username.lower() in self._keys_by_name:
+                raise ValueError(f"jira emulator: user {username!r} exists already")
+            return self._add_user(
+                username, email, display_name, active, password or secrets.token_hex(8), admin
+            ).key
+
+    def seed_group(self, name: str, members: Iterable[str] = ()) -> None:
+        """Add a group (if missing) with these members (usernames that must exist)."""
+        with self._lock:
+            group = self._groups.setdefault(name.lower(), JiraGroup(name.lower()))
+            for username in members:
+                user = self._user_by_name(username)
+                if user is None:
+                    raise ValueError(f"jira emulator: no user {username!r} to put in {name!r}")
+                group.member_keys.add(user.key)
+
+    def add_token(self, token: str, username: str) -> None:
+        """Register a personal access token acting as `username`."""
+        with self._lock:
+            user = self._user_by_name(username)
+            if user is None:
+                raise ValueError(f"jira emulator: no user {username!r} for a token")
+            self._tokens[token] = user.key
+
+    def user(self, username: str) -> JiraUser | None:
+        """A copy of the account called `username` (any case), or None."""
+        with self._lock:
+            user = self._user_by_name(username)
+            return replace(user) if user else None
+
+    def user_by_key(self, key: str) -> JiraUser | None:
+        with self._lock:
+            user = self._users.get(key)
+            return replace(user) if user else None
+
+    @property
+    def usernames(self) -> list[str]:
+        with self._lock:
+            return sorted(user.name for user in self._users.values())
+
+    @property
+    def group_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._groups)
+
+    def group_members(self, group: str) -> set[str] | None:
+        """Usernames in `group`, or None when the group does not exist."""
+        with self._lock:
+            found = self._groups.get(group.lower())
+            if found is None:
+                return None
+            return {self._users[key].name for key in found.member_keys}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _add_user(
+        self, name: str, email: str, display_name: str, active: bool, password: str, admin: bool
+    ) -> JiraUser:
+        user_id = self._next_id
+        self._next_id += 1
+        # Since Jira 8.4 new accounts get database-id keys, never derived from the name.
+        user = JiraUser(
+            id=user_id,
+            key=f"JIRAUSER{user_id}",
+            name=name.lower(),
+            email=email,
+            display_name=display_name,
+            active=active,
+            password=password,
+            admin=admin,
+        )
+        self._users[user.key] = user
+        self._keys_by_name[user.name] = user.key
+        return user
+
+    def _user_by_name(self, name: str | None) -> JiraUser | None:
+        if not name:
+            return None
+        key = self._keys_by_name.get(name.lower())
+        return self._users.get(key) if key else None
+
+    def _routes(self) -> list[Route]:
+        prefix = self.context_path + API_PREFIX
+        table = [
+            ("/user", self._get_user, ["GET"]),
+            ("/user", self._create_user, ["POST"]),
+            ("/user", self._update_user, ["PUT"]),
+            ("/user", self._delete_user, ["DELETE"]),
+            ("/user/search", self._search_users, ["GET"]),
+            ("/user/list", self._list_users, ["GET"]),
+            ("/group", self._create_group, ["POST"]),
+            ("/group", self._delete_group, ["DELETE"]),
+            ("/group/member", self._group_members, ["GET"]),
+            ("/group/user", self._add_member, ["POST"]),
+            ("/group/user", self._remove_member, ["DELETE"]),
+            ("/groups/picker", self._group_picker, ["GET"]),
+            ("/myself", self._myself, ["GET"]),
+            ("/mypermissions", self._my_permissions, ["GET"]),
+            ("/serverInfo", self._server_info, ["GET"]),
+        ]
+        by_path: dict[str, dict[str, Any]] = {}
+        for path, handler, methods in table:
+            for method in methods:
+                by_path.setdefault(path, {})[method] = handler
+        return [
+            Route(prefix + path, self._dispatcher(handlers), methods=list(handlers))
+            for path, handlers in by_path.items()
+        ]
+
+    def _dispatcher(self, handlers: dict[str, Any]) -> Any:
+        async def endpoint(request: Request) -> Response:
+            body: Any = None
+            if request.method in ("POST", "PUT"):
+                raw = await request.body()
+                if raw:
+                    try:
+                        body = await request.json()
+                    except ValueError:
+                        return jira_error(400, "Unexpected character in the request body: not JSON")
+            auth = self._authenticate(request)
+            if isinstance(auth, Response):
+                return auth
+            try:
+                with self._lock:
+                    response = handlers[request.method](request, auth, body)
+            except BadParameter as exc:
+                response = jira_error(400, str(exc))
+            if auth is not None and self.rate_limit_headers_always:
+                response.headers.update(jira_rate_limit_headers(0, fill_rate=10))
+                response.headers["X-RateLimit-Remaining"] = "99"
+            return response
+
+        return endpoint
+
+    def _authenticate(self, request: Request) -> JiraUser | Response | None:
+        """The calling account, None for anonymous, or the 401 to send."""
+        header = request.headers.get("authorization", "")
+        if not header:
+            return None
+        scheme, _, credential = header.partition(" ")
+        with self._lock:
+            user: JiraUser | None = None
+            if scheme.lower() == "basic":
+                try:
+                    username, _, password = (
+                        base64.b64decode(credential.strip()).decode("utf-8").partition(":")
+                    )
+                except (binascii.Error, UnicodeDecodeError):
+                    username, password = "", ""
+                found = self._user_by_name(username)
+                if found and found.password and secrets.compare_digest(found.password, password):
+                    user = found
+            elif scheme.lower() == "bearer":
+                key = self._tokens.get(credential.strip())
+                user = self._users.get(key) if key else None
+            if user is None or not user.active:
+                response = jira_error(401, NOT_AUTHENTICATED)
+                # Seraph, Jira's authenticator, says why on every refused request.
+                response.headers["X-Seraph-LoginReason"] = "AUTHENTICATED_FAILED"
+                response.headers["WWW-Authenticate"] = 'Basic realm="protected-area"'
+                return response
+            return user
+
+    def _site(self, request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}{self.context_path}"
+
+    def _base(self, request: Request) -> str:
+        return self._site(request) + API_PREFIX
+
+    def _user_bean(self, request: Request, user: JiraUser, *, groups: bool = False) -> dict:
+        self_url = f"{self._base(request)}/user?username={quote(user.name)}"
+        bean: dict[str, Any] = {
+            "self": self_url,
+            "key": user.key,
+            "name": user.name,
+            "emailAddress": user.email,
+            "avatarUrls": {
+                "48x48": f"{self._site(request)}/secure/useravatar?ownerId={quote(user.key)}"
+            },
+            "displayName": user.display_name,
+            "active": user.active,
+            "deleted": False,
+            "timeZone": "UTC",
+            "locale": "en_US",
+            "expand": "groups,applicationRoles",
+        }
+        if groups:
+            names = sorted(g.name for g in self._groups.values() if user.key in g.member_keys)
+            bean["groups"] = {
+                "size": len(names),
+                "items": [{"name": n, "self": self._group_url(request, n)} for n in names],
+                "max-results": 1000,
+            }
+        return bean
+
+    def _group_url(self, request: Request, name: str) -> str:
+        return f"{self._base(request)}/group?groupname={quote(name)}"
+
+    def _group_bean(self, request: Request, group: JiraGroup) -> dict:
+        # Like Jira's GroupBean: active members only, at most 50, with hyphenated paging keys.
+        active = sorted(
+            (self._users[k] for k in group.member_keys if self._users[k].active),
+            key=lambda u: u.name,
+        )
+        shown = active[:50]
+        return {
+            "name": group.name,
+            "self": self._group_url(request, group.name),
+            "users": {
+                "size": len(active),
+                "items": [self._user_bean(request, u) for u in shown],
+                "max-results": 50,
+                "start-index": 0,
+                "end-index": max(len(shown) - 1, 0),
+            },
+            "expand": "users",
+        }
+
+    def _target_user(self, request: Request) -> JiraUser | Response:
+        """The user a `?username=` or `?key=` call is about, or its 404/400."""
+        username = request.query_params.get("username")
+        key = request.query_params.get("key")
+        if not username and not key:
+            return jira_error(
+                400, "Either the 'username' or the 'key' query parameter is required."
+            )
+        user = self._user_by_name(username) if username else self._users.get(key or "")
+        if user is None:
+            return jira_error(404, f"The user named '{username or key}' does not exist")
+        return user
+
+    # -- handlers (called under the lock) ----------------------------------------------------
+
+    def _get_user(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        user = self._target_user(request)
+        if isinstance(user, Response):
+            return user
+        expand = request.query_params.get("expand", "")
+        return JSONResponse(self._user_bean(request, user, groups="groups" in expand.split(",")))
+
+    def _create_user(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
+            return refused
+        if not isinstance(body, dict):
+            return jira_error(400, "The request body must be a JSON object describing the user.")
+        name = str(body.get("name") or "").strip()
+        email = str(body.get("emailAddress") or "").strip()
+        display_name = str(body.get("displayName") or "").strip()
+        errors: dict[str, str] = {}
+        if not name:
+            errors["username"] = "You must specify a username."
+        elif any(ch in name for ch in FORBIDDEN_USERNAME_CHARACTERS):
+            errors["username"] = "The username must not contain '<', '>' or '&'."
+        elif self._user_by_name(name) is not None:
+            errors["username"] = USER_EXISTS
+        if not email:
+            errors["email"] = "You must specify an email address."
+        elif "@" not in email:
+            errors["email"] = "You must specify a valid email address."
+        if not display_name:
+            errors["fullname"] = "You must specify a full name."
+        if errors:
+            return jira_error(400, errors=errors)
+        password = str(body.get("password") or secrets.token_urlsafe(12))
+        user = self._add_user(name, email, display_name, True, password, False)
+        bean = self._user_bean(request, user)
+        return JSONResponse(bean, status_code=201, headers={"Location": bean["self"]})
+
+    def _update_user(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
+            return refused
+        user = self._target_user(request)
+        if isinstance(user, Response):
+            return user
+        if not isinstance(body, dict):
+            return jira_error(400, "The request body must be a JSON object with the new values.")
+        # Absent or blank fields stay as they are (reference §1.3, updateUser).
+        new_name = str(body.get("name") or "").strip()
+        email = str(body.get("emailAddress") or "").strip()
+        display_name = str(body.get("displayName") or "").strip()
+        active = body.get("active")
+        errors: dict[str, str] = {}
+        if new_name and new_name.lower() != user.name:
+            if any(ch in new_name for ch in FORBIDDEN_USERNAME_CHARACTERS):
+                errors["username"] = "The username must not contain '<', '>' or '&'."
+            elif self._user_by_name(new_name) is not None:
+                errors["username"] = USER_EXISTS
+        if email and "@" not in email:
+            errors["email"] = "You must specify a valid email address."
+        if active is not None and not isinstance(active, bool):
+            errors["active"] = "'active' must be true or false."
+        if errors:
+            return jira_error(400, errors=errors)
+        changes = {
+            "name": new_name.lower() if new_name and new_name.lower() != user.name else None,
+            "email": email if email and email != user.email else None,
+            "display_name": (
+                display_name if display_name and display_name != user.display_name else None
+            ),
+            "active": active if active is not None and active != user.active else None,
+        }
+        if all(value is None for value in changes.values()):
+            # UNCONFIRMED whether Jira also refuses values equal to the current ones; the
+            # emulator does, so clients must treat "already so" as done themselves.
+            return jira_error(400, NOTHING_TO_CHANGE)
+        if changes["name"] is not None:
+            del self._keys_by_name[user.name]
+            user.name = changes["name"]
+            self._keys_by_name[user.name] = user.key
+        if changes["email"] is not None:
+            user.email = changes["email"]
+        if changes["display_name"] is not None:
+            user.display_name = changes["display_name"]
+        if changes["active"] is not None:
+            user.active = changes["active"]
+        return JSONResponse(self._user_bean(request, user))
+
+    def _delete_user(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
+            return refused
+        user = self._target_user(request)
+        if isinstance(user, Response):
+            return user
+        if me is not None and user.key == me.key:
+            return jira_error(400, "You cannot delete the currently logged in user.")
+        for group in self._groups.values():
+            group.member_keys.discard(user.key)
+        self._tokens = {t: k for t, k in self._tokens.items() if k != user.key}
+        del self._keys_by_name[user.name]
+        del self._users[user.key]
+        return Response(status_code=204)
+
+    def _search_users(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        params = request.query_params
+        query = (params.get("username") or "").strip().lower()
+        if not query:
+            return jira_error(400, "The username query parameter was not provided")
+        include_active = _java_boolean(params.get("includeActive"), True)
+        include_inactive = _java_boolean(params.get("includeInactive"), False)
+        start_at = _int_param(params, "startAt", 0)
+        max_results = _int_param(params, "maxResults", 50)
+        matches = sorted(
+            (
+                u
+                for u in self._users.values()
+                if (include_active if u.active else include_inactive)
+                and (query == "." or _matches_prefix(u, query))
+            ),
+            key=lambda u: u.name,
+        )
+        # Jira collects only the first `search_window` matches and pages inside them.
+        window = matches[: self.search_window]
+        size = max(0, min(max_results, self.max_page_size))
+        page = window[start_at : start_at + size]
+        return JSONResponse([self._user_bean(request, u) for u in page])
+
+    def _list_users(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if self.version_numbers < USER_LIST_SINCE:
+            return jira_error(404, f"null for uri: {request.url}")
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        params = request.query_params
+        max_results = max(
+            1,
+            min(_int_param(params, "maxResults", USER_LIST_DEFAULT_PAGE), self.max_list_page_size),
+        )
+        cursor = params.get("cursor") or ""
+        try:
+            after = int(cursor) if cursor else 0
+        except ValueError:
+            # Jira never answers 404 for a stale cursor; a garbage one starts from the top.
+            after = 0
+        ordered = sorted((u for u in self._users.values() if u.id > after), key=lambda u: u.id)
+        page = ordered[:max_results]
+        is_last = len(ordered) <= max_results
+        out: dict[str, Any] = {
+            "self": str(request.url),
+            "maxResults": max_results,
+            "isLast": is_last,
+            "values": [self._user_bean(request, u) for u in page],
+        }
+        if not is_last:
+            out["nextCursor"] = str(page[-1].id)
+            out["nextPage"] = (
+                f"{self._base(request)}/user/list?cursor={page[-1].id}&maxResults={max_results}"
+            )
+        return JSONResponse(out)
+
+    def _create_group(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_GROUP_ADMIN):
+            return refused
+        name = str((body or {}).get("name") or "").strip() if isinstance(body, dict) else ""
+        if not name:
+            return jira_error(400, "Group name cannot be empty.")
+        if name.lower() in self._groups:
+            return jira_error(400, GROUP_EXISTS)
+        group = self._groups[name.lower()] = JiraGroup(name.lower())
+        bean = self._group_bean(request, group)
+        return JSONResponse(bean, status_code=201, headers={"Location": bean["self"]})
+
+    def _delete_group(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_GROUP_ADMIN):
+            return refused
+        group = self._target_group(request)
+        if isinstance(group, Response):
+            return group
+        del self._groups[group.name]
+        return Response(status_code=200)
+
+    def _group_members(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_GROUP_ADMIN):
+            return refused
+        group = self._target_group(request)
+        if isinstance(group, Response):
+            return group
+        params = request.query_params
+        include_inactive = _java_boolean(params.get("includeInactiveUsers"), False)
+        start_at = _int_param(params, "startAt", 0)
+        max_results = max(1, min(_int_param(params, "maxResults", 50), self.max_page_size))
+        found = sorted(
+            (
+                self._users[k]
+                for k in group.member_keys
+                if include_inactive or self._users[k].active
+            ),
+            key=lambda u: u.name,
+        )
+        page = found[start_at : start_at + max_results]
+        return JSONResponse(
+            {
+                "self": str(request.url),
+                "maxResults": max_results,
+                "startAt": start_at,
+                "total": len(found),
+                "isLast": start_at + len(page) >= len(found),
+                "values": [self._user_bean(request, u) for u in page],
+            }
+        )
+
+    def _add_member(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_GROUP_ADMIN):
+            return refused
+        group = self._target_group(request)
+        if isinstance(group, Response):
+            return group
+        username = str(body.get("name") or "") if isinstance(body, dict) else ""
+        user = self._user_by_name(username)
+        if user is None:
+            return jira_error(404, f"The user '{username}' does not exist.")
+        if user.key in group.member_keys:
+            # Jira answers this 400 with a bare i18n string, not its error envelope.
+            return PlainTextResponse(
+                f"Cannot add user. '{user.name}' is already a member of '{group.name}'",
+                status_code=400,
+            )
+        group.member_keys.add(user.key)
+        bean = self._group_bean(request, group)
+        return JSONResponse(bean, status_code=201, headers={"Location": bean["self"]})
+
+    def _remove_member(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_GROUP_ADMIN):
+            return refused
+        group = self._target_group(request)
+        if isinstance(group, Response):
+            return group
+        username = request.query_params.get("username") or ""
+        user = self._user_by_name(username)
+        if user is None:
+            return jira_error(404, f"The user '{username}' does not exist.")
+        if user.key not in group.member_keys:
+            return jira_error(
+                400, f"Cannot remove user '{user.name}' from group '{group.name}': not a member."
+            )
+        group.member_keys.discard(user.key)
+        return Response(status_code=200)
+
+    def _group_picker(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        params = request.query_params
+        query = (params.get("query") or "").lower()
+        exclude = {g.lower() for g in params.getlist("exclude")}
+        limit = _int_param(params, "maxResults", GROUP_PICKER_LIMIT)
+        found = [n for n in sorted(self._groups) if query in n and n not in exclude]
+        shown = found[:limit]
+        return JSONResponse(
+            {
+                "header": f"Showing {len(shown)} of {len(found)} matching groups",
+                "total": len(found),
+                "groups": [{"name": n, "html": n, "labels": []} for n in shown],
+            }
+        )
+
+    def _myself(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        return JSONResponse(self._user_bean(request, me, groups=True))
+
+    def _my_permissions(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        asked = [p for p in (request.query_params.get("permissions") or "").split(",") if p]
+        known = {
+            "ADMINISTER": ("0", "Administer Jira", me is not None and me.admin),
+            "SYSTEM_ADMIN": ("44", "Jira System Administrators", me is not None and me.admin),
+            "USER_PICKER": ("27", "Browse Users", me is not None),
+        }
+        out = {}
+        for key in asked or list(known):
+            if key not in known:
+                return jira_error(400, f"Could not find permission: {key}")
+            permission_id, name, have = known[key]
+            out[key] = {
+                "id": permission_id,
+                "key": key,
+                "name": name,
+                "type": "GLOBAL",
+                "description": name,
+                "havePermission": have,
+            }
+        return JSONResponse({"permissions": out})
+
+    def _server_info(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        return JSONResponse(
+            {
+                "baseUrl": self._site(request),
+                "version": self.version,
+                "versionNumbers": list(self.version_numbers[:3]),
+                "deploymentType": "Server",
+                "buildNumber": 900000 + sum(self.version_numbers[:2]),
+                "serverTitle": "usersync Jira emulator",
+            }
+        )
+
+    # -- shared checks -----------------------------------------------------------------------
+
+    def _refuse_unless_admin(self, me: JiraUser | None, message: str) -> Response | None:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        if not me.admin:
+            return jira_error(403, message)
+        return None
+
+    def _target_group(self, request: Request) -> JiraGroup | Response:
+        name = request.query_params.get("groupname") or ""
+        if not name:
+            return jira_error(400, "Group name cannot be empty.")
+        group = self._groups.get(name.lower())
+        if group is None:
+            return jira_error(404, f"Specified group '{name}' does not exist.")
+        return group
+
+
+def _matches_prefix(user: JiraUser, query: str) -> bool:
+    """Jira's search: a prefix of the username, the e-mail, or a word of the display name."""
+    if user.name.startswith(query) or user.email.lower().startswith(query):
+        return True
+    display = user.display_name.lower()
+    return display.startswith(query) or any(word.startswith(query) for word in display.split())
+
+
+def _int_param(params: Any, name: str, default: int) -> int:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadParameter(f"'{name}' must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise BadParameter(f"'{name}' must not be negative")
+    return number
+
+
+__all__ = ["JiraEmulator", "JiraGroup", "JiraUser", "jira_rate_limit_headers", "parse_version"]

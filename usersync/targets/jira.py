@@ -1,0 +1,585 @@
+"""The Jira Data Center target: users and groups over REST v2 (`<jira>/rest/api/2`).
+
+`JiraTarget` implements `usersync.targets.base.Target` for Jira DC/Server 8.3+ with basic auth
+or a personal access token. Paths and page sizes are constants here (`PAGED`); one generic
+pager walks the three paging styles Jira uses (offset envelopes, bare arrays inside a search
+window, cursors). Reading users is the hard part on a large site: `/user/list` (cursor, 10.3+)
+when the server has it, else `/user/search`, which only ever returns the first 1000 matches
+(100 on Jira 10) — so the search is run per prefix of the requested names and a prefix whose
+answer hits that window is split further. Small requests use one `GET /user` per name. Jira's
+quirks are absorbed here, not in the planner: "already exists" comes as a 400 (mapped to
+`TargetConflictError`), adding a member twice is a 400 (counted as done), and a PUT that
+changes nothing is a 400 (checked against the account, then counted as done).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pandas as pd
+
+from usersync.config import BasicAuth, SecretLoader, TargetConfig, TokenAuth, resolve_secret
+from usersync.errors import (
+    ConfigError,
+    TargetAuthError,
+    TargetConflictError,
+    TargetError,
+    TargetNotFoundError,
+    TargetRejectedError,
+    TargetUnreachableError,
+    TransientError,
+)
+from usersync.http import ApiClient, RetryPolicy
+from usersync.model import (
+    TARGET_GROUP_COLUMNS,
+    TARGET_MEMBERSHIP_COLUMNS,
+    TARGET_USER_COLUMNS,
+    conform,
+    empty_frame,
+)
+from usersync.targets.base import Target, TargetCheck, normalise_name
+
+API_ROOT = "/rest/api/2"
+
+# -- endpoints (data) -------------------------------------------------------------------------
+
+USER = "/user"
+GROUP = "/group"
+GROUP_USER = "/group/user"
+MYSELF = "/myself"
+MY_PERMISSIONS = "/mypermissions"
+SERVER_INFO = "/serverInfo"
+
+Paging = Literal["offset", "window", "cursor"]
+
+
+@dataclass(frozen=True)
+class PagedEndpoint:
+    """A list call and how it pages.
+
+    `offset`: `{startAt, maxResults, isLast, values}` envelopes, paged by `startAt`.
+    `window`: a bare JSON array paged by `startAt`, truncated by the server to a result window.
+    `cursor`: `{values, isLast, nextCursor}`, paged by `cursor`.
+    """
+
+    path: str
+    paging: Paging
+    page_size: int
+
+
+PAGED: dict[str, PagedEndpoint] = {
+    # DC's maximum page of /group/member is undocumented; 50 is Cloud's and what Jira answers.
+    "group_members": PagedEndpoint("/group/member", "offset", 50),
+    "user_search": PagedEndpoint("/user/search", "window", 1000),
+    "user_list": PagedEndpoint("/user/list", "cursor", 2000),
+}
+
+#: /user/search returns only the first N matches (JRASERVER-65089; JRASERVER-78520 on 10.x).
+SEARCH_WINDOW_BEFORE_10 = 1000
+SEARCH_WINDOW_FROM_10 = 100
+#: /user/list exists on 10.3 LTS and 11.x.
+USER_LIST_SINCE = (10, 3)
+#: Up to this many requested names, one GET /user each is cheaper than any enumeration:
+#: a search or list page costs about as much as a lookup, and enumerating costs at least
+#: one request per distinct first letter plus the splits of crowded prefixes.
+LOOKUP_THRESHOLD = 30
+
+#: Attribute names of `model.USER_ATTRIBUTES` → Jira's user JSON fields.
+USER_FIELDS = {"username": "name", "email": "emailAddress", "display_name": "displayName"}
+
+
+def _already_exists(error: TargetError) -> bool:
+    return "already exists" in str(error.body).casefold()
+
+
+def _nothing_to_change(error: TargetError) -> bool:
+    text = str(error.body).casefold()
+    return "no.value.found.to.be.changed" in text or "no value found to be changed" in text
+
+
+class JiraTarget(Target):
+    """A Jira Data Center instance.
+
+    Args:
+        name: the target's name in the profile.
+        url: the site's base URL including any context path, e.g. https://jira.corp/jira.
+        username: with `password`, for basic auth.
+        password: the password of `username`.
+        token: a personal access token (sent as Bearer) instead of username/password.
+        retry: how transient failures are retried.
+        timeout_seconds: connect/read timeout of every call.
+        verify: TLS verification: True, False, or a CA bundle file.
+        lookup_threshold: up to this many requested names, `read_users` looks each one up.
+        search_window: the `/user/search` result window; by default from the server version.
+        transport: an httpx transport (tests of fault shapes no server produces).
+    """
+
+    product = "jira"
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_seconds: float = 30.0,
+        verify: bool | Path = True,
+        lookup_threshold: int = LOOKUP_THRESHOLD,
+        search_window: int | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(name)
+        if (token is None) == (username is None or password is None):
+            raise ValueError(
+                f"jira '{name}': give either username and password, or a token (not both)"
+            )
+        self.url = url.rstrip("/")
+        self.lookup_threshold = lookup_threshold
+        self._search_window = search_window
+        self._version: tuple[int, ...] | None = None
+        #: the largest page each windowed endpoint ever returned: the server's page cap is at
+        #: least that, so a shorter page is the last one without asking again
+        self._largest_page: dict[str, int] = {}
+        self._api = ApiClient(
+            f"jira '{name}'",
+            self.url + API_ROOT,
+            auth=httpx.BasicAuth(username, password) if token is None else None,  # type: ignore[arg-type]
+            headers={"Authorization": f"Bearer {token}"} if token is not None else None,
+            timeout_seconds=timeout_seconds,
+            retry=retry,
+            verify=verify,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        config: TargetConfig,
+        *,
+        load_prefect_secret: SecretLoader | None = None,
+        retry: RetryPolicy | None = None,
+        lookup_threshold: int = LOOKUP_THRESHOLD,
+    ) -> JiraTarget:
+        """Build the client of profile target `name`, resolving its secret.
+
+        Args:
+            name: the target's name in the profile.
+            config: its settings from profile.yaml.
+            load_prefect_secret: reads a Prefect Secret block by name.
+            retry: replaces the retry policy the config describes (tests record waits).
+            lookup_threshold: see `JiraTarget`.
+
+        Raises:
+            ConfigError: the config is not a Jira target, or its secret cannot be resolved.
+        """
+        if config.kind != "jira":
+            raise ConfigError(f"target '{name}' is kind '{config.kind}', not 'jira'")
+        retry = retry or RetryPolicy(
+            max_attempts=config.max_attempts, max_wait_seconds=config.max_retry_wait_seconds
+        )
+        verify: bool | Path = config.ca_file if config.ca_file else config.verify_tls
+        common: dict[str, Any] = {
+            "retry": retry,
+            "timeout_seconds": config.timeout_seconds,
+            "verify": verify,
+            "lookup_threshold": lookup_threshold,
+        }
+        auth = config.auth
+        if isinstance(auth, BasicAuth):
+            password = resolve_secret(auth.password, load_prefect_secret=load_prefect_secret)
+            return cls(name, config.url, username=auth.username, password=password, **common)
+        assert isinstance(auth, TokenAuth)
+        token = resolve_secret(auth.token, load_prefect_secret=load_prefect_secret)
+        return cls(name, config.url, token=token, **common)
+
+    def close(self) -> None:
+        self._api.close()
+
+    # -- server facts ------------------------------------------------------------------------
+
+    def server_version(self) -> tuple[int, ...]:
+        """The Jira version as numbers, e.g. (9, 12, 0); asked once per client."""
+        if self._version is None:
+            info = self._api.get_json(SERVER_INFO)
+            self._version = tuple(int(n) for n in info.get("versionNumbers") or [])
+        return self._version
+
+    @property
+    def search_window(self) -> int:
+        """How many matches `/user/search` returns at most, whatever the paging asks."""
+        if self._search_window is not None:
+            return self._search_window
+        if self.server_version() >= (10,):
+            return SEARCH_WINDOW_FROM_10
+        return SEARCH_WINDOW_BEFORE_10
+
+    # -- the pager ---------------------------------------------------------------------------
+
+    def _pages(self, endpoint: PagedEndpoint, params: Mapping[str, Any]) -> Iterator[list[dict]]:
+        """Yield the pages of a list call, in order, until the last one.
+
+        For `window` endpoints paging stops at the search window; the caller compares the
+        count with `search_window` to tell a complete answer from a truncated one.
+        """
+        if endpoint.paging == "cursor":
+            cursor: str | None = None
+            while True:
+                page_params = {**params, "maxResults": endpoint.page_size}
+                if cursor:
+                    page_params["cursor"] = cursor
+                data = self._api.get_json(endpoint.path, params=page_params)
+                yield list(data.get("values") or [])
+                cursor = data.get("nextCursor")
+                if data.get("isLast", True) or not cursor:
+                    return
+        start_at = 0
+        window = self.search_window if endpoint.paging == "window" else None
+        while True:
+            size = endpoint.page_size if window is None else min(endpoint.page_size, window)
+            if window is not None:
+                size = min(size, window - start_at)
+            data = self._api.get_json(
+                endpoint.path, params={**params, "startAt": start_at, "maxResults": size}
+            )
+            values = list(data if endpoint.paging == "window" else data.get("values") or [])
+            if values:
+                yield values
+            start_at += len(values)
+            if endpoint.paging == "offset":
+                if data.get("isLast", True) or not values:
+                    return
+                continue
+            # A bare array says nothing about more pages. The server caps pages silently, but
+            # never below the largest page it has already sent: shorter than that is the end.
+            largest = self._largest_page.get(endpoint.path, 0)
+            self._largest_page[endpoint.path] = max(largest, len(values))
+            if not values or start_at >= (window or 0) or len(values) < min(size, largest):
+                return
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_users(self, usernames: Iterable[str]) -> pd.DataFrame:
+        """The accounts among `usernames` (any case), active or not, with their Jira keys."""
+        wanted = {normalise_name(n) for n in usernames if n and n.strip()}
+        if not wanted:
+            return empty_frame(TARGET_USER_COLUMNS)
+        if len(wanted) <= self.lookup_threshold:
+            beans = self._look_up_users(wanted)
+        elif self.server_version() >= USER_LIST_SINCE:
+            beans = [
+                bean
+                for page in self._pages(PAGED["user_list"], {})
+                for bean in page
+                if normalise_name(bean.get("name", "")) in wanted
+            ]
+        else:
+            beans = self._search_users(wanted)
+        by_key = {bean["key"]: bean for bean in beans}
+        rows = [
+            {
+                "target_key": bean["key"],
+                "username": bean.get("name", ""),
+                "email": bean.get("emailAddress", ""),
+                "display_name": bean.get("displayName", ""),
+                "active": bool(bean.get("active", True)),
+            }
+            for bean in by_key.values()
+            if normalise_name(bean.get("name", "")) in wanted
+        ]
+        if not rows:
+            return empty_frame(TARGET_USER_COLUMNS)
+        return conform(pd.DataFrame(rows), TARGET_USER_COLUMNS, what=f"jira '{self.name}' users")
+
+    def _look_up_users(self, names: Iterable[str]) -> list[dict]:
+        beans = []
+        for name in sorted(names):
+            bean = self._get_user(name)
+            if bean is not None:
+                beans.append(bean)
+        return beans
+
+    def _get_user(self, username: str, *, groups: bool = False) -> dict | None:
+        params = {"username": username}
+        if groups:
+            params["expand"] = "groups"
+        try:
+            return self._api.get_json(USER, params=params)
+        except TargetNotFoundError:
+            return None
+
+    def _search_users(self, wanted: set[str]) -> list[dict]:
+        """Find `wanted` with per-prefix searches, splitting prefixes whose answer is truncated.
+
+        A truncated answer still holds real accounts: names found in it are done, and only
+        the names still missing are searched again with a one-character longer prefix. A name
+        equal to a truncated prefix cannot be narrowed further and is looked up directly.
+        """
+        window = self.search_window
+        missing = set(wanted)
+        found: list[dict] = []
+        prefixes = sorted({name[:1] for name in missing})
+        exact: set[str] = set()
+        while prefixes:
+            prefix = prefixes.pop()
+            params = {"username": prefix, "includeActive": "true", "includeInactive": "true"}
+            beans = [bean for page in self._pages(PAGED["user_search"], params) for bean in page]
+            found.extend(beans)
+            missing -= {normalise_name(bean.get("name", "")) for bean in beans}
+            if len(beans) < window:
+                continue
+            narrower = set()
+            for name in missing:
+                if not name.startswith(prefix):
+                    continue
+                if name == prefix:
+                    exact.add(name)
+                else:
+                    narrower.add(name[: len(prefix) + 1])
+            prefixes.extend(sorted(narrower))
+        found.extend(self._look_up_users(exact & missing))
+        return found
+
+    def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Which of `groups` exist, and all their members, active and inactive."""
+        requested: dict[str, str] = {}
+        for group in groups:
+            if group and group.strip():
+                requested.setdefault(normalise_name(group), group)
+        existing: list[str] = []
+        member_rows: list[tuple[str, str]] = []
+        for group in requested.values():
+            members = self._group_members(group)
+            if members is None:
+                continue
+            existing.append(group)
+            member_rows.extend((name, group) for name in members)
+        found = pd.DataFrame({"group": existing}, columns=list(TARGET_GROUP_COLUMNS))
+        memberships = pd.DataFrame(member_rows, columns=["username", "group"])
+        return (
+            conform(found, TARGET_GROUP_COLUMNS, what=f"jira '{self.name}' groups"),
+            conform(memberships, TARGET_MEMBERSHIP_COLUMNS, what=f"jira '{self.name}' members"),
+        )
+
+    def _group_members(self, group: str) -> list[str] | None:
+        """Usernames in `group` (incl. inactive and subgroup members), or None if no such group."""
+        params = {"groupname": group, "includeInactiveUsers": "true"}
+        names: list[str] = []
+        pages = self._pages(PAGED["group_members"], params)
+        try:
+            first = next(pages, [])
+        except TargetNotFoundError:
+            return None
+        names.extend(bean["name"] for bean in first)
+        for page in pages:
+            names.extend(bean["name"] for bean in page)
+        return names
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def create_user(self, username: str, email: str, display_name: str) -> str:
+        """POST /user without a password (Jira sets a random one) and without notification."""
+        body = {
+            "name": username,
+            "emailAddress": email,
+            "displayName": display_name,
+            "notification": False,
+        }
+        try:
+            response = self._api.request("POST", USER, json=body, ok=(201,))
+        except TargetRejectedError as exc:
+            if not _already_exists(exc):
+                raise
+            existing = self._get_user(username) if exc.attempts > 1 else None
+            # A retried POST whose first try was applied finds the account it made itself.
+            if existing and str(existing.get("emailAddress", "")).casefold() == email.casefold():
+                return str(existing["key"])
+            raise TargetConflictError(
+                f"jira '{self.name}': cannot create user '{username}': a user with that "
+                "username already exists (adopt it or rename one of them)",
+                status=exc.status,
+                body=exc.body,
+                attempts=exc.attempts,
+            ) from exc
+        return str(response.json()["key"])
+
+    def update_user(self, username: str, changes: Mapping[str, str]) -> None:
+        """PUT /user with the changed fields; a "username" change renames (the key stays)."""
+        unknown = sorted(set(changes) - set(USER_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"jira '{self.name}': cannot change {', '.join(unknown)} of '{username}' "
+                f"(known attributes: {', '.join(USER_FIELDS)})"
+            )
+        blank = sorted(attr for attr, value in changes.items() if not str(value).strip())
+        if blank:
+            # Jira ignores blank fields, so a blank value would be reported done but not made.
+            raise TargetRejectedError(
+                f"jira '{self.name}': cannot set {', '.join(blank)} of '{username}' to an empty "
+                "value (Jira keeps the old one); fix the mapping for this user"
+            )
+        body = {USER_FIELDS[attr]: value for attr, value in changes.items()}
+        if body:
+            self._put_user(username, body)
+
+    def deactivate_user(self, username: str) -> None:
+        """PUT /user `{"active": false}` (Jira 8.3+); already inactive counts as done."""
+        self._put_user(username, {"active": False})
+
+    def reactivate_user(self, username: str) -> None:
+        """PUT /user `{"active": true}`; already active counts as done."""
+        self._put_user(username, {"active": True})
+
+    def _put_user(self, username: str, body: dict[str, Any]) -> None:
+        try:
+            self._api.request("PUT", USER, params={"username": username}, json=body, ok=(200,))
+        except TargetNotFoundError as exc:
+            # A retried rename whose first try was applied: the old name is gone, the new is there.
+            new_name = body.get("name")
+            if exc.attempts > 1 and new_name and self._has_values(new_name, body):
+                return
+            raise
+        except TargetRejectedError as exc:
+            if _already_exists(exc):
+                raise TargetConflictError(
+                    f"jira '{self.name}': cannot rename '{username}' to '{body.get('name')}': "
+                    "that username is taken",
+                    status=exc.status,
+                    body=exc.body,
+                    attempts=exc.attempts,
+                ) from exc
+            if not _nothing_to_change(exc):
+                raise
+            # Jira refuses a PUT that changes nothing; if the account already holds the
+            # values that is done. Otherwise the field is not accepted at all (before 8.3,
+            # Jira refused "active" this way).
+            if self._has_values(body.get("name") or username, body):
+                return
+            raise TargetRejectedError(
+                f"jira '{self.name}': Jira ignored {', '.join(body)} for '{username}' "
+                f"({_server_words(exc)}); deactivation over REST needs Jira 8.3 or later",
+                status=exc.status,
+                body=exc.body,
+                attempts=exc.attempts,
+            ) from exc
+
+    def _has_values(self, username: str, body: Mapping[str, Any]) -> bool:
+        bean = self._get_user(username)
+        if bean is None:
+            return False
+        for field, value in body.items():
+            held = bean.get(field)
+            if field == "name":
+                if normalise_name(str(held)) != normalise_name(str(value)):
+                    return False
+            elif held != value:
+                return False
+        return True
+
+    def create_group(self, group: str) -> None:
+        """POST /group; an existing group is a `TargetConflictError`."""
+        try:
+            self._api.request("POST", GROUP, json={"name": group}, ok=(201,))
+        except TargetRejectedError as exc:
+            if not _already_exists(exc):
+                raise
+            if exc.attempts > 1:
+                # Our own earlier try made it before its answer was lost.
+                return
+            raise TargetConflictError(
+                f"jira '{self.name}': cannot create group '{group}': it already exists",
+                status=exc.status,
+                body=exc.body,
+                attempts=exc.attempts,
+            ) from exc
+
+    def add_member(self, group: str, username: str) -> None:
+        """POST /group/user; Jira's 400 for an existing member counts as done."""
+        try:
+            self._api.request(
+                "POST", GROUP_USER, params={"groupname": group}, json={"name": username}, ok=(201,)
+            )
+        except TargetRejectedError:
+            # Jira's "already a member" 400 is a bare localised string: ask instead of parsing.
+            if self._is_member(group, username):
+                return
+            raise
+
+    def remove_member(self, group: str, username: str) -> None:
+        """DELETE /group/user; not a member counts as done."""
+        try:
+            self._api.request(
+                "DELETE",
+                GROUP_USER,
+                params={"groupname": group, "username": username},
+                ok=(200, 204),
+            )
+        except TargetRejectedError:
+            if self._is_member(group, username) is False:
+                return
+            raise
+
+    def _is_member(self, group: str, username: str) -> bool | None:
+        """Whether `username` is in `group`; None when the user does not exist."""
+        bean = self._get_user(username, groups=True)
+        if bean is None:
+            return None
+        items = (bean.get("groups") or {}).get("items") or []
+        return normalise_name(group) in {normalise_name(g.get("name", "")) for g in items}
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def check(self) -> TargetCheck:
+        """Sign in (GET /myself) and confirm the ADMINISTER global permission; write nothing."""
+        where = f"jira '{self.name}' at {self.url}"
+        try:
+            me = self._api.get_json(MYSELF)
+            granted = self._api.get_json(MY_PERMISSIONS, params={"permissions": "ADMINISTER"})
+            version = ".".join(str(n) for n in self.server_version())
+        except TargetUnreachableError as exc:
+            return TargetCheck(False, f"{where} is unreachable: {exc}")
+        except TargetAuthError:
+            return TargetCheck(
+                False,
+                f"{where} refused the credentials (HTTP 401): check the username/password or "
+                "token configured for this target, and that the account is active",
+            )
+        except TargetNotFoundError:
+            return TargetCheck(
+                False,
+                f"{where} has no Jira REST API at {self.url}{API_ROOT} (HTTP 404): check the "
+                "URL and its context path",
+            )
+        except TransientError as exc:
+            return TargetCheck(False, f"{where} is not answering normally: {exc}")
+        except TargetError as exc:
+            return TargetCheck(False, f"{where}: {exc}")
+        account = me.get("name", "?")
+        permission = (granted.get("permissions") or {}).get("ADMINISTER") or {}
+        if not permission.get("havePermission"):
+            return TargetCheck(
+                False,
+                f"{where}: account '{account}' is not a Jira administrator (it needs the "
+                "'Jira Administrators' global permission to manage users and groups)",
+            )
+        return TargetCheck(True, f"{where}: Jira {version}, signed in as administrator '{account}'")
+
+
+def _server_words(error: TargetError) -> str:
+    """The server's words in a refusal, for messages."""
+    body = error.body
+    if isinstance(body, dict):
+        messages = [str(m) for m in body.get("errorMessages") or []]
+        messages += [f"{k}: {v}" for k, v in (body.get("errors") or {}).items()]
+        return "; ".join(messages) or str(error)
+    return str(body or error)
+
+
+__all__ = ["PAGED", "JiraTarget", "PagedEndpoint"]
