@@ -21,7 +21,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +64,10 @@ def user_slug(username: str) -> str:
     return re.sub(r"[^a-z0-9._-]", "_", username.lower())
 
 
-def bitbucket_error(status: int, message: str, exception: str = "", context: str | None = None):
+def bitbucket_error(
+    message: str, exception: str = "", context: str | None = None
+) -> dict[str, list[dict[str, str | None]]]:
     """Bitbucket's error body: `{"errors": [{"context", "message", "exceptionName"}]}`."""
-    del status  # the body shape does not depend on it
     return {"errors": [{"context": context, "message": message, "exceptionName": exception}]}
 
 
@@ -163,7 +164,7 @@ class BitbucketEmulator:
         self.app = Instrumented(
             Starlette(routes=self._routes()),
             rate_limit_headers=retry_after_only,
-            error_body=lambda status, message: bitbucket_error(status, message),
+            error_body=lambda _status, message: bitbucket_error(message),
         )
 
     # -- seeding and inspection (Python API for tests) ------------------------------------
@@ -370,17 +371,15 @@ class BitbucketEmulator:
                     return await handler(request)
             except BitbucketRefusal as refusal:
                 return JSONResponse(
-                    bitbucket_error(
-                        refusal.status, refusal.message, refusal.exception, refusal.context
-                    ),
+                    bitbucket_error(refusal.message, refusal.exception, refusal.context),
                     status_code=refusal.status,
                 )
 
         return endpoint
 
     @staticmethod
-    def _required(source: Any, name: str) -> str:
-        value = source.get(name) if isinstance(source, dict) or hasattr(source, "get") else None
+    def _required(source: Mapping[str, Any], name: str) -> str:
+        value = source.get(name)
         if not isinstance(value, str) or not value.strip():
             raise BitbucketRefusal(400, f"{name} must be provided.", INVALID_ARGUMENT, name)
         return value

@@ -135,7 +135,8 @@ class BitbucketTarget(Target):
             f"bitbucket '{name}'",
             config.url + API_ROOT,
             auth=auth,
-            # Bitbucket's XSRF check applies to the query-parameter POSTs (no JSON body).
+            # Public admin scripts send it on the query-parameter POSTs, which carry no JSON
+            # body for the XSRF check to accept (reference §3.4, §5.18).
             headers={"X-Atlassian-Token": "no-check", **headers},
             timeout_seconds=config.timeout_seconds,
             retry=retry
