@@ -17,6 +17,7 @@ pager is the one place to swap the decoder.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import ssl
 import uuid
@@ -221,9 +222,7 @@ class LdapSource(Source):
     def close(self) -> None:
         """Unbind and close the connection, if one is open."""
         if self._conn is not None:
-            # The connection is being discarded either way; a failing unbind changes nothing.
-            with contextlib.suppress(LDAPException):
-                self._conn.unbind()
+            _discard(self._conn)
             self._conn = None
 
     # -- connection ----------------------------------------------------------------------
@@ -264,7 +263,8 @@ class LdapSource(Source):
             client_strategy=SYNC,
             read_only=True,
             raise_exceptions=False,
-            receive_timeout=config.receive_timeout_seconds,
+            # ldap3 packs this into SO_RCVTIMEO as whole seconds: a float breaks struct.pack.
+            receive_timeout=math.ceil(config.receive_timeout_seconds),
             auto_range=True,  # AD: follow member;range=... retrieval
         )
         try:
@@ -273,11 +273,11 @@ class LdapSource(Source):
                 conn.start_tls()
             bound = conn.bind()
         except (LDAPCertificateError, LDAPStartTLSError, LDAPCommunicationError) as exc:
-            conn.unbind()
+            _discard(conn)
             raise self._connect_error(exc) from exc
         if not bound:
             result = conn.result
-            conn.unbind()
+            _discard(conn)
             if result["result"] == RESULT_INVALID_CREDENTIALS:
                 raise SourceAuthError(
                     f"{config.url}: the directory refused the bind as {config.bind_dn} (invalid "
@@ -503,6 +503,13 @@ class LdapSource(Source):
                 else:
                     rows.append((source_id, group))
         return _ResolvedMembers(rows, unresolved)
+
+
+def _discard(conn: Connection) -> None:
+    # The connection is being thrown away; after a failed TLS handshake its socket may already
+    # be gone, and a failing unbind changes nothing.
+    with contextlib.suppress(LDAPException, OSError):
+        conn.unbind()
 
 
 # -- DNs -------------------------------------------------------------------------------------

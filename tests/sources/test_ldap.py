@@ -1,0 +1,423 @@
+"""LdapSource against a real OpenLDAP slapd: complete reads or errors, never a partial snapshot."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.sources.conftest import (
+    GROUPS,
+    LIMITED_DN,
+    LIMITED_PASSWORD,
+    LIMITED_TOTAL,
+    PAGE_SIZE,
+    PAGED_USERS,
+    PEOPLE,
+    STAR_DISPLAY_NAME,
+    LdapConfigFactory,
+)
+from usersync.config import LdapSourceConfig, LdapTls, SecretRef
+from usersync.errors import (
+    ConfigError,
+    IncompleteSourceError,
+    SourceAuthError,
+    SourceUnreachableError,
+)
+from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SOURCE_USER_COLUMNS
+from usersync.sandbox.slapd import SlapdServer, free_port, make_test_certificates
+from usersync.sources.ldap import LdapSource, canonical_id, normalise_dn
+
+ADMIN_PASSWORD = "secret"
+ATTRIBUTES = ["uid", "mail", "displayName", "cn"]
+INACTIVE = "(employeeType=inactive)"
+
+
+def by_uid(users: pd.DataFrame, uid: str) -> pd.Series:
+    rows = users[users["uid"] == uid]
+    assert len(rows) == 1, f"expected one user {uid}, found {len(rows)}"
+    return rows.iloc[0]
+
+
+def members_of(snapshot: Any, group: str) -> set[str]:
+    """uids of the group's members, through the users frame."""
+    ids = set(snapshot.memberships.loc[snapshot.memberships["source_group"] == group, "source_id"])
+    return set(snapshot.users.loc[snapshot.users["source_id"].isin(ids), "uid"])
+
+
+# -- DN normalisation (no server) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        (
+            r"cn=Smith\, John,ou=people,dc=example,dc=org",
+            r"CN=smith\2c JOHN,OU=People,DC=Example,DC=org",
+        ),
+        (r"cn=Smith\, John,ou=people", r"cn = Smith\, John , ou = people"),
+        ("uid=a+cn=b,ou=x", "CN=B+UID=A,OU=X"),
+        ("cn=Zoë Müller,ou=x", r"cn=Zo\C3\AB M\C3\BCller,ou=x"),
+        ("cn=a;ou=x", "cn=a,ou=x"),
+    ],
+)
+def test_equivalent_dns_normalise_alike(left: str, right: str) -> None:
+    assert normalise_dn(left) == normalise_dn(right)
+    assert normalise_dn(left) is not None
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        (r"cn=Smith\, John,ou=people", "cn=Smith,cn=John,ou=people"),
+        ("uid=a,ou=x", "uid=a,ou=y"),
+        ("uid=a+cn=b,ou=x", "uid=a,cn=b,ou=x"),
+    ],
+)
+def test_different_dns_normalise_apart(left: str, right: str) -> None:
+    assert normalise_dn(left) != normalise_dn(right)
+
+
+@pytest.mark.parametrize("bad", ["not a dn", "cn=a,=b", "cn=trailing\\"])
+def test_invalid_dns_normalise_to_none(bad: str) -> None:
+    assert normalise_dn(bad) is None
+
+
+def test_ids_become_canonical_uuids() -> None:
+    guid = uuid.UUID("a1b2c3d4-e5f6-4789-8abc-def012345678")
+    assert canonical_id("objectGUID", guid.bytes_le, "cn=x") == str(guid)
+    assert canonical_id("entryUUID", b"A1B2C3D4-E5F6-4789-8ABC-DEF012345678", "cn=x") == str(guid)
+    with pytest.raises(IncompleteSourceError, match="16-byte GUID"):
+        canonical_id("objectGUID", b"short", "cn=x")
+
+
+# -- extraction ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def snapshot(slapd: SlapdServer) -> Any:
+    """One full extract in group_member mode, with the disabled filter, shared by the tests."""
+    config = LdapSourceConfig(
+        kind="ldap",
+        url=slapd.url,
+        bind_dn=slapd.admin_dn,
+        bind_password=SecretRef(env="USERSYNC_TEST_LDAP_PASSWORD"),
+        allow_cleartext_bind=True,
+        user_base_dn=PEOPLE,
+        group_base_dn=GROUPS,
+        page_size=PAGE_SIZE,
+        disabled_filter=INACTIVE,
+    )
+    with LdapSource(config, ADMIN_PASSWORD) as source:
+        return source.extract(ATTRIBUTES)
+
+
+@pytest.mark.slapd
+def test_extract_reads_every_user_over_many_pages(snapshot: Any, directory_facts: dict) -> None:
+    users = snapshot.users
+    assert directory_facts["user_count"] > 10 * PAGE_SIZE
+    assert len(users) == directory_facts["user_count"]
+    assert list(users.columns) == [*SOURCE_USER_COLUMNS, *ATTRIBUTES]
+    assert users["source_id"].is_unique
+    assert all(str(uuid.UUID(sid)) == sid for sid in users["source_id"])
+    assert set(users["uid"]) >= {f"user{n:04d}" for n in range(PAGED_USERS)}
+    assert by_uid(users, "user0042")["locator"] == f"uid=user0042,{PEOPLE}"
+    assert by_uid(users, "user0042")["mail"] == "user0042@example.org"
+    assert snapshot.source_kind == "ldap"
+
+
+@pytest.mark.slapd
+def test_extract_marks_disabled_users_inactive(snapshot: Any, directory_facts: dict) -> None:
+    inactive = snapshot.users.loc[~snapshot.users["active"], "uid"]
+    assert set(inactive) == {f"user{n:04d}" for n in range(0, PAGED_USERS, 100)}
+    assert len(inactive) == directory_facts["inactive_count"]
+
+
+@pytest.mark.slapd
+def test_extract_keeps_missing_and_non_ascii_values_as_they_are(snapshot: Any) -> None:
+    assert pd.isna(by_uid(snapshot.users, "nomail")["mail"])
+    zoe = by_uid(snapshot.users, "zoe")
+    assert zoe["cn"] == "Zoë Müller"
+    assert zoe["mail"] == "zoë@example.org"
+    assert by_uid(snapshot.users, "MJones")["mail"] == "Michael.Jones@Example.org"
+    assert snapshot.users["mail"].dtype == "string"
+
+
+@pytest.mark.slapd
+def test_extract_reads_groups_and_resolves_members_by_normalised_dn(
+    snapshot: Any, directory_facts: dict
+) -> None:
+    assert set(snapshot.groups["source_group"]) == {"everyone", "even", "engineering"}
+    assert snapshot.groups["source_group_id"].is_unique
+    assert list(snapshot.memberships.columns) == list(SOURCE_MEMBERSHIP_COLUMNS)
+    assert not snapshot.memberships.duplicated().any()
+    sizes = snapshot.memberships["source_group"].value_counts().to_dict()
+    assert sizes == directory_facts["group_sizes"]
+    # Smith's member value is `CN=smith\2c JOHN , OU=People,...`; the entry is cn=Smith\2C John.
+    assert members_of(snapshot, "engineering") == {"jsmith", "zoe"}
+    # The nested group and the user outside the base are left out, and said so.
+    (note,) = snapshot.notes
+    assert note.startswith("2 member value(s)")
+    assert "cn=even" in note and "uid=outsider" in note
+
+
+@pytest.mark.slapd
+def test_member_of_mode_gives_the_same_memberships(
+    ldap_config: LdapConfigFactory, snapshot: Any
+) -> None:
+    with LdapSource(ldap_config(membership="member_of"), ADMIN_PASSWORD) as source:
+        via_member_of = source.extract(["uid"])
+    pairs = set(via_member_of.memberships.itertuples(index=False, name=None))
+    assert pairs == set(snapshot.memberships.itertuples(index=False, name=None))
+    assert via_member_of.notes == ()
+
+
+@pytest.mark.slapd
+def test_attribute_columns_are_named_as_the_caller_spells_them(
+    ldap_config: LdapConfigFactory,
+) -> None:
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        users = source.find_users("uid", "zoe", ["UID", "Mail", "telephoneNumber"])
+    assert list(users.columns) == [*SOURCE_USER_COLUMNS, "UID", "Mail", "telephoneNumber"]
+    assert users.iloc[0]["Mail"] == "zoë@example.org"
+    assert pd.isna(users.iloc[0]["telephoneNumber"])
+    assert bool(users.iloc[0]["active"])  # no disabled_filter: everyone is active
+
+
+@pytest.mark.slapd
+def test_a_paged_search_the_server_cuts_short_raises(ldap_config: LdapConfigFactory) -> None:
+    config = ldap_config(bind_dn=LIMITED_DN)
+    with (
+        LdapSource(config, LIMITED_PASSWORD) as source,
+        pytest.raises(IncompleteSourceError) as caught,
+    ):
+        source.extract(["uid"])
+    message = str(caught.value)
+    assert "result 4 sizeLimitExceeded" in message
+    assert f"after {LIMITED_TOTAL - LIMITED_TOTAL % PAGE_SIZE} entries" in message
+    assert "limits" in message  # says what to do
+
+
+@pytest.mark.slapd
+def test_duplicate_or_missing_ids_are_refused(ldap_config: LdapConfigFactory) -> None:
+    duplicate = LdapSource(ldap_config(id_attribute="employeeType"), ADMIN_PASSWORD)
+    with duplicate, pytest.raises(IncompleteSourceError, match="share the id staff"):
+        duplicate.extract(["uid"])
+    missing = LdapSource(ldap_config(id_attribute="employeeNumber"), ADMIN_PASSWORD)
+    with (
+        missing,
+        pytest.raises(IncompleteSourceError, match=r"user0000,ou=people.* has no employeeN"),
+    ):
+        missing.extract(["uid"])
+
+
+# -- find_users ------------------------------------------------------------------------------
+
+
+@pytest.mark.slapd
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("uid", "*"),
+        ("uid", "*)(uid=*"),
+        ("uid", "user0001)(|(uid=*"),
+        ("uid", "\\"),
+        ("uid", "\x00"),
+        ("uid", "user*"),
+        ("displayName", "Star*"),
+        ("cn", "*)(objectClass=*"),
+    ],
+)
+def test_find_users_treats_filter_characters_as_data(
+    ldap_config: LdapConfigFactory, attribute: str, value: str
+) -> None:
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        assert source.find_users(attribute, value, ["uid"]).empty
+
+
+@pytest.mark.slapd
+def test_find_users_finds_exact_matches_including_special_characters(
+    ldap_config: LdapConfigFactory,
+) -> None:
+    with LdapSource(ldap_config(disabled_filter=INACTIVE), ADMIN_PASSWORD) as source:
+        star = source.find_users("displayName", STAR_DISPLAY_NAME, ["uid"])
+        assert list(star["uid"]) == ["star"]
+        # uid matching is case-insensitive in the schema; the value comes back as stored.
+        assert list(source.find_users("uid", "mjones", ["uid"])["uid"]) == ["MJones"]
+        smith = source.find_users("cn", "Smith, John", ["uid"])
+        assert list(smith["uid"]) == ["jsmith"]
+        inactive = source.find_users("uid", "user0100", ["uid"])
+        assert list(inactive["active"]) == [False]
+
+
+@pytest.mark.slapd
+@pytest.mark.parametrize("attribute", ["uid)(cn=*", "uid=x", "", "1uid", "mail "])
+def test_find_users_rejects_invalid_attribute_names(
+    ldap_config: LdapConfigFactory, attribute: str
+) -> None:
+    source = LdapSource(ldap_config(), ADMIN_PASSWORD)
+    with source, pytest.raises(ConfigError, match="not an LDAP attribute name"):
+        source.find_users(attribute, "x", ["uid"])
+
+
+# -- connection, authentication, TLS ---------------------------------------------------------
+
+
+@pytest.mark.slapd
+def test_wrong_password_is_an_auth_error_naming_dn_and_url(
+    ldap_config: LdapConfigFactory, slapd: SlapdServer
+) -> None:
+    with LdapSource(ldap_config(), "not-the-password") as source:
+        with pytest.raises(SourceAuthError) as caught:
+            source.extract(["uid"])
+        check = source.check()
+    message = str(caught.value)
+    assert slapd.admin_dn in message and slapd.url in message
+    assert "not-the-password" not in message
+    assert "env:USERSYNC_TEST_LDAP_PASSWORD" in message  # where to fix it
+    assert not check.ok and slapd.admin_dn in check.detail
+
+
+@pytest.mark.slapd
+def test_closed_port_is_unreachable(ldap_config: LdapConfigFactory) -> None:
+    url = f"ldap://127.0.0.1:{free_port()}"
+    with LdapSource(ldap_config(url=url), ADMIN_PASSWORD) as source:
+        with pytest.raises(SourceUnreachableError, match=f"{url}: cannot connect"):
+            source.extract(["uid"])
+        check = source.check()
+    assert not check.ok and url in check.detail
+
+
+@pytest.mark.slapd
+def test_cleartext_bind_is_refused_unless_allowed(ldap_config: LdapConfigFactory) -> None:
+    with LdapSource(ldap_config(allow_cleartext_bind=False), ADMIN_PASSWORD) as source:
+        with pytest.raises(ConfigError, match="allow_cleartext_bind"):
+            source.extract(["uid"])
+        assert "allow_cleartext_bind" in source.check().detail
+
+
+@pytest.mark.slapd
+def test_empty_password_is_refused_not_sent_as_anonymous_bind(
+    ldap_config: LdapConfigFactory,
+) -> None:
+    with LdapSource(ldap_config(), "") as source, pytest.raises(ConfigError, match="is empty"):
+        source.extract(["uid"])
+
+
+@pytest.mark.slapd
+def test_check_reports_success_and_a_missing_base(ldap_config: LdapConfigFactory) -> None:
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        good = source.check()
+    assert good.ok and PEOPLE in good.detail
+    with LdapSource(
+        ldap_config(user_base_dn="ou=nobody,dc=example,dc=org"), ADMIN_PASSWORD
+    ) as source:
+        missing = source.check()
+    assert not missing.ok and "ou=nobody,dc=example,dc=org does not exist" in missing.detail
+
+
+@pytest.mark.slapd
+@pytest.mark.parametrize("mode", ["ldaps", "starttls"])
+def test_tls_with_the_right_ca_works(
+    ldap_config: LdapConfigFactory, slapd: SlapdServer, mode: str
+) -> None:
+    assert slapd.certificates is not None
+    url = slapd.ldaps_url if mode == "ldaps" else slapd.url
+    tls = LdapTls(mode=mode, ca_file=slapd.certificates.ca_file)
+    config = ldap_config(url=url, tls=tls, allow_cleartext_bind=False)
+    with LdapSource(config, ADMIN_PASSWORD) as source:
+        assert source.check().ok
+        assert list(source.find_users("uid", "zoe", ["cn"])["cn"]) == ["Zoë Müller"]
+
+
+@pytest.mark.slapd
+@pytest.mark.parametrize("mode", ["ldaps", "starttls"])
+def test_tls_with_a_wrong_ca_fails_clearly(
+    ldap_config: LdapConfigFactory, slapd: SlapdServer, tmp_path: Path, mode: str
+) -> None:
+    other_ca = make_test_certificates(tmp_path, name="some other CA").ca_file
+    url = slapd.ldaps_url if mode == "ldaps" else slapd.url
+    config = ldap_config(url=url, tls=LdapTls(mode=mode, ca_file=other_ca))
+    with LdapSource(config, ADMIN_PASSWORD) as source:
+        with pytest.raises(SourceUnreachableError) as caught:
+            source.extract(["uid"])
+        check = source.check()
+    assert "certificate could not be validated" in str(caught.value)
+    assert str(other_ca) in str(caught.value)
+    assert not check.ok and "certificate could not be validated" in check.detail
+    # A lab directory may turn validation off explicitly.
+    lax = ldap_config(url=url, tls=LdapTls(mode=mode, ca_file=other_ca, validate_certificate=False))
+    with LdapSource(lax, ADMIN_PASSWORD) as source:
+        assert source.check().ok
+
+
+@pytest.mark.slapd
+def test_from_config_resolves_the_password_from_the_environment(
+    ldap_config: LdapConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("USERSYNC_TEST_LDAP_PASSWORD", ADMIN_PASSWORD)
+    with LdapSource.from_config(ldap_config()) as source:
+        assert source.check().ok
+
+
+# -- the demo directory ----------------------------------------------------------------------
+
+
+@pytest.mark.slapd
+def test_sample_directory_loads_and_extracts_cleanly() -> None:
+    with SlapdServer.for_demo() as server:
+        config = LdapSourceConfig(
+            kind="ldap",
+            url=server.url,
+            bind_dn=server.admin_dn,
+            bind_password=SecretRef(env="UNUSED"),
+            allow_cleartext_bind=True,
+            user_base_dn=f"ou=people,{server.base_dn}",
+            group_base_dn=f"ou=groups,{server.base_dn}",
+            disabled_filter=INACTIVE,
+        )
+        with LdapSource(config, server.admin_password) as source:
+            by_group = source.extract(["uid", "mail", "displayName"])
+        with LdapSource(config.model_copy(update={"membership": "member_of"}), "secret") as source:
+            by_member_of = source.extract(["uid"])
+    users = by_group.users
+    assert len(users) == 20
+    assert list(users.loc[~users["active"], "uid"]) == ["mgonzalez"]
+    assert pd.isna(by_uid(users, "nwilson")["mail"])
+    assert by_uid(users, "zmueller")["displayName"] == "Zoë Müller"
+    assert "jsmith" in members_of(by_group, "engineering")
+    assert set(by_group.groups["source_group"]) == {
+        "engineering",
+        "platform",
+        "sales",
+        "support",
+        "managers",
+        "all-staff",
+    }
+    # The nested group and the service account outside ou=people are noted, not members.
+    assert by_group.notes and by_group.notes[0].startswith("2 member value(s)")
+    pairs = set(by_group.memberships.itertuples(index=False, name=None))
+    assert pairs == set(by_member_of.memberships.itertuples(index=False, name=None))
+
+
+@pytest.mark.slapd
+def test_a_missing_group_base_is_an_incomplete_read(ldap_config: LdapConfigFactory) -> None:
+    config = ldap_config(group_base_dn="ou=nogroups,dc=example,dc=org")
+    with (
+        LdapSource(config, ADMIN_PASSWORD) as source,
+        pytest.raises(IncompleteSourceError) as caught,
+    ):
+        source.extract(["uid"])
+    assert "result 32 noSuchObject" in str(caught.value)
+    assert "check the base DN of the groups" in str(caught.value)
+
+
+def test_missing_slapd_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from usersync.sandbox import slapd as slapd_module
+
+    monkeypatch.setattr(slapd_module.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(slapd_module.SlapdError, match="slapd not found; run `make setup`"):
+        SlapdServer().start()
