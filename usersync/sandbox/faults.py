@@ -160,8 +160,9 @@ class Instrumented:
             status = int(fault)
             headers = self.rate_limit_headers(retry_after) if status == 429 else {}
             message = "Rate limit exceeded" if status == 429 else "Injected server error"
-            await _send_json(send, status, self.error_body(status, message), headers)
+            # Recorded before sending: a client may read the log as soon as it has the answer.
             record.status = status
+            await _send_json(send, status, self.error_body(status, message), headers)
             return
 
         replayed = False
