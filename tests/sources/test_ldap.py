@@ -62,6 +62,8 @@ def members_of(snapshot: Any, group: str) -> set[str]:
         ("uid=a+cn=b,ou=x", "CN=B+UID=A,OU=X"),
         ("cn=Zoë Müller,ou=x", r"cn=Zo\C3\AB M\C3\BCller,ou=x"),
         ("cn=a;ou=x", "cn=a,ou=x"),
+        ("cn=trailing\\ ,ou=x", "cn=trailing\\20,ou=x"),
+        ("cn=\\ lead,ou=x", "CN=\\20LEAD,OU=X"),
     ],
 )
 def test_equivalent_dns_normalise_alike(left: str, right: str) -> None:
@@ -75,6 +77,7 @@ def test_equivalent_dns_normalise_alike(left: str, right: str) -> None:
         (r"cn=Smith\, John,ou=people", "cn=Smith,cn=John,ou=people"),
         ("uid=a,ou=x", "uid=a,ou=y"),
         ("uid=a+cn=b,ou=x", "uid=a,cn=b,ou=x"),
+        ("cn=trailing\\ ,ou=x", "cn=trailing,ou=x"),
     ],
 )
 def test_different_dns_normalise_apart(left: str, right: str) -> None:

@@ -558,14 +558,30 @@ def normalise_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
             if not equals or not name:
                 return None
             try:
-                parts.append((name, _unescape_dn_value(value.strip()).casefold()))
+                parts.append((name, _unescape_dn_value(_strip_unescaped(value)).casefold()))
             except ValueError:
                 return None
         rdns.append(tuple(sorted(parts)))
     return tuple(rdns) if rdns else None
 
 
+def _strip_unescaped(value: str) -> str:
+    """Strip surrounding whitespace, but keep a trailing space escaped as `\\ `."""
+    value = value.lstrip()
+    while value.endswith(" "):
+        body = value[:-1]
+        if (len(body) - len(body.rstrip("\\"))) % 2 == 1:
+            break  # an odd run of backslashes escapes this space: it is part of the value
+        value = body
+    return value
+
+
 def _split_unescaped(text: str, separators: str) -> list[str]:
+    if "\\" not in text:
+        # Without escapes every separator separates: split in C (the common case, 1M values).
+        for separator in separators[1:]:
+            text = text.replace(separator, separators[0])
+        return text.split(separators[0])
     parts: list[str] = []
     current: list[str] = []
     escaped = False
