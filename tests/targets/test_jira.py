@@ -1,0 +1,267 @@
+"""Jira specifics the contract suite cannot know: search windows, /user/list, keys, PATs.
+
+Everything runs against `JiraEmulator` over real HTTP through the contract harness, so each
+test checks what an administrator would see in Jira (or in its request log), not how the
+client got there.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from tests.targets.harness_jira import ADMIN, CONTEXT_PATH, environment
+from usersync.config import TargetConfig
+from usersync.errors import ConfigError, TargetConflictError
+from usersync.sandbox.jira import JiraEmulator
+from usersync.sandbox.server import serve
+from usersync.targets import open_target
+from usersync.targets.jira import JiraTarget
+
+
+def searches(emulator: JiraEmulator) -> list[dict[str, str]]:
+    return [r.query for r in emulator.app.requests if r.path.endswith("/user/search")]
+
+
+def requested_paths(emulator: JiraEmulator) -> set[str]:
+    return {r.path.removeprefix(CONTEXT_PATH + "/rest/api/2") for r in emulator.app.requests}
+
+
+@pytest.mark.parametrize(("version", "window"), [("9.12.0", 1000), ("10.1.0", 100)])
+def test_search_window_is_split_by_prefix_until_every_user_is_found(
+    version: str, window: int
+) -> None:
+    with environment(version=version, max_page_size=window) as env:
+        for i in range(1500):
+            active = i % 7 != 0
+            env.emulator.seed_user(f"user{i:04d}", f"u{i}@example.com", f"User {i}", active)
+        # A name equal to a crowded prefix can only be looked up directly.
+        env.emulator.seed_user("user", "plain@example.com", "Plain")
+        # The prefix "u" also matches these through their display names and e-mails.
+        for i in range(30):
+            env.emulator.seed_user(f"zed{i}", f"user.zed{i}@example.com", f"User Zed {i}")
+        wanted = [f"user{i:04d}" for i in range(0, 1500, 2)] + ["user", "unknown-user"]
+        env.emulator.app.clear_log()
+
+        users = env.make_target(lookup_threshold=30).read_users(wanted)
+
+        assert sorted(users["username"]) == sorted(wanted[:-1])
+        assert users["target_key"].is_unique
+        assert not users.set_index("username").loc["user0014", "active"]
+        # The client never asked past the window (Jira answers such pages empty).
+        assert all(int(q["startAt"]) < window for q in searches(env.emulator))
+        assert all(q["includeInactive"] == "true" for q in searches(env.emulator))
+        # Prefix splitting, not a lookup per name: 752 names in far fewer requests.
+        assert len(env.emulator.app.requests) < 120
+
+
+def test_user_list_is_used_from_10_3() -> None:
+    with environment(version="10.3.0") as env:
+        for i in range(40):
+            env.emulator.seed_user(f"list{i:02d}", f"l{i}@example.com", f"List {i}", i % 3 != 0)
+        env.emulator.app.clear_log()
+
+        users = env.make_target(lookup_threshold=10).read_users([f"LIST{i:02d}" for i in range(40)])
+
+        assert len(users) == 40
+        assert set(users["active"]) == {True, False}
+        assert "/user/list" in requested_paths(env.emulator)
+        assert "/user/search" not in requested_paths(env.emulator)
+
+
+def test_user_list_does_not_exist_before_10_3() -> None:
+    with environment(version="10.2.0") as env:
+        base = env.target.url + "/rest/api/2"
+        answer = httpx.get(f"{base}/user/list", auth=ADMIN)
+        assert answer.status_code == 404
+        env.emulator.seed_user("ann", "ann@example.com", "Ann")
+        env.emulator.seed_user("anna", "anna@example.com", "Anna")
+        env.emulator.seed_user("bert", "bert@example.com", "Bert")
+        env.emulator.seed_user("bea", "bea@example.com", "Bea")
+
+        users = env.make_target(lookup_threshold=1).read_users(["ann", "anna", "bert", "nobody"])
+
+        assert sorted(users["username"]) == ["ann", "anna", "bert"]
+
+
+def test_a_few_names_are_looked_up_one_by_one() -> None:
+    with environment() as env:
+        env.emulator.seed_user("solo", "solo@example.com", "Solo")
+        env.emulator.app.clear_log()
+
+        users = env.make_target(lookup_threshold=30).read_users(["solo", "ghost"])
+
+        assert list(users["username"]) == ["solo"]
+        assert requested_paths(env.emulator) == {"/user"}
+        assert len(env.emulator.app.requests) == 2
+
+
+def test_rename_keeps_the_key_and_the_memberships() -> None:
+    with environment() as env:
+        key = env.target.create_user("old.name", "person@example.com", "Person")
+        env.target.create_group("crew")
+        env.target.add_member("crew", "old.name")
+
+        env.target.update_user("old.name", {"username": "new.name", "email": "p2@example.com"})
+
+        fresh = env.make_target()
+        users = fresh.read_users(["old.name", "new.name"])
+        assert list(users["username"]) == ["new.name"]
+        assert list(users["target_key"]) == [key]
+        assert list(users["email"]) == ["p2@example.com"]
+        assert key.startswith("JIRAUSER")
+        _, members = fresh.read_groups(["crew"])
+        assert list(members["username"]) == ["new.name"]
+
+
+def test_rename_onto_a_taken_name_is_a_conflict() -> None:
+    with environment() as env:
+        env.emulator.seed_user("taken", "t@example.com", "Taken")
+        env.emulator.seed_user("mover", "m@example.com", "Mover")
+        with pytest.raises(TargetConflictError):
+            env.target.update_user("mover", {"username": "TAKEN"})
+        assert env.emulator.user("mover") is not None
+
+
+def test_usernames_are_stored_in_lower_case() -> None:
+    with environment() as env:
+        env.target.create_user("Mixed.Case", "mc@example.com", "Mixed Case")
+        env.target.create_group("Mixed Group")
+        assert env.emulator.usernames.count("mixed.case") == 1
+        assert "mixed group" in env.emulator.group_names
+        users = env.make_target().read_users(["MIXED.case"])
+        assert list(users["username"]) == ["mixed.case"]
+
+
+def test_personal_access_token_works() -> None:
+    with environment() as env:
+        with env.make_target(credentials="token") as by_token:
+            assert by_token.check().ok
+            key = by_token.create_user("via.pat", "pat@example.com", "Via PAT")
+        assert env.emulator.user("via.pat").key == key  # type: ignore[union-attr]
+        assert {r.auth for r in env.emulator.app.writes()} == {"bearer"}
+
+
+def test_adding_an_existing_member_is_a_400_counted_as_done() -> None:
+    with environment() as env:
+        env.emulator.seed_user("dup", "dup@example.com", "Dup")
+        env.emulator.seed_group("dups", members=["dup"])
+        env.emulator.app.clear_log()
+
+        env.target.add_member("dups", "DUP")
+
+        assert [w.status for w in env.emulator.app.writes()] == [400]
+        assert env.emulator.group_members("dups") == {"dup"}
+
+
+def test_deactivating_twice_meets_jiras_nothing_to_change_400() -> None:
+    with environment() as env:
+        env.emulator.seed_user("idle", "idle@example.com", "Idle", active=False)
+        env.emulator.app.clear_log()
+
+        env.target.deactivate_user("idle")
+
+        assert [w.status for w in env.emulator.app.writes()] == [400]
+        assert env.emulator.user("idle").active is False  # type: ignore[union-attr]
+
+
+def test_retried_create_that_finds_its_own_account_returns_its_key() -> None:
+    # The first POST was applied but its answer was lost (503): the retry answers
+    # "already exists". Same e-mail → it is ours; another e-mail → a real conflict.
+    with environment() as env:
+        key = env.emulator.seed_user("retried", "retried@example.com", "Retried")
+        env.emulator.app.faults.script.append("503")
+        assert env.target.create_user("retried", "RETRIED@example.com", "Retried") == key
+
+        env.emulator.seed_user("someone", "someone@example.com", "Someone")
+        env.emulator.app.faults.script.append("503")
+        with pytest.raises(TargetConflictError):
+            env.target.create_user("someone", "other@example.com", "Other")
+
+
+def test_rate_limited_answer_carries_jiras_headers() -> None:
+    with environment() as env:
+        env.emulator.app.faults.retry_after_seconds = 4
+        env.emulator.app.faults.script.append("429")
+
+        answer = httpx.get(env.target.url + "/rest/api/2/myself", auth=ADMIN)
+
+        assert answer.status_code == 429
+        assert answer.headers["retry-after"] == "4"
+        for header in ("Limit", "Remaining", "Interval-Seconds", "FillRate"):
+            assert answer.headers[f"X-RateLimit-{header}"]
+        assert answer.json()["errorMessages"]
+
+
+def test_jira_error_bodies_and_status_codes() -> None:
+    with environment() as env:
+        base = env.target.url + "/rest/api/2"
+        env.emulator.seed_user("exists", "e@example.com", "Exists")
+        body = {"name": "EXISTS", "emailAddress": "x@example.com", "displayName": "X"}
+        answer = httpx.post(f"{base}/user", json=body, auth=ADMIN)
+        assert answer.status_code == 400
+        assert answer.json() == {
+            "errorMessages": [],
+            "errors": {"username": "A user with that username already exists."},
+        }
+        created = httpx.post(
+            f"{base}/user",
+            json={"name": "fresh", "emailAddress": "f@example.com", "displayName": "F"},
+            auth=ADMIN,
+        )
+        assert created.status_code == 201
+        assert created.headers["Location"].endswith("/user?username=fresh")
+        assert created.json()["key"] != "fresh"
+        assert httpx.get(f"{base}/user", params={"username": "nope"}, auth=ADMIN).status_code == 404
+        search = httpx.get(f"{base}/user/search", params={"username": "."}, auth=ADMIN).json()
+        assert isinstance(search, list) and {u["name"] for u in search} >= {"exists", "fresh"}
+        wrong = httpx.get(f"{base}/myself", auth=(ADMIN[0], "bad"))
+        assert wrong.status_code == 401 and wrong.json()["errorMessages"]
+        assert httpx.get(f"{base}/serverInfo").json()["versionNumbers"] == [9, 12, 0]
+
+
+def test_check_names_the_reason() -> None:
+    with environment() as env:
+        assert "administrator" in env.target.check().detail
+        with env.make_target(credentials="wrong") as wrong:
+            assert "refused the credentials" in wrong.check().detail
+        with env.make_target(credentials="user") as user:
+            assert "not a Jira administrator" in user.check().detail
+        no_context = JiraTarget(
+            "jira", env.target.url.removesuffix(CONTEXT_PATH), username="admin", password="x"
+        )
+        assert "context path" in no_context.check().detail
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from usersync.http import RetryPolicy
+
+    gone = JiraTarget(
+        "jira",
+        f"http://127.0.0.1:{port}",
+        token="t",
+        retry=RetryPolicy(max_attempts=2, sleep=lambda _: None),
+    )
+    result = gone.check()
+    assert not result.ok and "unreachable" in result.detail
+
+
+def test_open_target_builds_a_jira_client_from_a_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    emulator = JiraEmulator(context_path="/jira", admin=("svc", "s3cret"))
+    config = TargetConfig.model_validate(
+        {
+            "kind": "jira",
+            "url": "http://placeholder/jira",
+            "auth": {"kind": "basic", "username": "svc", "password": {"env": "JIRA_PW"}},
+        }
+    )
+    with pytest.raises(ConfigError, match="JIRA_PW"):
+        open_target("prod", config)
+    monkeypatch.setenv("JIRA_PW", "s3cret")
+    with serve(emulator.app) as url:
+        live = config.model_copy(update={"url": url + "/jira"})
+        with open_target("prod", live) as target:
+            assert isinstance(target, JiraTarget)
+            assert target.check().ok
