@@ -9,9 +9,10 @@ variable or a Prefect Secret block, resolved at run time by whoever runs the syn
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -227,8 +228,6 @@ class Profile(StrictModel):
     @field_validator("targets")
     @classmethod
     def _target_names(cls, value: dict[str, TargetConfig]) -> dict[str, TargetConfig]:
-        import re
-
         for name in value:
             if not re.match(PROFILE_NAME_PATTERN, name):
                 raise ValueError(f"target name '{name}': use lower-case letters, digits, dashes")
@@ -271,6 +270,7 @@ def load_profile(name: str, root: Path | None = None) -> Profile:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw = expand_environment(raw, str(path))
     raw.setdefault("name", name)
     if raw["name"] != name:
         raise ConfigError(f"{path}: name '{raw['name']}' differs from its folder '{name}'")
@@ -278,6 +278,35 @@ def load_profile(name: str, root: Path | None = None) -> Profile:
         return Profile.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid profile:\n{format_validation_error(exc)}") from exc
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(value: Any, where: str) -> Any:
+    """Replace `${NAME}` and `${NAME:-default}` in every string of a loaded YAML document.
+
+    For values that differ between machines (URLs, ports), not for secrets: a secret belongs
+    in a `SecretRef`, so it never lands in the validated profile or a log.
+
+    Raises:
+        ConfigError: a referenced variable is unset and has no default.
+    """
+    if isinstance(value, dict):
+        return {k: expand_environment(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_environment(v, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is None and default is None:
+            raise ConfigError(f"{where}: ${{{name}}} is used but the variable is not set")
+        return found if found is not None else default
+
+    return _ENV_REFERENCE.sub(replace, value)
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -1,0 +1,41 @@
+# usersync: `make demo` runs the demo sync, `make test` runs lint and the test suite.
+# Both do all the set-up they need (virtualenv, Python dependencies, Debian packages).
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# A fresh ephemeral Prefect server migrates its database first; on a busy 2-core machine that
+# takes longer than Prefect's default 20 s wait.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
+
+.PHONY: setup system-packages demo test lint format clean
+
+setup: $(VENV)/.installed system-packages
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+system-packages:
+	bash scripts/install-system-packages.sh
+
+demo: setup
+	PREFECT_HOME=$(CURDIR)/var/prefect $(BIN)/usersync demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/pytest
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

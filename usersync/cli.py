@@ -1,0 +1,178 @@
+"""The `usersync` command: validate profiles, sync, check connections, inspect runs, run the demo.
+
+The CLI is the outermost layer: `sync` and `demo` start the Prefect flows (imported when the
+command runs, so `validate` and `runs` work without a Prefect server); everything else calls
+the engine directly. Exit status: 0 success, 1 a sync or check failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from usersync.errors import ConfigError, UsersyncError
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from usersync import sync
+
+    loaded = sync.load(args.profile)
+    profile = loaded.profile
+    print(f"profile {profile.name}: OK")
+    print(f"  source: {profile.source.kind} {getattr(profile.source, 'url', '')}")
+    for name, target in profile.targets.items():
+        print(f"  target {name}: {target.kind} {target.url} ({target.auth.kind} auth)")
+    print(
+        f"  attributes.csv: {len(loaded.tables.attributes)} rule(s); source attributes read: "
+        f"{', '.join(loaded.tables.source_attributes())}"
+    )
+    print(f"  groups.csv: {len(loaded.tables.groups)} rule(s)")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from flows.sync import SyncFailed, sync
+
+    try:
+        outcomes = sync(
+            profile=args.profile,
+            targets=args.target or None,
+            dry_run=args.dry_run,
+            allow_mass_deactivation=args.allow_mass_deactivation,
+        )
+    except SyncFailed as exc:
+        print(f"sync failed: {exc}", file=sys.stderr)
+        return 1
+    for outcome in outcomes:
+        print(f"{outcome['target']}: {outcome['status']} planned={outcome['planned']}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from usersync import sync
+    from usersync.sources import open_source
+
+    loaded = sync.load(args.profile)
+    ok = True
+    try:
+        with open_source(loaded.profile.source) as source:
+            result = source.check()
+    except UsersyncError as exc:
+        result = None
+        detail = str(exc)
+    else:
+        detail = result.detail
+    ok &= bool(result and result.ok)
+    print(f"source: {'OK' if result and result.ok else 'FAILED'}: {detail}")
+    for name in loaded.profile.targets:
+        try:
+            with sync.open_target_for(loaded, name) as target:
+                checked = target.check()
+            good, detail = checked.ok, checked.detail
+        except UsersyncError as exc:
+            good, detail = False, str(exc)
+        ok &= good
+        print(f"target {name}: {'OK' if good else 'FAILED'}: {detail}")
+    return 0 if ok else 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from usersync.store import Store
+
+    store = Store.open(args.store_url)
+    frame = store.runs(args.profile, limit=args.limit)
+    if frame.empty:
+        print("no runs recorded")
+        return 0
+    columns = ["id", "profile", "target", "dry_run", "status", "started_at", "counts", "error"]
+    print(frame[columns].to_string(index=False))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo()
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from usersync.sandbox.serve import serve_forever
+
+    return serve_forever(args.host, args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usersync",
+        description="Sync users and groups from an IdP (LDAP, Active Directory, miniOrange) "
+        "into Jira, Confluence and Bitbucket Data Center.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("validate", help="check a profile and its mapping tables; no I/O")
+    p.add_argument("profile", help="folder name under mappings/ ($USERSYNC_MAPPINGS_DIR)")
+    p.set_defaults(func=_validate)
+
+    p = commands.add_parser(
+        "sync", help="run the sync flow for a profile (on $PREFECT_API_URL or an ephemeral server)"
+    )
+    p.add_argument("profile", help="folder name under mappings/")
+    p.add_argument(
+        "--dry-run", action="store_true", help="plan and publish the plan; write nothing"
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME",
+        help="sync only this target of the profile (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--allow-mass-deactivation",
+        action="store_true",
+        help="release the deactivation brake for this run",
+    )
+    p.set_defaults(func=_sync)
+
+    p = commands.add_parser(
+        "check",
+        help="Test Connection: reach the source and each target, prove credentials "
+        "and admin rights; writes nothing",
+    )
+    p.add_argument("profile")
+    p.set_defaults(func=_check)
+
+    p = commands.add_parser("runs", help="list recorded runs from the store")
+    p.add_argument("profile", nargs="?")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument(
+        "--store-url", default=None, help="default: $USERSYNC_STORE_URL or var/usersync.db"
+    )
+    p.set_defaults(func=_runs)
+
+    p = commands.add_parser(
+        "demo", help="start slapd with the sample directory and the sandbox products, then sync"
+    )
+    p.set_defaults(func=_demo)
+
+    p = commands.add_parser("sandbox", help="serve the sandbox products until interrupted")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8081, help="first port; one per product")
+    p.set_defaults(func=_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except UsersyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
