@@ -1,17 +1,37 @@
-"""Identity sources: open the one a profile names."""
+"""Identity sources, and `open_source`, which builds the one a profile's `source:` names.
+
+Each source kind lives in its own module with a `Source` subclass offering
+`from_config(config, *, load_prefect_secret=None)`. The registry maps a profile's `kind` to
+that class as a "module:Class" string, imported only when a profile uses it.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 from usersync.config import SecretLoader, SourceConfig
+from usersync.errors import ConfigError
 from usersync.sources.base import Source, SourceCheck
 
-__all__ = ["Source", "SourceCheck", "open_source"]
+__all__ = ["SOURCE_CLASSES", "Source", "SourceCheck", "open_source"]
+
+#: source kind (as profiles spell it) → "module:Class" of its reader.
+SOURCE_CLASSES: dict[str, str] = {
+    "ldap": "usersync.sources.ldap:LdapSource",
+}
 
 
 def open_source(config: SourceConfig, *, load_prefect_secret: SecretLoader | None = None) -> Source:
-    """The source client for a profile's `source:` section, with its secret resolved."""
-    if config.kind == "ldap":
-        from usersync.sources.ldap import LdapSource
+    """The source client for a profile's `source:` section, with its secret resolved.
 
-        return LdapSource.from_config(config, load_prefect_secret=load_prefect_secret)
-    raise NotImplementedError(f"source kind {config.kind!r}")  # pragma: no cover - schema-checked
+    Raises:
+        ConfigError: unknown kind, or a secret that cannot be resolved.
+    """
+    location = SOURCE_CLASSES.get(config.kind)
+    if location is None:
+        raise ConfigError(
+            f"source: unknown kind '{config.kind}' (known: {', '.join(SOURCE_CLASSES)})"
+        )
+    module_name, _, class_name = location.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.from_config(config, load_prefect_secret=load_prefect_secret)
