@@ -17,7 +17,8 @@ import pytest
 from tests.targets.harness_confluence import ADMIN, ADMIN_TOKEN, environment
 from usersync.config import TargetConfig
 from usersync.errors import ConfigError, TargetLicenceError, TargetRejectedError
-from usersync.targets.confluence import LIST_ALL_USERS_ABOVE, ConfluenceTarget
+from usersync.targets import confluence
+from usersync.targets.confluence import ConfluenceTarget
 
 
 def test_mixed_case_username_is_created_in_lower_case() -> None:
@@ -182,9 +183,12 @@ def test_rate_limit_answer_carries_confluence_headers_and_is_retried() -> None:
         assert not env.emulator.users["rita"].active
 
 
-def test_read_users_lists_all_users_when_many_are_asked_for() -> None:
-    with environment(page_size=100) as env:
-        names = [f"bulk{i:04d}" for i in range(LIST_ALL_USERS_ABOVE + 50)]
+def test_read_users_lists_all_users_when_many_are_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(confluence, "LIST_ALL_USERS_ABOVE", 40)
+    with environment(page_size=10) as env:
+        names = [f"bulk{i:04d}" for i in range(50)]
         for name in names:
             env.emulator.seed_user(name, f"{name}@example.com", name)
         env.emulator.app.clear_log()
@@ -194,7 +198,7 @@ def test_read_users_lists_all_users_when_many_are_asked_for() -> None:
         assert sorted(users["username"]) == names
         lookups = [r for r in env.emulator.app.requests if r.path.endswith("/rest/api/user")]
         listings = [r for r in env.emulator.app.requests if r.path.endswith("/rest/api/user/list")]
-        assert lookups == [] and len(listings) == 4  # 352 users, 100 a page
+        assert lookups == [] and len(listings) == 6  # 52 users (with the harness's), 10 a page
 
 
 def test_from_config_resolves_the_secret_and_serves_a_context_path(
