@@ -238,14 +238,14 @@ class JiraTarget(Target):
                 data = self._api.get_json(endpoint.path, params=page_params)
                 yield list(data.get("values") or [])
                 cursor = data.get("nextCursor")
-                if data.get("isLast", True) or not cursor:
+                if data.get("isLast") or not cursor:
                     return
         start_at = 0
         window = self.search_window if endpoint.paging == "window" else None
         while True:
-            size = endpoint.page_size if window is None else min(endpoint.page_size, window)
-            if window is not None:
-                size = min(size, window - start_at)
+            size = (
+                endpoint.page_size if window is None else min(endpoint.page_size, window - start_at)
+            )
             data = self._api.get_json(
                 endpoint.path, params={**params, "startAt": start_at, "maxResults": size}
             )
@@ -254,7 +254,11 @@ class JiraTarget(Target):
                 yield values
             start_at += len(values)
             if endpoint.paging == "offset":
-                if data.get("isLast", True) or not values:
+                # Trust isLast, else total; with neither, only an empty page ends the list.
+                is_last = data.get("isLast")
+                if is_last is None and "total" in data:
+                    is_last = start_at >= int(data["total"])
+                if is_last or not values:
                     return
                 continue
             # A bare array says nothing about more pages. The server caps pages silently, but
@@ -268,11 +272,14 @@ class JiraTarget(Target):
 
     def read_users(self, usernames: Iterable[str]) -> pd.DataFrame:
         """The accounts among `usernames` (any case), active or not, with their Jira keys."""
-        wanted = {normalise_name(n) for n in usernames if n and n.strip()}
+        # Jira lower-cases names (Java's toLowerCase); queries use that form, comparisons the
+        # case-folded one, so "Straße" is asked for as "straße" and still matches "STRASSE".
+        lowered = {n.strip().lower() for n in usernames if n and n.strip()}
+        wanted = {normalise_name(n) for n in lowered}
         if not wanted:
             return empty_frame(TARGET_USER_COLUMNS)
-        if len(wanted) <= self.lookup_threshold:
-            beans = self._look_up_users(wanted)
+        if len(lowered) <= self.lookup_threshold:
+            beans = self._look_up_users(lowered)
         elif self.server_version() >= USER_LIST_SINCE:
             beans = [
                 bean
@@ -281,7 +288,7 @@ class JiraTarget(Target):
                 if normalise_name(bean.get("name", "")) in wanted
             ]
         else:
-            beans = self._search_users(wanted)
+            beans = self._search_users(lowered)
         by_key = {bean["key"]: bean for bean in beans}
         rows = [
             {
@@ -316,7 +323,7 @@ class JiraTarget(Target):
             return None
 
     def _search_users(self, wanted: set[str]) -> list[dict]:
-        """Find `wanted` with per-prefix searches, splitting prefixes whose answer is truncated.
+        """Find `wanted` (lower-case names) with per-prefix searches, splitting truncated ones.
 
         A truncated answer still holds real accounts: names found in it are done, and only
         the names still missing are searched again with a one-character longer prefix. A name
@@ -332,7 +339,7 @@ class JiraTarget(Target):
             params = {"username": prefix, "includeActive": "true", "includeInactive": "true"}
             beans = [bean for page in self._pages(PAGED["user_search"], params) for bean in page]
             found.extend(beans)
-            missing -= {normalise_name(bean.get("name", "")) for bean in beans}
+            missing -= {str(bean.get("name", "")).lower() for bean in beans}
             if len(beans) < window:
                 continue
             narrower = set()
