@@ -265,3 +265,23 @@ def test_open_target_builds_a_jira_client_from_a_profile(monkeypatch: pytest.Mon
         with open_target("prod", live) as target:
             assert isinstance(target, JiraTarget)
             assert target.check().ok
+
+
+def test_legacy_group_expand_lists_active_members_only() -> None:
+    with environment() as env:
+        for name in ("a1", "a2", "a3"):
+            env.emulator.seed_user(name, f"{name}@example.com", name.upper())
+        env.emulator.seed_user("gone", "gone@example.com", "Gone", active=False)
+        env.emulator.seed_group("legacy", members=["a1", "a2", "a3", "gone"])
+        base = env.target.url + "/rest/api/2"
+
+        answer = httpx.get(
+            f"{base}/group", params={"groupname": "LEGACY", "expand": "users[1:2]"}, auth=ADMIN
+        ).json()
+
+        assert answer["users"]["size"] == 3
+        assert [u["name"] for u in answer["users"]["items"]] == ["a2", "a3"]
+        assert (answer["users"]["start-index"], answer["users"]["end-index"]) == (1, 2)
+        # The paged call the client uses does list the inactive member.
+        _, members = env.target.read_groups(["legacy"])
+        assert set(members["username"]) == {"a1", "a2", "a3", "gone"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 import threading
 from collections.abc import Iterable
@@ -271,6 +272,7 @@ class JiraEmulator:
             ("/user", self._delete_user, ["DELETE"]),
             ("/user/search", self._search_users, ["GET"]),
             ("/user/list", self._list_users, ["GET"]),
+            ("/group", self._get_group, ["GET"]),
             ("/group", self._create_group, ["POST"]),
             ("/group", self._delete_group, ["DELETE"]),
             ("/group/member", self._group_members, ["GET"]),
@@ -379,13 +381,16 @@ class JiraEmulator:
     def _group_url(self, request: Request, name: str) -> str:
         return f"{self._base(request)}/group?groupname={quote(name)}"
 
-    def _group_bean(self, request: Request, group: JiraGroup) -> dict:
-        # Like Jira's GroupBean: active members only, at most 50, with hyphenated paging keys.
+    def _group_bean(
+        self, request: Request, group: JiraGroup, start: int = 0, end: int = 49
+    ) -> dict:
+        # Like Jira's GroupBean: active members only (JRASERVER-38898), `users[start:end]`
+        # inclusive and at most 50, with hyphenated paging keys.
         active = sorted(
             (self._users[k] for k in group.member_keys if self._users[k].active),
             key=lambda u: u.name,
         )
-        shown = active[:50]
+        shown = active[start : min(end + 1, start + 50)]
         return {
             "name": group.name,
             "self": self._group_url(request, group.name),
@@ -393,8 +398,8 @@ class JiraEmulator:
                 "size": len(active),
                 "items": [self._user_bean(request, u) for u in shown],
                 "max-results": 50,
-                "start-index": 0,
-                "end-index": max(len(shown) - 1, 0),
+                "start-index": start,
+                "end-index": start + max(len(shown) - 1, 0),
             },
             "expand": "users",
         }
@@ -572,6 +577,18 @@ class JiraEmulator:
                 f"{self._base(request)}/user/list?cursor={page[-1].id}&maxResults={max_results}"
             )
         return JSONResponse(out)
+
+    def _get_group(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        """The legacy `GET /group?groupname=G&expand=users[0:49]` (not in the DC 10/11 spec)."""
+        if refused := self._refuse_unless_admin(me, NOT_GROUP_ADMIN):
+            return refused
+        group = self._target_group(request)
+        if isinstance(group, Response):
+            return group
+        expand = request.query_params.get("expand") or ""
+        bounds = re.search(r"users\[(\d+):(\d+)\]", expand)
+        start, end = (int(bounds[1]), int(bounds[2])) if bounds else (0, 49)
+        return JSONResponse(self._group_bean(request, group, start, end))
 
     def _create_group(self, request: Request, me: JiraUser | None, body: Any) -> Response:
         if refused := self._refuse_unless_admin(me, NOT_GROUP_ADMIN):
