@@ -87,8 +87,22 @@ class LdapTls(StrictModel):
     validate_certificate: bool = Field(True, description="Turn off only for a lab directory.")
 
 
+#: What `flavour: active_directory` changes in the LDAP defaults (a profile may still set any).
+ACTIVE_DIRECTORY_DEFAULTS: dict[str, Any] = {
+    "user_filter": "(&(objectCategory=person)(objectClass=user))",
+    "group_filter": "(objectClass=group)",
+    "id_attribute": "objectGUID",
+    "member_attributes": ("member",),
+}
+
+
 class LdapSourceConfig(StrictModel):
-    """An LDAP directory (OpenLDAP, 389-ds, Active Directory)."""
+    """An LDAP directory (OpenLDAP, 389-ds, Active Directory).
+
+    With `flavour: active_directory` the filters, id and member attribute default to AD's
+    (`ACTIVE_DIRECTORY_DEFAULTS`), users are inactive per `inactive_accounts`, and `member`
+    is read in ranges of `member_range_size` values.
+    """
 
     kind: Literal["ldap"]
     flavour: Literal["openldap", "active_directory"] = "openldap"
@@ -117,6 +131,28 @@ class LdapSourceConfig(StrictModel):
     page_size: int = Field(500, ge=1, le=1000)
     connect_timeout_seconds: float = Field(10, gt=0)
     receive_timeout_seconds: float = Field(60, gt=0)
+    nested_groups: Literal["direct", "in_chain", "flatten"] = Field(
+        "direct",
+        description="direct: members as the groups list them; in_chain: direct and indirect "
+        "members via AD's LDAP_MATCHING_RULE_IN_CHAIN (flattened here where the server lacks "
+        "it); flatten: resolve groups nested in groups here.",
+    )
+    inactive_accounts: Literal["disabled_or_expired", "disabled", "none"] = Field(
+        "disabled_or_expired",
+        description="active_directory: users inactive in the targets: disabled "
+        "(userAccountControl bit 0x2) and/or expired (accountExpires in the past).",
+    )
+    member_range_size: int = Field(
+        1500, ge=1, le=5000, description="active_directory: values per ranged read of member."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flavour_defaults(cls, data: Any) -> Any:
+        # Fill AD's defaults only where the profile is silent, so explicit values always win.
+        if isinstance(data, dict) and data.get("flavour") == "active_directory":
+            return {**ACTIVE_DIRECTORY_DEFAULTS, **data}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -134,7 +170,68 @@ class LdapSourceConfig(StrictModel):
         return self
 
 
-SourceConfig = Annotated[LdapSourceConfig, Field(discriminator="kind")]
+class ScimSourceConfig(StrictModel):
+    """Any SCIM 2.0 server (miniOrange, another IdP), read with GET /Users and /Groups."""
+
+    kind: Literal["scim"]
+    url: str = Field(description="SCIM base URL, e.g. https://idp.corp/scim/v2")
+    token: SecretRef = Field(description="Bearer token sent as Authorization: Bearer.")
+    page_size: int = Field(100, ge=1, le=1000, description="count asked per page.")
+    timeout_seconds: float = Field(30, gt=0)
+    max_attempts: int = Field(5, ge=1, le=20, description="Tries per call for 429/5xx/resets.")
+    ca_file: Path | None = None
+    verify_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class MiniorangePushSourceConfig(StrictModel):
+    """What miniOrange pushed into usersync's SCIM inbox (`usersync inbox serve`)."""
+
+    kind: Literal["miniorange-push"]
+    inbox: str = Field(
+        pattern=PROFILE_NAME_PATTERN,
+        description="The inbox to read (its URL is /scim/v2/<inbox>); default: the profile's name.",
+    )
+    store_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the store; default $USERSYNC_STORE_URL or var/usersync.db.",
+    )
+
+
+class MiniorangeSourceConfig(StrictModel):
+    """miniOrange's admin REST API (signed requests with the customer key and API key)."""
+
+    kind: Literal["miniorange"]
+    url: str = Field("https://login.xecurify.com", description="Host; paths are /moas/api/...")
+    customer_key: str = Field(description="The account's customer key (not secret).")
+    api_key: SecretRef
+    experimental_getall: bool = Field(
+        False,
+        description="List users with /moas/api/admin/users/getall, an endpoint miniOrange does "
+        "not document: only after checking it against your tenant.",
+    )
+    batch_size: int = Field(500, ge=1, le=1000, description="Users per getall batch.")
+    timeout_seconds: float = Field(30, gt=0)
+    max_attempts: int = Field(5, ge=1, le=20)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+SourceConfig = Annotated[
+    LdapSourceConfig | ScimSourceConfig | MiniorangePushSourceConfig | MiniorangeSourceConfig,
+    Field(discriminator="kind"),
+]
 
 
 # -- targets --------------------------------------------------------------------------------
@@ -224,6 +321,15 @@ class Profile(StrictModel):
     source: SourceConfig
     targets: dict[str, TargetConfig] = Field(min_length=1)
     settings: SyncSettings = SyncSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inbox_defaults_to_profile(cls, raw: Any) -> Any:
+        # A miniorange-push source reads the inbox named like its profile unless told otherwise.
+        source = raw.get("source") if isinstance(raw, dict) else None
+        if isinstance(source, dict) and source.get("kind") == "miniorange-push":
+            raw = {**raw, "source": {"inbox": raw.get("name"), **source}}
+        return raw
 
     @field_validator("targets")
     @classmethod

@@ -96,3 +96,27 @@ def migrate(engine: sa.Engine) -> int:
             step(conn)
         conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
     return SCHEMA_VERSION
+
+#: SCIM resources miniOrange (or another IdP) pushed into the inbox, one row per resource:
+#: the whole resource as JSON, so the inbox serves it back after a restart.
+inbox_resources = sa.Table(
+    "inbox_resources",
+    metadata,
+    sa.Column("profile", sa.String(100), primary_key=True),
+    sa.Column("resource_type", sa.String(50), primary_key=True),  # User|Group
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Bearer tokens of the inbox, by profile: only their SHA-256 is kept. During a rotation the
+#: old token has an `expires_at`, so both work until then.
+inbox_tokens = sa.Table(
+    "inbox_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("profile", sa.String(100), nullable=False, index=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+)
