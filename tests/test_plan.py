@@ -1,0 +1,255 @@
+"""The planner: desired − target − ledger → operations, and its guards. Pure and fast."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from usersync.config import SyncSettings
+from usersync.errors import GuardError
+from usersync.model import (
+    DESIRED_GROUP_COLUMNS,
+    DESIRED_MEMBERSHIP_COLUMNS,
+    DESIRED_USER_COLUMNS,
+    LEDGER_COLUMNS,
+    REJECTED_USER_COLUMNS,
+    TARGET_GROUP_COLUMNS,
+    TARGET_MEMBERSHIP_COLUMNS,
+    TARGET_USER_COLUMNS,
+    DesiredState,
+    TargetState,
+    conform,
+    empty_frame,
+)
+from usersync.plan import PlanInput, check_deactivation_brake, plan_target
+
+
+def frame(columns, rows):
+    if not rows:
+        return empty_frame(columns)
+    return conform(pd.DataFrame(rows, columns=list(columns)), columns, what="test")
+
+
+def desired(users=(), memberships=(), groups=None, rejected=()):
+    groups = groups if groups is not None else sorted({g for _, _, g in memberships})
+    return DesiredState(
+        users=frame(DESIRED_USER_COLUMNS, list(users)),
+        groups=frame(DESIRED_GROUP_COLUMNS, [[g] for g in groups]),
+        memberships=frame(DESIRED_MEMBERSHIP_COLUMNS, list(memberships)),
+        rejected=frame(REJECTED_USER_COLUMNS, list(rejected)),
+    )
+
+
+def actual(users=(), memberships=(), groups=()):
+    return TargetState(
+        users=frame(TARGET_USER_COLUMNS, list(users)),
+        groups=frame(TARGET_GROUP_COLUMNS, [[g] for g in groups]),
+        memberships=frame(TARGET_MEMBERSHIP_COLUMNS, list(memberships)),
+    )
+
+
+def ledger(*rows):
+    return frame(LEDGER_COLUMNS, [["user", s, k, n, "created"] for s, k, n in rows])
+
+
+def plan(d, a, led=None, settings=None, protected=()):
+    return plan_target(
+        PlanInput(
+            "jira",
+            d,
+            a,
+            led if led is not None else ledger(),
+            settings or SyncSettings(),
+            protected,
+        )
+    )
+
+
+def ops(p):
+    return [(r.op, r.username, r.group) for r in p.itertuples()]
+
+
+ALICE = ["s1", "alice", "alice@x", "Alice", True]
+
+
+def test_new_user_is_created_with_groups_in_order():
+    p = plan(desired([ALICE], [["s1", "alice", "dev"]]), actual())
+    assert ops(p) == [
+        ("create_group", "", "dev"),
+        ("create_user", "alice", ""),
+        ("add_membership", "alice", "dev"),
+    ]
+    assert json.loads(p.loc[1, "after"]) == {
+        "username": "alice",
+        "email": "alice@x",
+        "display_name": "Alice",
+    }
+    assert list(p["seq"]) == [1, 2, 3]
+
+
+def test_unchanged_state_plans_nothing():
+    d = desired([ALICE], [["s1", "alice", "dev"]])
+    a = actual([["K1", "alice", "alice@x", "Alice", True]], [["alice", "dev"]], ["dev"])
+    assert plan(d, a, ledger(("s1", "K1", "alice"))).empty
+
+
+def test_existing_account_is_adopted_not_duplicated_and_case_is_not_a_change():
+    d = desired([ALICE])
+    a = actual([["K9", "Alice", "ALICE@x", "Alice", True]])
+    p = plan(d, a)
+    assert ops(p) == [("adopt_user", "alice", "")]
+    assert p.loc[0, "target_key"] == "K9"
+
+
+def test_rename_in_source_updates_the_linked_account():
+    d = desired([["s1", "alice.smith", "alice@x", "Alice", True]], [["s1", "alice.smith", "dev"]])
+    a = actual([["K1", "alice", "alice@x", "Alice", True]], [["alice", "dev"]], ["dev"])
+    p = plan(d, a, ledger(("s1", "K1", "alice")))
+    assert ops(p) == [("update_user", "alice", "")]
+    assert json.loads(p.loc[0, "after"]) == {"username": "alice.smith"}
+    assert json.loads(p.loc[0, "before"]) == {"username": "alice"}
+
+
+def test_only_ledger_accounts_are_deactivated():
+    d = desired([ALICE])
+    a = actual(
+        [
+            ["K1", "alice", "alice@x", "Alice", True],
+            ["K2", "bob", "bob@x", "Bob", True],  # managed, gone from the source
+            ["K3", "carol", "carol@x", "Carol", True],  # never managed
+        ]
+    )
+    p = plan(d, a, ledger(("s1", "K1", "alice"), ("s2", "K2", "bob")))
+    assert ops(p) == [("deactivate_user", "bob", "")]
+    assert p.loc[0, "reason"] == "no longer in the source"
+
+
+def test_disabled_in_source_deactivates_and_enabled_reactivates():
+    d = desired([["s1", "alice", "alice@x", "Alice", False], ["s2", "bob", "bob@x", "Bob", True]])
+    a = actual([["K1", "alice", "alice@x", "Alice", True], ["K2", "bob", "bob@x", "Bob", False]])
+    p = plan(d, a, ledger(("s1", "K1", "alice"), ("s2", "K2", "bob")))
+    assert ops(p) == [("reactivate_user", "bob", ""), ("deactivate_user", "alice", "")]
+
+
+def test_disabled_source_user_without_account_is_not_created():
+    assert plan(desired([["s1", "alice", "a@x", "A", False]]), actual()).empty
+
+
+def test_rejected_source_user_is_not_deactivated():
+    d = desired([], rejected=[["s2", "uid=bob", "no e-mail address"]])
+    a = actual([["K2", "bob", "bob@x", "Bob", True]])
+    assert plan(d, a, ledger(("s2", "K2", "bob"))).empty
+
+
+def test_protected_accounts_get_no_operation():
+    d = desired([["s1", "admin", "new@x", "Admin", True]], [["s1", "admin", "dev"]])
+    a = actual(
+        [["K0", "admin", "old@x", "Admin", True], ["K1", "robot", "r@x", "R", True]], [], ["dev"]
+    )
+    p = plan(d, a, ledger(("s9", "K1", "robot")), protected=("Admin", "robot"))
+    assert p.empty
+
+
+def test_memberships_are_removed_only_for_managed_users_in_mapped_groups():
+    d = desired(
+        [ALICE, ["s2", "bob", "bob@x", "Bob", True]],
+        [["s1", "alice", "dev"]],
+        groups=["dev", "ops"],
+    )
+    a = actual(
+        [
+            ["K1", "alice", "alice@x", "Alice", True],
+            ["K2", "bob", "bob@x", "Bob", True],
+            ["K3", "carol", "c@x", "Carol", True],
+        ],
+        [["alice", "dev"], ["bob", "dev"], ["bob", "unmapped"], ["carol", "dev"]],
+        ["dev", "ops", "unmapped"],
+    )
+    p = plan(d, a, ledger(("s1", "K1", "alice"), ("s2", "K2", "bob")))
+    assert ops(p) == [("remove_membership", "bob", "dev")]
+
+
+def test_conflicting_ledger_owner_blocks_adoption():
+    d = desired([["s2", "alice", "alice@x", "Alice", True]])
+    a = actual([["K1", "alice", "alice@x", "Alice", True]])
+    # K1 belongs to s1 in the ledger (still in target): s2 must not take it over
+    p = plan(d, a, ledger(("s1", "K1", "alice")))
+    assert "adopt_user" not in set(p["op"])
+    assert "create_user" not in set(p["op"])
+
+
+def test_settings_switch_off_creates_and_deactivations():
+    d = desired([ALICE])
+    a = actual([["K2", "bob", "bob@x", "Bob", True]])
+    settings = SyncSettings(create_users=False, deactivate_missing_users=False)
+    assert plan(d, a, ledger(("s2", "K2", "bob")), settings).empty
+
+
+def test_plan_is_deterministic():
+    users = [[f"s{i}", f"u{i:03d}", f"u{i}@x", f"U{i}", True] for i in range(50)]
+    members = [[f"s{i}", f"u{i:03d}", f"g{i % 3}"] for i in range(50)]
+    d = desired(users, members)
+    first, second = plan(d, actual()), plan(d, actual())
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_brake_stops_mass_deactivation():
+    managed = ledger(*[(f"s{i}", f"K{i}", f"u{i}") for i in range(100)])
+    a = actual([[f"K{i}", f"u{i}", f"u{i}@x", "U", True] for i in range(100)])
+    d = desired([[f"s{i}", f"u{i}", f"u{i}@x", "U", True] for i in range(70)])
+    p = plan(d, a, managed)
+    assert (p["op"] == "deactivate_user").sum() == 30
+    with pytest.raises(GuardError, match="deactivates 30 of 100 managed accounts"):
+        check_deactivation_brake(p, managed, SyncSettings(), "jira")
+    check_deactivation_brake(p, managed, SyncSettings(max_deactivation_ratio=0.5), "jira")
+    with pytest.raises(GuardError):
+        check_deactivation_brake(
+            p, managed, SyncSettings(max_deactivations=10, max_deactivation_ratio=1), "jira"
+        )
+
+
+def test_planning_100k_users_is_vectorised():
+    n = 100_000
+    users = pd.DataFrame(
+        {
+            "source_id": [f"s{i}" for i in range(n)],
+            "username": [f"u{i}" for i in range(n)],
+            "email": [f"u{i}@x" for i in range(n)],
+            "display_name": ["U"] * n,
+            "active": [True] * n,
+        }
+    )
+    d = DesiredState(
+        users=conform(users, DESIRED_USER_COLUMNS, what="d"),
+        groups=frame(DESIRED_GROUP_COLUMNS, [["all"]]),
+        memberships=conform(
+            users[["source_id", "username"]].assign(group="all"),
+            DESIRED_MEMBERSHIP_COLUMNS,
+            what="m",
+        ),
+        rejected=empty_frame(REJECTED_USER_COLUMNS),
+    )
+    existing = users.iloc[: n // 2].rename(columns={"source_id": "target_key"})
+    existing["display_name"] = "Old"
+    a = TargetState(
+        users=conform(existing, TARGET_USER_COLUMNS, what="a"),
+        groups=frame(TARGET_GROUP_COLUMNS, [["all"]]),
+        memberships=conform(
+            existing[["username"]].assign(group="all"), TARGET_MEMBERSHIP_COLUMNS, what="m"
+        ),
+    )
+    led = conform(
+        existing[["target_key", "username"]].assign(
+            kind="user",
+            source_id=existing["target_key"],
+            name=existing["username"],
+            origin="created",
+        ),
+        LEDGER_COLUMNS,
+        what="l",
+    )
+    p = plan(d, a, led)
+    counts = p["op"].value_counts().to_dict()
+    assert counts == {"create_user": n // 2, "update_user": n // 2, "add_membership": n // 2}
