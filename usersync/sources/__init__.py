@@ -18,6 +18,9 @@ __all__ = ["SOURCE_CLASSES", "Source", "SourceCheck", "open_source"]
 #: source kind (as profiles spell it) → "module:Class" of its reader.
 SOURCE_CLASSES: dict[str, str] = {
     "ldap": "usersync.sources.ldap:LdapSource",
+    "scim": "usersync.sources.scim:ScimSource",
+    "miniorange-push": "usersync.sources.miniorange_push:MiniorangePushSource",
+    "miniorange": "usersync.sources.miniorange:MiniorangeSource",
 }
 
 
