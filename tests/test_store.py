@@ -1,0 +1,110 @@
+"""The store on SQLite and on PostgreSQL: schema creation, runs, the audit trail, the ledger."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from usersync.model import PLAN_COLUMNS, conform
+from usersync.store import LedgerEntry, Store
+from usersync.store.schema import SCHEMA_VERSION
+
+
+def _postgres_url() -> str | None:
+    """Start the machine's PostgreSQL 15 cluster if it is installed; a fresh database URL."""
+    if shutil.which("pg_ctlcluster") is None:
+        return None
+    subprocess.run(["pg_ctlcluster", "15", "main", "start"], capture_output=True, check=False)
+    name = f"usersync_test_{uuid.uuid4().hex[:8]}"
+    sql = (
+        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='usersync') THEN "
+        "CREATE ROLE usersync LOGIN PASSWORD 'usersync'; END IF; END$$;"
+    )
+    for statement in (sql, f"CREATE DATABASE {name} OWNER usersync;"):
+        done = subprocess.run(
+            ["su", "postgres", "-c", "psql -q -v ON_ERROR_STOP=1"],
+            input=statement,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"could not prepare PostgreSQL: {done.stderr}")
+    return f"postgresql+psycopg://usersync:usersync@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request, tmp_path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'sub' / 'store.db'}"
+    else:
+        url = _postgres_url()
+        if url is None:
+            pytest.skip("PostgreSQL 15 is not installed on this machine")
+    opened = Store.open(url)
+    yield opened
+    opened.close()
+
+
+def a_plan(n: int) -> pd.DataFrame:
+    rows = [
+        [i + 1, "jira", "create_user", f"s{i}", "", f"user{i}", "", "", '{"username": "x"}', "new"]
+        for i in range(n)
+    ]
+    return conform(pd.DataFrame(rows, columns=list(PLAN_COLUMNS)), PLAN_COLUMNS, what="plan")
+
+
+def test_a_run_records_every_operation_and_its_outcome(store):
+    run = store.start_run("corp", "jira", dry_run=False, flow_run_id="abc")
+    store.record_plan(run, a_plan(3))
+    store.record_outcomes(run, [(1, "succeeded", None), (2, "failed", "HTTP 400: bad e-mail")])
+    store.finish_run(run, "partial", {"planned": {"create_user": 3}})
+
+    ops = store.operations(run)
+    assert list(ops["status"]) == ["succeeded", "failed", "planned"]
+    assert ops.loc[1, "error"] == "HTTP 400: bad e-mail"
+    assert ops.loc[0, "after"] == '{"username": "x"}'
+    (recorded,) = store.runs("corp").to_dict("records")
+    assert recorded["status"] == "partial"
+    assert recorded["counts"] == {"planned": {"create_user": 3}}
+
+
+def test_ledger_is_per_profile_and_target_and_follows_renames(store):
+    store.remember("corp", "jira", [LedgerEntry("user", "K1", "alice", "s1")])
+    store.remember("corp", "jira", [LedgerEntry("user", "K1", "alice.smith", "s1")])
+    store.remember("other", "jira", [LedgerEntry("group", "dev", "dev")])
+    ledger = store.ledger("corp", "jira")
+    assert ledger.to_dict("records") == [
+        {
+            "kind": "user",
+            "source_id": "s1",
+            "target_key": "K1",
+            "name": "alice.smith",
+            "origin": "created",
+        }
+    ]
+    assert store.ledger("corp", "confluence").empty
+
+
+def test_reopening_keeps_data_and_records_the_schema_version(store):
+    store.remember("corp", "jira", [LedgerEntry("user", "K1", "alice", "s1")])
+    again = Store(store.engine)
+    from usersync.store.schema import migrate
+
+    assert migrate(store.engine) == SCHEMA_VERSION
+    assert len(again.ledger("corp", "jira")) == 1
+    with store.engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("select version from schema_version")).scalar() == SCHEMA_VERSION
+        )
+
+
+def test_a_large_plan_is_recorded_in_one_go(store):
+    run = store.start_run("corp", "jira", dry_run=True)
+    store.record_plan(run, a_plan(5000))
+    assert len(store.operations(run)) == 5000
