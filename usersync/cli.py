@@ -102,6 +102,45 @@ def _sandbox(args: argparse.Namespace) -> int:
     return serve_forever(args.host, args.port)
 
 
+def _inbox_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tasks.inbox_events import InboxEventEmitter
+    from usersync.inbox import PREFIX, InboxApp
+    from usersync.store import Store
+
+    store = Store.open(args.store_url)
+    app = InboxApp(store.engine, on_change=InboxEventEmitter())
+    print(f"SCIM inbox on http://{args.host}:{args.port}{PREFIX}/<profile>", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", lifespan="off")
+    return 0
+
+
+def _inbox_token(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from usersync.config import load_profile
+    from usersync.inbox import PREFIX, issue_token
+    from usersync.store import Store
+
+    source = load_profile(args.profile).source
+    if source.kind != "miniorange-push":
+        raise ConfigError(
+            f"profile {args.profile} reads its source with kind '{source.kind}', not from the "
+            "inbox; set source.kind: miniorange-push to receive pushes"
+        )
+    store = Store.open(args.store_url or source.store_url)
+    issued = issue_token(
+        store.engine, source.inbox, rotate=args.rotate, grace=timedelta(hours=args.grace_hours)
+    )
+    print(f"SCIM base URL: https://<this host>{PREFIX}/{source.inbox}")
+    print(f"bearer token (shown once, paste it into miniOrange): {issued.token}")
+    if issued.previous_valid_until:
+        until = f"{issued.previous_valid_until:%Y-%m-%d %H:%M} UTC"
+        print(f"the previous token stays valid until {until}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="usersync",
@@ -154,6 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="start slapd with the sample directory and the sandbox products, then sync"
     )
     p.set_defaults(func=_demo)
+
+    inbox = commands.add_parser(
+        "inbox", help="the SCIM inbox miniOrange pushes users and groups into"
+    ).add_subparsers(dest="inbox_command", required=True)
+    p = inbox.add_parser("serve", help="serve every profile's inbox at /scim/v2/<profile>")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument(
+        "--store-url", default=None, help="default: $USERSYNC_STORE_URL or var/usersync.db"
+    )
+    p.set_defaults(func=_inbox_serve)
+    p = inbox.add_parser("token", help="issue (or --rotate) a profile's inbox bearer token")
+    p.add_argument("profile", help="a profile whose source is kind: miniorange-push")
+    p.add_argument(
+        "--rotate", action="store_true", help="issue a new token; the old one stays valid a while"
+    )
+    p.add_argument(
+        "--grace-hours", type=float, default=24, help="how long the old token stays valid"
+    )
+    p.add_argument(
+        "--store-url", default=None, help="default: $USERSYNC_STORE_URL or var/usersync.db"
+    )
+    p.set_defaults(func=_inbox_token)
 
     p = commands.add_parser("sandbox", help="serve the sandbox products until interrupted")
     p.add_argument("--host", default="127.0.0.1")

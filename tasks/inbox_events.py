@@ -1,0 +1,87 @@
+"""Prefect events for the SCIM inbox: `usersync.inbox.changed`, about `usersync.profile.<name>`.
+
+The inbox (engine) calls a plain callback after each accepted change; `InboxEventEmitter` is
+that callback. A miniOrange push is a burst (one request per user, group and membership), and
+one sync per burst is enough, so the emitter coalesces: the first change of a quiet profile is
+emitted at once, later ones within `min_interval_seconds` are counted and emitted as one
+trailing event when the interval ends. A deployment trigger on the event then runs that
+profile's sync; the scheduled sync reconciles anyway if an event is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect.events import emit_event
+
+EVENT = "usersync.inbox.changed"
+log = logging.getLogger("usersync.inbox.events")
+
+
+def profile_resource(profile: str) -> dict[str, str]:
+    """The Prefect resource an inbox event is about (what a trigger matches)."""
+    return {"prefect.resource.id": f"usersync.profile.{profile}", "prefect.resource.name": profile}
+
+
+class InboxEventEmitter:
+    """The inbox's `on_change` callback, emitting coalesced Prefect events per profile.
+
+    Args:
+        min_interval_seconds: at most one event per profile per interval (plus the trailing one).
+        emit: the emitting function (Prefect's `emit_event`; tests pass a recorder).
+        clock: monotonic clock (tests).
+    """
+
+    def __init__(
+        self,
+        min_interval_seconds: float = 5.0,
+        *,
+        emit: Callable[..., Any] = emit_event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.min_interval_seconds = min_interval_seconds
+        self._emit = emit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+
+    def __call__(self, profile: str, change: dict[str, Any]) -> None:
+        with self._lock:
+            now = self._clock()
+            if profile in self._pending:
+                self._pending[profile].append(change)
+                return
+            last = self._last.get(profile)
+            if last is None or now - last >= self.min_interval_seconds:
+                self._last[profile] = now
+                changes = [change]
+            else:
+                self._pending[profile] = [change]
+                wait = self.min_interval_seconds - (now - last)
+                timer = threading.Timer(wait, self.flush, args=(profile,))
+                timer.daemon = True
+                timer.start()
+                return
+        self._send(profile, changes)
+
+    def flush(self, profile: str) -> None:
+        """Emit the changes held back for `profile` now (the timer calls it)."""
+        with self._lock:
+            changes = self._pending.pop(profile, [])
+            if changes:
+                self._last[profile] = self._clock()
+        if changes:
+            self._send(profile, changes)
+
+    def _send(self, profile: str, changes: list[dict[str, Any]]) -> None:
+        self._emit(
+            event=EVENT,
+            resource=profile_resource(profile),
+            payload={"changes": len(changes), "last": changes[-1]},
+        )
+        log.info("inbox %s: emitted %s (%d change(s))", profile, EVENT, len(changes))
