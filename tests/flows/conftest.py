@@ -44,7 +44,8 @@ def make_profile(
     """Write mappings/<name>/ under tmp_path from the demo profile, pointed at the test servers.
 
     Returns a function (jira_url, name="testprof", attributes=None, groups=None,
-    ldap_password=None, extra_settings="", extra_source="", ldap_url=None) -> the folder.
+    ldap_password=None, extra_settings="", extra_source="", ldap_url=None, extra_targets="")
+    -> the folder.
     Extra YAML lines are indented by the caller (two spaces under source/settings).
     """
     root = tmp_path / "mappings"
@@ -62,6 +63,7 @@ def make_profile(
         extra_settings: str = "",
         extra_source: str = "",
         ldap_url: str | None = None,
+        extra_targets: str = "",
     ) -> Path:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,7 @@ targets:
     auth: {{kind: basic, username: admin, password: {{env: TEST_JIRA_PASSWORD}}}}
     max_attempts: 2
     timeout_seconds: 5
+{extra_targets}
 settings:
   protected_usernames: [admin]
 {extra_settings}

@@ -64,9 +64,11 @@ class Sandbox:
             served.start()
         return self
 
-    def stop(self) -> None:
-        for served in self._served.values():
-            served.stop()
+    def stop(self, product: str | None = None) -> None:
+        """Stop one product (to see how a sync copes with it gone), or all of them."""
+        for name, served in self._served.items():
+            if product in (None, name):
+                served.stop()
 
     def __enter__(self) -> Sandbox:
         return self.start()
