@@ -51,30 +51,12 @@ def _sync(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from usersync import sync
-    from usersync.sources import open_source
+    from usersync.connection import check_connections
 
-    loaded = sync.load(args.profile)
-    ok = True
-    try:
-        with open_source(loaded.profile.source) as source:
-            result = source.check()
-    except UsersyncError as exc:
-        result = None
-        detail = str(exc)
-    else:
-        detail = result.detail
-    ok &= bool(result and result.ok)
-    print(f"source: {'OK' if result and result.ok else 'FAILED'}: {detail}")
-    for name in loaded.profile.targets:
-        try:
-            with sync.open_target_for(loaded, name) as target:
-                checked = target.check()
-            good, detail = checked.ok, checked.detail
-        except UsersyncError as exc:
-            good, detail = False, str(exc)
-        ok &= good
-        print(f"target {name}: {'OK' if good else 'FAILED'}: {detail}")
-    return 0 if ok else 1
+    results = check_connections(sync.load(args.profile))
+    for result in results:
+        print(f"{result.part}: {'OK' if result.ok else 'FAILED'}: {result.detail}")
+    return 0 if all(result.ok for result in results) else 1
 
 
 def _runs(args: argparse.Namespace) -> int:

@@ -1,0 +1,81 @@
+"""Test Connection: for one profile, check the source and every target, and say why one fails.
+
+Each part is checked with its own `check()`: it connects, proves the credentials are accepted
+and that the account may do what the profile will do (read users and groups; administer users
+in a target), and writes nothing. A part that cannot even be built (a missing secret, a bad
+URL) is a failed check with that reason, not an exception, so one bad part never hides the
+others. `connection_markdown` renders the results for the flow's artifact and the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from usersync.config import SecretLoader
+from usersync.errors import UsersyncError
+from usersync.sources import open_source
+from usersync.sync import LoadedProfile, open_target_for
+
+
+@dataclass(frozen=True)
+class ConnectionResult:
+    """The outcome of checking one part of a profile."""
+
+    part: str  # "source" or "target <name>"
+    kind: str  # ldap, scim, miniorange-push, jira, ...
+    ok: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_connections(
+    loaded: LoadedProfile, *, load_prefect_secret: SecretLoader | None = None
+) -> list[ConnectionResult]:
+    """Check the profile's source, then each target; never raises for a failing part.
+
+    Args:
+        loaded: the validated profile (`usersync.sync.load`).
+        load_prefect_secret: reads Prefect Secret blocks (the flow passes one).
+
+    Returns:
+        One result per part, the source first.
+    """
+    profile = loaded.profile
+    results = []
+    try:
+        with open_source(profile.source, load_prefect_secret=load_prefect_secret) as source:
+            checked = source.check()
+        results.append(ConnectionResult("source", profile.source.kind, checked.ok, checked.detail))
+    except UsersyncError as exc:
+        results.append(ConnectionResult("source", profile.source.kind, False, str(exc)))
+    for name, config in profile.targets.items():
+        try:
+            with open_target_for(loaded, name, load_prefect_secret=load_prefect_secret) as target:
+                checked = target.check()
+            results.append(
+                ConnectionResult(f"target {name}", config.kind, checked.ok, checked.detail)
+            )
+        except UsersyncError as exc:
+            results.append(ConnectionResult(f"target {name}", config.kind, False, str(exc)))
+    return results
+
+
+def connection_markdown(profile: str, results: list[ConnectionResult]) -> str:
+    """A Markdown table of the results, failures first in the reader's eye by their mark."""
+    failed = sum(not r.ok for r in results)
+    verdict = "all connections OK" if not failed else f"{failed} of {len(results)} checks FAILED"
+    lines = [
+        f"# Test Connection: profile `{profile}`",
+        "",
+        f"**{verdict}** (nothing was written)",
+        "",
+        "| part | kind | result | detail |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in results:
+        detail = r.detail.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {r.part} | {r.kind} | {'OK' if r.ok else 'FAILED'} | {detail} |")
+    return "\n".join(lines) + "\n"
