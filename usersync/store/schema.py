@@ -97,6 +97,7 @@ def migrate(engine: sa.Engine) -> int:
         conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
     return SCHEMA_VERSION
 
+
 #: SCIM resources miniOrange (or another IdP) pushed into the inbox, one row per resource:
 #: the whole resource as JSON, so the inbox serves it back after a restart.
 inbox_resources = sa.Table(
