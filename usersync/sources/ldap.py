@@ -20,6 +20,7 @@ import contextlib
 import math
 import re
 import ssl
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,18 @@ ATTRIBUTE_DESCRIPTION = re.compile(
     r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)(?:;[A-Za-z0-9-]+)*$"
 )
 MEMBER_OF = "memberOf"
+#: LDAP_MATCHING_RULE_IN_CHAIN: transitive evaluation of a DN-valued attribute (AD only).
+IN_CHAIN_RULE = "1.2.840.113556.1.4.1941"
+#: rootDSE supportedCapabilities of AD DS and AD LDS, the servers that implement IN_CHAIN.
+AD_CAPABILITIES = frozenset({"1.2.840.113556.1.4.800", "1.2.840.113556.1.4.1851"})
+USER_ACCOUNT_CONTROL = "userAccountControl"
+ACCOUNT_EXPIRES = "accountExpires"
+#: userAccountControl ACCOUNTDISABLE.
+UAC_ACCOUNT_DISABLE = 0x2
+#: accountExpires values meaning "never": 0 and the largest FILETIME.
+NEVER_EXPIRES = frozenset({0, 0x7FFFFFFFFFFFFFFF})
+#: FILETIME counts 100 ns intervals since 1601-01-01; Unix time starts 11644473600 s later.
+FILETIME_UNIX_OFFSET_SECONDS = 11_644_473_600
 #: How many unresolved member DNs a note quotes.
 NOTE_EXAMPLES = 3
 RESULT_INVALID_CREDENTIALS = 49
@@ -136,15 +149,18 @@ class LdapSource(Source):
         users = self._users_frame(user_entries, wanted, self._inactive_ids(config.user_filter))
 
         group_request = [config.id_attribute, config.group_name_attribute]
-        if config.membership == "group_member":
-            group_request += list(config.member_attributes)
+        if config.membership == "group_member" or config.nested_groups != "direct":
+            group_request += [self._member_request(name) for name in config.member_attributes]
         group_entries = self._paged_search(
             config.group_base_dn, _and(config.group_filter), group_request, what="groups"
         )
         groups, group_names = self._groups_frame(group_entries)
+        group_index = DnIndex(zip((dn for dn, _ in group_entries), group_names, strict=True))
 
         if config.membership == "group_member":
-            resolved = self._members_from_groups(group_entries, group_names, user_entries, users)
+            resolved = self._members_from_groups(
+                group_entries, group_names, user_entries, users, group_index
+            )
             if resolved.unresolved:
                 notes.append(
                     f"{len(resolved.unresolved)} member value(s) of groups in "
@@ -153,15 +169,27 @@ class LdapSource(Source):
                     f"left out, e.g. {_examples(resolved.unresolved)}"
                 )
         else:
-            resolved = self._members_from_member_of(user_entries, users, group_entries, group_names)
+            resolved = self._members_from_member_of(user_entries, users, group_index)
             if resolved.unresolved:
                 notes.append(
                     f"{len(resolved.unresolved)} memberOf value(s) of users are not groups in "
                     f"scope (outside {config.group_base_dn} or not matching the group filter) "
                     f"and were left out, e.g. {_examples(resolved.unresolved)}"
                 )
+        rows = resolved.rows
+        nesting = config.nested_groups
+        if nesting == "in_chain" and not self._supports_in_chain():
+            nesting = "flatten"
+            notes.append(
+                f"{config.url} does not announce LDAP_MATCHING_RULE_IN_CHAIN (not Active "
+                "Directory); nested groups were flattened by usersync instead"
+            )
+        if nesting == "in_chain":
+            rows = self._members_in_chain(group_entries, group_names, users)
+        elif nesting == "flatten":
+            rows = _flatten(rows, self._group_parents(group_entries, group_names, group_index))
         memberships = pd.DataFrame(
-            resolved.rows, columns=list(SOURCE_MEMBERSHIP_COLUMNS), dtype="string"
+            rows, columns=list(SOURCE_MEMBERSHIP_COLUMNS), dtype="string"
         ).drop_duplicates()
         return SourceSnapshot(
             users=users,
@@ -183,12 +211,87 @@ class LdapSource(Source):
         """
         _check_attribute_name(attribute, where="find_users")
         wanted = self._wanted_attributes(attributes)
+        if "\0" in value:
+            # No directory string holds NUL, and Samba compares escaped values as C strings:
+            # `alice\00` would find alice. Such a value matches nobody.
+            return self._users_frame([], wanted, set())
         match = f"({attribute}={escape_filter_chars(value)})"
         scope_filter = _and(self.config.user_filter, match)
         entries = self._paged_search(
             self.config.user_base_dn, scope_filter, self._user_request(wanted), what="users"
         )
         return self._users_frame(entries, wanted, self._inactive_ids(scope_filter))
+
+    def user_groups(self, locator: str) -> tuple[list[str], list[str]]:
+        """Names of the groups in scope the user at DN `locator` belongs to, and notes.
+
+        Direct groups come from the groups' member attributes; with `nested_groups` other
+        than `direct`, groups reached through nesting count too (IN_CHAIN on AD, otherwise
+        followed group by group here). For Test Sync: one user, a few searches.
+
+        Raises:
+            SourceError: a search failed or may be partial.
+        """
+        config = self.config
+        notes: list[str] = []
+        escaped = escape_filter_chars(locator)
+        direct = "(|" + "".join(f"({a}={escaped})" for a in config.member_attributes) + ")"
+        request = [config.id_attribute, config.group_name_attribute]
+        nesting = config.nested_groups
+        if nesting != "direct" and self._supports_in_chain():
+            chain = (
+                "(|"
+                + "".join(f"({a}:{IN_CHAIN_RULE}:={escaped})" for a in config.member_attributes)
+                + ")"
+            )
+            entries = self._paged_search(
+                config.group_base_dn, _and(config.group_filter, chain), request, what="groups"
+            )
+            return self._groups_frame(entries)[1], notes
+        found: dict[str, str] = {}  # group DN (lower case) -> name
+        frontier = [direct]
+        while frontier:
+            query = "(|" + "".join(frontier) + ")" if len(frontier) > 1 else frontier[0]
+            entries = self._paged_search(
+                config.group_base_dn, _and(config.group_filter, query), request, what="groups"
+            )
+            new = [
+                (dn, name)
+                for (dn, _), name in zip(entries, self._groups_frame(entries)[1], strict=True)
+                if dn.lower() not in found
+            ]
+            found.update((dn.lower(), name) for dn, name in new)
+            if nesting == "direct":
+                break
+            # Next round: groups that contain the groups just found.
+            frontier = [
+                f"({a}={escape_filter_chars(dn)})"
+                for dn, _ in new
+                for a in config.member_attributes
+            ]
+        if nesting != "direct":
+            notes.append(f"{config.url}: nested groups followed here (no IN_CHAIN)")
+        return list(dict.fromkeys(found.values())), notes
+
+    def entry_attributes(self, locator: str) -> dict[str, list[str]]:
+        """Every attribute the directory returns for the entry at DN `locator`, as text.
+
+        Binary values are shown as the GUID they encode (objectGUID) or as hex, so a Test
+        Sync page can show them; this is for display, never for matching.
+
+        Raises:
+            SourceError: the entry cannot be read.
+        """
+        conn = self._connection()
+        conn.search(locator, "(objectClass=*)", search_scope=BASE, attributes=["*"])
+        result = conn.result
+        found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
+        if result["result"] != 0 or not found:
+            raise SourceError(f"{self.config.url}: reading {locator} failed: {_describe(result)}")
+        raw = dict(found[0]["raw_attributes"])
+        for key in [k for k in raw if ";range=" in k]:
+            raw[key.partition(";")[0]] = self._read_ranges(locator, key, raw.pop(key))
+        return {name: [_display(name, value) for value in raw[name] or ()] for name in sorted(raw)}
 
     def check(self) -> SourceCheck:
         """Bind and read the user base entry; never raises for an unreachable or refusing source."""
@@ -265,7 +368,10 @@ class LdapSource(Source):
             raise_exceptions=False,
             # ldap3 packs this into SO_RCVTIMEO as whole seconds: a float breaks struct.pack.
             receive_timeout=math.ceil(config.receive_timeout_seconds),
-            auto_range=True,  # AD: follow member;range=... retrieval
+            # ldap3's auto_range stops silently when a ranged read fails, and with it off it
+            # crashes on ranged keys unless empty attributes are off: `_read_ranges` does it.
+            auto_range=False,
+            return_empty_attributes=False,
         )
         try:
             conn.open()
@@ -375,7 +481,110 @@ class LdapSource(Source):
                 )
             cookie = control["value"]["cookie"]
             if not cookie:
-                return entries
+                return self._complete_ranges(entries)
+
+    def _member_request(self, name: str) -> str:
+        """AD: ask for `member;range=0-N` so a big group arrives in windows we control."""
+        if self.config.flavour != "active_directory":
+            return name
+        return f"{name};range=0-{self.config.member_range_size - 1}"
+
+    def _complete_ranges(self, entries: list[Entry]) -> list[Entry]:
+        """Replace each `attr;range=L-H` value list by the whole attribute (AD range retrieval)."""
+        for dn, attrs in entries:
+            for key in [k for k in attrs if ";range=" in k]:
+                name = key.partition(";")[0]
+                attrs[name] = list(attrs.get(name) or ()) + self._read_ranges(
+                    dn, key, attrs.pop(key)
+                )
+        return entries
+
+    def _read_ranges(self, dn: str, key: str, first: list[bytes] | None) -> list[bytes]:
+        """All values of a ranged attribute, reading window after window until `-*`.
+
+        Raises:
+            IncompleteSourceError: a window failed, came back without the attribute, skipped
+                values or made no progress; a partial member list is never returned.
+        """
+        name = key.partition(";")[0]
+        values = list(first or ())
+        low, high = _range_bounds(key, dn)
+        where = f"{self.config.url}: ranged read of {name} of {dn}"
+        while high is not None:
+            start = high + 1
+            request = f"{name};range={start}-{start + self.config.member_range_size - 1}"
+            conn = self._connection()
+            conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[request])
+            result = conn.result
+            if result["result"] != 0:
+                raise IncompleteSourceError(
+                    f"{where}: the window from value {start} ended with {_describe(result)} "
+                    f"after {len(values)} values, so the read may be partial and nothing was used"
+                )
+            found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
+            ranged = [k for k in (found[0]["raw_attributes"] if found else {}) if ";range=" in k]
+            if not ranged:
+                raise IncompleteSourceError(
+                    f"{where}: the window from value {start} came back without {name};range=, "
+                    f"after {len(values)} values (entry changed while read?); nothing was used"
+                )
+            batch = found[0]["raw_attributes"][ranged[0]] or []
+            low, next_high = _range_bounds(ranged[0], dn)
+            if low != start or (not batch and next_high is not None):
+                raise IncompleteSourceError(
+                    f"{where}: asked for values from {start}, got {ranged[0]} with {len(batch)} "
+                    "values; the read may be partial and nothing was used"
+                )
+            values += batch
+            high = next_high
+        return values
+
+    def _supports_in_chain(self) -> bool:
+        """Whether the server announces AD DS or AD LDS, which implement IN_CHAIN."""
+        conn = self._connection()
+        conn.search("", "(objectClass=*)", search_scope=BASE, attributes=["supportedCapabilities"])
+        found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
+        if conn.result["result"] != 0 or not found:
+            return False
+        capabilities = {
+            v.decode() for v in found[0]["raw_attributes"].get("supportedCapabilities") or ()
+        }
+        return bool(capabilities & AD_CAPABILITIES)
+
+    def _members_in_chain(
+        self, group_entries: list[Entry], group_names: list[str], users: pd.DataFrame
+    ) -> list[tuple[str, str]]:
+        """Direct and indirect members of each group, one IN_CHAIN search per group."""
+        in_scope = set(users["source_id"])
+        rows: list[tuple[str, str]] = []
+        for (dn, _attrs), group in zip(group_entries, group_names, strict=True):
+            # The DN is a filter value here: escaped per RFC 4515 (its own `\,` included).
+            chain = f"(memberOf:{IN_CHAIN_RULE}:={escape_filter_chars(dn)})"
+            members = self._paged_search(
+                self.config.user_base_dn,
+                _and(self.config.user_filter, chain),
+                [self.config.id_attribute],
+                what=f"members of {group} (in chain)",
+            )
+            for member_dn, attrs in members:
+                source_id = self._source_id(attrs, member_dn)
+                if source_id in in_scope:
+                    rows.append((source_id, group))
+        return rows
+
+    def _group_parents(
+        self, group_entries: list[Entry], group_names: list[str], group_index: DnIndex
+    ) -> dict[str, set[str]]:
+        """Group name -> names of the groups that list it as a member."""
+        keys = [name.lower() for name in self.config.member_attributes]
+        parents: dict[str, set[str]] = {}
+        for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
+            for key in keys:
+                for raw in attrs.get(key) or ():
+                    child = group_index.get(raw.decode("utf-8", errors="replace"))
+                    if child is not None and child != group:
+                        parents.setdefault(child, set()).add(group)
+        return parents
 
     def _inactive_ids(self, user_filter: str) -> set[str]:
         """Source ids of the users matching `user_filter` and `disabled_filter`."""
@@ -406,6 +615,8 @@ class LdapSource(Source):
         request = [self.config.id_attribute, *wanted]
         if self.config.membership == "member_of":
             request.append(MEMBER_OF)
+        if self.config.flavour == "active_directory":
+            request += [USER_ACCOUNT_CONTROL, ACCOUNT_EXPIRES]
         return list(dict.fromkeys(request))
 
     def _source_id(self, attrs: dict[str, list[bytes]], dn: str) -> str:
@@ -421,13 +632,20 @@ class LdapSource(Source):
     def _users_frame(
         self, entries: list[Entry], wanted: Sequence[str], inactive: set[str]
     ) -> pd.DataFrame:
+        inactive = set(inactive)
         ids: list[str] = []
         dns: list[str] = []
         columns: dict[str, list[str | None]] = {name: [] for name in wanted}
         keys = [(name, name.lower()) for name in wanted]
+        account_state = (
+            self.config.inactive_accounts if self.config.flavour == "active_directory" else "none"
+        )
+        now = _filetime_now()
         for dn, attrs in entries:
             ids.append(self._source_id(attrs, dn))
             dns.append(dn)
+            if account_state != "none" and _ad_inactive(attrs, account_state, now, dn):
+                inactive.add(ids[-1])
             for name, key in keys:
                 values = attrs.get(key)
                 columns[name].append(_text(values[0], name, dn) if values else None)
@@ -467,8 +685,12 @@ class LdapSource(Source):
         group_names: list[str],
         user_entries: list[Entry],
         users: pd.DataFrame,
+        group_index: DnIndex,
     ) -> _ResolvedMembers:
         index = DnIndex(zip((dn for dn, _ in user_entries), users["source_id"], strict=True))
+        # Groups nested in groups are not unresolved when nesting is resolved (and noted
+        # as left out when it is not).
+        nested_resolved = self.config.nested_groups != "direct"
         keys = [name.lower() for name in self.config.member_attributes]
         rows: list[tuple[str, str]] = []
         unresolved: list[str] = []
@@ -478,7 +700,8 @@ class LdapSource(Source):
                     member = raw.decode("utf-8", errors="replace")
                     source_id = index.get(member)
                     if source_id is None:
-                        unresolved.append(member)
+                        if not (nested_resolved and group_index.get(member) is not None):
+                            unresolved.append(member)
                     else:
                         rows.append((source_id, group))
         return _ResolvedMembers(rows, unresolved)
@@ -487,10 +710,9 @@ class LdapSource(Source):
         self,
         user_entries: list[Entry],
         users: pd.DataFrame,
-        group_entries: list[Entry],
-        group_names: list[str],
+        group_index: DnIndex,
     ) -> _ResolvedMembers:
-        index = DnIndex(zip((dn for dn, _ in group_entries), group_names, strict=True))
+        index = group_index
         key = MEMBER_OF.lower()
         rows: list[tuple[str, str]] = []
         unresolved: list[str] = []
@@ -503,6 +725,72 @@ class LdapSource(Source):
                 else:
                     rows.append((source_id, group))
         return _ResolvedMembers(rows, unresolved)
+
+
+def _range_bounds(key: str, dn: str) -> tuple[int, int | None]:
+    """(low, high) of `attr;range=low-high`; high is None for `*` (the last window)."""
+    window = key.partition(";range=")[2].partition(";")[0]
+    low, _, high = window.partition("-")
+    try:
+        return int(low), None if high == "*" else int(high)
+    except ValueError as exc:
+        raise IncompleteSourceError(f"{dn}: unreadable range option in {key}") from exc
+
+
+def _flatten(rows: list[tuple[str, str]], parents: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Add, for each (user, group), the user's membership in every group containing that group.
+
+    Cycles (a group nested in itself through others) are tolerated: each group's ancestors
+    are collected with a visited set.
+    """
+    ancestors: dict[str, set[str]] = {}
+
+    def collect(group: str) -> set[str]:
+        found = ancestors.get(group)
+        if found is None:
+            found = set()
+            pending = list(parents.get(group, ()))
+            while pending:
+                parent = pending.pop()
+                if parent not in found:
+                    found.add(parent)
+                    pending.extend(parents.get(parent, ()))
+            found.discard(group)
+            ancestors[group] = found
+        return found
+
+    flat = list(rows)
+    for source_id, group in rows:
+        flat += [(source_id, parent) for parent in collect(group)]
+    return flat
+
+
+def _filetime_now() -> int:
+    return int((time.time() + FILETIME_UNIX_OFFSET_SECONDS) * 10_000_000)
+
+
+def _ad_inactive(attrs: dict[str, list[bytes]], which: str, now: int, dn: str) -> bool:
+    """Whether an AD user is inactive: disabled (UAC 0x2), or past its accountExpires."""
+    try:
+        uac = int((attrs.get(USER_ACCOUNT_CONTROL.lower()) or [b"0"])[0])
+        expires = int((attrs.get(ACCOUNT_EXPIRES.lower()) or [b"0"])[0])
+    except ValueError as exc:
+        raise IncompleteSourceError(
+            f"{dn}: userAccountControl or accountExpires is not a number"
+        ) from exc
+    if uac & UAC_ACCOUNT_DISABLE:
+        return True
+    return which == "disabled_or_expired" and expires not in NEVER_EXPIRES and expires <= now
+
+
+def _display(attribute: str, raw: bytes) -> str:
+    """A value as a person reads it: text, a GUID, or hex for other binary values."""
+    if attribute.lower() in BINARY_GUID_ATTRIBUTES and len(raw) == 16:
+        return str(uuid.UUID(bytes_le=raw))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"<{len(raw)} bytes> {raw.hex()}"
 
 
 def _discard(conn: Connection) -> None:
