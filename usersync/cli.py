@@ -59,6 +59,15 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(result.ok for result in results) else 1
 
 
+def _test_sync(args: argparse.Namespace) -> int:
+    from usersync import sync
+    from usersync.testsync import run_test_sync
+
+    report = run_test_sync(sync.load(args.profile), args.login, attribute=args.attribute)
+    print(report.markdown())
+    return 0 if report.matches == 1 else 1
+
+
 def _runs(args: argparse.Namespace) -> int:
     from usersync.store import Store
 
@@ -162,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("profile")
     p.set_defaults(func=_check)
+
+    p = commands.add_parser(
+        "test-sync",
+        help="Test Sync: find one user in the source, show its attributes and what each "
+        "target would get; writes nothing",
+    )
+    p.add_argument("profile")
+    p.add_argument("login", help="the value to look up, taken literally")
+    p.add_argument(
+        "--attribute", default=None, help="attribute to match (default: sAMAccountName on AD, uid)"
+    )
+    p.set_defaults(func=_test_sync)
 
     p = commands.add_parser("runs", help="list recorded runs from the store")
     p.add_argument("profile", nargs="?")

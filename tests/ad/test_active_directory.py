@@ -13,6 +13,7 @@ from ldap3 import BASE, MODIFY_REPLACE
 
 from tests.ad.conftest import (
     BIG_GROUP_SIZE,
+    PASSWORD_ENV,
     SPECIAL_USERS,
     AdConfigFactory,
     AdDirectory,
@@ -387,3 +388,46 @@ def test_rename_in_ad_updates_the_same_jira_account(
     assert emulator.user("rename2") is None
     assert len(emulator.usernames) == count  # no second account
     assert "renamed2" in emulator.group_members("developers")
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_test_sync_prints_the_preview(
+    ad_directory: AdDirectory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dc = ad_directory.dc
+    folder = tmp_path / "corp-ad"
+    folder.mkdir()
+    (folder / "profile.yaml").write_text(
+        f"""
+source:
+  kind: ldap
+  flavour: active_directory
+  url: {dc.ldaps_url}
+  tls: {{mode: ldaps, ca_file: {dc.ca_file}}}
+  bind_dn: {dc.admin_upn}
+  bind_password: {{env: {PASSWORD_ENV}}}
+  user_base_dn: {ad_directory.people}
+  group_base_dn: {ad_directory.groups}
+targets:
+  jira:
+    kind: jira
+    url: http://127.0.0.1:9
+    auth: {{kind: basic, username: admin, password: {{env: USERSYNC_TEST_JIRA_PASSWORD}}}}
+""",
+        encoding="utf-8",
+    )
+    _tables(folder, ["jira"])
+    monkeypatch.setenv("USERSYNC_MAPPINGS_DIR", str(tmp_path))
+    from usersync.cli import main
+
+    assert main(["test-sync", "corp-ad", "Zoë Müller", "--attribute", "displayName"]) == 0
+    out = capsys.readouterr().out
+    assert "| username | zoe |" in out
+    assert "developers" in out
+    assert main(["test-sync", "corp-ad", "*"]) == 1
+    assert "0 users match" in capsys.readouterr().out
