@@ -424,3 +424,22 @@ def test_missing_slapd_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(slapd_module.shutil, "which", lambda *args, **kwargs: None)
     with pytest.raises(slapd_module.SlapdError, match="slapd not found; run `make setup`"):
         SlapdServer().start()
+
+
+# -- nested groups where IN_CHAIN is unavailable ------------------------------------------------
+
+
+@pytest.mark.parametrize("nesting", ["flatten", "in_chain"])
+def test_nested_group_is_flattened_here_without_in_chain(
+    ldap_config: LdapConfigFactory, nesting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slapd has no IN_CHAIN: `in_chain` falls back to flattening, and says so."""
+    monkeypatch.setenv("USERSYNC_TEST_LDAP_PASSWORD", ADMIN_PASSWORD)
+    with LdapSource.from_config(ldap_config(nested_groups=nesting)) as source:
+        snapshot = source.extract(ATTRIBUTES)
+    engineering = members_of(snapshot, "engineering")
+    assert {"jsmith", "zoe"} <= engineering
+    assert {f"user{n:04d}" for n in range(0, PAGED_USERS, 2)} <= engineering  # via cn=even
+    assert len(engineering) == 2 + PAGED_USERS // 2
+    fell_back = any("IN_CHAIN" in note for note in snapshot.notes)
+    assert fell_back == (nesting == "in_chain")
