@@ -7,6 +7,11 @@ ldap3 raises for none of sizeLimitExceeded, timeLimitExceeded or a page without 
 so a partial read would otherwise look complete. Any such page raises `IncompleteSourceError`.
 Users are keyed by the id attribute (entryUUID; AD's binary objectGUID is decoded), membership
 comes from the groups' member attributes or the users' memberOf, resolved by normalised DN.
+Active Directory (`flavour: active_directory`): users are inactive when disabled (UAC 0x2) or
+expired (accountExpires), as `inactive_accounts` says; `member` is read in ranges
+(`member;range=0-1499`, ...) by `_read_ranges`, which checks every window (ldap3's auto_range
+stops silently on a failed one); nested groups are resolved on request with IN_CHAIN (one
+search per group) or flattened here from the groups' member values.
 Performance: ldap3 decodes BER and builds a dict per entry in pure Python (about 20 s for 100k
 users against 1 s for `ldapsearch`, see test-servers.md); this module adds only a list append
 per value on top, builds each frame once from column lists, and resolves member DNs by an exact
