@@ -383,7 +383,7 @@ def load_profile(name: str, root: Path | None = None) -> Profile:
     try:
         return Profile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid profile:\n{format_validation_error(exc)}") from exc
+        raise ConfigError(f"{path}: invalid profile:\n{format_validation_error(exc, raw)}") from exc
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -415,11 +415,21 @@ def expand_environment(value: Any, where: str) -> Any:
     return _ENV_REFERENCE.sub(replace, value)
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: `  source.page_size: Input should be less than or equal to 1000`."""
+def format_validation_error(exc: ValidationError, raw: Any = None) -> str:
+    """One line per problem: `  source.page_size: Input should be less than or equal to 1000`.
+
+    Given the raw document, the tags pydantic inserts for discriminated unions (the value of
+    `kind`, as in `source.ldap.page_size`) are left out: they are not keys the admin wrote.
+    """
     lines = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        parts, node = [], raw
+        for part in error["loc"]:
+            if isinstance(node, dict) and part not in node and node.get("kind") == part:
+                continue  # a discriminator tag, not a key
+            parts.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+        where = ".".join(parts) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown setting (check the spelling against the documented keys)"

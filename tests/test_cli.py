@@ -1,0 +1,77 @@
+"""The `usersync` command without Prefect: validate a profile, list runs, exit codes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from usersync.cli import main
+from usersync.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def mappings(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "mappings"
+    shutil.copytree(REPO / "mappings", root)
+    monkeypatch.setenv("USERSYNC_MAPPINGS_DIR", str(root))
+    return root
+
+
+def test_validate_a_shipped_profile(mappings, capsys):
+    assert main(["validate", "example-ldap"]) == 0
+    out = capsys.readouterr().out
+    assert "profile example-ldap: OK" in out
+    assert "target jira: jira https://jira.example.com (token auth)" in out
+
+
+def test_validate_reports_the_file_line_and_problem(mappings, capsys):
+    (mappings / "demo" / "attributes.csv").write_text(
+        "target,source,transform\nusername,uid,lowercase\n"
+    )
+    assert main(["validate", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert "attributes.csv line 2: unknown transform 'lowercase'" in err
+
+
+def test_unknown_setting_in_profile_is_named(mappings, capsys):
+    path = mappings / "demo" / "profile.yaml"
+    path.write_text(path.read_text().replace("  page_size: 100", "  page_sise: 100"))
+    assert main(["validate", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert "source.page_sise: unknown setting" in err
+
+
+def test_unknown_profile_lists_the_known_ones(mappings, capsys):
+    assert main(["validate", "nope"]) == 2
+    assert "profiles there: " in capsys.readouterr().err
+
+
+def test_unset_environment_variable_in_profile_is_named(mappings, capsys, monkeypatch):
+    path = mappings / "demo" / "profile.yaml"
+    path.write_text(
+        path.read_text().replace("bind_dn: cn=admin", "bind_dn: ${NO_SUCH_VAR_X}cn=admin")
+    )
+    assert main(["validate", "demo"]) == 2
+    assert "${NO_SUCH_VAR_X} is used but the variable is not set" in capsys.readouterr().err
+
+
+def test_runs_lists_recorded_runs(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = Store.open(url)
+    run = store.start_run("corp", "jira", dry_run=True)
+    store.finish_run(run, "planned", {"planned": {"create_user": 2}})
+    assert main(["runs", "corp", "--store-url", url]) == 0
+    out = capsys.readouterr().out
+    assert "corp" in out and "planned" in out
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("validate", "sync", "check", "runs", "demo", "sandbox"):
+        assert command in out
