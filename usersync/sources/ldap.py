@@ -422,6 +422,11 @@ class LdapSource(Source):
         config = self.config
         text = str(exc)
         lowered = text.lower()
+        if "wrong_version_number" in lowered or "wrong version number" in lowered:
+            return SourceUnreachableError(
+                f"{config.url}: the TLS handshake failed ({text}): the port does not speak TLS "
+                "right now; check that tls.mode matches the port (ldaps: 636, starttls: 389)"
+            )
         if isinstance(exc, LDAPCertificateError) or "certificate" in lowered or "ssl" in lowered:
             ca = config.tls.ca_file or "the system CA store"
             return SourceUnreachableError(
