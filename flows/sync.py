@@ -14,9 +14,10 @@ from prefect.runtime import flow_run
 
 from tasks import report, steps
 from usersync.errors import UsersyncError
+from usersync.model import SourceSnapshot
 from usersync.report import summary_text
 from usersync.store import Store
-from usersync.sync import TargetOutcome, select_targets
+from usersync.sync import LoadedProfile, TargetOutcome, select_targets
 
 
 class SyncFailed(UsersyncError):
@@ -46,16 +47,20 @@ def sync(
     logger = get_run_logger()
     loaded = steps.load_profile(profile)
     chosen = select_targets(loaded.profile, targets)
-    snapshot = steps.extract(loaded)
     store = Store.open(store_url)
-    outcomes: list[TargetOutcome] = []
     try:
-        for name in chosen:
-            outcomes.append(
-                _sync_target(
-                    loaded, name, snapshot, store, store_url, dry_run, allow_mass_deactivation
-                )
-            )
+        try:
+            snapshot = steps.extract(loaded)
+        except Exception as exc:
+            # The audit trail shows the attempt for every target, with the reason nothing ran.
+            for name in chosen:
+                run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
+                store.finish_run(run_id, "failed", {}, f"source: {exc}")
+            raise
+        outcomes = [
+            _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_deactivation)
+            for name in chosen
+        ]
     finally:
         store.close()
     report.publish_summary(profile, outcomes, dry_run, snapshot.counts)
@@ -69,12 +74,22 @@ def sync(
     return [o.as_dict() for o in outcomes]
 
 
-def _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_deactivation):
+def _run_id() -> str:
+    return str(flow_run.get_id() or "")
+
+
+def _sync_target(
+    loaded: LoadedProfile,
+    name: str,
+    snapshot: SourceSnapshot,
+    store: Store,
+    store_url: str | None,
+    dry_run: bool,
+    allow_mass_deactivation: bool,
+) -> TargetOutcome:
     """Plan and load one target; any error fails this target only."""
     logger = get_run_logger()
-    run_id = store.start_run(
-        loaded.profile.name, name, dry_run=dry_run, flow_run_id=str(flow_run.get_id() or "")
-    )
+    run_id = store.start_run(loaded.profile.name, name, dry_run=dry_run, flow_run_id=_run_id())
     outcome = TargetOutcome(target=name, status="failed", run_id=run_id)
     try:
         desired = steps.transform(loaded, snapshot, name)
@@ -93,6 +108,11 @@ def _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_d
     except UsersyncError as exc:
         logger.error("%s: %s", name, exc)
         outcome.error = str(exc)
+        outcome.status = "failed"
+    except Exception as exc:
+        # Not an error usersync expects (a bug, an odd answer): still this target's alone.
+        logger.exception("%s: unexpected error", name)
+        outcome.error = f"unexpected {type(exc).__name__}: {exc}"
         outcome.status = "failed"
     store.finish_run(
         run_id,

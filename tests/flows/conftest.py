@@ -16,6 +16,13 @@ from usersync.sandbox.slapd import SlapdServer
 
 REPO = Path(__file__).resolve().parents[2]
 JIRA_PASSWORD = "jira-admin-secret"
+#: The group rules flow tests use unless a test writes its own.
+TEST_GROUPS = """source_group,target_group,mode,targets
+engineering,developers,manual,
+managers,project-leads,manual,
+*,,on-the-fly,
+,jira-software-users,default,jira
+"""
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +108,7 @@ settings:
             shutil.copy(demo / "attributes.csv", folder / "attributes.csv")
         else:
             (folder / "attributes.csv").write_text(attributes, encoding="utf-8")
-        if groups is None:
-            shutil.copy(demo / "groups.csv", folder / "groups.csv")
-        else:
-            (folder / "groups.csv").write_text(groups, encoding="utf-8")
+        (folder / "groups.csv").write_text(groups or TEST_GROUPS, encoding="utf-8")
         return folder
 
     return make

@@ -158,6 +158,9 @@ def test_failed_ldap_bind_fails_clearly_with_zero_writes(make_profile, jira, dir
     assert directory.admin_dn in str(error.value)
     assert "not-the-password" not in str(error.value)
     assert emulator.app.requests == []
+    (run,) = Store.open(store_url()).runs("testprof").to_dict("records")
+    assert run["status"] == "failed"
+    assert run["error"].startswith("source: ")
 
 
 def test_unreachable_jira_fails_that_target_clearly(make_profile):
