@@ -1,4 +1,5 @@
-# usersync: `make demo` runs the demo sync, `make test` runs lint and the test suite.
+# usersync: `make demo` runs the demo sync, `make test` runs lint and the test suite
+# (`make demo-ldap`: the demo from a real slapd).
 # Both do all the set-up they need (virtualenv, Python dependencies, Debian packages).
 
 VENV ?= .venv
@@ -10,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # takes longer than Prefect's default 20 s wait.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 
-.PHONY: setup system-packages demo test lint format clean
+.PHONY: setup system-packages demo demo-ldap test lint format clean
 
 setup: $(VENV)/.installed system-packages
 
@@ -23,8 +24,13 @@ $(VENV)/.installed: pyproject.toml
 system-packages:
 	bash scripts/install-system-packages.sh
 
-demo: setup
+# The demo needs no Debian package: the sample is pushed into the SCIM inbox.
+demo: $(VENV)/.installed
 	PREFECT_HOME=$(CURDIR)/var/prefect $(BIN)/usersync demo
+
+# The same demo from a real OpenLDAP slapd (installed when missing).
+demo-ldap: setup
+	PREFECT_HOME=$(CURDIR)/var/prefect $(BIN)/usersync demo --source ldap
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,11 +1,14 @@
-"""The demo: the sample directory into the sandbox products, through the real `sync` flow.
+"""The demo: sample users into the sandbox products, through the real `sync` flow.
 
-It starts a real OpenLDAP `slapd` loaded with `usersync/sandbox/data/sample.ldif`, the sandbox
-emulators over HTTP, seeds the sandbox Jira with two accounts an admin would already have (one
-that matches a directory user and is adopted, one that usersync must leave alone), then runs
-the `sync` flow for the `demo` profile twice: the first run provisions, the second plans
-nothing. It reads the result back through each product's REST API and checks it against the
-summary. Run it with `make demo` (or `usersync demo`).
+Two sources, one story. By default (`make demo`, `usersync demo`) it needs no system package:
+it starts the SCIM inbox, issues the `demo-push` profile's token and pushes the sample users
+and groups into it over HTTP exactly as miniOrange would. With `--source ldap` (`make
+demo-ldap`) it starts a real OpenLDAP `slapd` loaded with `usersync/sandbox/data/sample.ldif`
+instead (profile `demo`). Either way it starts the sandbox emulators over HTTP, seeds the
+sandbox Jira with two accounts an admin would already have (one matching a source user, which
+is adopted; one usersync must leave alone), runs the `sync` flow twice (the first run
+provisions, the second plans nothing), then reads every product back through its REST API and
+checks it against the summary.
 """
 
 from __future__ import annotations
@@ -14,20 +17,22 @@ import os
 import secrets
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from usersync.sandbox.serve import ADMIN_USERNAME, Sandbox
-from usersync.sandbox.slapd import SlapdServer
 from usersync.sync import load as load_profile
 from usersync.targets import open_target
 
-DEMO_PROFILE = "demo"
+#: profile of each demo source
+PROFILES = {"push": "demo-push", "ldap": "demo"}
 #: Accounts the sandbox Jira has before the first sync.
 PRE_EXISTING = (
-    # (username, e-mail, display name): asmith is in the directory: adopted (not duplicated),
-    # and her display name is brought in line with the directory's
+    # (username, e-mail, display name): asmith is in both samples: adopted (not duplicated),
+    # and her display name is brought in line with the source's
     ("asmith", "asmith@example.org", "A. Smith (created by hand)"),
-    # a local account the directory does not know: usersync never touches it
+    # a local account the source does not know: usersync never touches it
     ("contractor", "contractor@partner.example", "External Contractor"),
 )
 
@@ -36,49 +41,86 @@ def _products(profile_targets: dict) -> list[str]:
     return sorted({t.kind for t in profile_targets.values()})
 
 
-def run_demo(store_dir: Path | None = None) -> int:
-    """Run the demo; return 0 when what the products hold matches the summary."""
+@contextmanager
+def _ldap_source() -> Iterator[str]:
+    """A slapd with the sample directory; the environment points the `demo` profile at it."""
+    from usersync.sandbox.slapd import SlapdServer
+
+    with SlapdServer.for_demo() as directory:
+        os.environ["USERSYNC_DEMO_LDAP_URL"] = directory.url
+        os.environ["USERSYNC_DEMO_LDAP_PASSWORD"] = directory.admin_password
+        yield f"directory: {directory.url} (slapd, sample.ldif)"
+
+
+@contextmanager
+def _push_source(store_url: str) -> Iterator[str]:
+    """The SCIM inbox, with the sample pushed into the `demo-push` inbox as miniOrange would."""
+    from usersync.inbox import PREFIX, InboxApp, issue_token
+    from usersync.sandbox.push import push_sample
+    from usersync.sandbox.server import serve
+    from usersync.store import Store
+
+    store = Store.open(store_url)
+    issued = issue_token(store.engine, PROFILES["push"])
+    try:
+        with serve(InboxApp(store.engine)) as url:
+            base = f"{url}{PREFIX}/{PROFILES['push']}"
+            pushed = push_sample(base, issued.token)
+            yield (
+                f"SCIM inbox: {base} (bearer token {issued.token[:6]}…, what you would paste "
+                f"into miniOrange's SCIM app); pushed {len(pushed)} resource(s)"
+            )
+    finally:
+        store.close()
+
+
+def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
+    """Run the demo; return 0 when what the products hold matches the summary.
+
+    Args:
+        source: "push" (SCIM inbox, no system package) or "ldap" (a real slapd).
+        store_dir: where the demo's store goes (default: a new temporary folder).
+    """
     from flows.sync import sync
 
-    loaded = load_profile(DEMO_PROFILE)
+    profile = PROFILES[source]
+    loaded = load_profile(profile)
     products = _products(loaded.profile.targets)
     store_dir = store_dir or Path(tempfile.mkdtemp(prefix="usersync-demo-"))
     store_url = f"sqlite:///{store_dir / 'usersync.db'}"
+    os.environ["USERSYNC_STORE_URL"] = store_url
     password = secrets.token_urlsafe(12)
-    print(f"starting slapd with the sample directory and the sandbox ({', '.join(products)}) ...")
-    with SlapdServer.for_demo() as directory, Sandbox(products, admin_password=password) as sandbox:
-        os.environ.update(
-            {
-                "USERSYNC_DEMO_LDAP_URL": directory.url,
-                "USERSYNC_DEMO_LDAP_PASSWORD": directory.admin_password,
-                "USERSYNC_STORE_URL": store_url,
-            }
+    print(f"starting the {source} source and the sandbox ({', '.join(products)}) ...")
+    with ExitStack() as stack:
+        described = stack.enter_context(
+            _ldap_source() if source == "ldap" else _push_source(store_url)
         )
+        sandbox = stack.enter_context(Sandbox(products, admin_password=password))
         for product in products:
             os.environ[f"USERSYNC_DEMO_{product.upper()}_URL"] = sandbox.url(product)
             os.environ[f"USERSYNC_DEMO_{product.upper()}_PASSWORD"] = password
         if "jira" in sandbox.emulators:
             for username, email, name in PRE_EXISTING:
                 sandbox.emulators["jira"].seed_user(username, email, name)
-        print(f"  directory: {directory.url}")
+        print(f"  {described}")
         for product in products:
             print(f"  {product}: {sandbox.url(product)} ({ADMIN_USERNAME} / {password})")
 
         print("\n== run 1: provision ==")
-        first = sync(profile=DEMO_PROFILE, store_url=store_url)
+        first = sync(profile=profile, store_url=store_url)
         _print_outcomes(first)
-        print("\n== run 2: same directory, nothing should change ==")
-        second = sync(profile=DEMO_PROFILE, store_url=store_url)
+        print("\n== run 2: same source, nothing should change ==")
+        second = sync(profile=profile, store_url=store_url)
         _print_outcomes(second)
 
         print("\n== read back through each product's REST API ==")
-        loaded = load_profile(DEMO_PROFILE)  # URLs now come from the environment set above
+        loaded = load_profile(profile)  # URLs now come from the environment set above
         ok = _verify(loaded, first, second, tuple(p for p in products if p == "jira"))
     print(
         "\nRun history: the flow runs above are in Prefect's database under "
         f"{os.environ.get('PREFECT_HOME', '~/.prefect')}; browse them with "
         "`prefect server start` (then http://127.0.0.1:4200). Every operation is in the store: "
-        f"`USERSYNC_STORE_URL={store_url} usersync runs demo`."
+        f"`USERSYNC_STORE_URL={store_url} usersync runs {profile}`."
     )
     print("demo: OK" if ok else "demo: MISMATCH between the summary and the products")
     return 0 if ok else 1
@@ -123,17 +165,17 @@ def _verify(
         adopted = executed.get("adopt_user", 0)
         check(
             f"{name}: run 1 created {created} and adopted {adopted} account(s) for the "
-            f"{len(active_wanted)} active directory user(s)",
+            f"{len(active_wanted)} active source user(s)",
             created + adopted == len(active_wanted),
         )
         present = [u.casefold() in users.index for u in active_wanted["username"]]
-        check(f"{name}: all {len(active_wanted)} active directory users exist", all(present))
+        check(f"{name}: all {len(active_wanted)} active source users exist", all(present))
         right_email = all(
             users.loc[u.casefold(), "email"].casefold() == (e or "").casefold()
             for u, e in zip(active_wanted["username"], active_wanted["email"], strict=True)
             if u.casefold() in users.index
         )
-        check(f"{name}: each account carries the directory's e-mail", right_email)
+        check(f"{name}: each account carries the source's e-mail", right_email)
         active_ok = all(
             bool(users.loc[u.casefold(), "active"])
             for u in active_wanted["username"]
@@ -146,7 +188,7 @@ def _verify(
             if u.casefold() in users.index and users.loc[u.casefold(), "active"]
         ]
         check(
-            f"{name}: disabled directory users have no active account "
+            f"{name}: disabled source users have no active account "
             f"({len(inactive_wanted)} disabled)",
             not created_inactive,
         )
@@ -175,12 +217,12 @@ def _verify(
                 and local.loc["contractor", "email"] == PRE_EXISTING[1][1],
             )
             check(
-                "jira: 'asmith' was adopted and now shows the directory's display name",
+                "jira: 'asmith' was adopted and now shows the source's display name",
                 executed.get("adopt_user", 0) >= 1
                 and local.loc["asmith", "display_name"] == "Alice Smith",
             )
         check(
-            f"{name}: {len(desired.rejected)} directory user(s) reported as not provisionable "
+            f"{name}: {len(desired.rejected)} source user(s) reported as not provisionable "
             f"(e.g. no e-mail), as the summary says",
             target_outcome["rejected"] == len(desired.rejected),
         )
@@ -188,4 +230,4 @@ def _verify(
 
 
 if __name__ == "__main__":
-    sys.exit(run_demo())
+    sys.exit(run_demo(*sys.argv[1:2]))

@@ -84,7 +84,7 @@ def _runs(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    return run_demo()
+    return run_demo(args.source)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -193,7 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_runs)
 
     p = commands.add_parser(
-        "demo", help="start slapd with the sample directory and the sandbox products, then sync"
+        "demo",
+        help="push the sample users into the SCIM inbox (or load them into slapd) and sync "
+        "them into the sandbox products, twice",
+    )
+    p.add_argument(
+        "--source",
+        choices=["push", "ldap"],
+        default="push",
+        help="push: the SCIM inbox, as miniOrange would (default); ldap: a real slapd",
     )
     p.set_defaults(func=_demo)
 
