@@ -7,11 +7,11 @@ until interrupted and prints where they are.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from usersync.plugins import load_class
 from usersync.sandbox.server import ServedApp
 
 #: product → "module:Class" of its emulator, and the context path it is served under.
@@ -46,9 +46,8 @@ class Sandbox:
         self.emulators: dict[str, Any] = {}
         self._served: dict[str, ServedApp] = {}
         for offset, product in enumerate(products):
-            location, context = EMULATORS[product]
-            module_name, _, class_name = location.partition(":")
-            cls = getattr(importlib.import_module(module_name), class_name)
+            cls = load_class({p: loc for p, (loc, _) in EMULATORS.items()}, product, what="sandbox")
+            context = EMULATORS[product][1]
             self.emulators[product] = cls(
                 context_path=context, admin=(ADMIN_USERNAME, admin_password)
             )

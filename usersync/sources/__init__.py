@@ -7,10 +7,8 @@ that class as a "module:Class" string, imported only when a profile uses it.
 
 from __future__ import annotations
 
-import importlib
-
 from usersync.config import SecretLoader, SourceConfig
-from usersync.errors import ConfigError
+from usersync.plugins import load_class
 from usersync.sources.base import Source, SourceCheck
 
 __all__ = ["SOURCE_CLASSES", "Source", "SourceCheck", "open_source"]
@@ -30,11 +28,5 @@ def open_source(config: SourceConfig, *, load_prefect_secret: SecretLoader | Non
     Raises:
         ConfigError: unknown kind, or a secret that cannot be resolved.
     """
-    location = SOURCE_CLASSES.get(config.kind)
-    if location is None:
-        raise ConfigError(
-            f"source: unknown kind '{config.kind}' (known: {', '.join(SOURCE_CLASSES)})"
-        )
-    module_name, _, class_name = location.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = load_class(SOURCE_CLASSES, config.kind, what="source")
     return cls.from_config(config, load_prefect_secret=load_prefect_secret)

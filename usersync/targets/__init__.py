@@ -8,10 +8,8 @@ it, so a product's dependencies and import cost stay out of runs that do not nee
 
 from __future__ import annotations
 
-import importlib
-
 from usersync.config import SecretLoader, TargetConfig
-from usersync.errors import ConfigError
+from usersync.plugins import load_class
 from usersync.targets.base import Target, TargetCheck
 
 #: product kind (as profiles spell it) → "module:Class" of its client.
@@ -35,13 +33,7 @@ def open_target(
     Raises:
         ConfigError: unknown kind, or a secret that cannot be resolved.
     """
-    location = TARGET_CLASSES.get(config.kind)
-    if location is None:
-        raise ConfigError(
-            f"target '{name}': unknown kind '{config.kind}' (known: {', '.join(TARGET_CLASSES)})"
-        )
-    module_name, _, class_name = location.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = load_class(TARGET_CLASSES, config.kind, what=f"target '{name}'")
     return cls.from_config(name, config, load_prefect_secret=load_prefect_secret)
 
 
