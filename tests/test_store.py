@@ -91,6 +91,13 @@ def test_ledger_is_per_profile_and_target_and_follows_renames(store):
     assert store.ledger("corp", "confluence").empty
 
 
+def test_a_recreated_account_replaces_the_old_link(store):
+    store.remember("corp", "jira", [LedgerEntry("user", "K1", "alice", "s1")])
+    store.remember("corp", "jira", [LedgerEntry("user", "K7", "alice", "s1")])
+    ledger = store.ledger("corp", "jira")
+    assert list(ledger["target_key"]) == ["K7"]
+
+
 def test_reopening_keeps_data_and_records_the_schema_version(store):
     store.remember("corp", "jira", [LedgerEntry("user", "K1", "alice", "s1")])
     again = Store(store.engine)

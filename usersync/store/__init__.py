@@ -2,12 +2,15 @@
 
 `Store.open(url)` connects to any SQLAlchemy URL (a SQLite file by default, PostgreSQL in
 production), creates or migrates the schema, and offers the few calls a sync needs: start and
-finish a run, record a plan and each operation's outcome, read and update the ledger.
+finish a run, record a plan and each operation's outcome, read and update the ledger, and keep
+an incremental source's watermark with the snapshot it belongs to.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,9 +21,16 @@ import pandas as pd
 import sqlalchemy as sa
 
 from usersync.model import LEDGER_COLUMNS, conform, empty_frame
-from usersync.store.schema import ledger, migrate, operations, runs
+from usersync.store.schema import (
+    ledger,
+    migrate,
+    operations,
+    runs,
+    source_snapshots,
+    source_watermarks,
+)
 
-__all__ = ["DEFAULT_STORE_URL", "LedgerEntry", "Store", "store_url"]
+__all__ = ["DEFAULT_STORE_URL", "LedgerEntry", "SourceWatermark", "Store", "store_url"]
 
 DEFAULT_STORE_URL = "sqlite:///var/usersync.db"
 
@@ -43,6 +53,17 @@ class LedgerEntry:
     name: str
     source_id: str | None = None
     origin: str = "created"
+
+
+@dataclass(frozen=True)
+class SourceWatermark:
+    """Where the last successful incremental-capable read of a profile's source stood."""
+
+    dc: str  # the domain controller's identity: USNs mean nothing on another DC
+    usn: int  # its highestCommittedUSN, taken before the read
+    fingerprint: str  # of the scope read (base DNs, filters, attributes)
+    read_at: datetime
+    full_read_at: datetime  # the last full read, which is what catches deletions
 
 
 class Store:
@@ -182,6 +203,18 @@ class Store:
                     .where(where)
                     .values(name=entry.name, source_id=entry.source_id, updated_at=now)
                 )
+                if entry.kind == "user" and entry.source_id:
+                    # One account per source user: a link to an account that was deleted by
+                    # hand and re-created is replaced, not kept beside the new one.
+                    conn.execute(
+                        ledger.delete().where(
+                            ledger.c.profile == profile,
+                            ledger.c.target == target,
+                            ledger.c.kind == "user",
+                            ledger.c.source_id == entry.source_id,
+                            ledger.c.target_key != entry.target_key,
+                        )
+                    )
                 if updated.rowcount == 0:
                     conn.execute(
                         ledger.insert().values(
@@ -196,3 +229,89 @@ class Store:
                             updated_at=now,
                         )
                     )
+
+    # -- incremental sources -------------------------------------------------------------
+
+    def source_watermark(self, profile: str) -> tuple[SourceWatermark, dict[str, pd.DataFrame]]:
+        """The profile's watermark and the snapshot parts saved with it.
+
+        Raises:
+            KeyError: none saved yet (a first run, or incremental reads never succeeded).
+        """
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(source_watermarks).where(source_watermarks.c.profile == profile)
+                )
+                .mappings()
+                .first()
+            )
+            parts = conn.execute(
+                sa.select(source_snapshots.c.part, source_snapshots.c.body).where(
+                    source_snapshots.c.profile == profile
+                )
+            ).all()
+        if row is None:
+            raise KeyError(profile)
+        watermark = SourceWatermark(
+            dc=row["dc"],
+            usn=int(row["usn"]),
+            fingerprint=row["fingerprint"],
+            read_at=_aware(row["read_at"]),
+            full_read_at=_aware(row["full_read_at"]),
+        )
+        return watermark, {part: _decode_frame(body) for part, body in parts}
+
+    def save_source_watermark(
+        self, profile: str, watermark: SourceWatermark, parts: Mapping[str, pd.DataFrame]
+    ) -> None:
+        """Replace the profile's watermark and snapshot parts, in one transaction."""
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(source_watermarks.delete().where(source_watermarks.c.profile == profile))
+            conn.execute(source_snapshots.delete().where(source_snapshots.c.profile == profile))
+            conn.execute(
+                source_watermarks.insert().values(
+                    profile=profile,
+                    dc=watermark.dc,
+                    usn=watermark.usn,
+                    fingerprint=watermark.fingerprint,
+                    read_at=watermark.read_at,
+                    full_read_at=watermark.full_read_at,
+                )
+            )
+            conn.execute(
+                source_snapshots.insert(),
+                [
+                    {
+                        "profile": profile,
+                        "part": part,
+                        "body": _encode_frame(frame),
+                        "saved_at": now,
+                    }
+                    for part, frame in parts.items()
+                ],
+            )
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _encode_frame(frame: pd.DataFrame) -> bytes:
+    """A frame as zlib-compressed JSON: columns, dtypes and rows (nulls as null)."""
+    values = frame.astype(object)
+    values = values.where(frame.notna(), None)
+    document = {
+        "columns": [str(c) for c in frame.columns],
+        "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
+        "rows": values.to_numpy().tolist(),
+    }
+    return zlib.compress(json.dumps(document, ensure_ascii=False).encode("utf-8"), 1)
+
+
+def _decode_frame(body: bytes) -> pd.DataFrame:
+    document = json.loads(zlib.decompress(body).decode("utf-8"))
+    frame = pd.DataFrame(document["rows"], columns=document["columns"], dtype=object)
+    return frame.astype(document["dtypes"])
