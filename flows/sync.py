@@ -31,6 +31,7 @@ def sync(
     dry_run: bool = False,
     allow_mass_deactivation: bool = False,
     store_url: str | None = None,
+    full: bool = False,
 ) -> list[dict]:
     """Sync one profile's source into its targets.
 
@@ -43,6 +44,8 @@ def sync(
         store_url: SQLAlchemy URL of the store (default: $USERSYNC_STORE_URL or
             sqlite:///var/usersync.db). Give a URL without a password; use the
             environment variable for credentials.
+        full: read the whole source even where an incremental read is possible (AD with
+            `incremental.enabled`); a full read also catches deletions.
     """
     logger = get_run_logger()
     loaded = steps.load_profile(profile)
@@ -50,7 +53,7 @@ def sync(
     store = Store.open(store_url)
     try:
         try:
-            snapshot = steps.extract(loaded)
+            snapshot = steps.extract(loaded, store_url, full)
         except Exception as exc:
             # The audit trail shows the attempt for every target, with the reason nothing ran.
             for name in chosen:
@@ -61,6 +64,8 @@ def sync(
             _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_deactivation)
             for name in chosen
         ]
+        # An incremental source moves its watermark only when every target succeeded.
+        steps.advance_watermark(snapshot, store_url, [o.status for o in outcomes], dry_run)
     finally:
         store.close()
     report.publish_summary(profile, outcomes, dry_run, snapshot.counts)

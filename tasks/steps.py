@@ -17,6 +17,7 @@ from tasks.secrets import load_prefect_secret
 from usersync import sync
 from usersync.load import LoadResult
 from usersync.model import DesiredState, SourceSnapshot
+from usersync.sources import watermark
 from usersync.store import Store
 
 SIDE_EFFECT_FREE = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -44,9 +45,21 @@ def load_profile(profile: str) -> sync.LoadedProfile:
     retry_condition_fn=retry_only_transient,
     **SIDE_EFFECT_FREE,
 )
-def extract(loaded: sync.LoadedProfile) -> SourceSnapshot:
-    """Read the complete source snapshot (refused when it may be incomplete or is empty)."""
-    snapshot = sync.extract(loaded, load_prefect_secret=load_prefect_secret)
+def extract(
+    loaded: sync.LoadedProfile, store_url: str | None = None, full: bool = False
+) -> SourceSnapshot:
+    """Read the complete source snapshot (refused when it may be incomplete or is empty).
+
+    An incremental source reads only what changed and merges it into the stored snapshot,
+    unless `full` (or the schedule, or a change of DC or scope) calls for a full read.
+    """
+    store = Store.open(store_url)
+    try:
+        snapshot = sync.extract(
+            loaded, load_prefect_secret=load_prefect_secret, store=store, full=full
+        )
+    finally:
+        store.close()
     get_run_logger().info("extracted %s", snapshot.counts)
     for note in snapshot.notes:
         get_run_logger().warning(note)
@@ -130,3 +143,19 @@ def load(
                 "%s: operation %d (%s) failed: %s", target, outcome.seq, outcome.op, outcome.error
             )
     return result
+
+
+@task(name="advance-watermark", **SIDE_EFFECT_FREE)
+def advance_watermark(
+    snapshot: SourceSnapshot, store_url: str | None, statuses: list[str], dry_run: bool
+) -> None:
+    """An incremental source's next read starts from this snapshot, if the run succeeded."""
+    store = Store.open(store_url)
+    try:
+        saved = watermark.advance_watermark(store, snapshot, statuses=statuses, dry_run=dry_run)
+    finally:
+        store.close()
+    if saved is not None:
+        get_run_logger().info(
+            "watermark advanced to USN %d on %s", saved.watermark.usn, saved.watermark.dc
+        )

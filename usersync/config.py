@@ -87,6 +87,25 @@ class LdapTls(StrictModel):
     validate_certificate: bool = Field(True, description="Turn off only for a lab directory.")
 
 
+class LdapIncremental(StrictModel):
+    """Incremental extraction (Active Directory only): read what changed since a watermark.
+
+    Between full reads, a run reads only the users and groups whose `uSNChanged` passed the
+    last successful run's watermark and merges them into the snapshot kept in the store.
+    Deletions are invisible to such a read, so a full read runs whenever the last one is
+    older than `full_every_hours`, and catches them.
+    """
+
+    enabled: bool = Field(False, description="Read only changes between full reads (AD only).")
+    full_every_hours: float = Field(
+        24,
+        gt=0,
+        le=168,
+        description="A full read (which catches deletions) when the last one is older than "
+        "this; at most a week.",
+    )
+
+
 #: What `flavour: active_directory` changes in the LDAP defaults (a profile may still set any).
 ACTIVE_DIRECTORY_DEFAULTS: dict[str, Any] = {
     "user_filter": "(&(objectCategory=person)(objectClass=user))",
@@ -145,6 +164,7 @@ class LdapSourceConfig(StrictModel):
     member_range_size: int = Field(
         1500, ge=1, le=5000, description="active_directory: values per ranged read of member."
     )
+    incremental: LdapIncremental = LdapIncremental()
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +187,15 @@ class LdapSourceConfig(StrictModel):
             raise ValueError("an ldaps:// URL needs tls.mode: ldaps")
         if self.url.startswith("ldap://") and self.tls.mode == "ldaps":
             raise ValueError("tls.mode ldaps needs an ldaps:// URL")
+        return self
+
+    @model_validator(mode="after")
+    def _incremental_needs_ad(self) -> LdapSourceConfig:
+        if self.incremental.enabled and self.flavour != "active_directory":
+            raise ValueError(
+                "incremental.enabled needs flavour: active_directory (it follows AD's "
+                "uSNChanged, which OpenLDAP does not have); remove it or set the flavour"
+            )
         return self
 
 

@@ -21,6 +21,7 @@ from usersync.mapping import MappingTables, desired_state, load_tables
 from usersync.model import DesiredState, SourceSnapshot, TargetState
 from usersync.plan import PlanInput, check_deactivation_brake, plan_target
 from usersync.sources import open_source
+from usersync.sources.watermark import extract_with_watermark, incremental_enabled
 from usersync.store import Store
 from usersync.targets import open_target
 from usersync.targets.base import Target
@@ -63,9 +64,17 @@ def select_targets(profile: Profile, wanted: list[str] | None) -> list[str]:
 
 
 def extract(
-    loaded: LoadedProfile, *, load_prefect_secret: SecretLoader | None = None
+    loaded: LoadedProfile,
+    *,
+    load_prefect_secret: SecretLoader | None = None,
+    store: Store | None = None,
+    full: bool = False,
 ) -> SourceSnapshot:
     """Read the complete source snapshot and apply the source guards.
+
+    With a store and an incremental source (AD, `incremental.enabled`), only the changes since
+    the last successful run are read and merged into its snapshot, unless a full read is due
+    or `full` asks for one; `sources.watermark.save_checkpoint` advances it after success.
 
     Raises:
         SourceError: unreachable, refused credentials, or a possibly incomplete read.
@@ -73,7 +82,13 @@ def extract(
             deprovisions anyone).
     """
     with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
-        snapshot = source.extract(loaded.tables.source_attributes())
+        attributes = loaded.tables.source_attributes()
+        if store is not None and incremental_enabled(loaded.profile.source):
+            snapshot = extract_with_watermark(
+                source, loaded.profile.name, attributes, store, full=full
+            )
+        else:
+            snapshot = source.extract(attributes)
     minimum = loaded.profile.settings.min_source_users
     if len(snapshot.users) < minimum:
         raise GuardError(

@@ -90,6 +90,32 @@ Entry = tuple[str, dict[str, list[bytes]]]  # DN, attribute name in lower case -
 
 
 @dataclass(frozen=True)
+class DirectoryPosition:
+    """Where a domain controller stood: its identity and its highest committed USN.
+
+    USNs are per DC (not replicated), so a watermark is meaningful only on the DC it came from.
+    """
+
+    dc: str  # dsServiceName and invocationId
+    usn: int
+
+
+@dataclass(frozen=True)
+class DirectoryChanges:
+    """What an incremental read found (see `LdapSource.read_changes`).
+
+    `users` and `groups` (the latter with `locator`) replace the cached rows with the same ids.
+    `memberships` are the complete memberships of those groups and, from memberOf, of those
+    users; with `all_groups` every group was read and they replace all memberships.
+    """
+
+    users: pd.DataFrame
+    groups: pd.DataFrame
+    memberships: pd.DataFrame
+    all_groups: bool
+
+
+@dataclass(frozen=True)
 class _ResolvedMembers:
     """Memberships found, and the member values that were no user (or group) in scope."""
 
@@ -128,7 +154,7 @@ class LdapSource(Source):
     # -- Source interface ----------------------------------------------------------------
 
     def extract(self, attributes: Sequence[str]) -> SourceSnapshot:
-        """Read every user, group and membership in scope.
+        """Read every user, group and membership in scope (`read_snapshot` without the group DNs).
 
         Args:
             attributes: LDAP attributes the mapping reads; each becomes a string column named
@@ -140,6 +166,17 @@ class LdapSource(Source):
             SourceUnreachableError, SourceAuthError: connection, TLS or bind failed.
             IncompleteSourceError: any page of any search did not end cleanly, a user or group
                 lacks its id, or two entries share one.
+        """
+        return self.read_snapshot(attributes)[0]
+
+    def read_snapshot(self, attributes: Sequence[str]) -> tuple[SourceSnapshot, pd.DataFrame]:
+        """`extract`, and the groups frame with each group's DN as `locator`.
+
+        Incremental reads resolve the memberOf values of changed users against the DNs of
+        groups read earlier, so those are kept with the cached snapshot.
+
+        Raises:
+            as `extract`.
         """
         config = self.config
         wanted = self._wanted_attributes(attributes)
@@ -163,8 +200,11 @@ class LdapSource(Source):
         group_index = DnIndex(zip((dn for dn, _ in group_entries), group_names, strict=True))
 
         if config.membership == "group_member":
+            user_index = DnIndex(
+                zip((dn for dn, _ in user_entries), users["source_id"], strict=True)
+            )
             resolved = self._members_from_groups(
-                group_entries, group_names, user_entries, users, group_index
+                group_entries, group_names, user_index, group_index
             )
             if resolved.unresolved:
                 notes.append(
@@ -190,18 +230,140 @@ class LdapSource(Source):
                 "Directory); nested groups were flattened by usersync instead"
             )
         if nesting == "in_chain":
-            rows = self._members_in_chain(group_entries, group_names, users)
+            rows = self._members_in_chain(group_entries, group_names, set(users["source_id"]))
         elif nesting == "flatten":
             rows = _flatten(rows, self._group_parents(group_entries, group_names, group_index))
-        memberships = pd.DataFrame(
-            rows, columns=list(SOURCE_MEMBERSHIP_COLUMNS), dtype="string"
-        ).drop_duplicates()
-        return SourceSnapshot(
+        snapshot = SourceSnapshot(
             users=users,
             groups=groups,
-            memberships=conform(memberships, SOURCE_MEMBERSHIP_COLUMNS, what="ldap memberships"),
+            memberships=_memberships_frame(rows),
             source_kind=self.kind,
             notes=tuple(notes),
+        )
+        return snapshot, _group_locators(groups, group_entries)
+
+    def position(self) -> DirectoryPosition:
+        """Where the directory server stands now: its identity and `highestCommittedUSN`.
+
+        Taken before an incremental read, so a change committed during the read is read again
+        next time rather than missed.
+
+        Raises:
+            ConfigError: the server is not Active Directory (no USN in its rootDSE).
+            SourceError: the rootDSE or the server's NTDS Settings entry cannot be read.
+        """
+        conn = self._connection()
+        conn.search(
+            "",
+            "(objectClass=*)",
+            search_scope=BASE,
+            attributes=["highestCommittedUSN", "dsServiceName"],
+        )
+        found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
+        root = found[0]["raw_attributes"] if found and conn.result["result"] == 0 else {}
+        if not root.get("highestCommittedUSN") or not root.get("dsServiceName"):
+            raise ConfigError(
+                f"{self.config.url}: the rootDSE shows no highestCommittedUSN/dsServiceName, so "
+                "this is not an Active Directory domain controller; turn incremental off"
+            )
+        service = root["dsServiceName"][0].decode("utf-8")
+        # invocationId changes when the DC's database is restored: USNs from before the
+        # restore may be reused, so it is part of the identity the watermark is tied to.
+        conn.search(service, "(objectClass=*)", search_scope=BASE, attributes=["invocationId"])
+        found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
+        invocation = (found[0]["raw_attributes"].get("invocationId") or [b""])[0] if found else b""
+        if conn.result["result"] != 0 or len(invocation) != 16:
+            raise SourceError(
+                f"{self.config.url}: cannot read invocationId of {service} "
+                f"({_describe(conn.result)}); the bind account needs read access to it"
+            )
+        dc = f"{service} invocationId={uuid.UUID(bytes_le=invocation)}"
+        return DirectoryPosition(dc=dc, usn=int(root["highestCommittedUSN"][0]))
+
+    def read_changes(
+        self,
+        attributes: Sequence[str],
+        *,
+        since_usn: int,
+        known_users: pd.DataFrame,
+        known_groups: pd.DataFrame,
+        expired_between: tuple[int, int] | None = None,
+    ) -> DirectoryChanges:
+        """The users and groups in scope changed after `since_usn` (Active Directory only).
+
+        Changed users are read whole, with their memberOf; changed groups are read whole,
+        `member` in checked ranges. With nested groups resolved, every group is read (a change
+        deep in a nest changes its ancestors' members without touching them) and memberships
+        are recomputed entirely. Member values are resolved against the known entries merged
+        with the changed ones. Deleted entries, and entries that left the scope, are not seen.
+
+        Args:
+            attributes: as for `extract`.
+            since_usn: the watermark: entries with `uSNChanged` above it are read.
+            known_users: the cached users (`source_id`, `locator`).
+            known_groups: the cached groups (`source_group_id`, `source_group`, `locator`).
+            expired_between: (from, to) as FILETIMEs: users whose accountExpires passed in that
+                window are read too (expiry changes no USN).
+
+        Raises:
+            as `extract`.
+        """
+        config = self.config
+        wanted = self._wanted_attributes(attributes)
+        changed = f"(uSNChanged>={since_usn + 1})"
+        user_change = changed
+        if expired_between is not None:
+            low, high = expired_between
+            user_change = f"(|{changed}(&({ACCOUNT_EXPIRES}>={low})({ACCOUNT_EXPIRES}<={high})))"
+        user_filter = _and(config.user_filter, user_change)
+        user_entries = self._paged_search(
+            config.user_base_dn,
+            user_filter,
+            list(dict.fromkeys([*self._user_request(wanted), MEMBER_OF])),
+            what="changed users",
+        )
+        users = self._users_frame(user_entries, wanted, self._inactive_ids(user_filter))
+
+        every_group = config.nested_groups != "direct"
+        group_filter = (
+            _and(config.group_filter) if every_group else _and(config.group_filter, changed)
+        )
+        group_request = [config.id_attribute, config.group_name_attribute] + [
+            self._member_request(name) for name in config.member_attributes
+        ]
+        group_entries = self._paged_search(
+            config.group_base_dn, group_filter, group_request, what="changed groups"
+        )
+        groups, group_names = self._groups_frame(group_entries)
+        read_groups = _group_locators(groups, group_entries)
+
+        user_index = DnIndex(
+            [
+                *zip(known_users["locator"], known_users["source_id"], strict=True),
+                *zip((dn for dn, _ in user_entries), users["source_id"], strict=True),
+            ]
+        )
+        unchanged = known_groups[~known_groups["source_group_id"].isin(groups["source_group_id"])]
+        group_index = DnIndex(
+            [
+                *zip(unchanged["locator"], unchanged["source_group"], strict=True),
+                *zip((dn for dn, _ in group_entries), group_names, strict=True),
+            ]
+        )
+        from_groups = self._members_from_groups(group_entries, group_names, user_index, group_index)
+        rows = from_groups.rows
+        if config.nested_groups == "in_chain" and self._supports_in_chain():
+            in_scope = set(known_users["source_id"]) | set(users["source_id"])
+            rows = self._members_in_chain(group_entries, group_names, in_scope)
+        elif every_group:
+            rows = _flatten(rows, self._group_parents(group_entries, group_names, group_index))
+        else:
+            rows = rows + self._members_from_member_of(user_entries, users, group_index).rows
+        return DirectoryChanges(
+            users=users,
+            groups=read_groups,
+            memberships=_memberships_frame(rows),
+            all_groups=every_group,
         )
 
     def find_users(self, attribute: str, value: str, attributes: Sequence[str]) -> pd.DataFrame:
@@ -562,10 +724,9 @@ class LdapSource(Source):
         return bool(capabilities & AD_CAPABILITIES)
 
     def _members_in_chain(
-        self, group_entries: list[Entry], group_names: list[str], users: pd.DataFrame
+        self, group_entries: list[Entry], group_names: list[str], in_scope: set[str]
     ) -> list[tuple[str, str]]:
-        """Direct and indirect members of each group, one IN_CHAIN search per group."""
-        in_scope = set(users["source_id"])
+        """Direct and indirect members of each group (among `in_scope` users), one IN_CHAIN search per group."""
         rows: list[tuple[str, str]] = []
         for (dn, _attrs), group in zip(group_entries, group_names, strict=True):
             # The DN is a filter value here: escaped per RFC 4515 (its own `\,` included).
@@ -693,11 +854,9 @@ class LdapSource(Source):
         self,
         group_entries: list[Entry],
         group_names: list[str],
-        user_entries: list[Entry],
-        users: pd.DataFrame,
+        index: DnIndex,
         group_index: DnIndex,
     ) -> _ResolvedMembers:
-        index = DnIndex(zip((dn for dn, _ in user_entries), users["source_id"], strict=True))
         # Groups nested in groups are not unresolved when nesting is resolved (and noted
         # as left out when it is not).
         nested_resolved = self.config.nested_groups != "direct"
@@ -735,6 +894,16 @@ class LdapSource(Source):
                 else:
                     rows.append((source_id, group))
         return _ResolvedMembers(rows, unresolved)
+
+
+def _memberships_frame(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(SOURCE_MEMBERSHIP_COLUMNS), dtype="string")
+    return conform(frame.drop_duplicates(), SOURCE_MEMBERSHIP_COLUMNS, what="ldap memberships")
+
+
+def _group_locators(groups: pd.DataFrame, entries: list[Entry]) -> pd.DataFrame:
+    """The groups frame with each group's DN as `locator`."""
+    return groups.assign(locator=pd.Series([dn for dn, _ in entries], dtype="string"))
 
 
 def _range_bounds(key: str, dn: str) -> tuple[int, int | None]:

@@ -1,0 +1,276 @@
+"""Incremental extraction from Active Directory: a uSNChanged watermark and the cached snapshot.
+
+The planner deactivates managed users missing from the snapshot, so an incremental read never
+hands it a partial one. The store keeps the snapshot the last successful run synced, with the
+watermark it was read at: the domain controller's identity (dsServiceName and invocationId;
+USNs are per DC) and its `highestCommittedUSN`, taken before the read. An incremental read
+fetches the users and groups whose `uSNChanged` passed the watermark and merges them into the
+cached snapshot (`merge_changes`, vectorised): changed users replace their rows, changed
+groups replace their row and all their memberships, changed users' memberOf replaces theirs.
+The merged snapshot is complete except for deletions (and entries that left the scope), which
+an incremental read cannot see: a full read runs when the last one is older than
+`incremental.full_every_hours`, on another DC, after a scope change, without a cached
+snapshot, or on request, and it catches them. The watermark and the snapshot advance only in
+`advance_watermark`, when every target synced without failure and the run was not a dry run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from usersync.config import LdapSourceConfig, SourceConfig
+from usersync.model import SourceSnapshot
+from usersync.sources.ldap import (
+    FILETIME_UNIX_OFFSET_SECONDS,
+    DirectoryChanges,
+    DirectoryPosition,
+    LdapSource,
+)
+from usersync.store import SourceWatermark, Store
+
+#: The snapshot parts kept in the store; groups carry their DN as `locator`.
+SNAPSHOT_PARTS = ("users", "groups", "memberships")
+#: The source settings that decide what a read returns: a change to any forces a full read.
+SCOPE_SETTINGS = (
+    "url",
+    "user_base_dn",
+    "user_filter",
+    "group_base_dn",
+    "group_filter",
+    "id_attribute",
+    "group_name_attribute",
+    "membership",
+    "member_attributes",
+    "disabled_filter",
+    "nested_groups",
+    "inactive_accounts",
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What `save_checkpoint` stores once the run has succeeded."""
+
+    profile: str
+    watermark: SourceWatermark
+    parts: dict[str, pd.DataFrame]  # SNAPSHOT_PARTS
+    full: bool  # whether this read was a full one
+
+
+@dataclass(frozen=True)
+class CheckpointedSnapshot(SourceSnapshot):
+    """A snapshot read with a watermark: its checkpoint is saved only after a successful run."""
+
+    checkpoint: Checkpoint | None = None
+
+
+def incremental_enabled(config: SourceConfig) -> bool:
+    """Whether the profile's source reads incrementally (AD with `incremental.enabled`)."""
+    return isinstance(config, LdapSourceConfig) and config.incremental.enabled
+
+
+def scope_fingerprint(config: LdapSourceConfig, attributes: Sequence[str]) -> str:
+    """A hash of everything that decides which entries and columns a read returns."""
+    scope = {name: getattr(config, name) for name in SCOPE_SETTINGS}
+    scope["attributes"] = sorted(dict.fromkeys(attributes))
+    text = json.dumps(scope, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def full_read_reason(
+    stored: SourceWatermark | None,
+    position: DirectoryPosition,
+    fingerprint: str,
+    *,
+    now: datetime,
+    full_every_hours: float,
+    requested: bool = False,
+) -> str | None:
+    """Why this run must read everything, or None when an incremental read is sound."""
+    if requested:
+        return "a full read was requested"
+    if stored is None:
+        return "no watermark or cached snapshot yet"
+    if stored.dc != position.dc:
+        return f"another domain controller: the watermark is of {stored.dc}, now {position.dc}"
+    if stored.fingerprint != fingerprint:
+        return "the source settings or the mapped attributes changed since the watermark"
+    if position.usn < stored.usn:
+        return f"the DC's USN went back from {stored.usn} to {position.usn} (restored?)"
+    due = stored.full_read_at + timedelta(hours=full_every_hours)
+    if now >= due:
+        return (
+            f"the last full read ({stored.full_read_at:%Y-%m-%d %H:%M} UTC) is older than "
+            f"incremental.full_every_hours={full_every_hours:g}"
+        )
+    return None
+
+
+def merge_changes(
+    users: pd.DataFrame, groups: pd.DataFrame, memberships: pd.DataFrame, changes: DirectoryChanges
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The cached users, groups (with `locator`) and memberships with the changes merged in.
+
+    Changed users replace the rows with their id; changed groups replace theirs, and every
+    membership of a changed group (under its old or new name) or of a changed user is replaced
+    by the memberships read. When every group was read, the read's groups and memberships
+    replace the cached ones.
+    """
+    changed_users = changes.users["source_id"]
+    merged_users = pd.concat(
+        [users[~users["source_id"].isin(changed_users)], changes.users], ignore_index=True
+    )
+    if changes.all_groups:
+        return merged_users, changes.groups.reset_index(drop=True), changes.memberships
+    changed_ids = changes.groups["source_group_id"]
+    was_changed = groups["source_group_id"].isin(changed_ids)
+    merged_groups = pd.concat([groups[~was_changed], changes.groups], ignore_index=True)
+    # Memberships are keyed by group name: a renamed group's rows carry its old name.
+    replaced_names = pd.concat(
+        [groups.loc[was_changed, "source_group"], changes.groups["source_group"]]
+    )
+    kept = ~memberships["source_group"].isin(replaced_names) & ~memberships["source_id"].isin(
+        changed_users
+    )
+    merged_memberships = (
+        pd.concat([memberships[kept], changes.memberships], ignore_index=True)
+        .drop_duplicates()
+        .reset_index(drop=True)
+    )
+    return merged_users, merged_groups, merged_memberships
+
+
+def extract_with_watermark(
+    source: LdapSource,
+    profile: str,
+    attributes: Sequence[str],
+    store: Store,
+    *,
+    full: bool = False,
+    now: datetime | None = None,
+) -> CheckpointedSnapshot:
+    """Read the source fully or incrementally, as the stored watermark allows.
+
+    Args:
+        source: the profile's (Active Directory) source.
+        profile: the profile's name (the key of its watermark).
+        attributes: the source attributes the mapping reads.
+        store: where the watermark and the cached snapshot are.
+        full: read everything whatever the watermark says.
+        now: the time of the read (for the full-read schedule); default: now.
+
+    Returns:
+        A complete snapshot (the cache merged with the changes on an incremental read), its
+        notes saying which kind of read it was, and the checkpoint to save after success.
+
+    Raises:
+        as `LdapSource.extract`.
+    """
+    config = source.config
+    now = now or datetime.now(UTC)
+    fingerprint = scope_fingerprint(config, attributes)
+    try:
+        stored, parts = store.source_watermark(profile)
+    except KeyError:
+        stored, parts = None, {}
+    if any(part not in parts for part in SNAPSHOT_PARTS):
+        stored = None  # a watermark without its snapshot is worth nothing
+    position = source.position()
+    reason = full_read_reason(
+        stored,
+        position,
+        fingerprint,
+        now=now,
+        full_every_hours=config.incremental.full_every_hours,
+        requested=full,
+    )
+    if reason is not None or stored is None:
+        snapshot, groups = source.read_snapshot(attributes)
+        users, memberships = snapshot.users, snapshot.memberships
+        notes = (
+            *snapshot.notes,
+            f"full read ({reason}); the next run reads changes after USN {position.usn} "
+            f"on {position.dc}",
+        )
+        full_read_at = now
+    else:
+        expiry = None
+        if config.inactive_accounts == "disabled_or_expired":
+            # An account that expires changes no USN: read those that expired since last time.
+            expiry = (_filetime(stored.read_at), _filetime(now))
+        changes = source.read_changes(
+            attributes,
+            since_usn=stored.usn,
+            known_users=parts["users"],
+            known_groups=parts["groups"],
+            expired_between=expiry,
+        )
+        users, groups, memberships = merge_changes(
+            parts["users"], parts["groups"], parts["memberships"], changes
+        )
+        due = stored.full_read_at + timedelta(hours=config.incremental.full_every_hours)
+        notes = (
+            f"incremental since USN {stored.usn} on {position.dc}: {len(changes.users)} "
+            f"changed user(s) and {len(changes.groups)} group(s) read, merged into the "
+            f"snapshot of the last successful run; deletions are not seen until the next "
+            f"full read (due {due:%Y-%m-%d %H:%M} UTC)",
+        )
+        full_read_at = stored.full_read_at
+    watermark = SourceWatermark(
+        dc=position.dc,
+        usn=position.usn,
+        fingerprint=fingerprint,
+        read_at=now,
+        full_read_at=full_read_at,
+    )
+    checkpoint = Checkpoint(
+        profile=profile,
+        watermark=watermark,
+        parts={"users": users, "groups": groups, "memberships": memberships},
+        full=reason is not None,
+    )
+    return CheckpointedSnapshot(
+        users=users,
+        groups=groups.drop(columns=["locator"]),
+        memberships=memberships,
+        source_kind=source.kind,
+        notes=tuple(notes),
+        checkpoint=checkpoint,
+    )
+
+
+def advance_watermark(
+    store: Store, snapshot: SourceSnapshot, *, statuses: Sequence[str], dry_run: bool
+) -> Checkpoint | None:
+    """After a run: save the snapshot's watermark and cache if the run succeeded everywhere.
+
+    The next incremental read starts from the saved point, so it moves only when every target
+    synced without failure (`statuses` all "succeeded") and the run wrote (not a dry run);
+    otherwise the next run reads from the previous watermark again.
+
+    Args:
+        store: where the watermark lives.
+        snapshot: what the run's extract returned.
+        statuses: each target's outcome status.
+        dry_run: whether the run only planned.
+
+    Returns:
+        The checkpoint saved, or None: nothing saved (no watermark read, a failure, a dry run).
+    """
+    checkpoint = snapshot.checkpoint if isinstance(snapshot, CheckpointedSnapshot) else None
+    succeeded = bool(statuses) and all(status == "succeeded" for status in statuses)
+    if checkpoint is None or dry_run or not succeeded:
+        return None
+    store.save_source_watermark(checkpoint.profile, checkpoint.watermark, checkpoint.parts)
+    return checkpoint
+
+
+def _filetime(moment: datetime) -> int:
+    """A moment as AD's FILETIME (100 ns intervals since 1601-01-01 UTC)."""
+    return int((moment.timestamp() + FILETIME_UNIX_OFFSET_SECONDS) * 10_000_000)
