@@ -91,6 +91,8 @@ def ou(ad_directory: AdDirectory) -> IncrementalOu:
         assert conn.add(dn, ["top", "organizationalUnit"], {}), conn.result
     for cn in ("inc-team", "inc-all"):
         assert conn.add(place.group_dn(cn), ["top", "group"], {"sAMAccountName": cn}), conn.result
+    parent = {"sAMAccountName": "inc-parent", "member": [place.group_dn("inc-team")]}
+    assert conn.add(place.group_dn("inc-parent"), ["top", "group"], parent), conn.result
     conn.unbind()
     for sam in ("inc1", "inc2"):
         place.add_user(sam, groups=("inc-team", "inc-all"))
@@ -194,6 +196,30 @@ def test_incremental_read_reads_only_changes_and_equals_a_full_read(
     mails = dict(zip(second.users["sAMAccountName"], second.users["mail"], strict=True))
     assert mails["inc1"] == "inc1.new@example.test"
     assert "inc5" in mails
+
+
+@pytest.mark.parametrize("nesting", ["in_chain", "flatten"])
+def test_nested_groups_pick_up_a_member_added_deep_in_the_nest(
+    ou: IncrementalOu, store: Store, tmp_path: Path, nesting: str
+) -> None:
+    """inc-parent contains inc-team: a user joining inc-team changes inc-parent's members,
+    though inc-parent's own uSNChanged does not move."""
+    loaded = loaded_profile(ou, tmp_path, "http://127.0.0.1:9", nested_groups=nesting)
+    advance_watermark(
+        store, sync.extract(loaded, store=store), statuses=["succeeded"], dry_run=False
+    )
+    ou.add_user(f"inc-deep-{nesting}", groups=("inc-team",))
+    merged = sync.extract(loaded, store=store)
+    assert merged.notes[0].startswith("incremental since USN")
+    with LdapSource.from_config(ou.config(nested_groups=nesting)) as source:
+        full = source.extract(ATTRIBUTES)
+    key = ["source_group", "source_id"]
+    pd.testing.assert_frame_equal(
+        canonical(merged.memberships, key), canonical(full.memberships, key)
+    )
+    deep = merged.users.loc[merged.users["sAMAccountName"] == f"inc-deep-{nesting}", "source_id"]
+    parent = merged.memberships.loc[merged.memberships["source_group"] == "inc-parent"]
+    assert set(deep) <= set(parent["source_id"])
 
 
 def test_deleted_user_is_deactivated_by_the_full_read_not_the_incremental_one(
