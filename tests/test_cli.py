@@ -28,6 +28,13 @@ def test_validate_a_shipped_profile(mappings, capsys):
     assert "target jira: jira https://jira.example.com (token auth)" in out
 
 
+def test_validate_the_active_directory_example(mappings, capsys):
+    assert main(["validate", "example-ad"]) == 0
+    out = capsys.readouterr().out
+    assert "profile example-ad: OK" in out
+    assert "source attributes read: sAMAccountName, mail, userPrincipalName" in out
+
+
 def test_validate_reports_the_file_line_and_problem(mappings, capsys):
     (mappings / "demo" / "attributes.csv").write_text(
         "target,source,transform\nusername,uid,lowercase\n"
