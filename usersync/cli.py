@@ -40,6 +40,7 @@ def _sync(args: argparse.Namespace) -> int:
             targets=args.target or None,
             dry_run=args.dry_run,
             allow_mass_deactivation=args.allow_mass_deactivation,
+            full=args.full,
         )
     except SyncFailed as exc:
         print(f"sync failed: {exc}", file=sys.stderr)
@@ -161,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-mass-deactivation",
         action="store_true",
         help="release the deactivation brake for this run",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="read the whole source even where an incremental read is possible (AD)",
     )
     p.set_defaults(func=_sync)
 

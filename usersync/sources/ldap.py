@@ -11,7 +11,9 @@ Active Directory (`flavour: active_directory`): users are inactive when disabled
 expired (accountExpires), as `inactive_accounts` says; `member` is read in ranges
 (`member;range=0-1499`, ...) by `_read_ranges`, which checks every window (ldap3's auto_range
 stops silently on a failed one); nested groups are resolved on request with IN_CHAIN (one
-search per group) or flattened here from the groups' member values.
+search per group) or flattened here from the groups' member values. For incremental runs
+(`sources.watermark`), `position` reads the DC's identity and highestCommittedUSN and
+`read_changes` the entries whose uSNChanged passed a watermark.
 Performance: ldap3 decodes BER and builds a dict per entry in pure Python (about 20 s for 100k
 users against 1 s for `ldapsearch`, see test-servers.md); this module adds only a list append
 per value on top, builds each frame once from column lists, and resolves member DNs by an exact

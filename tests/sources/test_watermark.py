@@ -1,0 +1,97 @@
+"""Merging an incremental read into the cached snapshot, and when a full read is due (no server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from usersync.sources.ldap import DirectoryChanges, DirectoryPosition
+from usersync.sources.watermark import full_read_reason, merge_changes
+from usersync.store import SourceWatermark
+
+
+def frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns, dtype="string")
+
+
+def users(*rows: tuple) -> pd.DataFrame:
+    out = frame(
+        [(sid, dn, mail) for sid, dn, _active, mail in rows], ["source_id", "locator", "mail"]
+    )
+    out.insert(2, "active", pd.Series([r[2] for r in rows], dtype="boolean"))
+    return out
+
+
+def groups(*rows: tuple) -> pd.DataFrame:
+    return frame(list(rows), ["source_group_id", "source_group", "locator"])
+
+
+def memberships(*rows: tuple) -> pd.DataFrame:
+    return frame(list(rows), ["source_id", "source_group"])
+
+
+CACHED_USERS = users(("u1", "CN=a", True, "a@x"), ("u2", "CN=b", True, "b@x"))
+CACHED_GROUPS = groups(("g1", "team", "CN=team"), ("g2", "all", "CN=all"))
+CACHED_MEMBERS = memberships(("u1", "team"), ("u2", "team"), ("u1", "all"), ("u2", "all"))
+
+
+def test_a_renamed_group_loses_its_old_name_and_a_changed_user_its_old_rows() -> None:
+    changes = DirectoryChanges(
+        users=users(("u2", "CN=b", False, "b2@x"), ("u3", "CN=c", True, "c@x")),
+        groups=groups(("g1", "squad", "CN=squad")),  # team renamed squad, u2 left it
+        memberships=memberships(("u1", "squad"), ("u3", "squad"), ("u2", "all")),
+        all_groups=False,
+    )
+    merged_users, merged_groups, merged_members = merge_changes(
+        CACHED_USERS, CACHED_GROUPS, CACHED_MEMBERS, changes
+    )
+    by_id = merged_users.set_index("source_id")
+    assert list(by_id.index) == ["u1", "u2", "u3"]
+    assert by_id.loc["u2", "mail"] == "b2@x" and not by_id.loc["u2", "active"]
+    assert set(merged_groups["source_group"]) == {"squad", "all"}
+    assert set(map(tuple, merged_members.to_numpy().tolist())) == {
+        ("u1", "squad"),
+        ("u3", "squad"),
+        ("u1", "all"),
+        ("u2", "all"),
+    }
+
+
+def test_with_every_group_read_groups_and_memberships_are_replaced() -> None:
+    changes = DirectoryChanges(
+        users=users(),
+        groups=groups(("g2", "all", "CN=all")),  # g1 is gone
+        memberships=memberships(("u1", "all")),
+        all_groups=True,
+    )
+    _, merged_groups, merged_members = merge_changes(
+        CACHED_USERS, CACHED_GROUPS, CACHED_MEMBERS, changes
+    )
+    assert list(merged_groups["source_group"]) == ["all"]
+    assert merged_members.to_numpy().tolist() == [["u1", "all"]]
+
+
+def test_full_read_reasons() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    stored = SourceWatermark("DC1", 100, "fp", now - timedelta(hours=1), now - timedelta(hours=2))
+    here = DirectoryPosition("DC1", 120)
+
+    def reason(
+        stored: SourceWatermark | None = stored,
+        position: DirectoryPosition = here,
+        fingerprint: str = "fp",
+        requested: bool = False,
+    ) -> str | None:
+        return full_read_reason(
+            stored, position, fingerprint, now=now, full_every_hours=24, requested=requested
+        )
+
+    assert reason() is None
+    assert reason(requested=True) == "a full read was requested"
+    assert str(reason(stored=None)).startswith("no watermark")
+    assert str(reason(position=DirectoryPosition("DC2", 120))).startswith("another domain")
+    assert str(reason(fingerprint="other")).startswith("the source settings")
+    assert str(reason(position=DirectoryPosition("DC1", 50))).startswith("the DC's USN went back")
+    old = SourceWatermark("DC1", 100, "fp", now, now - timedelta(hours=25))
+    assert "older than incremental.full_every_hours=24" in str(reason(stored=old))
