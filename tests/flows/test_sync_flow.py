@@ -252,3 +252,16 @@ def test_mass_deactivation_is_refused_before_any_write(make_profile, jira):
 
     assert len(emulator.app.writes()) == writes
     assert jira_user(url, "bjohnson")["active"] is True
+
+
+def test_cli_sync_dry_run_runs_the_flow_and_writes_nothing(make_profile, jira, capsys):
+    from usersync.cli import main
+
+    emulator, url = jira
+    make_profile(url)
+
+    assert main(["sync", "testprof", "--dry-run"]) == 0
+
+    assert "jira: planned" in capsys.readouterr().out
+    assert emulator.app.writes() == []
+    assert emulator.app.requests  # it did read the target to plan
