@@ -261,6 +261,18 @@ def test_star_in_a_value_matches_only_itself(ad_config: AdConfigFactory) -> None
     assert list(found["sAMAccountName"]) == ["star"]
 
 
+def test_a_binary_attribute_in_the_mapping_is_refused_naming_an_entry(
+    ad_config: AdConfigFactory,
+) -> None:
+    # objectGUID is 16 random bytes: across all users some are not UTF-8.
+    with LdapSource.from_config(ad_config()) as source, pytest.raises(ConfigError) as err:
+        source.extract(["objectGUID"])
+    message = str(err.value)
+    assert "attribute objectGUID is binary, not text" in message
+    assert message.startswith("CN=")  # the entry it was found in
+    assert "attributes.csv" in message
+
+
 def _tables(tmp_path: Path, targets: list[str]) -> Any:
     (tmp_path / "attributes.csv").write_text(
         "target,source,transform\n"

@@ -29,7 +29,7 @@ from usersync.errors import (
 )
 from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SOURCE_USER_COLUMNS
 from usersync.sandbox.slapd import SlapdServer, free_port, make_test_certificates
-from usersync.sources.ldap import LdapSource, canonical_id, normalise_dn
+from usersync.sources.ldap import DnIndex, LdapSource, canonical_id, normalise_dn
 
 ADMIN_PASSWORD = "secret"
 ATTRIBUTES = ["uid", "mail", "displayName", "cn"]
@@ -95,6 +95,20 @@ def test_ids_become_canonical_uuids() -> None:
     assert canonical_id("entryUUID", b"A1B2C3D4-E5F6-4789-8ABC-DEF012345678", "cn=x") == str(guid)
     with pytest.raises(IncompleteSourceError, match="16-byte GUID"):
         canonical_id("objectGUID", b"short", "cn=x")
+
+
+def test_dn_index_finds_entries_however_the_dn_is_spelt() -> None:
+    smith = r"cn=Smith\, John,ou=people,dc=example,dc=org"
+    index = DnIndex([(smith, "id-smith"), ("uid=zoe,ou=people,dc=example,dc=org", "id-zoe")])
+    assert index.get("UID=Zoe,OU=People,DC=example,DC=org") == "id-zoe"  # exact, lower-cased
+    asked = [
+        "uid=zoe,ou=people,dc=example,dc=org",
+        r"CN=smith\2c JOHN , OU=People,dc=EXAMPLE,dc=org",  # only equal once normalised
+        "uid=nobody,ou=people,dc=example,dc=org",
+        "not a dn",
+    ]
+    assert index.get_many(asked) == ["id-zoe", "id-smith", None, None]
+    assert [index.get(dn) for dn in asked] == ["id-zoe", "id-smith", None, None]
 
 
 # -- extraction ------------------------------------------------------------------------------
@@ -215,6 +229,21 @@ def test_duplicate_or_missing_ids_are_refused(ldap_config: LdapConfigFactory) ->
         pytest.raises(IncompleteSourceError, match=r"user0000,ou=people.* has no employeeN"),
     ):
         missing.extract(["uid"])
+
+
+@pytest.mark.slapd
+def test_entry_attributes_after_a_paged_read_keep_the_servers_spelling(
+    ldap_config: LdapConfigFactory,
+) -> None:
+    # The pager decodes entries its own way on this connection; the entry read after it (Test
+    # Sync's view of the directory entry) must come back as ldap3 gives it.
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        (locator,) = source.find_users("uid", "zoe", ["uid"])["locator"]
+        shown = source.entry_attributes(locator)
+        again = source.find_users("uid", "zoe", ["displayName"])
+    assert shown["displayName"] == ["Zoë Müller"]
+    assert shown["objectClass"] == ["inetOrgPerson"]
+    assert list(again["displayName"]) == ["Zoë Müller"]
 
 
 # -- find_users ------------------------------------------------------------------------------

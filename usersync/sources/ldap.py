@@ -14,11 +14,10 @@ stops silently on a failed one); nested groups are resolved on request with IN_C
 search per group) or flattened here from the groups' member values. For incremental runs
 (`sources.watermark`), `position` reads the DC's identity and highestCommittedUSN and
 `read_changes` the entries whose uSNChanged passed a watermark.
-Performance: ldap3 decodes BER and builds a dict per entry in pure Python (about 20 s for 100k
-users against 1 s for `ldapsearch`, see test-servers.md); this module adds only a list append
-per value on top, builds each frame once from column lists, and resolves member DNs by an exact
-lower-case lookup before falling back to full DN normalisation. If that is ever too slow, the
-pager is the one place to swap the decoder.
+Performance: ldap3 decodes BER in pure Python; the pager has the search entries decoded by
+`_decode_entries_lean` (DN and raw values only, not ldap3's two dicts per entry), each frame is
+built once from column lists, and member DNs are resolved by an exact lower-case lookup, parsed
+(RFC 4514) only on a miss. bench/README.md has the figures.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,7 @@ from ldap3.core.exceptions import (
     LDAPSSLConfigurationError,
     LDAPStartTLSError,
 )
-from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.conv import escape_filter_chars, to_unicode
 
 from usersync.config import LdapSourceConfig, SecretLoader, resolve_secret
 from usersync.errors import (
@@ -70,6 +69,8 @@ BINARY_GUID_ATTRIBUTES = frozenset({"objectguid", "ms-ds-consistencyguid", "msds
 ATTRIBUTE_DESCRIPTION = re.compile(
     r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)(?:;[A-Za-z0-9-]+)*$"
 )
+#: A UUID written as `str(uuid.UUID(...))` writes it.
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MEMBER_OF = "memberOf"
 #: LDAP_MATCHING_RULE_IN_CHAIN: transitive evaluation of a DN-valued attribute (AD only).
 IN_CHAIN_RULE = "1.2.840.113556.1.4.1941"
@@ -617,15 +618,16 @@ class LdapSource(Source):
         while True:
             page += 1
             try:
-                conn.search(
-                    base,
-                    search_filter,
-                    search_scope=SUBTREE,
-                    attributes=list(attributes) or ["1.1"],
-                    paged_size=self.config.page_size,
-                    paged_criticality=True,  # a server that cannot page must refuse, not truncate
-                    paged_cookie=cookie,
-                )
+                with _decode_entries_lean(conn):
+                    conn.search(
+                        base,
+                        search_filter,
+                        search_scope=SUBTREE,
+                        attributes=list(attributes) or ["1.1"],
+                        paged_size=self.config.page_size,
+                        paged_criticality=True,  # a server that cannot page must refuse
+                        paged_cookie=cookie,
+                    )
             except LDAPInvalidFilterError as exc:
                 raise ConfigError(f"{where}: the filter is not valid LDAP ({exc})") from exc
             except LDAPCommunicationError as exc:
@@ -644,8 +646,7 @@ class LdapSource(Source):
             for item in conn.response or ():
                 # Search references (referrals) are not entries; they carry no attributes.
                 if item.get("type") == "searchResEntry":
-                    raw = item["raw_attributes"]
-                    entries.append((item["dn"], {name.lower(): raw[name] for name in raw}))
+                    entries.append(_entry(item))
             control = (result.get("controls") or {}).get(PAGED_RESULTS_OID)
             if control is None:
                 raise IncompleteSourceError(
@@ -688,21 +689,23 @@ class LdapSource(Source):
             start = high + 1
             request = f"{name};range={start}-{start + self.config.member_range_size - 1}"
             conn = self._connection()
-            conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[request])
+            with _decode_entries_lean(conn):
+                conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[request])
             result = conn.result
             if result["result"] != 0:
                 raise IncompleteSourceError(
                     f"{where}: the window from value {start} ended with {_describe(result)} "
                     f"after {len(values)} values, so the read may be partial and nothing was used"
                 )
-            found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
-            ranged = [k for k in (found[0]["raw_attributes"] if found else {}) if ";range=" in k]
+            found = [_entry(i) for i in conn.response or () if i.get("type") == "searchResEntry"]
+            window = found[0][1] if found else {}
+            ranged = [k for k in window if ";range=" in k]
             if not ranged:
                 raise IncompleteSourceError(
                     f"{where}: the window from value {start} came back without {name};range=, "
                     f"after {len(values)} values (entry changed while read?); nothing was used"
                 )
-            batch = found[0]["raw_attributes"][ranged[0]] or []
+            batch = window[ranged[0]] or []
             low, next_high = _range_bounds(ranged[0], dn)
             if low != start or (not batch and next_high is not None):
                 raise IncompleteSourceError(
@@ -753,8 +756,8 @@ class LdapSource(Source):
         parents: dict[str, set[str]] = {}
         for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
             for key in keys:
-                for raw in attrs.get(key) or ():
-                    child = group_index.get(raw.decode("utf-8", errors="replace"))
+                members = [raw.decode("utf-8", errors="replace") for raw in attrs.get(key) or ()]
+                for child in group_index.get_many(members):
                     if child is not None and child != group:
                         parents.setdefault(child, set()).add(group)
         return parents
@@ -805,30 +808,28 @@ class LdapSource(Source):
     def _users_frame(
         self, entries: list[Entry], wanted: Sequence[str], inactive: set[str]
     ) -> pd.DataFrame:
-        inactive = set(inactive)
-        ids: list[str] = []
-        dns: list[str] = []
-        columns: dict[str, list[str | None]] = {name: [] for name in wanted}
-        keys = [(name, name.lower()) for name in wanted]
+        ids = [self._source_id(attrs, dn) for dn, attrs in entries]
+        dns = [dn for dn, _ in entries]
         account_state = (
             self.config.inactive_accounts if self.config.flavour == "active_directory" else "none"
         )
-        now = _filetime_now()
-        for dn, attrs in entries:
-            ids.append(self._source_id(attrs, dn))
-            dns.append(dn)
-            if account_state != "none" and _ad_inactive(attrs, account_state, now, dn):
-                inactive.add(ids[-1])
-            for name, key in keys:
-                values = attrs.get(key)
-                columns[name].append(_text(values[0], name, dn) if values else None)
+        if account_state != "none":
+            now = _filetime_now()
+            inactive = inactive | {
+                source_id
+                for source_id, (dn, attrs) in zip(ids, entries, strict=True)
+                if _ad_inactive(attrs, account_state, now, dn)
+            }
         _refuse_duplicate_ids(ids, dns, what="users")
         frame = pd.DataFrame(
             {
                 "source_id": pd.Series(ids, dtype="string"),
                 "locator": pd.Series(dns, dtype="string"),
                 "active": pd.Series([sid not in inactive for sid in ids], dtype="boolean"),
-                **{name: pd.Series(values, dtype="string") for name, values in columns.items()},
+                **{
+                    name: pd.Series(_first_values_as_text(entries, name), dtype="string")
+                    for name in wanted
+                },
             }
         )
         return conform(frame, SOURCE_USER_COLUMNS, what="ldap users")
@@ -867,14 +868,16 @@ class LdapSource(Source):
         unresolved: list[str] = []
         for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
             for key in keys:
-                for raw in attrs.get(key, ()):
-                    member = raw.decode("utf-8", errors="replace")
-                    source_id = index.get(member)
-                    if source_id is None:
-                        if not (nested_resolved and group_index.get(member) is not None):
-                            unresolved.append(member)
-                    else:
-                        rows.append((source_id, group))
+                members = [raw.decode("utf-8", errors="replace") for raw in attrs.get(key, ())]
+                source_ids = index.get_many(members)
+                rows += [(source_id, group) for source_id in source_ids if source_id is not None]
+                if None in source_ids:
+                    unresolved += [
+                        member
+                        for member, source_id in zip(members, source_ids, strict=True)
+                        if source_id is None
+                        and not (nested_resolved and group_index.get(member) is not None)
+                    ]
         return _ResolvedMembers(rows, unresolved)
 
     def _members_from_member_of(
@@ -974,6 +977,87 @@ def _display(attribute: str, raw: bytes) -> str:
         return f"<{len(raw)} bytes> {raw.hex()}"
 
 
+# -- decoding search entries -----------------------------------------------------------------
+
+#: The key under which `_decode_entries_lean` leaves the decoded `Entry` in a response item.
+LEAN_ENTRY = "usersync_entry"
+
+
+@contextlib.contextmanager
+def _decode_entries_lean(conn: Connection) -> Iterator[None]:
+    """While open, `conn` decodes each searchResEntry into an `Entry` only (see below).
+
+    Relies on ldap3 2.9.1: `SyncStrategy._get_response` passes every message it receives, as
+    `decode_message_fast` left it, to `self.decode_response_fast` (strategy/base.py), and the
+    response items that method returns become `conn.response`. For a searchResEntry, ldap3
+    builds two dicts per entry: `raw_attributes`, a CaseInsensitiveDict, and the cooked
+    `attributes`, running `to_unicode` and the schema formatters on every value. This module
+    reads neither, and building them was about 40% of a 100k-user extract (bench/README.md).
+    So the method is replaced, as an attribute of this connection's strategy object only (no
+    other connection, no ldap3 global), for the searches made inside this block; every other
+    message (searchResDone with its paged-results control, searchResRef, bind, extended) still
+    goes through ldap3's own method. Should another ldap3 version stop calling it, the items
+    come back as ldap3 builds them and `_entry` reads those instead: slower, never wrong.
+    """
+    strategy = conn.strategy
+    ldap3_decode: Callable[[dict[str, Any]], dict[str, Any]] = strategy.decode_response_fast
+    descriptions: dict[bytes, str] = {}  # the same few attribute names come in every entry
+
+    def decode(message: dict[str, Any]) -> dict[str, Any]:
+        if message["protocolOp"] != 4:  # searchResEntry
+            return ldap3_decode(message)
+        # Controls attached to single entries are dropped: nothing here reads them.
+        entry = _lean_entry(message["payload"], descriptions)
+        return {"type": "searchResEntry", LEAN_ENTRY: entry}
+
+    strategy.decode_response_fast = decode
+    try:
+        yield
+    finally:
+        del strategy.decode_response_fast  # the class's method shows through again
+
+
+def _lean_entry(payload: list[tuple[Any, ...]], descriptions: dict[bytes, str]) -> Entry:
+    """DN and {lower-case attribute description: raw values} of a searchResEntry.
+
+    `payload` is ldap3 2.9.1's fast-decoder form of SearchResultEntry: (class, constructed,
+    tag, value) tuples; objectName first, then the attribute list, each attribute its type and
+    its set of values, as slices of the received bytes. Descriptions keep their options
+    (`member;range=0-1499`); `descriptions` caches their lower-case text.
+    """
+    attributes: dict[str, list[bytes]] = {}
+    for attribute in payload[1][3]:
+        description, values = attribute[3]
+        raw_name = description[3]
+        name = descriptions.get(raw_name)
+        if name is None:
+            name = descriptions[raw_name] = _server_text(raw_name).lower()
+        attributes[name] = [value[3] for value in values[3]]
+    return _server_text(payload[0][3]), attributes
+
+
+def _server_text(raw: bytes) -> str:
+    # What ldap3's to_unicode(from_server=True) returns (UTF-8, then its fallback encodings for
+    # servers that break RFC 4511), without its four config look-ups per call.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return to_unicode(raw, from_server=True)
+
+
+def _entry(item: dict[str, Any]) -> Entry:
+    """The `Entry` of a searchResEntry response item.
+
+    Items not decoded by `_decode_entries_lean` (ldap3 follows a referral on a connection of
+    its own) are read from ldap3's `raw_attributes`.
+    """
+    lean = item.get(LEAN_ENTRY)
+    if lean is not None:
+        return lean
+    raw = item["raw_attributes"]
+    return item["dn"], {name.lower(): raw[name] or [] for name in raw}
+
+
 def _discard(conn: Connection) -> None:
     # The connection is being thrown away; after a failed TLS handshake its socket may already
     # be gone, and a failing unbind changes nothing.
@@ -989,17 +1073,14 @@ class DnIndex:
 
     `cn=Smith\\, John,ou=People` and `CN=smith\\2c john, ou=people` are the same entry. An exact
     lower-case match is tried first because it is cheap and covers nearly every member value;
-    only the rest are parsed.
+    only the rest are parsed, and the stored DNs are normalised on the first such miss, not
+    before (parsing 100k DNs that no lookup needs was most of building an index).
     """
 
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
-        self._exact: dict[str, str] = {}
-        self._normalised: dict[tuple[tuple[tuple[str, str], ...], ...], str] = {}
-        for dn, value in items:
-            self._exact[dn.lower()] = value
-            key = normalise_dn(dn)
-            if key is not None:
-                self._normalised[key] = value
+        self._items = list(items)
+        self._exact = {dn.lower(): value for dn, value in self._items}
+        self._normalised: dict[tuple[tuple[tuple[str, str], ...], ...], str] | None = None
 
     def get(self, dn: str) -> str | None:
         """The value stored under an equivalent DN, or None."""
@@ -1007,7 +1088,26 @@ class DnIndex:
         if found is not None:
             return found
         key = normalise_dn(dn)
-        return None if key is None else self._normalised.get(key)
+        return None if key is None else self._normalised_index().get(key)
+
+    def get_many(self, dns: Sequence[str]) -> list[str | None]:
+        """`get` of each DN, in order (one pass over the exact index first)."""
+        exact = self._exact
+        found = [exact.get(dn.lower()) for dn in dns]
+        if None not in found:
+            return found
+        return [
+            self.get(dn) if value is None else value for dn, value in zip(dns, found, strict=True)
+        ]
+
+    def _normalised_index(self) -> dict[tuple[tuple[tuple[str, str], ...], ...], str]:
+        if self._normalised is None:
+            self._normalised = {}
+            for dn, value in self._items:
+                key = normalise_dn(dn)
+                if key is not None:
+                    self._normalised[key] = value
+        return self._normalised
 
 
 def normalise_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
@@ -1115,10 +1215,29 @@ def canonical_id(attribute: str, raw: bytes, dn: str) -> str:
             )
         return str(uuid.UUID(bytes_le=raw))
     text = _text(raw, attribute, dn).strip()
+    if CANONICAL_UUID.fullmatch(text):
+        return text  # already what str(uuid.UUID(text)) gives (entryUUID mostly is)
     try:
         return str(uuid.UUID(text.strip("{}")))
     except ValueError:
         return text
+
+
+def _first_values_as_text(entries: list[Entry], attribute: str) -> list[str | None]:
+    """Each entry's first value of `attribute` as text (None where it has none).
+
+    Raises:
+        ConfigError: a value is not UTF-8 text (naming the first such entry).
+    """
+    key = attribute.lower()
+    firsts = [attrs.get(key) for _, attrs in entries]
+    try:
+        return [values[0].decode("utf-8") if values else None for values in firsts]
+    except UnicodeDecodeError:
+        for (dn, _), values in zip(entries, firsts, strict=True):
+            if values:
+                _text(values[0], attribute, dn)  # raises, naming the entry
+        raise
 
 
 def _text(raw: bytes, attribute: str, dn: str) -> str:
@@ -1146,6 +1265,8 @@ def _and(*filters: str) -> str:
 
 
 def _refuse_duplicate_ids(ids: list[str], dns: list[str], *, what: str) -> None:
+    if len(set(ids)) == len(ids):
+        return
     seen: dict[str, str] = {}
     for source_id, dn in zip(ids, dns, strict=True):
         other = seen.setdefault(source_id, dn)
