@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from usersync.errors import ConfigError
 
@@ -27,6 +35,16 @@ class StrictModel(BaseModel):
     """Base of every profile section: unknown keys are refused, so typos do not pass silently."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
+
+
+#: An http(s) base URL, kept without a trailing slash.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class SecretRef(StrictModel):
@@ -203,20 +221,13 @@ class ScimSourceConfig(StrictModel):
     """Any SCIM 2.0 server (miniOrange, another IdP), read with GET /Users and /Groups."""
 
     kind: Literal["scim"]
-    url: str = Field(description="SCIM base URL, e.g. https://idp.corp/scim/v2")
+    url: HttpUrl = Field(description="SCIM base URL, e.g. https://idp.corp/scim/v2")
     token: SecretRef = Field(description="Bearer token sent as Authorization: Bearer.")
     page_size: int = Field(100, ge=1, le=1000, description="count asked per page.")
     timeout_seconds: float = Field(30, gt=0)
     max_attempts: int = Field(5, ge=1, le=20, description="Tries per call for 429/5xx/resets.")
     ca_file: Path | None = None
     verify_tls: bool = True
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class MiniorangePushSourceConfig(StrictModel):
@@ -237,7 +248,7 @@ class MiniorangeSourceConfig(StrictModel):
     """miniOrange's admin REST API (signed requests with the customer key and API key)."""
 
     kind: Literal["miniorange"]
-    url: str = Field("https://login.xecurify.com", description="Host; paths are /moas/api/...")
+    url: HttpUrl = Field("https://login.xecurify.com", description="Host; paths are /moas/api/...")
     customer_key: str = Field(description="The account's customer key (not secret).")
     api_key: SecretRef
     experimental_getall: bool = Field(
@@ -248,13 +259,6 @@ class MiniorangeSourceConfig(StrictModel):
     batch_size: int = Field(500, ge=1, le=1000, description="Users per getall batch.")
     timeout_seconds: float = Field(30, gt=0)
     max_attempts: int = Field(5, ge=1, le=20)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 SourceConfig = Annotated[
@@ -286,7 +290,9 @@ class TargetConfig(StrictModel):
     """One Atlassian Data Center instance."""
 
     kind: Literal["jira", "confluence", "bitbucket"]
-    url: str = Field(description="Base URL including the context path, e.g. https://jira.corp/jira")
+    url: HttpUrl = Field(
+        description="Base URL including the context path, e.g. https://jira.corp/jira"
+    )
     auth: TargetAuth
     timeout_seconds: float = Field(30, gt=0, description="Connect/read timeout of every call.")
     max_attempts: int = Field(5, ge=1, le=20, description="Tries per call for 429/5xx/resets.")
@@ -303,13 +309,6 @@ class TargetConfig(StrictModel):
         if self.kind != "confluence" and self.confluence_api != "auto":
             raise ValueError("confluence_api applies to kind: confluence only")
         return self
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 # -- settings -------------------------------------------------------------------------------
