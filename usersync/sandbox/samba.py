@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from usersync.sandbox.slapd import TestCertificates, make_test_certificates
+from usersync.sandbox.slapd import TestCertificates, make_test_certificates, stop_and_remove
 
 DEFAULT_REALM = "EXAMPLE.TEST"
 DEFAULT_DOMAIN = "EXAMPLE"
@@ -178,17 +178,8 @@ class SambaDC:
 
     def stop(self) -> None:
         """Stop samba and remove its directory. Safe to call twice."""
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
-            self._process = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        stop_and_remove(self._process, self._dir, timeout=15)
+        self._process, self._dir = None, None
 
     def __enter__(self) -> SambaDC:
         return self.start()

@@ -69,6 +69,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_and_remove(
+    process: subprocess.Popen[bytes] | None, directory: Path | None, *, timeout: float
+) -> None:
+    """Terminate a test server (kill it if it lingers) and delete its working directory."""
+    if process is not None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def ldif_entry(dn: str, attributes: Mapping[str, str | Iterable[str]]) -> str:
     """One LDIF record; values that are not plain ASCII-safe strings are base64-encoded.
 
@@ -306,17 +321,8 @@ class SlapdServer:
 
     def stop(self) -> None:
         """Stop slapd and remove its directory. Safe to call twice."""
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
-            self._process = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        stop_and_remove(self._process, self._dir, timeout=10)
+        self._process, self._dir = None, None
 
     def __enter__(self) -> SlapdServer:
         return self.start()
