@@ -264,6 +264,12 @@ def _deactivations(
     return pd.concat(rows, ignore_index=True) if len(disabled) or len(gone) else pd.DataFrame()
 
 
+def _without(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of `frame` whose `keys` do not occur in `other` (an anti-join)."""
+    joined = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return joined.loc[joined["_merge"] == "left_only"].drop(columns="_merge")
+
+
 def _group_ops(
     data: PlanInput,
     matched: pd.DataFrame,
@@ -305,10 +311,8 @@ def _group_ops(
     # moves the account to the desired name, so compare the old memberships by source id.
     current_names = matched[["source_id", "t_key"]]
     have_by_source = have.merge(current_names, left_on="ukey", right_on="t_key")
-    add = want.merge(
-        have_by_source[["source_id", "gkey"]], on=["source_id", "gkey"], how="left", indicator=True
-    )
-    add = add.loc[(add["_merge"] == "left_only") & ~add["ukey"].isin(protected)]
+    add = _without(want, have_by_source, ["source_id", "gkey"])
+    add = add.loc[~add["ukey"].isin(protected)]
     if len(add):
         out.append(
             _ops(
@@ -333,10 +337,8 @@ def _group_ops(
         extra = have_by_source.loc[have_by_source["gkey"].isin(managed_groups)].merge(
             active_managed[["source_id", "username"]], on="source_id", suffixes=("_t", "")
         )
-        extra = extra.merge(
-            want[["source_id", "gkey"]], on=["source_id", "gkey"], how="left", indicator=True
-        )
-        extra = extra.loc[(extra["_merge"] == "left_only") & ~extra["ukey"].isin(protected)]
+        extra = _without(extra, want, ["source_id", "gkey"])
+        extra = extra.loc[~extra["ukey"].isin(protected)]
         if len(extra):
             out.append(
                 _ops(

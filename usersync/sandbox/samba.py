@@ -15,7 +15,6 @@ would not survive a crash, which a test DC never needs to.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -23,7 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from usersync.sandbox.slapd import TestCertificates, make_test_certificates, stop_and_remove
+from usersync.sandbox.slapd import (
+    TestCertificates,
+    find_binary,
+    make_test_certificates,
+    stop_and_remove,
+)
 
 DEFAULT_REALM = "EXAMPLE.TEST"
 DEFAULT_DOMAIN = "EXAMPLE"
@@ -48,13 +52,7 @@ def find_samba_program(name: str) -> str:
     Raises:
         SambaError: not installed; the message says how to install it.
     """
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
-    if path is None:
-        raise SambaError(
-            f"{name} not found; run `make setup` (installs the Debian packages samba, "
-            "samba-ad-dc and samba-ad-provision)"
-        )
-    return path
+    return find_binary(name, packages="samba, samba-ad-dc and samba-ad-provision", error=SambaError)
 
 
 def samba_available() -> str | None:

@@ -48,17 +48,20 @@ class TestCertificates:
     key_file: Path
 
 
-def find_binary(name: str) -> str:
-    """The path of an OpenLDAP program.
+def find_binary(
+    name: str,
+    *,
+    packages: str = "slapd and ldap-utils",
+    error: type[RuntimeError] = SlapdError,
+) -> str:
+    """The path of a server program (OpenLDAP's by default; Samba's with other packages).
 
     Raises:
-        SlapdError: not installed; the message says how to install it.
+        error: not installed; the message says how to install it.
     """
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
     if path is None:
-        raise SlapdError(
-            f"{name} not found; run `make setup` (installs the Debian packages slapd and ldap-utils)"
-        )
+        raise error(f"{name} not found; run `make setup` (installs the Debian packages {packages})")
     return path
 
 
