@@ -71,6 +71,8 @@ REJECTED_USER_COLUMNS: dict[str, str] = {
 TARGET_USER_COLUMNS: dict[str, str] = {
     "target_key": STRING,  # the product's immutable key (Jira key, Confluence userKey, Bitbucket id)
     "username": STRING,
+    # NA means *unknown* (the product would not say with this auth), never "empty": an unknown
+    # value is never compared, so it is never "changed".
     "email": STRING,
     "display_name": STRING,
     "active": BOOLEAN,

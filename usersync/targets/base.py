@@ -60,15 +60,74 @@ class Target(ABC):
             (groups frame with `TARGET_GROUP_COLUMNS`, memberships with `TARGET_MEMBERSHIP_COLUMNS`).
         """
 
-    def read_state(self, usernames: Iterable[str], groups: Iterable[str]) -> TargetState:
-        """Read everything the planner needs about these users and groups."""
-        users = conform(self.read_users(usernames), TARGET_USER_COLUMNS, what=f"{self.name} users")
+    @abstractmethod
+    def read_users_by_key(self, keys: Iterable[str]) -> pd.DataFrame:
+        """The target's accounts with these immutable keys, with their names as they are now.
+
+        This is how an account renamed by hand in the product is still found: the ledger
+        links source ids to keys, and names are resolved from keys on every run.
+
+        Returns:
+            A frame with `model.TARGET_USER_COLUMNS`; keys not found (deleted) are absent.
+        """
+
+    def read_state(
+        self, usernames: Iterable[str], groups: Iterable[str], keys: Iterable[str] = ()
+    ) -> TargetState:
+        """Read everything the planner needs about these users (by name or key) and groups."""
+        by_name = conform(
+            self.read_users(usernames), TARGET_USER_COLUMNS, what=f"{self.name} users"
+        )
+        keys = [k for k in dict.fromkeys(keys) if k]
+        if keys:
+            by_key = conform(
+                self.read_users_by_key(keys), TARGET_USER_COLUMNS, what=f"{self.name} users"
+            )
+            by_name = pd.concat([by_key, by_name], ignore_index=True)
+        users = by_name.drop_duplicates("target_key", ignore_index=True)
         found_groups, members = self.read_groups(groups)
         return TargetState(
             users=users,
             groups=conform(found_groups, TARGET_GROUP_COLUMNS, what=f"{self.name} groups"),
             memberships=conform(members, TARGET_MEMBERSHIP_COLUMNS, what=f"{self.name} members"),
         )
+
+    def current_account(self) -> str | None:
+        """The username this client authenticates as (asked of the target, whatever the auth).
+
+        usersync never adopts, updates or deactivates that account: doing so could lock
+        usersync itself out. None when the product cannot say.
+        """
+        return None
+
+    def stored_form(self, users: pd.DataFrame) -> pd.DataFrame:
+        """Desired users' attributes as the product would store them (for comparing).
+
+        A value the product normalises on write (surrounding blanks trimmed, say) must compare
+        equal to what it stores, or the same update would be sent on every run. The default
+        trims surrounding white space of the three attributes; a product that changes values
+        further overrides this.
+        """
+        out = users.copy()
+        for name in ("username", "email", "display_name"):
+            if name in out.columns:
+                out[name] = out[name].astype("string").str.strip()
+        return out
+
+    def refused_name(self, kind: str, name: str) -> str | None:
+        """Why the product would refuse `name` for a "user" or a "group"; None if it accepts it.
+
+        Names the product refuses are reported (and the user not provisioned) before any
+        request is made. The default refuses empty names, control characters and names
+        longer than 255 characters, which no Atlassian product stores.
+        """
+        if not name or not name.strip():
+            return f"empty {kind} name"
+        if len(name) > 255:
+            return f"{kind} name longer than 255 characters"
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            return f"{kind} name contains a control character"
+        return None
 
     # -- writing -------------------------------------------------------------------------
 
