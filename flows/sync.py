@@ -29,7 +29,7 @@ def sync(
     profile: str,
     targets: list[str] | None = None,
     dry_run: bool = False,
-    allow_mass_deactivation: bool = False,
+    allow_mass_changes: bool = False,
     store_url: str | None = None,
     full: bool = False,
 ) -> list[dict]:
@@ -39,8 +39,8 @@ def sync(
         profile: the folder name under mappings/.
         targets: the profile's targets to sync (default: all).
         dry_run: plan and publish the plan; write nothing anywhere.
-        allow_mass_deactivation: release the deactivation brake for this run (after checking
-            the plan of a dry run).
+        allow_mass_changes: release the brake on deactivations and membership removals for
+            this run (after checking the plan of a dry run).
         store_url: SQLAlchemy URL of the store (default: $USERSYNC_STORE_URL or
             sqlite:///var/usersync.db). Give a URL without a password; use the
             environment variable for credentials.
@@ -61,7 +61,7 @@ def sync(
                 store.finish_run(run_id, "failed", {}, f"source: {exc}")
             raise
         outcomes = [
-            _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_deactivation)
+            _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_changes)
             for name in chosen
         ]
         # An incremental source moves its watermark only when every target succeeded.
@@ -90,7 +90,7 @@ def _sync_target(
     store: Store,
     store_url: str | None,
     dry_run: bool,
-    allow_mass_deactivation: bool,
+    allow_mass_changes: bool,
 ) -> TargetOutcome:
     """Plan and load one target; any error fails this target only."""
     logger = get_run_logger()
@@ -99,8 +99,22 @@ def _sync_target(
     try:
         desired = steps.transform(loaded, snapshot, name)
         outcome.rejected = len(desired.rejected)
-        target_plan = steps.plan(loaded, name, desired, store_url, allow_mass_deactivation)
+        target_plan = steps.plan(loaded, name, desired, store_url, allow_mass_changes)
         outcome.planned = target_plan.counts()
+        outcome.conflicts = target_plan.conflicts.astype(object).to_dict("records")
+        outcome.unverifiable = target_plan.unverifiable
+        for conflict in outcome.conflicts[:50]:
+            logger.warning(
+                "%s: no operation for %s: %s", name, conflict["username"], conflict["reason"]
+            )
+        for attribute, count in outcome.unverifiable.items():
+            logger.warning(
+                "%s: %s of %d managed account(s) cannot be read with these credentials; "
+                "left alone, not compared",
+                name,
+                attribute,
+                count,
+            )
         store.record_plan(run_id, target_plan.plan)
         report.publish_plan(loaded.profile.name, target_plan)
         if dry_run:

@@ -23,7 +23,8 @@ def publish_plan(profile: str, target_plan: TargetPlan) -> None:
     """The plan of one target as a table artifact `plan-<profile>-<target>`."""
     shown = min(len(target_plan.plan), PLAN_ROWS_SHOWN)
     create_table_artifact(
-        table=plan_rows(target_plan.plan) or [{"op": "nothing to do"}],
+        table=plan_rows(target_plan.plan, conflicts=target_plan.conflicts)
+        or [{"op": "nothing to do"}],
         key=f"plan-{profile}-{target_plan.target}",
         description=f"{len(target_plan.plan)} operation(s) planned for {target_plan.target}"
         + (f" (first {shown} shown; the store has all)" if shown < len(target_plan.plan) else ""),

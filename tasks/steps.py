@@ -96,7 +96,7 @@ def plan(
     target: str,
     desired: DesiredState,
     store_url: str | None,
-    allow_mass_deactivation: bool,
+    allow_mass_changes: bool,
 ) -> sync.TargetPlan:
     """Read the target's state and compute the plan; guards run here, before any write."""
     store = Store.open(store_url)
@@ -110,7 +110,7 @@ def plan(
                 client,
                 desired,
                 store,
-                allow_mass_deactivation=allow_mass_deactivation,
+                allow_mass_changes=allow_mass_changes,
             )
     finally:
         store.close()

@@ -23,7 +23,7 @@ from usersync.model import (
     conform,
     empty_frame,
 )
-from usersync.plan import PlanInput, check_deactivation_brake, plan_target
+from usersync.plan import PlanInput, check_brake, plan_changes, plan_target
 
 
 def frame(columns, rows):
@@ -138,7 +138,7 @@ def test_disabled_source_user_without_account_is_not_created():
 
 
 def test_rejected_source_user_is_not_deactivated():
-    d = desired([], rejected=[["s2", "uid=bob", "no e-mail address"]])
+    d = desired([], rejected=[["s2", "uid=bob", "no e-mail address", True]])
     a = actual([["K2", "bob", "bob@x", "Bob", True]])
     assert plan(d, a, ledger(("s2", "K2", "bob"))).empty
 
@@ -201,12 +201,12 @@ def test_brake_stops_mass_deactivation():
     d = desired([[f"s{i}", f"u{i}", f"u{i}@x", "U", True] for i in range(70)])
     p = plan(d, a, managed)
     assert (p["op"] == "deactivate_user").sum() == 30
-    with pytest.raises(GuardError, match="deactivates 30 of 100 managed accounts"):
-        check_deactivation_brake(p, managed, SyncSettings(), "jira")
-    check_deactivation_brake(p, managed, SyncSettings(max_deactivation_ratio=0.5), "jira")
-    with pytest.raises(GuardError):
-        check_deactivation_brake(
-            p, managed, SyncSettings(max_deactivations=10, max_deactivation_ratio=1), "jira"
+    with pytest.raises(GuardError, match=r"deactivations \(30% of 100 managed accounts\): 30"):
+        check_brake(p, managed, a, SyncSettings(), "jira")
+    check_brake(p, managed, a, SyncSettings(max_deactivation_ratio=0.5), "jira")
+    with pytest.raises(GuardError, match=r"max_deactivations=10.*allow_mass_changes"):
+        check_brake(
+            p, managed, a, SyncSettings(max_deactivations=10, max_deactivation_ratio=1), "jira"
         )
 
 
@@ -253,3 +253,149 @@ def test_planning_100k_users_is_vectorised():
     p = plan(d, a, led)
     counts = p["op"].value_counts().to_dict()
     assert counts == {"create_user": n // 2, "update_user": n // 2, "add_membership": n // 2}
+
+
+# -- lifecycle edges: each expectation is written from the rules, not from the planner --------
+
+
+def group_ledger(*names):
+    return frame(LEDGER_COLUMNS, [["group", "", n.casefold(), n, "created"] for n in names])
+
+
+def both(*parts):
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_recreated_identity_takes_over_its_predecessors_account():
+    # s1 left the source; s2 has the same username: same account, reactivated, not a new one
+    d = desired([["s2", "alice", "alice@x", "Alice", True]])
+    a = actual([["K1", "alice", "alice@x", "Alice", False]])
+    p = plan(d, a, ledger(("s1", "K1", "alice")))
+    assert ops(p) == [("relink_user", "alice", ""), ("reactivate_user", "alice", "")]
+    assert set(p["target_key"]) == {"K1"}
+
+
+def test_recreated_identity_beside_its_disabled_predecessor_is_not_locked_out():
+    # the old entry is still there, disabled, with the same username
+    from usersync.mapping import MappingTables, desired_state, parse_attributes, parse_groups
+    from usersync.model import SourceSnapshot
+
+    users = pd.DataFrame(
+        {
+            "source_id": ["s1", "s2"],
+            "locator": ["uid=alice,ou=old", "uid=alice,ou=new"],
+            "active": [False, True],
+            "uid": ["alice", "alice"],
+            "mail": ["alice@x", "alice@x"],
+            "cn": ["Alice", "Alice"],
+        }
+    )
+    snapshot = SourceSnapshot(
+        users,
+        empty_frame({"source_group_id": "string", "source_group": "string"}),
+        empty_frame({"source_id": "string", "source_group": "string"}),
+    )
+    tables = MappingTables(
+        parse_attributes("target,source\nusername,uid\nemail,mail\ndisplay_name,cn\n"),
+        parse_groups("source_group,target_group,mode\n"),
+    )
+    d = desired_state(snapshot, tables, "jira")
+    a = actual([["K1", "alice", "alice@x", "Alice", True]])
+    p = plan(d, a, ledger(("s1", "K1", "alice")))
+    assert ops(p) == [("relink_user", "alice", "")]
+    assert "deactivate_user" not in set(p["op"])
+
+
+def test_disabled_user_whose_mapping_is_rejected_is_still_deactivated():
+    # off-boarding cleared the mail and disabled the user
+    d = desired([], rejected=[["s2", "uid=bob", "no e-mail address", False]])
+    a = actual([["K2", "bob", "bob@x", "Bob", True]])
+    p = plan(d, a, ledger(("s2", "K2", "bob")))
+    assert ops(p) == [("deactivate_user", "bob", "")]
+
+
+def test_on_the_fly_group_that_emptied_loses_the_memberships_usersync_gave():
+    d = desired([ALICE], [], groups=[])
+    a = actual(
+        [["K1", "alice", "alice@x", "Alice", True], ["K3", "carol", "c@x", "C", True]],
+        [["alice", "eng"], ["carol", "eng"]],
+        ["eng"],
+    )
+    p = plan(d, a, both(ledger(("s1", "K1", "alice")), group_ledger("eng")))
+    # carol is not managed: her membership stays
+    assert ops(p) == [("remove_membership", "alice", "eng")]
+
+
+def test_membership_of_a_deactivated_account_is_kept_by_default_and_removed_on_request():
+    d = desired([["s1", "alice", "alice@x", "Alice", False]], [], groups=["dev"])
+    a = actual([["K1", "alice", "alice@x", "Alice", True]], [["alice", "dev"]], ["dev"])
+    led = ledger(("s1", "K1", "alice"))
+    assert ops(plan(d, a, led)) == [("deactivate_user", "alice", "")]
+    p = plan(d, a, led, SyncSettings(memberships_of_deactivated="remove"))
+    assert ops(p) == [("remove_membership", "alice", "dev"), ("deactivate_user", "alice", "")]
+
+
+def test_mass_membership_removal_from_one_group_trips_the_brake():
+    n = 12
+    users = [[f"s{i}", f"u{i}", f"u{i}@x", "U", True] for i in range(n)]
+    d = desired(users, [], groups=["jira-software-users"])
+    a = actual(
+        [[f"K{i}", f"u{i}", f"u{i}@x", "U", True] for i in range(n)],
+        [[f"u{i}", "jira-software-users"] for i in range(n)],
+        ["jira-software-users"],
+    )
+    led = ledger(*[(f"s{i}", f"K{i}", f"u{i}") for i in range(n)])
+    p = plan(d, a, led)
+    assert (p["op"] == "remove_membership").sum() == n
+    with pytest.raises(GuardError, match=r"jira-software-users.*12 of its 12 members"):
+        check_brake(p, led, a, SyncSettings(), "jira")
+    with pytest.raises(GuardError, match="max_membership_removals=5"):
+        check_brake(
+            p, led, a, SyncSettings(max_membership_removals=5, max_group_removal_ratio=1), "jira"
+        )
+
+
+def test_unknown_email_is_never_a_change_and_is_counted_as_unverifiable():
+    d = desired([ALICE])
+    a = actual([["K1", "alice", pd.NA, "Alice", True]])
+    changes = plan_changes(PlanInput("c", d, a, ledger(("s1", "K1", "alice")), SyncSettings()))
+    assert changes.operations.empty
+    assert changes.unverifiable == {"email": 1}
+
+
+def test_account_renamed_by_hand_is_found_by_key_and_renamed_back():
+    d = desired([ALICE], [["s1", "alice", "dev"]])
+    a = actual([["K1", "alice-old", "alice@x", "Alice", True]], [["alice-old", "dev"]], ["dev"])
+    p = plan(d, a, ledger(("s1", "K1", "alice")))
+    assert ops(p) == [("update_user", "alice-old", "")]
+    assert json.loads(p.loc[0, "after"]) == {"username": "alice"}
+    assert p.loc[0, "target_key"] == "K1"
+
+
+def test_two_live_identities_claiming_one_account_get_no_operation_and_are_listed():
+    # s1 owns K1 and is still active in the source (rejected for now: no e-mail); s2 is new
+    d = desired(
+        [["s2", "alice", "alice2@x", "Alice 2", True]],
+        rejected=[["s1", "uid=alice,ou=a", "no e-mail address", True]],
+    )
+    a = actual([["K1", "alice", "alice@x", "Alice", True]])
+    changes = plan_changes(PlanInput("jira", d, a, ledger(("s1", "K1", "alice")), SyncSettings()))
+    assert changes.operations.empty
+    assert list(changes.conflicts["source_id"]) == ["s2"]
+    assert "already linked" in changes.conflicts.loc[0, "reason"]
+
+
+def test_rename_onto_a_name_another_account_holds_is_a_conflict_not_a_failing_write():
+    d = desired([["s1", "bob", "alice@x", "Alice", True]])
+    a = actual([["K1", "alice", "alice@x", "Alice", True], ["K9", "bob", "b@x", "Bob", True]])
+    changes = plan_changes(PlanInput("jira", d, a, ledger(("s1", "K1", "alice")), SyncSettings()))
+    assert changes.operations.empty
+    assert "another account has that username" in changes.conflicts.loc[0, "reason"]
+
+
+def test_a_rename_that_frees_a_name_runs_before_the_creation_that_takes_it():
+    # s1 renamed alice -> alice.old in the source; a new s2 is called alice
+    d = desired([["s1", "alice.old", "a1@x", "A1", True], ["s2", "alice", "a2@x", "A2", True]])
+    a = actual([["K1", "alice", "a1@x", "A1", True]])
+    p = plan(d, a, ledger(("s1", "K1", "alice")))
+    assert ops(p) == [("update_user", "alice", ""), ("create_user", "alice", "")]

@@ -39,7 +39,7 @@ def _sync(args: argparse.Namespace) -> int:
             profile=args.profile,
             targets=args.target or None,
             dry_run=args.dry_run,
-            allow_mass_deactivation=args.allow_mass_deactivation,
+            allow_mass_changes=args.allow_mass_changes,
             full=args.full,
         )
     except SyncFailed as exc:
@@ -159,9 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sync only this target of the profile (repeatable; default: all)",
     )
     p.add_argument(
+        "--allow-mass-changes",
         "--allow-mass-deactivation",
+        dest="allow_mass_changes",
         action="store_true",
-        help="release the deactivation brake for this run",
+        help="release the brake on deactivations and membership removals for this run "
+        "(check a dry run's plan first)",
     )
     p.add_argument(
         "--full",

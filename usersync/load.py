@@ -12,6 +12,7 @@ must now remember.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,32 +68,65 @@ class LoadResult:
         return "partial" if any(o.status != "succeeded" for o in self.outcomes) else "succeeded"
 
 
-def _changes(row: dict) -> dict[str, str]:
-    after = json.loads(row["after"] or "{}")
-    return {k: str(v) for k, v in after.items()}
+def _changes(row: dict, column: str = "after") -> dict[str, str]:
+    values = json.loads(row[column] or "{}")
+    return {k: str(v) for k, v in values.items()}
 
 
-def _run_one(target: Target, row: dict) -> Outcome:
+class _Accounts:
+    """Which name addresses each account while the plan runs, and which creations failed.
+
+    Plan rows name accounts as they will be called once every rename succeeded; a rename that
+    failed leaves the account under its old name, so later rows for the same key use that.
+    """
+
+    def __init__(self, rows: list[dict]) -> None:
+        self._names: dict[str, str] = {
+            r["target_key"]: r["username"]
+            for r in rows
+            if r["op"] == "update_user" and r["target_key"] and "username" in _changes(r)
+        }
+        self._lock = threading.Lock()
+        self.failed_sources: set[str] = set()
+        self.failed_groups: set[str] = set()
+
+    def name(self, row: dict) -> str:
+        with self._lock:
+            return (
+                self._names.get(row["target_key"], row["username"])
+                if row["target_key"]
+                else row["username"]
+            )
+
+    def renamed(self, key: str, name: str) -> None:
+        with self._lock:
+            self._names[key] = name
+
+
+def _run_one(target: Target, row: dict, accounts: _Accounts) -> Outcome:
     """Perform one operation; translate its result into an outcome and a ledger entry."""
     op, seq = row["op"], int(row["seq"])
-    username, group = row["username"], row["group"]
+    group = row["group"]
+    username = accounts.name(row)
     source_id = row["source_id"] or None
     entry: LedgerEntry | None = None
     if op == "create_group":
         target.create_group(group)
         entry = LedgerEntry("group", group.casefold(), group)
-    elif op == "adopt_user":
-        entry = LedgerEntry("user", row["target_key"], username, source_id, origin="adopted")
+    elif op in ("adopt_user", "relink_user"):
+        origin = "adopted" if op == "adopt_user" else "created"
+        entry = LedgerEntry("user", row["target_key"], row["username"], source_id, origin=origin)
     elif op == "create_user":
         after = _changes(row)
         key = target.create_user(after["username"], after.get("email", ""), after["display_name"])
         entry = LedgerEntry("user", key, after["username"], source_id)
     elif op == "update_user":
         changes = _changes(row)
-        target.update_user(username, changes)
-        entry = LedgerEntry(
-            "user", row["target_key"], changes.get("username", username), source_id, "adopted"
-        )
+        target.update_user(username, changes, _changes(row, "desired"))
+        new_name = changes.get("username", username)
+        if "username" in changes:
+            accounts.renamed(row["target_key"], new_name)
+        entry = LedgerEntry("user", row["target_key"], new_name, source_id, "adopted")
     elif op == "reactivate_user":
         target.reactivate_user(username)
     elif op == "deactivate_user":
@@ -115,6 +149,12 @@ def execute_plan(
 ) -> LoadResult:
     """Run `plan` against `target`.
 
+    Every failure stays with its operation and its true dependants: only the memberships of
+    an account whose creation failed, and those of a group whose creation failed, are
+    skipped. A failed update never holds back a deactivation or a membership removal of the
+    same account (revoking access does not wait on an unrelated write). Any exception, not
+    only the target errors usersync expects, fails its operation alone.
+
     Args:
         target: the open target client.
         plan: the planner's operations (`model.PLAN_COLUMNS`).
@@ -125,9 +165,8 @@ def execute_plan(
         Every operation's outcome and whether the target was quarantined.
     """
     result = LoadResult()
-    failed_users: set[str] = set()
-    failed_groups: set[str] = set()
     rows = plan.astype(object).where(plan.notna(), "").to_dict("records")
+    accounts = _Accounts(rows)
     with ThreadPoolExecutor(
         max_workers=max_workers, thread_name_prefix=f"load-{target.name}"
     ) as pool:
@@ -138,24 +177,26 @@ def execute_plan(
             outcomes: list[Outcome] = []
             runnable = []
             for row in phase:
-                reason = _skip_reason(row, result.quarantined, failed_users, failed_groups)
+                reason = _skip_reason(row, result.quarantined, accounts)
                 if reason:
                     outcomes.append(Outcome(int(row["seq"]), op, "skipped", reason))
                 else:
                     runnable.append(row)
-            for row, future in [(r, pool.submit(_run_one, target, r)) for r in runnable]:
+            futures = [(r, pool.submit(_run_one, target, r, accounts)) for r in runnable]
+            for row, future in futures:
                 try:
                     outcomes.append(future.result())
-                except TargetError as exc:
-                    outcomes.append(Outcome(int(row["seq"]), op, "failed", str(exc)))
-                    if row["username"]:
-                        failed_users.add(row["username"].casefold())
-                    if op in ("create_user", "update_user"):
-                        renamed = _changes(row).get("username")
-                        if renamed:
-                            failed_users.add(renamed.casefold())
+                except Exception as exc:  # one operation's failure, whatever it is, stays its own
+                    text = (
+                        str(exc)
+                        if isinstance(exc, TargetError)
+                        else (f"unexpected {type(exc).__name__}: {exc}")
+                    )
+                    outcomes.append(Outcome(int(row["seq"]), op, "failed", text))
+                    if op == "create_user" and row["source_id"]:
+                        accounts.failed_sources.add(row["source_id"])
                     if op == "create_group":
-                        failed_groups.add(row["group"].casefold())
+                        accounts.failed_groups.add(row["group"].casefold())
                     if isinstance(exc, QUARANTINE_ERRORS) and not result.quarantined:
                         result.quarantined = str(exc)
             outcomes.sort(key=lambda o: o.seq)
@@ -165,15 +206,13 @@ def execute_plan(
     return result
 
 
-def _skip_reason(
-    row: dict, quarantined: str | None, failed_users: set[str], failed_groups: set[str]
-) -> str | None:
+def _skip_reason(row: dict, quarantined: str | None, accounts: _Accounts) -> str | None:
     if quarantined:
         return f"skipped: target quarantined after: {quarantined}"
     if row["op"] in ("add_membership", "remove_membership"):
-        if row["username"].casefold() in failed_users:
-            return f"skipped: an earlier operation on user {row['username']} failed"
-        if row["group"].casefold() in failed_groups:
+        if not row["target_key"] and row["source_id"] in accounts.failed_sources:
+            return f"skipped: creating user {row['username']} failed"
+        if row["group"].casefold() in accounts.failed_groups:
             return f"skipped: creating group {row['group']} failed"
     return None
 

@@ -136,10 +136,22 @@ def _read_csv_rows(text: str, where: str, known: Sequence[str], required: Sequen
         if None in record:
             raise ConfigError(f"{where} line {line}: more cells than columns in the header")
         values = {k: (v or "").strip() for k, v in record.items()}
-        if not any(values.values()) or values[header[0]].startswith("#"):
-            continue  # blank line or comment
+        if not any(values.values()):
+            continue  # blank line
+        if _is_comment(values[header[0]], [v for k, v in values.items() if k != header[0]]):
+            continue
         rows.append((line, values))
     return rows
+
+
+def _is_comment(first: str, others: list[str]) -> bool:
+    """A comment row: '#' alone or '# ' first, or '#' first with every other cell empty.
+
+    A row like `#eng,jira-eng,manual` is data: a source group may start with '#'.
+    """
+    if not first.startswith("#"):
+        return False
+    return first == "#" or first[1:2].isspace() or not any(others)
 
 
 def parse_attributes(text: str, where: str = ATTRIBUTES_FILE) -> tuple[AttributeRule, ...]:
@@ -371,8 +383,18 @@ def desired_state(
                 mapped["email"].isna(), "no e-mail address (the target requires one)"
             )
         )
+    # A username two source users share is nobody's: both are rejected. Only active users
+    # compete for a name: a disabled entry left behind beside its re-created successor must
+    # not lock the successor out (it is rejected itself, and its account goes to the successor).
     key = mapped["username"].str.casefold()
-    clash = key.notna() & key.duplicated(keep=False)
+    is_active = mapped["active"].fillna(False).astype(bool)
+    active_key = key.where(is_active)
+    clash = active_key.notna() & active_key.duplicated(keep=False)
+    shadowed = ~is_active & key.notna() & key.isin(set(active_key.dropna()))
+    reason = reason.mask(
+        reason.isna() & shadowed,
+        "disabled, and its username belongs to an active source user",
+    )
     if clash.any():
         first_locator = (
             mapped.loc[clash]
@@ -385,7 +407,7 @@ def desired_state(
             .astype("string")
         )
     mapped["display_name"] = mapped["display_name"].fillna(mapped["username"])
-    rejected = mapped.loc[reason.notna(), ["source_id", "locator"]].assign(
+    rejected = mapped.loc[reason.notna(), ["source_id", "locator", "active"]].assign(
         reason=reason[reason.notna()]
     )
     good = mapped.loc[reason.isna()]

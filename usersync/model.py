@@ -65,6 +65,9 @@ REJECTED_USER_COLUMNS: dict[str, str] = {
     "source_id": STRING,
     "locator": STRING,
     "reason": STRING,
+    # whether the source says the user is active: a rejected user who is disabled still loses
+    # the account usersync manages for it (deprovisioning wins over rejection)
+    "active": BOOLEAN,
 }
 
 #: Users as a target holds them now.
@@ -105,15 +108,29 @@ PLAN_COLUMNS: dict[str, str] = {
     "before": STRING,  # JSON of the changed fields before, "" when not applicable
     "after": STRING,  # JSON of the changed fields after
     "reason": STRING,  # why the planner chose this operation
+    # create/update: JSON of every attribute the source wants (products whose update call
+    # needs all fields send the unchanged ones from here); "" otherwise
+    "desired": STRING,
+}
+
+#: Source users two live identities claim, and renames onto a name another account holds:
+#: no operation is planned for them; the summary and the plan artifact list them.
+CONFLICT_COLUMNS: dict[str, str] = {
+    "source_id": STRING,
+    "username": STRING,
+    "target_key": STRING,
+    "reason": STRING,
 }
 
 #: Operation kinds, in the order a plan executes them. Groups exist before members are added;
-#: accounts are (re)activated before they join groups; removals and deactivations come last.
+#: renames run before creations (a rename may free the name a new account takes); accounts
+#: are (re)activated before they join groups; removals and deactivations come last.
 OPERATIONS: tuple[str, ...] = (
     "create_group",
     "adopt_user",  # an existing account matched by username joins the ledger; no target write
-    "create_user",
+    "relink_user",  # a re-created source identity takes over its predecessor's account; no write
     "update_user",
+    "create_user",
     "reactivate_user",
     "add_membership",
     "remove_membership",

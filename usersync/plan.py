@@ -1,24 +1,34 @@
-"""Desired − target − ledger → an ordered table of operations, and the guards that stop a bad plan.
+"""Desired − target − ledger → an ordered table of operations, and the brake that stops a bad plan.
 
-`plan_target` is a pure function: the same inputs give the same plan. It links each desired
-user to a target account through the ledger (source id → product key, so renames update the
-same account), else adopts an existing account with the same username (never a duplicate),
-else creates one. Only accounts in the ledger are ever deactivated, and only memberships of
-managed users in mapped groups are ever removed. Everything is computed with joins over whole
-columns; no Python loop walks the directory. `check_deactivation_brake` refuses a plan that
-would deactivate too many accounts at once.
+`plan_changes` is a pure function: the same inputs give the same plan. Identity is by key: the
+ledger links each source id to the product's immutable account key, and the account is found
+by that key whatever it is called now (a rename made by hand in the product is followed, then
+undone by the source's name). A source user without a live link takes over, in this order:
+an account whose owner left the source or is disabled there (a re-created identity: relinked),
+an account nobody manages with the same username (adopted), else a new account (created). Two
+live identities claiming one account get no operation and are listed as conflicts.
+
+Deprovisioning wins over rejection: a managed account whose source user is disabled or gone is
+deactivated even when the mapping now rejects that user (mail cleared at off-boarding). Only
+accounts in the ledger are ever deactivated. Groups are owned through the ledger too: in every
+group usersync manages (mapped now or at any time before), the source decides the memberships
+of the accounts it manages, also when a source group empties, is renamed or disappears; other
+accounts' memberships are never touched. Values the target cannot read are unknown, never
+empty, and never "changed". Everything is computed with joins over whole columns; no Python
+loop walks the directory. `check_brake` refuses a plan with too many destructive changes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from usersync.config import SyncSettings
 from usersync.errors import GuardError
 from usersync.model import (
+    CONFLICT_COLUMNS,
     LEDGER_COLUMNS,
     OPERATIONS,
     PLAN_COLUMNS,
@@ -28,8 +38,12 @@ from usersync.model import (
     empty_frame,
 )
 
-#: Share-of-managed brake applies only from this many managed accounts (small estates churn).
+#: Share-of-managed brakes apply only from this many managed accounts (small estates churn).
 RATIO_BRAKE_MINIMUM = 20
+#: The per-group share brake applies only to groups with at least this many members.
+GROUP_RATIO_BRAKE_MINIMUM = 10
+#: The release parameter named in brake messages (flow parameter and CLI flag).
+RELEASE_PARAMETER = "allow_mass_changes"
 
 
 @dataclass(frozen=True)
@@ -41,12 +55,27 @@ class PlanInput:
     actual: TargetState
     ledger: pd.DataFrame
     settings: SyncSettings
-    #: usernames never touched: the settings' list plus the target's own service account
+    #: usernames never touched: the settings' list plus the account usersync signs in as
     protected: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedChanges:
+    """The plan for one target and what it could not decide."""
+
+    operations: pd.DataFrame  # model.PLAN_COLUMNS
+    conflicts: pd.DataFrame = field(default_factory=lambda: empty_frame(CONFLICT_COLUMNS))
+    #: attribute → number of managed accounts whose value the target would not reveal
+    unverifiable: dict[str, int] = field(default_factory=dict)
 
 
 def _key(values: pd.Series) -> pd.Series:
     return values.astype("string").str.casefold()
+
+
+def _flag(values: pd.Series) -> pd.Series:
+    """A boolean column with unknown read as False, as a plain bool array."""
+    return values.astype("boolean").fillna(False).astype(bool)
 
 
 def _json_columns(frame: pd.DataFrame, columns: list[str], renames: dict[str, str]) -> pd.Series:
@@ -73,53 +102,93 @@ def _ops(frame: pd.DataFrame, op: str, **columns: pd.Series | str) -> pd.DataFra
     return out
 
 
+def _without(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of `frame` whose `keys` do not occur in `other` (an anti-join)."""
+    joined = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return joined.loc[joined["_merge"] == "left_only"].drop(columns="_merge")
+
+
 def plan_target(data: PlanInput) -> pd.DataFrame:
-    """The operations that bring one target in line with the desired state.
+    """The operations that bring one target in line with the desired state (see `plan_changes`)."""
+    return plan_changes(data).operations
+
+
+def plan_changes(data: PlanInput) -> PlannedChanges:
+    """The operations that bring one target in line with the desired state, and the conflicts.
 
     Returns:
-        A frame with `model.PLAN_COLUMNS`, ordered by `model.OPERATIONS`, then username, group.
+        Operations with `model.PLAN_COLUMNS`, ordered by `model.OPERATIONS`, then username,
+        group; conflicts with `model.CONFLICT_COLUMNS`; counts of unverifiable attributes.
     """
     settings = data.settings
+    target = data.target
     desired = data.desired.users.assign(key=lambda f: _key(f["username"]))
+    rejected = data.desired.rejected
     actual = data.actual.users.assign(key=lambda f: _key(f["username"]))
-    ledger = (
-        conform(data.ledger, LEDGER_COLUMNS, what="ledger")
-        if len(data.ledger)
-        else (empty_frame(LEDGER_COLUMNS))
-    )
-    ledger_users = ledger[ledger["kind"] == "user"][["source_id", "target_key"]]
+    accounts = actual.rename(columns=lambda c: f"t_{c}")
+    ledger = conform(data.ledger, LEDGER_COLUMNS, what="ledger") if len(data.ledger) else None
+    ledger = ledger if ledger is not None else empty_frame(LEDGER_COLUMNS)
     protected = set(_key(pd.Series(list(data.protected), dtype="string")))
 
-    # Link: the ledger says which account a source id owns; the account must still exist.
-    linked = desired.merge(ledger_users, on="source_id", how="left").merge(
-        actual.rename(columns=lambda c: f"t_{c}"),
-        left_on="target_key",
-        right_on="t_target_key",
-        how="left",
+    # Live links: ledger entries whose account still exists (found by key, whatever its name).
+    links = ledger.loc[ledger["kind"] == "user", ["source_id", "target_key"]].dropna()
+    links = links.drop_duplicates("target_key", keep="last").drop_duplicates("source_id")
+    live = links.merge(accounts, left_on="target_key", right_on="t_target_key")
+    owner_of = dict(zip(live["target_key"], live["source_id"], strict=True))
+
+    # The state of every source id the run knows: active, disabled, rejected or gone.
+    active_ids = set(desired.loc[_flag(desired["active"]), "source_id"])
+    rejected_active = _flag(rejected["active"]) if "active" in rejected else None
+    live_rejected_ids = (
+        set(rejected.loc[rejected_active, "source_id"]) if rejected_active is not None else set()
     )
-    is_linked = linked["t_target_key"].notna()
-    # Adopt: no live link, but an account with the same username exists and no other source
-    # id owns it in the ledger.
-    owned_keys = set(ledger_users["target_key"].dropna())
-    unlinked = linked.loc[~is_linked, list(desired.columns)].merge(
-        actual.rename(columns=lambda c: f"t_{c}"), left_on="key", right_on="t_key", how="left"
+    desired_key_of = dict(zip(desired["source_id"], desired["key"], strict=True))
+
+    linked = desired.merge(live.drop(columns="target_key"), on="source_id").assign(how="linked")
+    unlinked = desired.loc[~desired["source_id"].isin(live["source_id"])]
+    by_name = unlinked.merge(accounts, left_on="key", right_on="t_key", how="left")
+    by_name["owner"] = by_name["t_target_key"].map(owner_of).astype("string")
+    wants = _flag(by_name["active"])
+    found = by_name["t_target_key"].notna()
+    owned = by_name["owner"].notna()
+    owner_live = by_name["owner"].isin(active_ids | live_rejected_ids)
+    owner_renamed_away = by_name["owner"].isin(active_ids) & (
+        by_name["owner"].map(desired_key_of).astype("string") != by_name["t_key"]
     )
-    disputed = unlinked["t_target_key"].isin(owned_keys)
-    adoptable = unlinked["t_target_key"].notna() & ~disputed
+    adopt = found & ~owned & wants
+    relink = found & owned & ~owner_live & wants
+    disputed = found & owned & owner_live & ~owner_renamed_away & wants
+    create = wants & (~found | (owned & owner_renamed_away))
+
     matched = pd.concat(
-        [linked.loc[is_linked].assign(how="linked"), unlinked.loc[adoptable].assign(how="adopted")],
+        [
+            linked,
+            by_name.loc[adopt].drop(columns="owner").assign(how="adopted"),
+            by_name.loc[relink].drop(columns="owner").assign(how="relinked"),
+        ],
         ignore_index=True,
     )
-    missing = unlinked.loc[unlinked["t_target_key"].isna()]
-    matched = matched.loc[~matched["t_key"].isin(protected) & ~matched["key"].isin(protected)]
-    missing = missing.loc[~missing["key"].isin(protected)]
+    is_protected = matched["t_key"].isin(protected) | matched["key"].isin(protected)
+    matched = matched.loc[~is_protected].reset_index(drop=True)
+    to_create = by_name.loc[create & ~by_name["key"].isin(protected)].drop(columns="owner")
+    if not settings.create_users:
+        to_create = to_create.iloc[0:0]
+
+    conflicts = [
+        by_name.loc[disputed].assign(
+            target_key=lambda f: f["t_target_key"],
+            reason=lambda f: (
+                "account '"
+                + f["t_username"]
+                + "' is already linked to another live source user ("
+                + f["owner"]
+                + "); neither is changed until one of them leaves the source"
+            ),
+        )
+    ]
 
     parts: list[pd.DataFrame] = []
-    target = data.target
-
-    # Create accounts that do not exist; a user the source marks inactive is not created.
-    to_create = missing.loc[missing["active"].fillna(False).astype(bool)]
-    if settings.create_users and len(to_create):
+    if len(to_create):
         parts.append(
             _ops(
                 to_create,
@@ -132,63 +201,39 @@ def plan_target(data: PlanInput) -> pd.DataFrame:
                 reason="no account with this username",
             )
         )
-
-    adopted = matched.loc[matched["how"] == "adopted"]
-    if len(adopted):
-        parts.append(
-            _ops(
-                adopted,
-                "adopt_user",
-                target=target,
-                target_key=adopted["t_target_key"],
-                group="",
-                before="",
-                after="",
-                reason="existing account with the same username; usersync manages it from now",
-            )
-        )
-
-    # Update attributes that differ. Case-only differences of username and e-mail are not
-    # changes: the products store them case-insensitively.
-    if settings.update_users and len(matched):
-        rename = matched["key"] != matched["t_key"]
-        email = (
-            matched["email"].fillna("").str.casefold()
-            != matched["t_email"].fillna("").str.casefold()
-        )
-        display = matched["display_name"].fillna("") != matched["t_display_name"].fillna("")
-        changed = matched.loc[rename | email | display].copy()
-        if len(changed):
-            cols = {"username": rename, "email": email, "display_name": display}
-            for name, mask in cols.items():
-                changed[f"new_{name}"] = changed[name].where(mask.loc[changed.index])
-                changed[f"old_{name}"] = changed[f"t_{name}"].where(mask.loc[changed.index])
+    for how, op, reason in (
+        ("adopted", "adopt_user", "existing account with the same username; managed from now"),
+        (
+            "relinked",
+            "relink_user",
+            "re-created in the source: takes over the account of its predecessor, who left",
+        ),
+    ):
+        rows = matched.loc[matched["how"] == how]
+        if len(rows):
             parts.append(
                 _ops(
-                    changed,
-                    "update_user",
+                    rows,
+                    op,
                     target=target,
-                    target_key=changed["t_target_key"],
-                    username=changed["t_username"],
+                    target_key=rows["t_target_key"],
                     group="",
-                    before=_json_columns(
-                        changed,
-                        ["old_username", "old_email", "old_display_name"],
-                        {f"old_{n}": n for n in cols},
-                    ),
-                    after=_json_columns(
-                        changed,
-                        ["new_username", "new_email", "new_display_name"],
-                        {f"new_{n}": n for n in cols},
-                    ),
-                    reason="attributes differ from the source",
+                    before=rows["t_username"],
+                    after="",
+                    reason=reason,
                 )
             )
 
-    want_active = matched["active"].fillna(False).astype(bool)
-    is_active = matched["t_active"].fillna(False).astype(bool)
+    live_matched = matched.loc[_flag(matched["active"])]
+    unverifiable: dict[str, int] = {}
+    if settings.update_users and len(live_matched):
+        updates, rename_conflicts, unknown = _updates(live_matched, actual, target)
+        parts.extend(updates)
+        conflicts.append(rename_conflicts)
+        unverifiable = unknown
+
     if settings.reactivate_users:
-        back = matched.loc[want_active & ~is_active]
+        back = live_matched.loc[~_flag(live_matched["t_active"])]
         if len(back):
             parts.append(
                 _ops(
@@ -196,6 +241,7 @@ def plan_target(data: PlanInput) -> pd.DataFrame:
                     "reactivate_user",
                     target=target,
                     target_key=back["t_target_key"],
+                    username=back["t_username"],
                     group="",
                     before='{"active": false}',
                     after='{"active": true}',
@@ -203,15 +249,32 @@ def plan_target(data: PlanInput) -> pd.DataFrame:
                 )
             )
 
-    deactivate = _deactivations(data, matched, actual, ledger_users, protected)
-    if settings.deactivate_missing_users and len(deactivate):
-        parts.append(deactivate)
+    leaving = _leaving(matched, live, desired, rejected, protected)
+    if settings.deactivate_missing_users:
+        going = leaving.loc[_flag(leaving["t_active"])]
+        if len(going):
+            parts.append(
+                _ops(
+                    going,
+                    "deactivate_user",
+                    target=target,
+                    target_key=going["t_target_key"],
+                    username=going["t_username"],
+                    group="",
+                    before='{"active": true}',
+                    after='{"active": false}',
+                )
+            )
 
-    parts.extend(_group_ops(data, matched, to_create if settings.create_users else None, ledger))
+    parts.extend(_group_ops(data, ledger, live_matched, to_create, leaving))
 
+    conflict_rows = pd.concat([c for c in conflicts if len(c)] or [empty_frame(CONFLICT_COLUMNS)])
+    conflict_frame = conform(
+        conflict_rows[list(CONFLICT_COLUMNS)].fillna(""), CONFLICT_COLUMNS, what="conflicts"
+    )
     if not parts:
-        return empty_frame(PLAN_COLUMNS)
-    plan = pd.concat(parts, ignore_index=True)
+        return PlannedChanges(empty_frame(PLAN_COLUMNS), conflict_frame, unverifiable)
+    plan = pd.concat([p for p in parts if len(p)] or [empty_frame(PLAN_COLUMNS)], ignore_index=True)
     order = {op: i for i, op in enumerate(OPERATIONS)}
     plan = plan.assign(
         _op=plan["op"].map(order),
@@ -219,68 +282,127 @@ def plan_target(data: PlanInput) -> pd.DataFrame:
         _group=plan["group"].astype("string").str.casefold(),
     ).sort_values(["_op", "_user", "_group"], kind="stable", ignore_index=True)
     plan["seq"] = range(1, len(plan) + 1)
-    return conform(plan[list(PLAN_COLUMNS)].fillna(""), PLAN_COLUMNS, what="plan")
+    operations = conform(plan[list(PLAN_COLUMNS)].fillna(""), PLAN_COLUMNS, what="plan")
+    return PlannedChanges(operations, conflict_frame, unverifiable)
 
 
-def _deactivations(
-    data: PlanInput,
+def _updates(
+    live: pd.DataFrame, actual: pd.DataFrame, target: str
+) -> tuple[list[pd.DataFrame], pd.DataFrame, dict[str, int]]:
+    """update_user rows for accounts whose attributes differ; renames onto a taken name are
+    conflicts, and values the target would not reveal are counted, never compared.
+
+    Case-only differences of username and e-mail are not changes: the products store them
+    case-insensitively. A value the source leaves empty is no opinion (the products keep a
+    value rather than blank it).
+    """
+    holder = dict(zip(actual["key"], actual["target_key"], strict=False))
+    rename = live["key"] != live["t_key"]
+    taken = (
+        rename
+        & live["key"].map(holder).notna()
+        & (live["key"].map(holder).astype("string") != live["t_target_key"])
+    )
+    email_known = live["t_email"].notna()
+    email = (
+        live["email"].notna()
+        & email_known
+        & (live["email"].fillna("").str.casefold() != live["t_email"].fillna("").str.casefold())
+    )
+    display = live["display_name"].notna() & (
+        live["display_name"].fillna("") != live["t_display_name"].fillna("")
+    )
+    unknown = {"email": int((~email_known & live["email"].notna()).sum())}
+    unknown = {k: v for k, v in unknown.items() if v}
+    rename_ok = rename & ~taken
+    clashes = live.loc[taken].assign(
+        target_key=lambda f: f["t_target_key"],
+        reason=lambda f: (
+            "cannot rename account '"
+            + f["t_username"]
+            + "' to '"
+            + f["username"]
+            + "': another account has that username"
+        ),
+    )
+    changed = live.loc[rename_ok | email | display].copy()
+    if not len(changed):
+        return [], clashes, unknown
+    masks = {"username": rename_ok, "email": email, "display_name": display}
+    for name, mask in masks.items():
+        changed[f"new_{name}"] = changed[name].where(mask.loc[changed.index])
+        changed[f"old_{name}"] = changed[f"t_{name}"].where(mask.loc[changed.index])
+    row = _ops(
+        changed,
+        "update_user",
+        target=target,
+        target_key=changed["t_target_key"],
+        username=changed["t_username"],
+        group="",
+        before=_json_columns(changed, [f"old_{n}" for n in masks], {f"old_{n}": n for n in masks}),
+        after=_json_columns(changed, [f"new_{n}" for n in masks], {f"new_{n}": n for n in masks}),
+        desired=_json_columns(changed, ["username", "email", "display_name"], {}),
+        reason="attributes differ from the source",
+    )
+    return [row], clashes, unknown
+
+
+def _leaving(
     matched: pd.DataFrame,
-    actual: pd.DataFrame,
-    ledger_users: pd.DataFrame,
+    live: pd.DataFrame,
+    desired: pd.DataFrame,
+    rejected: pd.DataFrame,
     protected: set[str],
 ) -> pd.DataFrame:
-    """Managed, active accounts whose source user is disabled or gone (and not just rejected)."""
-    disabled = matched.loc[
-        ~matched["active"].fillna(False).astype(bool)
-        & matched["t_active"].fillna(False).astype(bool)
-    ]
-    present = set(data.desired.users["source_id"]) | set(data.desired.rejected["source_id"])
-    gone = ledger_users.loc[~ledger_users["source_id"].isin(present)].merge(actual, on="target_key")
-    gone = gone.loc[gone["active"].fillna(False).astype(bool) & ~gone["key"].isin(protected)]
-    rows = [
-        _ops(
-            disabled,
-            "deactivate_user",
-            target=data.target,
-            target_key=disabled["t_target_key"],
-            username=disabled["t_username"],
-            group="",
-            before='{"active": true}',
-            after='{"active": false}',
-            reason="disabled in the source",
-        )
-    ]
-    rows.append(
-        _ops(
-            gone,
-            "deactivate_user",
-            target=data.target,
-            group="",
-            before='{"active": true}',
-            after='{"active": false}',
-            reason="no longer in the source",
-        )
+    """Managed accounts whose source user is disabled or gone, whatever the mapping says.
+
+    A user the mapping rejects but who is still active in the source keeps the account; one
+    who is disabled or gone loses it even when rejected. An account a re-created identity takes
+    over in this plan is not leaving.
+    """
+    disabled = matched.loc[~_flag(matched["active"]) & (matched["how"] == "linked")].assign(
+        reason="disabled in the source"
     )
-    return pd.concat(rows, ignore_index=True) if len(disabled) or len(gone) else pd.DataFrame()
-
-
-def _without(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The rows of `frame` whose `keys` do not occur in `other` (an anti-join)."""
-    joined = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    return joined.loc[joined["_merge"] == "left_only"].drop(columns="_merge")
+    taken_over = set(matched["t_target_key"])
+    rejected_active = (
+        set(rejected.loc[_flag(rejected["active"]), "source_id"])
+        if "active" in rejected
+        else set(rejected["source_id"])
+    )
+    rejected_disabled = set(rejected["source_id"]) - rejected_active
+    orphans = live.loc[
+        ~live["source_id"].isin(desired["source_id"])
+        & ~live["source_id"].isin(rejected_active)
+        & ~live["t_target_key"].isin(taken_over)
+        & ~live["t_key"].isin(protected)
+    ].copy()
+    orphans["reason"] = "no longer in the source"
+    orphans.loc[orphans["source_id"].isin(rejected_disabled), "reason"] = (
+        "disabled in the source (its mapping is rejected; deprovisioning wins)"
+    )
+    columns = ["source_id", "t_target_key", "t_username", "t_key", "t_active", "reason"]
+    return pd.concat([disabled[columns], orphans[columns]], ignore_index=True)
 
 
 def _group_ops(
     data: PlanInput,
-    matched: pd.DataFrame,
-    created: pd.DataFrame | None,
     ledger: pd.DataFrame,
+    live_matched: pd.DataFrame,
+    created: pd.DataFrame,
+    leaving: pd.DataFrame,
 ) -> list[pd.DataFrame]:
+    """create_group, add_membership and remove_membership rows.
+
+    The groups usersync manages are the mapped ones plus every group the ledger remembers;
+    the accounts whose memberships it decides are the managed accounts that stay active
+    (and, with `memberships_of_deactivated: remove`, those leaving or already inactive).
+    """
     target = data.target
+    settings = data.settings
     out: list[pd.DataFrame] = []
-    desired_groups = data.desired.groups.assign(key=lambda f: _key(f["group"]))
+    desired_groups = data.desired.groups.assign(gkey=lambda f: _key(f["group"]))
     existing = set(_key(data.actual.groups["group"]))
-    new_groups = desired_groups.loc[~desired_groups["key"].isin(existing)]
+    new_groups = desired_groups.loc[~desired_groups["gkey"].isin(existing)]
     if len(new_groups):
         out.append(
             _ops(
@@ -295,87 +417,179 @@ def _group_ops(
                 reason="mapped group missing in the target",
             )
         )
+    managed_groups = set(desired_groups["gkey"]) | set(
+        _key(ledger.loc[ledger["kind"] == "group", "name"])
+    )
 
-    # Users that will have an active account after this plan: matched and active in source,
-    # plus those being created.
-    live = matched.loc[matched["active"].fillna(False).astype(bool), ["source_id"]]
-    if created is not None:
-        live = pd.concat([live, created[["source_id"]]], ignore_index=True)
-    want = data.desired.memberships.merge(live, on="source_id")
-    want = want.assign(ukey=_key(want["username"]), gkey=_key(want["group"]))
+    # Who stays: matched active accounts (key known) and accounts being created (key not yet).
+    staying = pd.concat(
+        [
+            live_matched[["source_id", "t_target_key", "username"]],
+            created[["source_id", "username"]].assign(t_target_key=""),
+        ],
+        ignore_index=True,
+    )
+    want = data.desired.memberships[["source_id", "group"]].merge(staying, on="source_id")
+    want = want.assign(gkey=_key(want["group"]))
+
+    accounts = data.actual.users[["target_key", "username"]].assign(
+        ukey=lambda f: _key(f["username"])
+    )
     have = data.actual.memberships.assign(
         ukey=lambda f: _key(f["username"]), gkey=lambda f: _key(f["group"])
+    ).merge(accounts[["ukey", "target_key"]], on="ukey")
+    have = have.loc[have["gkey"].isin(managed_groups)]
+    have_staying = have.merge(
+        live_matched[["source_id", "t_target_key", "username"]].rename(
+            columns={"username": "new_username"}
+        ),
+        left_on="target_key",
+        right_on="t_target_key",
     )
-    protected = set(_key(pd.Series(list(data.protected), dtype="string")))
-    # Memberships are keyed by the account's current name in the target; a rename in this plan
-    # moves the account to the desired name, so compare the old memberships by source id.
-    current_names = matched[["source_id", "t_key"]]
-    have_by_source = have.merge(current_names, left_on="ukey", right_on="t_key")
-    add = _without(want, have_by_source, ["source_id", "gkey"])
-    add = add.loc[~add["ukey"].isin(protected)]
+
+    add = _without(want, have_staying, ["source_id", "gkey"])
     if len(add):
         out.append(
             _ops(
                 add,
                 "add_membership",
                 target=target,
-                target_key="",
+                target_key=add["t_target_key"],
                 before="",
                 after="",
                 reason="member in the source",
             )
         )
+    if not settings.remove_memberships:
+        return out
 
-    if data.settings.remove_memberships:
-        managed_groups = set(_key(data.desired.groups["group"]))
-        ledger_sources = set(ledger.loc[ledger["kind"] == "user", "source_id"])
-        active_managed = matched.loc[
-            matched["active"].fillna(False).astype(bool)
-            & (matched["source_id"].isin(ledger_sources) | (matched["how"] == "adopted")),
-            ["source_id", "username", "t_key"],
-        ]
-        extra = have_by_source.loc[have_by_source["gkey"].isin(managed_groups)].merge(
-            active_managed[["source_id", "username"]], on="source_id", suffixes=("_t", "")
-        )
-        extra = _without(extra, want, ["source_id", "gkey"])
-        extra = extra.loc[~extra["ukey"].isin(protected)]
-        if len(extra):
-            out.append(
-                _ops(
-                    extra,
-                    "remove_membership",
-                    target=target,
-                    target_key="",
-                    username=extra["username"],
-                    before="",
-                    after="",
-                    reason="no longer a member in the source",
-                )
+    extra = _without(have_staying, want, ["source_id", "gkey"])
+    extra = extra.assign(username=extra["new_username"], reason="no longer a member in the source")
+    removals = [extra]
+    if settings.memberships_of_deactivated == "remove":
+        inactive_managed = pd.concat(
+            [
+                leaving[["source_id", "t_target_key", "reason"]],
+                _inactive_managed(data, ledger, leaving),
+            ],
+            ignore_index=True,
+        ).drop_duplicates("t_target_key")
+        gone = have.merge(inactive_managed, left_on="target_key", right_on="t_target_key")
+        gone = gone.assign(reason="account deactivated (memberships_of_deactivated: remove)")
+        removals.append(gone)
+    extra = pd.concat([r for r in removals if len(r)] or [extra], ignore_index=True)
+    if len(extra):
+        out.append(
+            _ops(
+                extra,
+                "remove_membership",
+                target=target,
+                target_key=extra["target_key"],
+                before="",
+                after="",
             )
+        )
     return out
 
 
-def check_deactivation_brake(
-    plan: pd.DataFrame, ledger: pd.DataFrame, settings: SyncSettings, target: str
+def _inactive_managed(data: PlanInput, ledger: pd.DataFrame, leaving: pd.DataFrame) -> pd.DataFrame:
+    """Managed accounts already inactive in the target whose source user is not active."""
+    links = ledger.loc[ledger["kind"] == "user", ["source_id", "target_key"]]
+    accounts = data.actual.users.loc[~_flag(data.actual.users["active"]), ["target_key"]]
+    active_ids = set(data.desired.users.loc[_flag(data.desired.users["active"]), "source_id"])
+    found = links.merge(accounts, on="target_key")
+    found = found.loc[~found["source_id"].isin(active_ids)]
+    return found.rename(columns={"target_key": "t_target_key"}).assign(reason="")
+
+
+@dataclass(frozen=True)
+class BrakeLimit:
+    """One limit a plan exceeded."""
+
+    what: str
+    count: int
+    limit: str
+
+
+def brake_limits(
+    plan: pd.DataFrame, ledger: pd.DataFrame, actual: TargetState, settings: SyncSettings
+) -> list[BrakeLimit]:
+    """Every destructive-change limit this plan exceeds (empty: the plan may run).
+
+    Deactivations by count and by share of the managed accounts; membership removals by count,
+    by share of the managed accounts' memberships, and per group by share of its members.
+    """
+    if not len(plan):
+        return []
+    tripped: list[BrakeLimit] = []
+    managed = int((ledger["kind"] == "user").sum()) if len(ledger) else 0
+    deactivations = int((plan["op"] == "deactivate_user").sum())
+    if deactivations > settings.max_deactivations:
+        tripped.append(
+            BrakeLimit(
+                "deactivations", deactivations, f"max_deactivations={settings.max_deactivations}"
+            )
+        )
+    if (
+        deactivations
+        and managed >= RATIO_BRAKE_MINIMUM
+        and deactivations / managed > settings.max_deactivation_ratio
+    ):
+        tripped.append(
+            BrakeLimit(
+                f"deactivations ({deactivations / managed:.0%} of {managed} managed accounts)",
+                deactivations,
+                f"max_deactivation_ratio={settings.max_deactivation_ratio}",
+            )
+        )
+    removals = plan.loc[plan["op"] == "remove_membership"]
+    if len(removals) > settings.max_membership_removals:
+        tripped.append(
+            BrakeLimit(
+                "membership removals",
+                len(removals),
+                f"max_membership_removals={settings.max_membership_removals}",
+            )
+        )
+    if len(removals):
+        sizes = _key(actual.memberships["group"]).value_counts()
+        per_group = _key(removals["group"]).value_counts()
+        for gkey, count in per_group.items():
+            size = int(sizes.get(gkey, 0))
+            if (
+                size >= GROUP_RATIO_BRAKE_MINIMUM
+                and count / size > settings.max_group_removal_ratio
+            ):
+                name = removals.loc[_key(removals["group"]) == gkey, "group"].iloc[0]
+                tripped.append(
+                    BrakeLimit(
+                        f"removals from group '{name}' ({count} of its {size} members)",
+                        int(count),
+                        f"max_group_removal_ratio={settings.max_group_removal_ratio}",
+                    )
+                )
+    return tripped
+
+
+def check_brake(
+    plan: pd.DataFrame,
+    ledger: pd.DataFrame,
+    actual: TargetState,
+    settings: SyncSettings,
+    target: str,
 ) -> None:
-    """Refuse a plan that deactivates more accounts than the settings allow.
+    """Refuse a plan that makes more destructive changes than the settings allow.
 
     Raises:
-        GuardError: too many deactivations; the message gives the numbers and the way out.
+        GuardError: naming every limit exceeded, the numbers, and the release parameter.
     """
-    count = int((plan["op"] == "deactivate_user").sum()) if len(plan) else 0
-    if not count:
+    tripped = brake_limits(plan, ledger, actual, settings)
+    if not tripped:
         return
-    managed = int((ledger["kind"] == "user").sum()) if len(ledger) else 0
-    too_many = count > settings.max_deactivations
-    too_large_share = (
-        managed >= RATIO_BRAKE_MINIMUM and count / managed > settings.max_deactivation_ratio
+    details = "; ".join(f"{t.what}: {t.count} (limit {t.limit})" for t in tripped)
+    raise GuardError(
+        f"{target}: the plan exceeds the brake: {details}. Nothing was written. Check the "
+        "source and the mapping first (a changed filter, base DN or renamed group is the usual "
+        f"cause); if the change is intended, run once with {RELEASE_PARAMETER} "
+        f"(usersync sync --allow-mass-changes) after reviewing a dry run's plan."
     )
-    if too_many or too_large_share:
-        raise GuardError(
-            f"{target}: the plan deactivates {count} of {managed} managed accounts, more than "
-            f"the brake allows (max_deactivations={settings.max_deactivations}, "
-            f"max_deactivation_ratio={settings.max_deactivation_ratio}). Nothing was written. "
-            "Check the source (a changed filter or base DN is the usual cause); if the change "
-            "is intended, run once with allow_mass_deactivation."
-        )

@@ -17,11 +17,25 @@ from usersync.sync import TargetOutcome
 
 #: Plan rows shown in one artifact; the store keeps every row.
 PLAN_ROWS_SHOWN = 1000
+#: Conflicts listed in the summary artifact per target.
+CONFLICTS_SHOWN = 100
 
 
-def plan_rows(plan: pd.DataFrame, limit: int = PLAN_ROWS_SHOWN) -> list[dict[str, Any]]:
-    """The first `limit` plan rows as plain JSON values (numpy/pandas scalars converted)."""
-    return json.loads(plan.head(limit).to_json(orient="records"))
+def plan_rows(
+    plan: pd.DataFrame, limit: int = PLAN_ROWS_SHOWN, conflicts: pd.DataFrame | None = None
+) -> list[dict[str, Any]]:
+    """The first `limit` plan rows as plain JSON values (numpy/pandas scalars converted).
+
+    Conflicts (users no operation was planned for) follow the operations as rows whose op is
+    `conflict`, so the plan artifact shows them where an admin looks for that user.
+    """
+    rows = json.loads(
+        plan.drop(columns=["desired"], errors="ignore").head(limit).to_json(orient="records")
+    )
+    if conflicts is not None and len(conflicts) and len(rows) < limit:
+        extra = conflicts.head(limit - len(rows)).assign(op="conflict")
+        rows += json.loads(extra.to_json(orient="records"))
+    return rows
 
 
 def summary_markdown(
@@ -57,6 +71,21 @@ def summary_markdown(
         )
     if not dry_run:
         lines += ["", "Cells read succeeded/planned."]
+    for outcome in outcomes:
+        for attribute, count in outcome.unverifiable.items():
+            lines += [
+                "",
+                f"{outcome.target}: {attribute} of {count} managed account(s) cannot be read "
+                "with these credentials: left alone, never compared.",
+            ]
+        if outcome.conflicts:
+            lines += ["", f"## {outcome.target}: no operation planned for", ""]
+            lines += ["| username | source id | reason |", "|---|---|---|"]
+            for conflict in outcome.conflicts[:CONFLICTS_SHOWN]:
+                cells = [conflict.get(k) or "" for k in ("username", "source_id", "reason")]
+                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            if len(outcome.conflicts) > CONFLICTS_SHOWN:
+                lines.append(f"... and {len(outcome.conflicts) - CONFLICTS_SHOWN} more")
     return "\n".join(lines) + "\n"
 
 

@@ -18,11 +18,17 @@ from usersync.config import Profile, SecretLoader, load_profile, profile_dir
 from usersync.errors import GuardError
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
-from usersync.model import DesiredState, SourceSnapshot, TargetState
-from usersync.plan import PlanInput, check_deactivation_brake, plan_target
+from usersync.model import (
+    REJECTED_USER_COLUMNS,
+    DesiredState,
+    SourceSnapshot,
+    TargetState,
+    conform,
+)
+from usersync.plan import PlanInput, check_brake, plan_changes
 from usersync.sources import open_source
 from usersync.sources.watermark import extract_with_watermark, incremental_enabled
-from usersync.store import Store
+from usersync.store import LedgerEntry, Store
 from usersync.targets import open_target
 from usersync.targets.base import Target
 
@@ -103,13 +109,21 @@ def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> D
     return desired_state(snapshot, loaded.tables, target)
 
 
-def protected_usernames(profile: Profile, target: str) -> tuple[str, ...]:
-    """Accounts never touched in `target`: the configured list and the target's own account."""
+def protected_usernames(
+    profile: Profile, target_name: str, target: Target | None = None
+) -> tuple[str, ...]:
+    """Accounts never touched in a target: the configured list and the account usersync signs
+    in as (the basic-auth username, and whoever the target says the credentials belong to,
+    so a token's account is protected too)."""
     names = list(profile.settings.protected_usernames)
-    auth = profile.targets[target].auth
+    auth = profile.targets[target_name].auth
     if auth.kind == "basic":
         names.append(auth.username)
-    return tuple(names)
+    if target is not None:
+        me = target.current_account()
+        if me:
+            names.append(me)
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -121,9 +135,66 @@ class TargetPlan:
     desired: DesiredState
     actual: TargetState
     ledger: pd.DataFrame
+    #: source users no operation was planned for (two identities claim one account, a rename
+    #: onto a taken name), with `model.CONFLICT_COLUMNS`
+    conflicts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: attribute → managed accounts whose value the target would not reveal (not compared)
+    unverifiable: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
+
+
+def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
+    """The desired state in the form the product stores values, minus names it refuses.
+
+    Users whose username the product refuses join the rejected users (reported, never sent);
+    groups it refuses are dropped with their memberships and reported as rejected too.
+    """
+    users = target.stored_form(desired.users)
+    refused = users["username"].map(lambda n: target.refused_name("user", str(n)))
+    refused = refused.astype("string")
+    bad_users = users.loc[refused.notna()]
+    groups = desired.groups
+    group_refusal = groups["group"].map(lambda n: target.refused_name("group", str(n)))
+    group_refusal = group_refusal.astype("string")
+    bad_groups = set(groups.loc[group_refusal.notna(), "group"])
+    memberships = desired.memberships
+    if len(bad_users) or bad_groups:
+        memberships = memberships.loc[
+            ~memberships["source_id"].isin(bad_users["source_id"])
+            & ~memberships["group"].isin(bad_groups)
+        ]
+    rejected = desired.rejected
+    if len(bad_users):
+        extra = pd.DataFrame(
+            {
+                "source_id": bad_users["source_id"],
+                "locator": bad_users["username"],
+                "reason": f"{target.product} refuses the username: " + refused[refused.notna()],
+                "active": bad_users["active"],
+            }
+        )
+        rejected = pd.concat([rejected, extra], ignore_index=True)
+    if bad_groups:
+        refused_memberships = desired.memberships.loc[desired.memberships["group"].isin(bad_groups)]
+        log.warning(
+            "%s: %d group(s) refused by the product, %d membership(s) not provisioned: %s",
+            target.name,
+            len(bad_groups),
+            len(refused_memberships),
+            "; ".join(
+                f"{g}: {r}"
+                for g, r in zip(groups["group"], group_refusal, strict=True)
+                if not pd.isna(r)
+            ),
+        )
+    return DesiredState(
+        users=users.loc[refused.isna()].reset_index(drop=True),
+        groups=groups.loc[group_refusal.isna()].reset_index(drop=True),
+        memberships=memberships.reset_index(drop=True),
+        rejected=conform(rejected, REJECTED_USER_COLUMNS, what="rejected users"),
+    )
 
 
 def plan_target_sync(
@@ -133,36 +204,53 @@ def plan_target_sync(
     desired: DesiredState,
     store: Store,
     *,
-    allow_mass_deactivation: bool = False,
+    allow_mass_changes: bool = False,
 ) -> TargetPlan:
     """Read the target's current state for the users and groups concerned, then plan.
 
+    Accounts the ledger links are read by key (so renames made by hand are followed), the
+    others by the desired usernames; groups are the mapped ones and every group the ledger
+    remembers.
+
     Raises:
         TargetError: reading the target failed.
-        GuardError: the plan trips the deactivation brake.
+        GuardError: the plan exceeds the brake (and `allow_mass_changes` is not given).
     """
     profile = loaded.profile
+    desired = _as_target_stores(desired, target)
     ledger = store.ledger(profile.name, target_name)
-    usernames = pd.concat(
-        [desired.users["username"], ledger.loc[ledger["kind"] == "user", "name"]],
-        ignore_index=True,
-    ).dropna()
-    usernames = list(dict.fromkeys(usernames.str.casefold()))
-    groups = list(dict.fromkeys(desired.groups["group"].dropna()))
-    actual = target.read_state(usernames, groups)
-    plan = plan_target(
+    users = ledger["kind"] == "user"
+    usernames = list(dict.fromkeys(desired.users["username"].dropna().str.casefold()))
+    keys = list(dict.fromkeys(ledger.loc[users, "target_key"].dropna()))
+    groups = list(
+        dict.fromkeys(
+            pd.concat(
+                [desired.groups["group"], ledger.loc[~users, "name"]], ignore_index=True
+            ).dropna()
+        )
+    )
+    actual = target.read_state(usernames, groups, keys)
+    changes = plan_changes(
         PlanInput(
             target=target_name,
             desired=desired,
             actual=actual,
             ledger=ledger,
             settings=profile.settings,
-            protected=protected_usernames(profile, target_name),
+            protected=protected_usernames(profile, target_name, target),
         )
     )
-    if not allow_mass_deactivation:
-        check_deactivation_brake(plan, ledger, profile.settings, target_name)
-    return TargetPlan(target_name, plan, desired, actual, ledger)
+    if not allow_mass_changes:
+        check_brake(changes.operations, ledger, actual, profile.settings, target_name)
+    return TargetPlan(
+        target_name,
+        changes.operations,
+        desired,
+        actual,
+        ledger,
+        conflicts=changes.conflicts,
+        unverifiable=changes.unverifiable,
+    )
 
 
 @dataclass
@@ -176,6 +264,10 @@ class TargetOutcome:
     rejected: int = 0
     error: str | None = None
     run_id: int | None = None
+    #: users no operation was planned for, with why ({source_id, username, target_key, reason})
+    conflicts: list[dict[str, str]] = field(default_factory=list)
+    #: attribute → managed accounts whose value the target would not reveal
+    unverifiable: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +278,8 @@ class TargetOutcome:
             "rejected": self.rejected,
             "error": self.error,
             "run_id": self.run_id,
+            "conflicts": self.conflicts,
+            "unverifiable": self.unverifiable,
         }
 
 
@@ -198,7 +292,12 @@ def load_target_sync(
     *,
     max_workers: int = 4,
 ) -> LoadResult:
-    """Execute a plan, recording each outcome and the ledger changes as each phase finishes."""
+    """Execute a plan, recording each outcome and the ledger changes as each phase finishes.
+
+    Every mapped group that exists once the load is done joins the ledger of managed groups
+    (whether usersync created it or found it), so that memberships in it are still decided
+    by the source when a rule or a source group goes away.
+    """
     profile = loaded.profile.name
 
     def record(outcomes: list[Outcome]) -> None:
@@ -207,7 +306,21 @@ def load_target_sync(
             profile, target_plan.target, [o.ledger for o in outcomes if o.ledger is not None]
         )
 
-    return execute_plan(target, target_plan.plan, max_workers=max_workers, on_outcomes=record)
+    result = execute_plan(target, target_plan.plan, max_workers=max_workers, on_outcomes=record)
+    plan = target_plan.plan
+    failed_groups = {
+        str(plan.loc[plan["seq"] == o.seq, "group"].iloc[0]).casefold()
+        for o in result.outcomes
+        if o.op == "create_group" and o.status != "succeeded"
+    }
+    mapped = [
+        LedgerEntry("group", group.casefold(), group)
+        for group in target_plan.desired.groups["group"].dropna()
+        if group.casefold() not in failed_groups
+    ]
+    if not result.quarantined:
+        store.remember(profile, target_plan.target, mapped)
+    return result
 
 
 def open_target_for(

@@ -95,7 +95,39 @@ class Store:
     def start_run(
         self, profile: str, target: str, *, dry_run: bool, flow_run_id: str | None = None
     ) -> int:
+        """Open a run; earlier runs of this profile and target still "running" are closed.
+
+        A run still marked running when the next one starts was killed (a crash, a cancelled
+        flow run, a lost worker): it is closed as `interrupted`, and its operations that never
+        got an outcome as `unknown` — the new run plans from what the target really holds.
+        """
         with self.engine.begin() as conn:
+            stale = [
+                row.id
+                for row in conn.execute(
+                    sa.select(runs.c.id).where(
+                        runs.c.profile == profile,
+                        runs.c.target == target,
+                        runs.c.status == "running",
+                    )
+                )
+            ]
+            if stale:
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.id.in_(stale))
+                    .values(
+                        status="interrupted",
+                        finished_at=_now(),
+                        error="interrupted: the run ended without recording its outcome "
+                        "(closed by the next run)",
+                    )
+                )
+                conn.execute(
+                    operations.update()
+                    .where(operations.c.run_id.in_(stale), operations.c.status == "planned")
+                    .values(status="unknown", error="the run was interrupted before its outcome")
+                )
             result = conn.execute(
                 runs.insert().values(
                     profile=profile,
@@ -135,7 +167,9 @@ class Store:
         """Store every planned operation with status `planned`, in one statement."""
         if not len(plan):
             return
-        clean = plan.drop(columns=["target"]).astype(object)
+        # The full desired values of update rows are for the load only; before/after hold the
+        # change itself.
+        clean = plan.drop(columns=["target", "desired"], errors="ignore").astype(object)
         clean = clean.where(clean.notna(), None).rename(columns={"group": "group_name"})
         rows = clean.assign(run_id=run_id, status="planned").to_dict("records")
         for row in rows:

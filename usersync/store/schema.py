@@ -21,7 +21,9 @@ runs = sa.Table(
     sa.Column("target", sa.String(100), nullable=False),
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("dry_run", sa.Boolean, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # running|planned|succeeded|partial|failed
+    sa.Column(
+        "status", sa.String(20), nullable=False
+    ),  # running|planned|succeeded|partial|failed|interrupted
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("counts", sa.JSON, nullable=True),
@@ -42,7 +44,9 @@ operations = sa.Table(
     sa.Column("before", sa.Text, nullable=True),
     sa.Column("after", sa.Text, nullable=True),
     sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("status", sa.String(20), nullable=False),  # planned|succeeded|failed|skipped
+    sa.Column(
+        "status", sa.String(20), nullable=False
+    ),  # planned|succeeded|failed|skipped|unknown (run interrupted)
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("executed_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("run_id", "seq"),
