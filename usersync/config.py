@@ -183,6 +183,13 @@ class LdapSourceConfig(StrictModel):
         1500, ge=1, le=5000, description="active_directory: values per ranged read of member."
     )
     incremental: LdapIncremental = LdapIncremental()
+    follow_referrals: bool = Field(
+        False,
+        description="Read entries the directory refers elsewhere (search references and "
+        "referrals to other servers) from those servers, binding there with the same bind DN, "
+        "password and TLS settings (so the password goes to them too). Off: a referral makes "
+        "the read fail as incomplete, since the entries behind it would be missing.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -337,6 +344,20 @@ class SyncSettings(StrictModel):
         ge=0,
         le=1,
         description="...or more than this share of the managed accounts (once 20 are managed).",
+    )
+    max_membership_removals: int = Field(
+        500, ge=0, description="A plan that removes more memberships than this is refused."
+    )
+    max_group_removal_ratio: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="...or more than this share of one group's members (groups of 10 or more).",
+    )
+    memberships_of_deactivated: Literal["keep", "remove"] = Field(
+        "keep",
+        description="Group memberships of accounts usersync deactivates: keep them as they "
+        "are (so a reactivation restores access as it was) or remove them from managed groups.",
     )
     min_source_users: int = Field(1, ge=1, description="A smaller source aborts the run.")
 
