@@ -41,9 +41,34 @@ async def answer(request: Request) -> Response:
     return JSONResponse({"errorMessages": [f"refused with {code}"], "errors": {}}, code)
 
 
+#: What `/things` holds: name → id. A write that was applied shows here, answered or not.
+THINGS: dict[str, int] = {}
+
+
+async def create_thing(request: Request) -> Response:
+    """`POST /things {"name"}`: 201 with the new id, 409 if the name exists (not idempotent)."""
+    name = (await request.json())["name"]
+    if name in THINGS:
+        return JSONResponse({"errorMessages": [f"{name} already exists"], "errors": {}}, 409)
+    THINGS[name] = len(THINGS) + 1
+    return JSONResponse({"id": THINGS[name]}, 201)
+
+
+async def get_thing(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in THINGS:
+        return JSONResponse({"errorMessages": [f"no {name}"], "errors": {}}, 404)
+    return JSONResponse({"id": THINGS[name]})
+
+
 APP = Instrumented(
     Starlette(
-        routes=[Route("/ok", answer), Route("/status/{code:int}", answer, methods=["GET", "POST"])]
+        routes=[
+            Route("/ok", answer),
+            Route("/status/{code:int}", answer, methods=["GET", "POST"]),
+            Route("/things", create_thing, methods=["POST"]),
+            Route("/things/{name}", get_thing, methods=["GET"]),
+        ]
     )
 )
 
@@ -59,12 +84,15 @@ def app() -> Iterator[Instrumented]:
     APP.faults = type(APP.faults)()
     APP.rate_limit_headers = lambda seconds: {"Retry-After": str(int(seconds))}
     APP.clear_log()
+    THINGS.clear()
     yield APP
 
 
-def client(url: str, waits: list[float], **policy: float) -> ApiClient:
+def client(
+    url: str, waits: list[float], *, timeout_seconds: float = 5, **policy: float
+) -> ApiClient:
     retry = RetryPolicy(sleep=waits.append, **policy)  # type: ignore[arg-type]
-    return ApiClient("test", url, retry=retry, timeout_seconds=5)
+    return ApiClient("test", url, retry=retry, timeout_seconds=timeout_seconds)
 
 
 # -- Retry-After ---------------------------------------------------------------------------
@@ -164,7 +192,7 @@ def test_refusals_are_not_retried(
 def test_refusal_after_a_retry_says_how_many_attempts(base_url: str, app: Instrumented) -> None:
     app.faults.script.append("503")
     with pytest.raises(TargetRejectedError) as caught:
-        client(base_url, []).request("POST", "/status/400")
+        client(base_url, []).request("GET", "/status/400")
     assert caught.value.attempts == 2
 
 
@@ -217,3 +245,197 @@ def test_closed_port_is_unreachable_quickly_with_the_url() -> None:
     assert f"127.0.0.1:{port}" in str(caught.value)
     assert "GET /myself" in str(caught.value)
     assert len(waits) == 2
+
+
+# -- writes that must happen once ------------------------------------------------------------
+
+
+class ThingCheck:
+    """`write_once`'s check for `POST /things`: reads the thing back; counts how often it asked.
+
+    `lagging` answers "not there" that many times first, like a replica that has not yet seen
+    a write the server is still applying.
+    """
+
+    def __init__(self, api: ApiClient, name: str, *, lagging: int = 0) -> None:
+        self.api, self.name, self.lagging, self.calls = api, name, lagging, 0
+
+    def __call__(self) -> int | None:
+        self.calls += 1
+        if self.calls <= self.lagging:
+            return None
+        try:
+            return int(self.api.get_json(f"/things/{self.name}")["id"])
+        except TargetNotFoundError:
+            return None
+
+
+def create_thing_once(api: ApiClient, name: str, check: ThingCheck) -> int:
+    return api.write_once(
+        "POST",
+        "/things",
+        json={"name": name},
+        ok=(201,),
+        applied=check,
+        result=lambda response: int(response.json()["id"]),
+    )
+
+
+def posts(app: Instrumented) -> list[tuple[int, int]]:
+    """(status answered, status of the lost answer) of every POST /things, in order."""
+    return [(r.status, r.applied_status) for r in app.requests if r.method == "POST"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"), [("applied-500", TransientError), ("applied-drop", TargetUnreachableError)]
+)
+def test_a_post_that_may_have_been_applied_is_not_sent_again(
+    base_url: str, app: Instrumented, fault: str, error: type[Exception]
+) -> None:
+    app.faults.script.append(fault)
+    waits: list[float] = []
+
+    with pytest.raises(error, match="may have been applied"):
+        client(base_url, waits).request("POST", "/things", json={"name": "once"})
+
+    assert THINGS == {"once": 1}
+    assert len(posts(app)) == 1 and waits == []
+
+
+def test_a_replay_safe_post_and_a_put_are_retried_after_a_5xx(
+    base_url: str, app: Instrumented
+) -> None:
+    app.faults.script.extend(["500", "503"])
+    waits: list[float] = []
+    api = client(base_url, waits)
+
+    api.request("POST", "/things", json={"name": "read-as-post"}, replay_safe=True)
+    assert [r.status for r in app.requests] == [500, 503, 201]
+
+    app.clear_log()
+    app.faults.script.append("502")
+    with pytest.raises(TargetRejectedError):  # /ok answers PUT with 405: sent twice
+        api.request("PUT", "/ok")
+    assert [r.status for r in app.requests] == [502, 405]
+
+
+@pytest.mark.parametrize("fault", ["applied-500", "applied-503", "applied-drop"])
+def test_write_once_whose_answer_was_lost_returns_what_the_check_found(
+    base_url: str, app: Instrumented, fault: str
+) -> None:
+    app.faults.script.append(fault)
+    api = client(base_url, [])
+    check = ThingCheck(api, "lost")
+
+    assert create_thing_once(api, "lost", check) == 1
+
+    assert THINGS == {"lost": 1}
+    assert posts(app)[0][1] == 201  # the server did create it; its answer was lost
+    assert len(posts(app)) == 1 and check.calls == 1
+
+
+def test_write_once_after_a_read_timeout_checks_and_is_not_sent_again(
+    base_url: str, app: Instrumented
+) -> None:
+    app.faults.hang_seconds = 1.5
+    app.faults.script.append("applied-hang")
+    api = client(base_url, [], timeout_seconds=0.5)
+    check = ThingCheck(api, "slow")
+
+    assert create_thing_once(api, "slow", check) == 1
+    assert THINGS == {"slow": 1} and len(posts(app)) == 1 and check.calls == 1
+
+
+def test_write_once_sends_again_when_the_check_finds_nothing(
+    base_url: str, app: Instrumented
+) -> None:
+    app.faults.script.append("500")  # refused before the server did anything
+    waits: list[float] = []
+    api = client(base_url, waits)
+    check = ThingCheck(api, "retried")
+
+    assert create_thing_once(api, "retried", check) == 1
+
+    assert THINGS == {"retried": 1}
+    assert [status for status, _ in posts(app)] == [500, 201]
+    assert check.calls == 1 and len(waits) == 1
+
+
+def test_write_once_does_not_check_what_never_reached_the_server(
+    base_url: str, app: Instrumented
+) -> None:
+    app.faults.retry_after_seconds = 2
+    app.faults.script.append("429")
+    waits: list[float] = []
+    api = client(base_url, waits)
+    check = ThingCheck(api, "limited")
+
+    assert create_thing_once(api, "limited", check) == 1
+    assert check.calls == 0 and waits == [2.0]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    closed = client(f"http://127.0.0.1:{port}", waits, max_attempts=3)
+    nowhere = ThingCheck(closed, "nowhere")
+    with pytest.raises(TargetUnreachableError) as caught:
+        create_thing_once(closed, "nowhere", nowhere)
+    assert nowhere.calls == 0 and caught.value.attempts == 3
+
+
+def test_write_once_conflict_after_a_lost_answer_is_checked_again(
+    base_url: str, app: Instrumented
+) -> None:
+    # The first try is applied but answered 500; the check does not see it yet, so the write
+    # is sent again and answered "already exists": the second check finds our own write.
+    app.faults.script.append("applied-500")
+    api = client(base_url, [])
+    check = ThingCheck(api, "raced", lagging=1)
+
+    assert create_thing_once(api, "raced", check) == 1
+
+    assert THINGS == {"raced": 1}
+    assert [status for status, _ in posts(app)] == [500, 409]
+    assert check.calls == 2
+
+
+def test_write_once_conflict_without_a_lost_answer_is_not_checked(
+    base_url: str, app: Instrumented
+) -> None:
+    THINGS["taken"] = 7
+    api = client(base_url, [])
+    check = ThingCheck(api, "taken")
+
+    with pytest.raises(TargetConflictError):
+        create_thing_once(api, "taken", check)
+    assert check.calls == 0
+
+
+def test_write_once_reports_failure_only_after_checking(base_url: str, app: Instrumented) -> None:
+    app.faults.error_every = 1
+    app.faults.only_methods = ("POST",)
+    waits: list[float] = []
+    api = client(base_url, waits, max_attempts=3)
+    check = ThingCheck(api, "storm")
+
+    with pytest.raises(TransientError, match=r"did not take effect \(checked\)") as caught:
+        create_thing_once(api, "storm", check)
+
+    assert caught.value.attempts == 3 and check.calls == 3 and len(waits) == 2
+    assert THINGS == {}
+
+
+def test_write_once_whose_check_fails_too_is_of_unknown_outcome(
+    base_url: str, app: Instrumented
+) -> None:
+    app.faults.script.append("applied-500")
+    api = client(base_url, [])
+
+    def broken_check() -> int | None:
+        raise TargetUnreachableError("test: GET /things/x: no answer")
+
+    with pytest.raises(TransientError, match="unknown, the check failed too"):
+        api.write_once(
+            "POST", "/things", json={"name": "x"}, applied=broken_check, result=lambda r: 0
+        )
+    assert len(posts(app)) == 1

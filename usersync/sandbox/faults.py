@@ -3,8 +3,11 @@
 `Instrumented` wraps a product emulator's ASGI app. It records every request (method, path,
 query, JSON body, status) so tests can prove what a run wrote, and it can delay answers or
 replace them with faults: 429 with the product's rate-limit headers, a 5xx, or a dropped
-connection (the response starts and the connection closes mid-body). Faults are configured
-in Python (`emulator.faults`) or over HTTP at `/_sandbox/faults`; the log is at
+connection (the response starts and the connection closes mid-body). Those faults are answered
+before the product sees the request; an "applied-" fault lets the product do the work first
+and then loses its answer (a 5xx instead, a dropped connection, or an answer too late for the
+client's timeout), which is how a client is proven to write exactly once. Faults are
+configured in Python (`emulator.faults`) or over HTTP at `/_sandbox/faults`; the log is at
 `/_sandbox/requests`.
 """
 
@@ -21,6 +24,8 @@ from urllib.parse import parse_qsl
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CONTROL_PREFIX = "/_sandbox"
+#: A scripted fault with this prefix happens after the product has handled the request.
+APPLIED = "applied-"
 
 
 @dataclass
@@ -31,6 +36,8 @@ class RecordedRequest:
     body: Any
     status: int = 0
     auth: str = ""  # "basic", "bearer" or "" (never the credential itself)
+    #: for an "applied-" fault, the status of the product's own answer, which was lost
+    applied_status: int = 0
 
     @property
     def is_write(self) -> bool:
@@ -42,10 +49,16 @@ class Faults:
     """Fault and latency settings. Counters apply to requests outside /_sandbox.
 
     `script` is a queue of faults for the next requests, one per request, each "429", "500",
-    "503" or "drop"; after it is empty the periodic settings apply (every Nth request).
+    "503" (any status), "drop" or "hang"; after it is empty the periodic settings apply
+    (every Nth request). These are answered before the product sees the request, except
+    "hang", which waits `hang_seconds` and then lets the product answer (late). Prefixed
+    with "applied-" ("applied-500", "applied-drop", "applied-hang"), the product handles the
+    request first and its answer is then replaced (or, for "hang", held back): the write
+    happened, the client does not know.
     """
 
     latency_seconds: float = 0.0
+    hang_seconds: float = 5.0
     rate_limit_every: int = 0
     retry_after_seconds: float = 1.0
     error_every: int = 0
@@ -140,8 +153,18 @@ class Instrumented:
             fault = self.faults.next_fault(record.method)
             latency = self.faults.latency_seconds
             retry_after = self.faults.retry_after_seconds
+            hang = self.faults.hang_seconds
         if latency:
             await asyncio.sleep(latency)
+        if fault is not None and fault.startswith(APPLIED):
+            fault = fault.removeprefix(APPLIED)
+            if fault == "hang":
+                await self._apply(scope, receive, body, record, send, delay=hang)
+                return
+            record.applied_status = await self._apply(scope, receive, body, record, None)
+        elif fault == "hang":
+            await asyncio.sleep(hang)
+            fault = None
         if fault == "drop":
             record.status = -1
             await send(
@@ -165,6 +188,22 @@ class Instrumented:
             await _send_json(send, status, self.error_body(status, message), headers)
             return
 
+        await self._apply(scope, receive, body, record, send)
+
+    async def _apply(
+        self,
+        scope: dict,
+        receive: Callable,
+        body: bytes,
+        record: RecordedRequest,
+        send: Callable | None,
+        *,
+        delay: float = 0.0,
+    ) -> int:
+        """Let the product handle the request; send its answer (after `delay`), or drop it
+        when `send` is None. Returns the product's status."""
+        status = 0
+        held: list[dict] = []
         replayed = False
 
         async def replay() -> dict:
@@ -175,11 +214,24 @@ class Instrumented:
             return {"type": "http.request", "body": body, "more_body": False}
 
         async def capture(message: dict) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await send(message)
+                status = message["status"]
+                if send is not None:
+                    record.status = status
+            if send is None:
+                return
+            if delay:
+                held.append(message)
+            else:
+                await send(message)
 
         await self.app(scope, replay, capture)
+        if delay:
+            await asyncio.sleep(delay)
+            for message in held:
+                await send(message)
+        return status
 
     async def _control(self, scope: dict, receive: Callable, send: Callable) -> None:
         path, method = scope["path"], scope["method"]
