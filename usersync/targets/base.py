@@ -9,6 +9,7 @@ the group, or removing one who is not, counts as done.
 
 from __future__ import annotations
 
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ from usersync.model import (
     TargetState,
     conform,
 )
+
+#: The longest user or group name any of the products stores (their name columns).
+MAX_NAME_LENGTH = 255
+#: Bidirectional embedding/override (U+202A-U+202E) and isolate (U+2066-U+2069) controls.
+BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 
 
 @dataclass(frozen=True)
@@ -118,15 +124,24 @@ class Target(ABC):
         """Why the product would refuse `name` for a "user" or a "group"; None if it accepts it.
 
         Names the product refuses are reported (and the user not provisioned) before any
-        request is made. The default refuses empty names, control characters and names
-        longer than 255 characters, which no Atlassian product stores.
+        request is made. The default refuses what no Atlassian product should be given:
+        empty names, names longer than 255 characters (the products' name columns), control
+        characters (C0, DEL, C1: NUL included) and the bidirectional override and isolate
+        characters, which make a name display as another one (U+202A-U+202E, U+2066-U+2069).
+        A product adds its own rules by overriding this and calling it first.
         """
         if not name or not name.strip():
             return f"empty {kind} name"
-        if len(name) > 255:
-            return f"{kind} name longer than 255 characters"
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-            return f"{kind} name contains a control character"
+        if len(name) > MAX_NAME_LENGTH:
+            return f"{kind} name longer than {MAX_NAME_LENGTH} characters"
+        for ch in name:
+            if unicodedata.category(ch) == "Cc":
+                return f"{kind} name contains the control character U+{ord(ch):04X}"
+            if ch in BIDI_CONTROLS:
+                return (
+                    f"{kind} name contains the bidirectional control U+{ord(ch):04X}, which "
+                    "makes it display as another name"
+                )
         return None
 
     # -- writing -------------------------------------------------------------------------
@@ -136,11 +151,15 @@ class Target(ABC):
         """Create an active account; return its target key. An existing username is an error."""
 
     @abstractmethod
-    def update_user(self, username: str, changes: Mapping[str, str]) -> None:
+    def update_user(
+        self, username: str, changes: Mapping[str, str], desired: Mapping[str, str] | None = None
+    ) -> None:
         """Change attributes of the account now called `username`.
 
         `changes` maps attribute names of `model.USER_ATTRIBUTES` to new values; a "username"
-        entry renames the account.
+        entry renames the account. `desired`, when given, maps every attribute to the value
+        the source wants, unchanged ones included: a product whose update call must carry all
+        fields sends those instead of reading the account first (or leaving one out).
         """
 
     @abstractmethod
