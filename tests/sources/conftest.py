@@ -4,18 +4,20 @@ The directory holds `PAGED_USERS` ordinary users (several pages at `PAGE_SIZE`) 
 of edge cases, with `memberOf` written into the LDIF because slapadd runs no overlay. A
 non-root account `cn=limited` may read only `LIMITED_TOTAL` entries per paged search, so that
 slapd really ends a paged search early. The server listens on ldap:// (StartTLS) and ldaps://
-with a throw-away CA.
+with a throw-away CA. `referred_directory` is a second set of servers: a main slapd whose
+referral entries point at two others (one sharing its CA, one not).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
-from usersync.sandbox.slapd import SlapdServer, ldif_entry
+from usersync.sandbox.slapd import SlapdServer, ldif_entry, make_test_certificates
 
 BASE = "dc=example,dc=org"
 PEOPLE = f"ou=people,{BASE}"
@@ -153,3 +155,90 @@ def ldap_config(slapd: SlapdServer) -> LdapConfigFactory:
         return LdapSourceConfig(**fields)
 
     return build
+
+
+# -- a directory split over servers by referrals ---------------------------------------------
+
+REMOTE = f"ou=remote,{PEOPLE}"
+#: A subtree of the main server whose only child refers to a server with a CA of its own.
+ELSEWHERE = f"ou=elsewhere,{BASE}"
+FOREIGN = f"ou=foreign,{ELSEWHERE}"
+#: The password of the main server's local users (accounts the referred servers lack).
+LOCAL_PASSWORD = "local-pw"
+
+
+@dataclass(frozen=True)
+class ReferredDirectory:
+    """The main server and the servers its referral entries point at.
+
+    `main` holds `PEOPLE` with the users `local_users`, the group `mixed` (a local and a
+    remote member) and the referral entry `REMOTE` -> `remote`, which holds `remote_users`
+    (its certificate is signed by the main server's CA). `ELSEWHERE` on main holds only the
+    referral `FOREIGN` -> `foreign`, whose certificate another CA signed.
+    """
+
+    main: SlapdServer
+    remote: SlapdServer
+    foreign: SlapdServer
+    local_users: tuple[str, ...]
+    remote_users: tuple[str, ...]
+
+    @property
+    def remote_url(self) -> str:
+        return f"{self.remote.url}/{REMOTE}"
+
+
+def _suffix_entries() -> list[str]:
+    return [
+        ldif_entry(
+            BASE, {"objectClass": ["dcObject", "organization"], "o": "Example", "dc": "example"}
+        ),
+        ldif_entry(PEOPLE, {"objectClass": "organizationalUnit", "ou": "people"}),
+    ]
+
+
+def _referral(dn: str, ou: str, url: str) -> str:
+    # extensibleObject allows `ou` beside the referral class; slapd answers searches reaching
+    # this entry with a reference to `url` (no ManageDsaIT control is sent).
+    return ldif_entry(dn, {"objectClass": ["referral", "extensibleObject"], "ou": ou, "ref": url})
+
+
+@pytest.fixture(scope="session")
+def referred_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferredDirectory]:
+    """Three slapds: the main one, with referral entries to the two others (see the class)."""
+    certificates = make_test_certificates(tmp_path_factory.mktemp("shared-ca"))
+    local_users = ("local1", "local2")
+    remote_users = ("remote1", "remote2", "remote3")
+    remote_ldif = [
+        *_suffix_entries(),
+        ldif_entry(REMOTE, {"objectClass": "organizationalUnit", "ou": "remote"}),
+        *(ldif_entry(f"uid={uid},{REMOTE}", _user(uid)) for uid in remote_users),
+    ]
+    foreign_ldif = [
+        *_suffix_entries(),
+        ldif_entry(ELSEWHERE, {"objectClass": "organizationalUnit", "ou": "elsewhere"}),
+        ldif_entry(FOREIGN, {"objectClass": "organizationalUnit", "ou": "foreign"}),
+        ldif_entry(f"uid=foreigner,{FOREIGN}", _user("foreigner")),
+    ]
+    with (
+        SlapdServer("".join(remote_ldif), tls=True, certificates=certificates) as remote,
+        SlapdServer("".join(foreign_ldif), tls=True) as foreign,
+    ):
+        members = [f"uid=local1,{PEOPLE}", f"uid=remote1,{REMOTE}"]
+        main_ldif = [
+            *_suffix_entries(),
+            ldif_entry(GROUPS, {"objectClass": "organizationalUnit", "ou": "groups"}),
+            ldif_entry(ELSEWHERE, {"objectClass": "organizationalUnit", "ou": "elsewhere"}),
+            *(
+                ldif_entry(f"uid={uid},{PEOPLE}", _user(uid, userPassword=LOCAL_PASSWORD))
+                for uid in local_users
+            ),
+            _referral(REMOTE, "remote", f"{remote.url}/{REMOTE}"),
+            _referral(FOREIGN, "foreign", f"{foreign.url}/{FOREIGN}"),
+            ldif_entry(
+                f"cn=mixed,{GROUPS}",
+                {"objectClass": "groupOfNames", "cn": "mixed", "member": members},
+            ),
+        ]
+        with SlapdServer("".join(main_ldif), tls=True, certificates=certificates) as main:
+            yield ReferredDirectory(main, remote, foreign, local_users, remote_users)

@@ -10,15 +10,19 @@ import pandas as pd
 import pytest
 
 from tests.sources.conftest import (
+    ELSEWHERE,
     GROUPS,
     LIMITED_DN,
     LIMITED_PASSWORD,
     LIMITED_TOTAL,
+    LOCAL_PASSWORD,
     PAGE_SIZE,
     PAGED_USERS,
     PEOPLE,
+    REMOTE,
     STAR_DISPLAY_NAME,
     LdapConfigFactory,
+    ReferredDirectory,
 )
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
 from usersync.errors import (
@@ -30,6 +34,7 @@ from usersync.errors import (
 from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SOURCE_USER_COLUMNS
 from usersync.sandbox.slapd import SlapdServer, free_port, make_test_certificates
 from usersync.sources.ldap import DnIndex, LdapSource, canonical_id, normalise_dn
+from usersync.sources.ldap.referrals import parse_reference
 
 ADMIN_PASSWORD = "secret"
 ATTRIBUTES = ["uid", "mail", "displayName", "cn"]
@@ -472,3 +477,127 @@ def test_nested_group_is_flattened_here_without_in_chain(
     assert len(engineering) == 2 + PAGED_USERS // 2
     fell_back = any("IN_CHAIN" in note for note in snapshot.notes)
     assert fell_back == (nesting == "in_chain")
+
+
+# -- referrals ---------------------------------------------------------------------------------
+
+
+def referred_config(directory: ReferredDirectory, **overrides: Any) -> LdapSourceConfig:
+    """A config for the main server of the referred directory, over LDAPS with the CA file."""
+    main = directory.main
+    assert main.certificates is not None
+    fields: dict[str, Any] = {
+        "kind": "ldap",
+        "url": main.ldaps_url,
+        "tls": LdapTls(mode="ldaps", ca_file=main.certificates.ca_file),
+        "bind_dn": main.admin_dn,
+        "bind_password": SecretRef(env="UNUSED"),
+        "user_base_dn": PEOPLE,
+        "group_base_dn": GROUPS,
+        "connect_timeout_seconds": 5,
+        "receive_timeout_seconds": 20,
+        **overrides,
+    }
+    return LdapSourceConfig(**fields)
+
+
+@pytest.mark.slapd
+@pytest.mark.parametrize("base", [PEOPLE, REMOTE], ids=["search-reference", "referral-result"])
+def test_a_referral_is_an_incomplete_read_unless_followed(
+    referred_directory: ReferredDirectory, base: str
+) -> None:
+    # Under PEOPLE the server answers with a searchResRef beside the local users; with the
+    # referral entry itself as the base, with result 10 (referral). Either way users are
+    # missing from what it sent.
+    config = referred_config(referred_directory, user_base_dn=base)
+    with (
+        LdapSource(config, ADMIN_PASSWORD) as source,
+        pytest.raises(IncompleteSourceError) as caught,
+    ):
+        source.extract(["uid"])
+    message = str(caught.value)
+    assert referred_directory.remote_url in message
+    assert "follow_referrals: true" in message
+    assert "nothing was used" in message
+
+
+@pytest.mark.slapd
+@pytest.mark.parametrize("page_size", [1, 500])
+def test_followed_referrals_add_the_users_held_elsewhere(
+    referred_directory: ReferredDirectory, page_size: int
+) -> None:
+    config = referred_config(referred_directory, follow_referrals=True, page_size=page_size)
+    with LdapSource(config, ADMIN_PASSWORD) as source:
+        snapshot = source.extract(["uid", "mail"])
+    users = snapshot.users
+    expected = {*referred_directory.local_users, *referred_directory.remote_users}
+    assert set(users["uid"]) == expected and len(users) == len(expected)
+    assert users["source_id"].is_unique
+    assert by_uid(users, "remote2")["locator"] == f"uid=remote2,{REMOTE}"
+    assert by_uid(users, "remote2")["mail"] == "remote2@example.org"
+    # A group on the main server resolves a member held on the referred one.
+    assert members_of(snapshot, "mixed") == {"local1", "remote1"}
+
+
+@pytest.mark.slapd
+def test_a_referral_result_is_followed_to_its_server(
+    referred_directory: ReferredDirectory,
+) -> None:
+    config = referred_config(referred_directory, user_base_dn=REMOTE, follow_referrals=True)
+    with LdapSource(config, ADMIN_PASSWORD) as source:
+        users = source.extract(["uid"]).users
+    assert set(users["uid"]) == set(referred_directory.remote_users)
+
+
+@pytest.mark.slapd
+def test_a_referred_server_whose_certificate_fails_validation_is_an_incomplete_read(
+    referred_directory: ReferredDirectory,
+) -> None:
+    # The foreign server's certificate is signed by a CA other than the profile's ca_file:
+    # following the referral uses the profile's TLS settings, so it must fail, not read.
+    config = referred_config(referred_directory, user_base_dn=ELSEWHERE, follow_referrals=True)
+    with (
+        LdapSource(config, ADMIN_PASSWORD) as source,
+        pytest.raises(IncompleteSourceError) as caught,
+    ):
+        source.extract(["uid"])
+    message = str(caught.value)
+    assert referred_directory.foreign.url in message
+    assert "certificate could not be validated" in message
+    assert isinstance(caught.value.__cause__, SourceUnreachableError)
+
+
+@pytest.mark.slapd
+def test_a_referred_server_refusing_the_bind_is_an_incomplete_read(
+    referred_directory: ReferredDirectory,
+) -> None:
+    # The referred server gets the same bind, and refuses it: it has no such account.
+    main = referred_directory.main
+    config = referred_config(
+        referred_directory,
+        url=main.url,
+        tls=LdapTls(),
+        allow_cleartext_bind=True,
+        bind_dn=f"uid=local1,{PEOPLE}",
+        follow_referrals=True,
+    )
+    with (
+        LdapSource(config, LOCAL_PASSWORD) as source,
+        pytest.raises(IncompleteSourceError) as caught,
+    ):
+        source.extract(["uid"])
+    assert referred_directory.remote.url in str(caught.value)
+    assert isinstance(caught.value.__cause__, SourceAuthError)
+
+
+def test_reference_urls_are_parsed_or_refused_clearly() -> None:
+    parsed = parse_reference("ldap://127.0.0.1:3890/ou=remote,ou=people,dc=example,dc=org??sub")
+    assert parsed.server_url == "ldap://127.0.0.1:3890"
+    assert parsed.dn == "ou=remote,ou=people,dc=example,dc=org"
+    assert parsed.scope == "SUBTREE"
+    ad = parse_reference("ldaps://example.test/CN=Configuration,DC=example,DC=test")
+    assert (ad.server_url, ad.scope) == ("ldaps://example.test", None)
+    assert parse_reference("ldap://[::1]/cn=a%3Fb,dc=x").dn == "cn=a?b,dc=x"
+    for unusable in ["http://x/dc=a", "ldap:///dc=a", "ldap://x:port/dc=a", "ldap://x/dc=a?cn"]:
+        with pytest.raises(IncompleteSourceError, match="cannot follow"):
+            parse_reference(unusable)

@@ -227,6 +227,8 @@ class SlapdServer:
         admin_password: the rootdn's password (rootdn is `cn=admin,<base_dn>`).
         tls: also listen on ldaps:// and allow StartTLS, with a generated test CA
             (`certificates.ca_file`).
+        certificates: with `tls`, serve these instead of generating new ones (so that two
+            servers share one CA, as the servers of one directory do).
         database_config: extra lines for the database section (e.g. `limits ...`).
         start_timeout: seconds to wait for slapd to accept connections.
     """
@@ -239,13 +241,14 @@ class SlapdServer:
         base_dn: str = DEFAULT_BASE_DN,
         admin_password: str = DEFAULT_ADMIN_PASSWORD,
         tls: bool = False,
+        certificates: TestCertificates | None = None,
         database_config: Sequence[str] = (),
         start_timeout: float = 10.0,
     ) -> None:
         self.base_dn = base_dn
         self.admin_dn = f"cn=admin,{base_dn}"
         self.admin_password = admin_password
-        self.certificates: TestCertificates | None = None
+        self.certificates: TestCertificates | None = certificates
         self._ldif = ldif
         self._load = load
         self._tls = tls
@@ -294,7 +297,7 @@ class SlapdServer:
         self._dir = Path(tempfile.mkdtemp(prefix="usersync-slapd-"))
         try:
             (self._dir / "db").mkdir()
-            if self._tls:
+            if self._tls and self.certificates is None:
                 self.certificates = make_test_certificates(self._dir / "tls")
             config = self._write_config()
             if self._ldif is not None and self._load == "offline":

@@ -5,6 +5,9 @@ unless turned off; cleartext only when the profile allows it), then reads with i
 2696 pager, which checks the result code and the paged-results control of every page itself:
 ldap3 raises for none of sizeLimitExceeded, timeLimitExceeded or a page without the control,
 so a partial read would otherwise look complete. Any such page raises `IncompleteSourceError`.
+So does a referral (a searchResRef beside the entries, or result 10): the entries it stands
+for are read where it points only with `follow_referrals` (same bind and TLS settings; see
+`referrals.py`), except a naming context the same server holds, read on the same connection.
 Users are keyed by the id attribute (entryUUID; AD's binary objectGUID is decoded), membership
 comes from the groups' member attributes or the users' memberOf, resolved by normalised DN.
 Active Directory (`flavour: active_directory`): users are inactive when disabled (UAC 0x2) or
@@ -60,6 +63,13 @@ from usersync.model import (
     conform,
 )
 from usersync.sources.base import Source, SourceCheck
+from usersync.sources.ldap.referrals import (
+    MAX_REFERRAL_HOPS,
+    RESULT_REFERRAL,
+    Reference,
+    parse_reference,
+    references_refused,
+)
 
 #: RFC 2696 Simple Paged Results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
@@ -140,6 +150,10 @@ class LdapSource(Source):
         self.config = config
         self._password = password
         self._conn: Connection | None = None
+        #: connections to the servers referrals led to, by `ldap[s]://host:port` (lower case)
+        self._referred: dict[str, Connection] = {}
+        #: normalised naming contexts each server holds (its rootDSE), by server URL
+        self._naming_contexts: dict[str, set[Any]] = {}
 
     @classmethod
     def from_config(
@@ -460,7 +474,9 @@ class LdapSource(Source):
             raise SourceError(f"{self.config.url}: reading {locator} failed: {_describe(result)}")
         raw = dict(found[0]["raw_attributes"])
         for key in [k for k in raw if ";range=" in k]:
-            raw[key.partition(";")[0]] = self._read_ranges(locator, key, raw.pop(key))
+            raw[key.partition(";")[0]] = self._read_ranges(
+                conn, self.config.url, locator, key, raw.pop(key)
+            )
         return {name: [_display(name, value) for value in raw[name] or ()] for name in sorted(raw)}
 
     def check(self) -> SourceCheck:
@@ -497,20 +513,41 @@ class LdapSource(Source):
         if self._conn is not None:
             _discard(self._conn)
             self._conn = None
+        for conn in self._referred.values():
+            _discard(conn)
+        self._referred.clear()
 
     # -- connection ----------------------------------------------------------------------
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = self._open()
+            self._conn = self._open(self.config.url)
         return self._conn
 
-    def _open(self) -> Connection:
+    def _referred_connection(self, server_url: str) -> Connection:
+        """A bound connection to a server a referral names, opened like the profile's own."""
+        key = server_url.lower()
+        conn = self._referred.get(key)
+        if conn is None or conn.closed:
+            conn = self._referred[key] = self._open(server_url)
+        return conn
+
+    def _open(self, url: str) -> Connection:
+        """Connect to `url` and bind with the profile's DN, password and TLS settings.
+
+        `url` is the profile's own, or one a referral named: an ldaps:// URL is LDAPS; an
+        ldap:// one is upgraded with StartTLS whenever the profile uses TLS at all, so a
+        referral never lowers the protection of the password.
+        """
         config = self.config
         mode = config.tls.mode
+        if url.lower().startswith("ldaps://"):
+            mode = "ldaps"
+        elif mode == "ldaps":
+            mode = "starttls"
         if mode == "none" and not config.allow_cleartext_bind:
             raise ConfigError(
-                f"{config.url}: refusing to send the password of {config.bind_dn} over an "
+                f"{url}: refusing to send the password of {config.bind_dn} over an "
                 "unencrypted connection; use tls.mode ldaps (ldaps:// URL) or starttls, or set "
                 "allow_cleartext_bind: true (lab directories only)"
             )
@@ -518,11 +555,11 @@ class LdapSource(Source):
             # RFC 4513 5.1.2: a DN with an empty password is an unauthenticated bind, which
             # many servers accept as anonymous: refuse rather than read as nobody.
             raise ConfigError(
-                f"{config.url}: the bind password for {config.bind_dn} "
+                f"{url}: the bind password for {config.bind_dn} "
                 f"({config.bind_password.describe()}) is empty"
             )
         server = Server(
-            config.url,
+            url,
             use_ssl=mode == "ldaps",
             tls=self._tls() if mode != "none" else None,
             get_info=NONE,  # no schema read: one round trip less, and raw values stay raw
@@ -542,6 +579,10 @@ class LdapSource(Source):
             # crashes on ranged keys unless empty attributes are off: `_read_ranges` does it.
             auto_range=False,
             return_empty_attributes=False,
+            # ldap3 would follow a referral result on a connection of its own, with TLS
+            # settings of its own (StartTLS without certificate validation); the pager
+            # follows or refuses referrals itself (`_follow_references`).
+            auto_referrals=False,
         )
         try:
             conn.open()
@@ -550,18 +591,18 @@ class LdapSource(Source):
             bound = conn.bind()
         except (LDAPCertificateError, LDAPStartTLSError, LDAPCommunicationError) as exc:
             _discard(conn)
-            raise self._connect_error(exc) from exc
+            raise self._connect_error(url, exc) from exc
         if not bound:
             result = conn.result
             _discard(conn)
             if result["result"] == RESULT_INVALID_CREDENTIALS:
                 raise SourceAuthError(
-                    f"{config.url}: the directory refused the bind as {config.bind_dn} (invalid "
+                    f"{url}: the directory refused the bind as {config.bind_dn} (invalid "
                     f"credentials); check bind_dn and the password in "
                     f"{config.bind_password.describe()}"
                 )
             raise SourceAuthError(
-                f"{config.url}: the bind as {config.bind_dn} failed: {_describe(result)}"
+                f"{url}: the bind as {config.bind_dn} failed: {_describe(result)}"
                 + (
                     "; the server may require an encrypted connection (tls.mode ldaps/starttls)"
                     if mode == "none"
@@ -583,24 +624,24 @@ class LdapSource(Source):
                 "path of a PEM file holding the CA that signed the directory's certificate"
             ) from exc
 
-    def _connect_error(self, exc: Exception) -> SourceUnreachableError:
+    def _connect_error(self, url: str, exc: Exception) -> SourceUnreachableError:
         config = self.config
         text = str(exc)
         lowered = text.lower()
         if "wrong_version_number" in lowered or "wrong version number" in lowered:
             return SourceUnreachableError(
-                f"{config.url}: the TLS handshake failed ({text}): the port does not speak TLS "
+                f"{url}: the TLS handshake failed ({text}): the port does not speak TLS "
                 "right now; check that tls.mode matches the port (ldaps: 636, starttls: 389)"
             )
         if isinstance(exc, LDAPCertificateError) or "certificate" in lowered or "ssl" in lowered:
             ca = config.tls.ca_file or "the system CA store"
             return SourceUnreachableError(
-                f"{config.url}: the server's TLS certificate could not be validated with CA file "
+                f"{url}: the server's TLS certificate could not be validated with CA file "
                 f"{ca} ({text}); set tls.ca_file to the CA that signed the directory's "
                 "certificate (and check the certificate names this host)"
             )
         return SourceUnreachableError(
-            f"{config.url}: cannot connect ({text}); check the host and port, that the "
+            f"{url}: cannot connect ({text}); check the host and port, that the "
             f"directory is running, and connect_timeout_seconds ({config.connect_timeout_seconds:g})"
         )
 
@@ -609,12 +650,77 @@ class LdapSource(Source):
     def _paged_search(
         self, base: str, search_filter: str, attributes: Sequence[str], *, what: str
     ) -> list[Entry]:
-        """Every entry of a subtree search, read page by page; raises rather than stop early."""
-        conn = self._connection()
+        """Every entry of a subtree search, read page by page; raises rather than stop early.
+
+        Entries the server refers elsewhere are read where it points (`_follow_references`)
+        or the search fails as incomplete.
+        """
+        return self._search(
+            self._connection(), self.config.url, base, search_filter, attributes, what=what
+        )
+
+    def _search(
+        self,
+        conn: Connection,
+        url: str,
+        base: str,
+        search_filter: str,
+        attributes: Sequence[str],
+        *,
+        what: str,
+        scope: str = SUBTREE,
+        followed: tuple[tuple[str, Any], ...] = (),
+    ) -> list[Entry]:
+        """`_search_pages` on `conn` (the server at `url`), ranges completed, references followed."""
+        entries, references = self._search_pages(
+            conn, url, base, search_filter, attributes, what=what, scope=scope
+        )
+        entries = self._complete_ranges(conn, url, entries)
+        if references:
+            where = f"{url}: {what} search under {base} with {search_filter}"
+            trail = (*followed, (url.lower(), normalise_dn(base)))
+            entries += self._follow_references(
+                references,
+                conn,
+                url,
+                search_filter,
+                attributes,
+                what=what,
+                where=where,
+                found=len(entries),
+                followed=trail,
+            )
+        return entries
+
+    def _search_pages(
+        self,
+        conn: Connection,
+        url: str,
+        base: str,
+        search_filter: str,
+        attributes: Sequence[str],
+        *,
+        what: str,
+        scope: str,
+    ) -> tuple[list[Entry], list[list[str]]]:
+        """The entries of one search read page by page, and the references the server made.
+
+        Each reference is the list of its URLs (alternatives for one subtree).
+
+        Every page must end with success and carry the paged-results control; its cookie
+        says whether another page follows. A referral result (the base lies in a subtree held
+        elsewhere) ends the search with its URLs and no entries.
+
+        Raises:
+            IncompleteSourceError: a page ended otherwise; the message says what to do.
+            SourceUnreachableError: the connection failed in between.
+            ConfigError: the filter is not valid LDAP.
+        """
         entries: list[Entry] = []
+        references: list[list[str]] = []
         cookie: bytes | None = None
         page = 0
-        where = f"{self.config.url}: {what} search under {base} with {search_filter}"
+        where = f"{url}: {what} search under {base} with {search_filter}"
         while True:
             page += 1
             try:
@@ -622,7 +728,7 @@ class LdapSource(Source):
                     conn.search(
                         base,
                         search_filter,
-                        search_scope=SUBTREE,
+                        search_scope=scope,
                         attributes=list(attributes) or ["1.1"],
                         paged_size=self.config.page_size,
                         paged_criticality=True,  # a server that cannot page must refuse
@@ -631,12 +737,14 @@ class LdapSource(Source):
             except LDAPInvalidFilterError as exc:
                 raise ConfigError(f"{where}: the filter is not valid LDAP ({exc})") from exc
             except LDAPCommunicationError as exc:
-                self.close()
+                _discard(conn)  # the next use opens a new one
                 raise SourceUnreachableError(
                     f"{where}: the connection failed on page {page} after {len(entries)} entries "
                     f"({exc}); nothing was used"
                 ) from exc
             result = conn.result
+            if result["result"] == RESULT_REFERRAL and result.get("referrals"):
+                return entries, [list(result["referrals"])]
             if result["result"] != 0:
                 raise IncompleteSourceError(
                     f"{where}: page {page} ended with {_describe(result)} after {len(entries)} "
@@ -644,9 +752,13 @@ class LdapSource(Source):
                     f"{_advice(result['result'], what)}"
                 )
             for item in conn.response or ():
-                # Search references (referrals) are not entries; they carry no attributes.
-                if item.get("type") == "searchResEntry":
+                kind = item.get("type")
+                if kind == "searchResEntry":
                     entries.append(_entry(item))
+                elif kind == "searchResRef":
+                    # Entries in scope held by another server (or naming context): each
+                    # reference is followed or refused once the search is done, never dropped.
+                    references.append(list(item.get("uri") or []))
             control = (result.get("controls") or {}).get(PAGED_RESULTS_OID)
             if control is None:
                 raise IncompleteSourceError(
@@ -656,7 +768,103 @@ class LdapSource(Source):
                 )
             cookie = control["value"]["cookie"]
             if not cookie:
-                return self._complete_ranges(entries)
+                return entries, references
+
+    def _follow_references(
+        self,
+        references: list[list[str]],
+        conn: Connection,
+        url: str,
+        search_filter: str,
+        attributes: Sequence[str],
+        *,
+        what: str,
+        where: str,
+        found: int,
+        followed: tuple[tuple[str, Any], ...],
+    ) -> list[Entry]:
+        """The entries behind the references a search met, or an incomplete-read error.
+
+        Each reference is a list of URLs, alternatives for one subtree (RFC 4511 4.5.3): one
+        is read. A naming context the same server holds (AD's CN=Configuration under a
+        forest's root domain, its DNS zones) is searched on the same connection: nothing
+        leaves it, and reading it keeps the snapshot complete. Otherwise, with
+        `follow_referrals`, the alternatives are tried in turn on their servers, binding as
+        the profile does; without it the reference is refused.
+
+        Raises:
+            IncompleteSourceError: a reference is refused, unusable, loops, or no alternative
+                could be read (the last failure is chained).
+        """
+        plans: list[tuple[list[Reference], bool]] = []
+        refused: list[str] = []
+        for alternatives in references:
+            usable, unusable = [], []
+            for text in alternatives:
+                try:
+                    usable.append(parse_reference(text))
+                except IncompleteSourceError as exc:
+                    unusable.append(exc)
+            if not usable:
+                raise unusable[0]
+            held = [ref for ref in usable if self._holds_naming_context(conn, url, ref.dn)]
+            if not held and not self.config.follow_referrals:
+                refused += alternatives
+            plans.append((held[:1], True) if held else (usable, False))
+        if refused:
+            raise references_refused(where, refused, entries=found)
+        entries: list[Entry] = []
+        for candidates, same_server in plans:
+            failure: SourceError | ConfigError | None = None
+            for ref in candidates:
+                target_url = url if same_server else ref.server_url
+                if (target_url.lower(), normalise_dn(ref.dn)) in followed:
+                    raise IncompleteSourceError(
+                        f"{where}: the reference {ref.url} leads back to a search already made "
+                        "(a referral loop), so the read is incomplete and nothing was used; fix "
+                        "the referral entries (their ref values) in the directory"
+                    )
+                if len(followed) > MAX_REFERRAL_HOPS:
+                    raise IncompleteSourceError(
+                        f"{where}: the reference {ref.url} is more than {MAX_REFERRAL_HOPS} "
+                        "referrals deep, so the read is incomplete and nothing was used; set "
+                        "the base DN nearer to the servers holding the entries"
+                    )
+                try:
+                    target = conn if same_server else self._referred_connection(ref.server_url)
+                    entries += self._search(
+                        target,
+                        target_url,
+                        ref.dn,
+                        search_filter,
+                        attributes,
+                        what=what,
+                        scope=ref.scope or SUBTREE,
+                        followed=followed,
+                    )
+                    failure = None
+                    break
+                except (SourceError, ConfigError) as exc:
+                    failure = exc
+            if failure is not None:
+                tried = ", ".join(ref.url for ref in candidates)
+                raise IncompleteSourceError(
+                    f"{where}: the directory referred to {tried} for entries in scope, and "
+                    f"reading them there failed, so nothing was used: {failure}"
+                ) from failure
+        return entries
+
+    def _holds_naming_context(self, conn: Connection, url: str, dn: str) -> bool:
+        """Whether `dn` is a naming context the server at `url` lists in its rootDSE."""
+        held = self._naming_contexts.get(url.lower())
+        if held is None:
+            conn.search("", "(objectClass=*)", search_scope=BASE, attributes=["namingContexts"])
+            found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
+            values = found[0]["raw_attributes"].get("namingContexts") or [] if found else []
+            held = {normalise_dn(v.decode("utf-8", errors="replace")) for v in values}
+            self._naming_contexts[url.lower()] = held
+        key = normalise_dn(dn)
+        return key is not None and key in held
 
     def _member_request(self, name: str) -> str:
         """AD: ask for `member;range=0-N` so a big group arrives in windows we control."""
@@ -664,17 +872,22 @@ class LdapSource(Source):
             return name
         return f"{name};range=0-{self.config.member_range_size - 1}"
 
-    def _complete_ranges(self, entries: list[Entry]) -> list[Entry]:
-        """Replace each `attr;range=L-H` value list by the whole attribute (AD range retrieval)."""
+    def _complete_ranges(self, conn: Connection, url: str, entries: list[Entry]) -> list[Entry]:
+        """Replace each `attr;range=L-H` value list by the whole attribute (AD range retrieval).
+
+        The windows are read from the server the entries came from (`conn` at `url`).
+        """
         for dn, attrs in entries:
             for key in [k for k in attrs if ";range=" in k]:
                 name = key.partition(";")[0]
                 attrs[name] = list(attrs.get(name) or ()) + self._read_ranges(
-                    dn, key, attrs.pop(key)
+                    conn, url, dn, key, attrs.pop(key)
                 )
         return entries
 
-    def _read_ranges(self, dn: str, key: str, first: list[bytes] | None) -> list[bytes]:
+    def _read_ranges(
+        self, conn: Connection, url: str, dn: str, key: str, first: list[bytes] | None
+    ) -> list[bytes]:
         """All values of a ranged attribute, reading window after window until `-*`.
 
         Raises:
@@ -684,11 +897,10 @@ class LdapSource(Source):
         name = key.partition(";")[0]
         values = list(first or ())
         low, high = _range_bounds(key, dn)
-        where = f"{self.config.url}: ranged read of {name} of {dn}"
+        where = f"{url}: ranged read of {name} of {dn}"
         while high is not None:
             start = high + 1
             request = f"{name};range={start}-{start + self.config.member_range_size - 1}"
-            conn = self._connection()
             with _decode_entries_lean(conn):
                 conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[request])
             result = conn.result
