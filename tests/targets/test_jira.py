@@ -10,11 +10,12 @@ from __future__ import annotations
 import socket
 
 import httpx
+import pandas as pd
 import pytest
 
 from tests.targets.harness_jira import ADMIN, CONTEXT_PATH, environment
 from usersync.config import TargetConfig
-from usersync.errors import ConfigError, TargetConflictError
+from usersync.errors import ConfigError, TargetConflictError, TargetRejectedError
 from usersync.sandbox.jira import JiraEmulator
 from usersync.sandbox.server import serve
 from usersync.targets import open_target
@@ -285,3 +286,105 @@ def test_legacy_group_expand_lists_active_members_only() -> None:
         # The paged call the client uses does list the inactive member.
         _, members = env.target.read_groups(["legacy"])
         assert set(members["username"]) == {"a1", "a2", "a3", "gone"}
+
+
+def test_accounts_are_read_by_key_with_get_user_or_user_list() -> None:
+    with environment(version="10.3.0") as env:
+        keys = [
+            env.emulator.seed_user(f"k{i}", f"k{i}@example.com", f"K {i}", active=i != 2)
+            for i in range(5)
+        ]
+        env.emulator.rename_user("k1", "k1.renamed")
+        env.emulator.app.clear_log()
+
+        few = env.make_target(lookup_threshold=10).read_users_by_key([keys[1], "JIRAUSER999"])
+        assert list(few["username"]) == ["k1.renamed"] and list(few["target_key"]) == [keys[1]]
+        assert [r.query for r in env.emulator.app.requests] == [
+            {"key": keys[1]},
+            {"key": "JIRAUSER999"},
+        ]
+
+        env.emulator.app.clear_log()
+        many = env.make_target(lookup_threshold=2).read_users_by_key([*keys, "JIRAUSER999"])
+        assert dict(zip(many["target_key"], many["username"], strict=True)) == {
+            keys[0]: "k0",
+            keys[1]: "k1.renamed",
+            keys[2]: "k2",
+            keys[3]: "k3",
+            keys[4]: "k4",
+        }
+        assert not many.set_index("username").loc["k2", "active"]
+        assert "/user/list" in requested_paths(env.emulator)
+
+
+def test_current_account_is_asked_of_jira_for_a_password_and_a_token() -> None:
+    with environment() as env:
+        assert env.target.current_account() == "admin"
+        with env.make_target(credentials="token") as by_token:
+            assert by_token.current_account() == "admin"
+        with env.make_target(credentials="user") as plain:
+            assert plain.current_account() == "jira-user"
+        assert {r.path for r in env.emulator.app.requests} == {"/jira/rest/api/2/myself"}
+
+
+@pytest.mark.parametrize(
+    "name", ["a<b", "r&d", "x>y", "nul\x00name", "bidi\u202ename", "iso\u2066name", "n" * 256]
+)
+def test_names_jira_refuses_are_refused_by_the_client_and_by_the_emulator(name: str) -> None:
+    with environment() as env:
+        assert env.target.refused_name("user", name)
+        with pytest.raises(TargetRejectedError, match="nothing was sent"):
+            env.target.create_user(name, "x@example.com", "X")
+        assert env.emulator.app.requests == []
+
+        base = env.target.url + "/rest/api/2"
+        body = {"name": name, "emailAddress": "x@example.com", "displayName": "X"}
+        answer = httpx.post(f"{base}/user", json=body, auth=ADMIN)
+        assert answer.status_code == 400
+        assert set(answer.json()) == {"errorMessages", "errors"}
+        assert answer.json()["errors"]["username"]
+
+
+def test_group_names_with_ampersands_are_fine_but_control_characters_are_not() -> None:
+    with environment() as env:
+        assert env.target.refused_name("group", "r&d <core>") is None
+        env.target.create_group("r&d <core>")
+        assert "r&d <core>" in env.emulator.group_names
+
+        assert env.target.refused_name("group", "tab\tgroup")
+        base = env.target.url + "/rest/api/2"
+        answer = httpx.post(f"{base}/group", json={"name": "tab\tgroup"}, auth=ADMIN)
+        assert answer.status_code == 400 and answer.json()["errorMessages"]
+
+
+def test_jira_trims_values_and_lower_cases_usernames_as_stored_form_says() -> None:
+    with environment() as env:
+        desired = pd.DataFrame(
+            {
+                "username": ["  Mixed.Case "],
+                "email": [" Mixed@Example.COM  "],
+                "display_name": ["  Mixed  Case "],
+            }
+        )
+        key = env.target.create_user(*desired.iloc[0])
+
+        stored = env.emulator.user_by_key(key)
+        assert stored is not None
+        assert (stored.name, stored.email, stored.display_name) == (
+            "mixed.case",
+            "Mixed@Example.COM",
+            "Mixed  Case",
+        )
+        expected = env.target.stored_form(desired).iloc[0]
+        assert (stored.name, stored.email, stored.display_name) == tuple(expected)
+
+
+def test_create_whose_answer_is_lost_is_not_posted_twice() -> None:
+    with environment() as env:
+        env.emulator.app.faults.script.append("applied-500")
+
+        key = env.target.create_user("lost.answer", "lost@example.com", "Lost Answer")
+
+        assert env.emulator.user("lost.answer").key == key  # type: ignore[union-attr]
+        posts = [(w.status, w.applied_status) for w in env.emulator.app.writes()]
+        assert posts == [(500, 201)]

@@ -7,7 +7,11 @@ product's envelopes, status codes and error bodies as documented in
 shared/reference/atlassian-rest.md sections 1, 5 and 6: names are matched case-insensitively
 and stored in lower case, user keys (`JIRAUSER10100`) survive renames, `/user/search` returns a
 bare array truncated to its result window (1000 before Jira 10, 100 from 10), `/user/list`
-exists from 10.3 only, adding an existing member is a 400. Basic auth and bearer PATs are
+exists from 10.3 only, adding an existing member is a 400, surrounding blanks of names,
+e-mails and display names are trimmed, and names Jira refuses (`<`, `>`, `&` in usernames;
+control and bidirectional-override characters, more than 255 characters) are a 400 in Jira's
+error envelope. `rename_user` renames an account as an administrator would in Jira's user
+browser (the key stays). Basic auth and bearer PATs are
 checked; user and group administration needs an administrator. The app is wrapped in
 `Instrumented`, so tests read the request log and inject 429s (with Jira's `X-RateLimit-*`
 headers), 5xx and dropped connections. Where the reference marks behaviour UNCONFIRMED, the
@@ -22,6 +26,7 @@ import binascii
 import re
 import secrets
 import threading
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -44,6 +49,10 @@ USER_LIST_DEFAULT_PAGE = 2000
 #: `jira.ajax.autocomplete.limit`, the default cap of /groups/picker.
 GROUP_PICKER_LIMIT = 20
 FORBIDDEN_USERNAME_CHARACTERS = "<>&"
+#: Jira's user and group name columns are 255 characters wide.
+MAX_NAME_LENGTH = 255
+#: Bidirectional embedding/override and isolate controls (U+202A-U+202E, U+2066-U+2069).
+BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 
 NOT_AUTHENTICATED = "You are not authenticated. Authentication required to perform this operation."
 NOT_USER_ADMIN = "You do not have the permission to perform this operation (error.no-permission)."
@@ -83,6 +92,22 @@ def jira_rate_limit_headers(retry_after: float, *, limit: int = 100, fill_rate: 
         "X-RateLimit-FillRate": str(fill_rate),
         "retry-after": str(seconds),
     }
+
+
+def name_problem(name: str, *, username: bool) -> str | None:
+    """Why Jira refuses this user (`username=True`) or group name; None if it takes it.
+
+    `<`, `>` and `&` in usernames: reference §1.8 (a community answer). Control characters,
+    bidirectional controls and the length: what Jira answers exactly is UNCONFIRMED; the
+    emulator takes the stricter reading and refuses them.
+    """
+    if username and any(ch in name for ch in FORBIDDEN_USERNAME_CHARACTERS):
+        return "The username must not contain '<', '>' or '&'."
+    if len(name) > MAX_NAME_LENGTH:
+        return f"The name must not be longer than {MAX_NAME_LENGTH} characters."
+    if any(unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS for ch in name):
+        return "The name must not contain control characters."
+    return None
 
 
 def _java_boolean(value: str | None, default: bool) -> bool:
@@ -197,6 +222,18 @@ class JiraEmulator:
                 if user is None:
                     raise ValueError(f"jira emulator: no user {username!r} to put in {name!r}")
                 group.member_keys.add(user.key)
+
+    def rename_user(self, username: str, new_name: str) -> None:
+        """Rename an account directly, as an administrator would in Jira (the key stays)."""
+        with self._lock:
+            user = self._user_by_name(username)
+            if user is None:
+                raise ValueError(f"jira emulator: no user {username!r} to rename")
+            if self._user_by_name(new_name) not in (None, user):
+                raise ValueError(f"jira emulator: user {new_name!r} exists already")
+            del self._keys_by_name[user.name]
+            user.name = new_name.strip().lower()
+            self._keys_by_name[user.name] = user.key
 
     def add_token(self, token: str, username: str) -> None:
         """Register a personal access token acting as `username`."""
@@ -439,8 +476,8 @@ class JiraEmulator:
         errors: dict[str, str] = {}
         if not name:
             errors["username"] = "You must specify a username."
-        elif any(ch in name for ch in FORBIDDEN_USERNAME_CHARACTERS):
-            errors["username"] = "The username must not contain '<', '>' or '&'."
+        elif problem := name_problem(name, username=True):
+            errors["username"] = problem
         elif self._user_by_name(name) is not None:
             errors["username"] = USER_EXISTS
         if not email:
@@ -471,8 +508,8 @@ class JiraEmulator:
         active = body.get("active")
         errors: dict[str, str] = {}
         if new_name and new_name.lower() != user.name:
-            if any(ch in new_name for ch in FORBIDDEN_USERNAME_CHARACTERS):
-                errors["username"] = "The username must not contain '<', '>' or '&'."
+            if problem := name_problem(new_name, username=True):
+                errors["username"] = problem
             elif self._user_by_name(new_name) is not None:
                 errors["username"] = USER_EXISTS
         if email and "@" not in email:
@@ -596,6 +633,8 @@ class JiraEmulator:
         name = str((body or {}).get("name") or "").strip() if isinstance(body, dict) else ""
         if not name:
             return jira_error(400, "Group name cannot be empty.")
+        if problem := name_problem(name, username=False):
+            return jira_error(400, problem)
         if name.lower() in self._groups:
             return jira_error(400, GROUP_EXISTS)
         group = self._groups[name.lower()] = JiraGroup(name.lower())

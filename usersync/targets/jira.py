@@ -6,10 +6,15 @@ pager walks the three paging styles Jira uses (offset envelopes, bare arrays ins
 window, cursors). Reading users is the hard part on a large site: `/user/list` (cursor, 10.3+)
 when the server has it, else `/user/search`, which only ever returns the first 1000 matches
 (100 on Jira 10) — so the search is run per prefix of the requested names and a prefix whose
-answer hits that window is split further. Small requests use one `GET /user` per name. Jira's
-quirks are absorbed here, not in the planner: "already exists" comes as a 400 (mapped to
-`TargetConflictError`), adding a member twice is a 400 (counted as done), and a PUT that
-changes nothing is a 400 (checked against the account, then counted as done).
+answer hits that window is split further. Small requests use one `GET /user` per name.
+Accounts are also read by their immutable key (`GET /user?key=`, or `/user/list` for many),
+so an account renamed by hand is found under its new name. Jira's quirks are absorbed here,
+not in the planner: "already exists" comes as a 400 (mapped to `TargetConflictError`), adding
+a member twice is a 400 (counted as done), a PUT that changes nothing is a 400 (checked
+against the account, then counted as done), usernames are stored in lower case
+(`stored_form`) and may not hold `<`, `>` or `&` (`refused_name`). Creating a user or a group
+is a POST, which is never sent twice blindly: when its answer is lost the account (same name
+and e-mail) or group is looked for before anything else is done.
 """
 
 from __future__ import annotations
@@ -90,6 +95,11 @@ LOOKUP_THRESHOLD = 30
 
 #: Attribute names of `model.USER_ATTRIBUTES` → Jira's user JSON fields.
 USER_FIELDS = {"username": "name", "email": "emailAddress", "display_name": "displayName"}
+
+
+#: Characters Jira refuses in usernames (reference §1.8, a community answer: UNCONFIRMED by
+#: Atlassian's docs; the emulator refuses them too, the stricter reading).
+FORBIDDEN_USERNAME_CHARACTERS = "<>&"
 
 
 def _already_exists(error: TargetError) -> bool:
@@ -289,6 +299,31 @@ class JiraTarget(Target):
             ]
         else:
             beans = self._search_users(lowered)
+        return self._user_frame(
+            bean for bean in beans if normalise_name(bean.get("name", "")) in wanted
+        )
+
+    def read_users_by_key(self, keys: Iterable[str]) -> pd.DataFrame:
+        """The accounts with these user keys, under their names as they are now."""
+        wanted = [key for key in dict.fromkeys(str(k).strip() for k in keys) if key]
+        if not wanted:
+            return empty_frame(TARGET_USER_COLUMNS)
+        if len(wanted) > self.lookup_threshold and self.server_version() >= USER_LIST_SINCE:
+            keyset = set(wanted)
+            beans = [
+                bean
+                for page in self._pages(PAGED["user_list"], {})
+                for bean in page
+                if bean.get("key") in keyset
+            ]
+        else:
+            # /user/search matches names, e-mails and display names, never keys: before 10.3
+            # a key can only be looked up one by one.
+            beans = [bean for key in wanted if (bean := self._get_user(key, by="key"))]
+        return self._user_frame(beans)
+
+    def _user_frame(self, beans: Iterable[dict]) -> pd.DataFrame:
+        """Jira user beans as a `TARGET_USER_COLUMNS` frame, one row per key."""
         by_key = {bean["key"]: bean for bean in beans}
         rows = [
             {
@@ -299,7 +334,6 @@ class JiraTarget(Target):
                 "active": bool(bean.get("active", True)),
             }
             for bean in by_key.values()
-            if normalise_name(bean.get("name", "")) in wanted
         ]
         if not rows:
             return empty_frame(TARGET_USER_COLUMNS)
@@ -313,14 +347,48 @@ class JiraTarget(Target):
                 beans.append(bean)
         return beans
 
-    def _get_user(self, username: str, *, groups: bool = False) -> dict | None:
-        params = {"username": username}
+    def _get_user(
+        self, name_or_key: str, *, by: Literal["username", "key"] = "username", groups: bool = False
+    ) -> dict | None:
+        params = {by: name_or_key}
         if groups:
             params["expand"] = "groups"
         try:
             return self._api.get_json(USER, params=params)
         except TargetNotFoundError:
             return None
+
+    def current_account(self) -> str | None:
+        """The username of the account the credentials (password or token) belong to."""
+        name = self._api.get_json(MYSELF).get("name")
+        return str(name) if name else None
+
+    # -- names and values as Jira stores them ---------------------------------------------------
+
+    def refused_name(self, kind: str, name: str) -> str | None:
+        """The common rules, and no `<`, `>` or `&` in usernames (reference §1.8)."""
+        why = super().refused_name(kind, name)
+        if why is None and kind == "user":
+            bad = sorted(set(name) & set(FORBIDDEN_USERNAME_CHARACTERS))
+            if bad:
+                why = f"Jira usernames may not contain {' '.join(bad)}"
+        return why
+
+    def stored_form(self, users: pd.DataFrame) -> pd.DataFrame:
+        """Trimmed values, and usernames in lower case as Jira stores them."""
+        out = super().stored_form(users)
+        if "username" in out.columns:
+            out["username"] = out["username"].str.lower()
+        return out
+
+    def _refuse(self, kind: str, name: str, doing: str) -> None:
+        """Raise before any request if Jira would refuse `name`."""
+        why = self.refused_name(kind, name)
+        if why:
+            raise TargetRejectedError(
+                f"jira '{self.name}': cannot {doing}: {why}; change the {kind} name mapping "
+                "(nothing was sent)"
+            )
 
     def _search_users(self, wanted: set[str]) -> list[dict]:
         """Find `wanted` (lower-case names) with per-prefix searches, splitting truncated ones.
@@ -392,22 +460,36 @@ class JiraTarget(Target):
     # -- writing -----------------------------------------------------------------------------
 
     def create_user(self, username: str, email: str, display_name: str) -> str:
-        """POST /user without a password (Jira sets a random one) and without notification."""
+        """POST /user without a password (Jira sets a random one) and without notification.
+
+        If the answer is lost, the account is looked for before the POST is sent again: an
+        account with this username and e-mail (any case) is the one this call made.
+        """
+        self._refuse("user", username, f"create user '{username}'")
         body = {
             "name": username,
             "emailAddress": email,
             "displayName": display_name,
             "notification": False,
         }
+
+        def made_by_us() -> str | None:
+            bean = self._get_user(username.strip().lower())
+            held = str((bean or {}).get("emailAddress", "")).strip().casefold()
+            return str(bean["key"]) if bean and held == email.strip().casefold() else None
+
         try:
-            response = self._api.request("POST", USER, json=body, ok=(201,))
+            return self._api.write_once(
+                "POST",
+                USER,
+                json=body,
+                ok=(201,),
+                applied=made_by_us,
+                result=lambda response: str(response.json()["key"]),
+            )
         except TargetRejectedError as exc:
             if not _already_exists(exc):
                 raise
-            existing = self._get_user(username) if exc.attempts > 1 else None
-            # A retried POST whose first try was applied finds the account it made itself.
-            if existing and str(existing.get("emailAddress", "")).casefold() == email.casefold():
-                return str(existing["key"])
             raise TargetConflictError(
                 f"jira '{self.name}': cannot create user '{username}': a user with that "
                 "username already exists (adopt it or rename one of them)",
@@ -415,10 +497,14 @@ class JiraTarget(Target):
                 body=exc.body,
                 attempts=exc.attempts,
             ) from exc
-        return str(response.json()["key"])
 
-    def update_user(self, username: str, changes: Mapping[str, str]) -> None:
-        """PUT /user with the changed fields; a "username" change renames (the key stays)."""
+    def update_user(
+        self, username: str, changes: Mapping[str, str], desired: Mapping[str, str] | None = None
+    ) -> None:
+        """PUT /user with the changed fields; a "username" change renames (the key stays).
+
+        Jira leaves fields a PUT does not carry as they are, so `desired` is not needed.
+        """
         unknown = sorted(set(changes) - set(USER_FIELDS))
         if unknown:
             raise ValueError(
@@ -432,6 +518,8 @@ class JiraTarget(Target):
                 f"jira '{self.name}': cannot set {', '.join(blank)} of '{username}' to an empty "
                 "value (Jira keeps the old one); fix the mapping for this user"
             )
+        if "username" in changes:
+            self._refuse("user", changes["username"], f"rename '{username}'")
         body = {USER_FIELDS[attr]: value for attr, value in changes.items()}
         if body:
             self._put_user(username, body)
@@ -491,15 +579,23 @@ class JiraTarget(Target):
         return True
 
     def create_group(self, group: str) -> None:
-        """POST /group; an existing group is a `TargetConflictError`."""
+        """POST /group; an existing group is a `TargetConflictError`.
+
+        If the answer is lost, the group is looked for before the POST is sent again.
+        """
+        self._refuse("group", group, f"create group '{group}'")
         try:
-            self._api.request("POST", GROUP, json={"name": group}, ok=(201,))
+            self._api.write_once(
+                "POST",
+                GROUP,
+                json={"name": group},
+                ok=(201,),
+                applied=lambda: True if self._group_exists(group) else None,
+                result=lambda _response: True,
+            )
         except TargetRejectedError as exc:
             if not _already_exists(exc):
                 raise
-            if exc.attempts > 1:
-                # Our own earlier try made it before its answer was lost.
-                return
             raise TargetConflictError(
                 f"jira '{self.name}': cannot create group '{group}': it already exists",
                 status=exc.status,
@@ -507,11 +603,27 @@ class JiraTarget(Target):
                 attempts=exc.attempts,
             ) from exc
 
+    def _group_exists(self, group: str) -> bool:
+        try:
+            self._api.get_json(
+                PAGED["group_members"].path, params={"groupname": group, "maxResults": 1}
+            )
+        except TargetNotFoundError:
+            return False
+        return True
+
     def add_member(self, group: str, username: str) -> None:
         """POST /group/user; Jira's 400 for an existing member counts as done."""
         try:
             self._api.request(
-                "POST", GROUP_USER, params={"groupname": group}, json={"name": username}, ok=(201,)
+                "POST",
+                GROUP_USER,
+                params={"groupname": group},
+                json={"name": username},
+                ok=(201,),
+                # Sent again after its answer was lost, it meets the "already a member" 400,
+                # which is checked and counted as done below.
+                replay_safe=True,
             )
         except TargetRejectedError:
             # Jira's "already a member" 400 is a bare localised string: ask instead of parsing.
