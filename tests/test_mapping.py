@@ -181,3 +181,19 @@ def test_transform_is_vectorised_over_a_large_directory():
     out = map_attributes(frame, rules)
     assert out["username"].iloc[-1] == f"y{n - 1}"
     assert out["display_name"].iloc[-1] == f"G S{n - 1}"
+
+
+def test_a_source_group_starting_with_hash_is_a_rule_not_a_comment():
+    from usersync.mapping import parse_groups
+
+    rules = parse_groups(
+        "source_group,target_group,mode,targets\n"
+        "# a comment, with a comma\n"
+        "#just a comment\n"
+        "#eng,jira-eng,manual,\n"
+        "#ops,,on-the-fly,\n"
+    )
+    assert [(r.source_group, r.target_group, r.mode) for r in rules] == [
+        ("#eng", "jira-eng", "manual"),
+        ("#ops", "", "on-the-fly"),
+    ]
