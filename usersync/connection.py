@@ -4,17 +4,20 @@ Each part is checked with its own `check()`: it connects, proves the credentials
 and that the account may do what the profile will do (read users and groups; administer users
 in a target), and writes nothing. A part that cannot even be built (a missing secret, a bad
 URL) is a failed check with that reason, not an exception, so one bad part never hides the
-others. `connection_markdown` renders the results for the flow's artifact and the CLI.
+others. A source that can look names up in its server's schema (LDAP: `check_attributes`) also
+checks the attributes the mapping tables read, so a misspelt one fails here, before a sync.
+`connection_markdown` renders the results for the flow's artifact and the CLI.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from usersync.config import SecretLoader
 from usersync.errors import UsersyncError
-from usersync.sources import open_source
+from usersync.sources import Source, SourceCheck, open_source
 from usersync.sync import LoadedProfile, open_target_for
 
 
@@ -47,7 +50,7 @@ def check_connections(
     results = []
     try:
         with open_source(profile.source, load_prefect_secret=load_prefect_secret) as source:
-            checked = source.check()
+            checked = _check_source(source, loaded.tables.source_attributes())
         results.append(ConnectionResult("source", profile.source.kind, checked.ok, checked.detail))
     except UsersyncError as exc:
         results.append(ConnectionResult("source", profile.source.kind, False, str(exc)))
@@ -61,6 +64,20 @@ def check_connections(
         except UsersyncError as exc:
             results.append(ConnectionResult(f"target {name}", config.kind, False, str(exc)))
     return results
+
+
+def _check_source(source: Source, attributes: Sequence[str]) -> SourceCheck:
+    """`source.check()`, then, where the source offers it, its check of the mapped attributes."""
+    checked = source.check()
+    # Only some sources can tell a misspelt attribute from an empty one (LDAP, through the
+    # server's schema); the others offer no such check.
+    check_attributes = getattr(source, "check_attributes", None)
+    if not checked.ok or check_attributes is None:
+        return checked
+    named: SourceCheck = check_attributes(attributes)
+    if not named.ok:
+        return named
+    return SourceCheck(True, f"{checked.detail}; {named.detail}")
 
 
 def connection_markdown(profile: str, results: list[ConnectionResult]) -> str:

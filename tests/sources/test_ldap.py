@@ -24,17 +24,26 @@ from tests.sources.conftest import (
     LdapConfigFactory,
     ReferredDirectory,
 )
-from usersync.config import LdapSourceConfig, LdapTls, SecretRef
+from usersync.config import LdapSourceConfig, LdapTls, Profile, SecretRef
+from usersync.connection import check_connections
 from usersync.errors import (
     ConfigError,
     IncompleteSourceError,
     SourceAuthError,
     SourceUnreachableError,
 )
+from usersync.mapping import (
+    DEFAULT_ATTRIBUTES_CSV,
+    MappingTables,
+    map_attributes,
+    parse_attributes,
+)
 from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SOURCE_USER_COLUMNS
 from usersync.sandbox.slapd import SlapdServer, free_port, make_test_certificates
 from usersync.sources.ldap import DnIndex, LdapSource, canonical_id, normalise_dn
 from usersync.sources.ldap.referrals import parse_reference
+from usersync.sources.ldap.schema import AttributeSchema
+from usersync.sync import LoadedProfile
 
 ADMIN_PASSWORD = "secret"
 ATTRIBUTES = ["uid", "mail", "displayName", "cn"]
@@ -601,3 +610,109 @@ def test_reference_urls_are_parsed_or_refused_clearly() -> None:
     for unusable in ["http://x/dc=a", "ldap:///dc=a", "ldap://x:port/dc=a", "ldap://x/dc=a?cn"]:
         with pytest.raises(IncompleteSourceError, match="cannot follow"):
             parse_reference(unusable)
+
+
+# -- attribute names through the schema ---------------------------------------------------------
+
+
+def test_schema_maps_aliases_oids_and_case_to_the_primary_name() -> None:
+    schema = AttributeSchema.parse(
+        [
+            "( 2.5.4.4 NAME ( 'sn' 'surname' ) DESC 'RFC2256: NAME in a DESC' SUP name )",
+            "( 0.9.2342.19200300.100.1.1 NAME ( 'uid' 'userid' ) EQUALITY caseIgnoreMatch )",
+            "( 1.2.840.113556.1.4.221 NAME 'sAMAccountName' SYNTAX '1.3.6.1.4.1.1466.115.121.1.15' )",
+            "( 1.3.6.1.4.1.99999.1 )",
+            "not a definition",
+        ],
+        source="test",
+    )
+    assert schema.canonical("Surname") == schema.canonical("2.5.4.4") == "sn"
+    assert schema.canonical("userID") == "uid"
+    assert schema.canonical("samaccountname") == "samaccountname"
+    assert schema.canonical("2.5.4.4;Lang-DE") == "sn;lang-de"
+    assert schema.canonical("1.3.6.1.4.1.99999.1") == "1.3.6.1.4.1.99999.1"
+    assert schema.canonical("name") is None  # only mentioned (SUP, DESC), never defined
+    assert schema.key("fooBar") == "foobar"
+    assert schema.suggestions("sAMAcountName") == ["sAMAccountName"]
+
+
+@pytest.mark.slapd
+def test_aliases_and_oids_in_the_mapping_read_their_values(
+    ldap_config: LdapConfigFactory,
+) -> None:
+    # slapd answers `userid`, `surname`, `commonName` and `2.5.4.4` with uid, sn, cn and sn.
+    names = ["userid", "surname", "commonName", "2.5.4.4", "MAIL"]
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        snapshot = source.extract(names)
+        found = source.find_users("surname", "Müller", ["userid"])
+    users = snapshot.users
+    assert list(users.columns) == [*SOURCE_USER_COLUMNS, *names]
+    zoe = users[users["userid"] == "zoe"].iloc[0]
+    assert (zoe["surname"], zoe["commonName"], zoe["2.5.4.4"]) == ("Müller", "Zoë Müller", "Müller")
+    assert zoe["MAIL"] == "zoë@example.org"
+    assert users["surname"].notna().all() and users["commonName"].notna().all()
+    assert list(found["userid"]) == ["zoe"]
+    # The mapping step finds the columns by the profile's own spelling. (attributes.csv
+    # cannot name an OID yet: usersync.mapping.ATTRIBUTE_NAME wants a leading letter.)
+    rules = parse_attributes(
+        "target,source,transform,template\n"
+        "username,userid,lower,\n"
+        "email,MAIL,,\n"
+        "display_name,,template,{commonName} ({surname})\n"
+    )
+    mapped = map_attributes(users, rules)
+    row = mapped.loc[zoe.name]
+    assert (row["username"], row["email"]) == ("zoe", "zoë@example.org")
+    assert row["display_name"] == "Zoë Müller (Müller)"
+
+
+@pytest.mark.slapd
+def test_an_attribute_the_schema_lacks_is_refused_naming_it_and_attributes_csv(
+    ldap_config: LdapConfigFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        with pytest.raises(ConfigError) as caught:
+            source.extract(["uid", "fooBar", "telephonNumber"])
+        checked = source.check_attributes(["uid", "fooBar"])
+        with pytest.raises(ConfigError, match="does not define the attribute 'fooBar'"):
+            source.find_users("fooBar", "x", ["uid"])
+    message = str(caught.value)
+    assert "'fooBar', 'telephonNumber'" in message and "attributes.csv" in message
+    assert "did you mean telephoneNumber" in message
+    assert "'uid'" not in message
+    assert not checked.ok and "'fooBar'" in checked.detail
+
+    # Test Connection (`usersync check`) fails the source for it; nothing is read or written.
+    monkeypatch.setenv("USERSYNC_TEST_LDAP_PASSWORD", ADMIN_PASSWORD)
+    profile = Profile.model_validate(
+        {
+            "name": "schema-check",
+            "source": ldap_config().model_dump(),
+            "targets": {
+                "jira": {
+                    "kind": "jira",
+                    "url": "http://127.0.0.1:9",
+                    "auth": {"kind": "token", "token": {"env": "USERSYNC_TEST_UNUSED"}},
+                }
+            },
+        }
+    )
+    tables = MappingTables(parse_attributes("target,source\nusername,uid\nemail,fooBar\n"), ())
+    source_result = check_connections(LoadedProfile(profile, tables))[0]
+    assert source_result.part == "source" and not source_result.ok
+    assert "'fooBar'" in source_result.detail and "attributes.csv" in source_result.detail
+    good = MappingTables(parse_attributes("target,source\nusername,userid\nemail,mail\n"), ())
+    assert check_connections(LoadedProfile(profile, good))[0].ok
+
+
+@pytest.mark.slapd
+def test_the_shipped_attribute_table_still_reads_an_ldap_directory(
+    ldap_config: LdapConfigFactory,
+) -> None:
+    # It lists other IdPs' names as alternatives (userName, sAMAccountName): not typos.
+    names = MappingTables(parse_attributes(DEFAULT_ATTRIBUTES_CSV), ()).source_attributes()
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        users = source.extract(names).users
+        assert source.check_attributes(names).ok
+    mapped = map_attributes(users, parse_attributes(DEFAULT_ATTRIBUTES_CSV))
+    assert mapped["username"].notna().all()

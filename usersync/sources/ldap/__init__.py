@@ -55,6 +55,7 @@ from usersync.errors import (
     SourceError,
     SourceUnreachableError,
 )
+from usersync.mapping import DEFAULT_ATTRIBUTES_CSV, MappingTables, parse_attributes
 from usersync.model import (
     SOURCE_GROUP_COLUMNS,
     SOURCE_MEMBERSHIP_COLUMNS,
@@ -70,6 +71,7 @@ from usersync.sources.ldap.referrals import (
     parse_reference,
     references_refused,
 )
+from usersync.sources.ldap.schema import AttributeSchema
 
 #: RFC 2696 Simple Paged Results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
@@ -82,6 +84,10 @@ ATTRIBUTE_DESCRIPTION = re.compile(
 #: A UUID written as `str(uuid.UUID(...))` writes it.
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MEMBER_OF = "memberOf"
+#: Attribute names of the shipped attributes table (used where a profile has none).
+SHIPPED_TABLE_NAMES = frozenset(
+    MappingTables(parse_attributes(DEFAULT_ATTRIBUTES_CSV), ()).source_attributes()
+)
 #: LDAP_MATCHING_RULE_IN_CHAIN: transitive evaluation of a DN-valued attribute (AD only).
 IN_CHAIN_RULE = "1.2.840.113556.1.4.1941"
 #: rootDSE supportedCapabilities of AD DS and AD LDS, the servers that implement IN_CHAIN.
@@ -154,6 +160,7 @@ class LdapSource(Source):
         self._referred: dict[str, Connection] = {}
         #: normalised naming contexts each server holds (its rootDSE), by server URL
         self._naming_contexts: dict[str, set[Any]] = {}
+        self._schema: AttributeSchema | None = None
 
     @classmethod
     def from_config(
@@ -395,6 +402,12 @@ class LdapSource(Source):
         """
         _check_attribute_name(attribute, where="find_users")
         wanted = self._wanted_attributes(attributes)
+        if self._attribute_schema().canonical(attribute) is None:
+            raise ConfigError(
+                f"{self.config.url}: the directory's schema does not define the attribute "
+                f"'{attribute}' to look users up by; name one it does (e.g. uid, mail, "
+                "sAMAccountName)"
+            )
         if "\0" in value:
             # No directory string holds NUL, and Samba compares escaped values as C strings:
             # `alice\00` would find alice. Such a value matches nobody.
@@ -506,6 +519,22 @@ class LdapSource(Source):
             )
         return SourceCheck(
             True, f"{config.url}: bound as {config.bind_dn} and read {config.user_base_dn}"
+        )
+
+    def check_attributes(self, attributes: Sequence[str]) -> SourceCheck:
+        """Whether the directory's schema defines every attribute the mapping reads.
+
+        Test Connection runs it after `check`, so a misspelt attribute in attributes.csv is
+        found before a sync, not by one. Never raises for a failing check.
+        """
+        try:
+            wanted = self._wanted_attributes(attributes)
+        except (SourceError, ConfigError) as exc:
+            return SourceCheck(False, str(exc))
+        except LDAPException as exc:
+            return SourceCheck(False, f"{self.config.url}: reading the schema failed: {exc}")
+        return SourceCheck(
+            True, f"the directory's schema defines the {len(wanted)} attribute(s) the mapping reads"
         )
 
     def close(self) -> None:
@@ -720,11 +749,12 @@ class LdapSource(Source):
         references: list[list[str]] = []
         cookie: bytes | None = None
         page = 0
+        key = self._attribute_schema().key
         where = f"{url}: {what} search under {base} with {search_filter}"
         while True:
             page += 1
             try:
-                with _decode_entries_lean(conn):
+                with _decode_entries_lean(conn, key):
                     conn.search(
                         base,
                         search_filter,
@@ -754,7 +784,7 @@ class LdapSource(Source):
             for item in conn.response or ():
                 kind = item.get("type")
                 if kind == "searchResEntry":
-                    entries.append(_entry(item))
+                    entries.append(_entry(item, key))
                 elif kind == "searchResRef":
                     # Entries in scope held by another server (or naming context): each
                     # reference is followed or refused once the search is done, never dropped.
@@ -898,10 +928,11 @@ class LdapSource(Source):
         values = list(first or ())
         low, high = _range_bounds(key, dn)
         where = f"{url}: ranged read of {name} of {dn}"
+        key = self._attribute_schema().key
         while high is not None:
             start = high + 1
             request = f"{name};range={start}-{start + self.config.member_range_size - 1}"
-            with _decode_entries_lean(conn):
+            with _decode_entries_lean(conn, key):
                 conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[request])
             result = conn.result
             if result["result"] != 0:
@@ -909,7 +940,9 @@ class LdapSource(Source):
                     f"{where}: the window from value {start} ended with {_describe(result)} "
                     f"after {len(values)} values, so the read may be partial and nothing was used"
                 )
-            found = [_entry(i) for i in conn.response or () if i.get("type") == "searchResEntry"]
+            found = [
+                _entry(i, key) for i in conn.response or () if i.get("type") == "searchResEntry"
+            ]
             window = found[0][1] if found else {}
             ranged = [k for k in window if ";range=" in k]
             if not ranged:
@@ -964,7 +997,7 @@ class LdapSource(Source):
         self, group_entries: list[Entry], group_names: list[str], group_index: DnIndex
     ) -> dict[str, set[str]]:
         """Group name -> names of the groups that list it as a member."""
-        keys = [name.lower() for name in self.config.member_attributes]
+        keys = [self._key(name) for name in self.config.member_attributes]
         parents: dict[str, set[str]] = {}
         for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
             for key in keys:
@@ -989,6 +1022,18 @@ class LdapSource(Source):
     # -- building the frames -------------------------------------------------------------
 
     def _wanted_attributes(self, attributes: Sequence[str]) -> list[str]:
+        """The mapping's attribute names, once each, checked against the directory's schema.
+
+        A name the schema lacks would read as empty for every user (and empty values would
+        then be written to the targets), so it is refused; only the names of the shipped
+        attributes table pass regardless, since it lists each kind of IdP's spelling as
+        alternatives (SCIM's userName beside LDAP's uid) and most are absent from any one.
+
+        Raises:
+            ConfigError: a name is no attribute description, collides with a users column,
+                or names an attribute type the schema does not define.
+            SourceError: the schema cannot be read.
+        """
         wanted = list(dict.fromkeys(attributes))
         for name in wanted:
             _check_attribute_name(name, where="the mapping's source attributes")
@@ -997,7 +1042,58 @@ class LdapSource(Source):
                     f"source attribute '{name}' collides with the users table's own column "
                     f"'{name}'; map another attribute"
                 )
+        schema = self._attribute_schema()
+        unknown = [name for name in schema.unknown(wanted) if name not in SHIPPED_TABLE_NAMES]
+        if unknown:
+            hints = [
+                f"{name!r}: did you mean {' or '.join(schema.suggestions(name))}?"
+                for name in unknown
+                if schema.suggestions(name)
+            ]
+            raise ConfigError(
+                f"{self.config.url}: the profile's attributes.csv reads source attribute(s) "
+                f"{', '.join(repr(name) for name in unknown)}, which the directory's schema "
+                f"({schema.source}) does not define as a name, alias or OID"
+                + (f" ({'; '.join(hints)})" if hints else "")
+                + "; correct attributes.csv, or extend the directory's schema"
+            )
         return wanted
+
+    def _attribute_schema(self) -> AttributeSchema:
+        """The directory's attribute types, read once, through which every name is resolved.
+
+        Raises:
+            SourceError: the rootDSE names no subschema subentry, or it cannot be read.
+        """
+        if self._schema is not None:
+            return self._schema
+        conn = self._connection()
+        url = self.config.url
+        root = _base_entry(conn, "", ["subschemaSubentry"]) or {}
+        names = root.get("subschemaSubentry") or []
+        if not names:
+            raise SourceError(
+                f"{url}: the rootDSE shows no subschemaSubentry, so attribute names (aliases "
+                "such as surname for sn, OIDs) cannot be resolved; let the bind account read "
+                "the rootDSE and the schema"
+            )
+        subentry = names[0].decode("utf-8", errors="replace")
+        schema_entry = _base_entry(conn, subentry, ["attributeTypes"], "(objectClass=subschema)")
+        definitions = (schema_entry or {}).get("attributeTypes") or []
+        if not definitions:
+            raise SourceError(
+                f"{url}: cannot read attributeTypes of the schema at {subentry} "
+                f"({_describe(conn.result)}); let the bind account read it: attribute names "
+                "(aliases, OIDs) are resolved through it"
+            )
+        self._schema = AttributeSchema.parse(
+            (d.decode("utf-8", errors="replace") for d in definitions), source=subentry
+        )
+        return self._schema
+
+    def _key(self, name: str) -> str:
+        """Where an entry holds the values of attribute `name` (alias, OID, any case)."""
+        return self._attribute_schema().key(name)
 
     def _user_request(self, wanted: Sequence[str]) -> list[str]:
         request = [self.config.id_attribute, *wanted]
@@ -1009,7 +1105,7 @@ class LdapSource(Source):
 
     def _source_id(self, attrs: dict[str, list[bytes]], dn: str) -> str:
         name = self.config.id_attribute
-        values = attrs.get(name.lower())
+        values = attrs.get(self._key(name))
         if not values:
             raise IncompleteSourceError(
                 f"{self.config.url}: {dn} has no {name}; every user and group needs its "
@@ -1039,7 +1135,9 @@ class LdapSource(Source):
                 "locator": pd.Series(dns, dtype="string"),
                 "active": pd.Series([sid not in inactive for sid in ids], dtype="boolean"),
                 **{
-                    name: pd.Series(_first_values_as_text(entries, name), dtype="string")
+                    name: pd.Series(
+                        _first_values_as_text(entries, name, self._key(name)), dtype="string"
+                    )
                     for name in wanted
                 },
             }
@@ -1054,7 +1152,7 @@ class LdapSource(Source):
         for dn, attrs in entries:
             ids.append(self._source_id(attrs, dn))
             dns.append(dn)
-            values = attrs.get(name_attribute.lower())
+            values = attrs.get(self._key(name_attribute))
             if not values:
                 raise IncompleteSourceError(
                     f"{self.config.url}: group {dn} has no {name_attribute} "
@@ -1075,7 +1173,7 @@ class LdapSource(Source):
         # Groups nested in groups are not unresolved when nesting is resolved (and noted
         # as left out when it is not).
         nested_resolved = self.config.nested_groups != "direct"
-        keys = [name.lower() for name in self.config.member_attributes]
+        keys = [self._key(name) for name in self.config.member_attributes]
         rows: list[tuple[str, str]] = []
         unresolved: list[str] = []
         for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
@@ -1099,7 +1197,7 @@ class LdapSource(Source):
         group_index: DnIndex,
     ) -> _ResolvedMembers:
         index = group_index
-        key = MEMBER_OF.lower()
+        key = self._key(MEMBER_OF)
         rows: list[tuple[str, str]] = []
         unresolved: list[str] = []
         for (_dn, attrs), source_id in zip(user_entries, users["source_id"], strict=True):
@@ -1196,8 +1294,11 @@ LEAN_ENTRY = "usersync_entry"
 
 
 @contextlib.contextmanager
-def _decode_entries_lean(conn: Connection) -> Iterator[None]:
+def _decode_entries_lean(conn: Connection, key: Callable[[str], str]) -> Iterator[None]:
     """While open, `conn` decodes each searchResEntry into an `Entry` only (see below).
+
+    `key` turns an attribute description as the server sends it into the entry's dict key
+    (`AttributeSchema.key`: the primary name in lower case, options kept).
 
     Relies on ldap3 2.9.1: `SyncStrategy._get_response` passes every message it receives, as
     `decode_message_fast` left it, to `self.decode_response_fast` (strategy/base.py), and the
@@ -1219,7 +1320,7 @@ def _decode_entries_lean(conn: Connection) -> Iterator[None]:
         if message["protocolOp"] != 4:  # searchResEntry
             return ldap3_decode(message)
         # Controls attached to single entries are dropped: nothing here reads them.
-        entry = _lean_entry(message["payload"], descriptions)
+        entry = _lean_entry(message["payload"], descriptions, key)
         return {"type": "searchResEntry", LEAN_ENTRY: entry}
 
     strategy.decode_response_fast = decode
@@ -1229,13 +1330,15 @@ def _decode_entries_lean(conn: Connection) -> Iterator[None]:
         del strategy.decode_response_fast  # the class's method shows through again
 
 
-def _lean_entry(payload: list[tuple[Any, ...]], descriptions: dict[bytes, str]) -> Entry:
-    """DN and {lower-case attribute description: raw values} of a searchResEntry.
+def _lean_entry(
+    payload: list[tuple[Any, ...]], descriptions: dict[bytes, str], key: Callable[[str], str]
+) -> Entry:
+    """DN and {`key` of each attribute description: raw values} of a searchResEntry.
 
     `payload` is ldap3 2.9.1's fast-decoder form of SearchResultEntry: (class, constructed,
     tag, value) tuples; objectName first, then the attribute list, each attribute its type and
     its set of values, as slices of the received bytes. Descriptions keep their options
-    (`member;range=0-1499`); `descriptions` caches their lower-case text.
+    (`member;range=0-1499`); `descriptions` caches their keys.
     """
     attributes: dict[str, list[bytes]] = {}
     for attribute in payload[1][3]:
@@ -1243,7 +1346,7 @@ def _lean_entry(payload: list[tuple[Any, ...]], descriptions: dict[bytes, str]) 
         raw_name = description[3]
         name = descriptions.get(raw_name)
         if name is None:
-            name = descriptions[raw_name] = _server_text(raw_name).lower()
+            name = descriptions[raw_name] = key(_server_text(raw_name))
         attributes[name] = [value[3] for value in values[3]]
     return _server_text(payload[0][3]), attributes
 
@@ -1257,17 +1360,28 @@ def _server_text(raw: bytes) -> str:
         return to_unicode(raw, from_server=True)
 
 
-def _entry(item: dict[str, Any]) -> Entry:
-    """The `Entry` of a searchResEntry response item.
+def _entry(item: dict[str, Any], key: Callable[[str], str]) -> Entry:
+    """The `Entry` of a searchResEntry response item, its attributes under `key(description)`.
 
-    Items not decoded by `_decode_entries_lean` (ldap3 follows a referral on a connection of
-    its own) are read from ldap3's `raw_attributes`.
+    Items not decoded by `_decode_entries_lean` (another ldap3 version) are read from ldap3's
+    `raw_attributes`.
     """
     lean = item.get(LEAN_ENTRY)
     if lean is not None:
         return lean
     raw = item["raw_attributes"]
-    return item["dn"], {name.lower(): raw[name] or [] for name in raw}
+    return item["dn"], {key(name): raw[name] or [] for name in raw}
+
+
+def _base_entry(
+    conn: Connection, dn: str, attributes: list[str], search_filter: str = "(objectClass=*)"
+) -> dict[str, list[bytes]] | None:
+    """The raw attributes of the entry at `dn` (the rootDSE for ""), or None if unreadable."""
+    conn.search(dn, search_filter, search_scope=BASE, attributes=attributes)
+    found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
+    if conn.result["result"] != 0 or not found:
+        return None
+    return found[0]["raw_attributes"]
 
 
 def _discard(conn: Connection) -> None:
@@ -1435,13 +1549,12 @@ def canonical_id(attribute: str, raw: bytes, dn: str) -> str:
         return text
 
 
-def _first_values_as_text(entries: list[Entry], attribute: str) -> list[str | None]:
-    """Each entry's first value of `attribute` as text (None where it has none).
+def _first_values_as_text(entries: list[Entry], attribute: str, key: str) -> list[str | None]:
+    """Each entry's first value of `attribute` (stored under `key`) as text (None if none).
 
     Raises:
         ConfigError: a value is not UTF-8 text (naming the first such entry).
     """
-    key = attribute.lower()
     firsts = [attrs.get(key) for _, attrs in entries]
     try:
         return [values[0].decode("utf-8") if values else None for values in firsts]
