@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterator
 
 import httpx
+import pandas as pd
 import pytest
 
 from tests.targets import harness_bitbucket as harness
@@ -23,7 +24,7 @@ from usersync.errors import (
     TargetPermissionError,
     TargetRejectedError,
 )
-from usersync.http import RetryPolicy
+from usersync.http import ApiClient, RetryPolicy
 from usersync.sandbox.bitbucket import DEFAULT_GROUP, BitbucketEmulator
 from usersync.sandbox.server import serve
 from usersync.targets.bitbucket import BitbucketTarget
@@ -303,3 +304,146 @@ def test_429_retry_after_is_honoured_without_sleeping(env: TargetEnv) -> None:
     statuses = [r.status for r in env.emulator.app.writes()]
     assert statuses == [429, 200]
     assert "ops" in env.emulator.groups
+
+
+# -- keys, the signed-in account, names and values ----------------------------------------
+
+
+def test_accounts_are_read_by_id_across_pages_after_a_rename_by_hand(env: TargetEnv) -> None:
+    for i in range(12):
+        env.emulator.seed_user(f"id{i:02d}", f"id{i}@example.com", f"Id {i}", active=i != 3)
+    ids = {name: str(env.emulator.users[name].id) for name in ("id03", "id07")}
+    env.emulator.rename_user("id07", "id07.renamed")
+    env.emulator.app.clear_log()
+
+    users = env.target.read_users_by_key([*ids.values(), "999999", "not-a-number"])
+
+    assert dict(zip(users["target_key"], users["username"], strict=True)) == {
+        ids["id03"]: "id03",
+        ids["id07"]: "id07.renamed",
+    }
+    assert dict(zip(users["username"], users["active"], strict=True)) == {
+        "id03": False,
+        "id07.renamed": True,
+    }
+    listed = [r.query["start"] for r in env.emulator.app.requests if r.path == f"{API}/admin/users"]
+    assert listed == ["0", "5", "10"]  # 12 seeded + admin + harness user, 5 per page
+
+
+def test_current_account_is_the_name_bitbucket_signs_in(env: TargetEnv) -> None:
+    assert env.target.current_account() == "admin"
+    env.emulator.seed_user(
+        "jörg müller", "jorg@example.com", "Jörg", password="pw", permission="ADMIN"
+    )
+    client = ApiClient(
+        "bitbucket 'bb'",
+        env.target.client.base_url,
+        auth=httpx.BasicAuth("JÖRG MÜLLER", "pw"),
+        retry=RetryPolicy(sleep=lambda _s: None),
+    )
+    with BitbucketTarget("bb", client, admin_username="JÖRG MÜLLER") as target:
+        # The header spells the name percent-encoded; the stored spelling comes back.
+        assert target.current_account() == "jörg müller"
+    sent = [r for r in env.emulator.app.requests if r.auth == "basic"]
+    assert sent and all(r.method == "GET" for r in sent)
+
+
+def test_emulator_names_the_account_in_x_ausername(env: TargetEnv) -> None:
+    with admin_api(env) as api:
+        answer = api.get("/admin/users", params={"limit": 1})
+    assert answer.headers["X-AUSERNAME"] == "admin"
+    assert answer.headers["X-AUSERID"] == str(env.emulator.users["admin"].id)
+    with httpx.Client(base_url=env.target.client.base_url, timeout=10) as anonymous:
+        assert "X-AUSERNAME" not in anonymous.get("/application-properties").headers
+
+
+def test_create_whose_answer_is_lost_is_posted_once_and_still_licensed(env: TargetEnv) -> None:
+    env.emulator.app.faults.only_methods = ("POST",)
+    env.emulator.app.faults.script.append("applied-drop")
+
+    key = env.target.create_user("lost", "lost@example.com", "Lost")
+
+    assert key == str(env.emulator.users["lost"].id)
+    assert direct_permission(env, "lost") == "LICENSED_USER"
+    writes = [(w.method, w.path, w.status, w.applied_status) for w in env.emulator.app.writes()]
+    assert writes == [
+        ("POST", f"{API}/admin/users", -1, 204),
+        ("PUT", f"{API}/admin/permissions/users", 204, 0),
+    ]
+
+
+def test_rename_whose_answer_is_lost_is_not_sent_again(env: TargetEnv) -> None:
+    env.emulator.seed_user("before", "b@example.com", "Before")
+    user_id = env.emulator.users["before"].id
+    env.emulator.app.faults.only_methods = ("POST",)
+    env.emulator.app.faults.script.append("applied-500")
+
+    env.target.update_user("before", {"username": "after"})
+
+    assert env.emulator.users["after"].id == user_id and "before" not in env.emulator.users
+    assert [(w.status, w.applied_status) for w in env.emulator.app.writes()] == [(500, 200)]
+
+
+def test_update_always_sends_display_name_and_email(env: TargetEnv) -> None:
+    env.emulator.seed_user("both", "both@old.example", "Both Old")
+    env.emulator.app.clear_log()
+
+    env.target.update_user(
+        "both",
+        {"display_name": "Both New"},
+        desired={"username": "both", "email": "both@old.example", "display_name": "Both New"},
+    )
+    env.target.update_user("both", {"email": "both@new.example"})  # no desired: read first
+
+    puts = [w.body for w in env.emulator.app.writes() if w.method == "PUT"]
+    assert puts == [
+        {"name": "both", "displayName": "Both New", "email": "both@old.example"},
+        {"name": "both", "displayName": "Both New", "email": "both@new.example"},
+    ]
+    with admin_api(env) as api:
+        partial = api.put("/admin/users", json={"name": "both", "displayName": "Only"})
+    assert partial.status_code == 400 and partial.json()["errors"][0]["context"] == "email"
+
+
+@pytest.mark.parametrize("name", ["nul\x00name", "bell\x07", "bidi\u202ename", "n" * 256])
+def test_names_bitbucket_refuses_are_refused_by_the_client_and_the_emulator(
+    env: TargetEnv, name: str
+) -> None:
+    env.emulator.app.clear_log()
+    for kind, create in (("user", env.target.create_user), ("group", env.target.create_group)):
+        assert env.target.refused_name(kind, name)
+        with pytest.raises(TargetRejectedError, match="nothing was sent"):
+            create(name, "x@example.com", "X") if kind == "user" else create(name)
+    assert env.emulator.app.requests == []
+
+    with admin_api(env) as api:
+        user = api.post(
+            "/admin/users",
+            params={"name": name, "displayName": "X", "emailAddress": "x@e.com", "password": "p"},
+        )
+        group = api.post("/admin/groups", params={"name": name})
+    for answer in (user, group):
+        assert answer.status_code == 400
+        assert set(answer.json()["errors"][0]) == {"context", "message", "exceptionName"}
+
+
+def test_spaces_at_signs_and_plus_are_fine_in_bitbucket_usernames(env: TargetEnv) -> None:
+    for name in ("first last", "dev@example.com", "a+b"):
+        assert env.target.refused_name("user", name) is None
+        env.target.create_user(name, "x@example.com", "X")
+        assert name in env.emulator.users
+
+
+def test_bitbucket_trims_values_as_stored_form_says(env: TargetEnv) -> None:
+    desired = pd.DataFrame(
+        {"username": ["  Pat.Trim "], "email": [" Pat@Example.COM "], "display_name": ["  Pat  "]}
+    )
+
+    key = env.target.create_user(*desired.iloc[0])
+
+    user = env.emulator.users["pat.trim"]
+    assert str(user.id) == key
+    assert (user.name, user.email, user.display_name) == tuple(
+        env.target.stored_form(desired).iloc[0]
+    )
+    assert (user.name, user.email, user.display_name) == ("Pat.Trim", "Pat@Example.COM", "Pat")

@@ -7,7 +7,11 @@ page with default limit 25 and a server-side cap, `filter` substring matching, c
 query parameters answering 204 with no body, 409 for existing users and groups, user slugs
 that differ from usernames, global permissions as the only notion of a licensed (usable)
 account, errors as `{"errors": [{"context", "message", "exceptionName"}]}`, and Bitbucket's
-habit of answering a missing permission with 401 (not 403). Personal access tokens work as
+habit of answering a missing permission with 401 (not 403). Surrounding blanks of names,
+e-mails and display names are trimmed; control and bidirectional-override characters and
+names over 255 characters are a 400. Every authenticated answer names its account in
+`X-AUSERNAME` (and its id in `X-AUSERID`), as Bitbucket does; `rename_user` renames an
+account as an administrator would in the UI (the id stays). Personal access tokens work as
 Bearer or as a basic-auth password, and are refused by every endpoint that needs ADMIN
 (BSERV-10482). The ASGI app is wrapped in `Instrumented`, so tests get the request log and
 can inject 429 (with `Retry-After`), 5xx and dropped connections.
@@ -21,9 +25,11 @@ import re
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote_plus
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -53,6 +59,35 @@ NOT_A_MEMBER = f"{_EXC}.user.NoSuchMembershipException"
 CANNOT_DEMOTE_SELF = f"{_EXC}.permission.PermissionModificationException"
 
 TOKEN_ADMIN_REFUSAL = "Tokens may not have the following permission: ADMIN"
+
+#: Bitbucket's user and group name columns are 255 characters wide.
+MAX_NAME_LENGTH = 255
+#: Bidirectional embedding/override and isolate controls (U+202A-U+202E, U+2066-U+2069).
+BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def name_problem(name: str) -> str | None:
+    """Why Bitbucket refuses this user or group name; None if it takes it.
+
+    Bitbucket documents no rule (spaces, `@`, `+` are fine); what it answers for control
+    characters, bidirectional controls or an overlong name is UNCONFIRMED, and the emulator
+    takes the stricter reading: a 400.
+    """
+    if len(name) > MAX_NAME_LENGTH:
+        return f"The name must be {MAX_NAME_LENGTH} characters or fewer."
+    if any(unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS for ch in name):
+        return "The name must not contain control characters."
+    return None
+
+
+def header_username(name: str) -> str:
+    """A username as the `X-AUSERNAME` header carries it.
+
+    Whether Bitbucket encodes names that are not plain ASCII is UNCONFIRMED (headers carry
+    Latin-1 at best); the emulator percent-encodes them the way Java's URLEncoder does, so
+    that clients must cope with an encoded spelling.
+    """
+    return quote_plus(name, safe="*-._")
 
 
 def user_slug(username: str) -> str:
@@ -210,6 +245,11 @@ class BitbucketEmulator:
             for member in members:
                 self._user(member).groups.add(name.casefold())
 
+    def rename_user(self, username: str, new_name: str) -> None:
+        """Rename an account directly, as an administrator would in the UI (the id stays)."""
+        with self._lock:
+            self._rename(self._user(username), new_name.strip())
+
     def add_token(self, username: str, token: str | None = None) -> str:
         """Issue a personal access token for `username`; return it."""
         with self._lock:
@@ -308,6 +348,8 @@ class BitbucketEmulator:
                 "Authentication failed. Please check your credentials and try again.",
                 BAD_CREDENTIALS,
             )
+        # Signed in: the answer names the account, whatever the permission check says next.
+        request.state.account = self.users[caller.username]
         if caller.via_token and GLOBAL_PERMISSIONS.index(needs) >= GLOBAL_PERMISSIONS.index(
             "ADMIN"
         ):
@@ -368,21 +410,34 @@ class BitbucketEmulator:
         async def endpoint(request: Request) -> Response:
             try:
                 with self._lock:
-                    return await handler(request)
+                    response = await handler(request)
             except BitbucketRefusal as refusal:
-                return JSONResponse(
+                response = JSONResponse(
                     bitbucket_error(refusal.message, refusal.exception, refusal.context),
                     status_code=refusal.status,
                 )
+            account = getattr(request.state, "account", None)
+            if account is not None:
+                response.headers["X-AUSERNAME"] = header_username(account.name)
+                response.headers["X-AUSERID"] = str(account.id)
+            return response
 
         return endpoint
 
     @staticmethod
     def _required(source: Mapping[str, Any], name: str) -> str:
+        """A required text parameter, trimmed as Bitbucket stores it."""
         value = source.get(name)
         if not isinstance(value, str) or not value.strip():
             raise BitbucketRefusal(400, f"{name} must be provided.", INVALID_ARGUMENT, name)
-        return value
+        return value.strip()
+
+    @staticmethod
+    def _valid_name(name: str, field: str = "name") -> str:
+        problem = name_problem(name)
+        if problem:
+            raise BitbucketRefusal(400, problem, INVALID_ARGUMENT, field)
+        return name
 
     @staticmethod
     async def _json(request: Request) -> dict[str, Any]:
@@ -422,7 +477,7 @@ class BitbucketEmulator:
     async def _create_user(self, request: Request) -> Response:
         self._caller(request, needs="ADMIN")
         query = request.query_params
-        name = self._required(query, "name")
+        name = self._valid_name(self._required(query, "name"))
         display_name = self._required(query, "displayName")
         email = self._required(query, "emailAddress")
         notify = query.get("notify", "false").lower() == "true"
@@ -453,10 +508,12 @@ class BitbucketEmulator:
         self._caller(request, needs="ADMIN")
         body = await self._json(request)
         user = self._user(self._required(body, "name"))
-        if body.get("displayName"):
-            user.display_name = body["displayName"]
-        if body.get("email"):
-            user.email = body["email"]
+        # Whether Bitbucket keeps a field the body leaves out is UNCONFIRMED; the emulator
+        # takes the stricter reading and wants both.
+        display_name = self._required(body, "displayName")
+        email = self._required(body, "email")
+        user.display_name = display_name
+        user.email = email
         return JSONResponse(user.as_json())
 
     async def _delete_user(self, request: Request) -> Response:
@@ -472,7 +529,10 @@ class BitbucketEmulator:
         self._caller(request, needs="ADMIN")
         body = await self._json(request)
         user = self._user(self._required(body, "name"))
-        new_name = self._required(body, "newName")
+        new_name = self._valid_name(self._required(body, "newName"), "newName")
+        return JSONResponse(self._rename(user, new_name).as_json())
+
+    def _rename(self, user: EmulatedUser, new_name: str) -> EmulatedUser:
         old_key, new_key = user.name.casefold(), new_name.casefold()
         if new_key != old_key and new_key in self.users:
             raise BitbucketRefusal(
@@ -486,7 +546,7 @@ class BitbucketEmulator:
         for token, owner in list(self.tokens.items()):
             if owner == old_key:
                 self.tokens[token] = new_key
-        return JSONResponse(user.as_json())
+        return user
 
     # -- handlers: groups and memberships -------------------------------------------------
 
@@ -503,7 +563,7 @@ class BitbucketEmulator:
 
     async def _create_group(self, request: Request) -> Response:
         self._caller(request, needs="ADMIN")
-        name = self._required(request.query_params, "name")
+        name = self._valid_name(self._required(request.query_params, "name"))
         if name.casefold() in self.groups:
             raise BitbucketRefusal(
                 409, f"A group named '{name}' already exists.", DUPLICATE_GROUP, "name"

@@ -8,15 +8,24 @@ object is the directory's and stays true). Accounts this client creates are not 
 default group, so their licence is the direct grant usersync controls; a user who is also
 licensed through a group cannot be deactivated here and gets an error naming the group. The
 admin endpoints refuse personal access tokens (BSERV-10482), so a token-configured target
-fails before any request with an error saying so. Endpoints are data (`ENDPOINTS`); one pager
-follows `isLastPage`/`nextPageStart`; the shared `ApiClient` does retries and error mapping.
+fails before any request with an error saying so. An account's immutable key is its numeric
+id; Bitbucket has no lookup by id, so `read_users_by_key` pages through the user list once.
+The account the client runs as is the one Bitbucket names in the `X-AUSERNAME` header of an
+authenticated answer. Creating a user or a group, and renaming a user, are POSTs that are
+never sent twice blindly: a lost answer is checked by reading the account (same username and
+e-mail) or the group, and a recovered create still grants the licence. Bitbucket documents no
+username rules beyond the common ones (`Target.refused_name`): spaces, `@` and `+` are fine.
+Endpoints are data (`ENDPOINTS`); one pager follows `isLastPage`/`nextPageStart`; the shared
+`ApiClient` does retries and error mapping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+from urllib.parse import unquote, unquote_plus
 
 import httpx
 import pandas as pd
@@ -25,6 +34,7 @@ from usersync.config import BasicAuth, SecretLoader, TargetConfig, TokenAuth, re
 from usersync.errors import (
     ConfigError,
     TargetAuthError,
+    TargetConflictError,
     TargetError,
     TargetNotFoundError,
     TargetPermissionError,
@@ -79,6 +89,11 @@ PAT_REFUSED = (
 #: Bitbucket answers both bad credentials and missing permission with 401; the exception
 #: name in the body tells them apart.
 _NOT_PERMITTED_EXCEPTION = "AuthorisationException"
+
+#: The header in which Bitbucket names the account an authenticated request ran as.
+USERNAME_HEADER = "X-AUSERNAME"
+
+T = TypeVar("T")
 
 
 class BitbucketTarget(Target):
@@ -155,12 +170,34 @@ class BitbucketTarget(Target):
 
     def _call(self, method: str, endpoint: str, **kwargs: Any) -> httpx.Response:
         """One call to a named endpoint, with Bitbucket's 401s told apart."""
+        path = ENDPOINTS[endpoint]
+        return self._guarded(
+            f"{method} {path}", lambda: self.client.request(method, path, **kwargs)
+        )
+
+    def _write_once(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        applied: Callable[[], T | None],
+        result: Callable[[httpx.Response], T],
+        **kwargs: Any,
+    ) -> T:
+        """A write that must happen once (see `ApiClient.write_once`), guarded like `_call`."""
+        path = ENDPOINTS[endpoint]
+        return self._guarded(
+            f"{method} {path}",
+            lambda: self.client.write_once(method, path, applied=applied, result=result, **kwargs),
+        )
+
+    def _guarded(self, what: str, send: Callable[[], T]) -> T:
         if self.auth_kind == "token":
             raise ConfigError(f"target '{self.name}': {PAT_REFUSED}")
         try:
-            return self.client.request(method, ENDPOINTS[endpoint], **kwargs)
+            return send()
         except TargetAuthError as exc:
-            raise self._explain_401(exc, f"{method} {ENDPOINTS[endpoint]}") from exc
+            raise self._explain_401(exc, what) from exc
 
     def _explain_401(self, exc: TargetAuthError, what: str) -> TargetError:
         """Bitbucket answers 401 for bad credentials and for missing permission alike."""
@@ -205,11 +242,23 @@ class BitbucketTarget(Target):
             start = next_start
 
     def _find_user(self, username: str) -> dict[str, Any] | None:
-        wanted = normalise_name(username)
-        for user in self._pages("users", {"filter": username}):
+        wanted = normalise_name(username.strip())
+        for user in self._pages("users", {"filter": username.strip()}):
             if normalise_name(user.get("name", "")) == wanted:
                 return user
         return None
+
+    def _find_group(self, group: str) -> str | None:
+        """The group's name as Bitbucket spells it, or None if there is no such group."""
+        wanted = normalise_name(group)
+        return next(
+            (
+                g["name"]
+                for g in self._pages("groups", {"filter": group})
+                if normalise_name(g["name"]) == wanted
+            ),
+            None,
+        )
 
     def _require_user(self, username: str) -> dict[str, Any]:
         user = self._find_user(username)
@@ -276,11 +325,28 @@ class BitbucketTarget(Target):
             return empty_frame(TARGET_USER_COLUMNS)
         if len(wanted) <= FILTERED_LOOKUP_MAX:
             found = [u for u in (self._find_user(name) for name in wanted.values()) if u]
-            direct: dict[str, str] = {}
-            for name in wanted.values():
-                direct.update(self._direct_permissions(name))
         else:
             found = [u for u in self._pages("users") if normalise_name(u["name"]) in wanted]
+        return self._user_frame(found)
+
+    def read_users_by_key(self, keys: Iterable[str]) -> pd.DataFrame:
+        """The accounts with these numeric ids, under their names as they are now.
+
+        Bitbucket's REST API looks users up by name or slug only, never by id, so the user
+        list is read once (a page per `PAGE_LIMIT` accounts, whatever the number of keys).
+        """
+        wanted = {str(k).strip() for k in keys if str(k).strip()}
+        if not wanted:
+            return empty_frame(TARGET_USER_COLUMNS)
+        return self._user_frame([u for u in self._pages("users") if str(u.get("id")) in wanted])
+
+    def _user_frame(self, found: list[dict[str, Any]]) -> pd.DataFrame:
+        """Bitbucket users as a `TARGET_USER_COLUMNS` frame, `active` meaning licensed."""
+        if len(found) <= FILTERED_LOOKUP_MAX:
+            direct: dict[str, str] = {}
+            for user in found:
+                direct.update(self._direct_permissions(user["name"]))
+        else:
             direct = self._direct_permissions()
         keys = {normalise_name(u["name"]) for u in found}
         licensed = {k for k in keys if k in direct} | self._group_licensed(keys - set(direct))
@@ -301,15 +367,7 @@ class BitbucketTarget(Target):
         found: list[str] = []
         members: list[dict[str, str]] = []
         for group in dict.fromkeys(groups):
-            wanted = normalise_name(group)
-            match = next(
-                (
-                    g["name"]
-                    for g in self._pages("groups", {"filter": group})
-                    if normalise_name(g["name"]) == wanted
-                ),
-                None,
-            )
+            match = self._find_group(group)
             if match is None:
                 continue
             found.append(match)
@@ -324,6 +382,38 @@ class BitbucketTarget(Target):
             ),
         )
 
+    def current_account(self) -> str | None:
+        """The account the credentials belong to, as Bitbucket names it (`X-AUSERNAME`).
+
+        Whether Bitbucket percent-encodes a non-ASCII name in that header is UNCONFIRMED, so
+        every plausible spelling (as sent, percent-decoded, UTF-8 read as Latin-1) is tried
+        against the user list; without the header, the configured username is the answer.
+        """
+        response = self._call("GET", "users", params={"limit": 1})
+        sent = response.headers.get(USERNAME_HEADER)
+        if not sent or sent == "anonymous":
+            return self.admin_username or None
+        spellings = [sent, unquote(sent), unquote_plus(sent)]
+        with contextlib.suppress(UnicodeError):
+            spellings.append(sent.encode("latin-1").decode("utf-8"))
+        candidates = list(dict.fromkeys(spellings))
+        if len(candidates) == 1:
+            return sent
+        for candidate in candidates:
+            user = self._find_user(candidate)
+            if user is not None:
+                return str(user["name"])
+        return sent
+
+    def _refuse(self, kind: str, name: str, doing: str) -> None:
+        """Raise before any request if Bitbucket would refuse `name`."""
+        why = self.refused_name(kind, name)
+        if why:
+            raise TargetRejectedError(
+                f"bitbucket '{self.name}': cannot {doing}: {why}; change the {kind} name "
+                "mapping (nothing was sent)"
+            )
+
     # -- writing --------------------------------------------------------------------------
 
     def create_user(self, username: str, email: str, display_name: str) -> str:
@@ -334,40 +424,107 @@ class BitbucketTarget(Target):
         48-character password instead, used nowhere and never logged: people sign in through
         the IdP (SSO/Crowd) or set one with "forgot password". The account is kept out of
         the default group so that its licence is the direct grant `deactivate_user` revokes.
-        """
-        self._call(
-            "POST",
-            "users",
-            params={
-                "name": username,
-                "displayName": display_name,
-                "emailAddress": email,
-                "password": secrets.token_urlsafe(36),
-                "addToDefaultGroup": "false",
-                "notify": "false",
-            },
-            ok=(204,),
-        )
-        self._grant_licence(username)
-        return str(self._require_user(username)["id"])
+        If the answer to the create is lost, an account with this username and e-mail (any
+        case) is the one it made; the licence is granted either way.
 
-    def update_user(self, username: str, changes: Mapping[str, str]) -> None:
-        """Rename first (if asked), then change display name and e-mail under the new name."""
+        Raises:
+            TargetConflictError: another account has this username.
+            TargetError: the account was made but the licence could not be granted (the
+                message says so; the account exists, unlicensed).
+        """
+        self._refuse("user", username, f"create user '{username}'")
+
+        def made_by_us() -> dict[str, Any] | None:
+            user = self._find_user(username)
+            held = str((user or {}).get("emailAddress") or "").strip().casefold()
+            return user if user and held == email.strip().casefold() else None
+
+        try:
+            user = self._write_once(
+                "POST",
+                "users",
+                params={
+                    "name": username,
+                    "displayName": display_name,
+                    "emailAddress": email,
+                    "password": secrets.token_urlsafe(36),
+                    "addToDefaultGroup": "false",
+                    "notify": "false",
+                },
+                ok=(204,),
+                applied=made_by_us,
+                result=lambda _response: self._require_user(username),
+            )
+        except TargetConflictError as exc:
+            raise TargetConflictError(
+                f"bitbucket '{self.name}': cannot create user '{username}': a user with that "
+                "username already exists (adopt it or rename one of them)",
+                status=exc.status,
+                body=exc.body,
+                attempts=exc.attempts,
+            ) from exc
+        try:
+            self._grant_licence(user["name"])
+        except TargetError as exc:
+            raise type(exc)(
+                f"bitbucket '{self.name}': created user '{user['name']}' (id {user['id']}) but "
+                f"could not grant its licence, so it cannot sign in yet: {exc}",
+                status=exc.status,
+                body=exc.body,
+                attempts=exc.attempts,
+            ) from exc
+        return str(user["id"])
+
+    def update_user(
+        self, username: str, changes: Mapping[str, str], desired: Mapping[str, str] | None = None
+    ) -> None:
+        """Rename first (if asked), then set display name and e-mail under the new name.
+
+        Whether `PUT /admin/users` keeps a field the body leaves out is UNCONFIRMED, so the
+        body always carries both: the changed value, else the desired one, else the one the
+        account holds now (read only when `desired` does not say).
+        """
         unknown = set(changes) - {"username", "email", "display_name"}
         if unknown:
             raise ValueError(f"update_user: unknown attribute(s) {', '.join(sorted(unknown))}")
         current = username
         new_name = changes.get("username")
-        if new_name and new_name != username:
-            self._call("POST", "rename_user", json={"name": username, "newName": new_name})
-            current = new_name
-        body: dict[str, str] = {"name": current}
-        if "display_name" in changes:
-            body["displayName"] = changes["display_name"]
-        if "email" in changes:
-            body["email"] = changes["email"]
-        if len(body) > 1:
-            self._call("PUT", "users", json=body, ok=(200,))
+        if new_name and new_name.strip() != username.strip():
+            self._refuse("user", new_name, f"rename '{username}'")
+            current = self._rename(username, new_name)
+        if "display_name" not in changes and "email" not in changes:
+            return
+        values = {
+            attr: value
+            for attr, value in (desired or {}).items()
+            if isinstance(value, str) and value.strip()
+        }
+        values.update(changes)
+        if "display_name" not in values or "email" not in values:
+            held = self._require_user(current)
+            values.setdefault("display_name", held.get("displayName") or "")
+            values.setdefault("email", held.get("emailAddress") or "")
+        body = {"name": current, "displayName": values["display_name"], "email": values["email"]}
+        self._call("PUT", "users", json=body, ok=(200,))
+
+    def _rename(self, username: str, new_name: str) -> str:
+        """Rename an account; return the new name. A lost answer is checked by the user's id."""
+        user = self._require_user(username)
+
+        def renamed() -> bool | None:
+            now = self._find_user(new_name)
+            done = now is not None and now["id"] == user["id"] and now["name"] == new_name.strip()
+            return True if done else None
+
+        self._write_once(
+            "POST",
+            "rename_user",
+            json={"name": user["name"], "newName": new_name},
+            ok=(200,),
+            applied=renamed,
+            result=lambda _response: True,
+        )
+        return new_name.strip()
 
     def deactivate_user(self, username: str) -> None:
         """Revoke the user's direct global permissions (Bitbucket's stand-in for deactivate).
@@ -404,13 +561,28 @@ class BitbucketTarget(Target):
         )
 
     def create_group(self, group: str) -> None:
-        """Create a group; an existing one raises `TargetConflictError` (Bitbucket's 409)."""
-        self._call("POST", "groups", params={"name": group}, ok=(200,))
+        """Create a group; an existing one raises `TargetConflictError` (Bitbucket's 409).
+
+        If the answer is lost, the group is looked for before the POST is sent again.
+        """
+        self._refuse("group", group, f"create group '{group}'")
+        self._write_once(
+            "POST",
+            "groups",
+            params={"name": group},
+            ok=(200,),
+            applied=lambda: True if self._find_group(group) else None,
+            result=lambda _response: True,
+        )
 
     def add_member(self, group: str, username: str) -> None:
         """Add a user to a group; Bitbucket accepts an existing membership as done."""
         self._call(
-            "POST", "add_user_to_groups", json={"user": username, "groups": [group]}, ok=(200,)
+            "POST",
+            "add_user_to_groups",
+            json={"user": username, "groups": [group]},
+            ok=(200,),
+            replay_safe=True,
         )
 
     def remove_member(self, group: str, username: str) -> None:
@@ -425,14 +597,13 @@ class BitbucketTarget(Target):
                 "remove_user_from_group",
                 json={"context": username, "itemName": group},
                 ok=(200, 204),
+                # Sent again after a lost answer, it removes nothing or meets the 404 below.
+                replay_safe=True,
             )
         except TargetNotFoundError:
             self._require_user(username)
             wanted = normalise_name(group)
-            if not any(
-                normalise_name(g["name"]) == wanted
-                for g in self._pages("groups", {"filter": group})
-            ):
+            if self._find_group(group) is None:
                 raise
             if any(
                 normalise_name(g["name"]) == wanted
