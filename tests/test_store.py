@@ -53,7 +53,19 @@ def store(request, tmp_path) -> Iterator[Store]:
 
 def a_plan(n: int) -> pd.DataFrame:
     rows = [
-        [i + 1, "jira", "create_user", f"s{i}", "", f"user{i}", "", "", '{"username": "x"}', "new"]
+        [
+            i + 1,
+            "jira",
+            "create_user",
+            f"s{i}",
+            "",
+            f"user{i}",
+            "",
+            "",
+            '{"username": "x"}',
+            "new",
+            "",
+        ]
         for i in range(n)
     ]
     return conform(pd.DataFrame(rows, columns=list(PLAN_COLUMNS)), PLAN_COLUMNS, what="plan")
@@ -115,3 +127,18 @@ def test_a_large_plan_is_recorded_in_one_go(store):
     run = store.start_run("corp", "jira", dry_run=True)
     store.record_plan(run, a_plan(5000))
     assert len(store.operations(run)) == 5000
+
+
+def test_a_run_left_running_is_closed_as_interrupted_by_the_next(store: Store) -> None:
+    killed = store.start_run("prof", "jira", dry_run=False)
+    store.record_plan(killed, a_plan(3))
+    store.record_outcomes(killed, [(1, "succeeded", None)])
+    other_target = store.start_run("prof", "confluence", dry_run=False)
+
+    store.start_run("prof", "jira", dry_run=False)
+
+    runs = store.runs("prof").set_index("id")
+    assert runs.loc[killed, "status"] == "interrupted"
+    assert runs.loc[other_target, "status"] == "running"  # another target's run is its own
+    statuses = store.operations(killed).set_index("seq")["status"].to_dict()
+    assert statuses == {1: "succeeded", 2: "unknown", 3: "unknown"}
