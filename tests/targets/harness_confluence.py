@@ -5,11 +5,17 @@ runs under a context path (`/confluence`), as most Data Center sites do, and wit
 cap so that paging is exercised. `make_target(credentials=...)` builds clients for the admin
 ("admin"), a seeded non-admin user ("user"), wrong credentials ("wrong") or the admin's
 personal access token ("token"); `api=` picks `confluence_api`.
+
+The emulator's Remote API (JSON-RPC) is switched on here, unlike the emulator's default: the
+contract suite reads e-mails back, and Confluence tells them only through JSON-RPC unless its
+REST user objects carry them (`rest_email=True`). Tests of the other cases pass
+`remote_api_enabled=False`. `wrap_app` puts an ASGI wrapper in front of the emulator (to lose
+answers after the emulator applied a write, say).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,10 +42,13 @@ def environment(
     page_size: int = PAGE_SIZE,
     license_limit: int | None = None,
     api: str = "auto",
+    remote_api_enabled: bool = True,
+    wrap_app: Callable[[Any], Any] | None = None,
     **emulator_options: Any,
 ) -> Iterator[TargetEnv]:
     """An emulator served on loopback and a ConfluenceTarget for its administrator."""
     emulator = ConfluenceEmulator(
+        remote_api_enabled=remote_api_enabled,
         version=version,
         context_path=context_path,
         admin=ADMIN,
@@ -52,7 +61,7 @@ def environment(
     # The harness's own accounts are not part of what tests seed and count.
     waits: list[float] = []
 
-    with serve(emulator.app) as base:
+    with serve(wrap_app(emulator.app) if wrap_app else emulator.app) as base:
         url = base + context_path
 
         def make_target(*, credentials: str = "admin", api: str = api) -> ConfluenceTarget:

@@ -6,10 +6,14 @@ resources under `<context>/rest/api` with Confluence's paging envelope (`results
 `limit`, `size`, `_links.next` absent on the last page, a server cap that silently lowers
 `limit`), the admin resources of 8.2 (groups, memberships, disable/enable) and 8.4 (create and
 update users, list users) that answer 404 on older versions, the JSON-RPC API older sites need
-(basic auth only), the applinks manifest that tells the version, Basic and Bearer (PAT) auth
-with 401/403, lower-case storage with case-insensitive lookups, Confluence's username rules,
-and a licence limit (402). The app is wrapped in `Instrumented`, so tests read the request log
-and inject 429s with Confluence's rate-limit headers.
+(basic auth only, switched off unless asked for, as on a real site), the applinks manifest
+that tells the version, Basic and Bearer (PAT) auth with 401/403, lower-case and trimmed
+storage with case-insensitive lookups, Confluence's username rules, a licence limit (402),
+Tomcat's refusal of encoded slashes in a path, and the query-parameter form of the group
+member list that names with slashes need. Whether the REST user object carries e-mails is an
+option (`rest_email`), since the reference cannot confirm it. The app is wrapped in
+`Instrumented`, so tests read the request log and inject 429s with Confluence's rate-limit
+headers.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ from usersync.sandbox.faults import Instrumented
 #: versions answer 404 on these paths, as a real site does.
 GROUP_ADMIN_SINCE = (8, 2)
 USER_ADMIN_SINCE = (8, 4)
+
+#: Since when `GET /rest/api/group/member?groupName=...` exists. UNCONFIRMED: the reference
+#: (§2.4) only knows the query-parameter variants from a recent Data Center Postman collection;
+#: 8.2, the release that brought the group admin resources, is assumed. Before it, the path
+#: `/group/member` is the group named "member", as Jersey would match it.
+GROUP_QUERY_SINCE = (8, 2)
+
+#: Encoded characters Tomcat refuses in a request path before Confluence sees it: `%2F` (its
+#: default `encodedSolidusHandling="reject"`) and `%5C` (decoded, then refused as a backslash).
+#: Answered 404 here, as sites were seen to answer (reference §5.10: Atlassian specifics
+#: UNCONFIRMED); a current Tomcat answers 400. Either way the REST resource never sees it.
+REFUSED_ENCODED_IN_PATH = (b"%2f", b"%5c")
 
 #: Characters Confluence refuses in a new username, besides whitespace (reference §2.3).
 FORBIDDEN_USERNAME_CHARACTERS = frozenset("\\,+<>'\"")
@@ -115,7 +131,18 @@ class ConfluenceEmulator:
         admin: username and password of a Confluence administrator.
         max_page_size: the server cap on `limit`; larger requests are silently reduced.
         license_limit: how many active users the licence allows; None for unlimited.
-        remote_api_enabled: whether the JSON-RPC API is switched on.
+        remote_api_enabled: whether the JSON-RPC API is switched on. Off by default, as on a
+            real site: the Remote API is deprecated since 5.5 and off unless an administrator
+            enables it (reference §2.6).
+        rest_email: whether `expand=details.personal` on a REST user object carries the
+            user's e-mail (`details.personal.email`). UNCONFIRMED on Data Center (reference
+            §2.3); off by default, because a Server user reported the expansion without e-mail
+            (community question 588226) and Data Center's REST user objects show none. When
+            off, the expansion is ignored, as Confluence ignores expansions it does not offer.
+        group_query_parameter: the query parameter `GET /group/member` takes the group name
+            from. UNCONFIRMED (reference §2.4): "groupName" as the path resources name it;
+            Confluence Cloud's equivalent used "name". Only this one is read; others are ignored,
+            as JAX-RS ignores unknown query parameters.
     """
 
     def __init__(
@@ -126,7 +153,9 @@ class ConfluenceEmulator:
         max_page_size: int = DEFAULT_PAGE_LIMIT,
         license_limit: int | None = None,
         *,
-        remote_api_enabled: bool = True,
+        remote_api_enabled: bool = False,
+        rest_email: bool = False,
+        group_query_parameter: str = "groupName",
     ) -> None:
         self.version = version
         self.version_tuple = parse_version(version)
@@ -134,6 +163,8 @@ class ConfluenceEmulator:
         self.max_page_size = max_page_size
         self.license_limit = license_limit
         self.remote_api_enabled = remote_api_enabled
+        self.rest_email = rest_email
+        self.group_query_parameter = group_query_parameter
         self.users: dict[str, EmulatedUser] = {}
         self.groups: dict[str, EmulatedGroup] = {}
         self.tokens: dict[str, str] = {}
@@ -143,7 +174,7 @@ class ConfluenceEmulator:
         self.seed_group("confluence-administrators", members=[admin[0]])
         self.seed_group("confluence-users", members=[admin[0]])
         self.app = Instrumented(
-            self._build_app(),
+            _refuse_encoded_slashes(self._build_app()),
             rate_limit_headers=confluence_rate_limit_headers,
             error_body=confluence_error,
         )
@@ -197,6 +228,16 @@ class ConfluenceEmulator:
         name = username.lower()
         return {g.name for g in self.groups.values() if name in g.members}
 
+    def rename_user(self, username: str, new_username: str) -> None:
+        """Rename an account as an administrator would by hand: same key, same groups."""
+        user = self.users.pop(username.lower())
+        user.username = new_username.lower()
+        self.users[user.username] = user
+        for group in self.groups.values():
+            if username.lower() in group.members:
+                group.members.discard(username.lower())
+                group.members.add(user.username)
+
     # -- routing -------------------------------------------------------------------------
 
     def _build_app(self) -> Starlette:
@@ -213,6 +254,8 @@ class ConfluenceEmulator:
                 methods=["PUT", "DELETE"],
             ),
             Route(f"{api}/group", self._list_groups),
+            # Before `/group/{group}`: Jersey prefers the literal path where it exists.
+            Route(f"{api}/group/member", self._group_members_by_query),
             Route(f"{api}/group/{{group}}", self._get_group),
             Route(f"{api}/group/{{group}}/member", self._group_members),
             Route(f"{api}/admin/user", self._create_user, methods=["POST"]),
@@ -288,9 +331,15 @@ class ConfluenceEmulator:
             "_links": {"self": f"{self._base(request)}/rest/api/user?key={user.user_key}"},
             "_expandable": {"status": ""},
         }
-        if "status" in expand.split(","):
+        expansions = expand.split(",")
+        if "status" in expansions:
             person["status"] = "Active" if user.active else "Deactivated"
             del person["_expandable"]["status"]
+        if self.rest_email:
+            person["_expandable"]["details"] = ""
+            if {"details", "details.personal"} & set(expansions):
+                person["details"] = {"personal": {"email": user.email}}
+                del person["_expandable"]["details"]
         return person
 
     def _group(self, request: Request, group: EmulatedGroup) -> dict[str, Any]:
@@ -411,7 +460,20 @@ class ConfluenceEmulator:
 
     async def _group_members(self, request: Request) -> Response:
         self._require(request)
-        group = self._group_or_404(request.path_params["group"])
+        return self._members_page(request, self._group_or_404(request.path_params["group"]))
+
+    async def _group_members_by_query(self, request: Request) -> Response:
+        if self.version_tuple < GROUP_QUERY_SINCE:
+            # No such resource yet: the path is `/group/{groupName}` with the name "member".
+            self._require(request)
+            return JSONResponse(self._group(request, self._group_or_404("member")))
+        self._require(request)
+        name = request.query_params.get(self.group_query_parameter)
+        if name is None:
+            raise _Refused(400, f"The query parameter {self.group_query_parameter} is required")
+        return self._members_page(request, self._group_or_404(name))
+
+    def _members_page(self, request: Request, group: EmulatedGroup) -> Response:
         expand = request.query_params.get("expand", "")
         members = [
             self._person(request, self.users[name], expand) for name in sorted(group.members)
@@ -422,9 +484,10 @@ class ConfluenceEmulator:
         self._require(request, admin=True)
         self._since(USER_ADMIN_SINCE)
         body = await _json_object(request)
-        username = str(body.get("userName") or "")
-        full_name = str(body.get("fullName") or "")
-        email = str(body.get("email") or "")
+        # Confluence trims what it stores (and lower-case is checked on the trimmed name).
+        username = str(body.get("userName") or "").strip()
+        full_name = str(body.get("fullName") or "").strip()
+        email = str(body.get("email") or "").strip()
         password = body.get("password")
         notify = bool(body.get("notifyViaEmail", False))
         problem = username_problem(username, allow_upper=False) or full_name_problem(full_name)
@@ -459,19 +522,25 @@ class ConfluenceEmulator:
         self._since(USER_ADMIN_SINCE)
         user = self._user_or_404(name)
         body = await _json_object(request)
+        # The stricter reading of UserDetailsForUpdate (reference §2.3): both fields required,
+        # nothing else accepted. A client that satisfies this satisfies the lenient one too.
         unknown = set(body) - {"email", "fullName"}
         if unknown:
             raise _Refused(
                 400, f"Only email and fullName can be changed, not {', '.join(sorted(unknown))}"
             )
-        if "fullName" in body:
-            problem = full_name_problem(str(body["fullName"] or ""))
-            if problem:
-                raise _Refused(400, problem)
-        if "email" in body and not _looks_like_email(str(body["email"] or "")):
-            raise _Refused(400, f"email: '{body['email']}' is not a valid e-mail address")
-        user.email = str(body.get("email", user.email))
-        user.display_name = str(body.get("fullName", user.display_name))
+        missing = [field for field in ("email", "fullName") if field not in body]
+        if missing:
+            raise _Refused(400, f"{' and '.join(missing)} must be given")
+        full_name = str(body["fullName"] or "").strip()
+        email = str(body["email"] or "").strip()
+        problem = full_name_problem(full_name)
+        if problem:
+            raise _Refused(400, problem)
+        if not _looks_like_email(email):
+            raise _Refused(400, f"email: '{email}' is not a valid e-mail address")
+        user.email = email
+        user.display_name = full_name
         return Response(status_code=204)
 
     async def _toggle_user(self, request: Request) -> Response:
@@ -604,28 +673,24 @@ class ConfluenceEmulator:
             details = arg(0)
             if not isinstance(details, dict):
                 raise _Refused(400, "addUser: the first argument must be a user object")
-            username = str(details.get("name") or "")
-            problem = username_problem(username, allow_upper=False) or full_name_problem(
-                str(details.get("fullname") or "")
-            )
+            username = str(details.get("name") or "").strip()
+            full_name = str(details.get("fullname") or "").strip()
+            problem = username_problem(username, allow_upper=False) or full_name_problem(full_name)
             if problem:
                 raise _Refused(400, f"addUser: {problem}")
             if username in self.users:
                 raise _Refused(409, f"addUser: user '{username}' already exists")
             self._check_licence()
             self.seed_user(
-                username,
-                str(details.get("email") or ""),
-                str(details.get("fullname")),
-                password=str(arg(1)),
+                username, str(details.get("email") or "").strip(), full_name, password=str(arg(1))
             )
             self.groups["confluence-users"].members.add(username)
             return None  # the light form answers an empty body (reference §2.6)
         if method == "editUser":
             details = arg(0)
             user = self._user_or_404(str(details.get("name") or ""))
-            user.display_name = str(details.get("fullname") or user.display_name)
-            user.email = str(details.get("email") or user.email)
+            user.display_name = str(details.get("fullname") or user.display_name).strip()
+            user.email = str(details.get("email") or user.email).strip()
             return True
         if method in ("deactivateUser", "reactivateUser"):
             self._user_or_404(str(arg(0))).active = method == "reactivateUser"
@@ -637,7 +702,7 @@ class ConfluenceEmulator:
                 group.members.discard(user.username)
             return True
         if method == "addGroup":
-            name = str(arg(0)).lower()
+            name = str(arg(0)).strip().lower()
             if name in self.groups:
                 raise _Refused(409, f"addGroup: group '{name}' already exists")
             self.seed_group(name)
@@ -652,6 +717,27 @@ class ConfluenceEmulator:
         else:
             group.members.discard(user.username)
         return True
+
+
+def _refuse_encoded_slashes(app: Any) -> Any:
+    """Answer 404 to a path holding an encoded slash or backslash, as Tomcat refuses it.
+
+    The check reads the raw path: the decoded one would turn `a%2Fb` into two segments and
+    hide what Tomcat sees.
+    """
+
+    async def guarded(scope: dict, receive: Any, send: Any) -> None:
+        raw = scope.get("raw_path") or scope.get("path", "").encode()
+        if scope["type"] == "http" and any(code in raw.lower() for code in REFUSED_ENCODED_IN_PATH):
+            response = JSONResponse(
+                confluence_error(404, "The request path contains an encoded / or \\"),
+                status_code=404,
+            )
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return guarded
 
 
 def username_problem(username: str, *, allow_upper: bool = True) -> str | None:
