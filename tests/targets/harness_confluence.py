@@ -9,13 +9,12 @@ personal access token ("token"); `api=` picks `confluence_api`.
 The emulator's Remote API (JSON-RPC) is switched on here, unlike the emulator's default: the
 contract suite reads e-mails back, and Confluence tells them only through JSON-RPC unless its
 REST user objects carry them (`rest_email=True`). Tests of the other cases pass
-`remote_api_enabled=False`. `wrap_app` puts an ASGI wrapper in front of the emulator (to lose
-answers after the emulator applied a write, say).
+`remote_api_enabled=False`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,7 +42,6 @@ def environment(
     license_limit: int | None = None,
     api: str = "auto",
     remote_api_enabled: bool = True,
-    wrap_app: Callable[[Any], Any] | None = None,
     **emulator_options: Any,
 ) -> Iterator[TargetEnv]:
     """An emulator served on loopback and a ConfluenceTarget for its administrator."""
@@ -61,7 +59,7 @@ def environment(
     # The harness's own accounts are not part of what tests seed and count.
     waits: list[float] = []
 
-    with serve(wrap_app(emulator.app) if wrap_app else emulator.app) as base:
+    with serve(emulator.app) as base:
         url = base + context_path
 
         def make_target(*, credentials: str = "admin", api: str = api) -> ConfluenceTarget:

@@ -16,7 +16,12 @@ import pytest
 
 from tests.targets.harness_confluence import ADMIN, ADMIN_TOKEN, environment
 from usersync.config import TargetConfig
-from usersync.errors import ConfigError, TargetLicenceError, TargetRejectedError
+from usersync.errors import (
+    ConfigError,
+    TargetConflictError,
+    TargetLicenceError,
+    TargetRejectedError,
+)
 from usersync.targets import confluence
 from usersync.targets.confluence import ConfluenceTarget
 
@@ -244,3 +249,329 @@ def test_check_names_the_reason() -> None:
     unreachable._client.retry = unreachable._client.retry.__class__(max_attempts=1)
     result = unreachable.check()
     assert not result.ok and "not reachable" in result.detail
+
+
+# -- accounts by key, the account usersync runs as ----------------------------------------
+
+
+@pytest.mark.parametrize("listing", [False, True], ids=["lookups", "user-list"])
+def test_read_users_by_key_finds_an_account_renamed_by_hand(
+    listing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if listing:
+        monkeypatch.setattr(confluence, "LIST_ALL_USERS_ABOVE", 1)
+    with environment() as env:
+        env.emulator.seed_user("old.name", "old@example.com", "Old Name")
+        env.emulator.seed_user("other", "other@example.com", "Other")
+        key = env.emulator.users["old.name"].user_key
+        env.emulator.rename_user("old.name", "New.Name")
+        env.emulator.users["new.name"].display_name = "New Name"
+
+        users = env.target.read_users_by_key([key, "no-such-key"])
+
+        assert users.to_dict("records") == [
+            {
+                "target_key": key,
+                "username": "new.name",
+                "email": "old@example.com",
+                "display_name": "New Name",
+                "active": True,
+            }
+        ]
+        assert env.target.read_users(["old.name"]).empty
+        state = env.target.read_state(["old.name", "other"], [], keys=[key])
+        assert sorted(state.users["username"]) == ["new.name", "other"]
+
+
+def test_current_account_is_asked_of_confluence_with_password_or_token() -> None:
+    with environment() as env:
+        assert env.target.current_account() == ADMIN[0]
+        with env.make_target(credentials="user") as user:
+            assert user.current_account() == "plain.user"
+        env.emulator.app.clear_log()
+        with env.make_target(credentials="token") as token:
+            assert token.current_account() == ADMIN[0]
+        [asked] = env.emulator.app.requests
+        assert asked.path.endswith("/rest/api/user/current") and asked.auth == "bearer"
+
+
+# -- e-mails: REST where it tells them, else JSON-RPC, else unknown ------------------------
+
+
+def rpc_calls(env: object) -> list:
+    return [r for r in env.emulator.app.requests if "/rpc/json-rpc/" in r.path]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("credentials", ["admin", "token"])
+@pytest.mark.parametrize("listing", [False, True], ids=["lookups", "user-list"])
+def test_emails_come_with_the_rest_user_objects_where_confluence_offers_them(
+    credentials: str, listing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if listing:
+        monkeypatch.setattr(confluence, "LIST_ALL_USERS_ABOVE", 2)
+    with environment(rest_email=True, remote_api_enabled=False) as env:
+        names = ["ann", "ben", "cid"]
+        for name in names:
+            env.emulator.seed_user(name, f"{name.upper()}@Example.com", name.title())
+        env.emulator.app.clear_log()
+        with env.make_target(credentials=credentials) as target:
+            users = target.read_users(names)
+
+        assert dict(zip(users["username"], users["email"], strict=True)) == {
+            name: f"{name.upper()}@Example.com" for name in names
+        }
+        assert rpc_calls(env) == []
+        # One call per user looked up, or only the list pages: no extra call per e-mail.
+        calls = [r for r in env.emulator.app.requests if "/rest/api/user" in r.path]
+        assert len(calls) == len(env.emulator.app.requests) - int(listing)  # + version probe
+        assert len(calls) == (1 if listing else len(names))
+        assert all("details.personal" in r.query["expand"] for r in calls)
+
+
+@pytest.mark.parametrize("credentials", ["admin", "token"])
+def test_emails_nobody_tells_are_unknown_never_empty(credentials: str) -> None:
+    # The emulator's defaults: no e-mail in REST user objects, Remote API off.
+    with environment(remote_api_enabled=False) as env:
+        for name in ("ann", "ben", "cid"):
+            env.emulator.seed_user(name, f"{name}@example.com", name.title())
+        env.emulator.app.clear_log()
+        with env.make_target(credentials=credentials) as target:
+            users = target.read_users(["ann", "ben", "cid"])
+            again = target.read_users(["ann"])
+
+        # NA (unknown), not "": the planner never compares an unknown e-mail.
+        assert len(users) == 3 and users["email"].isna().all() and again["email"].isna().all()
+        # JSON-RPC is asked once (basic auth only), and not again after its refusal.
+        assert len(rpc_calls(env)) == (1 if credentials == "admin" else 0)
+
+
+def test_emails_through_jsonrpc_when_rest_has_none_and_the_remote_api_is_on() -> None:
+    with environment(remote_api_enabled=True) as env:
+        env.emulator.seed_user("ann", "ann@example.com", "Ann")
+        env.emulator.app.clear_log()
+
+        users = env.target.read_users(["ann", "ghost"])
+
+        assert list(users["email"]) == ["ann@example.com"]
+        [call] = rpc_calls(env)
+        assert call.path.endswith("/getUser") and call.body == ["ann"]
+
+
+# -- updates carry e-mail and full name together -------------------------------------------
+
+
+def test_update_sends_email_and_full_name_together() -> None:
+    with environment() as env:
+        env.emulator.seed_user("erin", "erin@old.example.com", "Erin Old")
+        put = f"{env.target.url}/rest/api/admin/user/erin"
+        half = httpx.put(put, json={"fullName": "Erin Half"}, auth=ADMIN)
+        assert half.status_code == 400  # the stricter reading: both fields or nothing
+        assert env.emulator.users["erin"].display_name == "Erin Old"
+        env.emulator.app.clear_log()
+
+        env.target.update_user(
+            "erin",
+            {"display_name": "Erin New"},
+            {"username": "erin", "email": "erin@idp.example.com", "display_name": "Erin New"},
+        )
+
+        [sent] = env.emulator.app.writes()
+        assert sent.body == {"email": "erin@idp.example.com", "fullName": "Erin New"}
+        erin = env.emulator.users["erin"]
+        assert (erin.email, erin.display_name) == ("erin@idp.example.com", "Erin New")
+
+
+def test_update_without_desired_values_sends_what_confluence_holds() -> None:
+    with environment(rest_email=True, remote_api_enabled=False) as env:
+        env.emulator.seed_user("erin", "erin@example.com", "Erin Old")
+        env.emulator.app.clear_log()
+
+        env.target.update_user("erin", {"display_name": "Erin New"})
+
+        [sent] = env.emulator.app.writes()
+        assert sent.body == {"email": "erin@example.com", "fullName": "Erin New"}
+
+
+def test_update_refused_before_sending_when_the_email_to_keep_is_unknown() -> None:
+    with environment(remote_api_enabled=False) as env:
+        env.emulator.seed_user("erin", "erin@example.com", "Erin Old")
+        env.emulator.app.clear_log()
+
+        with pytest.raises(TargetRejectedError, match="e-mail and the full name together"):
+            env.target.update_user("erin", {"display_name": "Erin New"})
+
+        # Only the JSON-RPC getUser it tried (a read sent as POST), no update.
+        assert [w.path.rsplit("/", 1)[-1] for w in env.emulator.app.writes()] == ["getUser"]
+        assert env.emulator.users["erin"].display_name == "Erin Old"
+
+
+# -- creates whose answer was lost happen once --------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["applied-drop", "applied-500"])
+@pytest.mark.parametrize("version", ["8.9.0", "7.19.0"], ids=["rest", "jsonrpc"])
+def test_create_user_whose_answer_was_lost_is_read_back_not_repeated(
+    fault: str, version: str
+) -> None:
+    with environment(version=version) as env:
+        env.emulator.app.faults.only_methods = ("POST",)
+        env.emulator.app.faults.script.append(fault)
+        env.emulator.app.clear_log()
+
+        key = env.target.create_user("Nina", "Nina@Example.com", "Nina Lost")
+
+        assert env.emulator.users["nina"].user_key == key
+        creates = [
+            r for r in env.emulator.app.writes() if r.path.endswith(("/admin/user", "/addUser"))
+        ]
+        assert len(creates) == 1 and creates[0].applied_status in (200, 201)
+        assert 409 not in [r.status for r in env.emulator.app.requests]
+
+
+@pytest.mark.parametrize("fault", ["applied-drop", "applied-500"])
+@pytest.mark.parametrize("name", ["lost-answers", "lost/answers"])
+def test_create_group_whose_answer_was_lost_is_read_back_not_repeated(
+    fault: str, name: str
+) -> None:
+    with environment() as env:
+        env.emulator.app.faults.only_methods = ("POST",)
+        env.emulator.app.faults.script.append(fault)
+        env.emulator.app.clear_log()
+
+        env.target.create_group(name)
+
+        assert name in env.emulator.groups
+        assert len(env.emulator.app.writes()) == 1
+
+
+def test_lost_create_that_did_not_happen_is_sent_again() -> None:
+    with environment() as env:
+        env.emulator.app.faults.only_methods = ("POST",)
+        env.emulator.app.faults.script.append("500")  # refused before the product saw it
+        env.emulator.app.clear_log()
+
+        key = env.target.create_user("omar", "omar@example.com", "Omar")
+
+        assert env.emulator.users["omar"].user_key == key
+        assert [r.status for r in env.emulator.app.writes()] == [500, 201]
+        assert len(env.waits) == 1
+
+
+def test_lost_create_then_someone_elses_account_is_a_conflict() -> None:
+    with environment() as env:
+        env.emulator.seed_user("pia", "pia@elsewhere.example.com", "Another Pia")
+        env.emulator.app.faults.only_methods = ("POST",)
+        env.emulator.app.faults.script.append("drop")  # lost before the product saw it
+        env.emulator.app.clear_log()
+
+        with pytest.raises(TargetConflictError):
+            env.target.create_user("pia", "pia@example.com", "Pia")
+
+        assert env.emulator.users["pia"].email == "pia@elsewhere.example.com"
+
+
+# -- group names a URL path cannot carry ---------------------------------------------------
+
+
+@pytest.mark.parametrize("parameter", ["groupName", "name"])
+def test_group_names_with_slashes_and_other_url_characters_round_trip(parameter: str) -> None:
+    groups = ["team/a", "back\\slash", "100% sure", "what?", "#hash"]
+    with environment(group_query_parameter=parameter) as env:
+        for name in ("ana", "ben"):
+            env.emulator.seed_user(name, f"{name}@example.com", name.title())
+        with env.make_target() as first_run:
+            found, _ = first_run.read_groups(groups)
+            assert found.empty
+            for group in groups:
+                first_run.create_group(group)
+                first_run.add_member(group, "ana")
+                first_run.add_member(group, "ben")
+                first_run.remove_member(group, "ana")
+        env.emulator.app.clear_log()
+
+        with env.make_target() as second_run:
+            found, memberships = second_run.read_groups([g.upper() for g in groups])
+
+        assert sorted(found["group"]) == sorted(groups)
+        assert set(zip(memberships["group"], memberships["username"], strict=True)) == {
+            (g, "ben") for g in groups
+        }
+        assert {g: env.emulator.groups[g].members for g in groups} == {g: {"ben"} for g in groups}
+        assert env.emulator.app.writes() == []  # nothing created again
+        assert all(r.status == 200 for r in env.emulator.app.requests)
+
+
+def test_an_encoded_slash_in_a_path_is_refused_as_tomcat_does() -> None:
+    with environment() as env:
+        env.emulator.seed_group("team/a")
+        refused = httpx.get(f"{env.target.url}/rest/api/group/team%2Fa/member", auth=ADMIN)
+        assert refused.status_code == 404
+        query = httpx.get(
+            f"{env.target.url}/rest/api/group/member", params={"groupName": "team/a"}, auth=ADMIN
+        )
+        assert query.status_code == 200 and query.json()["results"] == []
+
+
+def test_slash_group_membership_without_jsonrpc_fails_for_that_group_only() -> None:
+    with environment(remote_api_enabled=False) as env:
+        env.emulator.seed_user("ana", "ana@example.com", "Ana")
+        env.emulator.seed_group("team/a")
+        env.emulator.seed_group("team-b")
+
+        with pytest.raises(TargetRejectedError) as caught:
+            env.target.add_member("team/a", "ana")
+        env.target.add_member("team-b", "ana")
+
+        assert "'team/a'" in str(caught.value) and "Remote API" in str(caught.value)
+        assert env.emulator.groups_of("ana") == {"team-b"}
+        found, _ = env.target.read_groups(["team/a"])
+        assert list(found["group"]) == ["team/a"]
+
+
+def test_slash_group_on_a_site_without_the_query_form_is_a_clear_error() -> None:
+    with environment(version="7.19.0") as env:
+        env.emulator.seed_group("team/a")
+        env.emulator.seed_group("member")  # what `/group/member` means on this version
+
+        found, _ = env.target.read_groups(["absent/group"])
+        assert found.empty
+        with pytest.raises(TargetRejectedError, match="no query-parameter form"):
+            env.target.read_groups(["team/a"])
+
+
+# -- names Confluence refuses, values as Confluence stores them ----------------------------
+
+
+def test_refused_names() -> None:
+    with environment() as env:
+        target = env.target
+        assert target.refused_name("user", "Anna.Lee") is None  # stored lower case
+        for name, why in [("john doe", "whitespace"), ("a+b", "+"), ("anonymous", "reserved")]:
+            reason = target.refused_name("user", name)
+            assert reason and why in reason and name in reason
+        assert "empty" in (target.refused_name("user", " ") or "")
+        assert "control" in (target.refused_name("user", "ann\x85") or "")
+        assert target.refused_name("group", "team/a") is None
+        assert "control" in (target.refused_name("group", "team\x00") or "")
+
+
+def test_stored_form_matches_what_confluence_stores() -> None:
+    with environment() as env:
+        desired = pd.DataFrame(
+            {
+                "username": [" Anna.Lee "],
+                "email": [" anna@example.com "],
+                "display_name": ["Anna Lee  "],
+            },
+            dtype="string",
+        )
+        row = desired.iloc[0]
+        env.target.create_user(row["username"], row["email"], row["display_name"])
+        env.target.update_user(
+            "anna.lee", {"display_name": " Anna M. Lee "}, {"email": row["email"]}
+        )
+
+        stored = env.target.stored_form(desired.assign(display_name=[" Anna M. Lee "]))
+        read = env.target.read_users(["anna.lee"])
+        columns = ["username", "email", "display_name"]
+        assert read[columns].to_dict("records") == stored[columns].to_dict("records")

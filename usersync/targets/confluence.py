@@ -6,8 +6,14 @@ and no personal access token. `ConfluenceTarget` keeps the operations as data (`
 with the version each appeared in, `JSONRPC_METHODS` for the fallback), chooses per operation
 from the site's version (`confluence_api: auto`) or as configured, and reads every list with one
 pager that follows `_links.next` (Confluence may silently cap `limit`). Confluence stores names
-in lower case and refuses some characters in new usernames: usernames are lower-cased here and
-a name Confluence would refuse is rejected before any request, with the user named.
+trimmed and in lower case and refuses some characters in new usernames: usernames are
+normalised here and a name Confluence would refuse is rejected before any request, with the
+user named. What else is hard, and where it is absorbed: e-mails are not part of the REST user
+object on every site (`_emails`: REST expansion, else JSON-RPC, else unknown, never empty); an
+update must carry e-mail and full name together (`update_user`); a create whose answer was
+lost is read back before it is sent again (`create_user`, `create_group`); and a name with a
+slash cannot travel in a URL path on Tomcat (`fits_in_path`: such groups are read through the
+query-parameter member list and written through JSON-RPC).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +33,7 @@ import pandas as pd
 from usersync.config import BasicAuth, SecretLoader, TargetConfig, resolve_secret
 from usersync.errors import (
     ConfigError,
+    TargetAuthError,
     TargetConflictError,
     TargetError,
     TargetLicenceError,
@@ -63,6 +70,16 @@ LIST_ALL_USERS_ABOVE = 1000
 #: Characters Confluence refuses in new usernames, besides whitespace (reference §2.3).
 FORBIDDEN_USERNAME_CHARACTERS = frozenset("\\,+<>'\"")
 
+#: Characters that cannot reach Confluence inside a URL path segment, even percent-encoded:
+#: Tomcat refuses `%2F` and `%5C` before Confluence sees the request (reference §5.10). Names
+#: holding them are read through query parameters and written through JSON-RPC.
+PATH_REFUSED_CHARACTERS = frozenset("/\\")
+
+#: Expansions on every user read: `status` (active or not) and `details.personal`, which may
+#: carry the e-mail (reference §2.3: UNCONFIRMED on Data Center). Asking costs nothing: a site
+#: that does not offer an expansion ignores it.
+PERSON_EXPAND = "status,details.personal"
+
 #: Groups whose members `check` takes for administrators. Confluence has no read-only REST
 #: call that answers "may this account administer users" on every version, so `check` reads
 #: the account's groups (writes, even refused ones, are not allowed in a check).
@@ -85,7 +102,11 @@ REST_ENDPOINTS: dict[str, RestEndpoint] = {
     "get_user": RestEndpoint("GET", "/user"),
     "member_of": RestEndpoint("GET", "/user/memberof"),
     "list_users": RestEndpoint("GET", "/user/list", since=(8, 4)),
+    "list_groups": RestEndpoint("GET", "/group"),
+    "get_group": RestEndpoint("GET", "/group/{group}"),
     "group_members": RestEndpoint("GET", "/group/{group}/member"),
+    # The query-parameter form, for names that cannot travel in a path (reference §2.4).
+    "group_members_by_query": RestEndpoint("GET", "/group/member"),
     "create_user": RestEndpoint("POST", "/admin/user", ok=(200, 201), since=(8, 4)),
     "update_user": RestEndpoint("PUT", "/admin/user/{username}", ok=(200, 204), since=(8, 4)),
     "deactivate_user": RestEndpoint(
@@ -131,8 +152,29 @@ JSONRPC_ERRORS: tuple[tuple[str, type[TargetError]], ...] = (
 
 
 def confluence_username(username: str) -> str:
-    """The username Confluence will store: lower case (Confluence refuses upper case)."""
-    return username.lower()
+    """The username Confluence will store: trimmed, lower case (it refuses upper case)."""
+    return username.strip().lower()
+
+
+def fits_in_path(name: str) -> bool:
+    """Whether `name` reaches Confluence intact as one percent-encoded URL path segment.
+
+    Not with a slash or backslash (Tomcat refuses them encoded), nor as "." or "..", which
+    are path steps, not names. `%`, `?`, `#` and the like are fine once percent-encoded.
+    """
+    return not (set(name) & PATH_REFUSED_CHARACTERS) and name not in (".", "..")
+
+
+def rest_email(person: Mapping[str, Any]) -> str | None:
+    """The e-mail a REST user object carries, if any: `details.personal.email` or `email`."""
+    details = person.get("details")
+    personal = details.get("personal") if isinstance(details, Mapping) else None
+    candidates = [personal.get("email") if isinstance(personal, Mapping) else None]
+    candidates.append(person.get("email"))
+    for value in candidates:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def username_refusal(username: str) -> str | None:
@@ -213,7 +255,10 @@ class ConfluenceTarget(Target):
         )
         self._version: tuple[int, ...] | None = None
         self._announced = False
+        #: whether JSON-RPC getUser tells e-mails: None until asked, False after a refusal
         self._email_via_rpc: bool | None = None if not self.uses_token else False
+        #: whether this site's REST user objects carry e-mails (seen once, then trusted)
+        self._email_via_rest = False
 
     @classmethod
     def from_config(
@@ -343,13 +388,23 @@ class ConfluenceTarget(Target):
     def _pages(
         self, operation: str, *, group: str = "", params: Mapping[str, Any]
     ) -> Iterator[dict]:
-        """Every result of a paged REST list, following `_links.next` to the end."""
+        """Every result of a paged REST list, following `_links.next` to the end.
+
+        Raises:
+            _NotAPage: the answer is not Confluence's paging envelope (a path that means
+                something else on this version).
+        """
         response = self._rest(
             operation, group=group, params={**params, "start": 0, "limit": PAGE_SIZE}
         ).json()
         seen: set[str] = set()
         while True:
-            yield from response.get("results", [])
+            if not isinstance(response, dict) or not isinstance(response.get("results"), list):
+                raise _NotAPage(
+                    f"confluence '{self.name}': {REST_ENDPOINTS[operation].path} answered "
+                    f"something other than a list page: {str(response)[:200]}"
+                )
+            yield from response["results"]
             following = (response.get("_links") or {}).get("next")
             if not following:
                 return
@@ -365,11 +420,114 @@ class ConfluenceTarget(Target):
             # site must not send us elsewhere.
             response = self._client.get_json(self.url + following)
 
+    def _rest_once(
+        self,
+        operation: str,
+        *,
+        json_body: Any,
+        applied: Callable[[], str | None],
+        result: Callable[[httpx.Response], str],
+    ) -> str:
+        """A REST create that must take effect once: `ApiClient.write_once` with `applied`."""
+        endpoint = REST_ENDPOINTS[operation]
+        try:
+            return self._client.write_once(
+                endpoint.method,
+                REST_ROOT + endpoint.path,
+                json=json_body,
+                ok=endpoint.ok,
+                applied=applied,
+                result=result,
+            )
+        except TargetRejectedError as exc:
+            raise _licence_error(exc) from exc
+
     def _rpc(self, method: str, *args: Any) -> Any:
-        """Call a JSON-RPC method (light form: positional arguments as a JSON array)."""
+        """Call a JSON-RPC method (light form: positional arguments as a JSON array).
+
+        Sent again after a lost answer: every method called this way is a read or a write
+        whose repeat changes nothing (set a value, add a member again). Creates go through
+        `_rpc_once`.
+        """
         if self.uses_token:
             raise ConfigError(self._pat_refused_message(f"JSON-RPC method {method} is needed"))
-        response = self._client.request("POST", f"{JSONRPC_ROOT}/{method}", json=list(args))
+        response = self._client.request(
+            "POST", f"{JSONRPC_ROOT}/{method}", json=list(args), replay_safe=True
+        )
+        return self._rpc_answer(method, response)
+
+    def _rpc_once(
+        self,
+        operation: str,
+        args: list[Any],
+        *,
+        applied: Callable[[], str | None],
+        result: Callable[[], str],
+    ) -> str:
+        """A JSON-RPC create that must take effect once (see `ApiClient.write_once`).
+
+        The RPC API answers HTTP 200 with an error object, so an "already exists" that follows
+        a lost answer arrives as a success of the HTTP call: if `applied` was asked before (a
+        try may have taken effect), it is asked again before the conflict is reported.
+        """
+        method = JSONRPC_METHODS[operation]
+        if self.uses_token:
+            raise ConfigError(self._pat_refused_message(f"JSON-RPC method {method} is needed"))
+        asked = False
+
+        def check() -> str | None:
+            nonlocal asked
+            asked = True
+            return applied()
+
+        def answered(response: httpx.Response) -> str:
+            try:
+                self._rpc_answer(method, response)
+            except TargetConflictError:
+                found = applied() if asked else None
+                if found is None:
+                    raise
+                return found
+            return result()
+
+        return self._client.write_once(
+            "POST", f"{JSONRPC_ROOT}/{method}", json=args, applied=check, result=answered
+        )
+
+    def _rpc_instead(self, operation: str, args: list[Any], *, why: str) -> None:
+        """A write through JSON-RPC: on old sites, or (`why`) when REST cannot carry a name.
+
+        In the second case a refusal is this object's failure, not the target's: JSON-RPC is
+        off on most sites, and the token or the Remote API setting says nothing about the
+        other operations.
+        """
+        method = JSONRPC_METHODS[operation]
+        if not why:
+            self._rpc(method, *args)
+            return
+        advice = (
+            "JSON-RPC can do it, but needs basic auth and the Remote API switched on (General "
+            "Configuration → Further Configuration); or rename it in the mapping tables"
+        )
+        if self.uses_token:
+            raise TargetRejectedError(
+                f"confluence '{self.name}': cannot {operation.replace('_', ' ')}: {why}. "
+                f"{advice} (this target uses a personal access token)"
+            )
+        try:
+            self._rpc(method, *args)
+        except (TargetAuthError, TargetPermissionError, TargetNotFoundError) as exc:
+            if isinstance(exc, TargetNotFoundError) and exc.status is None:
+                raise  # the RPC API answered: no such user or group
+            raise TargetRejectedError(
+                f"confluence '{self.name}': cannot {operation.replace('_', ' ')}: {why}. "
+                f"{advice}. JSON-RPC answered: {exc}",
+                status=exc.status,
+                body=exc.body,
+            ) from exc
+
+    def _rpc_answer(self, method: str, response: httpx.Response) -> Any:
+        """The result of a JSON-RPC answer; its error object becomes our error."""
         if not response.content.strip():
             return None
         try:
@@ -389,35 +547,78 @@ class ConfluenceTarget(Target):
     # -- reading -------------------------------------------------------------------------
 
     def read_users(self, usernames: Iterable[str]) -> pd.DataFrame:
-        wanted = sorted({confluence_username(u) for u in usernames})
-        people: list[dict] = []
-        if wanted and len(wanted) > LIST_ALL_USERS_ABOVE and self._can_list_users():
+        wanted = sorted({confluence_username(u) for u in usernames if u})
+        return self._users_frame(self._people(wanted, by="username"))
+
+    def read_users_by_key(self, keys: Iterable[str]) -> pd.DataFrame:
+        """Accounts by userKey (`GET /user?key=`), whatever they are called now."""
+        wanted = sorted({k for k in keys if k})
+        return self._users_frame(self._people(wanted, by="key"))
+
+    def current_account(self) -> str | None:
+        """The username behind the credentials (`GET /user/current`; PAT or basic auth)."""
+        me = self._rest("current_user").json()
+        if me.get("type") != "known" or not me.get("username"):
+            return None
+        return str(me["username"])
+
+    def stored_form(self, users: pd.DataFrame) -> pd.DataFrame:
+        """Values as Confluence stores them: trimmed (the default), usernames in lower case."""
+        out = super().stored_form(users)
+        if "username" in out.columns:
+            out["username"] = out["username"].str.lower()
+        return out
+
+    def refused_name(self, kind: str, name: str) -> str | None:
+        """What Confluence refuses; upper case in a username is not refused but lower-cased.
+
+        Usernames: the default's rules, then Confluence's (reference §2.3: no whitespace, none
+        of \\ , + < > ' ", not "anonymous"). Group names: the default's rules only; the
+        reference names no character Confluence refuses in a group name (names it cannot carry
+        in a URL path are handled, not refused).
+        """
+        why = super().refused_name(kind, name)
+        if why is not None or kind != "user":
+            return why
+        refusal = username_refusal(confluence_username(name))
+        return f"Confluence refuses the username '{name}': {refusal}" if refusal else None
+
+    def _people(self, wanted: list[str], *, by: str) -> list[dict]:
+        """REST person objects whose `by` ("username" or "key") is in `wanted`.
+
+        One lookup per value, or, for many values, the full user list (see
+        `LIST_ALL_USERS_ABOVE`). Both carry `PERSON_EXPAND`, so the e-mail comes in the same
+        call wherever the site's REST offers it.
+        """
+        field = {"username": "username", "key": "userKey"}[by]
+        if len(wanted) > LIST_ALL_USERS_ABOVE and self._can_list_users():
             wanted_set = set(wanted)
-            people = [
+            fold = str.lower if by == "username" else str
+            return [
                 p
-                for p in self._pages("list_users", params={"expand": "status"})
-                if str(p.get("username", "")).lower() in wanted_set
+                for p in self._pages("list_users", params={"expand": PERSON_EXPAND})
+                if fold(str(p.get(field, ""))) in wanted_set
             ]
-        else:
-            for username in wanted:
-                try:
-                    people.append(
-                        self._rest(
-                            "get_user", params={"username": username, "expand": "status"}
-                        ).json()
-                    )
-                except TargetNotFoundError:
-                    continue
+        people = []
+        for value in wanted:
+            try:
+                people.append(
+                    self._rest("get_user", params={by: value, "expand": PERSON_EXPAND}).json()
+                )
+            except TargetNotFoundError:
+                continue
+        return people
+
+    def _users_frame(self, people: list[dict]) -> pd.DataFrame:
         rows = [
             {
                 "target_key": p.get("userKey"),
                 "username": p.get("username"),
-                # Confluence's user object carries no e-mail (reference §2.3); see _email.
-                "email": p.get("email") or self._email(str(p.get("username"))),
+                "email": email,
                 "display_name": p.get("displayName"),
                 "active": _is_active(p),
             }
-            for p in people
+            for p, email in zip(people, self._emails(people), strict=True)
         ]
         return conform(
             pd.DataFrame(rows, columns=list(TARGET_USER_COLUMNS)),
@@ -425,47 +626,81 @@ class ConfluenceTarget(Target):
             what=f"{self.name} users",
         )
 
+    def _emails(self, people: list[dict]) -> list[str | None]:
+        """Each person's e-mail, None where it cannot be known (never "": unknown ≠ empty).
+
+        REST first: the person objects were read with `details.personal` expanded, which may
+        carry the e-mail (reference §2.3: UNCONFIRMED on Data Center). Once any person came
+        with one, the site's REST tells e-mails, and a person without one simply has none we
+        may see. Otherwise JSON-RPC `getUser`, one call per person (the RPC API has no list
+        call that carries e-mails), if basic auth is used and the Remote API answers; else
+        unknown.
+        """
+        emails = [rest_email(p) for p in people]
+        if any(emails):
+            self._email_via_rest = True
+        if self._email_via_rest:
+            return emails
+        return [
+            e or self._rpc_email(str(p.get("username")))
+            for e, p in zip(emails, people, strict=True)
+        ]
+
     def _can_list_users(self) -> bool:
         if self.api == "rest":
             return True
         return self.version >= REST_ENDPOINTS["list_users"].since
 
-    def _email(self, username: str) -> str | None:
-        """A user's e-mail through JSON-RPC getUser, the only API that tells it.
+    def _rpc_email(self, username: str) -> str | None:
+        """A user's e-mail through JSON-RPC getUser; None when it cannot be read.
 
-        With a personal access token, or when the site's Remote API is off, e-mails are
-        unknown (None): the planner must not read that as "changed".
+        With a personal access token, or when the site's Remote API is off or gone, e-mails
+        are unknown (None) and JSON-RPC is not asked again: the planner must not read that as
+        "changed".
         """
         if self._email_via_rpc is False:
             return None
         try:
             user = self._rpc(JSONRPC_METHODS["get_user"], username)
-        except TargetNotFoundError:
-            return None
-        except (TargetPermissionError, TargetRejectedError) as exc:
+        except (
+            TargetAuthError,
+            TargetPermissionError,
+            TargetRejectedError,
+            TargetNotFoundError,
+        ) as exc:
+            if isinstance(exc, TargetNotFoundError) and exc.status is None:
+                return None  # the RPC API answered: no such user
             if self._email_via_rpc is None:
                 log.warning(
-                    "confluence '%s': e-mail addresses cannot be read (JSON-RPC getUser "
-                    "refused: %s); enable the Remote API to compare e-mails",
+                    "confluence '%s': e-mail addresses cannot be read (REST does not return "
+                    "them and JSON-RPC getUser was refused: %s); e-mails are treated as unknown "
+                    "and never compared. Enable the Remote API (and use basic auth) to compare "
+                    "them",
                     self.name,
                     exc,
                 )
             self._email_via_rpc = False
             return None
         self._email_via_rpc = True
-        return user.get("email") if isinstance(user, dict) else None
+        email = user.get("email") if isinstance(user, dict) else None
+        return str(email).strip() if email and str(email).strip() else None
 
     def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         found: list[str] = []
         memberships: list[dict[str, str]] = []
-        for group in sorted({g.lower() for g in groups}):
-            try:
-                members = [
-                    str(p["username"])
-                    for p in self._pages("group_members", group=group, params={"expand": "status"})
-                ]
-            except TargetNotFoundError:
-                continue
+        every_group: set[str] | None = None
+        for group in sorted({g.strip().lower() for g in groups if g and g.strip()}):
+            if fits_in_path(group):
+                try:
+                    members = self._member_names("group_members", group=group)
+                except TargetNotFoundError:
+                    continue
+            else:
+                if every_group is None:
+                    every_group = self._every_group()
+                if group not in every_group:
+                    continue
+                members = self._members_by_query(group)
             found.append(group)
             memberships.extend({"username": m, "group": group} for m in members)
         return (
@@ -481,13 +716,49 @@ class ConfluenceTarget(Target):
             ),
         )
 
+    def _member_names(
+        self, operation: str, *, group: str = "", params: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        pages = self._pages(operation, group=group, params={**(params or {}), "expand": "status"})
+        return [str(p["username"]) for p in pages]
+
+    def _every_group(self) -> set[str]:
+        """Every group name on the site, lower case (`GET /group`, paged; every version)."""
+        return {str(g.get("name", "")).lower() for g in self._pages("list_groups", params={})}
+
+    def _members_by_query(self, group: str) -> list[str]:
+        """Members of a group whose name cannot travel in a path, by the query-parameter form.
+
+        The parameter's name is UNCONFIRMED (reference §2.4: "groupName" like the path
+        resources, or "name" like Confluence Cloud's equivalent), so both are sent with the
+        same value; JAX-RS ignores a query parameter a resource does not declare.
+        """
+        try:
+            return self._member_names(
+                "group_members_by_query", params={"groupName": group, "name": group}
+            )
+        except (TargetNotFoundError, _NotAPage) as exc:
+            # The group exists (the group list says so): this site has no query form, and its
+            # `/group/member` is the path form for a group called "member".
+            raise TargetRejectedError(
+                f"confluence '{self.name}': cannot read the members of group '{group}': its "
+                "name holds a character Confluence's web server refuses in a URL path (/ or \\) "
+                "and this Confluence has no query-parameter form of the member list "
+                f"(GET {REST_ROOT}/group/member answered: {exc}). Rename the group in "
+                "groups.csv, or upgrade Confluence"
+            ) from exc
+
     # -- writing -------------------------------------------------------------------------
 
     def create_user(self, username: str, email: str, display_name: str) -> str:
         """Create an active account; see `Target.create_user`.
 
-        The username is lower-cased. A random password is set and no e-mail is sent: users
-        sign in through the IdP (SSO) or an administrator resets the password.
+        The username is lower-cased and trimmed. A random password is set and no e-mail is
+        sent: users sign in through the IdP (SSO) or an administrator resets the password. If
+        the answer is lost after Confluence may have created the account, the account is read
+        before the request is sent again or a failure reported: an account with this username
+        (and this e-mail, where e-mails can be read) is the one we made, and its key is
+        returned.
 
         Raises:
             TargetRejectedError: Confluence would refuse the username or display name; nothing
@@ -506,13 +777,18 @@ class ConfluenceTarget(Target):
                 "names no < >). Change this user's username mapping in attributes.csv."
             )
         password = secrets.token_urlsafe(24)
+
+        def made_by_us() -> str | None:
+            return self._account_matching(name, email)
+
         if self._uses_jsonrpc("create_user"):
-            self._rpc(
-                JSONRPC_METHODS["create_user"],
-                {"name": name, "fullname": display_name, "email": email},
-                password,
+            details = {"name": name, "fullname": display_name, "email": email}
+            return self._rpc_once(
+                "create_user",
+                [details, password],
+                applied=made_by_us,
+                result=lambda: str(self._rpc(JSONRPC_METHODS["get_user"], name).get("key") or name),
             )
-            return str(self._rpc(JSONRPC_METHODS["get_user"], name).get("key") or name)
         body = {
             "userName": name,
             "fullName": display_name,
@@ -520,13 +796,44 @@ class ConfluenceTarget(Target):
             "password": password,
             "notifyViaEmail": False,
         }
-        return str(self._rest("create_user", json_body=body).json()["userKey"])
+        return self._rest_once(
+            "create_user",
+            json_body=body,
+            applied=made_by_us,
+            result=lambda response: str(response.json()["userKey"]),
+        )
 
-    def update_user(self, username: str, changes: Mapping[str, str]) -> None:
+    def _account_matching(self, username: str, email: str) -> str | None:
+        """The key of account `username` if it is the one a create with `email` would make.
+
+        The e-mail must match (ignoring case) where it can be read; where it cannot, the
+        username alone decides.
+        """
+        people = self._people([username], by="username")
+        if not people:
+            return None
+        [found] = self._emails(people)
+        if found is not None and email and found.casefold() != email.strip().casefold():
+            return None
+        return str(people[0].get("userKey") or username)
+
+    def update_user(
+        self,
+        username: str,
+        changes: Mapping[str, str],
+        desired: Mapping[str, str] | None = None,
+    ) -> None:
         """Change e-mail and/or display name; see `Target.update_user`.
 
+        `PUT /admin/user/{username}` is sent with both `email` and `fullName`, whichever
+        changes. The reference (§2.3) leaves open whether the body may hold only what changes,
+        must hold both, or replaces both; sending both, each the value the source wants,
+        satisfies all three readings. The unchanged one comes from `desired`, else from what
+        Confluence holds now.
+
         Raises:
-            TargetRejectedError: a rename was asked: Confluence has no API to rename a user.
+            TargetRejectedError: a rename was asked (Confluence has no API to rename a user),
+                or the unchanged value is neither given nor readable.
         """
         name = confluence_username(username)
         if "username" in changes:
@@ -543,23 +850,42 @@ class ConfluenceTarget(Target):
             )
         if not changes:
             return
-        if self._uses_jsonrpc("update_user"):
-            current = self._rpc(JSONRPC_METHODS["get_user"], name)
-            self._rpc(
-                JSONRPC_METHODS["update_user"],
-                {
-                    "name": name,
-                    "fullname": changes.get("display_name", current.get("fullname")),
-                    "email": changes.get("email", current.get("email")),
-                },
-            )
+        values = self._full_details(username, name, changes, desired or {})
+        if self._uses_jsonrpc("update_user") or not fits_in_path(name):
+            details = {"name": name, "fullname": values["display_name"], "email": values["email"]}
+            self._rpc_instead("update_user", [details], why=self._path_reason(name))
             return
-        body = {}
-        if "email" in changes:
-            body["email"] = changes["email"]
-        if "display_name" in changes:
-            body["fullName"] = changes["display_name"]
+        body = {"email": values["email"], "fullName": values["display_name"]}
         self._rest("update_user", username=name, json_body=body)
+
+    def _full_details(
+        self, username: str, name: str, changes: Mapping[str, str], desired: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """E-mail and display name to send: the changes, then `desired`, then what is stored."""
+        values = {a: changes[a] for a in ("email", "display_name") if a in changes}
+        for attribute in ("email", "display_name"):
+            wanted = desired.get(attribute)
+            if attribute not in values and isinstance(wanted, str) and wanted.strip():
+                values[attribute] = wanted
+        if len(values) < 2:
+            people = self._people([name], by="username")
+            if not people:
+                raise TargetNotFoundError(
+                    f"confluence '{self.name}': no user '{username}' to update", status=404
+                )
+            [email] = self._emails(people)
+            stored = {"email": email, "display_name": people[0].get("displayName")}
+            for attribute, value in stored.items():
+                if attribute not in values and value:
+                    values[attribute] = str(value)
+        if len(values) < 2:
+            raise TargetRejectedError(
+                f"confluence '{self.name}': cannot update '{username}': Confluence needs the "
+                "e-mail and the full name together, and the current e-mail cannot be read (no "
+                "e-mail in REST user objects, and JSON-RPC unavailable); map an e-mail for this "
+                "user in attributes.csv"
+            )
+        return values
 
     def deactivate_user(self, username: str) -> None:
         self._user_write("deactivate_user", confluence_username(username))
@@ -568,30 +894,64 @@ class ConfluenceTarget(Target):
         self._user_write("reactivate_user", confluence_username(username))
 
     def _user_write(self, operation: str, username: str) -> None:
-        if self._uses_jsonrpc(operation):
-            self._rpc(JSONRPC_METHODS[operation], username)
+        if self._uses_jsonrpc(operation) or not fits_in_path(username):
+            self._rpc_instead(operation, [username], why=self._path_reason(username))
         else:
             self._rest(operation, username=username)
 
     def create_group(self, group: str) -> None:
-        name = group.lower()
+        """Create a group; see `Target.create_group`.
+
+        Like `create_user`, a create whose answer was lost is checked before it is sent again
+        or reported: if the group exists then, the create took effect.
+        """
+        name = group.strip().lower()
+
+        def made_by_us() -> str | None:
+            return name if self._group_exists(name) else None
+
         if self._uses_jsonrpc("create_group"):
-            self._rpc(JSONRPC_METHODS["create_group"], name)
-        else:
-            # "type" is outside the documented schema but what working clients send.
-            self._rest("create_group", json_body={"type": "group", "name": name})
+            self._rpc_once("create_group", [name], applied=made_by_us, result=lambda: name)
+            return
+        # "type" is outside the documented schema but what working clients send.
+        self._rest_once(
+            "create_group",
+            json_body={"type": "group", "name": name},
+            applied=made_by_us,
+            result=lambda response: name,
+        )
+
+    def _group_exists(self, group: str) -> bool:
+        if not fits_in_path(group):
+            return group in self._every_group()
+        try:
+            self._rest("get_group", group=group)
+        except TargetNotFoundError:
+            return False
+        return True
 
     def add_member(self, group: str, username: str) -> None:
-        self._membership("add_member", group.lower(), confluence_username(username))
+        self._membership("add_member", group, username)
 
     def remove_member(self, group: str, username: str) -> None:
-        self._membership("remove_member", group.lower(), confluence_username(username))
+        self._membership("remove_member", group, username)
 
     def _membership(self, operation: str, group: str, username: str) -> None:
-        if self._uses_jsonrpc(operation):
-            self._rpc(JSONRPC_METHODS[operation], username, group)
+        group, username = group.strip().lower(), confluence_username(username)
+        if self._uses_jsonrpc(operation) or not (fits_in_path(group) and fits_in_path(username)):
+            why = self._path_reason(username) or self._path_reason(group, kind="group")
+            self._rpc_instead(operation, [username, group], why=why)
         else:
             self._rest(operation, username=username, group=group)
+
+    def _path_reason(self, name: str, *, kind: str = "user") -> str:
+        """Why a write about `name` cannot go through REST, or "" when it can."""
+        if fits_in_path(name):
+            return ""
+        return (
+            f"{kind} '{name}' holds a character Confluence's web server refuses in a URL path "
+            "(/ or \\), and the REST resource takes it in its path"
+        )
 
     # -- housekeeping --------------------------------------------------------------------
 
@@ -631,6 +991,10 @@ class ConfluenceTarget(Target):
         return TargetCheck(
             True, f"{where}: Confluence {version}, '{who}' is an administrator, {mode} API"
         )
+
+
+class _NotAPage(TargetRejectedError):
+    """A list call answered with something other than Confluence's paging envelope."""
 
 
 def _licence_error(exc: TargetRejectedError) -> TargetRejectedError:
