@@ -2,8 +2,12 @@
 
 Product-neutral: it uses only the `Target` interface and the harness protocol of
 `tests/targets/conftest.py` (seed_user / seed_group / app.faults / app.requests, make_target,
-page_size, waits). Every write is read back with a fresh client, as a user would check it in
-the product; fault tests prove what the client waited and how often it asked.
+page_size, waits), plus `emulator.rename_user(username, new_name)`, which renames an account
+the way an administrator would by hand in the product (its key stays), and the "applied-"
+faults of `usersync.sandbox.faults` (the product does the work, its answer is lost). Every
+write is read back with a fresh client, as a user would check it in the product; fault tests
+prove what the client waited, how often it asked, and that a write whose answer was lost was
+done exactly once. Each harness signs its main client in as an account named "admin".
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ from usersync.errors import (
     TargetConflictError,
     TargetNotFoundError,
     TargetPermissionError,
+    TargetRejectedError,
     TransientError,
 )
 from usersync.model import TARGET_GROUP_COLUMNS, TARGET_MEMBERSHIP_COLUMNS, TARGET_USER_COLUMNS
+from usersync.sandbox.faults import WRITE_METHODS, RecordedRequest
 from usersync.targets.base import normalise_name
+
+#: The account every harness signs its main client in as.
+ADMIN_ACCOUNT = "admin"
 
 
 def by_name(users: pd.DataFrame) -> dict[str, dict]:
@@ -338,3 +347,231 @@ def test_non_admin_account_cannot_write(target_env: TargetEnv) -> None:
     assert read_group(target_env, "sneaky") == (False, set())
     nora = read_user(target_env, "nora")
     assert nora is not None and nora["active"] is True
+
+
+def lose_the_next_answer(env: TargetEnv, fault: str) -> None:
+    """Give the next write `fault` ("applied-500": the product does it, the client hears 500)."""
+    env.emulator.app.clear_log()
+    env.emulator.app.faults.only_methods = tuple(sorted(WRITE_METHODS))
+    env.emulator.app.faults.script.append(fault)
+
+
+def sends_of_the_first_write(env: TargetEnv) -> list[RecordedRequest]:
+    """Every request with the method and path of the first write since the log was cleared."""
+    writes = env.emulator.app.writes()
+    assert writes, "no write was sent"
+    first = writes[0]
+    return [w for w in writes if (w.method, w.path) == (first.method, first.path)]
+
+
+# -- accounts by key -----------------------------------------------------------------------
+
+
+def test_read_users_by_key_finds_an_account_renamed_by_hand(target_env: TargetEnv) -> None:
+    key = target_env.target.create_user("rita.old", "rita@example.com", "Rita Renamed")
+    target_env.emulator.rename_user("rita.old", "rita.new")
+
+    with target_env.make_target() as fresh:
+        users = fresh.read_users_by_key([key, "999999", "no-such-key"])
+        assert fresh.read_users(["rita.old"]).empty
+
+    assert list(users.columns[: len(TARGET_USER_COLUMNS)]) == list(TARGET_USER_COLUMNS)
+    assert list(users["target_key"]) == [key]
+    row = users.iloc[0]
+    assert normalise_name(row["username"]) == "rita.new"
+    assert row["display_name"] == "Rita Renamed"
+    assert row["active"]
+
+
+def test_read_users_by_key_of_nothing_is_empty(target_env: TargetEnv) -> None:
+    assert target_env.target.read_users_by_key([]).empty
+    assert target_env.target.read_users_by_key(["999999"]).empty
+
+
+def test_read_state_by_names_and_keys_has_each_account_once(target_env: TargetEnv) -> None:
+    sam = target_env.target.create_user("sam", "sam@example.com", "Sam")
+    tess = target_env.target.create_user("tess.old", "tess@example.com", "Tess")
+    target_env.emulator.rename_user("tess.old", "tess.new")
+
+    with target_env.make_target() as fresh:
+        state = fresh.read_state(["sam", "tess.old", "nobody"], [], keys=[sam, tess])
+
+    keys, names = state.users["target_key"], state.users["username"]
+    assert sorted(keys) == sorted([sam, tess])
+    assert {k: normalise_name(n) for k, n in zip(keys, names, strict=True)} == {
+        sam: "sam",
+        tess: "tess.new",
+    }
+
+
+# -- the account usersync runs as ----------------------------------------------------------
+
+
+def test_current_account_is_the_account_the_client_signs_in_as(target_env: TargetEnv) -> None:
+    assert normalise_name(target_env.target.current_account() or "") == ADMIN_ACCOUNT
+
+    with target_env.make_target(credentials="user") as plain:
+        name = plain.current_account()
+    assert target_env.emulator.app.writes() == []
+    assert name and normalise_name(name) != ADMIN_ACCOUNT
+    assert normalise_name(name) in by_name(target_env.target.read_users([name]))
+
+
+# -- writes whose answer is lost -----------------------------------------------------------
+
+LOST_ANSWERS = ["applied-500", "applied-503", "applied-drop"]
+
+
+@pytest.mark.parametrize("fault", LOST_ANSWERS)
+def test_create_user_whose_answer_is_lost_is_done_once(target_env: TargetEnv, fault: str) -> None:
+    lose_the_next_answer(target_env, fault)
+
+    key = target_env.target.create_user("una", "una@example.com", "Una Once")
+
+    creates = sends_of_the_first_write(target_env)
+    assert len(creates) == 1 and 200 <= creates[0].applied_status < 300
+    user = read_user(target_env, "una")
+    assert user is not None and user["target_key"] == key
+    assert user["active"] is True  # licensed, usable: the recovered path finished the job
+    assert user["display_name"] == "Una Once"
+
+
+@pytest.mark.parametrize("fault", LOST_ANSWERS)
+def test_create_group_whose_answer_is_lost_is_done_once(target_env: TargetEnv, fault: str) -> None:
+    lose_the_next_answer(target_env, fault)
+
+    target_env.target.create_group("lost-and-found")
+
+    creates = sends_of_the_first_write(target_env)
+    assert len(creates) == 1 and 200 <= creates[0].applied_status < 300
+    assert read_group(target_env, "lost-and-found") == (True, set())
+
+
+def test_create_refused_before_the_product_did_anything_is_sent_again(
+    target_env: TargetEnv,
+) -> None:
+    lose_the_next_answer(target_env, "500")  # a 500 before any work: nothing to find
+
+    key = target_env.target.create_user("vic", "vic@example.com", "Vic")
+
+    creates = sends_of_the_first_write(target_env)
+    assert len(creates) == 2
+    assert (creates[0].status, creates[0].applied_status) == (500, 0)
+    assert 200 <= creates[1].status < 300
+    user = read_user(target_env, "vic")
+    assert user is not None and user["target_key"] == key and user["active"] is True
+
+
+def test_lost_answer_never_adopts_another_account_with_that_name(target_env: TargetEnv) -> None:
+    target_env.emulator.seed_user("vera", "vera@example.com", "Vera")
+    lose_the_next_answer(target_env, "500")
+
+    with pytest.raises(TargetConflictError):
+        target_env.target.create_user("vera", "someone.else@example.com", "Other Vera")
+
+    user = read_user(target_env, "vera")
+    assert user is not None and user["display_name"] == "Vera"
+
+
+def test_lost_answer_then_the_account_it_would_have_made_counts_as_done(
+    target_env: TargetEnv,
+) -> None:
+    # Same username and e-mail (any case): that is what the lost create made.
+    target_env.emulator.seed_user("walt", "walt@example.com", "Walt")
+    lose_the_next_answer(target_env, "503")
+
+    key = target_env.target.create_user("walt", "WALT@Example.com", "Walt")
+
+    user = read_user(target_env, "walt")
+    assert user is not None and user["target_key"] == key
+
+
+# -- names the products refuse -------------------------------------------------------------
+
+#: Names no product is given: empty, blank, control characters (C0, DEL, C1), bidirectional
+#: overrides and isolates (they make a name display as another), longer than 255 characters.
+REFUSED_NAMES = [
+    "",
+    "   ",
+    "nul\x00name",
+    "bell\x07name",
+    "tab\tname",
+    "del\x7fname",
+    "c1\x85name",
+    "rlo\u202egnp.exe",
+    "lri\u2066name\u2069",
+    "x" * 256,
+]
+
+
+@pytest.mark.parametrize("name", REFUSED_NAMES)
+def test_refused_names_are_refused_before_any_request(target_env: TargetEnv, name: str) -> None:
+    target_env.emulator.seed_user("yara", "yara@example.com", "Yara")
+    target_env.emulator.app.clear_log()
+
+    assert target_env.target.refused_name("user", name)
+    assert target_env.target.refused_name("group", name)
+    with pytest.raises(TargetRejectedError):
+        target_env.target.create_user(name, "x@example.com", "X")
+    with pytest.raises(TargetRejectedError):
+        target_env.target.create_group(name)
+    with pytest.raises(TargetRejectedError):
+        target_env.target.update_user("yara", {"username": name})
+
+    assert target_env.emulator.app.requests == []
+    assert read_user(target_env, "yara") is not None
+
+
+def test_names_every_product_takes_are_not_refused(target_env: TargetEnv) -> None:
+    for name in ("jörg.müller", "dev@example.com", "ana-maria_ok", "x" * 255):
+        assert target_env.target.refused_name("user", name) is None, name
+    for group in ("team blue + green", "équipe@paris", "r&d 100%", "g" * 255):
+        assert target_env.target.refused_name("group", group) is None, group
+
+
+# -- values as the products store them ------------------------------------------------------
+
+
+def assert_stored_as_desired(env: TargetEnv, desired: pd.DataFrame) -> None:
+    """The account reads back exactly as `stored_form(desired)` says (unknown values aside)."""
+    expected = env.target.stored_form(desired).iloc[0]
+    user = read_user(env, expected["username"])
+    assert user is not None
+    for attribute in ("username", "email", "display_name"):
+        if not pd.isna(user[attribute]):  # NA: the product will not say (never compared)
+            assert user[attribute] == expected[attribute], attribute
+
+
+def test_values_read_back_as_their_stored_form(target_env: TargetEnv) -> None:
+    desired = pd.DataFrame(
+        {
+            "username": ["Pat.Stored"],
+            "email": ["  Pat.Stored@Example.COM "],
+            "display_name": ["  Pat Stored\t"],
+        }
+    )
+    target_env.target.create_user(*desired.iloc[0])
+    assert_stored_as_desired(target_env, desired)
+
+    stored_name = target_env.target.stored_form(desired).iloc[0]["username"]
+    changed = desired.assign(email=[" pat.new@example.com  "], display_name=[" Pat  New "])
+    target_env.target.update_user(
+        stored_name,
+        {"email": changed.iloc[0]["email"], "display_name": changed.iloc[0]["display_name"]},
+        desired=dict(changed.iloc[0]),
+    )
+    assert_stored_as_desired(target_env, changed)
+
+
+def test_update_with_desired_values_changes_only_what_changed(target_env: TargetEnv) -> None:
+    target_env.emulator.seed_user("xena", "xena@example.com", "Xena Old")
+
+    target_env.target.update_user(
+        "xena",
+        {"display_name": "Xena New"},
+        desired={"username": "xena", "email": "xena@example.com", "display_name": "Xena New"},
+    )
+
+    user = read_user(target_env, "xena")
+    assert user is not None and user["display_name"] == "Xena New"
+    assert pd.isna(user["email"]) or user["email"] == "xena@example.com"

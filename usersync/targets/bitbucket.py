@@ -488,10 +488,11 @@ class BitbucketTarget(Target):
         if unknown:
             raise ValueError(f"update_user: unknown attribute(s) {', '.join(sorted(unknown))}")
         current = username
-        new_name = changes.get("username")
-        if new_name and new_name.strip() != username.strip():
+        if "username" in changes:
+            new_name = changes["username"]
             self._refuse("user", new_name, f"rename '{username}'")
-            current = self._rename(username, new_name)
+            if new_name.strip() != username.strip():
+                current = self._rename(username, new_name)
         if "display_name" not in changes and "email" not in changes:
             return
         values = {
