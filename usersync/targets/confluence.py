@@ -581,7 +581,7 @@ class ConfluenceTarget(Target):
         if why is not None or kind != "user":
             return why
         refusal = username_refusal(confluence_username(name))
-        return f"Confluence refuses the username '{name}': {refusal}" if refusal else None
+        return f"Confluence refuses this username: {refusal}" if refusal else None
 
     def _people(self, wanted: list[str], *, by: str) -> list[dict]:
         """REST person objects whose `by` ("username" or "key") is in `wanted`.
@@ -761,13 +761,13 @@ class ConfluenceTarget(Target):
         returned.
 
         Raises:
-            TargetRejectedError: Confluence would refuse the username or display name; nothing
-                was sent.
+            TargetRejectedError: Confluence would refuse the username (`refused_name`) or the
+                display name; nothing was sent.
             TargetLicenceError: the licence has no seat left.
             TargetConflictError: the username exists.
         """
         name = confluence_username(username)
-        why = username_refusal(name)
+        why = self.refused_name("user", username)
         if why is None and ("<" in display_name or ">" in display_name):
             why = f"its display name '{display_name}' contains < or >"
         if why:
@@ -905,6 +905,12 @@ class ConfluenceTarget(Target):
         Like `create_user`, a create whose answer was lost is checked before it is sent again
         or reported: if the group exists then, the create took effect.
         """
+        why = self.refused_name("group", group)
+        if why:
+            raise TargetRejectedError(
+                f"confluence '{self.name}': cannot create group {group!r}: {why}. Change its "
+                "mapping in groups.csv."
+            )
         name = group.strip().lower()
 
         def made_by_us() -> str | None:
