@@ -168,18 +168,20 @@ def test_deactivating_twice_meets_jiras_nothing_to_change_400() -> None:
         assert env.emulator.user("idle").active is False  # type: ignore[union-attr]
 
 
-def test_retried_create_that_finds_its_own_account_returns_its_key() -> None:
-    # The first POST was applied but its answer was lost (503): the retry answers
-    # "already exists". Same e-mail → it is ours; another e-mail → a real conflict.
+def test_create_whose_answer_was_lost_finds_its_own_account_by_name_and_email() -> None:
+    # After a 503 the client looks for the account before sending the POST again. Same
+    # e-mail (any case) → it is ours; another e-mail → sent again, and a real conflict.
     with environment() as env:
         key = env.emulator.seed_user("retried", "retried@example.com", "Retried")
         env.emulator.app.faults.script.append("503")
         assert env.target.create_user("retried", "RETRIED@example.com", "Retried") == key
 
         env.emulator.seed_user("someone", "someone@example.com", "Someone")
+        env.emulator.app.clear_log()
         env.emulator.app.faults.script.append("503")
         with pytest.raises(TargetConflictError):
             env.target.create_user("someone", "other@example.com", "Other")
+        assert [w.status for w in env.emulator.app.writes()] == [503, 400]
 
 
 def test_rate_limited_answer_carries_jiras_headers() -> None:
