@@ -18,20 +18,19 @@ search per group) or flattened here from the groups' member values. For incremen
 (`sources.watermark`), `position` reads the DC's identity and highestCommittedUSN and
 `read_changes` the entries whose uSNChanged passed a watermark.
 Performance: ldap3 decodes BER in pure Python; the pager has the search entries decoded by
-`_decode_entries_lean` (DN and raw values only, not ldap3's two dicts per entry), each frame is
+`decode_entries_lean` (DN and raw values only, not ldap3's two dicts per entry), each frame is
 built once from column lists, and member DNs are resolved by an exact lower-case lookup, parsed
 (RFC 4514) only on a miss. bench/README.md has the figures.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +44,7 @@ from ldap3.core.exceptions import (
     LDAPSSLConfigurationError,
     LDAPStartTLSError,
 )
-from ldap3.utils.conv import escape_filter_chars, to_unicode
+from ldap3.utils.conv import escape_filter_chars
 
 from usersync.config import LdapSourceConfig, SecretLoader, resolve_secret
 from usersync.errors import (
@@ -64,6 +63,14 @@ from usersync.model import (
     conform,
 )
 from usersync.sources.base import Source, SourceCheck
+from usersync.sources.ldap.decoding import (
+    Entry,
+    base_entry,
+    decode_entries_lean,
+    discard,
+    entry_of,
+)
+from usersync.sources.ldap.dn import DnIndex, normalise_dn
 from usersync.sources.ldap.referrals import (
     MAX_REFERRAL_HOPS,
     RESULT_REFERRAL,
@@ -104,8 +111,6 @@ FILETIME_UNIX_OFFSET_SECONDS = 11_644_473_600
 NOTE_EXAMPLES = 3
 RESULT_INVALID_CREDENTIALS = 49
 RESULT_NO_SUCH_OBJECT = 32
-
-Entry = tuple[str, dict[str, list[bytes]]]  # DN, attribute name in lower case -> raw values
 
 
 @dataclass(frozen=True)
@@ -540,10 +545,10 @@ class LdapSource(Source):
     def close(self) -> None:
         """Unbind and close the connection, if one is open."""
         if self._conn is not None:
-            _discard(self._conn)
+            discard(self._conn)
             self._conn = None
         for conn in self._referred.values():
-            _discard(conn)
+            discard(conn)
         self._referred.clear()
 
     # -- connection ----------------------------------------------------------------------
@@ -619,11 +624,11 @@ class LdapSource(Source):
                 conn.start_tls()
             bound = conn.bind()
         except (LDAPCertificateError, LDAPStartTLSError, LDAPCommunicationError) as exc:
-            _discard(conn)
+            discard(conn)
             raise self._connect_error(url, exc) from exc
         if not bound:
             result = conn.result
-            _discard(conn)
+            discard(conn)
             if result["result"] == RESULT_INVALID_CREDENTIALS:
                 raise SourceAuthError(
                     f"{url}: the directory refused the bind as {config.bind_dn} (invalid "
@@ -754,7 +759,7 @@ class LdapSource(Source):
         while True:
             page += 1
             try:
-                with _decode_entries_lean(conn, key):
+                with decode_entries_lean(conn, key):
                     conn.search(
                         base,
                         search_filter,
@@ -767,7 +772,7 @@ class LdapSource(Source):
             except LDAPInvalidFilterError as exc:
                 raise ConfigError(f"{where}: the filter is not valid LDAP ({exc})") from exc
             except LDAPCommunicationError as exc:
-                _discard(conn)  # the next use opens a new one
+                discard(conn)  # the next use opens a new one
                 raise SourceUnreachableError(
                     f"{where}: the connection failed on page {page} after {len(entries)} entries "
                     f"({exc}); nothing was used"
@@ -784,7 +789,7 @@ class LdapSource(Source):
             for item in conn.response or ():
                 kind = item.get("type")
                 if kind == "searchResEntry":
-                    entries.append(_entry(item, key))
+                    entries.append(entry_of(item, key))
                 elif kind == "searchResRef":
                     # Entries in scope held by another server (or naming context): each
                     # reference is followed or refused once the search is done, never dropped.
@@ -932,7 +937,7 @@ class LdapSource(Source):
         while high is not None:
             start = high + 1
             request = f"{name};range={start}-{start + self.config.member_range_size - 1}"
-            with _decode_entries_lean(conn, key):
+            with decode_entries_lean(conn, key):
                 conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[request])
             result = conn.result
             if result["result"] != 0:
@@ -941,7 +946,7 @@ class LdapSource(Source):
                     f"after {len(values)} values, so the read may be partial and nothing was used"
                 )
             found = [
-                _entry(i, key) for i in conn.response or () if i.get("type") == "searchResEntry"
+                entry_of(i, key) for i in conn.response or () if i.get("type") == "searchResEntry"
             ]
             window = found[0][1] if found else {}
             ranged = [k for k in window if ";range=" in k]
@@ -1069,7 +1074,7 @@ class LdapSource(Source):
             return self._schema
         conn = self._connection()
         url = self.config.url
-        root = _base_entry(conn, "", ["subschemaSubentry"]) or {}
+        root = base_entry(conn, "", ["subschemaSubentry"]) or {}
         names = root.get("subschemaSubentry") or []
         if not names:
             raise SourceError(
@@ -1078,7 +1083,7 @@ class LdapSource(Source):
                 "the rootDSE and the schema"
             )
         subentry = names[0].decode("utf-8", errors="replace")
-        schema_entry = _base_entry(conn, subentry, ["attributeTypes"], "(objectClass=subschema)")
+        schema_entry = base_entry(conn, subentry, ["attributeTypes"], "(objectClass=subschema)")
         definitions = (schema_entry or {}).get("attributeTypes") or []
         if not definitions:
             raise SourceError(
@@ -1285,239 +1290,6 @@ def _display(attribute: str, raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return f"<{len(raw)} bytes> {raw.hex()}"
-
-
-# -- decoding search entries -----------------------------------------------------------------
-
-#: The key under which `_decode_entries_lean` leaves the decoded `Entry` in a response item.
-LEAN_ENTRY = "usersync_entry"
-
-
-@contextlib.contextmanager
-def _decode_entries_lean(conn: Connection, key: Callable[[str], str]) -> Iterator[None]:
-    """While open, `conn` decodes each searchResEntry into an `Entry` only (see below).
-
-    `key` turns an attribute description as the server sends it into the entry's dict key
-    (`AttributeSchema.key`: the primary name in lower case, options kept).
-
-    Relies on ldap3 2.9.1: `SyncStrategy._get_response` passes every message it receives, as
-    `decode_message_fast` left it, to `self.decode_response_fast` (strategy/base.py), and the
-    response items that method returns become `conn.response`. For a searchResEntry, ldap3
-    builds two dicts per entry: `raw_attributes`, a CaseInsensitiveDict, and the cooked
-    `attributes`, running `to_unicode` and the schema formatters on every value. This module
-    reads neither, and building them was about 40% of a 100k-user extract (bench/README.md).
-    So the method is replaced, as an attribute of this connection's strategy object only (no
-    other connection, no ldap3 global), for the searches made inside this block; every other
-    message (searchResDone with its paged-results control, searchResRef, bind, extended) still
-    goes through ldap3's own method. Should another ldap3 version stop calling it, the items
-    come back as ldap3 builds them and `_entry` reads those instead: slower, never wrong.
-    """
-    strategy = conn.strategy
-    ldap3_decode: Callable[[dict[str, Any]], dict[str, Any]] = strategy.decode_response_fast
-    descriptions: dict[bytes, str] = {}  # the same few attribute names come in every entry
-
-    def decode(message: dict[str, Any]) -> dict[str, Any]:
-        if message["protocolOp"] != 4:  # searchResEntry
-            return ldap3_decode(message)
-        # Controls attached to single entries are dropped: nothing here reads them.
-        entry = _lean_entry(message["payload"], descriptions, key)
-        return {"type": "searchResEntry", LEAN_ENTRY: entry}
-
-    strategy.decode_response_fast = decode
-    try:
-        yield
-    finally:
-        del strategy.decode_response_fast  # the class's method shows through again
-
-
-def _lean_entry(
-    payload: list[tuple[Any, ...]], descriptions: dict[bytes, str], key: Callable[[str], str]
-) -> Entry:
-    """DN and {`key` of each attribute description: raw values} of a searchResEntry.
-
-    `payload` is ldap3 2.9.1's fast-decoder form of SearchResultEntry: (class, constructed,
-    tag, value) tuples; objectName first, then the attribute list, each attribute its type and
-    its set of values, as slices of the received bytes. Descriptions keep their options
-    (`member;range=0-1499`); `descriptions` caches their keys.
-    """
-    attributes: dict[str, list[bytes]] = {}
-    for attribute in payload[1][3]:
-        description, values = attribute[3]
-        raw_name = description[3]
-        name = descriptions.get(raw_name)
-        if name is None:
-            name = descriptions[raw_name] = key(_server_text(raw_name))
-        attributes[name] = [value[3] for value in values[3]]
-    return _server_text(payload[0][3]), attributes
-
-
-def _server_text(raw: bytes) -> str:
-    # What ldap3's to_unicode(from_server=True) returns (UTF-8, then its fallback encodings for
-    # servers that break RFC 4511), without its four config look-ups per call.
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return to_unicode(raw, from_server=True)
-
-
-def _entry(item: dict[str, Any], key: Callable[[str], str]) -> Entry:
-    """The `Entry` of a searchResEntry response item, its attributes under `key(description)`.
-
-    Items not decoded by `_decode_entries_lean` (another ldap3 version) are read from ldap3's
-    `raw_attributes`.
-    """
-    lean = item.get(LEAN_ENTRY)
-    if lean is not None:
-        return lean
-    raw = item["raw_attributes"]
-    return item["dn"], {key(name): raw[name] or [] for name in raw}
-
-
-def _base_entry(
-    conn: Connection, dn: str, attributes: list[str], search_filter: str = "(objectClass=*)"
-) -> dict[str, list[bytes]] | None:
-    """The raw attributes of the entry at `dn` (the rootDSE for ""), or None if unreadable."""
-    conn.search(dn, search_filter, search_scope=BASE, attributes=attributes)
-    found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
-    if conn.result["result"] != 0 or not found:
-        return None
-    return found[0]["raw_attributes"]
-
-
-def _discard(conn: Connection) -> None:
-    # The connection is being thrown away; after a failed TLS handshake its socket may already
-    # be gone, and a failing unbind changes nothing.
-    with contextlib.suppress(LDAPException, OSError):
-        conn.unbind()
-
-
-# -- DNs -------------------------------------------------------------------------------------
-
-
-class DnIndex:
-    """Look values up by DN, comparing DNs as LDAP does rather than as strings.
-
-    `cn=Smith\\, John,ou=People` and `CN=smith\\2c john, ou=people` are the same entry. An exact
-    lower-case match is tried first because it is cheap and covers nearly every member value;
-    only the rest are parsed, and the stored DNs are normalised on the first such miss, not
-    before (parsing 100k DNs that no lookup needs was most of building an index).
-    """
-
-    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
-        self._items = list(items)
-        self._exact = {dn.lower(): value for dn, value in self._items}
-        self._normalised: dict[tuple[tuple[tuple[str, str], ...], ...], str] | None = None
-
-    def get(self, dn: str) -> str | None:
-        """The value stored under an equivalent DN, or None."""
-        found = self._exact.get(dn.lower())
-        if found is not None:
-            return found
-        key = normalise_dn(dn)
-        return None if key is None else self._normalised_index().get(key)
-
-    def get_many(self, dns: Sequence[str]) -> list[str | None]:
-        """`get` of each DN, in order (one pass over the exact index first)."""
-        exact = self._exact
-        found = [exact.get(dn.lower()) for dn in dns]
-        if None not in found:
-            return found
-        return [
-            self.get(dn) if value is None else value for dn, value in zip(dns, found, strict=True)
-        ]
-
-    def _normalised_index(self) -> dict[tuple[tuple[tuple[str, str], ...], ...], str]:
-        if self._normalised is None:
-            self._normalised = {}
-            for dn, value in self._items:
-                key = normalise_dn(dn)
-                if key is not None:
-                    self._normalised[key] = value
-        return self._normalised
-
-
-def normalise_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
-    """A comparable form of a DN (RFC 4514), or None when it is not a valid DN.
-
-    Attribute types and values are compared case-insensitively, whitespace around `,` `+` `=`
-    is ignored, escapes (`\\,` or `\\2C`) are decoded, and the parts of a multi-valued RDN are
-    sorted. Each RDN becomes a tuple of (type, value) pairs.
-    """
-    rdns: list[tuple[tuple[str, str], ...]] = []
-    for rdn in _split_unescaped(dn, ",;"):
-        parts: list[tuple[str, str]] = []
-        for ava in _split_unescaped(rdn, "+"):
-            # Attribute types never contain a backslash: the first '=' ends the type.
-            name, equals, value = ava.partition("=")
-            name = name.strip().lower()
-            if not equals or not name:
-                return None
-            try:
-                parts.append((name, _unescape_dn_value(_strip_unescaped(value)).casefold()))
-            except ValueError:
-                return None
-        rdns.append(tuple(sorted(parts)))
-    return tuple(rdns) if rdns else None
-
-
-def _strip_unescaped(value: str) -> str:
-    """Strip surrounding whitespace, but keep a trailing space escaped as `\\ `."""
-    value = value.lstrip()
-    while value.endswith(" "):
-        body = value[:-1]
-        if (len(body) - len(body.rstrip("\\"))) % 2 == 1:
-            break  # an odd run of backslashes escapes this space: it is part of the value
-        value = body
-    return value
-
-
-def _split_unescaped(text: str, separators: str) -> list[str]:
-    if "\\" not in text:
-        # Without escapes every separator separates: split in C (the common case, 1M values).
-        for separator in separators[1:]:
-            text = text.replace(separator, separators[0])
-        return text.split(separators[0])
-    parts: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            current.append(char)
-            escaped = True
-        elif char in separators:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
-def _unescape_dn_value(value: str) -> str:
-    """Decode RFC 4514 escapes: `\\` + special character, or `\\` + two hex digits (UTF-8)."""
-    if "\\" not in value:
-        return value
-    out = bytearray()
-    index = 0
-    while index < len(value):
-        char = value[index]
-        if char != "\\":
-            out += char.encode("utf-8")
-            index += 1
-            continue
-        pair = value[index + 1 : index + 3]
-        if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
-            out.append(int(pair, 16))
-            index += 3
-        elif index + 1 < len(value):
-            out += value[index + 1].encode("utf-8")
-            index += 2
-        else:
-            raise ValueError("DN value ends with a lone backslash")
-    return out.decode("utf-8")
 
 
 # -- values ----------------------------------------------------------------------------------
