@@ -26,7 +26,6 @@ built once from column lists, and member DNs are resolved by an exact lower-case
 from __future__ import annotations
 
 import math
-import re
 import ssl
 import time
 import uuid
@@ -79,17 +78,19 @@ from usersync.sources.ldap.referrals import (
     references_refused,
 )
 from usersync.sources.ldap.schema import AttributeSchema
+from usersync.sources.ldap.values import (
+    and_filters,
+    canonical_id,
+    check_attribute_name,
+    display_value,
+    examples,
+    first_values_as_text,
+    refuse_duplicate_ids,
+    text_value,
+)
 
 #: RFC 2696 Simple Paged Results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
-#: Id attributes stored as 16 raw bytes in Microsoft's little-endian GUID layout.
-BINARY_GUID_ATTRIBUTES = frozenset({"objectguid", "ms-ds-consistencyguid", "msds-consistencyguid"})
-#: RFC 4512 attribute description: a name or an OID, then options (`;lang-en`, `;binary`).
-ATTRIBUTE_DESCRIPTION = re.compile(
-    r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)(?:;[A-Za-z0-9-]+)*$"
-)
-#: A UUID written as `str(uuid.UUID(...))` writes it.
-CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MEMBER_OF = "memberOf"
 #: Attribute names of the shipped attributes table (used where a profile has none).
 SHIPPED_TABLE_NAMES = frozenset(
@@ -107,8 +108,6 @@ UAC_ACCOUNT_DISABLE = 0x2
 NEVER_EXPIRES = frozenset({0, 0x7FFFFFFFFFFFFFFF})
 #: FILETIME counts 100 ns intervals since 1601-01-01; Unix time starts 11644473600 s later.
 FILETIME_UNIX_OFFSET_SECONDS = 11_644_473_600
-#: How many unresolved member DNs a note quotes.
-NOTE_EXAMPLES = 3
 RESULT_INVALID_CREDENTIALS = 49
 RESULT_NO_SUCH_OBJECT = 32
 
@@ -213,7 +212,7 @@ class LdapSource(Source):
 
         user_entries = self._paged_search(
             config.user_base_dn,
-            _and(config.user_filter),
+            and_filters(config.user_filter),
             self._user_request(wanted),
             what="users",
         )
@@ -223,7 +222,7 @@ class LdapSource(Source):
         if config.membership == "group_member" or config.nested_groups != "direct":
             group_request += [self._member_request(name) for name in config.member_attributes]
         group_entries = self._paged_search(
-            config.group_base_dn, _and(config.group_filter), group_request, what="groups"
+            config.group_base_dn, and_filters(config.group_filter), group_request, what="groups"
         )
         groups, group_names = self._groups_frame(group_entries)
         group_index = DnIndex(zip((dn for dn, _ in group_entries), group_names, strict=True))
@@ -240,7 +239,7 @@ class LdapSource(Source):
                     f"{len(resolved.unresolved)} member value(s) of groups in "
                     f"{config.group_base_dn} are not users in scope (nested groups, entries "
                     f"outside {config.user_base_dn} or not matching the user filter) and were "
-                    f"left out, e.g. {_examples(resolved.unresolved)}"
+                    f"left out, e.g. {examples(resolved.unresolved)}"
                 )
         else:
             resolved = self._members_from_member_of(user_entries, users, group_index)
@@ -248,7 +247,7 @@ class LdapSource(Source):
                 notes.append(
                     f"{len(resolved.unresolved)} memberOf value(s) of users are not groups in "
                     f"scope (outside {config.group_base_dn} or not matching the group filter) "
-                    f"and were left out, e.g. {_examples(resolved.unresolved)}"
+                    f"and were left out, e.g. {examples(resolved.unresolved)}"
                 )
         rows = resolved.rows
         nesting = config.nested_groups
@@ -344,7 +343,7 @@ class LdapSource(Source):
         if expired_between is not None:
             low, high = expired_between
             user_change = f"(|{changed}(&({ACCOUNT_EXPIRES}>={low})({ACCOUNT_EXPIRES}<={high})))"
-        user_filter = _and(config.user_filter, user_change)
+        user_filter = and_filters(config.user_filter, user_change)
         user_entries = self._paged_search(
             config.user_base_dn,
             user_filter,
@@ -355,7 +354,9 @@ class LdapSource(Source):
 
         every_group = config.nested_groups != "direct"
         group_filter = (
-            _and(config.group_filter) if every_group else _and(config.group_filter, changed)
+            and_filters(config.group_filter)
+            if every_group
+            else and_filters(config.group_filter, changed)
         )
         group_request = [config.id_attribute, config.group_name_attribute] + [
             self._member_request(name) for name in config.member_attributes
@@ -405,7 +406,7 @@ class LdapSource(Source):
             ConfigError: `attribute` is not a valid LDAP attribute description.
             SourceUnreachableError, SourceAuthError, IncompleteSourceError: as for `extract`.
         """
-        _check_attribute_name(attribute, where="find_users")
+        check_attribute_name(attribute, where="find_users")
         wanted = self._wanted_attributes(attributes)
         if self._attribute_schema().canonical(attribute) is None:
             raise ConfigError(
@@ -418,7 +419,7 @@ class LdapSource(Source):
             # `alice\00` would find alice. Such a value matches nobody.
             return self._users_frame([], wanted, set())
         match = f"({attribute}={escape_filter_chars(value)})"
-        scope_filter = _and(self.config.user_filter, match)
+        scope_filter = and_filters(self.config.user_filter, match)
         entries = self._paged_search(
             self.config.user_base_dn, scope_filter, self._user_request(wanted), what="users"
         )
@@ -447,7 +448,10 @@ class LdapSource(Source):
                 + ")"
             )
             entries = self._paged_search(
-                config.group_base_dn, _and(config.group_filter, chain), request, what="groups"
+                config.group_base_dn,
+                and_filters(config.group_filter, chain),
+                request,
+                what="groups",
             )
             return self._groups_frame(entries)[1], notes
         found: dict[str, str] = {}  # group DN (lower case) -> name
@@ -455,7 +459,10 @@ class LdapSource(Source):
         while frontier:
             query = "(|" + "".join(frontier) + ")" if len(frontier) > 1 else frontier[0]
             entries = self._paged_search(
-                config.group_base_dn, _and(config.group_filter, query), request, what="groups"
+                config.group_base_dn,
+                and_filters(config.group_filter, query),
+                request,
+                what="groups",
             )
             new = [
                 (dn, name)
@@ -495,7 +502,9 @@ class LdapSource(Source):
             raw[key.partition(";")[0]] = self._read_ranges(
                 conn, self.config.url, locator, key, raw.pop(key)
             )
-        return {name: [_display(name, value) for value in raw[name] or ()] for name in sorted(raw)}
+        return {
+            name: [display_value(name, value) for value in raw[name] or ()] for name in sorted(raw)
+        }
 
     def check(self) -> SourceCheck:
         """Bind and read the user base entry; never raises for an unreachable or refusing source."""
@@ -988,7 +997,7 @@ class LdapSource(Source):
             chain = f"(memberOf:{IN_CHAIN_RULE}:={escape_filter_chars(dn)})"
             members = self._paged_search(
                 self.config.user_base_dn,
-                _and(self.config.user_filter, chain),
+                and_filters(self.config.user_filter, chain),
                 [self.config.id_attribute],
                 what=f"members of {group} (in chain)",
             )
@@ -1018,7 +1027,7 @@ class LdapSource(Source):
             return set()
         entries = self._paged_search(
             self.config.user_base_dn,
-            _and(user_filter, self.config.disabled_filter),
+            and_filters(user_filter, self.config.disabled_filter),
             [self.config.id_attribute],
             what="disabled users",
         )
@@ -1041,7 +1050,7 @@ class LdapSource(Source):
         """
         wanted = list(dict.fromkeys(attributes))
         for name in wanted:
-            _check_attribute_name(name, where="the mapping's source attributes")
+            check_attribute_name(name, where="the mapping's source attributes")
             if name in SOURCE_USER_COLUMNS:
                 raise ConfigError(
                     f"source attribute '{name}' collides with the users table's own column "
@@ -1133,7 +1142,7 @@ class LdapSource(Source):
                 for source_id, (dn, attrs) in zip(ids, entries, strict=True)
                 if _ad_inactive(attrs, account_state, now, dn)
             }
-        _refuse_duplicate_ids(ids, dns, what="users")
+        refuse_duplicate_ids(ids, dns, what="users")
         frame = pd.DataFrame(
             {
                 "source_id": pd.Series(ids, dtype="string"),
@@ -1141,7 +1150,7 @@ class LdapSource(Source):
                 "active": pd.Series([sid not in inactive for sid in ids], dtype="boolean"),
                 **{
                     name: pd.Series(
-                        _first_values_as_text(entries, name, self._key(name)), dtype="string"
+                        first_values_as_text(entries, name, self._key(name)), dtype="string"
                     )
                     for name in wanted
                 },
@@ -1163,8 +1172,8 @@ class LdapSource(Source):
                     f"{self.config.url}: group {dn} has no {name_attribute} "
                     "(group_name_attribute); fix the entry or the group filter"
                 )
-            names.append(_text(values[0], name_attribute, dn))
-        _refuse_duplicate_ids(ids, dns, what="groups")
+            names.append(text_value(values[0], name_attribute, dn))
+        refuse_duplicate_ids(ids, dns, what="groups")
         frame = pd.DataFrame({"source_group_id": ids, "source_group": names}, dtype="string")
         return conform(frame, SOURCE_GROUP_COLUMNS, what="ldap groups"), names
 
@@ -1282,98 +1291,6 @@ def _ad_inactive(attrs: dict[str, list[bytes]], which: str, now: int, dn: str) -
     return which == "disabled_or_expired" and expires not in NEVER_EXPIRES and expires <= now
 
 
-def _display(attribute: str, raw: bytes) -> str:
-    """A value as a person reads it: text, a GUID, or hex for other binary values."""
-    if attribute.lower() in BINARY_GUID_ATTRIBUTES and len(raw) == 16:
-        return str(uuid.UUID(bytes_le=raw))
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"<{len(raw)} bytes> {raw.hex()}"
-
-
-# -- values ----------------------------------------------------------------------------------
-
-
-def canonical_id(attribute: str, raw: bytes, dn: str) -> str:
-    """The id attribute's value as text: a lower-case UUID where it is one.
-
-    AD's objectGUID (16 raw bytes, little-endian fields) becomes the textual GUID; a textual
-    UUID (entryUUID, `{...}`-wrapped GUIDs) is canonicalised; any other text is kept as is
-    (some directories use non-UUID ids such as 389-ds nsUniqueId).
-
-    Raises:
-        IncompleteSourceError: a binary GUID attribute does not hold 16 bytes, or the value is
-            not text.
-    """
-    if attribute.lower() in BINARY_GUID_ATTRIBUTES:
-        if len(raw) != 16:
-            raise IncompleteSourceError(
-                f"{dn}: {attribute} holds {len(raw)} bytes, not a 16-byte GUID"
-            )
-        return str(uuid.UUID(bytes_le=raw))
-    text = _text(raw, attribute, dn).strip()
-    if CANONICAL_UUID.fullmatch(text):
-        return text  # already what str(uuid.UUID(text)) gives (entryUUID mostly is)
-    try:
-        return str(uuid.UUID(text.strip("{}")))
-    except ValueError:
-        return text
-
-
-def _first_values_as_text(entries: list[Entry], attribute: str, key: str) -> list[str | None]:
-    """Each entry's first value of `attribute` (stored under `key`) as text (None if none).
-
-    Raises:
-        ConfigError: a value is not UTF-8 text (naming the first such entry).
-    """
-    firsts = [attrs.get(key) for _, attrs in entries]
-    try:
-        return [values[0].decode("utf-8") if values else None for values in firsts]
-    except UnicodeDecodeError:
-        for (dn, _), values in zip(entries, firsts, strict=True):
-            if values:
-                _text(values[0], attribute, dn)  # raises, naming the entry
-        raise
-
-
-def _text(raw: bytes, attribute: str, dn: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{dn}: attribute {attribute} is binary, not text; the mapping can read text "
-            "attributes only (remove it from attributes.csv)"
-        ) from exc
-
-
-def _check_attribute_name(name: str, *, where: str) -> None:
-    if not ATTRIBUTE_DESCRIPTION.match(name):
-        raise ConfigError(
-            f"{where}: '{name}' is not an LDAP attribute name (letters, digits and '-', "
-            "starting with a letter, or a dotted OID; options after ';')"
-        )
-
-
-def _and(*filters: str) -> str:
-    """AND filters together; a filter written without its outer parentheses gets them."""
-    parts = [f if f.startswith("(") else f"({f})" for f in (f.strip() for f in filters)]
-    return parts[0] if len(parts) == 1 else "(&" + "".join(parts) + ")"
-
-
-def _refuse_duplicate_ids(ids: list[str], dns: list[str], *, what: str) -> None:
-    if len(set(ids)) == len(ids):
-        return
-    seen: dict[str, str] = {}
-    for source_id, dn in zip(ids, dns, strict=True):
-        other = seen.setdefault(source_id, dn)
-        if other != dn:
-            raise IncompleteSourceError(
-                f"two {what} share the id {source_id}: {other} and {dn}; the id attribute must "
-                "be unique (check id_attribute)"
-            )
-
-
 def _describe(result: dict[str, Any]) -> str:
     message = (result.get("message") or "").strip()
     text = f"result {result.get('result')} {result.get('description')}"
@@ -1391,8 +1308,3 @@ def _advice(code: int, what: str) -> str:
     if code == 12:  # unavailableCriticalExtension
         return "the server refused RFC 2696 paging; enable it for this account"
     return "check the server's log for this search"
-
-
-def _examples(values: list[str]) -> str:
-    shown = ", ".join(values[:NOTE_EXAMPLES])
-    return shown + (", ..." if len(values) > NOTE_EXAMPLES else "")
