@@ -56,7 +56,6 @@ from usersync.errors import (
 from usersync.mapping import DEFAULT_ATTRIBUTES_CSV, MappingTables, parse_attributes
 from usersync.model import (
     SOURCE_GROUP_COLUMNS,
-    SOURCE_MEMBERSHIP_COLUMNS,
     SOURCE_USER_COLUMNS,
     SourceSnapshot,
     conform,
@@ -70,6 +69,14 @@ from usersync.sources.ldap.decoding import (
     entry_of,
 )
 from usersync.sources.ldap.dn import DnIndex, normalise_dn
+from usersync.sources.ldap.membership import (
+    flatten,
+    group_locators,
+    group_parents,
+    members_from_groups,
+    members_from_member_of,
+    memberships_frame,
+)
 from usersync.sources.ldap.referrals import (
     MAX_REFERRAL_HOPS,
     RESULT_REFERRAL,
@@ -136,14 +143,6 @@ class DirectoryChanges:
     groups: pd.DataFrame
     memberships: pd.DataFrame
     all_groups: bool
-
-
-@dataclass(frozen=True)
-class _ResolvedMembers:
-    """Memberships found, and the member values that were no user (or group) in scope."""
-
-    rows: list[tuple[str, str]]
-    unresolved: list[str]
 
 
 class LdapSource(Source):
@@ -231,8 +230,13 @@ class LdapSource(Source):
             user_index = DnIndex(
                 zip((dn for dn, _ in user_entries), users["source_id"], strict=True)
             )
-            resolved = self._members_from_groups(
-                group_entries, group_names, user_index, group_index
+            resolved = members_from_groups(
+                group_entries,
+                group_names,
+                self._member_keys(),
+                user_index,
+                group_index,
+                nested_resolved=config.nested_groups != "direct",
             )
             if resolved.unresolved:
                 notes.append(
@@ -242,7 +246,9 @@ class LdapSource(Source):
                     f"left out, e.g. {examples(resolved.unresolved)}"
                 )
         else:
-            resolved = self._members_from_member_of(user_entries, users, group_index)
+            resolved = members_from_member_of(
+                user_entries, users["source_id"], group_index, self._key(MEMBER_OF)
+            )
             if resolved.unresolved:
                 notes.append(
                     f"{len(resolved.unresolved)} memberOf value(s) of users are not groups in "
@@ -260,15 +266,16 @@ class LdapSource(Source):
         if nesting == "in_chain":
             rows = self._members_in_chain(group_entries, group_names, set(users["source_id"]))
         elif nesting == "flatten":
-            rows = _flatten(rows, self._group_parents(group_entries, group_names, group_index))
+            parents = group_parents(group_entries, group_names, self._member_keys(), group_index)
+            rows = flatten(rows, parents)
         snapshot = SourceSnapshot(
             users=users,
             groups=groups,
-            memberships=_memberships_frame(rows),
+            memberships=memberships_frame(rows),
             source_kind=self.kind,
             notes=tuple(notes),
         )
-        return snapshot, _group_locators(groups, group_entries)
+        return snapshot, group_locators(groups, group_entries)
 
     def position(self) -> DirectoryPosition:
         """Where the directory server stands now: its identity and `highestCommittedUSN`.
@@ -365,7 +372,7 @@ class LdapSource(Source):
             config.group_base_dn, group_filter, group_request, what="changed groups"
         )
         groups, group_names = self._groups_frame(group_entries)
-        read_groups = _group_locators(groups, group_entries)
+        read_groups = group_locators(groups, group_entries)
 
         user_index = DnIndex(
             [
@@ -380,19 +387,29 @@ class LdapSource(Source):
                 *zip((dn for dn, _ in group_entries), group_names, strict=True),
             ]
         )
-        from_groups = self._members_from_groups(group_entries, group_names, user_index, group_index)
+        from_groups = members_from_groups(
+            group_entries,
+            group_names,
+            self._member_keys(),
+            user_index,
+            group_index,
+            nested_resolved=every_group,
+        )
         rows = from_groups.rows
         if config.nested_groups == "in_chain" and self._supports_in_chain():
             in_scope = set(known_users["source_id"]) | set(users["source_id"])
             rows = self._members_in_chain(group_entries, group_names, in_scope)
         elif every_group:
-            rows = _flatten(rows, self._group_parents(group_entries, group_names, group_index))
+            parents = group_parents(group_entries, group_names, self._member_keys(), group_index)
+            rows = flatten(rows, parents)
         else:
-            rows = rows + self._members_from_member_of(user_entries, users, group_index).rows
+            rows += members_from_member_of(
+                user_entries, users["source_id"], group_index, self._key(MEMBER_OF)
+            ).rows
         return DirectoryChanges(
             users=users,
             groups=read_groups,
-            memberships=_memberships_frame(rows),
+            memberships=memberships_frame(rows),
             all_groups=every_group,
         )
 
@@ -1007,20 +1024,6 @@ class LdapSource(Source):
                     rows.append((source_id, group))
         return rows
 
-    def _group_parents(
-        self, group_entries: list[Entry], group_names: list[str], group_index: DnIndex
-    ) -> dict[str, set[str]]:
-        """Group name -> names of the groups that list it as a member."""
-        keys = [self._key(name) for name in self.config.member_attributes]
-        parents: dict[str, set[str]] = {}
-        for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
-            for key in keys:
-                members = [raw.decode("utf-8", errors="replace") for raw in attrs.get(key) or ()]
-                for child in group_index.get_many(members):
-                    if child is not None and child != group:
-                        parents.setdefault(child, set()).add(group)
-        return parents
-
     def _inactive_ids(self, user_filter: str) -> set[str]:
         """Source ids of the users matching `user_filter` and `disabled_filter`."""
         if not self.config.disabled_filter:
@@ -1105,6 +1108,10 @@ class LdapSource(Source):
         )
         return self._schema
 
+    def _member_keys(self) -> list[str]:
+        """Where entries hold the values of the profile's member attributes."""
+        return [self._key(name) for name in self.config.member_attributes]
+
     def _key(self, name: str) -> str:
         """Where an entry holds the values of attribute `name` (alias, OID, any case)."""
         return self._attribute_schema().key(name)
@@ -1177,63 +1184,6 @@ class LdapSource(Source):
         frame = pd.DataFrame({"source_group_id": ids, "source_group": names}, dtype="string")
         return conform(frame, SOURCE_GROUP_COLUMNS, what="ldap groups"), names
 
-    def _members_from_groups(
-        self,
-        group_entries: list[Entry],
-        group_names: list[str],
-        index: DnIndex,
-        group_index: DnIndex,
-    ) -> _ResolvedMembers:
-        # Groups nested in groups are not unresolved when nesting is resolved (and noted
-        # as left out when it is not).
-        nested_resolved = self.config.nested_groups != "direct"
-        keys = [self._key(name) for name in self.config.member_attributes]
-        rows: list[tuple[str, str]] = []
-        unresolved: list[str] = []
-        for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
-            for key in keys:
-                members = [raw.decode("utf-8", errors="replace") for raw in attrs.get(key, ())]
-                source_ids = index.get_many(members)
-                rows += [(source_id, group) for source_id in source_ids if source_id is not None]
-                if None in source_ids:
-                    unresolved += [
-                        member
-                        for member, source_id in zip(members, source_ids, strict=True)
-                        if source_id is None
-                        and not (nested_resolved and group_index.get(member) is not None)
-                    ]
-        return _ResolvedMembers(rows, unresolved)
-
-    def _members_from_member_of(
-        self,
-        user_entries: list[Entry],
-        users: pd.DataFrame,
-        group_index: DnIndex,
-    ) -> _ResolvedMembers:
-        index = group_index
-        key = self._key(MEMBER_OF)
-        rows: list[tuple[str, str]] = []
-        unresolved: list[str] = []
-        for (_dn, attrs), source_id in zip(user_entries, users["source_id"], strict=True):
-            for raw in attrs.get(key, ()):
-                group_dn = raw.decode("utf-8", errors="replace")
-                group = index.get(group_dn)
-                if group is None:
-                    unresolved.append(group_dn)
-                else:
-                    rows.append((source_id, group))
-        return _ResolvedMembers(rows, unresolved)
-
-
-def _memberships_frame(rows: list[tuple[str, str]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(SOURCE_MEMBERSHIP_COLUMNS), dtype="string")
-    return conform(frame.drop_duplicates(), SOURCE_MEMBERSHIP_COLUMNS, what="ldap memberships")
-
-
-def _group_locators(groups: pd.DataFrame, entries: list[Entry]) -> pd.DataFrame:
-    """The groups frame with each group's DN as `locator`."""
-    return groups.assign(locator=pd.Series([dn for dn, _ in entries], dtype="string"))
-
 
 def _range_bounds(key: str, dn: str) -> tuple[int, int | None]:
     """(low, high) of `attr;range=low-high`; high is None for `*` (the last window)."""
@@ -1243,34 +1193,6 @@ def _range_bounds(key: str, dn: str) -> tuple[int, int | None]:
         return int(low), None if high == "*" else int(high)
     except ValueError as exc:
         raise IncompleteSourceError(f"{dn}: unreadable range option in {key}") from exc
-
-
-def _flatten(rows: list[tuple[str, str]], parents: dict[str, set[str]]) -> list[tuple[str, str]]:
-    """Add, for each (user, group), the user's membership in every group containing that group.
-
-    Cycles (a group nested in itself through others) are tolerated: each group's ancestors
-    are collected with a visited set.
-    """
-    ancestors: dict[str, set[str]] = {}
-
-    def collect(group: str) -> set[str]:
-        found = ancestors.get(group)
-        if found is None:
-            found = set()
-            pending = list(parents.get(group, ()))
-            while pending:
-                parent = pending.pop()
-                if parent not in found:
-                    found.add(parent)
-                    pending.extend(parents.get(parent, ()))
-            found.discard(group)
-            ancestors[group] = found
-        return found
-
-    flat = list(rows)
-    for source_id, group in rows:
-        flat += [(source_id, parent) for parent in collect(group)]
-    return flat
 
 
 def _filetime_now() -> int:
