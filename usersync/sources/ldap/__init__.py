@@ -8,6 +8,8 @@ so a partial read would otherwise look complete. Any such page raises `Incomplet
 So does a referral (a searchResRef beside the entries, or result 10): the entries it stands
 for are read where it points only with `follow_referrals` (same bind and TLS settings; see
 `referrals.py`), except a naming context the same server holds, read on the same connection.
+Attribute names are resolved through the server's schema (`schema.py`: aliases such as
+surname for sn, OIDs, case), and a mapped name the schema lacks is refused before any read.
 Users are keyed by the id attribute (entryUUID; AD's binary objectGUID is decoded), membership
 comes from the groups' member attributes or the users' memberOf, resolved by normalised DN.
 Active Directory (`flavour: active_directory`): users are inactive when disabled (UAC 0x2) or
@@ -21,6 +23,10 @@ Performance: ldap3 decodes BER in pure Python; the pager has the search entries 
 `decode_entries_lean` (DN and raw values only, not ldap3's two dicts per entry), each frame is
 built once from column lists, and member DNs are resolved by an exact lower-case lookup, parsed
 (RFC 4514) only on a miss. bench/README.md has the figures.
+
+The package's other modules: `decoding` (the lean decoder), `dn` (DN comparison), `values`
+(ids, text, names, filters), `membership` (member values, memberOf, nesting), `referrals`
+and `schema`. The pager, the Active Directory parts and incremental reads are still here.
 """
 
 from __future__ import annotations
@@ -95,6 +101,16 @@ from usersync.sources.ldap.values import (
     refuse_duplicate_ids,
     text_value,
 )
+
+__all__ = [
+    "FILETIME_UNIX_OFFSET_SECONDS",
+    "DirectoryChanges",
+    "DirectoryPosition",
+    "DnIndex",
+    "LdapSource",
+    "canonical_id",
+    "normalise_dn",
+]
 
 #: RFC 2696 Simple Paged Results control.
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
