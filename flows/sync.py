@@ -17,7 +17,13 @@ from usersync.errors import UsersyncError
 from usersync.model import SourceSnapshot
 from usersync.report import summary_text
 from usersync.store import Store
-from usersync.sync import LoadedProfile, TargetOutcome, select_targets
+from usersync.sync import (
+    LoadedProfile,
+    TargetOutcome,
+    default_lease_holder,
+    profile_lease,
+    select_targets,
+)
 
 
 class SyncFailed(UsersyncError):
@@ -32,6 +38,7 @@ def sync(
     allow_mass_changes: bool = False,
     store_url: str | None = None,
     full: bool = False,
+    wait_seconds: float = 0,
 ) -> list[dict]:
     """Sync one profile's source into its targets.
 
@@ -46,26 +53,19 @@ def sync(
             environment variable for credentials.
         full: read the whole source even where an incremental read is possible (AD with
             `incremental.enabled`); a full read also catches deletions.
+        wait_seconds: when another run of this profile is under way (from any entry point),
+            wait this long for it to finish; then this run stops without reading or writing.
     """
     logger = get_run_logger()
     loaded = steps.load_profile(profile)
     chosen = select_targets(loaded.profile, targets)
     store = Store.open(store_url)
+    holder = _lease_holder()
     try:
-        try:
-            snapshot = steps.extract(loaded, store_url, full)
-        except Exception as exc:
-            # The audit trail shows the attempt for every target, with the reason nothing ran.
-            for name in chosen:
-                run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
-                store.finish_run(run_id, "failed", {}, f"source: {exc}")
-            raise
-        outcomes = [
-            _sync_target(loaded, name, snapshot, store, store_url, dry_run, allow_mass_changes)
-            for name in chosen
-        ]
-        # An incremental source moves its watermark only when every target succeeded.
-        steps.advance_watermark(snapshot, store_url, [o.status for o in outcomes], dry_run)
+        with profile_lease(store, profile, holder, wait_seconds=wait_seconds):
+            snapshot, outcomes = _sync_profile(
+                loaded, chosen, store, store_url, dry_run, allow_mass_changes, full, holder
+            )
     finally:
         store.close()
     report.publish_summary(profile, outcomes, dry_run, snapshot.counts)
@@ -79,8 +79,46 @@ def sync(
     return [o.as_dict() for o in outcomes]
 
 
+def _sync_profile(
+    loaded: LoadedProfile,
+    chosen: list[str],
+    store: Store,
+    store_url: str | None,
+    dry_run: bool,
+    allow_mass_changes: bool,
+    full: bool,
+    holder: str,
+) -> tuple[SourceSnapshot, list[TargetOutcome]]:
+    """Extract once, then each target in turn, renewing the profile's lease as it goes."""
+    profile = loaded.profile.name
+    try:
+        snapshot = steps.extract(loaded, store_url, full)
+    except Exception as exc:
+        # The audit trail shows the attempt for every target, with the reason nothing ran.
+        for name in chosen:
+            run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
+            store.finish_run(run_id, "failed", {}, f"source: {exc}")
+        raise
+    outcomes = []
+    for name in chosen:
+        store.renew_lease(profile, holder)
+        outcomes.append(
+            _sync_target(
+                loaded, name, snapshot, store, store_url, dry_run, allow_mass_changes, holder
+            )
+        )
+    # An incremental source moves its watermark only when every target succeeded.
+    steps.advance_watermark(snapshot, store_url, [o.status for o in outcomes], dry_run)
+    return snapshot, outcomes
+
+
 def _run_id() -> str:
     return str(flow_run.get_id() or "")
+
+
+def _lease_holder() -> str:
+    run = flow_run.get_id()
+    return f"flow run {flow_run.get_name()} ({run})" if run else default_lease_holder()
 
 
 def _sync_target(
@@ -91,6 +129,7 @@ def _sync_target(
     store_url: str | None,
     dry_run: bool,
     allow_mass_changes: bool,
+    holder: str,
 ) -> TargetOutcome:
     """Plan and load one target; any error fails this target only."""
     logger = get_run_logger()
@@ -120,7 +159,7 @@ def _sync_target(
         if dry_run:
             outcome.status = "planned"
         else:
-            result = steps.load(loaded, name, target_plan, store_url, run_id)
+            result = steps.load(loaded, name, target_plan, store_url, run_id, holder)
             outcome.executed = result.counts()
             outcome.status = result.status
             outcome.error = result.quarantined

@@ -125,6 +125,7 @@ def load(
     target_plan: sync.TargetPlan,
     store_url: str | None,
     run_id: int,
+    lease_holder: str | None = None,
 ) -> LoadResult:
     """Execute the plan against the target, recording every outcome and the ledger."""
     store = Store.open(store_url)
@@ -132,7 +133,9 @@ def load(
         with sync.open_target_for(
             loaded, target, load_prefect_secret=load_prefect_secret
         ) as client:
-            result = sync.load_target_sync(loaded, client, target_plan, store, run_id)
+            result = sync.load_target_sync(
+                loaded, client, target_plan, store, run_id, lease_holder=lease_holder
+            )
     finally:
         store.close()
     logger = get_run_logger()

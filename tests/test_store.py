@@ -142,3 +142,20 @@ def test_a_run_left_running_is_closed_as_interrupted_by_the_next(store: Store) -
     assert runs.loc[other_target, "status"] == "running"  # another target's run is its own
     statuses = store.operations(killed).set_index("seq")["status"].to_dict()
     assert statuses == {1: "succeeded", 2: "unknown", 3: "unknown"}
+
+
+def test_a_profile_lease_is_held_by_one_holder_until_released_or_expired(store: Store) -> None:
+    assert store.acquire_lease("prof", "run-a", seconds=60) is None
+    busy = store.acquire_lease("prof", "run-b", seconds=60)
+    assert busy is not None and busy["holder"] == "run-a"
+    assert store.acquire_lease("other-prof", "run-b", seconds=60) is None  # per profile
+    assert store.renew_lease("prof", "run-a", seconds=60)
+    assert not store.renew_lease("prof", "run-b")
+    store.release_lease("prof", "run-a")
+    assert store.acquire_lease("prof", "run-b", seconds=0.01) is None
+    import time
+
+    time.sleep(0.05)
+    # run-b crashed and never renewed: its lease has expired, run-c takes over
+    assert store.acquire_lease("prof", "run-c", seconds=60) is None
+    assert not store.renew_lease("prof", "run-b")

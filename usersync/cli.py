@@ -41,6 +41,7 @@ def _sync(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             allow_mass_changes=args.allow_mass_changes,
             full=args.full,
+            wait_seconds=args.wait,
         )
     except SyncFailed as exc:
         print(f"sync failed: {exc}", file=sys.stderr)
@@ -165,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="release the brake on deactivations and membership removals for this run "
         "(check a dry run's plan first)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="if another run of this profile is under way, wait up to this long for it "
+        "(default: stop at once with a message)",
     )
     p.add_argument(
         "--full",

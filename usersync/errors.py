@@ -92,3 +92,7 @@ class TargetLicenceError(TargetRejectedError):
 def is_transient(error: BaseException) -> bool:
     """True when retrying the same call later may succeed."""
     return isinstance(error, TransientError | TargetUnreachableError)
+
+
+class ProfileBusyError(UsersyncError):
+    """Another run of the same profile holds its lease."""

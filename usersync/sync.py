@@ -9,13 +9,18 @@ too small source stops `extract`, a mass deactivation stops `plan_target_sync`.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from usersync.config import Profile, SecretLoader, load_profile, profile_dir
-from usersync.errors import GuardError
+from usersync.errors import GuardError, ProfileBusyError
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
 from usersync.model import (
@@ -28,7 +33,7 @@ from usersync.model import (
 from usersync.plan import PlanInput, check_brake, plan_changes
 from usersync.sources import open_source
 from usersync.sources.watermark import extract_with_watermark, incremental_enabled
-from usersync.store import LedgerEntry, Store
+from usersync.store import LEASE_SECONDS, LedgerEntry, Store
 from usersync.targets import open_target
 from usersync.targets.base import Target
 
@@ -283,6 +288,51 @@ class TargetOutcome:
         }
 
 
+def default_lease_holder() -> str:
+    """Who runs this sync, for a lease: the process and the host."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+@contextmanager
+def profile_lease(
+    store: Store,
+    profile: str,
+    holder: str,
+    *,
+    wait_seconds: float = 0.0,
+    poll_seconds: float = 2.0,
+    seconds: float = LEASE_SECONDS,
+) -> Iterator[None]:
+    """Hold the profile's lease for the duration: one run of a profile at a time.
+
+    Scheduled, UI, CLI and ad-hoc runs all take it, so two runs of one profile never interleave
+    their writes. The lease expires unless renewed (`Store.renew_lease`), so a crashed run
+    does not lock the profile for good.
+
+    Raises:
+        ProfileBusyError: another run still holds it after `wait_seconds`; nothing was read or
+            written.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        current = store.acquire_lease(profile, holder, seconds=seconds)
+        if current is None:
+            break
+        if time.monotonic() >= deadline:
+            raise ProfileBusyError(
+                f"profile {profile} is being synced by {current['holder']} since "
+                f"{current['acquired_at']:%Y-%m-%d %H:%M:%S} UTC (its lease runs until "
+                f"{current['expires_at']:%H:%M:%S} UTC unless renewed); this run stops before "
+                "reading or writing anything. Wait for that run to finish, or give a wait "
+                "(usersync sync --wait SECONDS)."
+            )
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+    try:
+        yield
+    finally:
+        store.release_lease(profile, holder)
+
+
 def load_target_sync(
     loaded: LoadedProfile,
     target: Target,
@@ -291,8 +341,11 @@ def load_target_sync(
     run_id: int,
     *,
     max_workers: int = 4,
+    lease_holder: str | None = None,
 ) -> LoadResult:
     """Execute a plan, recording each outcome and the ledger changes as each phase finishes.
+
+    With `lease_holder`, the profile's lease is renewed as each phase finishes.
 
     Every mapped group that exists once the load is done joins the ledger of managed groups
     (whether usersync created it or found it), so that memberships in it are still decided
@@ -302,6 +355,8 @@ def load_target_sync(
 
     def record(outcomes: list[Outcome]) -> None:
         store.record_outcomes(run_id, [(o.seq, o.status, o.error) for o in outcomes])
+        if lease_holder:
+            store.renew_lease(profile, lease_holder)
         store.remember(
             profile, target_plan.target, [o.ledger for o in outcomes if o.ledger is not None]
         )

@@ -334,3 +334,28 @@ def test_run_killed_after_a_rename_keeps_track_of_the_account(make_profile, jira
     assert killed["status"] == "interrupted"
     operations = Store.open(store_url()).operations(run_id)
     assert set(operations["status"]) == {"unknown"}
+
+
+def test_a_second_run_of_a_profile_waits_or_stops_cleanly(make_profile, jira, capsys):
+    import threading
+
+    from usersync.cli import main
+    from usersync.errors import ProfileBusyError
+
+    emulator, url = jira
+    make_profile(url)
+    store = Store.open(store_url())
+    assert store.acquire_lease("testprof", "the scheduled run", seconds=600) is None
+
+    with pytest.raises(ProfileBusyError, match="being synced by the scheduled run"):
+        sync(profile="testprof")
+    assert emulator.app.requests == []
+    assert main(["sync", "testprof"]) == 1
+    assert "being synced by the scheduled run" in capsys.readouterr().err
+    assert emulator.app.requests == []
+
+    # With a wait, it starts once the other run is done.
+    threading.Timer(1.0, store.release_lease, ("testprof", "the scheduled run")).start()
+    outcomes = sync(profile="testprof", wait_seconds=30)
+    assert outcomes[0]["status"] == "succeeded"
+    assert store.acquire_lease("testprof", "next", seconds=1) is None  # released after the run

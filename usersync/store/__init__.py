@@ -13,7 +13,7 @@ import os
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,23 @@ from usersync.store.schema import (
     ledger,
     migrate,
     operations,
+    profile_leases,
     runs,
     source_snapshots,
     source_watermarks,
 )
 
-__all__ = ["DEFAULT_STORE_URL", "LedgerEntry", "SourceWatermark", "Store", "store_url"]
+__all__ = [
+    "DEFAULT_STORE_URL",
+    "LEASE_SECONDS",
+    "LedgerEntry",
+    "SourceWatermark",
+    "Store",
+    "store_url",
+]
+
+#: How long a profile's lease lasts unless renewed (a run renews it as it goes).
+LEASE_SECONDS = 900.0
 
 DEFAULT_STORE_URL = "sqlite:///var/usersync.db"
 
@@ -263,6 +274,72 @@ class Store:
                             updated_at=now,
                         )
                     )
+
+    # -- one run per profile ---------------------------------------------------------------
+
+    def acquire_lease(
+        self, profile: str, holder: str, *, seconds: float = LEASE_SECONDS
+    ) -> dict[str, Any] | None:
+        """Take the profile's lease for `seconds`; None when taken, else who holds it.
+
+        Returns:
+            None if `holder` now holds the lease; otherwise the current lease as a dict
+            (holder, acquired_at, expires_at) so the caller can say who is running.
+        """
+        now = _now()
+        until = now + timedelta(seconds=seconds)
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                profile_leases.update()
+                .where(
+                    profile_leases.c.profile == profile,
+                    sa.or_(profile_leases.c.expires_at < now, profile_leases.c.holder == holder),
+                )
+                .values(holder=holder, acquired_at=now, expires_at=until)
+            )
+            if taken.rowcount == 1:
+                return None
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    profile_leases.insert().values(
+                        profile=profile, holder=holder, acquired_at=now, expires_at=until
+                    )
+                )
+            return None
+        except sa.exc.IntegrityError:
+            pass  # someone else holds it (or took it a moment ago)
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(sa.select(profile_leases).where(profile_leases.c.profile == profile))
+                .mappings()
+                .first()
+            )
+        if row is None:  # released meanwhile: try once more
+            return self.acquire_lease(profile, holder, seconds=seconds)
+        return {
+            "holder": row["holder"],
+            "acquired_at": _aware(row["acquired_at"]),
+            "expires_at": _aware(row["expires_at"]),
+        }
+
+    def renew_lease(self, profile: str, holder: str, *, seconds: float = LEASE_SECONDS) -> bool:
+        """Extend the holder's lease; False if it is no longer the holder's."""
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                profile_leases.update()
+                .where(profile_leases.c.profile == profile, profile_leases.c.holder == holder)
+                .values(expires_at=_now() + timedelta(seconds=seconds))
+            )
+        return renewed.rowcount == 1
+
+    def release_lease(self, profile: str, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                profile_leases.delete().where(
+                    profile_leases.c.profile == profile, profile_leases.c.holder == holder
+                )
+            )
 
     # -- incremental sources -------------------------------------------------------------
 

@@ -151,3 +151,15 @@ source_snapshots = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("saved_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+#: One row per profile while a run of it is under way: who holds it and until when. A second
+#: run of the same profile, from any entry point, waits or stops; a lease that was not renewed
+#: (the holder crashed) expires, so a crash never locks a profile for good.
+profile_leases = sa.Table(
+    "profile_leases",
+    metadata,
+    sa.Column("profile", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
