@@ -26,12 +26,12 @@ system-packages:
 
 # The demo needs no Debian package: the sample is pushed into the SCIM inbox.
 demo: $(VENV)/.installed
-	mkdir -p var/prefect
+	install -d -m 700 var var/prefect
 	PREFECT_HOME=$(CURDIR)/var/prefect $(BIN)/usersync demo
 
 # The same demo from a real OpenLDAP slapd (installed when missing).
 demo-ldap: setup
-	mkdir -p var/prefect
+	install -d -m 700 var var/prefect
 	PREFECT_HOME=$(CURDIR)/var/prefect $(BIN)/usersync demo --source ldap
 
 lint: $(VENV)/.installed

@@ -159,3 +159,18 @@ def test_a_profile_lease_is_held_by_one_holder_until_released_or_expired(store: 
     # run-b crashed and never renewed: its lease has expired, run-c takes over
     assert store.acquire_lease("prof", "run-c", seconds=60) is None
     assert not store.renew_lease("prof", "run-b")
+
+
+def test_the_sqlite_store_is_readable_by_its_owner_only(tmp_path) -> None:
+    import stat
+
+    path = tmp_path / "new" / "folder" / "store.db"
+    Store.open(f"sqlite:///{path}").close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+    loose = tmp_path / "loose.db"
+    loose.touch(mode=0o644)
+    loose.chmod(0o644)
+    Store.open(f"sqlite:///{loose}").close()
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600

@@ -93,7 +93,7 @@ class Store:
         url = url or store_url()
         parsed = sa.engine.make_url(url)
         if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(parsed.database))
         engine = sa.create_engine(url, future=True)
         migrate(engine)
         return cls(engine)
@@ -403,6 +403,22 @@ class Store:
                     for part, frame in parts.items()
                 ],
             )
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (0600, its new folders 0700).
+
+    The store holds personal data and token hashes. SQLite gives its journal and WAL files
+    the database file's permissions, so they are private too. An existing file with looser
+    permissions is tightened.
+    """
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
 
 
 def _aware(value: datetime) -> datetime:
