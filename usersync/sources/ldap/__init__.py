@@ -25,15 +25,15 @@ built once from column lists, and member DNs are resolved by an exact lower-case
 (RFC 4514) only on a miss. bench/README.md has the figures.
 
 The package's other modules: `decoding` (the lean decoder), `dn` (DN comparison), `values`
-(ids, text, names, filters), `membership` (member values, memberOf, nesting), `referrals`
-and `schema`. The pager, the Active Directory parts and incremental reads are still here.
+(ids, text, names, filters), `membership` (member values, memberOf, nesting),
+`active_directory` (account state, range bounds, IN_CHAIN), `referrals` and `schema`. The
+connection, the pager and incremental reads are still methods of `LdapSource`, here.
 """
 
 from __future__ import annotations
 
 import math
 import ssl
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +67,16 @@ from usersync.model import (
     conform,
 )
 from usersync.sources.base import Source, SourceCheck
+from usersync.sources.ldap.active_directory import (
+    ACCOUNT_EXPIRES,
+    AD_CAPABILITIES,
+    FILETIME_UNIX_OFFSET_SECONDS,
+    IN_CHAIN_RULE,
+    USER_ACCOUNT_CONTROL,
+    ad_inactive,
+    filetime_now,
+    range_bounds,
+)
 from usersync.sources.ldap.decoding import (
     Entry,
     base_entry,
@@ -119,18 +129,6 @@ MEMBER_OF = "memberOf"
 SHIPPED_TABLE_NAMES = frozenset(
     MappingTables(parse_attributes(DEFAULT_ATTRIBUTES_CSV), ()).source_attributes()
 )
-#: LDAP_MATCHING_RULE_IN_CHAIN: transitive evaluation of a DN-valued attribute (AD only).
-IN_CHAIN_RULE = "1.2.840.113556.1.4.1941"
-#: rootDSE supportedCapabilities of AD DS and AD LDS, the servers that implement IN_CHAIN.
-AD_CAPABILITIES = frozenset({"1.2.840.113556.1.4.800", "1.2.840.113556.1.4.1851"})
-USER_ACCOUNT_CONTROL = "userAccountControl"
-ACCOUNT_EXPIRES = "accountExpires"
-#: userAccountControl ACCOUNTDISABLE.
-UAC_ACCOUNT_DISABLE = 0x2
-#: accountExpires values meaning "never": 0 and the largest FILETIME.
-NEVER_EXPIRES = frozenset({0, 0x7FFFFFFFFFFFFFFF})
-#: FILETIME counts 100 ns intervals since 1601-01-01; Unix time starts 11644473600 s later.
-FILETIME_UNIX_OFFSET_SECONDS = 11_644_473_600
 RESULT_INVALID_CREDENTIALS = 49
 RESULT_NO_SUCH_OBJECT = 32
 
@@ -973,7 +971,7 @@ class LdapSource(Source):
         """
         name = key.partition(";")[0]
         values = list(first or ())
-        low, high = _range_bounds(key, dn)
+        low, high = range_bounds(key, dn)
         where = f"{url}: ranged read of {name} of {dn}"
         key = self._attribute_schema().key
         while high is not None:
@@ -998,7 +996,7 @@ class LdapSource(Source):
                     f"after {len(values)} values (entry changed while read?); nothing was used"
                 )
             batch = window[ranged[0]] or []
-            low, next_high = _range_bounds(ranged[0], dn)
+            low, next_high = range_bounds(ranged[0], dn)
             if low != start or (not batch and next_high is not None):
                 raise IncompleteSourceError(
                     f"{where}: asked for values from {start}, got {ranged[0]} with {len(batch)} "
@@ -1159,11 +1157,11 @@ class LdapSource(Source):
             self.config.inactive_accounts if self.config.flavour == "active_directory" else "none"
         )
         if account_state != "none":
-            now = _filetime_now()
+            now = filetime_now()
             inactive = inactive | {
                 source_id
                 for source_id, (dn, attrs) in zip(ids, entries, strict=True)
-                if _ad_inactive(attrs, account_state, now, dn)
+                if ad_inactive(attrs, account_state, now, dn)
             }
         refuse_duplicate_ids(ids, dns, what="users")
         frame = pd.DataFrame(
@@ -1199,34 +1197,6 @@ class LdapSource(Source):
         refuse_duplicate_ids(ids, dns, what="groups")
         frame = pd.DataFrame({"source_group_id": ids, "source_group": names}, dtype="string")
         return conform(frame, SOURCE_GROUP_COLUMNS, what="ldap groups"), names
-
-
-def _range_bounds(key: str, dn: str) -> tuple[int, int | None]:
-    """(low, high) of `attr;range=low-high`; high is None for `*` (the last window)."""
-    window = key.partition(";range=")[2].partition(";")[0]
-    low, _, high = window.partition("-")
-    try:
-        return int(low), None if high == "*" else int(high)
-    except ValueError as exc:
-        raise IncompleteSourceError(f"{dn}: unreadable range option in {key}") from exc
-
-
-def _filetime_now() -> int:
-    return int((time.time() + FILETIME_UNIX_OFFSET_SECONDS) * 10_000_000)
-
-
-def _ad_inactive(attrs: dict[str, list[bytes]], which: str, now: int, dn: str) -> bool:
-    """Whether an AD user is inactive: disabled (UAC 0x2), or past its accountExpires."""
-    try:
-        uac = int((attrs.get(USER_ACCOUNT_CONTROL.lower()) or [b"0"])[0])
-        expires = int((attrs.get(ACCOUNT_EXPIRES.lower()) or [b"0"])[0])
-    except ValueError as exc:
-        raise IncompleteSourceError(
-            f"{dn}: userAccountControl or accountExpires is not a number"
-        ) from exc
-    if uac & UAC_ACCOUNT_DISABLE:
-        return True
-    return which == "disabled_or_expired" and expires not in NEVER_EXPIRES and expires <= now
 
 
 def _describe(result: dict[str, Any]) -> str:
