@@ -35,6 +35,8 @@ def load_profile(profile: str) -> sync.LoadedProfile:
         len(loaded.tables.attributes),
         len(loaded.tables.groups),
     )
+    for warning in loaded.tables.warnings:
+        get_run_logger().warning(warning)
     return loaded
 
 

@@ -82,3 +82,60 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("validate", "sync", "check", "runs", "demo", "sandbox"):
         assert command in out
+
+
+def test_a_profile_name_that_is_a_path_is_refused_before_it_touches_the_disk(
+    mappings, tmp_path, capsys
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "profile.yaml").write_text("source: {kind: scim}\n")
+    assert main(["validate", "../outside"]) == 2
+    assert main(["sync", "../outside"]) == 2
+    err = capsys.readouterr().err
+    assert "profile name '../outside' is not valid" in err
+    assert "Traceback" not in err
+
+
+def test_sync_of_a_missing_profile_is_one_line_and_no_traceback(mappings, capsys):
+    assert main(["sync", "no-such-profile"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no profile 'no-such-profile'")
+    assert main(["--debug", "sync", "no-such-profile"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_files_that_are_not_utf8_name_the_file_and_line(mappings, capsys):
+    (mappings / "demo" / "groups.csv").write_bytes(
+        b"source_group,target_group,mode,targets\nengineering,d\xe9veloppeurs,manual,\n"
+    )
+    assert main(["validate", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert "groups.csv line 2: not UTF-8 text (byte 0xe9 at column 14)" in err
+    profile = mappings / "demo" / "profile.yaml"
+    profile.write_bytes(profile.read_bytes() + b"\n# caf\xe9\n")
+    assert main(["validate", "demo"]) == 2
+    assert "profile.yaml line" in capsys.readouterr().err
+
+
+def test_tables_saved_by_excel_with_a_byte_order_mark_are_read(mappings, capsys):
+    path = mappings / "demo" / "attributes.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    groups = mappings / "demo" / "groups.csv"
+    groups.write_bytes(b"\xef\xbb\xbf" + groups.read_bytes())
+    assert main(["validate", "demo"]) == 0
+
+
+def test_validate_warns_about_patterns_at_risk_and_groups_that_look_like_patterns(mappings, capsys):
+    (mappings / "demo" / "attributes.csv").write_text(
+        "target,source,transform,regex,replacement\n"
+        "username,uid,regex,^(\\w+\\s?)*$,\\1\n"
+        "email,mail,,,\n"
+    )
+    (mappings / "demo" / "groups.csv").write_text(
+        "source_group,target_group,mode,targets\neng-.*,developers,manual,\n"
+    )
+    assert main(["validate", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "attributes.csv line 2: the regex '^(\\\\w+\\\\s?)*$' has nested repetition" in out
+    assert "groups.csv line 2: source_group 'eng-.*' looks like a regular expression" in out

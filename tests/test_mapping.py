@@ -197,3 +197,31 @@ def test_a_source_group_starting_with_hash_is_a_rule_not_a_comment():
         ("#eng", "jira-eng", "manual"),
         ("#ops", "", "on-the-fly"),
     ]
+
+
+def test_a_regex_that_backtracks_on_an_idp_value_is_bounded_in_time():
+    import time
+
+    import pandas as pd
+
+    from usersync.mapping import (
+        REGEX_TIMEOUTS_TOLERATED,
+        RegexTimeoutError,
+        map_attributes,
+        parse_attributes,
+    )
+
+    rules = parse_attributes(
+        "target,source,transform,regex,replacement\nusername,uid,regex,(a|aa)+$,x\n"
+    )
+    evil = "a" * 40 + "!"
+    users = pd.DataFrame({"uid": ["alice", evil]}, dtype="string")
+    started = time.monotonic()
+    mapped = map_attributes(users, rules)
+    assert time.monotonic() - started < 2
+    assert mapped["username"].tolist()[0] == "alice"  # no match on a normal value: unchanged
+    assert pd.isna(mapped["username"].tolist()[1])  # the value that ran out is not provisioned
+
+    many = pd.DataFrame({"uid": [evil] * (REGEX_TIMEOUTS_TOLERATED + 1)}, dtype="string")
+    with pytest.raises(RegexTimeoutError, match=r"line 2.*time budget"):
+        map_attributes(many, rules)

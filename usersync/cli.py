@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from usersync.errors import ConfigError, UsersyncError
@@ -28,10 +29,16 @@ def _validate(args: argparse.Namespace) -> int:
         f"{', '.join(loaded.tables.source_attributes())}"
     )
     print(f"  groups.csv: {len(loaded.tables.groups)} rule(s)")
+    for warning in loaded.tables.warnings:
+        print(f"  warning: {warning}")
     return 0
 
 
 def _sync(args: argparse.Namespace) -> int:
+    from usersync import sync as engine
+
+    # Validate before Prefect starts, so a bad profile is one line, not a flow run's traceback.
+    engine.load(args.profile)
     from flows.sync import SyncFailed, sync
 
     try:
@@ -140,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sync users and groups from an IdP (LDAP, Active Directory, miniOrange) "
         "into Jira, Confluence and Bitbucket Data Center.",
     )
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("validate", help="check a profile and its mapping tables; no I/O")
@@ -257,12 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except UsersyncError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 if __name__ == "__main__":

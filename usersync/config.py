@@ -400,6 +400,12 @@ def profile_dir(name: str, root: Path | None = None) -> Path:
     Raises:
         ConfigError: no such profile; the message lists the profiles there are.
     """
+    if not re.match(PROFILE_NAME_PATTERN, name):
+        # Checked before the name touches a path: '../outside' must not reach the file system.
+        raise ConfigError(
+            f"profile name {name!r} is not valid: use lower-case letters, digits and dashes "
+            "(it names a folder under mappings/)"
+        )
     root = root or mappings_dir()
     folder = root / name
     if not (folder / PROFILE_FILE).is_file():
@@ -411,6 +417,26 @@ def profile_dir(name: str, root: Path | None = None) -> Path:
     return folder
 
 
+def read_text_file(path: Path) -> str:
+    """A configuration file's text: UTF-8, with or without a byte-order mark (Excel writes one).
+
+    Raises:
+        ConfigError: the file is not UTF-8; the message gives the line and the byte.
+    """
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column "
+            f"{column}); save the file as UTF-8"
+        ) from None
+
+
 def load_profile(name: str, root: Path | None = None) -> Profile:
     """Read and validate `mappings/<name>/profile.yaml`.
 
@@ -420,7 +446,7 @@ def load_profile(name: str, root: Path | None = None) -> Profile:
     """
     path = profile_dir(name, root) / PROFILE_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text_file(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

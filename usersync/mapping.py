@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import regex as bounded_re
 
+from usersync.config import read_text_file
 from usersync.errors import ConfigError
 from usersync.model import (
     DESIRED_GROUP_COLUMNS,
@@ -71,7 +73,7 @@ class AttributeRule:
     target: str
     sources: tuple[str, ...]
     transforms: tuple[str, ...]
-    regex: re.Pattern[str] | None
+    regex: bounded_re.Pattern[str] | None
     replacement: str
     template: str
     template_fields: tuple[str, ...]
@@ -98,6 +100,8 @@ class MappingTables:
 
     attributes: tuple[AttributeRule, ...]
     groups: tuple[GroupRule, ...]
+    #: things that are valid but probably not what the admin meant, with file and line
+    warnings: tuple[str, ...] = ()
 
     def source_attributes(self) -> list[str]:
         """Every source attribute the attribute rules read, in first-use order."""
@@ -188,12 +192,12 @@ def parse_attributes(text: str, where: str = ATTRIBUTES_FILE) -> tuple[Attribute
             if not row.get("regex"):
                 raise ConfigError(f"{at}: transform 'regex' needs a pattern in the regex column")
             try:
-                regex = re.compile(row["regex"])
-            except re.error as exc:
+                regex = bounded_re.compile(row["regex"])
+            except bounded_re.error as exc:
                 raise ConfigError(f"{at}: invalid regex {row['regex']!r}: {exc}") from exc
             try:
                 regex.sub(row.get("replacement", ""), "")
-            except (re.error, IndexError) as exc:
+            except (bounded_re.error, IndexError) as exc:
                 raise ConfigError(
                     f"{at}: invalid replacement {row.get('replacement', '')!r}: {exc}"
                 ) from exc
@@ -290,7 +294,7 @@ def load_tables(folder: Path, target_names: Iterable[str] = ()) -> MappingTables
     """
     attributes_path = folder / ATTRIBUTES_FILE
     attributes = (
-        parse_attributes(attributes_path.read_text(encoding="utf-8"), str(attributes_path))
+        parse_attributes(read_text_file(attributes_path), str(attributes_path))
         if attributes_path.is_file()
         else parse_attributes(DEFAULT_ATTRIBUTES_CSV, "shipped default attributes.csv")
     )
@@ -300,8 +304,42 @@ def load_tables(folder: Path, target_names: Iterable[str] = ()) -> MappingTables
             f"{groups_path}: missing; write at least the header "
             f"'{','.join(GROUP_COLUMNS)}' (no rows = no groups are managed)"
         )
-    groups = parse_groups(groups_path.read_text(encoding="utf-8"), str(groups_path), target_names)
-    return MappingTables(attributes, groups)
+    groups = parse_groups(read_text_file(groups_path), str(groups_path), target_names)
+    return MappingTables(
+        attributes,
+        groups,
+        table_warnings(attributes, groups, str(attributes_path), str(groups_path)),
+    )
+
+
+#: Characters that make a group name look like a pattern; rules match names literally.
+_PATTERN_LOOK = re.compile(r"\.\*|\.\+|[\^$\[\]()|\\]")
+
+
+def table_warnings(
+    attributes: Sequence[AttributeRule],
+    groups: Sequence[GroupRule],
+    attributes_where: str = ATTRIBUTES_FILE,
+    groups_where: str = GROUPS_FILE,
+) -> tuple[str, ...]:
+    """Valid rows that are probably not what the admin meant: patterns at risk of
+    catastrophic backtracking, and source groups that look like patterns but match literally."""
+    out = [
+        f"{attributes_where} line {rule.line}: the regex {rule.regex.pattern!r} has nested "
+        "repetition, which can take exponential time on some values; each value gets "
+        f"{REGEX_SECONDS_PER_VALUE * 1000:.0f} ms and a user whose value runs out is not "
+        "provisioned — prefer a pattern without a repeated group that itself repeats"
+        for rule in attributes
+        if rule.regex is not None and risky_pattern(rule.regex.pattern)
+    ]
+    out += [
+        f"{groups_where} line {rule.line}: source_group {rule.source_group!r} looks like a "
+        "regular expression, but rules match group names literally (case-insensitively); "
+        "only a group with exactly this name matches"
+        for rule in groups
+        if rule.source_group != ALL_GROUPS and _PATTERN_LOOK.search(rule.source_group)
+    ]
+    return tuple(out)
 
 
 # -- applying -------------------------------------------------------------------------------
@@ -331,6 +369,52 @@ def _render_template(
     return out.where(any_field & (out.str.strip() != ""))
 
 
+#: How long one regex substitution may run on one value (IdP values are not ours to trust).
+REGEX_SECONDS_PER_VALUE = 0.05
+#: After this many values ran out of time under one rule, the run stops before any write.
+REGEX_TIMEOUTS_TOLERATED = 5
+#: A quantified group that itself holds a quantifier: the shape of catastrophic backtracking.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d+,)")
+
+
+class RegexTimeoutError(ConfigError):
+    """A pattern of attributes.csv ran past its time budget on too many values."""
+
+
+def risky_pattern(pattern: str) -> bool:
+    """Whether a pattern has the shape that backtracks catastrophically, e.g. `(a+)+$`."""
+    return bool(_NESTED_QUANTIFIER.search(pattern))
+
+
+def _bounded_replace(values: pd.Series, rule: AttributeRule) -> pd.Series:
+    """`rule.regex` substituted in each value, each given `REGEX_SECONDS_PER_VALUE`.
+
+    A value whose substitution runs out of time becomes missing (so the user is rejected
+    and reported, not provisioned with a half-computed name); more than
+    `REGEX_TIMEOUTS_TOLERATED` of them stop the run before any write.
+    """
+    assert rule.regex is not None
+    out: list[object] = []
+    timeouts = 0
+    for value in values.tolist():
+        if value is None or value is pd.NA:
+            out.append(pd.NA)
+            continue
+        try:
+            out.append(rule.regex.sub(rule.replacement, value, timeout=REGEX_SECONDS_PER_VALUE))
+        except TimeoutError:
+            timeouts += 1
+            out.append(pd.NA)
+            if timeouts > REGEX_TIMEOUTS_TOLERATED:
+                raise RegexTimeoutError(
+                    f"attributes.csv line {rule.line}: the regex {rule.regex.pattern!r} ran out "
+                    f"of its time budget ({REGEX_SECONDS_PER_VALUE * 1000:.0f} ms) on more than "
+                    f"{REGEX_TIMEOUTS_TOLERATED} source values; the run stops before any write. "
+                    "Rewrite it without nested repetition like (a+)+"
+                ) from None
+    return pd.Series(out, index=values.index, dtype="string")
+
+
 def map_attributes(users: pd.DataFrame, rules: Sequence[AttributeRule]) -> pd.DataFrame:
     """Apply attribute rules to source users; one column per target attribute (NA = no value)."""
     lookup = {str(c).casefold(): str(c) for c in users.columns}
@@ -347,7 +431,7 @@ def map_attributes(users: pd.DataFrame, rules: Sequence[AttributeRule]) -> pd.Da
             elif name == "strip":
                 value = value.str.strip()
             elif name == "regex" and rule.regex is not None:
-                value = value.str.replace(rule.regex, rule.replacement, regex=True)
+                value = _bounded_replace(value, rule)
             elif name == "template":
                 value = _render_template(rule.template, users, lookup, value)
         value = value.mask(value.str.strip() == "")

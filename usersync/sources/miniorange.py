@@ -148,7 +148,13 @@ class MiniorangeSource(Source):
         where = f"miniorange {self.config.url}{path}"
         payload = {"customerKey": self.config.customer_key, **body}
         try:
-            response = self._client.request("POST", path, json=payload, ok=(200,))
+            response = self._client.request(
+                "POST",
+                path,
+                json=payload,
+                ok=(200,),
+                replay_safe=True,  # reads: safe to repeat
+            )
         except (TargetUnreachableError, TransientError) as exc:
             raise SourceUnreachableError(f"{where}: {exc}") from exc
         except (TargetAuthError, TargetPermissionError) as exc:
