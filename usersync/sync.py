@@ -145,6 +145,8 @@ class TargetPlan:
     conflicts: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: attribute → managed accounts whose value the target would not reveal (not compared)
     unverifiable: dict[str, int] = field(default_factory=dict)
+    #: keys the ledger links that the target no longer has (accounts deleted by hand)
+    deleted_keys: tuple[str, ...] = ()
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
@@ -225,7 +227,10 @@ def plan_target_sync(
     desired = _as_target_stores(desired, target)
     ledger = store.ledger(profile.name, target_name)
     users = ledger["kind"] == "user"
-    usernames = list(dict.fromkeys(desired.users["username"].dropna().str.casefold()))
+    # Managed accounts are asked for by their last known names too (found by name, cheaply);
+    # only those renamed by hand or deleted are then looked up by key.
+    usernames = pd.concat([desired.users["username"], ledger.loc[users, "name"]], ignore_index=True)
+    usernames = list(dict.fromkeys(usernames.dropna().str.casefold()))
     keys = list(dict.fromkeys(ledger.loc[users, "target_key"].dropna()))
     groups = list(
         dict.fromkeys(
@@ -255,6 +260,7 @@ def plan_target_sync(
         ledger,
         conflicts=changes.conflicts,
         unverifiable=changes.unverifiable,
+        deleted_keys=tuple(sorted(set(keys) - set(actual.users["target_key"].dropna()))),
     )
 
 
@@ -375,6 +381,9 @@ def load_target_sync(
     ]
     if not result.quarantined:
         store.remember(profile, target_plan.target, mapped)
+        # An account deleted by hand is gone for good: its link would only be looked up again
+        # on every run.
+        store.forget(profile, target_plan.target, "user", target_plan.deleted_keys)
     return result
 
 

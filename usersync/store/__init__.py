@@ -275,6 +275,21 @@ class Store:
                         )
                     )
 
+    def forget(self, profile: str, target: str, kind: str, target_keys: Iterable[str]) -> None:
+        """Drop ledger entries (accounts or groups that no longer exist in the target)."""
+        keys = list(target_keys)
+        if not keys:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                ledger.delete().where(
+                    ledger.c.profile == profile,
+                    ledger.c.target == target,
+                    ledger.c.kind == kind,
+                    ledger.c.target_key.in_(keys),
+                )
+            )
+
     # -- one run per profile ---------------------------------------------------------------
 
     def acquire_lease(
