@@ -225,3 +225,12 @@ def test_a_regex_that_backtracks_on_an_idp_value_is_bounded_in_time():
     many = pd.DataFrame({"uid": [evil] * (REGEX_TIMEOUTS_TOLERATED + 1)}, dtype="string")
     with pytest.raises(RegexTimeoutError, match=r"line 2.*time budget"):
         map_attributes(many, rules)
+
+
+def test_an_ldap_attribute_may_be_named_by_its_oid_in_source():
+    from usersync.mapping import parse_attributes
+
+    rules = parse_attributes("target,source\nusername,uid\ndisplay_name,2.5.4.4|cn\n")
+    assert rules[1].sources == ("2.5.4.4", "cn")
+    with pytest.raises(ConfigError, match="'2.5.' is not a valid source attribute name"):
+        parse_attributes("target,source\nusername,2.5.\n")

@@ -55,6 +55,8 @@ REQUIRED_GROUP_COLUMNS = ("source_group", "target_group")
 ALL_GROUPS = "*"
 #: Attribute names usable in `source` and in template fields (LDAP descriptions, SCIM paths).
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:;-]*$")
+#: In `source` an LDAP attribute may also be named by its OID (`2.5.4.4` is sn).
+SOURCE_ATTRIBUTE_NAME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_.:;-]*|\d+(?:\.\d+)+)$")
 
 #: The shipped attribute table, as in the miniOrange app: username ← userName /
 #: userPrincipalName, email ← email / mail, display name ← the full name.
@@ -185,7 +187,7 @@ def parse_attributes(text: str, where: str = ATTRIBUTES_FILE) -> tuple[Attribute
                 )
         sources = tuple(s.strip() for s in row["source"].split("|") if s.strip())
         for name in sources:
-            if not ATTRIBUTE_NAME.match(name):
+            if not SOURCE_ATTRIBUTE_NAME.match(name):
                 raise ConfigError(f"{at}: '{name}' is not a valid source attribute name")
         regex = None
         if "regex" in transforms:

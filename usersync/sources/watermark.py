@@ -50,6 +50,7 @@ SCOPE_SETTINGS = (
     "disabled_filter",
     "nested_groups",
     "inactive_accounts",
+    "follow_referrals",
 )
 
 
