@@ -232,5 +232,5 @@ def test_an_ldap_attribute_may_be_named_by_its_oid_in_source():
 
     rules = parse_attributes("target,source\nusername,uid\ndisplay_name,2.5.4.4|cn\n")
     assert rules[1].sources == ("2.5.4.4", "cn")
-    with pytest.raises(ConfigError, match="'2.5.' is not a valid source attribute name"):
+    with pytest.raises(ConfigError, match=r"'2\.5\.' is not a valid source attribute name"):
         parse_attributes("target,source\nusername,2.5.\n")
