@@ -359,3 +359,22 @@ def test_a_second_run_of_a_profile_waits_or_stops_cleanly(make_profile, jira, ca
     outcomes = sync(profile="testprof", wait_seconds=30)
     assert outcomes[0]["status"] == "succeeded"
     assert store.acquire_lease("testprof", "next", seconds=1) is None  # released after the run
+
+
+def test_a_value_the_product_trims_is_compared_as_stored_and_not_resent(make_profile, jira):
+    emulator, url = jira
+    attributes = (
+        "target,source,transform,regex,replacement,template,default\n"
+        "username,uid,strip lower,,,,\n"
+        "email,mail,strip lower,,,,\n"
+        "display_name,,template,,,{givenName} {sn} ,\n"  # a trailing blank Jira trims
+    )
+    make_profile(url, attributes=attributes)
+    sync(profile="testprof")
+    assert jira_user(url, "asmith")["displayName"] == "Alice Smith"
+
+    writes = len(emulator.app.writes())
+    again = sync(profile="testprof")
+
+    assert again[0]["planned"] == {}
+    assert len(emulator.app.writes()) == writes
