@@ -110,6 +110,18 @@ class Target(ABC):
         """
         return None
 
+    def administrators(self) -> set[str]:
+        """Usernames (case-folded) of the accounts with administrative rights in the product.
+
+        Directly or through a group: Jira administrators and system administrators, Confluence
+        administrators and system administrators, Bitbucket ADMIN and SYS_ADMIN. usersync never
+        adopts, updates or deactivates these unless the profile lists them explicitly
+        (`settings.manage_admin_accounts`): adopting one by name would hand an administrator
+        account to whoever controls that name in the IdP. The default knows none; each
+        product overrides it.
+        """
+        return set()
+
     def stored_form(self, users: pd.DataFrame) -> pd.DataFrame:
         """Desired users' attributes as the product would store them (for comparing).
 
