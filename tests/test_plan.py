@@ -399,3 +399,37 @@ def test_a_rename_that_frees_a_name_runs_before_the_creation_that_takes_it():
     a = actual([["K1", "alice", "a1@x", "A1", True]])
     p = plan(d, a, ledger(("s1", "K1", "alice")))
     assert ops(p) == [("update_user", "alice", ""), ("create_user", "alice", "")]
+
+
+# -- adoption is safe by default ----------------------------------------------------------------
+
+
+def test_adoption_needs_the_email_to_match_by_default():
+    d = desired([["s1", "jira-sysadmin", "attacker@evil.example", "X", True]])
+    a = actual([["K0", "JIRA-SYSADMIN", "root@corp.example", "Root", True]])
+    changes = plan_changes(PlanInput("jira", d, a, ledger(), SyncSettings()))
+    assert changes.operations.empty  # neither adopted nor overwritten nor duplicated
+    assert "e-mail differs" in changes.conflicts.loc[0, "reason"]
+
+
+def test_adoption_policies():
+    d = desired([ALICE])
+    other_mail = actual([["K9", "alice", "someone@else", "Alice", True]])
+    unknown_mail = actual([["K9", "alice", pd.NA, "Alice", True]])
+    by_name = SyncSettings(adoption="username")
+    assert ops(plan(d, other_mail, settings=by_name))[0] == ("adopt_user", "alice", "")
+    never = plan_changes(PlanInput("j", d, other_mail, ledger(), SyncSettings(adoption="never")))
+    assert never.operations.empty and "adoption: never" in never.conflicts.loc[0, "reason"]
+    unknown = plan_changes(PlanInput("c", d, unknown_mail, ledger(), SyncSettings()))
+    assert unknown.operations.empty
+    assert "cannot be read" in unknown.conflicts.loc[0, "reason"]
+
+
+def test_a_protected_account_a_source_user_names_is_reported_not_touched():
+    d = desired([["s1", "root", "root@corp", "Root", True]])
+    a = actual([["K0", "root", "other@corp", "Root", True]])
+    changes = plan_changes(
+        PlanInput("jira", d, a, ledger(), SyncSettings(adoption="username"), protected=("root",))
+    )
+    assert changes.operations.empty
+    assert "is protected" in changes.conflicts.loc[0, "reason"]

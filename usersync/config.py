@@ -336,6 +336,16 @@ class SyncSettings(StrictModel):
     protected_usernames: tuple[str, ...] = Field(
         (), description="Accounts usersync never touches (admins, service accounts)."
     )
+    adoption: Literal["username_and_email", "username", "never"] = Field(
+        "username_and_email",
+        description="When an account usersync does not manage has a source user's username: "
+        "take it over only if the e-mail matches too (default), by username alone, or never.",
+    )
+    manage_admin_accounts: tuple[str, ...] = Field(
+        (),
+        description="Accounts with administrative rights in a product that usersync may "
+        "adopt, update and deactivate; every other administrator is left alone.",
+    )
     max_deactivations: int = Field(
         500, ge=0, description="A plan that deactivates more accounts than this is refused."
     )

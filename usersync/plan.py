@@ -155,7 +155,8 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     owner_renamed_away = by_name["owner"].isin(active_ids) & (
         by_name["owner"].map(desired_key_of).astype("string") != by_name["t_key"]
     )
-    adopt = found & ~owned & wants
+    unowned = found & ~owned & wants
+    adopt = unowned & _may_adopt(by_name, settings.adoption)
     relink = found & owned & ~owner_live & wants
     disputed = found & owned & owner_live & ~owner_renamed_away & wants
     create = wants & (~found | (owned & owner_renamed_away))
@@ -174,7 +175,21 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     if not settings.create_users:
         to_create = to_create.iloc[0:0]
 
+    refused = by_name.loc[unowned & ~adopt & ~by_name["t_key"].isin(protected)]
     conflicts = [
+        refused.assign(
+            target_key=lambda f: f["t_target_key"],
+            reason=lambda f: _adoption_refusal(f, settings.adoption),
+        ),
+        by_name.loc[found & wants & by_name["t_key"].isin(protected)].assign(
+            target_key=lambda f: f["t_target_key"],
+            reason=lambda f: (
+                "account '"
+                + f["t_username"]
+                + "' is protected (protected_usernames, the account usersync signs in as, or "
+                "an administrator of the product not listed in manage_admin_accounts): left alone"
+            ),
+        ),
         by_name.loc[disputed].assign(
             target_key=lambda f: f["t_target_key"],
             reason=lambda f: (
@@ -184,7 +199,7 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
                 + f["owner"]
                 + "); neither is changed until one of them leaves the source"
             ),
-        )
+        ),
     ]
 
     parts: list[pd.DataFrame] = []
@@ -284,6 +299,46 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     plan["seq"] = range(1, len(plan) + 1)
     operations = conform(plan[list(PLAN_COLUMNS)].fillna(""), PLAN_COLUMNS, what="plan")
     return PlannedChanges(operations, conflict_frame, unverifiable)
+
+
+def _may_adopt(by_name: pd.DataFrame, policy: str) -> pd.Series:
+    """Which unmanaged accounts found by username may be adopted under the profile's policy.
+
+    `username_and_email` (the default) wants the e-mail to match too, case-insensitively:
+    adopting by name alone would let whoever controls a name in the IdP take over an account
+    (and its password reset) by giving it their address. An e-mail the target will not reveal
+    cannot match.
+    """
+    if policy == "never":
+        return pd.Series(False, index=by_name.index)
+    if policy == "username":
+        return pd.Series(True, index=by_name.index)
+    same = (
+        by_name["email"].fillna("").str.casefold() == by_name["t_email"].fillna("").str.casefold()
+    )
+    return (by_name["email"].notna() & by_name["t_email"].notna() & same).astype(bool)
+
+
+def _adoption_refusal(rows: pd.DataFrame, policy: str) -> pd.Series:
+    """Why an existing account was not adopted, in the admin's words."""
+    if policy == "never":
+        why = "adoption: never"
+    else:
+        why = pd.Series(
+            "its e-mail differs from the source's (adoption: username_and_email)",
+            index=rows.index,
+            dtype="string",
+        ).mask(
+            rows["t_email"].isna(),
+            "its e-mail cannot be read to confirm it (adoption: username_and_email)",
+        )
+    return (
+        "an account '"
+        + rows["t_username"]
+        + "' exists that usersync does not manage, and "
+        + why
+        + ": not adopted, nothing changed; fix the e-mail on either side or set adoption"
+    )
 
 
 def _updates(

@@ -117,9 +117,10 @@ def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> D
 def protected_usernames(
     profile: Profile, target_name: str, target: Target | None = None
 ) -> tuple[str, ...]:
-    """Accounts never touched in a target: the configured list and the account usersync signs
+    """Accounts never touched in a target: the configured list, the account usersync signs
     in as (the basic-auth username, and whoever the target says the credentials belong to,
-    so a token's account is protected too)."""
+    so a token's account is protected too), and the product's administrators except those
+    `manage_admin_accounts` lists."""
     names = list(profile.settings.protected_usernames)
     auth = profile.targets[target_name].auth
     if auth.kind == "basic":
@@ -128,6 +129,8 @@ def protected_usernames(
         me = target.current_account()
         if me:
             names.append(me)
+        allowed = {n.casefold() for n in profile.settings.manage_admin_accounts}
+        names.extend(sorted(a for a in target.administrators() if a.casefold() not in allowed))
     return tuple(dict.fromkeys(names))
 
 
