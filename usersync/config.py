@@ -302,6 +302,13 @@ class TargetConfig(StrictModel):
     )
     auth: TargetAuth
     timeout_seconds: float = Field(30, gt=0, description="Connect/read timeout of every call.")
+    load_budget_seconds: float = Field(
+        7200,
+        gt=0,
+        description="Time budget for loading this target in one run, waits for rate limits "
+        "included; when it runs out the target stops cleanly and what is left is reported "
+        "as skipped (the next run picks it up).",
+    )
     max_attempts: int = Field(5, ge=1, le=20, description="Tries per call for 429/5xx/resets.")
     max_retry_wait_seconds: float = Field(120, gt=0, description="Cap on one Retry-After wait.")
     ca_file: Path | None = None

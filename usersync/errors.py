@@ -96,3 +96,7 @@ def is_transient(error: BaseException) -> bool:
 
 class ProfileBusyError(UsersyncError):
     """Another run of the same profile holds its lease."""
+
+
+class TargetDeadlineError(TargetError):
+    """The run's time budget for this target ran out; what is left is not sent."""

@@ -33,6 +33,7 @@ import httpx
 from usersync.errors import (
     TargetAuthError,
     TargetConflictError,
+    TargetDeadlineError,
     TargetError,
     TargetNotFoundError,
     TargetPermissionError,
@@ -167,6 +168,9 @@ class ApiClient:
         )
         #: Requests sent, by method, including retries (for the run summary).
         self.sent: dict[str, int] = {}
+        #: time.monotonic() after which no request is sent and no wait begun (the run's time
+        #: budget for this target); None: no budget
+        self.deadline: float | None = None
 
     @property
     def base_url(self) -> str:
@@ -266,6 +270,10 @@ class ApiClient:
         maybe_applied = False
         while True:
             attempt += 1
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise TargetDeadlineError(
+                    f"{what}: not sent: the run's time budget for this target ran out"
+                )
             self.sent[method] = self.sent.get(method, 0) + 1
             try:
                 response = self._client.request(method, path, params=params, json=json)
@@ -335,6 +343,14 @@ class ApiClient:
                         attempts=attempt,
                     )
                 raise failure from cause
+            if self.deadline is not None and time.monotonic() + wait > self.deadline:
+                raise TargetDeadlineError(
+                    f"{failure}; not retried: the run's time budget for this target runs out "
+                    f"before the {wait:.0f} s wait asked for",
+                    status=failure.status,
+                    body=failure.body,
+                    attempts=attempt,
+                ) from cause
             log.warning("%s: %s, retrying in %.1fs", what, reason, wait)
             self.retry.sleep(wait)
 

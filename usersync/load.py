@@ -21,6 +21,7 @@ import pandas as pd
 
 from usersync.errors import (
     TargetAuthError,
+    TargetDeadlineError,
     TargetError,
     TargetPermissionError,
     TargetUnreachableError,
@@ -30,7 +31,12 @@ from usersync.store import LedgerEntry
 from usersync.targets.base import Target
 
 #: Errors after which no further call to the target makes sense in this run.
-QUARANTINE_ERRORS = (TargetAuthError, TargetPermissionError, TargetUnreachableError)
+QUARANTINE_ERRORS = (
+    TargetAuthError,
+    TargetPermissionError,
+    TargetUnreachableError,
+    TargetDeadlineError,
+)
 
 
 @dataclass(frozen=True)

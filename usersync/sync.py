@@ -370,6 +370,8 @@ def load_target_sync(
             profile, target_plan.target, [o.ledger for o in outcomes if o.ledger is not None]
         )
 
+    budget = loaded.profile.targets[target_plan.target].load_budget_seconds
+    target.set_deadline(time.monotonic() + budget)
     result = execute_plan(target, target_plan.plan, max_workers=max_workers, on_outcomes=record)
     plan = target_plan.plan
     failed_groups = {

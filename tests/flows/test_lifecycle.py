@@ -378,3 +378,29 @@ def test_a_value_the_product_trims_is_compared_as_stored_and_not_resent(make_pro
 
     assert again[0]["planned"] == {}
     assert len(emulator.app.writes()) == writes
+
+
+def test_a_target_that_keeps_answering_429_stops_at_its_time_budget(make_profile, jira):
+    import time
+
+    emulator, url = jira
+    make_profile(
+        url,
+        extra_targets="    load_budget_seconds: 3\n    max_attempts: 20",
+    )
+    # Every write is refused with 429 and a Retry-After of 2 s, for as long as it takes.
+    emulator.app.faults.rate_limit_every = 1
+    emulator.app.faults.retry_after_seconds = 2
+    emulator.app.faults.only_methods = ("POST", "PUT", "DELETE")
+
+    started = time.monotonic()
+    with pytest.raises(SyncFailed, match="time budget"):
+        sync(profile="testprof")
+    assert time.monotonic() - started < 30
+
+    (run,) = Store.open(store_url()).runs("testprof").to_dict("records")
+    operations = Store.open(store_url()).operations(run["id"])
+    skipped = operations.loc[operations["status"] == "skipped"]
+    assert len(skipped) > 0
+    assert skipped["error"].str.contains("time budget").all()
+    assert set(operations["status"]) <= {"failed", "skipped"}  # nothing left "planned"

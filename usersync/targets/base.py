@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from usersync.http import ApiClient
 from usersync.model import (
     TARGET_GROUP_COLUMNS,
     TARGET_MEMBERSHIP_COLUMNS,
@@ -203,6 +204,16 @@ class Target(ABC):
     @abstractmethod
     def check(self) -> TargetCheck:
         """Reach the target, prove the credentials and the admin permission; write nothing."""
+
+    def set_deadline(self, at: float | None) -> None:
+        """Stop sending requests after `at` (a `time.monotonic()` value), retries included.
+
+        Applies to every HTTP client the target holds; a call that would start, or a retry
+        wait that would end, past it raises `TargetDeadlineError`.
+        """
+        for value in vars(self).values():
+            if isinstance(value, ApiClient):
+                value.deadline = at
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
