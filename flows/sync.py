@@ -18,9 +18,11 @@ from usersync.model import SourceSnapshot
 from usersync.report import summary_text
 from usersync.store import Store
 from usersync.sync import (
+    DETAILS_KEPT,
     LoadedProfile,
     TargetOutcome,
     default_lease_holder,
+    failed_operations,
     profile_lease,
     select_targets,
 )
@@ -138,6 +140,12 @@ def _sync_target(
     try:
         desired = steps.transform(loaded, snapshot, name)
         outcome.rejected = len(desired.rejected)
+        outcome.rejected_users = (
+            desired.rejected[["locator", "reason"]]
+            .head(DETAILS_KEPT)
+            .astype(object)
+            .to_dict("records")
+        )
         target_plan = steps.plan(loaded, name, desired, store_url, allow_mass_changes)
         outcome.planned = target_plan.counts()
         outcome.conflicts = target_plan.conflicts.astype(object).to_dict("records")
@@ -161,6 +169,7 @@ def _sync_target(
         else:
             result = steps.load(loaded, name, target_plan, store_url, run_id, holder)
             outcome.executed = result.counts()
+            outcome.failures = failed_operations(target_plan.plan, result)
             outcome.status = result.status
             outcome.error = result.quarantined
     except UsersyncError as exc:

@@ -17,8 +17,8 @@ from usersync.sync import TargetOutcome
 
 #: Plan rows shown in one artifact; the store keeps every row.
 PLAN_ROWS_SHOWN = 1000
-#: Conflicts listed in the summary artifact per target.
-CONFLICTS_SHOWN = 100
+#: Rows of each detail table (conflicts, failures, rejected users) in the summary, per target.
+DETAIL_ROWS_SHOWN = 100
 
 
 def plan_rows(
@@ -78,15 +78,47 @@ def summary_markdown(
                 f"{outcome.target}: {attribute} of {count} managed account(s) cannot be read "
                 "with these credentials: left alone, never compared.",
             ]
-        if outcome.conflicts:
-            lines += ["", f"## {outcome.target}: no operation planned for", ""]
-            lines += ["| username | source id | reason |", "|---|---|---|"]
-            for conflict in outcome.conflicts[:CONFLICTS_SHOWN]:
-                cells = [conflict.get(k) or "" for k in ("username", "source_id", "reason")]
-                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-            if len(outcome.conflicts) > CONFLICTS_SHOWN:
-                lines.append(f"... and {len(outcome.conflicts) - CONFLICTS_SHOWN} more")
+        _detail_table(
+            lines,
+            f"{outcome.target}: failed operations",
+            ["op", "username", "group", "error"],
+            outcome.failures,
+        )
+        _detail_table(
+            lines,
+            f"{outcome.target}: source users not provisioned (rejected)",
+            ["locator", "reason"],
+            outcome.rejected_users,
+            total=outcome.rejected,
+        )
+        _detail_table(
+            lines,
+            f"{outcome.target}: no operation planned for",
+            ["username", "source_id", "reason"],
+            outcome.conflicts,
+        )
     return "\n".join(lines) + "\n"
+
+
+def _detail_table(
+    lines: list[str],
+    title: str,
+    columns: list[str],
+    rows: Sequence[dict[str, Any]],
+    *,
+    total: int | None = None,
+) -> None:
+    """Append a markdown table of `rows` (first `DETAIL_ROWS_SHOWN`) under `title`, if any."""
+    if not rows:
+        return
+    lines += ["", f"## {title}", "", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    for row in rows[:DETAIL_ROWS_SHOWN]:
+        cells = [str(row.get(c) or "").replace("|", "\\|").replace("\n", " ") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    more = (total if total is not None else len(rows)) - min(len(rows), DETAIL_ROWS_SHOWN)
+    if more > 0:
+        lines.append(f"... and {more} more (the run's log and the store have them all)")
 
 
 def summary_text(outcomes: Sequence[TargetOutcome]) -> str:

@@ -282,6 +282,10 @@ class TargetOutcome:
     conflicts: list[dict[str, str]] = field(default_factory=list)
     #: attribute → managed accounts whose value the target would not reveal
     unverifiable: dict[str, int] = field(default_factory=dict)
+    #: source users the mapping or the product refuses ({locator, reason}), first ones only
+    rejected_users: list[dict[str, str]] = field(default_factory=list)
+    #: operations that failed ({seq, op, username, group, error}), first ones only
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -294,7 +298,35 @@ class TargetOutcome:
             "run_id": self.run_id,
             "conflicts": self.conflicts,
             "unverifiable": self.unverifiable,
+            "rejected_users": self.rejected_users,
+            "failures": self.failures,
         }
+
+
+#: Rejected users and failed operations kept in a run's outcome (the store has every one).
+DETAILS_KEPT = 200
+
+
+def failed_operations(plan: pd.DataFrame, result: LoadResult) -> list[dict[str, Any]]:
+    """The failed operations of a load with what they were about, first `DETAILS_KEPT`."""
+    rows = plan.set_index("seq")
+    out = []
+    for outcome in result.outcomes:
+        if outcome.status != "failed":
+            continue
+        row = rows.loc[outcome.seq]
+        out.append(
+            {
+                "seq": outcome.seq,
+                "op": outcome.op,
+                "username": str(row["username"]),
+                "group": str(row["group"]),
+                "error": outcome.error or "",
+            }
+        )
+        if len(out) >= DETAILS_KEPT:
+            break
+    return out
 
 
 def default_lease_holder() -> str:

@@ -404,3 +404,31 @@ def test_a_target_that_keeps_answering_429_stops_at_its_time_budget(make_profile
     assert len(skipped) > 0
     assert skipped["error"].str.contains("time budget").all()
     assert set(operations["status"]) <= {"failed", "skipped"}  # nothing left "planned"
+
+
+def test_the_summary_lists_rejected_users_failed_operations_and_conflicts(make_profile, jira):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    emulator, url = jira
+    # An account named like a source user, with another e-mail: not adopted, a conflict.
+    emulator.seed_user("asmith", "someone.else@example.com", "Not Alice")
+    make_profile(url)
+    # The product refuses the first write outright: a failed operation.
+    emulator.app.faults.only_methods = ("POST",)
+    emulator.app.faults.script.append("400")
+    with pytest.raises(SyncFailed, match="jira: partial"):
+        sync(profile="testprof")
+
+    async def summary():
+        async with get_client() as client:
+            artifacts = await client.read_latest_artifacts()
+        return next(a for a in artifacts if a.key == "summary-testprof").data
+
+    text = asyncio.run(summary())
+    assert "## jira: source users not provisioned (rejected)" in text
+    assert "no e-mail address" in text  # nwilson
+    assert "## jira: no operation planned for" in text
+    assert "its e-mail differs" in text
+    assert "## jira: failed operations" in text
