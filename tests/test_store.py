@@ -174,3 +174,49 @@ def test_the_sqlite_store_is_readable_by_its_owner_only(tmp_path) -> None:
     loose.chmod(0o644)
     Store.open(f"sqlite:///{loose}").close()
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+
+
+def test_opening_an_up_to_date_store_never_waits_for_a_writer(tmp_path) -> None:
+    import sqlite3
+    import time
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    Store.open(url).close()
+    writer = sqlite3.connect(tmp_path / "store.db")
+    writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a long write
+    try:
+        started = time.monotonic()
+        store = Store.open(url)  # only reads the schema version
+        store.ledger("prof", "jira")  # and readers go on beside the writer (WAL)
+        assert time.monotonic() - started < 2
+        store.close()
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+def test_a_second_writer_waits_its_turn_instead_of_failing(tmp_path) -> None:
+    import sqlite3
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store.open(url)
+    writer = sqlite3.connect(tmp_path / "store.db", check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    threading.Timer(2.0, writer.commit).start()
+    # 20k ledger entries written while the other writer holds the lock for 2 s
+    store.remember(
+        "prof", "jira", [LedgerEntry("user", f"K{i}", f"u{i}", f"s{i}") for i in range(20_000)]
+    )
+    assert (store.ledger("prof", "jira")["kind"] == "user").sum() == 20_000
+    writer.close()
+    store.close()
+
+
+def test_the_default_store_lives_under_usersync_home(tmp_path, monkeypatch) -> None:
+    from usersync.store import store_url
+
+    monkeypatch.delenv("USERSYNC_STORE_URL", raising=False)
+    monkeypatch.setenv("USERSYNC_HOME", str(tmp_path))
+    monkeypatch.chdir("/")
+    assert store_url() == f"sqlite:///{tmp_path / 'var' / 'usersync.db'}"

@@ -406,9 +406,26 @@ class Profile(StrictModel):
         return value
 
 
+def usersync_home() -> Path:
+    """Where usersync keeps its profiles and its default store: $USERSYNC_HOME, else the
+    checkout usersync runs from (a source install), else the working directory.
+
+    A worker may start in any directory; deriving paths from this instead of the working
+    directory keeps every run on the same store and the same profiles.
+    """
+    if os.environ.get("USERSYNC_HOME"):
+        return Path(os.environ["USERSYNC_HOME"])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "mappings").is_dir():
+        return checkout
+    return Path.cwd()
+
+
 def mappings_dir() -> Path:
-    """Where profiles live: $USERSYNC_MAPPINGS_DIR, else ./mappings."""
-    return Path(os.environ.get("USERSYNC_MAPPINGS_DIR", "mappings"))
+    """Where profiles live: $USERSYNC_MAPPINGS_DIR, else `mappings/` under `usersync_home()`."""
+    if os.environ.get("USERSYNC_MAPPINGS_DIR"):
+        return Path(os.environ["USERSYNC_MAPPINGS_DIR"])
+    return usersync_home() / "mappings"
 
 
 def profile_dir(name: str, root: Path | None = None) -> Path:

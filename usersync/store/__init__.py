@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from usersync.config import usersync_home
 from usersync.model import LEDGER_COLUMNS, conform, empty_frame
 from usersync.store.schema import (
     ledger,
@@ -32,7 +33,7 @@ from usersync.store.schema import (
 )
 
 __all__ = [
-    "DEFAULT_STORE_URL",
+    "DEFAULT_STORE_PATH",
     "LEASE_SECONDS",
     "LedgerEntry",
     "SourceWatermark",
@@ -43,12 +44,24 @@ __all__ = [
 #: How long a profile's lease lasts unless renewed (a run renews it as it goes).
 LEASE_SECONDS = 900.0
 
-DEFAULT_STORE_URL = "sqlite:///var/usersync.db"
+#: The default store: a SQLite file under `usersync_home()`.
+DEFAULT_STORE_PATH = Path("var") / "usersync.db"
+#: Rows written per transaction when recording a plan, outcomes or ledger entries: a first
+#: sync of 100k users never holds SQLite's write lock for long at a stretch.
+WRITE_BATCH = 2000
+#: How long a SQLite connection waits for another writer before "database is locked".
+SQLITE_BUSY_SECONDS = 60
 
 
 def store_url() -> str:
-    """$USERSYNC_STORE_URL, else a SQLite file var/usersync.db under the working directory."""
-    return os.environ.get("USERSYNC_STORE_URL", DEFAULT_STORE_URL)
+    """$USERSYNC_STORE_URL, else the SQLite file var/usersync.db under `usersync_home()`."""
+    url = os.environ.get("USERSYNC_STORE_URL")
+    return url or f"sqlite:///{usersync_home() / DEFAULT_STORE_PATH}"
+
+
+def _batches(rows: list, size: int = WRITE_BATCH) -> Iterable[list]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
 
 
 def _now() -> datetime:
@@ -94,7 +107,12 @@ class Store:
         parsed = sa.engine.make_url(url)
         if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
             _private_file(Path(parsed.database))
-        engine = sa.create_engine(url, future=True)
+        sqlite = parsed.drivername.startswith("sqlite")
+        engine = sa.create_engine(
+            url, future=True, connect_args={"timeout": SQLITE_BUSY_SECONDS} if sqlite else {}
+        )
+        if sqlite:
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
         migrate(engine)
         return cls(engine)
 
@@ -185,8 +203,9 @@ class Store:
         rows = clean.assign(run_id=run_id, status="planned").to_dict("records")
         for row in rows:
             row["seq"] = int(row["seq"])
-        with self.engine.begin() as conn:
-            conn.execute(operations.insert(), rows)
+        for batch in _batches(rows):
+            with self.engine.begin() as conn:
+                conn.execute(operations.insert(), batch)
 
     def record_outcomes(self, run_id: int, outcomes: Iterable[tuple[int, str, str | None]]) -> None:
         """Set (seq, status, error) of executed operations: succeeded, failed or skipped."""
@@ -206,8 +225,9 @@ class Store:
                 executed_at=sa.bindparam("at"),
             )
         )
-        with self.engine.begin() as conn:
-            conn.execute(statement, rows)
+        for batch in _batches(rows):
+            with self.engine.begin() as conn:
+                conn.execute(statement, batch)
 
     def operations(self, run_id: int) -> pd.DataFrame:
         query = (
@@ -235,45 +255,77 @@ class Store:
         if not entries:
             return
         now = _now()
+        for batch in _batches(entries):
+            self._remember(profile, target, batch, now)
+
+    def _remember(
+        self, profile: str, target: str, entries: list[LedgerEntry], now: datetime
+    ) -> None:
+        """One batch of `remember`, in one transaction and a handful of statements."""
+        # The last word on a key wins, as if the entries were applied one by one.
+        by_key = {(e.kind, e.target_key): e for e in entries}
+        scope = (ledger.c.profile == profile, ledger.c.target == target)
         with self.engine.begin() as conn:
-            for entry in entries:
-                where = sa.and_(
-                    ledger.c.profile == profile,
-                    ledger.c.target == target,
-                    ledger.c.kind == entry.kind,
-                    ledger.c.target_key == entry.target_key,
+            # One account per source user: a link to an account that was deleted by hand and
+            # re-created is replaced, not kept beside the new one.
+            linked = [e for e in by_key.values() if e.kind == "user" and e.source_id]
+            if linked:
+                conn.execute(
+                    ledger.delete().where(
+                        *scope,
+                        ledger.c.kind == "user",
+                        ledger.c.source_id.in_([e.source_id for e in linked]),
+                        ledger.c.target_key.not_in([e.target_key for e in linked]),
+                    )
                 )
-                updated = conn.execute(
+            existing: set[tuple[str, str]] = set()
+            for kind in {kind for kind, _ in by_key}:
+                keys = [key for k, key in by_key if k == kind]
+                existing |= {
+                    (kind, row.target_key)
+                    for row in conn.execute(
+                        sa.select(ledger.c.target_key).where(
+                            *scope, ledger.c.kind == kind, ledger.c.target_key.in_(keys)
+                        )
+                    )
+                }
+            updates = [
+                {"b_kind": e.kind, "b_key": e.target_key, "name": e.name, "source_id": e.source_id}
+                for key, e in by_key.items()
+                if key in existing
+            ]
+            if updates:
+                conn.execute(
                     ledger.update()
-                    .where(where)
-                    .values(name=entry.name, source_id=entry.source_id, updated_at=now)
+                    .where(
+                        *scope,
+                        ledger.c.kind == sa.bindparam("b_kind"),
+                        ledger.c.target_key == sa.bindparam("b_key"),
+                    )
+                    .values(
+                        name=sa.bindparam("name"),
+                        source_id=sa.bindparam("source_id"),
+                        updated_at=now,
+                    ),
+                    updates,
                 )
-                if entry.kind == "user" and entry.source_id:
-                    # One account per source user: a link to an account that was deleted by
-                    # hand and re-created is replaced, not kept beside the new one.
-                    conn.execute(
-                        ledger.delete().where(
-                            ledger.c.profile == profile,
-                            ledger.c.target == target,
-                            ledger.c.kind == "user",
-                            ledger.c.source_id == entry.source_id,
-                            ledger.c.target_key != entry.target_key,
-                        )
-                    )
-                if updated.rowcount == 0:
-                    conn.execute(
-                        ledger.insert().values(
-                            profile=profile,
-                            target=target,
-                            kind=entry.kind,
-                            target_key=entry.target_key,
-                            name=entry.name,
-                            source_id=entry.source_id,
-                            origin=entry.origin,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
+            inserts = [
+                {
+                    "profile": profile,
+                    "target": target,
+                    "kind": e.kind,
+                    "target_key": e.target_key,
+                    "name": e.name,
+                    "source_id": e.source_id,
+                    "origin": e.origin,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for key, e in by_key.items()
+                if key not in existing
+            ]
+            if inserts:
+                conn.execute(ledger.insert(), inserts)
 
     def forget(self, profile: str, target: str, kind: str, target_keys: Iterable[str]) -> None:
         """Drop ledger entries (accounts or groups that no longer exist in the target)."""
@@ -418,6 +470,15 @@ class Store:
                     for part, frame in parts.items()
                 ],
             )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers (the inbox, `usersync runs`) go on while a sync writes, and the busy
+    timeout makes a second writer wait its turn instead of failing at once."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+    cursor.close()
 
 
 def _private_file(path: Path) -> None:
