@@ -7,7 +7,9 @@ a fourth product only adds its client, its emulator and its harness module.
 
 Each emulator offers the same seeding methods, so the suite needs no product knowledge:
 `seed_user(username, email, display_name, active=True) -> None`,
-`seed_group(name, members=()) -> None`, and `app` (the `Instrumented` wrapper with `faults`,
+`seed_group(name, members=()) -> None`, `grant_admin(username)` (administrative rights the most
+direct way the product grants them), `seed_admin_group(name, members=())` (a group the product
+grants administrative rights to), and `app` (the `Instrumented` wrapper with `faults`,
 `requests` and `writes()`).
 
 Every client a harness builds (`target` and those from `make_target`) gets a `RetryPolicy`
@@ -42,6 +44,9 @@ class TargetEnv:
     make_target: Callable[..., Target]
     #: the emulator's page size, so paging tests seed more than one page
     page_size: int
+    #: a group name tests may pass to `emulator.seed_admin_group` and the client recognises as
+    #: an administrators' group (for Jira, one of the groups its client reads by default)
+    admin_group: str = "site-admins"
     #: every wait the clients' retry policies asked for, in seconds, in order (never slept)
     waits: list[float] = field(default_factory=list)
 

@@ -9,7 +9,7 @@ policy records its waits in `TargetEnv.waits` instead of sleeping.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ from usersync.config import TargetConfig
 from usersync.http import RetryPolicy
 from usersync.sandbox.jira import JiraEmulator
 from usersync.sandbox.server import serve
-from usersync.targets.jira import JiraTarget
+from usersync.targets.jira import ADMIN_GROUPS, JiraTarget
 
 PAGE_SIZE = 5
 CONTEXT_PATH = "/jira"
@@ -35,7 +35,8 @@ def environment(**options: Any) -> Iterator[TargetEnv]:
     """Start an emulator (options go to `JiraEmulator`, e.g. `version="10.3.0"`); yield a
     `TargetEnv` whose `make_target` takes `credentials=` "admin" (default), "wrong", "user"
     (valid, not admin) or "token" (the admin's PAT as Bearer), plus `JiraTarget.from_config`
-    keywords such as `lookup_threshold` and `RetryPolicy` fields such as `max_attempts`."""
+    keywords (`lookup_threshold`, `admin_groups`) and `RetryPolicy` fields such as
+    `max_attempts`."""
     options.setdefault("max_page_size", PAGE_SIZE)
     options.setdefault("max_list_page_size", PAGE_SIZE)
     emulator = JiraEmulator(context_path=CONTEXT_PATH, admin=ADMIN, **options)
@@ -53,7 +54,10 @@ def environment(**options: Any) -> Iterator[TargetEnv]:
     with serve(emulator.app) as url:
 
         def make_target(
-            credentials: str = "admin", lookup_threshold: int = LOOKUP_THRESHOLD, **retry: Any
+            credentials: str = "admin",
+            lookup_threshold: int = LOOKUP_THRESHOLD,
+            admin_groups: Iterable[str] = ADMIN_GROUPS,
+            **retry: Any,
         ) -> JiraTarget:
             if credentials == "token":
                 auth: dict[str, Any] = {"kind": "token", "token": {"prefect_secret": "pat"}}
@@ -73,6 +77,7 @@ def environment(**options: Any) -> Iterator[TargetEnv]:
                 load_prefect_secret=secrets.__getitem__,
                 retry=RetryPolicy(sleep=waits.append, **retry),
                 lookup_threshold=lookup_threshold,
+                admin_groups=admin_groups,
             )
             built.append(target)
             return target
@@ -83,6 +88,9 @@ def environment(**options: Any) -> Iterator[TargetEnv]:
             emulator=emulator,
             make_target=make_target,
             page_size=PAGE_SIZE,
+            # Jira's REST API does not tell which groups hold the admin global permissions; the
+            # client reads the stock ones, and sites set up before Jira 7 have this one.
+            admin_group="jira-system-administrators",
             waits=waits,
         )
         try:

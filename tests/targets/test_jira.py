@@ -7,13 +7,14 @@ client got there.
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import httpx
 import pandas as pd
 import pytest
 
-from tests.targets.harness_jira import ADMIN, CONTEXT_PATH, environment
+from tests.targets.harness_jira import ADMIN, CONTEXT_PATH, NON_ADMIN, environment
 from usersync.config import TargetConfig
 from usersync.errors import ConfigError, TargetConflictError, TargetRejectedError
 from usersync.sandbox.jira import JiraEmulator
@@ -390,3 +391,48 @@ def test_create_whose_answer_is_lost_is_not_posted_twice() -> None:
         assert env.emulator.user("lost.answer").key == key  # type: ignore[union-attr]
         posts = [(w.status, w.applied_status) for w in env.emulator.app.writes()]
         assert posts == [(500, 201)]
+
+
+# -- administrators -------------------------------------------------------------------------
+
+
+def test_admin_rights_come_from_groups_granted_the_admin_global_permissions() -> None:
+    with environment() as env:
+        emulator = env.emulator
+        with env.make_target(credentials="user") as plain:
+            assert not plain.check().ok
+
+            emulator.grant_admin(NON_ADMIN[0])  # into jira-administrators
+            assert plain.check().ok
+            env.target.remove_member("jira-administrators", NON_ADMIN[0])
+            assert not plain.check().ok
+
+            emulator.seed_admin_group("ops-root", members=[NON_ADMIN[0]])  # SYSTEM_ADMIN
+            assert plain.check().ok
+            assert emulator.is_admin(NON_ADMIN[0])
+
+
+def test_administrators_are_the_members_of_the_admin_groups_it_is_told_of() -> None:
+    with environment() as env:
+        env.emulator.seed_user("sam.sys", "sam@example.com", "Sam Sys")
+        env.emulator.seed_user("olga.ops", "olga@example.com", "Olga Ops")
+        env.emulator.seed_admin_group("jira-system-administrators", members=["sam.sys"])
+        env.emulator.seed_admin_group("ops-root", members=["olga.ops"], permission="ADMINISTER")
+        env.emulator.app.clear_log()
+
+        # Jira cannot say which groups hold the admin global permissions: a site granting them
+        # to a group of its own must name it, or its members are not known as administrators.
+        assert env.emulator.is_admin("olga.ops")
+        assert env.target.administrators() == {"admin", "sam.sys"}
+        told = env.make_target(admin_groups=["jira-administrators", "ops-root"])
+        assert told.administrators() == {"admin", "olga.ops"}
+
+        assert requested_paths(env.emulator) == {"/group/member"}
+        assert not env.emulator.app.writes()
+
+
+def test_no_admin_group_on_the_site_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with environment() as env, caplog.at_level(logging.WARNING, "usersync.targets.jira"):
+        assert env.make_target(admin_groups=["site-admins"]).administrators() == set()
+
+        assert "none of the administrator groups (site-admins) exists" in caplog.text

@@ -12,7 +12,11 @@ e-mails and display names are trimmed, and names Jira refuses (`<`, `>`, `&` in 
 control and bidirectional-override characters, more than 255 characters) are a 400 in Jira's
 error envelope. `rename_user` renames an account as an administrator would in Jira's user
 browser (the key stays). Basic auth and bearer PATs are
-checked; user and group administration needs an administrator. The app is wrapped in
+checked; user and group administration needs an administrator. Administrators are who they are
+in Jira: members of a group granted the Jira Administrators (`ADMINISTER`) or Jira System
+Administrators (`SYSTEM_ADMIN`) global permission, which Jira grants to groups only; a fresh
+site grants both to jira-administrators, where its first administrator sits, and
+`grant_global_permission` grants them to other groups. The app is wrapped in
 `Instrumented`, so tests read the request log and inject 429s (with Jira's `X-RateLimit-*`
 headers), 5xx and dropped connections. Where the reference marks behaviour UNCONFIRMED, the
 emulator takes the stricter reading (e.g. a PUT that changes nothing is a 400), so a client
@@ -62,6 +66,11 @@ NOT_GROUP_ADMIN = (
 NOTHING_TO_CHANGE = "error.no.value.found.to.be.changed"
 USER_EXISTS = "A user with that username already exists."
 GROUP_EXISTS = "A group or user with this name already exists."
+
+#: The global permissions that make an administrator; SYSTEM_ADMIN includes ADMINISTER.
+ADMIN_PERMISSIONS = ("ADMINISTER", "SYSTEM_ADMIN")
+#: The group a fresh Jira (7+) grants both of them to, with its first administrator in it.
+ADMIN_GROUP = "jira-administrators"
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -128,7 +137,6 @@ class JiraUser:
     display_name: str
     active: bool = True
     password: str = ""
-    admin: bool = False
 
 
 @dataclass
@@ -183,11 +191,12 @@ class JiraEmulator:
         self._keys_by_name: dict[str, str] = {}  # lower-case name → key
         self._groups: dict[str, JiraGroup] = {}  # lower-case name → group
         self._tokens: dict[str, str] = {}  # token → user key
+        #: global permission → the groups it is granted to (Jira grants them to groups only)
+        self.global_permissions: dict[str, set[str]] = {p: {ADMIN_GROUP} for p in ADMIN_PERMISSIONS}
         self._next_id = FIRST_USER_ID
         self.seed_user(
             admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1], admin=True
         )
-        self.seed_group("jira-administrators", members=[admin[0]])
         self.app = Instrumented(
             Starlette(routes=self._routes()),
             rate_limit_headers=jira_rate_limit_headers,
@@ -205,13 +214,17 @@ class JiraEmulator:
         password: str | None = None,
         admin: bool = False,
     ) -> str:
-        """Add an account directly (no HTTP); return its key."""
+        """Add an account directly (no HTTP); return its key. `admin` puts it in
+        jira-administrators (see `grant_admin`)."""
         with self._lock:
             if username.lower() in self._keys_by_name:
                 raise ValueError(f"jira emulator: user {username!r} exists already")
-            return self._add_user(
-                username, email, display_name, active, password or secrets.token_hex(8), admin
+            key = self._add_user(
+                username, email, display_name, active, password or secrets.token_hex(8)
             ).key
+            if admin:
+                self.grant_admin(username)
+            return key
 
     def seed_group(self, name: str, members: Iterable[str] = ()) -> None:
         """Add a group (if missing) with these members (usernames that must exist)."""
@@ -222,6 +235,33 @@ class JiraEmulator:
                 if user is None:
                     raise ValueError(f"jira emulator: no user {username!r} to put in {name!r}")
                 group.member_keys.add(user.key)
+
+    def grant_global_permission(self, permission: str, group: str) -> None:
+        """Grant a global permission (e.g. ADMINISTER, SYSTEM_ADMIN) to an existing group."""
+        with self._lock:
+            if group.lower() not in self._groups:
+                raise ValueError(f"jira emulator: no group {group!r} to grant {permission} to")
+            self.global_permissions.setdefault(permission, set()).add(group.lower())
+
+    def grant_admin(self, username: str) -> None:
+        """Make an account an administrator the most direct way Jira has: as global
+        permissions go to groups only, by adding it to jira-administrators (created if missing;
+        the grants of that group are left as they are)."""
+        self.seed_group(ADMIN_GROUP, members=[username])
+
+    def seed_admin_group(
+        self, name: str, members: Iterable[str] = (), *, permission: str = "SYSTEM_ADMIN"
+    ) -> None:
+        """A group granted SYSTEM_ADMIN (or another global permission), with these members."""
+        with self._lock:
+            self.seed_group(name, members)
+            self.grant_global_permission(permission, name)
+
+    def is_admin(self, username: str) -> bool:
+        """Whether the account holds ADMINISTER or SYSTEM_ADMIN through one of its groups."""
+        with self._lock:
+            user = self._user_by_name(username)
+            return user is not None and self._holds(user, "ADMINISTER")
 
     def rename_user(self, username: str, new_name: str) -> None:
         """Rename an account directly, as an administrator would in Jira (the key stays)."""
@@ -275,7 +315,7 @@ class JiraEmulator:
     # -- internals ---------------------------------------------------------------------------
 
     def _add_user(
-        self, name: str, email: str, display_name: str, active: bool, password: str, admin: bool
+        self, name: str, email: str, display_name: str, active: bool, password: str
     ) -> JiraUser:
         user_id = self._next_id
         self._next_id += 1
@@ -288,7 +328,6 @@ class JiraEmulator:
             display_name=display_name,
             active=active,
             password=password,
-            admin=admin,
         )
         self._users[user.key] = user
         self._keys_by_name[user.name] = user.key
@@ -299,6 +338,13 @@ class JiraEmulator:
             return None
         key = self._keys_by_name.get(name.lower())
         return self._users.get(key) if key else None
+
+    def _holds(self, user: JiraUser, permission: str) -> bool:
+        """Whether one of the user's groups is granted `permission` (SYSTEM_ADMIN implies
+        ADMINISTER, as in Jira)."""
+        implied = {permission, "SYSTEM_ADMIN"} if permission == "ADMINISTER" else {permission}
+        granted = set().union(*(self.global_permissions.get(p, set()) for p in implied))
+        return any(user.key in self._groups[g].member_keys for g in granted if g in self._groups)
 
     def _routes(self) -> list[Route]:
         prefix = self.context_path + API_PREFIX
@@ -489,7 +535,7 @@ class JiraEmulator:
         if errors:
             return jira_error(400, errors=errors)
         password = str(body.get("password") or secrets.token_urlsafe(12))
-        user = self._add_user(name, email, display_name, True, password, False)
+        user = self._add_user(name, email, display_name, True, password)
         bean = self._user_bean(request, user)
         return JSONResponse(bean, status_code=201, headers={"Location": bean["self"]})
 
@@ -648,6 +694,8 @@ class JiraEmulator:
         if isinstance(group, Response):
             return group
         del self._groups[group.name]
+        for holders in self.global_permissions.values():
+            holders.discard(group.name)
         return Response(status_code=200)
 
     def _group_members(self, request: Request, me: JiraUser | None, body: Any) -> Response:
@@ -740,8 +788,16 @@ class JiraEmulator:
     def _my_permissions(self, request: Request, me: JiraUser | None, body: Any) -> Response:
         asked = [p for p in (request.query_params.get("permissions") or "").split(",") if p]
         known = {
-            "ADMINISTER": ("0", "Administer Jira", me is not None and me.admin),
-            "SYSTEM_ADMIN": ("44", "Jira System Administrators", me is not None and me.admin),
+            "ADMINISTER": (
+                "0",
+                "Administer Jira",
+                me is not None and self._holds(me, "ADMINISTER"),
+            ),
+            "SYSTEM_ADMIN": (
+                "44",
+                "Jira System Administrators",
+                me is not None and self._holds(me, "SYSTEM_ADMIN"),
+            ),
             "USER_PICKER": ("27", "Browse Users", me is not None),
         }
         out = {}
@@ -776,7 +832,7 @@ class JiraEmulator:
     def _refuse_unless_admin(self, me: JiraUser | None, message: str) -> Response | None:
         if me is None:
             return jira_error(401, NOT_AUTHENTICATED)
-        if not me.admin:
+        if not self._holds(me, "ADMINISTER"):
             return jira_error(403, message)
         return None
 

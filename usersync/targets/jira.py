@@ -14,11 +14,14 @@ a member twice is a 400 (counted as done), a PUT that changes nothing is a 400 (
 against the account, then counted as done), usernames are stored in lower case
 (`stored_form`) and may not hold `<`, `>` or `&` (`refused_name`). Creating a user or a group
 is a POST, which is never sent twice blindly: when its answer is lost the account (same name
-and e-mail) or group is looked for before anything else is done.
+and e-mail) or group is looked for before anything else is done. Jira's REST API cannot say
+who holds a global permission, so the administrators usersync must not take over are read as
+the members of the groups that hold them on a stock site (`ADMIN_GROUPS`, configurable).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,8 @@ from usersync.model import (
     empty_frame,
 )
 from usersync.targets.base import Target, TargetCheck, normalise_name
+
+log = logging.getLogger("usersync.targets.jira")
 
 API_ROOT = "/rest/api/2"
 
@@ -93,6 +98,15 @@ USER_LIST_SINCE = (10, 3)
 #: one request per distinct first letter plus the splits of crowded prefixes.
 LOOKUP_THRESHOLD = 30
 
+#: Groups whose members hold the Jira Administrators or Jira System Administrators global
+#: permission on a stock site: jira-administrators holds both since Jira 7, and sites set up
+#: before 7 keep jira-system-administrators. Jira grants global permissions to groups only, and
+#: its REST API lists no holders of one (`/permissions` lists the permission keys, `/mypermissions`
+#: answers for the caller, `/user/permission/search` covers project permissions only; the DC 11.3
+#: spec has nothing else), so these memberships are the best reading there is. UNCONFIRMED for a
+#: given site: one that grants the permissions to other groups must name them (`admin_groups`).
+ADMIN_GROUPS: tuple[str, ...] = ("jira-administrators", "jira-system-administrators")
+
 #: Attribute names of `model.USER_ATTRIBUTES` → Jira's user JSON fields.
 USER_FIELDS = {"username": "name", "email": "emailAddress", "display_name": "displayName"}
 
@@ -125,6 +139,7 @@ class JiraTarget(Target):
         verify: TLS verification: True, False, or a CA bundle file.
         lookup_threshold: up to this many requested names, `read_users` looks each one up.
         search_window: the `/user/search` result window; by default from the server version.
+        admin_groups: the groups whose members are administrators (see `ADMIN_GROUPS`).
         transport: an httpx transport (tests of fault shapes no server produces).
     """
 
@@ -143,6 +158,7 @@ class JiraTarget(Target):
         verify: bool | Path = True,
         lookup_threshold: int = LOOKUP_THRESHOLD,
         search_window: int | None = None,
+        admin_groups: Iterable[str] = ADMIN_GROUPS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(name)
@@ -152,6 +168,7 @@ class JiraTarget(Target):
             )
         self.url = url.rstrip("/")
         self.lookup_threshold = lookup_threshold
+        self.admin_groups = tuple(dict.fromkeys(g.strip() for g in admin_groups if g.strip()))
         self._search_window = search_window
         self._version: tuple[int, ...] | None = None
         #: the largest page each windowed endpoint ever returned: the server's page cap is at
@@ -177,6 +194,7 @@ class JiraTarget(Target):
         load_prefect_secret: SecretLoader | None = None,
         retry: RetryPolicy | None = None,
         lookup_threshold: int = LOOKUP_THRESHOLD,
+        admin_groups: Iterable[str] = ADMIN_GROUPS,
     ) -> JiraTarget:
         """Build the client of profile target `name`, resolving its secret.
 
@@ -186,6 +204,7 @@ class JiraTarget(Target):
             load_prefect_secret: reads a Prefect Secret block by name.
             retry: replaces the retry policy the config describes (tests record waits).
             lookup_threshold: see `JiraTarget`.
+            admin_groups: see `JiraTarget`.
 
         Raises:
             ConfigError: the config is not a Jira target, or its secret cannot be resolved.
@@ -201,6 +220,7 @@ class JiraTarget(Target):
             "timeout_seconds": config.timeout_seconds,
             "verify": verify,
             "lookup_threshold": lookup_threshold,
+            "admin_groups": admin_groups,
         }
         auth = config.auth
         if isinstance(auth, BasicAuth):
@@ -357,6 +377,31 @@ class JiraTarget(Target):
             return self._api.get_json(USER, params=params)
         except TargetNotFoundError:
             return None
+
+    def administrators(self) -> set[str]:
+        """Members of the administrator groups (`admin_groups`), active or not.
+
+        `/group/member` also lists the members of nested groups. A group the site does not
+        have is skipped; when it has none of them, administrators cannot be told apart at all,
+        and a warning says so.
+        """
+        admins: set[str] = set()
+        found = False
+        for group in self.admin_groups:
+            members = self._group_members(group)
+            if members is None:
+                continue
+            found = True
+            admins.update(normalise_name(name) for name in members)
+        if not found and self.admin_groups:
+            log.warning(
+                "jira '%s': none of the administrator groups (%s) exists, so no account is "
+                "known to be an administrator; name the groups that hold the Jira "
+                "Administrators and Jira System Administrators global permissions",
+                self.name,
+                ", ".join(self.admin_groups),
+            )
+        return admins
 
     def current_account(self) -> str | None:
         """The username of the account the credentials (password or token) belong to."""
@@ -701,4 +746,4 @@ def _server_words(error: TargetError) -> str:
     return str(body or error)
 
 
-__all__ = ["PAGED", "JiraTarget", "PagedEndpoint"]
+__all__ = ["ADMIN_GROUPS", "PAGED", "JiraTarget", "PagedEndpoint"]
