@@ -447,3 +447,35 @@ def test_bitbucket_trims_values_as_stored_form_says(env: TargetEnv) -> None:
         env.target.stored_form(desired).iloc[0]
     )
     assert (user.name, user.email, user.display_name) == ("Pat.Trim", "Pat@Example.COM", "Pat")
+
+
+# -- administrators ------------------------------------------------------------------------
+
+
+def test_administrators_hold_admin_or_sys_admin_not_a_lower_level(env: TargetEnv) -> None:
+    levels = {"root": "SYS_ADMIN", "boss": "ADMIN", "maker": "PROJECT_CREATE", "plain": None}
+    for name, level in levels.items():
+        env.emulator.seed_user(name, f"{name}@example.com", name.title(), permission=level)
+    for name in ("deep", "builder", "member"):
+        env.emulator.seed_user(name, f"{name}@example.com", name.title(), active=False)
+    env.emulator.seed_admin_group("sysops", members=["deep"], permission="SYS_ADMIN")
+    env.emulator.seed_group("creators", members=["builder"], permission="PROJECT_CREATE")
+    env.emulator.seed_group(DEFAULT_GROUP, members=["member"])  # LICENSED_USER
+    env.emulator.app.clear_log()
+
+    admins = env.target.administrators()
+
+    assert admins == {"admin", "root", "boss", "deep"}
+    # The same accounts Bitbucket itself gives ADMIN or above, directly or through a group.
+    everyone = [*levels, "deep", "builder", "member"]
+    assert admins - {"admin"} == {
+        name
+        for name in everyone
+        if env.emulator.effective_permission(name) in ("ADMIN", "SYS_ADMIN")
+    }
+    assert {r.method for r in env.emulator.app.requests} == {"GET"}
+    # The members of a group are read only when the group holds an admin level.
+    contexts = [
+        r.query.get("context") for r in env.emulator.app.requests if "more-members" in r.path
+    ]
+    assert contexts == ["sysops"]

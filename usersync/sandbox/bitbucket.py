@@ -245,6 +245,17 @@ class BitbucketEmulator:
             for member in members:
                 self._user(member).groups.add(name.casefold())
 
+    def grant_admin(self, username: str, permission: str = "ADMIN") -> None:
+        """Grant an existing account ADMIN (or SYS_ADMIN) directly, as under Global permissions."""
+        with self._lock:
+            self.user_permissions[self._user(username).name.casefold()] = permission
+
+    def seed_admin_group(
+        self, name: str, members: Iterable[str] = (), *, permission: str = "ADMIN"
+    ) -> None:
+        """A group holding ADMIN (or SYS_ADMIN): its members are administrators through it."""
+        self.seed_group(name, members, permission=permission)
+
     def rename_user(self, username: str, new_name: str) -> None:
         """Rename an account directly, as an administrator would in the UI (the id stays)."""
         with self._lock:

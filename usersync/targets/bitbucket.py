@@ -13,7 +13,9 @@ id; Bitbucket has no lookup by id, so `read_users_by_key` pages through the user
 The account the client runs as is the one Bitbucket names in the `X-AUSERNAME` header of an
 authenticated answer. Creating a user or a group, and renaming a user, are POSTs that are
 never sent twice blindly: a lost answer is checked by reading the account (same username and
-e-mail) or the group, and a recovered create still grants the licence. Bitbucket documents no
+e-mail) or the group, and a recovered create still grants the licence. The accounts usersync
+must not take over (`administrators`) are those holding ADMIN or SYS_ADMIN, directly or through
+a group, read from the same global permission lists as the licences. Bitbucket documents no
 username rules beyond the common ones (`Target.refused_name`): spaces, `@` and `+` are fine.
 Endpoints are data (`ENDPOINTS`); one pager follows `isLastPage`/`nextPageStart`; the shared
 `ApiClient` does retries and error mapping.
@@ -276,12 +278,16 @@ class BitbucketTarget(Target):
             for row in self._pages("user_permissions", params)
         }
 
-    def _licensing_groups(self) -> dict[str, str]:
-        """casefolded group name → name, for groups holding a global permission."""
+    def _group_permissions(self) -> dict[str, tuple[str, str]]:
+        """casefolded group name → (name, global permission), for groups holding one."""
         return {
-            normalise_name(row["group"]["name"]): row["group"]["name"]
+            normalise_name(row["group"]["name"]): (row["group"]["name"], row["permission"])
             for row in self._pages("group_permissions")
         }
+
+    def _licensing_groups(self) -> dict[str, str]:
+        """casefolded group name → name, for groups holding a global permission."""
+        return {key: name for key, (name, _level) in self._group_permissions().items()}
 
     def _group_licensed(self, usernames: set[str]) -> set[str]:
         """Which of these (casefolded) users hold a licence through a group."""
@@ -381,6 +387,27 @@ class BitbucketTarget(Target):
                 TARGET_MEMBERSHIP_COLUMNS
             ),
         )
+
+    def administrators(self) -> set[str]:
+        """Accounts holding ADMIN or SYS_ADMIN, granted directly or through a group.
+
+        Read from the global permission lists, as an administrator sees them under Global
+        permissions: the users granted a level directly (`/admin/permissions/users`, which
+        has no filter by level, so every directly licensed account is paged through too),
+        the groups granted one (`/admin/permissions/groups`), and the members of the groups
+        whose level is ADMIN or SYS_ADMIN. Whether `more-members` lists the members of
+        nested groups (LDAP/Crowd directories) is UNCONFIRMED.
+        """
+        admins = {
+            name for name, level in self._direct_permissions().items() if level in ADMIN_PERMISSIONS
+        }
+        for group, level in self._group_permissions().values():
+            if level in ADMIN_PERMISSIONS:
+                admins.update(
+                    normalise_name(member["name"])
+                    for member in self._pages("group_members", {"context": group})
+                )
+        return admins
 
     def current_account(self) -> str | None:
         """The account the credentials belong to, as Bitbucket names it (`X-AUSERNAME`).
