@@ -575,3 +575,105 @@ def test_stored_form_matches_what_confluence_stores() -> None:
         read = env.target.read_users(["anna.lee"])
         columns = ["username", "email", "display_name"]
         assert read[columns].to_dict("records") == stored[columns].to_dict("records")
+
+
+# -- administrators ------------------------------------------------------------------------
+
+
+def test_administrators_hold_an_admin_global_permission_or_sit_in_the_super_group() -> None:
+    with environment() as env:
+        emulator = env.emulator
+        for name in ("sys.direct", "sys.grouped", "conf.grouped", "super", "writer"):
+            emulator.seed_user(name, f"{name}@example.com", name.title())
+        emulator.grant_admin("sys.direct", target_type="system")
+        emulator.seed_admin_group("sysadmins", members=["sys.grouped"], target_type="system")
+        emulator.seed_admin_group("wiki-admins", members=["conf.grouped"])
+        emulator.seed_group("confluence-administrators", members=["super"])
+        emulator.seed_group("confluence-users", members=["writer"])  # can use, create spaces
+        emulator.app.clear_log()
+
+        admins = env.target.administrators()
+
+        assert admins == {"admin", "sys.direct", "sys.grouped", "conf.grouped", "super"}
+        assert admins == {u.username for u in emulator.users.values() if emulator.is_admin(u)}
+        assert not emulator.app.writes()
+        assert sum(r.path.endswith("/rest/api/permissions") for r in emulator.app.requests) == 1
+
+
+def test_before_9_2_only_the_admin_groups_are_known_and_a_warning_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        environment(version="8.9.0") as env,
+        caplog.at_level(logging.WARNING, "usersync.targets.confluence"),
+    ):
+        env.emulator.seed_user("direct", "direct@example.com", "Direct")
+        env.emulator.seed_user("super", "super@example.com", "Super")
+        env.emulator.grant_admin("direct")
+        env.emulator.seed_group("confluence-administrators", members=["super"])
+
+        assert env.target.administrators() == {"admin", "super"}
+        env.emulator.seed_group("wiki-admins", members=["direct"])
+        with ConfluenceTarget(
+            "wiki",
+            env.target.url,
+            auth=httpx.BasicAuth(*ADMIN),
+            admin_groups=["confluence-administrators", "wiki-admins"],
+        ) as told:
+            assert told.administrators() == {"admin", "super", "direct"}
+
+        assert "the global permissions cannot be read" in caplog.text
+        assert "not protected" in caplog.text
+
+
+def grants_answered(grants: list[dict]) -> ConfluenceTarget:
+    """A client whose site answers `GET /rest/api/permissions` with `grants` and knows the
+    users `ann` (key k-ann) and no groups."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/rest/api/permissions"):
+            return httpx.Response(200, json=grants)
+        if path.endswith("/rest/api/user") and request.url.params.get("key") == "k-ann":
+            return httpx.Response(
+                200, json={"type": "known", "username": "ann", "userKey": "k-ann"}
+            )
+        return httpx.Response(404, json={"statusCode": 404, "message": "not found"})
+
+    return ConfluenceTarget(
+        "wiki",
+        "https://wiki.example.com",
+        auth=httpx.BasicAuth("admin", "x"),
+        api="rest",
+        transport=httpx.MockTransport(answer),
+    )
+
+
+def grant(subject: dict, target_type: str = "application", key: str = "administer") -> dict:
+    return {"operation": {"targetType": target_type, "operationKey": key}, "subject": subject}
+
+
+def test_grant_subjects_are_read_by_username_or_by_key() -> None:
+    target = grants_answered(
+        [
+            grant({"type": "known", "username": "Bob", "userKey": "k-bob"}),
+            grant({"type": "user", "userKey": "k-ann", "displayName": "Ann"}, "system"),
+            grant({"type": "user", "userKey": "k-gone", "displayName": "Deleted"}),
+            grant({"type": "user", "username": "carl"}, "application", "use"),
+            grant({"type": "anonymous"}, "application", "use"),
+        ]
+    )
+
+    assert target.administrators() == {"bob", "ann"}
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [{"type": "user", "displayName": "Ann Admin"}, {"type": "role", "name": "x"}, {}],
+    ids=["user-without-name-or-key", "unknown-type", "empty"],
+)
+def test_an_admin_grant_whose_subject_cannot_be_told_is_an_error(subject: dict) -> None:
+    target = grants_answered([grant(subject, "system")])
+
+    with pytest.raises(TargetRejectedError, match="refuses to guess"):
+        target.administrators()

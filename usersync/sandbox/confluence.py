@@ -11,9 +11,12 @@ that tells the version, Basic and Bearer (PAT) auth with 401/403, lower-case and
 storage with case-insensitive lookups, Confluence's username rules, a licence limit (402),
 Tomcat's refusal of encoded slashes in a path, and the query-parameter form of the group
 member list that names with slashes need. Whether the REST user object carries e-mails is an
-option (`rest_email`), since the reference cannot confirm it. The app is wrapped in
-`Instrumented`, so tests read the request log and inject 429s with Confluence's rate-limit
-headers.
+option (`rest_email`), since the reference cannot confirm it. Administrators are who they are
+in Confluence: members of confluence-administrators (its super group), and holders of the
+Confluence Administrator or System Administrator global permission, granted to a user or a
+group; from 9.2 `GET /rest/api/permissions` lists the global permission grants. The app is
+wrapped in `Instrumented`, so tests read the request log and inject 429s with Confluence's
+rate-limit headers.
 """
 
 from __future__ import annotations
@@ -44,6 +47,31 @@ USER_ADMIN_SINCE = (8, 4)
 #: 8.2, the release that brought the group admin resources, is assumed. Before it, the path
 #: `/group/member` is the group named "member", as Jersey would match it.
 GROUP_QUERY_SINCE = (8, 2)
+
+#: Since when `GET /rest/api/permissions` lists the global permission grants. UNCONFIRMED: the
+#: Data Center REST references document it for 9.2 (v9218) and 10.0 (v1000); earlier versions
+#: are assumed not to have it and answer 404.
+GLOBAL_PERMISSIONS_SINCE = (9, 2)
+
+#: The group whose members Confluence always treats as administrators (its super group).
+SUPER_GROUP = "confluence-administrators"
+#: Global permissions as the REST API names them, (targetType, operationKey): Confluence
+#: Administrator and System Administrator.
+ADMIN_OPERATIONS = (("application", "administer"), ("system", "administer"))
+#: What a fresh site grants its two stock groups.
+DEFAULT_GROUP_GRANTS: dict[str, tuple[tuple[str, str], ...]] = {
+    SUPER_GROUP: (
+        ("application", "use"),
+        *ADMIN_OPERATIONS,
+        ("space", "create"),
+        ("personal_space", "create"),
+    ),
+    "confluence-users": (
+        ("application", "use"),
+        ("space", "create"),
+        ("personal_space", "create"),
+    ),
+}
 
 #: Encoded characters Tomcat refuses in a request path before Confluence sees it: `%2F` (its
 #: default `encodedSolidusHandling="reject"`) and `%5C` (decoded, then refused as a backslash).
@@ -103,7 +131,6 @@ class EmulatedUser:
     email: str
     active: bool = True
     password: str | None = None
-    admin: bool = False
 
 
 @dataclass
@@ -168,11 +195,14 @@ class ConfluenceEmulator:
         self.users: dict[str, EmulatedUser] = {}
         self.groups: dict[str, EmulatedGroup] = {}
         self.tokens: dict[str, str] = {}
+        #: global permission grants: ("user", userKey | "group", name, targetType, operationKey)
+        self.global_permissions: set[tuple[str, str, str, str]] = set()
         self._task_ids = 0
         self.seed_user(admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1])
-        self.users[admin[0].lower()].admin = True
-        self.seed_group("confluence-administrators", members=[admin[0]])
-        self.seed_group("confluence-users", members=[admin[0]])
+        for group, grants in DEFAULT_GROUP_GRANTS.items():
+            self.seed_group(group, members=[admin[0]])
+            for target_type, operation in grants:
+                self.grant_global_permission(target_type, operation, group=group)
         self.app = Instrumented(
             _refuse_encoded_slashes(self._build_app()),
             rate_limit_headers=confluence_rate_limit_headers,
@@ -191,7 +221,8 @@ class ConfluenceEmulator:
         password: str | None = None,
         admin: bool = False,
     ) -> None:
-        """Add a user directly (as a synced directory would: no name validation)."""
+        """Add a user directly (as a synced directory would: no name validation); `admin`
+        grants it Confluence Administrator (see `grant_admin`)."""
         key = username.lower()
         self.users[key] = EmulatedUser(
             username=key,
@@ -200,8 +231,9 @@ class ConfluenceEmulator:
             email=email,
             active=active,
             password=password,
-            admin=admin,
         )
+        if admin:
+            self.grant_admin(key)
 
     def seed_group(self, name: str, members: Iterable[str] = ()) -> None:
         """Add a group with members (usernames, any case; they must exist)."""
@@ -218,10 +250,46 @@ class ConfluenceEmulator:
         self.tokens[token] = username.lower()
         return token
 
+    def grant_global_permission(
+        self,
+        target_type: str,
+        operation: str,
+        *,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Grant a global permission, e.g. ("system", "administer"), to a user or a group."""
+        if (user is None) == (group is None):
+            raise ValueError("grant_global_permission: give a user or a group")
+        if user is not None:
+            subject = ("user", self._user_or_404(user).user_key)
+        else:
+            subject = ("group", self._group_or_404(str(group)).name)
+        self.global_permissions.add((*subject, target_type, operation))
+
+    def grant_admin(self, username: str, target_type: str = "application") -> None:
+        """Grant an account Confluence Administrator (or, with "system", System Administrator)
+        directly, as Global Permissions → Individual Users does."""
+        self.grant_global_permission(target_type, "administer", user=username)
+
+    def seed_admin_group(
+        self, name: str, members: Iterable[str] = (), *, target_type: str = "application"
+    ) -> None:
+        """A group granted Confluence Administrator (or System Administrator), with members."""
+        self.seed_group(name, members)
+        self.grant_global_permission(target_type, "administer", group=name)
+
     def is_admin(self, user: EmulatedUser) -> bool:
-        """Administrators: flagged at seeding, or members of confluence-administrators."""
-        admins = self.groups.get("confluence-administrators")
-        return user.admin or (admins is not None and user.username in admins.members)
+        """Members of confluence-administrators, and holders of an administrator global
+        permission, granted to them or to one of their groups."""
+        groups = self.groups_of(user.username)
+        if SUPER_GROUP in groups:
+            return True
+        subjects = {("user", user.user_key)} | {("group", g) for g in groups}
+        return any(
+            (kind, ident) in subjects and (target_type, operation) in ADMIN_OPERATIONS
+            for kind, ident, target_type, operation in self.global_permissions
+        )
 
     def groups_of(self, username: str) -> set[str]:
         """Names of the groups `username` belongs to (for assertions)."""
@@ -254,6 +322,7 @@ class ConfluenceEmulator:
                 methods=["PUT", "DELETE"],
             ),
             Route(f"{api}/group", self._list_groups),
+            Route(f"{api}/permissions", self._list_global_permissions),
             # Before `/group/{group}`: Jersey prefers the literal path where it exists.
             Route(f"{api}/group/member", self._group_members_by_query),
             Route(f"{api}/group/{{group}}", self._get_group),
@@ -392,6 +461,22 @@ class ConfluenceEmulator:
             raise _Refused(404, f"No group found with name: {name}")
         return group
 
+    def _remove_user(self, user: EmulatedUser) -> None:
+        """Delete an account with its memberships and global permissions."""
+        del self.users[user.username]
+        for group in self.groups.values():
+            group.members.discard(user.username)
+        self.global_permissions = {
+            g for g in self.global_permissions if g[:2] != ("user", user.user_key)
+        }
+
+    def _remove_group(self, group: EmulatedGroup) -> None:
+        """Delete a group with its global permissions."""
+        del self.groups[group.name]
+        self.global_permissions = {
+            g for g in self.global_permissions if g[:2] != ("group", group.name)
+        }
+
     # -- REST handlers -------------------------------------------------------------------
 
     async def _manifest(self, request: Request) -> Response:
@@ -458,6 +543,36 @@ class ConfluenceEmulator:
         self._require(request)
         return JSONResponse(self._group(request, self._group_or_404(request.path_params["group"])))
 
+    async def _list_global_permissions(self, request: Request) -> Response:
+        """Every global permission grant, as a bare array (the resource takes no parameters).
+
+        Subjects: `{"type": "group", "name", "displayName"}` and, for users, the stricter
+        reading of what the reference leaves open (its schema shows only `type` and
+        `displayName`): `{"type": "user", "userKey", "displayName"}`, no username.
+        Whether a Confluence Administrator without System Administrator may read it is
+        UNCONFIRMED; here any administrator may.
+        """
+        self._since(GLOBAL_PERMISSIONS_SINCE)
+        self._require(request, admin=True)
+        by_key = {u.user_key: u for u in self.users.values()}
+        grants = []
+        for kind, ident, target_type, operation in sorted(self.global_permissions):
+            if kind == "user":
+                subject = {
+                    "type": "user",
+                    "userKey": ident,
+                    "displayName": by_key[ident].display_name,
+                }
+            else:
+                subject = {"type": "group", "name": ident, "displayName": ident}
+            grants.append(
+                {
+                    "operation": {"targetType": target_type, "operationKey": operation},
+                    "subject": subject,
+                }
+            )
+        return JSONResponse(grants)
+
     async def _group_members(self, request: Request) -> Response:
         self._require(request)
         return self._members_page(request, self._group_or_404(request.path_params["group"]))
@@ -509,10 +624,7 @@ class ConfluenceEmulator:
         name = request.path_params["username"]
         if request.method == "DELETE":
             self._since(GROUP_ADMIN_SINCE)
-            user = self._user_or_404(name)
-            del self.users[user.username]
-            for group in self.groups.values():
-                group.members.discard(user.username)
+            self._remove_user(self._user_or_404(name))
             self._task_ids += 1
             task = f"{self._task_ids:08d}-user-removal"
             return JSONResponse(
@@ -573,8 +685,7 @@ class ConfluenceEmulator:
     async def _delete_group(self, request: Request) -> Response:
         self._require(request, admin=True)
         self._since(GROUP_ADMIN_SINCE)
-        group = self._group_or_404(request.path_params["group"])
-        del self.groups[group.name]
+        self._remove_group(self._group_or_404(request.path_params["group"]))
         return Response(status_code=204)
 
     async def _membership(self, request: Request) -> Response:
@@ -696,10 +807,7 @@ class ConfluenceEmulator:
             self._user_or_404(str(arg(0))).active = method == "reactivateUser"
             return True
         if method == "removeUser":
-            user = self._user_or_404(str(arg(0)))
-            del self.users[user.username]
-            for group in self.groups.values():
-                group.members.discard(user.username)
+            self._remove_user(self._user_or_404(str(arg(0))))
             return True
         if method == "addGroup":
             name = str(arg(0)).strip().lower()
@@ -708,7 +816,7 @@ class ConfluenceEmulator:
             self.seed_group(name)
             return True
         if method == "removeGroup":
-            del self.groups[self._group_or_404(str(arg(0))).name]
+            self._remove_group(self._group_or_404(str(arg(0))))
             return True
         user = self._user_or_404(str(arg(0)))
         group = self._group_or_404(str(arg(1)))

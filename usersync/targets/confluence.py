@@ -13,7 +13,10 @@ object on every site (`_emails`: REST expansion, else JSON-RPC, else unknown, ne
 update must carry e-mail and full name together (`update_user`); a create whose answer was
 lost is read back before it is sent again (`create_user`, `create_group`); and a name with a
 slash cannot travel in a URL path on Tomcat (`fits_in_path`: such groups are read through the
-query-parameter member list and written through JSON-RPC).
+query-parameter member list and written through JSON-RPC). The administrators usersync must
+not take over (`administrators`) are the members of confluence-administrators and, where the
+site lists its global permissions over REST (documented for 9.2 and later), the users and
+groups granted Confluence Administrator or System Administrator.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     conform,
 )
-from usersync.targets.base import Target, TargetCheck
+from usersync.targets.base import Target, TargetCheck, normalise_name
 
 log = logging.getLogger("usersync.targets.confluence")
 
@@ -85,6 +88,10 @@ PERSON_EXPAND = "status,details.personal"
 #: the account's groups (writes, even refused ones, are not allowed in a check).
 ADMIN_GROUPS = frozenset({"confluence-administrators"})
 
+#: Global permissions that make an administrator, as `GET /rest/api/permissions` names them
+#: (targetType, operationKey): Confluence Administrator and System Administrator.
+ADMIN_OPERATIONS = frozenset({("application", "administer"), ("system", "administer")})
+
 
 @dataclass(frozen=True)
 class RestEndpoint:
@@ -99,6 +106,9 @@ class RestEndpoint:
 #: Every REST call the target makes. `{username}`/`{group}` are percent-encoded path segments.
 REST_ENDPOINTS: dict[str, RestEndpoint] = {
     "current_user": RestEndpoint("GET", "/user/current"),
+    # Every global permission grant, one unpaged array. Documented in the 9.2 and 10.x REST
+    # references; its first version is UNCONFIRMED, so it is asked and a 404 means "absent".
+    "global_permissions": RestEndpoint("GET", "/permissions"),
     "get_user": RestEndpoint("GET", "/user"),
     "member_of": RestEndpoint("GET", "/user/memberof"),
     "list_users": RestEndpoint("GET", "/user/list", since=(8, 4)),
@@ -210,6 +220,8 @@ class ConfluenceTarget(Target):
         auth: httpx basic auth, or None with `token`.
         token: a personal access token (sent as Bearer); REST only.
         api: "rest", "jsonrpc" or "auto" (REST where the site's version has it).
+        admin_groups: groups whose members are administrators whatever the global permissions
+            say (by default confluence-administrators, Confluence's super group).
         retry, timeout_seconds, verify, transport: passed to `ApiClient`.
     """
 
@@ -223,6 +235,7 @@ class ConfluenceTarget(Target):
         auth: httpx.BasicAuth | None = None,
         token: str | None = None,
         api: str = "auto",
+        admin_groups: Iterable[str] = ADMIN_GROUPS,
         retry: RetryPolicy | None = None,
         timeout_seconds: float = 30.0,
         verify: Any = True,
@@ -237,6 +250,7 @@ class ConfluenceTarget(Target):
             )
         self.url = url.rstrip("/")
         self.api = api
+        self.admin_groups = frozenset(g.strip().lower() for g in admin_groups if g.strip())
         self.uses_token = token is not None
         if api == "jsonrpc" and self.uses_token:
             raise ConfigError(self._pat_refused_message("confluence_api is jsonrpc"))
@@ -554,6 +568,71 @@ class ConfluenceTarget(Target):
         """Accounts by userKey (`GET /user?key=`), whatever they are called now."""
         wanted = sorted({k for k in keys if k})
         return self._users_frame(self._people(wanted, by="key"))
+
+    def administrators(self) -> set[str]:
+        """Members of the admin groups, and holders of an administrator global permission.
+
+        `GET /rest/api/permissions` (one request, no paging) names the users and groups
+        granted Confluence Administrator or System Administrator; each group's members are
+        then read like any group's (paged), and a user named only by key is looked up. A site
+        without that resource (404), or one that refuses it to this account (403), leaves
+        only the admin groups, and a user granted administration directly goes unseen: a
+        warning says so. A grant whose subject cannot be told is an error, not a guess.
+        """
+        usernames, groups = self._administrator_grants()
+        admins = {normalise_name(name) for name in usernames}
+        _found, members = self.read_groups(sorted(self.admin_groups | groups))
+        admins.update(normalise_name(str(name)) for name in members["username"])
+        return admins
+
+    def _administrator_grants(self) -> tuple[set[str], set[str]]:
+        """(usernames, group names) granted an administrator global permission."""
+        try:
+            grants = self._rest("global_permissions").json()
+        except (TargetNotFoundError, TargetPermissionError) as exc:
+            log.warning(
+                "confluence '%s': the global permissions cannot be read (GET %s/permissions: "
+                "%s); only members of %s count as administrators, and accounts granted "
+                "Confluence Administrator or System Administrator directly or through another "
+                "group are not protected",
+                self.name,
+                REST_ROOT,
+                exc,
+                ", ".join(sorted(self.admin_groups)),
+            )
+            return set(), set()
+        if not isinstance(grants, list):
+            raise TargetRejectedError(
+                f"confluence '{self.name}': GET {REST_ROOT}/permissions answered something "
+                f"other than a list of grants: {str(grants)[:200]}"
+            )
+        usernames: set[str] = set()
+        keys: set[str] = set()
+        groups: set[str] = set()
+        for grant in grants:
+            operation = grant.get("operation") or {}
+            if (operation.get("targetType"), operation.get("operationKey")) not in ADMIN_OPERATIONS:
+                continue
+            subject = grant.get("subject") or {}
+            kind = str(subject.get("type") or "").lower()
+            # Which fields name a subject is UNCONFIRMED (the reference's schema shows only
+            # `type` and `displayName`): every plausible one is read, the most specific first.
+            if kind == "group" and (name := subject.get("name") or subject.get("displayName")):
+                groups.add(str(name).strip().lower())
+            elif kind in ("user", "known") and subject.get("username"):
+                usernames.add(str(subject["username"]))
+            elif kind in ("user", "known") and (
+                key := subject.get("userKey") or subject.get("key")
+            ):
+                keys.add(str(key))
+            else:
+                raise TargetRejectedError(
+                    f"confluence '{self.name}': cannot tell who holds the global permission "
+                    f"{operation.get('operationKey')}/{operation.get('targetType')} (subject "
+                    f"{subject!r}); usersync refuses to guess which accounts are administrators"
+                )
+        usernames.update(str(p.get("username")) for p in self._people(sorted(keys), by="key"))
+        return usernames, groups
 
     def current_account(self) -> str | None:
         """The username behind the credentials (`GET /user/current`; PAT or basic auth)."""
