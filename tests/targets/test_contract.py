@@ -417,6 +417,53 @@ def test_current_account_is_the_account_the_client_signs_in_as(target_env: Targe
     assert normalise_name(name) in by_name(target_env.target.read_users([name]))
 
 
+# -- administrators, whom usersync must not take over -------------------------------------
+
+
+def test_administrators_directly_and_through_a_group_not_ordinary_accounts(
+    target_env: TargetEnv,
+) -> None:
+    emulator = target_env.emulator
+    emulator.seed_user("Ada.Direct", "ada@example.com", "Ada Direct")
+    emulator.seed_user("gus.grouped", "gus@example.com", "Gus Grouped")
+    # Deactivated or unlicensed, still an administrator: adopting it would hand it over.
+    emulator.seed_user("ivy.idle", "ivy@example.com", "Ivy Idle", active=False)
+    emulator.seed_user("olly.ordinary", "olly@example.com", "Olly Ordinary")
+    emulator.grant_admin("Ada.Direct")
+    emulator.seed_admin_group(target_env.admin_group, members=["gus.grouped", "ivy.idle"])
+    emulator.seed_group("staff", members=["gus.grouped", "olly.ordinary"])
+    emulator.app.clear_log()
+
+    with target_env.make_target() as fresh:
+        admins = fresh.administrators()
+    with target_env.make_target(credentials="user") as plain:
+        plain_account = normalise_name(plain.current_account() or "")
+
+    assert {"ada.direct", "gus.grouped", "ivy.idle", ADMIN_ACCOUNT} <= admins
+    assert "olly.ordinary" not in admins
+    assert plain_account and plain_account not in admins
+    assert all(name == normalise_name(name) for name in admins)
+    assert emulator.app.writes() == []
+
+
+def test_administrators_across_several_pages(target_env: TargetEnv) -> None:
+    count = target_env.page_size + 2
+    direct = [f"direct{i:02d}" for i in range(count)]
+    grouped = [f"grouped{i:02d}" for i in range(count)]
+    for name in [*direct, *grouped, "bystander"]:
+        target_env.emulator.seed_user(name, f"{name}@example.com", name.title())
+    for name in direct:
+        target_env.emulator.grant_admin(name)
+    target_env.emulator.seed_admin_group(target_env.admin_group, members=grouped)
+    target_env.emulator.seed_group("everyone", members=[*grouped, "bystander"])
+
+    with target_env.make_target() as fresh:
+        admins = fresh.administrators()
+
+    assert set(direct) | set(grouped) <= admins
+    assert "bystander" not in admins
+
+
 # -- writes whose answer is lost -----------------------------------------------------------
 
 LOST_ANSWERS = ["applied-500", "applied-503", "applied-drop"]
