@@ -432,3 +432,29 @@ def test_the_summary_lists_rejected_users_failed_operations_and_conflicts(make_p
     assert "## jira: no operation planned for" in text
     assert "its e-mail differs" in text
     assert "## jira: failed operations" in text
+
+
+@pytest.mark.parametrize("adoption", ["username_and_email", "username"])
+def test_a_source_user_named_like_an_administrator_never_takes_the_account_over(
+    make_profile, jira, own_directory, adoption
+):
+    emulator, url = jira
+    # An administrator nobody listed as protected, and an IdP user given the same name and
+    # the attacker's address.
+    emulator.seed_user("jira-sysadmin", "root@corp.example", "Root", admin=True)
+    conn = connect(own_directory)
+    assert conn.add(
+        f"uid=JIRA-SYSADMIN,{people(own_directory)}",
+        "inetOrgPerson",
+        {"uid": "JIRA-SYSADMIN", "cn": "X", "sn": "X", "mail": "attacker@evil.example"},
+    )
+    conn.unbind()
+    make_profile(url, ldap_url=own_directory.url, extra_settings=f"  adoption: {adoption}")
+
+    sync(profile="testprof")
+
+    root = jira_user(url, "jira-sysadmin")
+    assert root["emailAddress"] == "root@corp.example"
+    assert root["displayName"] == "Root"
+    ledger = Store.open(store_url()).ledger("testprof", "jira")
+    assert root["key"] not in set(ledger["target_key"])
