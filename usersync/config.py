@@ -302,6 +302,13 @@ class TargetConfig(StrictModel):
     )
     auth: TargetAuth
     timeout_seconds: float = Field(30, gt=0, description="Connect/read timeout of every call.")
+    admin_groups: tuple[str, ...] = Field(
+        (),
+        description="Jira and Confluence: more groups whose members are administrators, for "
+        "sites that grant the administrator permissions to groups of their own (the shipped "
+        "jira-administrators, jira-system-administrators and confluence-administrators are "
+        "always included). usersync leaves administrators alone (see manage_admin_accounts).",
+    )
     load_budget_seconds: float = Field(
         7200,
         gt=0,
@@ -322,6 +329,11 @@ class TargetConfig(StrictModel):
     def _product_options(self) -> TargetConfig:
         if self.kind != "confluence" and self.confluence_api != "auto":
             raise ValueError("confluence_api applies to kind: confluence only")
+        if self.kind == "bitbucket" and self.admin_groups:
+            raise ValueError(
+                "admin_groups applies to jira and confluence only (Bitbucket's administrators "
+                "are read from its global permissions)"
+            )
         return self
 
 

@@ -436,3 +436,26 @@ def test_no_admin_group_on_the_site_is_warned_about(caplog: pytest.LogCaptureFix
         assert env.make_target(admin_groups=["site-admins"]).administrators() == set()
 
         assert "none of the administrator groups (site-admins) exists" in caplog.text
+
+
+def test_a_profiles_own_administrator_groups_are_read_besides_the_shipped_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emulator = JiraEmulator(context_path="/jira", admin=("svc", "s3cret"))
+    emulator.seed_user("root", "root@example.com", "Root")
+    emulator.seed_user("dev", "dev@example.com", "Dev")
+    emulator.seed_admin_group("it-admins", members=["root"])
+    monkeypatch.setenv("JIRA_PW", "s3cret")
+    with serve(emulator.app) as url:
+        base = {
+            "kind": "jira",
+            "url": url + "/jira",
+            "auth": {"kind": "basic", "username": "svc", "password": {"env": "JIRA_PW"}},
+        }
+        with open_target("prod", TargetConfig.model_validate(base)) as target:
+            assert "root" not in target.administrators()  # a group Jira does not ship
+        config = TargetConfig.model_validate({**base, "admin_groups": ["it-admins"]})
+        with open_target("prod", config) as target:
+            admins = target.administrators()
+    assert {"root", "svc"} <= admins
+    assert "dev" not in admins

@@ -312,6 +312,7 @@ class ConfluenceTarget(Target):
             timeout_seconds=config.timeout_seconds,
             verify=config.ca_file or config.verify_tls,
             transport=transport,
+            admin_groups=(*ADMIN_GROUPS, *config.admin_groups),
         )
 
     def close(self) -> None:

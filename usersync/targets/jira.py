@@ -220,7 +220,7 @@ class JiraTarget(Target):
             "timeout_seconds": config.timeout_seconds,
             "verify": verify,
             "lookup_threshold": lookup_threshold,
-            "admin_groups": admin_groups,
+            "admin_groups": (*admin_groups, *config.admin_groups),
         }
         auth = config.auth
         if isinstance(auth, BasicAuth):
