@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from usersync.config import SyncSettings
@@ -103,9 +104,19 @@ def _ops(frame: pd.DataFrame, op: str, **columns: pd.Series | str) -> pd.DataFra
 
 
 def _without(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The rows of `frame` whose `keys` do not occur in `other` (an anti-join)."""
-    joined = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    return joined.loc[joined["_merge"] == "left_only"].drop(columns="_merge")
+    """The rows of `frame` whose `keys` do not occur in `other` (an anti-join).
+
+    The key columns are turned into one integer per row (codes over both frames' values), so
+    the test is a sorted integer lookup rather than a join on strings.
+    """
+    combined = np.zeros(len(frame) + len(other), dtype=np.int64)
+    for name in keys:
+        codes, uniques = pd.factorize(
+            pd.concat([frame[name], other[name]], ignore_index=True), use_na_sentinel=False
+        )
+        combined = combined * (len(uniques) + 1) + codes
+    mine, theirs = combined[: len(frame)], combined[len(frame) :]
+    return frame.loc[~np.isin(mine, theirs)]
 
 
 def plan_target(data: PlanInput) -> pd.DataFrame:
