@@ -109,10 +109,10 @@ def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
             print(f"  {product}: {sandbox.url(product)} ({ADMIN_USERNAME} / {password})")
 
         print("\n== run 1: provision ==")
-        first = sync(profile=profile, store_url=store_url)
+        first = sync(profile=profile)
         _print_outcomes(first)
         print("\n== run 2: same source, nothing should change ==")
-        second = sync(profile=profile, store_url=store_url)
+        second = sync(profile=profile)
         _print_outcomes(second)
 
         print("\n== read back through each product's REST API ==")

@@ -1,19 +1,37 @@
 """The `sync` flow: one profile (one IdP), its targets, optionally a dry run.
 
 What a deployment, a UI run or `usersync sync` starts. It wires the tasks: validate the
-profile, extract once, then per target transform → plan → (load) → report. A target that
-fails (unreachable, refused credentials, a guard) fails alone; the others complete, and the
-run ends Failed with every target's outcome in the summary artifact and the store.
+profile, extract once, then every target at once, each in a thread of its own running
+transform → plan → (load) as tasks tagged `target:<name>` and `instance:<host[:port]>` (so
+tag-based concurrency limits can hold back one product instance), then report. A target that
+fails (unreachable, refused credentials, a guard, a failed or partial load) fails alone: the
+others complete, and the run ends Failed with every target's outcome in the summary artifact
+and the store. A guard that stops a target emits `usersync.sync.braked` (see tasks/report.py).
+
+A deployment is bound to the profile its own parameters name: a run of it that asks for
+another profile is refused before anything is read, so a profile is only ever synced inside
+its own deployment's concurrency slot. The store is configuration (`USERSYNC_STORE_URL`),
+never a parameter. Dry runs are named `sync-<profile>-dry-run` and tagged `dry-run`.
 Parameters carry names only: secrets come from environment variables or Secret blocks.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated
+from urllib.parse import urlsplit
 
+from prefect import flow, get_run_logger, tags
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
+from pydantic import Field
+
+from flows.parameters import PROFILE_HELP, ProfileName, TargetName, form_field
 from tasks import report, steps
-from usersync.errors import UsersyncError
+from tasks.run_logs import engine_logs_in_run_log
+from usersync.errors import ConfigError, GuardError, UsersyncError
 from usersync.model import SourceSnapshot
 from usersync.report import summary_text
 from usersync.store import Store
@@ -27,46 +45,79 @@ from usersync.sync import (
     select_targets,
 )
 
+#: The tag of a dry run's flow run.
+DRY_RUN_TAG = "dry-run"
+
 
 class SyncFailed(UsersyncError):
     """At least one target failed or had failed operations."""
 
 
-@flow(name="sync", flow_run_name="sync-{profile}", validate_parameters=True)
-def sync(
-    profile: str,
-    targets: list[str] | None = None,
-    dry_run: bool = False,
-    allow_mass_changes: bool = False,
-    store_url: str | None = None,
-    full: bool = False,
-    wait_seconds: float = 0,
-) -> list[dict]:
-    """Sync one profile's source into its targets.
+def _run_name() -> str:
+    parameters = flow_run.parameters
+    return f"sync-{parameters['profile']}" + ("-dry-run" if parameters.get("dry_run") else "")
 
-    Args:
-        profile: the folder name under mappings/.
-        targets: the profile's targets to sync (default: all).
-        dry_run: plan and publish the plan; write nothing anywhere.
-        allow_mass_changes: release the brake on deactivations and membership removals for
-            this run (after checking the plan of a dry run).
-        store_url: SQLAlchemy URL of the store (default: $USERSYNC_STORE_URL or
-            sqlite:///var/usersync.db). Give a URL without a password; use the
-            environment variable for credentials.
-        full: read the whole source even where an incremental read is possible (AD with
-            `incremental.enabled`); a full read also catches deletions.
-        wait_seconds: when another run of this profile is under way (from any entry point),
-            wait this long for it to finish; then this run stops without reading or writing.
-    """
+
+@flow(name="sync", flow_run_name=_run_name, validate_parameters=True)
+def sync(
+    profile: ProfileName = form_field("Profile", PROFILE_HELP),  # noqa: B008 - the run form (flows/parameters.py)
+    targets: list[TargetName] | None = form_field(  # noqa: B008 - the run form (flows/parameters.py)
+        "Targets",
+        "Which of the profile's targets to sync, by their names under `targets:` in its "
+        "profile.yaml (the deployment's description lists them); empty: all of them. An "
+        "unknown name stops the run before anything is read.",
+        None,
+    ),
+    dry_run: bool = form_field(
+        "Dry run",
+        "Plan and publish the plan (artifact plan-<profile>-<target>); write nothing anywhere. "
+        "The run is named sync-<profile>-dry-run and tagged dry-run.",
+        False,
+    ),
+    allow_mass_changes: bool = form_field(
+        "Allow mass changes",
+        "Release the brake on deactivations and membership removals for this run only, "
+        "after checking the plan of a dry run.",
+        False,
+    ),
+    full: bool = form_field(
+        "Full read",
+        "Read the whole source even where an incremental read is possible (Active Directory "
+        "with incremental.enabled); a full read also catches deletions.",
+        False,
+    ),
+    wait_seconds: Annotated[float, Field(ge=0, le=86400)] = form_field(
+        "Wait for a run in progress (seconds)",
+        "When another run of this profile is under way (from any entry point), wait this "
+        "long for it to finish; then this run stops without reading or writing.",
+        0,
+    ),
+) -> list[dict]:
+    """Sync one profile's source into its targets (the parameters are the run form)."""
+    with engine_logs_in_run_log():
+        return _sync(profile, targets, dry_run, allow_mass_changes, full, wait_seconds)
+
+
+def _sync(
+    profile: str,
+    targets: list[str] | None,
+    dry_run: bool,
+    allow_mass_changes: bool,
+    full: bool,
+    wait_seconds: float,
+) -> list[dict]:
     logger = get_run_logger()
+    _refuse_a_profile_the_deployment_is_not_for(profile)
+    if dry_run:
+        _tag_this_run(DRY_RUN_TAG)
     loaded = steps.load_profile(profile)
     chosen = select_targets(loaded.profile, targets)
-    store = Store.open(store_url)
+    store = Store.open()
     holder = _lease_holder()
     try:
         with profile_lease(store, profile, holder, wait_seconds=wait_seconds):
             snapshot, outcomes = _sync_profile(
-                loaded, chosen, store, store_url, dry_run, allow_mass_changes, full, holder
+                loaded, chosen, store, dry_run, allow_mass_changes, full, holder
             )
     finally:
         store.close()
@@ -81,36 +132,82 @@ def sync(
     return [o.as_dict() for o in outcomes]
 
 
+def _refuse_a_profile_the_deployment_is_not_for(profile: str) -> None:
+    """A deployment syncs the profile its own parameters name, and no other.
+
+    Its concurrency slot, schedule and alerts are that profile's; a UI or API run that asks
+    for another profile is refused before anything is read. Runs outside a deployment (the
+    CLI, the demo, a subflow) and deployments that name no profile are not bound.
+
+    Raises:
+        ConfigError: this run's profile is not the deployment's.
+    """
+    context = FlowRunContext.get()
+    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    if deployment_id is None:
+        return
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+    bound = (deployment.parameters or {}).get("profile")
+    if bound is not None and bound != profile:
+        raise ConfigError(
+            f"deployment '{deployment.name}' syncs profile '{bound}' only; this run asked for "
+            f"profile '{profile}' and stops before reading or writing anything. Run the "
+            f"deployment of profile '{profile}' instead (or `usersync sync {profile}`), so "
+            "that it runs in its own concurrency slot."
+        )
+
+
+def _tag_this_run(tag: str) -> None:
+    """Add `tag` to this flow run's tags (deployment runs get theirs before the flow starts)."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    run = context.flow_run
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run.id, tags=sorted({*run.tags, tag}))
+
+
 def _sync_profile(
     loaded: LoadedProfile,
     chosen: list[str],
     store: Store,
-    store_url: str | None,
     dry_run: bool,
     allow_mass_changes: bool,
     full: bool,
     holder: str,
 ) -> tuple[SourceSnapshot, list[TargetOutcome]]:
-    """Extract once, then each target in turn, renewing the profile's lease as it goes."""
+    """Extract once, then every target at once, each renewing the profile's lease as it goes."""
     profile = loaded.profile.name
     try:
-        snapshot = steps.extract(loaded, store_url, full)
+        snapshot = steps.extract(loaded, full)
     except Exception as exc:
         # The audit trail shows the attempt for every target, with the reason nothing ran.
         for name in chosen:
             run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
             store.finish_run(run_id, "failed", {}, f"source: {exc}")
+        if isinstance(exc, GuardError):
+            report.announce_brake(profile, None, str(exc), dry_run)
         raise
-    outcomes = []
-    for name in chosen:
-        store.renew_lease(profile, holder)
-        outcomes.append(
-            _sync_target(
-                loaded, name, snapshot, store, store_url, dry_run, allow_mass_changes, holder
+    with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="sync-target") as pool:
+        futures = [
+            # Each thread runs in a copy of this context: its tasks belong to this flow run.
+            pool.submit(
+                contextvars.copy_context().run,
+                _sync_target,
+                loaded,
+                name,
+                snapshot,
+                store,
+                dry_run,
+                allow_mass_changes,
+                holder,
             )
-        )
+            for name in chosen
+        ]
+        outcomes = [future.result() for future in futures]
     # An incremental source moves its watermark only when every target succeeded.
-    steps.advance_watermark(snapshot, store_url, [o.status for o in outcomes], dry_run)
+    steps.advance_watermark(snapshot, [o.status for o in outcomes], dry_run)
     return snapshot, outcomes
 
 
@@ -123,55 +220,38 @@ def _lease_holder() -> str:
     return f"flow run {flow_run.get_name()} ({run})" if run else default_lease_holder()
 
 
+def target_tags(loaded: LoadedProfile, name: str) -> list[str]:
+    """The tags of a target's task runs: its name, and the instance it writes to."""
+    url = urlsplit(loaded.profile.targets[name].url)
+    host = (url.hostname or "").lower()
+    return [f"target:{name}", f"instance:{host}:{url.port}" if url.port else f"instance:{host}"]
+
+
 def _sync_target(
     loaded: LoadedProfile,
     name: str,
     snapshot: SourceSnapshot,
     store: Store,
-    store_url: str | None,
     dry_run: bool,
     allow_mass_changes: bool,
     holder: str,
 ) -> TargetOutcome:
     """Plan and load one target; any error fails this target only."""
     logger = get_run_logger()
-    run_id = store.start_run(loaded.profile.name, name, dry_run=dry_run, flow_run_id=_run_id())
+    profile = loaded.profile.name
+    store.renew_lease(profile, holder)
+    run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
     outcome = TargetOutcome(target=name, status="failed", run_id=run_id)
     try:
-        desired = steps.transform(loaded, snapshot, name)
-        outcome.rejected = len(desired.rejected)
-        outcome.rejected_users = (
-            desired.rejected[["locator", "reason"]]
-            .head(DETAILS_KEPT)
-            .astype(object)
-            .to_dict("records")
-        )
-        target_plan = steps.plan(loaded, name, desired, store_url, allow_mass_changes)
-        outcome.planned = target_plan.counts()
-        outcome.conflicts = target_plan.conflicts.astype(object).to_dict("records")
-        outcome.unverifiable = target_plan.unverifiable
-        for conflict in outcome.conflicts[:50]:
-            logger.warning(
-                "%s: no operation for %s: %s", name, conflict["username"], conflict["reason"]
+        with tags(*target_tags(loaded, name)):
+            _plan_and_load(
+                loaded, name, snapshot, store, dry_run, allow_mass_changes, holder, outcome
             )
-        for attribute, count in outcome.unverifiable.items():
-            logger.warning(
-                "%s: %s of %d managed account(s) cannot be read with these credentials; "
-                "left alone, not compared",
-                name,
-                attribute,
-                count,
-            )
-        store.record_plan(run_id, target_plan.plan)
-        report.publish_plan(loaded.profile.name, target_plan)
-        if dry_run:
-            outcome.status = "planned"
-        else:
-            result = steps.load(loaded, name, target_plan, store_url, run_id, holder)
-            outcome.executed = result.counts()
-            outcome.failures = failed_operations(target_plan.plan, result)
-            outcome.status = result.status
-            outcome.error = result.quarantined
+    except GuardError as exc:
+        logger.error("%s: %s", name, exc)
+        outcome.error = str(exc)
+        outcome.status = "failed"
+        report.announce_brake(profile, name, str(exc), dry_run)
     except UsersyncError as exc:
         logger.error("%s: %s", name, exc)
         outcome.error = str(exc)
@@ -188,3 +268,52 @@ def _sync_target(
         outcome.error,
     )
     return outcome
+
+
+def _plan_and_load(
+    loaded: LoadedProfile,
+    name: str,
+    snapshot: SourceSnapshot,
+    store: Store,
+    dry_run: bool,
+    allow_mass_changes: bool,
+    holder: str,
+    outcome: TargetOutcome,
+) -> None:
+    """Transform, plan, publish the plan and (unless a dry run) load; fill in `outcome`."""
+    logger = get_run_logger()
+    desired = steps.transform(loaded, snapshot, name)
+    outcome.rejected = len(desired.rejected)
+    outcome.rejected_users = (
+        desired.rejected[["locator", "reason"]].head(DETAILS_KEPT).astype(object).to_dict("records")
+    )
+    target_plan = steps.plan(loaded, name, desired, allow_mass_changes)
+    outcome.planned = target_plan.counts()
+    outcome.conflicts = target_plan.conflicts.astype(object).to_dict("records")
+    outcome.unverifiable = target_plan.unverifiable
+    for conflict in outcome.conflicts[:50]:
+        logger.warning(
+            "%s: no operation for %s: %s", name, conflict["username"], conflict["reason"]
+        )
+    for attribute, count in outcome.unverifiable.items():
+        logger.warning(
+            "%s: %s of %d managed account(s) cannot be read with these credentials; "
+            "left alone, not compared",
+            name,
+            attribute,
+            count,
+        )
+    store.record_plan(outcome.run_id, target_plan.plan)
+    report.publish_plan(loaded.profile.name, target_plan)
+    if dry_run:
+        outcome.status = "planned"
+        return
+    try:
+        result = steps.load(loaded, name, target_plan, outcome.run_id, holder)
+    except steps.LoadFailed as failed:
+        # The load task ended Failed; its outcomes still make the summary.
+        result = failed.result
+    outcome.executed = result.counts()
+    outcome.failures = failed_operations(target_plan.plan, result)
+    outcome.status = result.status
+    outcome.error = result.quarantined

@@ -2,7 +2,8 @@
 
 It checks the profile's source and every target (reachable, credentials accepted, permissions
 sufficient), publishes the results as a Markdown artifact `test-connection-<profile>`, and ends
-Failed when any check failed, so the UI shows it at a glance. It writes nothing anywhere.
+Failed when any check failed, so the UI shows it at a glance. It writes nothing anywhere, so
+one deployment serves every profile (`test-connection/on-demand` in prefect.yaml).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.parameters import ProfileName, form_field
 from tasks import steps
+from tasks.run_logs import engine_logs_in_run_log
 from tasks.secrets import load_prefect_secret
 from usersync.connection import check_connections, connection_markdown
 from usersync.errors import UsersyncError
@@ -21,14 +24,15 @@ class ConnectionFailed(UsersyncError):
 
 
 @flow(name="test-connection", flow_run_name="test-connection-{profile}")
-def test_connection(profile: str) -> list[dict]:
-    """Check the source and each target of `profile`; write nothing.
-
-    Args:
-        profile: the folder name under mappings/.
-    """
-    loaded = steps.load_profile(profile)
-    results = check_connections(loaded, load_prefect_secret=load_prefect_secret)
+def test_connection(
+    profile: ProfileName = form_field(  # noqa: B008 - the run form (flows/parameters.py)
+        "Profile", "The profile to check: a folder under mappings/. Nothing is written."
+    ),
+) -> list[dict]:
+    """Check the source and each target of `profile`; write nothing."""
+    with engine_logs_in_run_log():
+        loaded = steps.load_profile(profile)
+        results = check_connections(loaded, load_prefect_secret=load_prefect_secret)
     logger = get_run_logger()
     for r in results:
         (logger.info if r.ok else logger.error)("%s (%s): %s", r.part, r.kind, r.detail)

@@ -1,4 +1,16 @@
-"""Publish a run's plan and summary as Prefect artifacts and emit a completion event."""
+"""Publish a run's plan and summary as Prefect artifacts, and the events alerts listen to.
+
+Events (resource `usersync.profile.<profile>`, related to the flow run that emits them):
+
+- `usersync.sync.completed`, once per run that got past extract, with payload
+  `{"dry_run": bool, "targets": [outcome, ...]}`; each outcome is `TargetOutcome.as_dict()`:
+  target, status (planned | succeeded | partial | failed), planned {op: n}, executed
+  {op: {succeeded, failed, skipped}}, rejected, error, run_id (the store's), conflicts,
+  unverifiable, rejected_users, failures.
+- `usersync.sync.braked`, when a guard stops a target (the brake on deactivations and
+  membership removals) or the whole run (a source with fewer users than min_source_users),
+  with payload `{"target": name or null for the source, "reason": str, "dry_run": bool}`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +23,14 @@ from prefect.events import emit_event
 
 from usersync.report import PLAN_ROWS_SHOWN, plan_rows, summary_markdown
 from usersync.sync import TargetOutcome, TargetPlan
+
+COMPLETED_EVENT = "usersync.sync.completed"
+BRAKED_EVENT = "usersync.sync.braked"
+
+
+def profile_resource(profile: str) -> dict[str, str]:
+    """The event resource every usersync event of a profile is about."""
+    return {"prefect.resource.id": f"usersync.profile.{profile}", "prefect.resource.name": profile}
 
 
 @task(
@@ -42,7 +62,16 @@ def publish_summary(
         description=f"usersync {profile}" + (" (dry run)" if dry_run else ""),
     )
     emit_event(
-        event="usersync.sync.completed",
-        resource={"prefect.resource.id": f"usersync.profile.{profile}"},
+        event=COMPLETED_EVENT,
+        resource=profile_resource(profile),
         payload={"dry_run": dry_run, "targets": [o.as_dict() for o in outcomes]},
+    )
+
+
+def announce_brake(profile: str, target: str | None, reason: str, dry_run: bool) -> None:
+    """Emit `usersync.sync.braked`: a guard stopped `target` (None: the whole run)."""
+    emit_event(
+        event=BRAKED_EVENT,
+        resource=profile_resource(profile),
+        payload={"target": target, "reason": reason, "dry_run": dry_run},
     )

@@ -1,10 +1,10 @@
-"""Prefect tasks around the engine's sync steps: retries, no caching, logging.
+"""Prefect tasks around the engine's sync steps: retries, no caching, logging, progress.
 
 Each task is a few lines around a `usersync.sync` function. None is cached or persists its
 result: a cached "Completed" must never stand in for a write, and the frames they pass are not
-worth hashing. Only reads are retried, and only for transient errors; writes are never
-retried as a whole (each call already retries its own transient failures, and the next run
-re-plans anything that failed).
+worth hashing. One retry layer: the HTTP clients below retry what is transient, so only the
+extract of a source without its own retries (LDAP) is retried here (`tasks.retry`). The store
+is configuration, not a parameter: every task opens the one `USERSYNC_STORE_URL` names.
 """
 
 from __future__ import annotations
@@ -12,15 +12,25 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import retry_only_transient
+from tasks.progress import OperationCounter, calls_planned, load_progress
+from tasks.retry import retry_unreachable_source
 from tasks.secrets import load_prefect_secret
 from usersync import sync
+from usersync.errors import UsersyncError
 from usersync.load import LoadResult
 from usersync.model import DesiredState, SourceSnapshot
 from usersync.sources import watermark
 from usersync.store import Store
 
 SIDE_EFFECT_FREE = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+class LoadFailed(UsersyncError):
+    """A target's load failed or was partial; `result` holds every operation's outcome."""
+
+    def __init__(self, message: str, result: LoadResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @task(name="load-profile", **SIDE_EFFECT_FREE)
@@ -44,18 +54,16 @@ def load_profile(profile: str) -> sync.LoadedProfile:
     name="extract",
     retries=2,
     retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_only_transient,
+    retry_condition_fn=retry_unreachable_source,
     **SIDE_EFFECT_FREE,
 )
-def extract(
-    loaded: sync.LoadedProfile, store_url: str | None = None, full: bool = False
-) -> SourceSnapshot:
+def extract(loaded: sync.LoadedProfile, full: bool = False) -> SourceSnapshot:
     """Read the complete source snapshot (refused when it may be incomplete or is empty).
 
     An incremental source reads only what changed and merges it into the stored snapshot,
     unless `full` (or the schedule, or a change of DC or scope) calls for a full read.
     """
-    store = Store.open(store_url)
+    store = Store.open()
     try:
         snapshot = sync.extract(
             loaded, load_prefect_secret=load_prefect_secret, store=store, full=full
@@ -85,23 +93,12 @@ def transform(loaded: sync.LoadedProfile, snapshot: SourceSnapshot, target: str)
     return desired
 
 
-@task(
-    name="plan",
-    task_run_name="plan-{target}",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_only_transient,
-    **SIDE_EFFECT_FREE,
-)
+@task(name="plan", task_run_name="plan-{target}", **SIDE_EFFECT_FREE)
 def plan(
-    loaded: sync.LoadedProfile,
-    target: str,
-    desired: DesiredState,
-    store_url: str | None,
-    allow_mass_changes: bool,
+    loaded: sync.LoadedProfile, target: str, desired: DesiredState, allow_mass_changes: bool
 ) -> sync.TargetPlan:
     """Read the target's state and compute the plan; guards run here, before any write."""
-    store = Store.open(store_url)
+    store = Store.open()
     try:
         with sync.open_target_for(
             loaded, target, load_prefect_secret=load_prefect_secret
@@ -125,19 +122,39 @@ def load(
     loaded: sync.LoadedProfile,
     target: str,
     target_plan: sync.TargetPlan,
-    store_url: str | None,
     run_id: int,
     lease_holder: str | None = None,
 ) -> LoadResult:
-    """Execute the plan against the target, recording every outcome and the ledger."""
-    store = Store.open(store_url)
+    """Execute the plan against the target, recording every outcome and the ledger.
+
+    The progress artifact `load-<profile>-<target>` follows the load as it goes.
+
+    Raises:
+        LoadFailed: the target was quarantined or some operations failed or were skipped
+            (the task run ends Failed; the exception carries every outcome).
+    """
+    profile = loaded.profile.name
+    store = Store.open()
     try:
         with sync.open_target_for(
             loaded, target, load_prefect_secret=load_prefect_secret
         ) as client:
-            result = sync.load_target_sync(
-                loaded, client, target_plan, store, run_id, lease_holder=lease_holder
-            )
+            counter = OperationCounter(client)
+            with load_progress(
+                f"load-{profile}-{target}",
+                f"load of {target}",
+                counter,
+                calls_planned(target_plan.plan),
+            ) as progress:
+                result = sync.load_target_sync(
+                    loaded,
+                    counter,  # type: ignore[arg-type] - a Target, counted
+                    target_plan,
+                    store,
+                    run_id,
+                    lease_holder=lease_holder,
+                )
+                progress["outcome"] = result.status
     finally:
         store.close()
     logger = get_run_logger()
@@ -147,15 +164,21 @@ def load(
             logger.error(
                 "%s: operation %d (%s) failed: %s", target, outcome.seq, outcome.op, outcome.error
             )
+    if result.status != "succeeded":
+        failed = sum(o.status == "failed" for o in result.outcomes)
+        skipped = sum(o.status == "skipped" for o in result.outcomes)
+        raise LoadFailed(
+            f"{target}: load {result.status}: {failed} operation(s) failed, {skipped} skipped"
+            + (f"; quarantined after: {result.quarantined}" if result.quarantined else ""),
+            result,
+        )
     return result
 
 
 @task(name="advance-watermark", **SIDE_EFFECT_FREE)
-def advance_watermark(
-    snapshot: SourceSnapshot, store_url: str | None, statuses: list[str], dry_run: bool
-) -> None:
+def advance_watermark(snapshot: SourceSnapshot, statuses: list[str], dry_run: bool) -> None:
     """An incremental source's next read starts from this snapshot, if the run succeeded."""
-    store = Store.open(store_url)
+    store = Store.open()
     try:
         saved = watermark.advance_watermark(store, snapshot, statuses=statuses, dry_run=dry_run)
     finally:

@@ -80,7 +80,7 @@ def test_deploy_all_and_run_the_demo_deployment_ad_hoc(tmp_path):
                 return [r for r in runs if r.deployment_id == deployed["demo"].id]
 
         (run,) = asyncio.run(demo_runs())
-        assert run.name == "sync-demo"
+        assert run.name == "sync-demo-dry-run"
         assert run.state.is_completed(), run.state
         assert run.parameters == {"profile": "demo", "dry_run": True}
         assert sandbox.emulators["jira"].app.writes() == []  # a dry run, through a worker

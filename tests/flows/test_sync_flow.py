@@ -101,7 +101,7 @@ def test_flow_run_is_named_after_the_profile_and_publishes_plan_and_summary(make
             return runs, plan
 
     runs, artifacts = asyncio.run(read())
-    assert "sync-named-prof" in {r.name for r in runs}
+    assert "sync-named-prof-dry-run" in {r.name for r in runs}  # a dry run says so
     keys = {a.key for a in artifacts}
     assert {"plan-named-prof-jira", "summary-named-prof"} <= keys
     summary = next(a for a in artifacts if a.key == "summary-named-prof")

@@ -1,0 +1,62 @@
+"""One retry layer: a dead target fails after the HTTP client's attempts, not attempts × retries.
+
+The client below the tasks retries 429s, 5xx and dropped connections itself; a task retry on
+top multiplied that (3 task tries × 5 requests, a minute of waiting). The emulator here
+answers every request 503 and counts them. Only an LDAP source, with no retry of its own, is
+retried by its task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.states import Failed
+
+from flows.sync import SyncFailed, sync
+from tasks.retry import retry_unreachable_source
+from usersync.errors import SourceUnreachableError, TargetUnreachableError
+
+pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
+
+
+def test_a_target_answering_503_fails_after_the_clients_attempts_only(make_profile, jira):
+    emulator, url = jira
+    make_profile(url)  # max_attempts: 2
+    emulator.app.faults.error_every = 1
+    emulator.app.faults.error_status = 503
+
+    state = sync(profile="testprof", return_state=True)
+
+    with pytest.raises(SyncFailed, match="HTTP 503 after 2 attempt"):
+        state.result()
+    assert len(emulator.app.requests) == 2  # was 6: three plan tries of two requests
+
+    async def tasks():
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                )
+            )
+
+    plan = next(t for t in asyncio.run(tasks()) if t.name == "plan-jira")
+    assert plan.state.is_failed()
+    assert plan.run_count == 1  # the task itself did not retry
+
+
+def test_a_task_retries_only_an_unreachable_source_whose_client_did_not_retry():
+    try:
+        raise SourceUnreachableError("ldap: connection refused") from ConnectionRefusedError()
+    except SourceUnreachableError as exc:
+        ldap_down = exc
+    try:
+        raise SourceUnreachableError("scim: no answer") from TargetUnreachableError("5 tries")
+    except SourceUnreachableError as exc:
+        scim_down = exc
+
+    assert retry_unreachable_source(None, None, Failed(data=ldap_down)) is True
+    assert retry_unreachable_source(None, None, Failed(data=scim_down)) is False
+    assert retry_unreachable_source(None, None, Failed(data=TargetUnreachableError("x"))) is False

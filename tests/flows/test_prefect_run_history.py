@@ -1,0 +1,157 @@
+"""What the run history shows, read back through the Prefect API as the UI reads it.
+
+A dry run says it is one (name and tag); a target whose load failed or was partial shows a
+Failed load task while the other targets complete; targets run at once, their task runs
+tagged with the target and the instance; a load publishes its progress while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from flows.sync import SyncFailed, sync
+from tests.flows.conftest import JIRA_PASSWORD
+from usersync.sandbox.serve import Sandbox
+
+pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
+
+CONFLUENCE_TARGET = """  confluence:
+    kind: confluence
+    url: {url}
+    auth: {{kind: basic, username: admin, password: {{env: TEST_JIRA_PASSWORD}}}}
+    max_attempts: 2
+    timeout_seconds: 5"""
+
+
+def flow_run_and_tasks(flow_run_id: UUID):
+    async def read():
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        return run, {t.name: t for t in tasks}
+
+    return asyncio.run(read())
+
+
+def artifact_versions(key: str) -> list:
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+
+    return asyncio.run(read())
+
+
+def test_a_dry_run_is_named_and_tagged_as_one(make_profile, jira):
+    _, url = jira
+    make_profile(url, name="history")
+
+    dry = sync(profile="history", dry_run=True, return_state=True)
+    real = sync(profile="history", return_state=True)
+
+    dry_run, _ = flow_run_and_tasks(dry.state_details.flow_run_id)
+    real_run, _ = flow_run_and_tasks(real.state_details.flow_run_id)
+    assert dry_run.name == "sync-history-dry-run"
+    assert "dry-run" in dry_run.tags
+    assert real_run.name == "sync-history"
+    assert "dry-run" not in real_run.tags
+
+
+def test_a_partial_load_fails_its_load_task_while_the_other_target_completes(make_profile):
+    with Sandbox(["jira", "confluence"], admin_password=JIRA_PASSWORD) as sandbox:
+        make_profile(
+            sandbox.url("jira"),
+            extra_targets=CONFLUENCE_TARGET.format(url=sandbox.url("confluence")),
+        )
+        # Jira refuses its first write outright: one failed operation, the rest go on.
+        faults = sandbox.emulators["jira"].app.faults
+        faults.only_methods = ("POST",)
+        faults.script.append("400")
+
+        state = sync(profile="testprof", return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(SyncFailed, match="jira: partial"):
+        state.result()
+    run, tasks = flow_run_and_tasks(state.state_details.flow_run_id)
+    assert tasks["load-jira"].state.is_failed()
+    assert "jira: load partial: 1 operation(s) failed" in tasks["load-jira"].state.message
+    assert tasks["plan-jira"].state.is_completed()
+    assert tasks["load-confluence"].state.is_completed()
+    summary = next(a for a in artifact_versions("summary-testprof") if a.flow_run_id == run.id)
+    assert "## jira: failed operations" in summary.data
+    assert "| jira | partial |" in summary.data
+    assert "| confluence | succeeded |" in summary.data
+
+
+def test_targets_run_at_once_each_task_tagged_with_its_target_and_instance(make_profile):
+    with Sandbox(["jira", "confluence"], admin_password=JIRA_PASSWORD) as sandbox:
+        make_profile(
+            sandbox.url("jira"),
+            extra_targets=CONFLUENCE_TARGET.format(url=sandbox.url("confluence")),
+        )
+        for emulator in sandbox.emulators.values():
+            emulator.app.faults.latency_seconds = 0.05
+        state = sync(profile="testprof", return_state=True)
+        jira_instance = sandbox.url("jira").split("/")[2]
+
+    assert state.is_completed()
+    _, tasks = flow_run_and_tasks(state.state_details.flow_run_id)
+    chains = {
+        target: [t for name, t in tasks.items() if name.endswith(f"-{target}")]
+        for target in ("jira", "confluence")
+    }
+    assert {t.name for t in chains["jira"]} >= {"transform-jira", "plan-jira", "load-jira"}
+    span = {
+        target: (min(t.start_time for t in runs), max(t.end_time for t in runs))
+        for target, runs in chains.items()
+    }
+    # Overlapping spans: neither target waited for the other to finish.
+    assert span["jira"][0] < span["confluence"][1]
+    assert span["confluence"][0] < span["jira"][1]
+    for task in chains["jira"]:
+        assert {"target:jira", f"instance:{jira_instance}"} <= set(task.tags), task.name
+    assert "target:confluence" in tasks["load-confluence"].tags
+
+
+def test_a_load_publishes_its_progress_while_it_runs(make_profile, jira):
+    emulator, url = jira
+    make_profile(url, name="progress")
+    emulator.app.faults.latency_seconds = 0.1  # about 60 writes, 4 at a time: a few seconds
+
+    finished = threading.Event()
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["outcomes"] = sync(profile="progress")
+        finally:
+            finished.set()
+
+    threading.Thread(target=run).start()
+    seen: set[float] = set()
+    while not finished.wait(0.25):
+        seen |= {a.data for a in artifact_versions("load-progress-jira")}
+    final = artifact_versions("load-progress-jira")
+
+    assert result["outcomes"][0]["status"] == "succeeded"
+    assert any(0 < progress < 100 for progress in seen), seen
+    (artifact,) = final
+    assert artifact.type == "progress"
+    assert artifact.data == 100
+    assert artifact.description.startswith("load of jira: done,")
+    assert artifact.description.endswith("succeeded")
