@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -291,6 +292,18 @@ class TokenAuth(StrictModel):
 
 
 TargetAuth = Annotated[BasicAuth | TokenAuth, Field(discriminator="kind")]
+
+
+def instance_of(url: str) -> str:
+    """A target instance's identity: its base URL normalised (scheme and host in lower case,
+    default port and trailing slash dropped), so two profiles spelling one Jira differently
+    still see each other's accounts."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    default_port = {"http": 80, "https": 443}.get(scheme)
+    netloc = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 class TargetConfig(StrictModel):

@@ -58,6 +58,8 @@ class PlanInput:
     settings: SyncSettings
     #: usernames never touched: the settings' list plus the account usersync signs in as
     protected: tuple[str, ...] = ()
+    #: accounts other profiles manage on the same target instance: target_key → profile
+    foreign: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -166,12 +168,19 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     owner_renamed_away = by_name["owner"].isin(active_ids) & (
         by_name["owner"].map(desired_key_of).astype("string") != by_name["t_key"]
     )
+    # An account another profile manages on this instance is that profile's, whatever its name.
+    by_name["foreign"] = by_name["t_target_key"].map(data.foreign).astype("string")
+    elsewhere = found & by_name["foreign"].notna() & wants
+    found = found & by_name["foreign"].isna()
     unowned = found & ~owned & wants
     adopt = unowned & _may_adopt(by_name, settings.adoption)
     relink = found & owned & ~owner_live & wants
     disputed = found & owned & owner_live & ~owner_renamed_away & wants
-    create = wants & (~found | (owned & owner_renamed_away))
+    create = wants & ~elsewhere & (~found | (owned & owner_renamed_away))
 
+    by_name = by_name.drop(columns="foreign").assign(elsewhere=elsewhere)
+    claimed = by_name.loc[elsewhere]
+    by_name = by_name.drop(columns="elsewhere")
     matched = pd.concat(
         [
             linked,
@@ -188,6 +197,16 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
 
     refused = by_name.loc[unowned & ~adopt & ~by_name["t_key"].isin(protected)]
     conflicts = [
+        claimed.assign(
+            target_key=lambda f: f["t_target_key"],
+            reason=lambda f: (
+                "account '"
+                + f["t_username"]
+                + "' is managed by profile "
+                + f["t_target_key"].map(data.foreign).astype("string")
+                + " on this instance: left to it (one profile owns an account)"
+            ),
+        ),
         refused.assign(
             target_key=lambda f: f["t_target_key"],
             reason=lambda f: _adoption_refusal(f, settings.adoption),

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from usersync.config import Profile, SecretLoader, load_profile, profile_dir
+from usersync.config import Profile, SecretLoader, instance_of, load_profile, profile_dir
 from usersync.errors import GuardError, ProfileBusyError
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
@@ -243,6 +243,9 @@ def plan_target_sync(
         )
     )
     actual = target.read_state(usernames, groups, keys)
+    instance = instance_of(profile.targets[target_name].url)
+    claims = store.claims(instance, besides=profile.name)
+    foreign = dict(zip(claims["target_key"], claims["profile"], strict=True))
     changes = plan_changes(
         PlanInput(
             target=target_name,
@@ -251,6 +254,7 @@ def plan_target_sync(
             ledger=ledger,
             settings=profile.settings,
             protected=protected_usernames(profile, target_name, target),
+            foreign=foreign,
         )
     )
     if not allow_mass_changes:
@@ -393,13 +397,17 @@ def load_target_sync(
     by the source when a rule or a source group goes away.
     """
     profile = loaded.profile.name
+    instance = instance_of(loaded.profile.targets[target_plan.target].url)
 
     def record(outcomes: list[Outcome]) -> None:
         store.record_outcomes(run_id, [(o.seq, o.status, o.error) for o in outcomes])
         if lease_holder:
             store.renew_lease(profile, lease_holder)
         store.remember(
-            profile, target_plan.target, [o.ledger for o in outcomes if o.ledger is not None]
+            profile,
+            target_plan.target,
+            [o.ledger for o in outcomes if o.ledger is not None],
+            instance=instance,
         )
 
     budget = loaded.profile.targets[target_plan.target].load_budget_seconds
@@ -417,7 +425,7 @@ def load_target_sync(
         if group.casefold() not in failed_groups
     ]
     if not result.quarantined:
-        store.remember(profile, target_plan.target, mapped)
+        store.remember(profile, target_plan.target, mapped, instance=instance)
         # An account deleted by hand is gone for good: its link would only be looked up again
         # on every run.
         store.forget(profile, target_plan.target, "user", target_plan.deleted_keys)

@@ -458,3 +458,45 @@ def test_a_source_user_named_like_an_administrator_never_takes_the_account_over(
     assert root["displayName"] == "Root"
     ledger = Store.open(store_url()).ledger("testprof", "jira")
     assert root["key"] not in set(ledger["target_key"])
+
+
+def test_two_profiles_on_one_jira_never_take_each_others_accounts(make_profile, jira):
+    emulator, url = jira
+    # Employees: the whole directory. Contractors: a second profile that lists three of them
+    # with the same e-mail (so adoption by e-mail would take them) and other display names.
+    make_profile(url, name="employees")
+    make_profile(
+        url,
+        name="contractors",
+        extra_source="  user_filter: (|(employeeType=contractor)(uid=rtaylor))",
+        attributes=(
+            "target,source,transform,regex,replacement,template,default\n"
+            "username,uid,strip lower,,,,\n"
+            "email,mail,strip lower,,,,\n"
+            "display_name,,template,,,{cn} (contractor),\n"
+        ),
+        groups="source_group,target_group,mode,targets\n,contractors,default,\n",
+    )
+    sync(profile="employees")
+    owned = {name: jira_user(url, name) for name in ("dbrown", "pthomas", "rtaylor")}
+
+    outcomes = sync(profile="contractors")
+
+    conflicts = {c["username"] for c in outcomes[0]["conflicts"]}
+    assert conflicts == {"dbrown", "pthomas", "rtaylor"}  # each reported, none changed
+    for name, before in owned.items():
+        after = jira_user(url, name)
+        assert after["key"] == before["key"]
+        assert after["emailAddress"] == before["emailAddress"]
+        assert after["displayName"] == before["displayName"]
+        assert "contractors" not in {g["name"] for g in after["groups"]["items"]}
+    store = Store.open(store_url())
+    contractor_keys = set(store.ledger("contractors", "jira")["target_key"])
+    assert not contractor_keys & {u["key"] for u in owned.values()}
+
+    # Second runs of both: nothing planned, nothing written; and a profile's deactivations
+    # never reach the other's accounts.
+    writes = len(emulator.app.writes())
+    assert sync(profile="employees")[0]["planned"] == {}
+    assert sync(profile="contractors")[0]["planned"] == {}
+    assert len(emulator.app.writes()) == writes

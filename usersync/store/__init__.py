@@ -249,17 +249,33 @@ class Store:
             return empty_frame(LEDGER_COLUMNS)
         return conform(pd.DataFrame(rows), LEDGER_COLUMNS, what="ledger")
 
-    def remember(self, profile: str, target: str, entries: Iterable[LedgerEntry]) -> None:
-        """Insert or update ledger entries (keyed by kind and target key)."""
+    def remember(
+        self,
+        profile: str,
+        target: str,
+        entries: Iterable[LedgerEntry],
+        *,
+        instance: str | None = None,
+    ) -> None:
+        """Insert or update ledger entries (keyed by kind and target key).
+
+        `instance` (the target's normalised base URL) is recorded with them, so that other
+        profiles pointed at the same instance see these claims (`claims`).
+        """
         entries = list(entries)
         if not entries:
             return
         now = _now()
         for batch in _batches(entries):
-            self._remember(profile, target, batch, now)
+            self._remember(profile, target, batch, now, instance)
 
     def _remember(
-        self, profile: str, target: str, entries: list[LedgerEntry], now: datetime
+        self,
+        profile: str,
+        target: str,
+        entries: list[LedgerEntry],
+        now: datetime,
+        instance: str | None,
     ) -> None:
         """One batch of `remember`, in one transaction and a handful of statements."""
         # The last word on a key wins, as if the entries were applied one by one.
@@ -306,6 +322,7 @@ class Store:
                         name=sa.bindparam("name"),
                         source_id=sa.bindparam("source_id"),
                         updated_at=now,
+                        instance=instance,
                     ),
                     updates,
                 )
@@ -318,6 +335,7 @@ class Store:
                     "name": e.name,
                     "source_id": e.source_id,
                     "origin": e.origin,
+                    "instance": instance,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -326,6 +344,19 @@ class Store:
             ]
             if inserts:
                 conn.execute(ledger.insert(), inserts)
+
+    def claims(self, instance: str, *, besides: str) -> pd.DataFrame:
+        """Accounts other profiles manage on this target instance: profile, target_key, name.
+
+        A profile never adopts, updates, deactivates or regroups an account another profile
+        on the same instance manages.
+        """
+        query = sa.select(ledger.c.profile, ledger.c.target_key, ledger.c.name).where(
+            ledger.c.instance == instance, ledger.c.kind == "user", ledger.c.profile != besides
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return pd.DataFrame(rows, columns=["profile", "target_key", "name"], dtype="string")
 
     def forget(self, profile: str, target: str, kind: str, target_keys: Iterable[str]) -> None:
         """Drop ledger entries (accounts or groups that no longer exist in the target)."""

@@ -63,6 +63,9 @@ ledger = sa.Table(
     sa.Column("target_key", sa.String(255), nullable=False),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("origin", sa.String(10), nullable=False),  # created|adopted
+    # the target instance (normalised base URL): ownership is per instance, so one profile's
+    # accounts are never taken by another profile pointed at the same Jira
+    sa.Column("instance", sa.String(1024), nullable=True, index=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("profile", "target", "kind", "target_key"),
@@ -77,14 +80,82 @@ schema_version = sa.Table(
 
 Migration = Callable[[sa.Connection], None]
 
+
+def _inbox_group_members_as_rows(conn: sa.Connection) -> None:
+    """Version 2: each inbox group's members move from its JSON body to `inbox_members` rows.
+
+    A member without a value (it names nothing) is dropped; a value listed twice is kept once,
+    with its last content at its first position, as the inbox stores members from now on.
+    """
+    groups = conn.execute(
+        sa.select(inbox_resources.c.profile, inbox_resources.c.id, inbox_resources.c.body).where(
+            inbox_resources.c.resource_type == "Group"
+        )
+    ).all()
+    for profile, group_id, body in groups:
+        members: dict[str, dict] = {}
+        for member in body.get("members") or []:
+            if isinstance(member, dict) and isinstance(member.get("value"), str):
+                members[member["value"]] = member
+        rows = [
+            {"profile": profile, "group_id": group_id, "member_id": value, "seq": seq, "body": m}
+            for seq, (value, m) in enumerate(members.items(), start=1)
+        ]
+        if rows:
+            conn.execute(inbox_members.insert(), rows)
+        if "members" in body:
+            conn.execute(
+                inbox_resources.update()
+                .where(
+                    inbox_resources.c.profile == profile,
+                    inbox_resources.c.resource_type == "Group",
+                    inbox_resources.c.id == group_id,
+                )
+                .values(body={key: value for key, value in body.items() if key != "members"})
+            )
+
+
+def _create_missing_tables(conn: sa.Connection) -> None:
+    """Version 3: the profile lease table (`profile_leases`); `migrate` creates it first."""
+    metadata.create_all(conn)
+
+
+def _ledger_instance(conn: sa.Connection) -> None:
+    """Version 4: the ledger records the target instance of each entry (filled as runs go)."""
+    if "instance" not in {c["name"] for c in sa.inspect(conn).get_columns("ledger")}:
+        conn.execute(sa.text("ALTER TABLE ledger ADD COLUMN instance VARCHAR(1024)"))
+        conn.execute(sa.text("CREATE INDEX ix_ledger_instance ON ledger (instance)"))
+
+
 #: Steps after the initial schema, in order; step i brings version i+1 to i+2.
-MIGRATIONS: list[Migration] = []
+MIGRATIONS: list[Migration] = [
+    _inbox_group_members_as_rows,
+    _create_missing_tables,
+    _ledger_instance,
+]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 
+def schema_version_of(engine: sa.Engine) -> int | None:
+    """The version the database records, or None for an empty database. Reads only."""
+    if not sa.inspect(engine).has_table("schema_version"):
+        return None
+    with engine.connect() as conn:
+        return conn.execute(sa.select(schema_version.c.version)).scalar()
+
+
 def migrate(engine: sa.Engine) -> int:
-    """Create missing tables and run pending migrations; return the schema version now."""
+    """Create missing tables and run pending migrations; return the schema version now.
+
+    A database already at `SCHEMA_VERSION` is only read, never written: opening the store
+    must not take SQLite's write lock (a large first sync of one profile would otherwise
+    make every other profile's run and the inbox wait for it). A new table therefore comes
+    with a migration step too (one that creates it), so that existing databases get it.
+    """
+    current = schema_version_of(engine)
+    if current == SCHEMA_VERSION:
+        return SCHEMA_VERSION
     with engine.begin() as conn:
         metadata.create_all(conn)
         current = conn.execute(sa.select(schema_version.c.version)).scalar()
@@ -124,6 +195,19 @@ inbox_tokens = sa.Table(
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+#: The members of the inbox's groups, one row per group and member (the group's row holds the
+#: rest of it): a PATCH that adds or removes one member writes one row, whatever the group's
+#: size. `seq` keeps the order members were added in.
+inbox_members = sa.Table(
+    "inbox_members",
+    metadata,
+    sa.Column("profile", sa.String(100), primary_key=True),
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    sa.Column("member_id", sa.String(255), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
 )
 
 #: Incremental extraction (Active Directory), per profile: the uSNChanged watermark of the last
