@@ -1,8 +1,10 @@
 """The `usersync` command: validate profiles, sync, check connections, inspect runs, run the demo.
 
 The CLI is the outermost layer: `sync` and `demo` start the Prefect flows (imported when the
-command runs, so `validate` and `runs` work without a Prefect server); everything else calls
-the engine directly. Exit status: 0 success, 1 a sync or check failed, 2 bad input.
+command runs, so `validate` and `runs` work without a Prefect server); `alerts` creates
+Prefect automations, and `check` and `test-sync` read Prefect Secret blocks when a profile
+names one (from $PREFECT_API_URL); everything else calls the engine directly. Exit status: 0
+success, 1 a sync or check failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -58,11 +60,18 @@ def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_secret(name: str) -> str:
+    """A Prefect Secret block's value, for `check` and `test-sync` (Prefect imported if needed)."""
+    from tasks.secrets import load_prefect_secret_if_configured
+
+    return load_prefect_secret_if_configured(name)
+
+
 def _check(args: argparse.Namespace) -> int:
     from usersync import sync
     from usersync.connection import check_connections
 
-    results = check_connections(sync.load(args.profile))
+    results = check_connections(sync.load(args.profile), load_prefect_secret=_prefect_secret)
     for result in results:
         print(f"{result.part}: {'OK' if result.ok else 'FAILED'}: {result.detail}")
     return 0 if all(result.ok for result in results) else 1
@@ -72,9 +81,22 @@ def _test_sync(args: argparse.Namespace) -> int:
     from usersync import sync
     from usersync.testsync import run_test_sync
 
-    report = run_test_sync(sync.load(args.profile), args.login, attribute=args.attribute)
+    report = run_test_sync(
+        sync.load(args.profile),
+        args.login,
+        attribute=args.attribute,
+        load_prefect_secret=_prefect_secret,
+    )
     print(report.markdown())
     return 0 if report.matches == 1 else 1
+
+
+def _alerts_install(args: argparse.Namespace) -> int:
+    from tasks.alerts import install_alerts
+
+    for automation in install_alerts(args.block):
+        print(f"automation '{automation.name}' ({automation.id}): notifies through {args.block}")
+    return 0
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -209,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--attribute", default=None, help="attribute to match (default: sAMAccountName on AD, uid)"
     )
     p.set_defaults(func=_test_sync)
+
+    alerts = commands.add_parser(
+        "alerts", help="Prefect automations that notify when a sync fails or is braked"
+    ).add_subparsers(dest="alerts_command", required=True)
+    p = alerts.add_parser(
+        "install",
+        help="create (or replace) the automations on $PREFECT_API_URL: a sync run Failed, "
+        "Crashed or TimedOut; a guard stopped a sync (event usersync.sync.braked)",
+    )
+    p.add_argument(
+        "--block",
+        required=True,
+        metavar="NAME",
+        help="the notification block to send through (Slack, Teams, e-mail, webhook...): its "
+        "name, or type-slug/name",
+    )
+    p.set_defaults(func=_alerts_install)
 
     p = commands.add_parser("runs", help="list recorded runs from the store")
     p.add_argument("profile", nargs="?")

@@ -1,0 +1,138 @@
+"""The automations that tell someone when a sync goes wrong: `usersync alerts install`.
+
+prefect.yaml can only hold triggers that start a deployment, so the alerts are created over
+the Prefect API, each sending a notification through a block the administrator names (Slack,
+Microsoft Teams, e-mail over SMTP, a custom webhook, ...):
+
+- "usersync: sync failed": a `sync` flow run ended Failed, Crashed or TimedOut (a target
+  unreachable or refusing the credentials, a load that failed or was partial, a source that
+  could not be read, a brake);
+- "usersync: sync braked": the event `usersync.sync.braked` (tasks/report.py): a guard
+  stopped a target or the whole run before any write; the message says why and how to go on.
+
+Installing again replaces them (same names), e.g. to switch to another block.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import EventTrigger, Posture
+
+from tasks.report import BRAKED_EVENT
+from usersync.errors import ConfigError
+
+FAILED = "usersync: sync failed"
+BRAKED = "usersync: sync braked"
+#: Flow-run states that mean a sync did not do all it should have.
+FAILED_STATES = ("Failed", "Crashed", "TimedOut")
+
+FAILED_SUBJECT = "usersync: {{ flow_run.name }} ended {{ event.resource['prefect.state-name'] }}"
+FAILED_BODY = """\
+The usersync run {{ flow_run.name }} ended {{ event.resource['prefect.state-name'] }}.
+
+{{ event.resource['prefect.state-message'] }}
+
+Parameters: {{ flow_run.parameters }}
+{% if flow_run|ui_url %}Run: {{ flow_run|ui_url }}
+{% endif %}Each target's outcome (failed operations, rejected users, conflicts) is in the run's artifact \
+summary-<profile>; every operation is in the store (usersync runs <profile>).
+"""
+BRAKED_SUBJECT = "usersync: the brake stopped profile {{ event.resource['prefect.resource.name'] }}"
+BRAKED_BODY = """\
+A guard stopped {% if event.payload.target %}target {{ event.payload.target }}{% else %}the \
+whole run{% endif %} of profile {{ event.resource['prefect.resource.name'] }} before any \
+write{% if event.payload.dry_run %} (in a dry run: a real run would stop too){% endif %}.
+
+{{ event.payload.reason }}
+{% if event.payload.target %}
+To see what it would do: a dry run with allow_mass_changes publishes the plan (artifact \
+plan-{{ event.resource['prefect.resource.name'] }}-{{ event.payload.target }}) and writes \
+nothing.{% endif %}
+"""
+
+
+def notification_block_id(block: str) -> UUID:
+    """The id of the notification block named `block` ("name", or "type-slug/name").
+
+    Raises:
+        ConfigError: no such block, the name is ambiguous, or the block cannot notify.
+    """
+    slug, _, name = block.rpartition("/")
+    with get_client(sync_client=True) as client:
+        documents = [
+            d
+            for d in client.read_block_documents(include_secrets=False)
+            if d.name == name and (not slug or (d.block_type and d.block_type.slug == slug))
+        ]
+    notifying = [d for d in documents if d.block_schema and "notify" in d.block_schema.capabilities]
+    if not notifying:
+        kinds = ", ".join(sorted(d.block_type.slug for d in documents if d.block_type))
+        raise ConfigError(
+            f"no notification block named '{block}'"
+            + (f" (a block of that name is a {kinds}, which cannot notify)" if kinds else "")
+            + ": create one in the UI (Blocks → Slack Webhook, Microsoft Teams Webhook, "
+            "Custom Webhook, ...) and give its name"
+        )
+    if len(notifying) > 1:
+        kinds = ", ".join(sorted(f"{d.block_type.slug}/{name}" for d in notifying if d.block_type))
+        raise ConfigError(f"'{block}' names several notification blocks: give one of {kinds}")
+    return notifying[0].id
+
+
+def alert_automations(block_id: UUID) -> list[Automation]:
+    """The automations usersync ships, each notifying through the block `block_id`."""
+    return [
+        Automation(
+            name=FAILED,
+            description="A sync flow run ended Failed, Crashed or TimedOut.",
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.role": "flow", "prefect.resource.name": "sync"},
+                expect={f"prefect.flow-run.{state}" for state in FAILED_STATES},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[
+                SendNotification(
+                    block_document_id=block_id, subject=FAILED_SUBJECT, body=FAILED_BODY
+                )
+            ],
+        ),
+        Automation(
+            name=BRAKED,
+            description="A guard stopped a sync before any write (event usersync.sync.braked).",
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "usersync.profile.*"},
+                expect={BRAKED_EVENT},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[
+                SendNotification(
+                    block_document_id=block_id, subject=BRAKED_SUBJECT, body=BRAKED_BODY
+                )
+            ],
+        ),
+    ]
+
+
+def install_alerts(block: str) -> list[Automation]:
+    """Create (or replace) usersync's automations, notifying through the block `block`.
+
+    Returns:
+        The automations as created.
+    """
+    block_id = notification_block_id(block)
+    wanted = alert_automations(block_id)
+    with get_client(sync_client=True) as client:
+        for automation in wanted:
+            for existing in client.read_automations_by_name(automation.name):
+                client.delete_automation(existing.id)
+    return [automation.create() for automation in wanted]

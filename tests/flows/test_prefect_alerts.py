@@ -1,0 +1,120 @@
+"""Alerts: `usersync alerts install --block NAME`, then a sync that fails and one the brake stops.
+
+The notification block is a Prefect Custom Webhook pointed at a receiver in this test, so what
+the administrator would get (subject and body) is read as it arrives, sent by the Prefect
+server's own automation service.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
+
+from flows.sync import sync
+from tasks.alerts import BRAKED, FAILED
+from usersync.cli import main
+from usersync.sandbox.server import serve
+
+pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
+
+
+class Receiver:
+    """An ASGI app that keeps every JSON body posted to it."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.messages.append(json.loads(body))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def wait_for(self, text: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages:
+                if text in message["subject"] + message["body"]:
+                    return message
+            time.sleep(0.5)
+        raise AssertionError(f"no notification with {text!r}; got {self.messages}")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    app = Receiver()
+    with serve(app) as url:
+        CustomWebhookNotificationBlock(
+            name="usersync test receiver",
+            url=url,
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        ).save("usersync-alerts-test", overwrite=True)
+        yield app
+    with get_client(sync_client=True) as client:
+        for name in (FAILED, BRAKED):
+            for automation in client.read_automations_by_name(name):
+                client.delete_automation(automation.id)
+
+
+def test_alerts_install_creates_the_automations_and_they_notify(
+    make_profile, jira, receiver, capsys
+):
+    _, url = jira
+
+    assert main(["alerts", "install", "--block", "usersync-alerts-test"]) == 0
+    assert main(["alerts", "install", "--block", "custom-webhook/usersync-alerts-test"]) == 0
+    out = capsys.readouterr().out
+    assert f"automation '{FAILED}'" in out and f"automation '{BRAKED}'" in out
+
+    with get_client(sync_client=True) as client:
+        installed = {a.name: a for a in client.read_automations() if a.name.startswith("usersync:")}
+    assert set(installed) == {FAILED, BRAKED}  # installed twice, replaced, not doubled
+    failed = installed[FAILED]
+    assert failed.enabled
+    assert failed.trigger.expect == {
+        "prefect.flow-run.Failed",
+        "prefect.flow-run.Crashed",
+        "prefect.flow-run.TimedOut",
+    }
+    assert installed[BRAKED].trigger.expect == {"usersync.sync.braked"}
+    block_id = installed[BRAKED].actions[0].block_document_id
+    assert failed.actions[0].block_document_id == block_id
+
+    # A first sync provisions everyone; then the directory "loses" most users: the brake.
+    make_profile(url, extra_settings="  max_deactivations: 3")
+    sync(profile="testprof")
+    make_profile(
+        url, extra_settings="  max_deactivations: 3", extra_source="  user_filter: (uid=a*)"
+    )
+    state = sync(profile="testprof", return_state=True)
+    assert state.is_failed()
+
+    braked = receiver.wait_for("the brake stopped profile testprof")
+    assert "A guard stopped target jira of profile testprof before any write" in braked["body"]
+    assert "jira: the plan exceeds the brake" in braked["body"]
+    assert "--allow-mass-changes" in braked["body"]
+    assert "publishes the plan (artifact plan-testprof-jira)" in braked["body"]
+    failure = receiver.wait_for("usersync: sync-testprof ended Failed")
+    assert "jira: failed" in failure["body"]  # the state message names the target
+
+
+def test_alerts_install_names_a_block_that_cannot_notify(capsys):
+    from prefect.blocks.system import Secret
+
+    Secret(value="not a notifier").save("usersync-not-a-notifier", overwrite=True)
+
+    assert main(["alerts", "install", "--block", "usersync-not-a-notifier"]) == 2
+    err = capsys.readouterr().err
+    assert "no notification block named 'usersync-not-a-notifier'" in err
+    assert "a secret, which cannot notify" in err
+    assert main(["alerts", "install", "--block", "no-such-block"]) == 2
