@@ -1,7 +1,11 @@
-"""prefect.yaml for real: deploy every profile's deployment, then run one ad hoc through a worker.
+"""prefect.yaml for real: `prefect deploy --all`, then each shipped deployment run by a worker.
 
-This is what an admin does: `prefect deploy --all`, `prefect deployment run ... -p ...`, and a
-process worker picks the run up. It runs against the session's Prefect test server.
+This is what an admin does: create the work pool, deploy everything, run a deployment from the
+UI or `prefect deployment run`, and a process worker picks the run up. It runs against the
+session's Prefect test server. The sandbox products answer with the password the README
+gives (admin), the demo-push inbox holds the sample, pushed as miniOrange would, and a slapd
+holds the sample directory for Test Sync (profile demo). The examples are not run: their hosts
+do not exist; what they ship (paused, dry runs) is checked.
 """
 
 from __future__ import annotations
@@ -10,19 +14,42 @@ import asyncio
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import get_current_settings
 
+from usersync.inbox import PREFIX, InboxApp, issue_token
+from usersync.sandbox.push import push_sample
 from usersync.sandbox.serve import Sandbox
+from usersync.sandbox.server import serve
 from usersync.sandbox.slapd import SlapdServer
+from usersync.store import Store
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+#: The sandbox's admin password, as `usersync sandbox` prints it and the README says.
+SANDBOX_PASSWORD = "admin"
+SHIPPED = {
+    ("demo", "sandbox"),
+    ("sync", "demo-push"),
+    ("sync", "example-ldap"),
+    ("sync", "example-ad"),
+    ("test-connection", "on-demand"),
+    ("test-sync", "on-demand"),
+}
 
 
 def prefect_cli(*args: str, env: dict[str, str], timeout: float = 240) -> str:
@@ -38,53 +65,153 @@ def prefect_cli(*args: str, env: dict[str, str], timeout: float = 240) -> str:
     return done.stdout + done.stderr
 
 
-def test_deploy_all_and_run_the_demo_deployment_ad_hoc(tmp_path):
-    settings = get_current_settings()
-    password = "deploy-test"
-    with SlapdServer.for_demo() as directory, Sandbox(admin_password=password) as sandbox:
+@dataclass
+class Deployed:
+    env: dict[str, str]
+    sandbox: Sandbox
+    #: (flow name, deployment name) → deployment
+    deployments: dict
+
+    def run(self, flow: str, name: str, *parameters: str) -> FlowRun:
+        """Run a deployment as `prefect deployment run` does, through a process worker."""
+        options = [arg for p in parameters for arg in ("-p", p)]
+        prefect_cli("deployment", "run", f"{flow}/{name}", *options, env=self.env)
+        prefect_cli(
+            "worker", "start", "--pool", "usersync", "--run-once", env=self.env, timeout=400
+        )
+        deployment = self.deployments[(flow, name)]
+
+        async def newest() -> FlowRun:
+            async with get_client() as client:
+                runs = await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                    sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                    limit=1,
+                )
+            return runs[0]
+
+        return asyncio.run(newest())
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Deployed:
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('deploy') / 'store.db'}"
+    with Sandbox(admin_password=SANDBOX_PASSWORD) as sandbox, SlapdServer.for_demo() as ldap:
         env = {
             **os.environ,
-            "PREFECT_API_URL": str(settings.api.url),
+            "PREFECT_API_URL": str(get_current_settings().api.url),
             "USERSYNC_HOME": str(REPO),
-            "USERSYNC_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-            "USERSYNC_DEMO_LDAP_URL": directory.url,
-            "USERSYNC_DEMO_LDAP_PASSWORD": directory.admin_password,
+            "USERSYNC_STORE_URL": store_url,
+            "USERSYNC_DEMO_LDAP_URL": ldap.url,
+            "USERSYNC_DEMO_LDAP_PASSWORD": ldap.admin_password,
         }
+        env.pop("USERSYNC_MAPPINGS_DIR", None)
         for product in ("jira", "confluence", "bitbucket"):
             env[f"USERSYNC_DEMO_{product.upper()}_URL"] = sandbox.url(product)
-            env[f"USERSYNC_DEMO_{product.upper()}_PASSWORD"] = password
-        env.pop("USERSYNC_MAPPINGS_DIR", None)
+            env[f"USERSYNC_DEMO_{product.upper()}_PASSWORD"] = SANDBOX_PASSWORD
+        # What miniOrange would have pushed into the demo-push inbox.
+        store = Store.open(store_url)
+        token = issue_token(store.engine, "demo-push").token
+        with serve(InboxApp(store.engine)) as inbox:
+            push_sample(f"{inbox}{PREFIX}/demo-push", token)
+        store.close()
 
         prefect_cli("work-pool", "create", "usersync", "--type", "process", env=env)
         prefect_cli("deploy", "--all", env=env)
 
-        async def deployments():
+        async def read():
             async with get_client() as client:
-                return {d.name: d for d in await client.read_deployments()}
+                flows = {f.id: f.name for f in await client.read_flows()}
+                return {(flows[d.flow_id], d.name): d for d in await client.read_deployments()}
 
-        deployed = asyncio.run(deployments())
-        assert {"demo", "example-ldap"} <= set(deployed)
-        for deployment in deployed.values():
-            assert deployment.global_concurrency_limit is not None, deployment.name
-            assert deployment.global_concurrency_limit.limit == 1
-            assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
-            assert deployment.entrypoint == "flows/sync.py:sync"
-        assert [s.schedule.cron for s in deployed["example-ldap"].schedules] == ["15 * * * *"]
+        yield Deployed(env, sandbox, asyncio.run(read()))
 
-        prefect_cli("deployment", "run", "sync/demo", "-p", "dry_run=true", env=env)
-        prefect_cli("worker", "start", "--pool", "usersync", "--run-once", env=env, timeout=300)
 
-        async def demo_runs():
-            async with get_client() as client:
-                runs = await client.read_flow_runs()
-                return [r for r in runs if r.deployment_id == deployed["demo"].id]
+def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deployed):
+    deployments = deployed.deployments
+    assert set(deployments) >= SHIPPED
+    for (flow, name), deployment in deployments.items():
+        assert deployment.enforce_parameter_schema, name
+        if flow != "sync":
+            continue
+        assert deployment.parameters["profile"] == name  # bound to its profile
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
+        assert all(not s.active for s in deployment.schedules), name
+        properties = deployment.parameter_openapi_schema["properties"]
+        assert "store_url" not in properties
+        assert properties["dry_run"]["title"] == "Dry run"
+    for example in ("example-ldap", "example-ad"):
+        deployment = deployments[("sync", example)]
+        assert deployment.parameters["dry_run"] is True  # a UI run is a dry run
+        assert {s.schedule.cron: s.parameters for s in deployment.schedules} == {
+            "30 6 * * *": {"dry_run": True},
+            "15 * * * *": {"dry_run": False},
+        }
 
-        (run,) = asyncio.run(demo_runs())
-        assert run.name == "sync-demo-dry-run"
-        assert run.state.is_completed(), run.state
-        assert run.parameters == {"profile": "demo", "dry_run": True}
-        assert sandbox.emulators["jira"].app.writes() == []  # a dry run, through a worker
-        assert (
-            any(r.path.endswith("/rest/api/2/user") for r in sandbox.emulators["jira"].app.requests)
-            or sandbox.emulators["jira"].app.requests
-        )
+    async def triggers():
+        async with get_client() as client:
+            return await client.read_resource_related_automations(
+                f"prefect.deployment.{deployments[('sync', 'demo-push')].id}"
+            )
+
+    (push,) = asyncio.run(triggers())
+    assert push.trigger.expect == {"usersync.inbox.changed"}
+
+
+def test_the_demo_deployment_runs_the_whole_demo_with_nothing_set_up(deployed):
+    run = deployed.run("demo", "sandbox")
+
+    assert run.name == "demo-push"
+    assert run.state.is_completed(), run.state
+
+    async def logs():
+        async with get_client() as client:
+            return await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            )
+
+    messages = [log.message for log in asyncio.run(logs())]
+    assert "demo: OK" in messages
+    assert not any("MISMATCH" in m for m in messages)
+
+
+def test_the_demo_push_deployment_syncs_the_inbox_into_the_sandbox(deployed):
+    jira = deployed.sandbox.emulators["jira"]
+
+    run = deployed.run("sync", "demo-push")
+
+    assert run.name == "sync-demo-push"
+    assert run.state.is_completed(), run.state
+    assert run.parameters == {"profile": "demo-push"}
+    created = [r for r in jira.app.writes() if r.method == "POST" and r.path.endswith("/user")]
+    assert any(r.body.get("name") == "asmith" for r in created)
+
+
+def test_a_sync_deployment_refuses_a_run_of_another_profile(deployed):
+    emulators = deployed.sandbox.emulators.values()
+    requests_before = [len(e.app.requests) for e in emulators]
+
+    run = deployed.run("sync", "demo-push", "profile=demo", "dry_run=true")
+
+    assert run.state.is_failed(), run.state
+    assert "deployment 'demo-push' syncs profile 'demo-push' only" in run.state.message
+    assert "asked for profile 'demo'" in run.state.message
+    assert [len(e.app.requests) for e in emulators] == requests_before
+
+
+def test_test_connection_and_test_sync_run_from_their_deployments(deployed):
+    checked = deployed.run("test-connection", "on-demand", "profile=demo-push")
+    previewed = deployed.run("test-sync", "on-demand", "profile=demo", "login=asmith")
+
+    assert checked.name == "test-connection-demo-push"
+    assert checked.state.is_completed(), checked.state
+    assert previewed.state.is_completed(), previewed.state
+
+    async def artifacts():
+        async with get_client() as client:
+            return {a.key: a for a in await client.read_latest_artifacts()}
+
+    latest = asyncio.run(artifacts())
+    assert "target jira" in latest["test-connection-demo-push"].data
+    assert "| display_name | Alice Smith |" in latest["test-sync-demo"].data

@@ -1,0 +1,98 @@
+"""The run form and what prefect.yaml ships, read as the Prefect UI and `prefect deploy` read them.
+
+No server needed: the parameter schema is what `prefect deploy` sends, built by Prefect from
+each flow's signature; prefect.yaml is read as YAML and checked against the profiles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.utilities.callables import parameter_schema
+
+from flows.sandbox_demo import demo
+from flows.sync import sync
+from flows.test_connection import test_connection as connection_flow
+from flows.test_sync import run_test_sync_flow
+from usersync.config import load_profile
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
+SYNC_DEPLOYMENTS = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/sync.py:sync"]
+
+
+@pytest.mark.parametrize("flow", [sync, connection_flow, run_test_sync_flow, demo])
+def test_every_parameter_has_a_title_and_a_description_in_the_run_form(flow):
+    properties = parameter_schema(flow).model_dump_for_openapi()["properties"]
+
+    for name, field in properties.items():
+        assert field["title"] != name and field["title"][0].isupper(), (flow.name, name)
+        assert len(field.get("description", "")) > 20, (flow.name, name)
+
+
+def test_the_sync_form_validates_names_and_bounds_and_carries_no_store_or_secret():
+    schema = parameter_schema(sync).model_dump_for_openapi()
+    properties = schema["properties"]
+
+    assert list(properties) == [
+        "profile",
+        "targets",
+        "dry_run",
+        "allow_mass_changes",
+        "full",
+        "wait_seconds",
+    ]
+    assert schema["required"] == ["profile"]
+    assert properties["profile"]["pattern"] == "^[a-z0-9][a-z0-9-]*$"
+    target_names = next(a for a in properties["targets"]["anyOf"] if a["type"] == "array")
+    assert target_names["items"]["pattern"] == "^[a-z0-9][a-z0-9-]*$"
+    assert (properties["wait_seconds"]["minimum"], properties["wait_seconds"]["maximum"]) == (
+        0,
+        86400,
+    )
+    assert "the deployment's description lists them" in properties["targets"]["description"]
+    assert not any(word in name for name in properties for word in ("store", "password", "token"))
+
+
+def test_the_demo_form_offers_its_two_sources():
+    source = parameter_schema(demo).model_dump_for_openapi()["properties"]["source"]
+    assert source["enum"] == ["push", "ldap"]
+    assert source["default"] == "push"
+
+
+@pytest.mark.parametrize("deployment", SYNC_DEPLOYMENTS, ids=lambda d: d["name"])
+def test_each_sync_deployment_is_its_profiles_and_lists_the_targets_to_choose_from(
+    deployment, monkeypatch
+):
+    monkeypatch.delenv("USERSYNC_MAPPINGS_DIR", raising=False)
+    profile = load_profile(deployment["parameters"]["profile"])
+
+    assert deployment["name"] == profile.name
+    assert f"targets: {', '.join(profile.targets)})" in deployment["description"]
+    assert deployment["concurrency_limit"]["limit"] == 1
+
+
+@pytest.mark.parametrize("deployment", SYNC_DEPLOYMENTS, ids=lambda d: d["name"])
+def test_no_shipped_schedule_writes_until_someone_turns_it_on(deployment):
+    for schedule in deployment.get("schedules") or []:
+        assert schedule["active"] is False, (deployment["name"], schedule["slug"])
+    if deployment["name"].startswith("example-"):
+        assert deployment["parameters"]["dry_run"] is True  # a run from the UI is a dry run
+        assert "dry run unless dry_run is false" in deployment["description"]
+
+
+def test_every_deployment_flow_is_shipped_and_the_checks_serve_any_profile():
+    by_entrypoint = {d["entrypoint"]: d for d in DEPLOYMENTS}
+    assert set(by_entrypoint) == {
+        "flows/sync.py:sync",
+        "flows/test_connection.py:test_connection",
+        "flows/test_sync.py:run_test_sync_flow",
+        "flows/sandbox_demo.py:demo",
+    }
+    for checks in (
+        "flows/test_connection.py:test_connection",
+        "flows/test_sync.py:run_test_sync_flow",
+    ):
+        assert "profile" not in by_entrypoint[checks].get("parameters", {})
