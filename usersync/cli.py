@@ -128,11 +128,16 @@ def _inbox_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tasks.inbox_events import InboxEventEmitter
-    from usersync.inbox import PREFIX, InboxApp
+    from usersync.inbox import PREFIX, InboxApp, InboxLimits
     from usersync.store import Store
 
+    limits = InboxLimits(
+        max_body_bytes=args.max_body_bytes,
+        max_bulk_bytes=args.max_bulk_bytes,
+        max_concurrent_requests=args.max_concurrent_requests,
+    )
     store = Store.open(args.store_url)
-    app = InboxApp(store.engine, on_change=InboxEventEmitter())
+    app = InboxApp(store.engine, on_change=InboxEventEmitter(), limits=limits)
     print(f"SCIM inbox on http://{args.host}:{args.port}{PREFIX}/<profile>", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", lifespan="off")
     return 0
@@ -276,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = inbox.add_parser("serve", help="serve every profile's inbox at /scim/v2/<profile>")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest request body accepted, /Bulk aside (default 1 MiB; 413 beyond)",
+    )
+    p.add_argument(
+        "--max-bulk-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest /Bulk body, published as maxPayloadSize (default 1 MiB)",
+    )
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=32,
+        help="requests served at once; more are answered 503 with Retry-After (default 32)",
+    )
     p.add_argument(
         "--store-url", default=None, help="default: $USERSYNC_STORE_URL or var/usersync.db"
     )

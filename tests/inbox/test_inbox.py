@@ -157,9 +157,41 @@ def test_requests_without_a_valid_token_are_refused(inbox, store: Store) -> None
     assert wrong_inbox.status_code == 401
     # discovery of the configuration needs no token (RFC 7643 §5)
     assert httpx.get(f"{base}/ServiceProviderConfig").status_code == 200
-    unknown = httpx.get(base.replace("/acme", "/nobody") + "/Users")
-    assert unknown.status_code == 404
-    assert "usersync inbox token nobody" in unknown.json()["detail"]
+
+
+def _answer(response: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
+    headers = sorted((k.lower(), v) for k, v in response.headers.items() if k.lower() != "date")
+    return response.status_code, response.content, headers
+
+
+def test_unknown_profiles_and_bad_tokens_get_the_same_answer(inbox, store: Store) -> None:
+    """A caller without a token cannot tell which profiles have an inbox."""
+    base, _, _ = inbox
+    other_token = issue_token(store.engine, "other").token
+    nobody = base.replace("/acme", "/nobody")
+    for path in ("/Users", "/Groups/123", "/Schemas", "/NoSuchEndpoint"):
+        for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": other_token}):
+            existing = _answer(httpx.get(f"{base}{path}", headers=auth))
+            unknown = _answer(httpx.get(f"{nobody}{path}", headers=auth))
+            assert existing[0] == 401
+            assert existing == unknown, (path, auth)
+        # a valid token of another inbox is no different from a wrong one
+        with_other = _answer(
+            httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {other_token}"})
+        )
+        assert with_other == _answer(
+            httpx.get(f"{nobody}{path}", headers={"Authorization": f"Bearer {other_token}"})
+        )
+        assert with_other[0] == 401
+    written = httpx.post(f"{base}/Users", headers={"Authorization": "Bearer x"}, json=_user("a"))
+    unknown_written = httpx.post(
+        f"{nobody}/Users", headers={"Authorization": "Bearer x"}, json=_user("a")
+    )
+    assert _answer(written) == _answer(unknown_written)
+    assert written.headers["www-authenticate"].startswith("Bearer")
+    # discovery answers alike under any profile name (its location is the URL asked)
+    config = httpx.get(f"{nobody}/ServiceProviderConfig").text.replace("/nobody/", "/acme/")
+    assert config == httpx.get(f"{base}/ServiceProviderConfig").text
 
 
 def test_rotation_keeps_the_old_token_for_the_grace_period(store: Store) -> None:

@@ -1,13 +1,19 @@
 """The SCIM 2.0 inbox miniOrange pushes users and groups into, stored per profile in the store.
 
-`InboxApp` is the ASGI app (`usersync inbox serve` runs it with uvicorn); `issue_token` creates
-or rotates a profile's bearer token; `read_inbox` returns what was pushed, for the
-`miniorange-push` source.
+`InboxApp` is the ASGI app (`usersync inbox serve` runs it with uvicorn), within `InboxLimits`;
+`issue_token` creates or rotates a profile's bearer token; `read_inbox` returns what was
+pushed, for the `miniorange-push` source.
 """
 
 from __future__ import annotations
 
-from usersync.inbox.app import PREFIX, ChangeCallback, InboxApp, inbox_provider
+from usersync.inbox.app import (
+    PREFIX,
+    ChangeCallback,
+    InboxApp,
+    InboxLimits,
+    inbox_provider,
+)
 from usersync.inbox.storage import InboxContents, InboxStorage, read_inbox
 from usersync.inbox.tokens import DEFAULT_GRACE, IssuedToken, issue_token, token_is_valid
 
@@ -17,6 +23,7 @@ __all__ = [
     "ChangeCallback",
     "InboxApp",
     "InboxContents",
+    "InboxLimits",
     "InboxStorage",
     "IssuedToken",
     "inbox_provider",

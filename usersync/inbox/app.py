@@ -2,12 +2,26 @@
 
 miniOrange's "SCIM Server (Destination)" app is given the base URL
 `https://<host>/scim/v2/<profile>` and the profile's bearer token (`usersync inbox token`).
-`InboxApp` routes each request to that profile's scim2-server `ASGIApplication` over an
-`InboxStorage`, created on first use for any profile that has a token. Every request except
-`/ServiceProviderConfig` (RFC 7643 §5) must carry a valid bearer token of its profile. Each
-accepted write (a 2xx answer to POST, PUT, PATCH or DELETE) calls `on_change(profile, change)`
-after the answer is decided, so the CLI can emit a Prefect event without the engine importing
-Prefect; a failing callback is logged and never turns an accepted change into an error.
+`InboxApp` takes each request through these steps, in this order, so that a caller without a
+token, or with too much to send, costs the inbox next to nothing:
+
+1. at most `InboxLimits.max_concurrent_requests` requests at once: beyond, 503 with
+   Retry-After;
+2. the bearer token, from the headers, before any of the body is read: 401, the same answer
+   (body and headers) whether the profile has no inbox or the token is wrong, so a caller
+   learns nothing of which inboxes exist. `/ServiceProviderConfig` (RFC 7643 §5) needs no
+   token and is the same document under any profile name;
+3. the body, up to `max_body_bytes` (`max_bulk_bytes` for /Bulk, which the
+   ServiceProviderConfig publishes as maxPayloadSize): a larger Content-Length is refused
+   with 413 unread, a chunked body as soon as it passes the limit; a body that takes longer
+   than `body_timeout_seconds` gets 408;
+4. the profile's scim2-server `ASGIApplication` over an `InboxStorage`, created on first use.
+
+Answers given before the body is read close the connection, so an unread body is never
+drained. Each accepted write (a 2xx answer to POST, PUT, PATCH or DELETE) calls
+`on_change(profile, change)` after the answer is decided, so the CLI can emit a Prefect event
+without the engine importing Prefect; a failing callback is logged and never turns an
+accepted change into an error.
 """
 
 from __future__ import annotations
@@ -18,20 +32,16 @@ import logging
 import re
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from scim2_models import (
-    AuthenticationScheme,
-    External,
-    Reference,
-    ScimProvider,
-    UnauthorizedException,
-)
+from scim2_models import AuthenticationScheme, External, Reference, SCIMException, ScimProvider
 from scim2_server.applications.asgi import ASGIApplication
-from scim2_server.memory import AsyncInMemoryStorage
+from scim2_server.memory import AsyncInMemoryStorage, InMemoryStorage
 from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
+from scim2_server.routing import Operation
 from scim2_server.service import ScimService
 from scim2_server.utils import (
     load_default_resource_types,
@@ -49,6 +59,7 @@ log = logging.getLogger("usersync.inbox")
 PREFIX = "/scim/v2"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ROUTE = re.compile(rf"^{re.escape(PREFIX)}/({PROFILE_NAME_PATTERN[1:-1]})(/.*)?$")
+MIB = 1 << 20
 
 #: Called after each accepted change: (profile, {"method", "path", "status"}).
 ChangeCallback = Callable[[str, dict[str, Any]], None]
@@ -63,18 +74,56 @@ BEARER_TOKEN_SCHEME = AuthenticationScheme(
 )
 
 
-def inbox_provider() -> ScimProvider:
+@dataclass(frozen=True)
+class InboxLimits:
+    """What one request may cost the inbox.
+
+    Attributes:
+        max_body_bytes: the largest request body, /Bulk aside (413 beyond).
+        max_bulk_bytes: the largest /Bulk body, published as bulk.maxPayloadSize (413 beyond).
+        max_concurrent_requests: requests served at once; more are answered 503 at once.
+        retry_after_seconds: the Retry-After of that 503.
+        body_timeout_seconds: the longest a request body may take to arrive (408 beyond).
+    """
+
+    max_body_bytes: int = MIB
+    max_bulk_bytes: int = MIB
+    max_concurrent_requests: int = 32
+    retry_after_seconds: int = 1
+    body_timeout_seconds: float = 30.0
+
+
+def inbox_provider(max_bulk_bytes: int = MIB) -> ScimProvider:
     """The SCIM description the inbox publishes: RFC 7643 User (with the enterprise extension)
-    and Group, and a bearer-token authentication scheme."""
+    and Group, a bearer-token authentication scheme, and /Bulk up to `max_bulk_bytes`."""
     config = load_default_service_provider_config()
     config.authentication_schemes = [BEARER_TOKEN_SCHEME]
+    if config.bulk is not None:
+        config.bulk.max_payload_size = max_bulk_bytes
     return ScimProvider.from_discovery(
         load_default_schemas().values(), load_default_resource_types().values(), config=config
     )
 
 
-class ProfileInbox(ASGIApplication):
-    """The SCIM service of one profile: scim2-server over `InboxStorage`, with token checks."""
+class _InboxASGI(ASGIApplication):
+    """scim2-server's ASGI application with the inbox's URLs; `InboxApp` authenticates."""
+
+    @staticmethod
+    def get_base_url(scope: dict[str, Any]) -> str:
+        # The root path already ends in /scim/v2/<profile>: no extra /v2 as scim2-server adds.
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode()
+        if not host and scope.get("server"):
+            host = "{}:{}".format(*scope["server"])
+        return f"{scope['scheme']}://{host}{scope.get('root_path', '')}"
+
+    def needs_auth(self, request: ScimRequest) -> bool:
+        # InboxApp checked the token from the headers before the body was read.
+        return False
+
+
+class ProfileInbox(_InboxASGI):
+    """The SCIM service of one profile: scim2-server over `InboxStorage`."""
 
     def __init__(
         self,
@@ -88,22 +137,6 @@ class ProfileInbox(ASGIApplication):
         self.profile = profile
         self.engine = engine
         self.on_change = on_change
-
-    @staticmethod
-    def get_base_url(scope: dict[str, Any]) -> str:
-        # The root path already ends in /scim/v2/<profile>: no extra /v2 as scim2-server adds.
-        headers = dict(scope["headers"])
-        host = headers.get(b"host", b"").decode()
-        if not host and scope.get("server"):
-            host = "{}:{}".format(*scope["server"])
-        return f"{scope['scheme']}://{host}{scope.get('root_path', '')}"
-
-    def check_auth(self, request: ScimRequest) -> None:
-        scheme, _, token = (request.header("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise UnauthorizedException(detail="a bearer token is required")
-        if not token_is_valid(self.engine, self.profile, token.strip()):
-            raise UnauthorizedException(detail=f"the token is not valid for inbox {self.profile}")
 
     async def serve(self, request: ScimRequest) -> ScimResponse:
         response = await super().serve(request)
@@ -120,15 +153,29 @@ class ProfileInbox(ASGIApplication):
 
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
+class _ClientGone(Exception):
+    """The client disconnected before its body arrived."""
+
+
+async def _refuse(
+    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A SCIM error answer that also closes the connection (any unread body is dropped)."""
+    payload = json.dumps(_scim_error(status, detail)).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/scim+json")],
+            "headers": [
+                (b"content-type", b"application/scim+json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"connection", b"close"),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
@@ -142,20 +189,87 @@ def _scim_error(status: int, detail: str) -> dict[str, Any]:
     }
 
 
+#: The one answer to a request without a valid token, whatever the profile.
+UNAUTHORIZED_DETAIL = (
+    "a valid bearer token of this inbox is required (Authorization: Bearer <token>; "
+    "issued by `usersync inbox token <profile>`)"
+)
+_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="usersync SCIM inbox"')
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _declared_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None as soon as it passes `limit` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands over the body already read, then the connection's next message."""
+    delivered = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class InboxApp:
     """The ASGI app serving every profile's inbox under `/scim/v2/<profile>/`.
 
     Args:
         engine: the store's engine (`Store.open(url).engine`).
         on_change: called after each accepted change (see the module docstring).
+        limits: what one request may cost (see `InboxLimits`).
     """
 
-    def __init__(self, engine: sa.Engine, *, on_change: ChangeCallback | None = None) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        on_change: ChangeCallback | None = None,
+        limits: InboxLimits | None = None,
+    ) -> None:
         self.engine = engine
         self.on_change = on_change
-        self.provider = inbox_provider()
+        self.limits = limits or InboxLimits()
+        self.provider = inbox_provider(self.limits.max_bulk_bytes)
         self._inboxes: dict[str, ProfileInbox] = {}
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.limits.max_concurrent_requests)
+        # Serves /ServiceProviderConfig under any profile name, and classifies requests.
+        self._discovery = _InboxASGI(
+            AsyncInMemoryStorage(InMemoryStorage()), self.provider, ScimService(self.provider)
+        )
 
     def inbox(self, profile: str) -> ProfileInbox | None:
         """The profile's SCIM service, loaded from the store on first use; None without a token."""
@@ -166,7 +280,28 @@ class InboxApp:
                 self._inboxes[profile] = found
             return found
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+    def authorized_inbox(self, profile: str, authorization: str | None) -> ProfileInbox | None:
+        """The profile's inbox when the Authorization header carries one of its valid bearer
+        tokens; None otherwise, whether the profile has an inbox or not."""
+        token = _bearer_token(authorization)
+        if token and token_is_valid(self.engine, profile, token):
+            return self.inbox(profile)
+        self._explain_refusal(profile)
+        return None
+
+    def _explain_refusal(self, profile: str) -> None:
+        # For the administrator's log only: the caller gets the same 401 either way.
+        if profile in profiles_with_tokens(self.engine):
+            log.info("inbox %s: refused a request without a valid token", profile)
+        else:
+            log.info(
+                "refused a request for inbox %s: that profile has no inbox token (create one "
+                "with `usersync inbox token %s`)",
+                profile,
+                profile,
+            )
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await ASGIApplication.serve_lifespan(receive, send)
             return
@@ -174,22 +309,67 @@ class InboxApp:
             return
         match = _ROUTE.match(scope["path"])
         if match is None:
-            await _send_json(
-                send, 404, _scim_error(404, f"no inbox here: SCIM base URLs are {PREFIX}/<profile>")
-            )
+            await _refuse(send, 404, f"no inbox here: SCIM base URLs are {PREFIX}/<profile>")
             return
-        profile = match.group(1)
-        inbox = await asyncio.to_thread(self.inbox, profile)
-        if inbox is None:
-            await _send_json(
+        if not self._slots.acquire(blocking=False):
+            retry = str(self.limits.retry_after_seconds)
+            await _refuse(
                 send,
-                404,
-                _scim_error(
-                    404,
-                    f"no inbox for profile {profile}: create its token with "
-                    f"`usersync inbox token {profile}`",
-                ),
+                503,
+                f"the inbox is serving {self.limits.max_concurrent_requests} requests; "
+                f"retry after {retry} s",
+                [(b"retry-after", retry.encode())],
             )
             return
-        root = scope.get("root_path", "") + f"{PREFIX}/{profile}"
-        await inbox(dict(scope, root_path=root), receive, send)
+        try:
+            await self._serve(match.group(1), scope, receive, send)
+        finally:
+            self._slots.release()
+
+    async def _serve(
+        self, profile: str, scope: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        scope = dict(scope, root_path=scope.get("root_path", "") + f"{PREFIX}/{profile}")
+        request = ScimRequest(
+            method=scope["method"],
+            base_url=_InboxASGI.get_base_url(scope),
+            path=_InboxASGI.split_path(_InboxASGI.get_path(scope)),
+            headers=[
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in scope["headers"]
+            ],
+        )
+        try:
+            operation = self._discovery.service.match(request).operation
+        except SCIMException:
+            operation = None  # scim2-server answers it, to a caller with a token
+        app: ASGIApplication | None
+        if operation is Operation.service_provider_config:
+            app = self._discovery
+        else:
+            app = await asyncio.to_thread(
+                self.authorized_inbox, profile, request.header("Authorization")
+            )
+            if app is None:
+                await _refuse(send, 401, UNAUTHORIZED_DETAIL, [_WWW_AUTHENTICATE])
+                return
+        limits = self.limits
+        limit = limits.max_bulk_bytes if operation is Operation.bulk else limits.max_body_bytes
+        too_large = f"the request body is larger than the inbox accepts ({limit} bytes)"
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            await _refuse(send, 413, too_large)
+            return
+        try:
+            body = await asyncio.wait_for(_read_body(receive, limit), limits.body_timeout_seconds)
+        except TimeoutError:
+            await _refuse(
+                send, 408, f"the request body took longer than {limits.body_timeout_seconds} s"
+            )
+            return
+        except _ClientGone:
+            return
+        if body is None:
+            await _refuse(send, 413, too_large)
+            return
+        await app(scope, _replay(body, receive), send)
