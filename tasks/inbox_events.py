@@ -6,6 +6,12 @@ one sync per burst is enough, so the emitter coalesces: the first change of a qu
 emitted at once, later ones within `min_interval_seconds` are counted and emitted as one
 trailing event when the interval ends. A deployment trigger on the event then runs that
 profile's sync; the scheduled sync reconciles anyway if an event is lost.
+
+Events go to the configured Prefect API only (`PREFECT_API_URL`, from the environment or the
+active Prefect profile). Without one, Prefect's `emit_event` would start a private temporary
+server on the first change (seconds of delay for that answer, events no deployment trigger
+ever sees, a server outliving the inbox), so `emit_to_configured_api` sends nothing then and
+`inbox_event_callback` gives the inbox no callback at all.
 """
 
 from __future__ import annotations
@@ -17,9 +23,36 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect.events import emit_event
+from prefect.settings import PREFECT_API_URL
 
 EVENT = "usersync.inbox.changed"
 log = logging.getLogger("usersync.inbox.events")
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API events go to (`PREFECT_API_URL` from any Prefect settings source), or None."""
+    return PREFECT_API_URL.value() or None
+
+
+def emit_to_configured_api(**event: Any) -> None:
+    """Prefect's `emit_event` when an API is configured; nothing otherwise (never an ephemeral
+    server)."""
+    if configured_api_url() is None:
+        log.debug("no Prefect API configured: %s not sent", event.get("event"))
+        return
+    emit_event(**event)
+
+
+def inbox_event_callback() -> tuple[InboxEventEmitter | None, str]:
+    """The inbox's `on_change` for this process's Prefect settings, and one line saying where
+    events go (for the inbox to print at start)."""
+    url = configured_api_url()
+    if url is None:
+        return None, (
+            "Prefect events: off, PREFECT_API_URL is not set. Changes are stored and the "
+            "scheduled sync picks them up; set PREFECT_API_URL to trigger a sync per push."
+        )
+    return InboxEventEmitter(), f"Prefect events: {EVENT} to {url}"
 
 
 def profile_resource(profile: str) -> dict[str, str]:
@@ -32,7 +65,7 @@ class InboxEventEmitter:
 
     Args:
         min_interval_seconds: at most one event per profile per interval (plus the trailing one).
-        emit: the emitting function (Prefect's `emit_event`; tests pass a recorder).
+        emit: the emitting function (`emit_to_configured_api`; tests pass a recorder).
         clock: monotonic clock (tests).
     """
 
@@ -40,7 +73,7 @@ class InboxEventEmitter:
         self,
         min_interval_seconds: float = 5.0,
         *,
-        emit: Callable[..., Any] = emit_event,
+        emit: Callable[..., Any] = emit_to_configured_api,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.min_interval_seconds = min_interval_seconds
@@ -77,6 +110,13 @@ class InboxEventEmitter:
                 self._last[profile] = self._clock()
         if changes:
             self._send(profile, changes)
+
+    def flush_all(self) -> None:
+        """Emit every change still held back (the inbox is stopping)."""
+        with self._lock:
+            profiles = list(self._pending)
+        for profile in profiles:
+            self.flush(profile)
 
     def _send(self, profile: str, changes: list[dict[str, Any]]) -> None:
         self._emit(

@@ -127,7 +127,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 def _inbox_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tasks.inbox_events import InboxEventEmitter
+    from tasks.inbox_events import inbox_event_callback
     from usersync.inbox import PREFIX, InboxApp, InboxLimits
     from usersync.store import Store
 
@@ -137,9 +137,15 @@ def _inbox_serve(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests,
     )
     store = Store.open(args.store_url)
-    app = InboxApp(store.engine, on_change=InboxEventEmitter(), limits=limits)
+    on_change, events_line = inbox_event_callback()
+    app = InboxApp(store.engine, on_change=on_change, limits=limits)
     print(f"SCIM inbox on http://{args.host}:{args.port}{PREFIX}/<profile>", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", lifespan="off")
+    print(events_line, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", lifespan="off")
+    finally:
+        if on_change is not None:
+            on_change.flush_all()
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.inbox_events import EVENT, InboxEventEmitter
+from tasks.inbox_events import EVENT, InboxEventEmitter, inbox_event_callback
 from usersync.cli import main
 from usersync.inbox import token_is_valid
 from usersync.store import Store
@@ -82,3 +82,18 @@ def test_a_burst_of_changes_is_one_event_now_and_one_trailing(monkeypatch) -> No
     assert len(sent) == 3
     assert sent[2]["payload"]["changes"] == 4
     assert sent[2]["payload"]["last"]["path"] == "/Users/4"
+
+
+def test_without_a_prefect_api_nothing_is_emitted(monkeypatch) -> None:
+    """emit_event without an API would start a temporary Prefect server: it is never called."""
+    called: list[dict] = []
+    monkeypatch.setattr("tasks.inbox_events.emit_event", lambda **event: called.append(event))
+    monkeypatch.setattr("tasks.inbox_events.configured_api_url", lambda: None)
+    assert inbox_event_callback()[0] is None
+    InboxEventEmitter()("acme", {"method": "POST", "path": "/Users", "status": 201})
+    assert called == []
+    monkeypatch.setattr("tasks.inbox_events.configured_api_url", lambda: "http://prefect/api")
+    emitter, line = inbox_event_callback()
+    assert isinstance(emitter, InboxEventEmitter) and "http://prefect/api" in line
+    emitter("acme", {"method": "POST", "path": "/Users", "status": 201})
+    assert [event["event"] for event in called] == [EVENT]

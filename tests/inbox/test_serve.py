@@ -1,0 +1,102 @@
+"""`usersync inbox serve` as an administrator runs it: Prefect events to the configured API
+only (without one, no temporary Prefect server is started and answers stay fast)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.inbox.harness import child_pids, inbox_process
+from usersync.inbox import issue_token
+from usersync.store import Store
+
+USER = {
+    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+    "userName": "kim",
+    "name": {"givenName": "Kim", "familyName": "Doe"},
+}
+
+
+def _store_with_token(tmp_path: Path, profile: str = "acme") -> tuple[str, str]:
+    url = f"sqlite:///{tmp_path}/store.db"
+    store = Store.open(url)
+    token = issue_token(store.engine, profile).token
+    store.close()
+    return url, token
+
+
+def test_without_a_prefect_api_no_server_is_started_and_answers_stay_fast(
+    tmp_path: Path,
+) -> None:
+    url, token = _store_with_token(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    # What Prefect's stock "ephemeral" profile sets: emit_event would start a server.
+    env |= {"PREFECT_SERVER_EPHEMERAL_ENABLED": "true", "PREFECT_HOME": str(tmp_path / "p")}
+    with inbox_process(url, env=env) as inbox:
+        headers = {"Authorization": f"Bearer {token}"}
+        started = time.monotonic()
+        created = httpx.post(
+            f"{inbox.url}/scim/v2/acme/Users", json=USER, headers=headers, timeout=60
+        )
+        elapsed = time.monotonic() - started
+        assert created.status_code == 201
+        assert elapsed < 2, f"the first write took {elapsed:.1f} s"
+        renamed = httpx.put(
+            f"{inbox.url}/scim/v2/acme/Users/{created.json()['id']}",
+            json={**USER, "displayName": "Kim D."},
+            headers=headers,
+        )
+        assert renamed.status_code == 200
+        time.sleep(1.5)
+        assert child_pids(inbox.pid) == []
+    assert any("Prefect events: off, PREFECT_API_URL is not set" in line for line in inbox.stdout)
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """A Prefect API: the session's test harness when one runs, else one for this module."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    if PREFECT_API_URL.value():
+        yield str(PREFECT_API_URL.value())
+        return
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.mark.prefect
+def test_with_a_prefect_api_the_change_event_arrives(tmp_path: Path, prefect_api: str) -> None:
+    profile = f"acme-{uuid.uuid4().hex[:8]}"
+    url, token = _store_with_token(tmp_path, profile)
+    env = dict(os.environ) | {"PREFECT_API_URL": prefect_api}
+    with inbox_process(url, env=env) as inbox:
+        created = httpx.post(
+            f"{inbox.url}/scim/v2/{profile}/Users",
+            json=USER,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201
+        query = {
+            "filter": {
+                "event": {"name": ["usersync.inbox.changed"]},
+                "resource": {"id": [f"usersync.profile.{profile}"]},
+            },
+            "limit": 10,
+        }
+        events: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.5)
+            events = httpx.post(f"{prefect_api}/events/filter", json=query).json()["events"]
+    assert any(
+        f"Prefect events: usersync.inbox.changed to {prefect_api}" in line for line in inbox.stdout
+    )
+    assert len(events) == 1
+    assert events[0]["payload"]["last"] == {"method": "POST", "path": "/Users", "status": 201}
