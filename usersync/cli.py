@@ -125,12 +125,20 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _inbox_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
     import uvicorn
 
     from tasks.inbox_events import inbox_event_callback
-    from usersync.inbox import PREFIX, InboxApp, InboxLimits
+    from usersync.inbox import PREFIX, InboxApp, InboxLimits, plain_http_warning
     from usersync.store import Store
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{option} {path}: no such file")
     limits = InboxLimits(
         max_body_bytes=args.max_body_bytes,
         max_bulk_bytes=args.max_bulk_bytes,
@@ -139,10 +147,24 @@ def _inbox_serve(args: argparse.Namespace) -> int:
     store = Store.open(args.store_url)
     on_change, events_line = inbox_event_callback()
     app = InboxApp(store.engine, on_change=on_change, limits=limits)
-    print(f"SCIM inbox on http://{args.host}:{args.port}{PREFIX}/<profile>", flush=True)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"SCIM inbox on {scheme}://{args.host}:{args.port}{PREFIX}/<profile>", flush=True)
     print(events_line, flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
+    warning = None if args.tls_cert else plain_http_warning(args.host)
+    if warning:
+        print(f"\n*** WARNING: {warning}\n", file=sys.stderr, flush=True)
+        logging.getLogger("usersync.inbox").warning(warning)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", lifespan="off")
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            lifespan="off",
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+        )
     finally:
         if on_change is not None:
             on_change.flush_all()
@@ -285,8 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
         "inbox", help="the SCIM inbox miniOrange pushes users and groups into"
     ).add_subparsers(dest="inbox_command", required=True)
     p = inbox.add_parser("serve", help="serve every profile's inbox at /scim/v2/<profile>")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, behind a TLS reverse proxy); any other "
+        "address without --tls-cert is warned about",
+    )
     p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
     p.add_argument(
         "--max-body-bytes",
         type=int,

@@ -1,9 +1,11 @@
-"""`usersync inbox serve` as an administrator runs it: Prefect events to the configured API
-only (without one, no temporary Prefect server is started and answers stay fast)."""
+"""`usersync inbox serve` as an administrator runs it: HTTPS with a certificate, a loud warning
+for plain HTTP off loopback, and Prefect events to the configured API only (without one, no
+temporary Prefect server is started and answers stay fast)."""
 
 from __future__ import annotations
 
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +15,9 @@ import httpx
 import pytest
 
 from tests.inbox.harness import child_pids, inbox_process
+from usersync.cli import main
 from usersync.inbox import issue_token
+from usersync.sandbox.slapd import make_test_certificates
 from usersync.store import Store
 
 USER = {
@@ -29,6 +33,81 @@ def _store_with_token(tmp_path: Path, profile: str = "acme") -> tuple[str, str]:
     token = issue_token(store.engine, profile).token
     store.close()
     return url, token
+
+
+def test_tls_is_served_with_the_given_certificate(tmp_path: Path) -> None:
+    certificates = make_test_certificates(tmp_path / "tls")
+    url, token = _store_with_token(tmp_path)
+    tls = ["--tls-cert", str(certificates.cert_file), "--tls-key", str(certificates.key_file)]
+    ca = ssl.create_default_context(cafile=str(certificates.ca_file))
+    with inbox_process(url, *tls, scheme="https", verify=ca) as inbox:
+        created = httpx.post(
+            f"{inbox.url}/scim/v2/acme/Users",
+            json=USER,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=ca,
+        )
+        assert created.status_code == 201
+        assert created.json()["meta"]["location"].startswith("https://")
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not answered
+            httpx.get(inbox.url.replace("https://", "http://") + "/scim/v2/acme/Users")
+    assert "https://127.0.0.1" in "".join(inbox.stdout)
+    assert "WARNING" not in "".join(inbox.stderr)
+
+
+def test_tls_options_go_together(tmp_path: Path, capsys) -> None:
+    assert main(["inbox", "serve", "--tls-cert", str(tmp_path / "c.pem")]) == 2
+    assert "--tls-key" in capsys.readouterr().err
+    missing = ["--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")]
+    assert main(["inbox", "serve", *missing]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_server(monkeypatch) -> list[dict]:
+    """`uvicorn.run` records its arguments instead of serving."""
+    runs: list[dict] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: runs.append(options))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [
+        ("0.0.0.0", True),
+        ("192.0.2.10", True),
+        ("inbox.example.org", True),
+        ("::", True),
+        ("127.0.0.1", False),
+        ("localhost", False),
+        ("::1", False),
+    ],
+)
+def test_plain_http_off_loopback_is_warned_about_loudly(
+    tmp_path: Path, host: str, warned: bool, no_server, capsys, caplog
+) -> None:
+    store = f"sqlite:///{tmp_path}/store.db"
+    assert main(["inbox", "serve", "--host", host, "--store-url", store]) == 0
+    assert no_server[0]["host"] == host and no_server[0]["ssl_certfile"] is None
+    err = capsys.readouterr().err
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned:
+        assert f"WARNING: the SCIM inbox listens on {host} over plain HTTP" in err
+        assert any("plain HTTP" in message for message in logged)
+    else:
+        assert "WARNING" not in err
+        assert not any("plain HTTP" in message for message in logged)
+
+
+def test_tls_off_loopback_is_not_warned_about(tmp_path: Path, no_server, capsys) -> None:
+    certificates = make_test_certificates(tmp_path / "tls")
+    tls = ["--tls-cert", str(certificates.cert_file), "--tls-key", str(certificates.key_file)]
+    store = f"sqlite:///{tmp_path}/store.db"
+    assert main(["inbox", "serve", "--host", "0.0.0.0", *tls, "--store-url", store]) == 0
+    assert no_server[0]["ssl_certfile"] == str(certificates.cert_file)
+    assert no_server[0]["ssl_keyfile"] == str(certificates.key_file)
+    assert "WARNING" not in capsys.readouterr().err
 
 
 def test_without_a_prefect_api_no_server_is_started_and_answers_stay_fast(

@@ -13,6 +13,7 @@ from usersync.inbox.app import (
     InboxApp,
     InboxLimits,
     inbox_provider,
+    plain_http_warning,
 )
 from usersync.inbox.storage import InboxContents, InboxStorage, read_inbox
 from usersync.inbox.tokens import DEFAULT_GRACE, IssuedToken, issue_token, token_is_valid
@@ -28,6 +29,7 @@ __all__ = [
     "IssuedToken",
     "inbox_provider",
     "issue_token",
+    "plain_http_warning",
     "read_inbox",
     "token_is_valid",
 ]

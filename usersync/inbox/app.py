@@ -27,6 +27,7 @@ accepted change into an error.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -91,6 +92,21 @@ class InboxLimits:
     max_concurrent_requests: int = 32
     retry_after_seconds: int = 1
     body_timeout_seconds: float = 30.0
+
+
+def plain_http_warning(host: str) -> str | None:
+    """What to warn about when the inbox serves plain HTTP on `host`; None on loopback only."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"the SCIM inbox listens on {host} over plain HTTP: bearer tokens and users' data "
+        "cross the network unencrypted. Serve HTTPS (--tls-cert FILE --tls-key FILE), or "
+        "listen on 127.0.0.1 behind a reverse proxy that terminates TLS."
+    )
 
 
 def inbox_provider(max_bulk_bytes: int = MIB) -> ScimProvider:
