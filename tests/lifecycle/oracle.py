@@ -71,6 +71,10 @@ STAR_RULE_COVERS_MANUALLY_MAPPED_GROUPS = True
 #: rejected; a disabled user whose username an enabled one has is rejected ("shadowed");
 #: disabled users sharing a username with each other only are not. False: any two share.
 CLASH_AMONG_ENABLED_ONLY = True
+#: Rule 4's renames (by the source or by hand) are carried to the accounts of disabled users
+#: too; False: only live users' accounts must carry the source's username (a deprovisioned
+#: account is deactivated, not otherwise updated).
+RENAME_DISABLED_USERS_ACCOUNTS = False
 #: Renames that trade names (a→b while b→a) still converge in one sync.
 RENAME_CYCLES_CONVERGE = True
 
@@ -254,6 +258,8 @@ def expect(
         f = facts.get(owner.get(holder, -1))
         if f is None or f.rejected or f.username in PROTECTED:
             return False
+        if not f.enabled and not RENAME_DISABLED_USERS_ACCOUNTS:
+            return False
         if f.username.casefold() == pre.accounts[holder].username.casefold():
             return False
         return name_free(f.username, holder, seen | {holder})
@@ -276,7 +282,8 @@ def expect(
         if f.ident in book.links:
             key = book.links[f.ident]
             resolutions[f.ident] = Resolution(f.ident, key, "linked")
-            if can_rename and name_free(f.username, key):
+            renamed = f.enabled or RENAME_DISABLED_USERS_ACCOUNTS
+            if can_rename and renamed and name_free(f.username, key):
                 names_checked.add(f.ident)
             continue
         if claimants[f.username.casefold()] > 1:
