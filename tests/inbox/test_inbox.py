@@ -15,6 +15,7 @@ from scim2_tester import Status, check_server
 
 from usersync.errors import ConfigError
 from usersync.inbox import InboxApp, issue_token, read_inbox, token_is_valid
+from usersync.inbox.tokens import TokenCheck
 from usersync.sandbox.server import serve
 from usersync.store import Store
 
@@ -214,3 +215,18 @@ def test_rotation_keeps_the_old_token_for_the_grace_period(store: Store) -> None
     assert not token_is_valid(store.engine, "acme", first.token, now=after)
     assert token_is_valid(store.engine, "acme", second.token, now=after)
     assert not token_is_valid(store.engine, "other", second.token, now=after)
+
+
+def test_a_remembered_token_is_asked_about_again_within_seconds(store: Store) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    check = TokenCheck(store.engine, ttl_seconds=5, clock=lambda: now[0])
+    first = issue_token(store.engine, "acme", now=now[0])
+    assert check("acme", first.token)
+    assert check.remembered("acme", first.token)
+    assert not check("acme", "wrong") and not check.remembered("acme", "wrong")
+    assert not check("other", first.token)  # a token opens its own inbox only
+    # rotated with a short grace: the old token works until it expires, at most 5 s more
+    issue_token(store.engine, "acme", rotate=True, grace=timedelta(seconds=1), now=now[0])
+    now[0] += timedelta(seconds=6)
+    assert not check.remembered("acme", first.token)
+    assert not check("acme", first.token)

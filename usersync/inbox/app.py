@@ -16,6 +16,10 @@ token, or with too much to send, costs the inbox next to nothing:
    with 413 unread, a chunked body as soon as it passes the limit; a body that takes longer
    than `body_timeout_seconds` gets 408;
 4. the profile's scim2-server `ASGIApplication` over an `InboxStorage`, created on first use.
+   A PATCH of a group goes to `InboxStorage.patch_group` when it names the members it
+   touches (miniOrange's add and remove of one member do), so it costs what it changes.
+   The answer waits until the `StoreWriter` has committed the request's changes; the event
+   loop does not, so other requests are served meanwhile.
 
 Answers given before the body is read close the connection, so an unread body is never
 drained. Each accepted write (a 2xx answer to POST, PUT, PATCH or DELETE) calls
@@ -37,7 +41,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from scim2_models import AuthenticationScheme, External, Reference, SCIMException, ScimProvider
+from scim2_models import (
+    AuthenticationScheme,
+    External,
+    PatchOp,
+    Reference,
+    SCIMException,
+    ScimProvider,
+)
+from scim2_models.path import CompareOperator, Comparison, LogicalExpr, LogicalOperator
 from scim2_server.applications.asgi import ASGIApplication
 from scim2_server.memory import AsyncInMemoryStorage, InMemoryStorage
 from scim2_server.requests import ScimRequest
@@ -51,8 +63,9 @@ from scim2_server.utils import (
 )
 
 from usersync.config import PROFILE_NAME_PATTERN
-from usersync.inbox.storage import InboxStorage
-from usersync.inbox.tokens import profiles_with_tokens, token_is_valid
+from usersync.inbox.storage import GROUP, MEMBERS, InboxStorage
+from usersync.inbox.tokens import TokenCheck, profiles_with_tokens
+from usersync.inbox.writer import StoreWriter, pending_writes
 
 log = logging.getLogger("usersync.inbox")
 
@@ -147,15 +160,63 @@ class ProfileInbox(_InboxASGI):
         engine: sa.Engine,
         provider: ScimProvider,
         on_change: ChangeCallback | None = None,
+        writer: StoreWriter | None = None,
     ) -> None:
-        storage = InboxStorage(engine, profile, provider)
-        super().__init__(AsyncInMemoryStorage(storage), provider, ScimService(provider))
+        self.inbox_storage = InboxStorage(engine, profile, provider, writer)
+        super().__init__(AsyncInMemoryStorage(self.inbox_storage), provider, ScimService(provider))
         self.profile = profile
         self.engine = engine
         self.on_change = on_change
 
+    async def dispatch_request(self, request: ScimRequest) -> ScimResponse:
+        if request.method.upper() == "PATCH":
+            response = self.patch_group(request)
+            if response is not None:
+                return response
+        return await super().dispatch_request(request)
+
+    def patch_group(self, request: ScimRequest) -> ScimResponse | None:
+        """Serve a PATCH of a group through `InboxStorage.patch_group`, which reads and writes
+        only the members the PATCH names; None when it is not such a PATCH (scim2-server's
+        handler serves it then, with the whole group)."""
+        service = self.service
+        with service.provider:
+            try:
+                target = service.route(request, Operation.patch)
+                resource_type = service.resource_type_at(str(target.endpoint))
+            except SCIMException:
+                return None
+            if resource_type.name != GROUP or target.resource_id is None:
+                return None
+            service.authorize(request, target, resource_type)
+            parameters = service.read_response_parameters(resource_type, request.query)
+            patch = service.read_patch(resource_type, request.body, request.header("Content-Type"))
+            values = member_values_named(patch)
+            if values is None:
+                return None
+            conditions = service.read_conditions(request)
+            patched = self.inbox_storage.patch_group(
+                resource_type,
+                target.resource_id,
+                values,
+                lambda group: service.apply_patch(group, patch, conditions),
+            )
+            if parameters.attributes or parameters.excluded_attributes:
+                # The answer shows the group (else it is a 204): all of it, as a GET would.
+                patched = self.inbox_storage.get(
+                    resource_type, target.resource_id, response_parameters=parameters
+                )
+            return service.patch_response(request.base_url, patched, parameters)
+
     async def serve(self, request: ScimRequest) -> ScimResponse:
-        response = await super().serve(request)
+        with pending_writes() as writes:
+            response = await super().serve(request)
+        try:
+            # Answered only once its changes are committed (by the writer, not this loop).
+            await asyncio.gather(*(asyncio.wrap_future(write) for write in writes))
+        except Exception as exc:
+            await asyncio.to_thread(self.inbox_storage.recover)
+            return self.finalize_response(request, self.handle_exception(request, exc))
         status = int(response.status)
         if request.method.upper() in WRITE_METHODS and 200 <= status < 300 and self.on_change:
             change = {"method": request.method.upper(), "path": request.path, "status": status}
@@ -166,6 +227,90 @@ class ProfileInbox(_InboxASGI):
                     "inbox %s: the change callback failed (the change is stored)", self.profile
                 )
         return response
+
+
+def member_values_named(patch: PatchOp[Any]) -> set[str] | None:
+    """The member values a PATCH of a group reads or writes, when it names them all.
+
+    Operations on other attributes name none. An `add` of members (with path `members`, or
+    without a path and a value holding `members`) names the values it adds; an operation
+    whose path filters members by `value eq "…"` (joined by `or`) names those values.
+
+    Returns:
+        The values, or None when an operation may touch members it does not name (a replace
+        or remove of all members, a filter on anything else, a member without a value).
+    """
+    named: set[str] = set()
+    for operation in patch.operations or []:
+        if operation.path is None:
+            found = _added_values(_members_in(operation.value))
+            if found is None or (found and operation.op != operation.Op.add):
+                return None
+            named |= found
+            continue
+        binding = operation.path.resolve()
+        if binding is None:
+            return None
+        if binding.field_name != MEMBERS:
+            continue
+        condition = operation.path.value_filter
+        if condition is None:
+            found = _added_values(operation.value)
+            if operation.op != operation.Op.add or found is None:
+                return None
+            named |= found
+            continue
+        filtered = _values_compared(condition)
+        if filtered is None or isinstance(operation.value, list):
+            return None
+        named |= filtered
+        if isinstance(operation.value, dict) and "value" in operation.value:
+            named.add(str(operation.value["value"]))
+    return named
+
+
+def _members_in(value: Any) -> Any:
+    """The members a path-less operation's value holds (a list), [] when none."""
+    if not isinstance(value, dict):
+        return []
+    found: Any = []
+    for key, item in value.items():
+        if str(key).lower().rsplit(":", 1)[-1] == MEMBERS:
+            found = item
+    return found
+
+
+def _added_values(members: Any) -> set[str] | None:
+    """The values of members to add; None when one has no value (it names nothing)."""
+    listed = members if isinstance(members, list) else [members]
+    values = set()
+    for member in listed:
+        value = member.get("value") if isinstance(member, dict) else None
+        if not isinstance(value, str) or not value:
+            return None
+        values.add(value)
+    return values
+
+
+def _values_compared(condition: Any) -> set[str] | None:
+    """The values of `value eq "…"` comparisons joined by `or`; None for any other filter."""
+    if isinstance(condition, LogicalExpr) and condition.op == LogicalOperator.or_:
+        values: set[str] = set()
+        for term in condition.terms:
+            found = _values_compared(term)
+            if found is None:
+                return None
+            values |= found
+        return values
+    if (
+        isinstance(condition, Comparison)
+        and condition.op == CompareOperator.eq
+        and condition.attr_path.attr.lower() == "value"
+        and condition.attr_path.sub_attr is None
+        and isinstance(condition.value, str)
+    ):
+        return {condition.value}
+    return None
 
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -282,6 +427,8 @@ class InboxApp:
         self._inboxes: dict[str, ProfileInbox] = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.limits.max_concurrent_requests)
+        self._writer = StoreWriter(engine)
+        self._token_is_valid = TokenCheck(engine)
         # Serves /ServiceProviderConfig under any profile name, and classifies requests.
         self._discovery = _InboxASGI(
             AsyncInMemoryStorage(InMemoryStorage()), self.provider, ScimService(self.provider)
@@ -292,7 +439,9 @@ class InboxApp:
         with self._lock:
             found = self._inboxes.get(profile)
             if found is None and profile in profiles_with_tokens(self.engine):
-                found = ProfileInbox(profile, self.engine, self.provider, self.on_change)
+                found = ProfileInbox(
+                    profile, self.engine, self.provider, self.on_change, self._writer
+                )
                 self._inboxes[profile] = found
             return found
 
@@ -300,10 +449,19 @@ class InboxApp:
         """The profile's inbox when the Authorization header carries one of its valid bearer
         tokens; None otherwise, whether the profile has an inbox or not."""
         token = _bearer_token(authorization)
-        if token and token_is_valid(self.engine, profile, token):
+        if token and self._token_is_valid(profile, token):
             return self.inbox(profile)
         self._explain_refusal(profile)
         return None
+
+    def _remembered_inbox(self, profile: str, authorization: str | None) -> ProfileInbox | None:
+        """`authorized_inbox` when the token was found valid lately and the inbox is loaded,
+        without a query (so without leaving the event loop); None otherwise."""
+        token = _bearer_token(authorization)
+        if not token or not self._token_is_valid.remembered(profile, token):
+            return None
+        with self._lock:
+            return self._inboxes.get(profile)
 
     def _explain_refusal(self, profile: str) -> None:
         # For the administrator's log only: the caller gets the same 401 either way.
@@ -363,8 +521,9 @@ class InboxApp:
         if operation is Operation.service_provider_config:
             app = self._discovery
         else:
-            app = await asyncio.to_thread(
-                self.authorized_inbox, profile, request.header("Authorization")
+            authorization = request.header("Authorization")
+            app = self._remembered_inbox(profile, authorization) or await asyncio.to_thread(
+                self.authorized_inbox, profile, authorization
             )
             if app is None:
                 await _refuse(send, 401, UNAUTHORIZED_DETAIL, [_WWW_AUTHENTICATE])

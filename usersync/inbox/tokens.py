@@ -5,7 +5,9 @@ SHA-256, which is enough for a secret of that entropy (a slow hash protects gues
 passwords, not random tokens). Checking hashes the presented token and compares it with every
 valid hash of the profile in constant time. Rotation issues a new token and gives the old ones
 an expiry (the grace period), so miniOrange keeps working until the admin has pasted the new
-token; after the grace period only the new one is accepted.
+token; after the grace period only the new one is accepted. The inbox checks through
+`TokenCheck`, which remembers a valid token for a few seconds instead of asking the store on
+every request of a push.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -109,14 +113,69 @@ def token_is_valid(
     engine: sa.Engine, profile: str, presented: str, *, now: datetime | None = None
 ) -> bool:
     """True when `presented` is one of the profile's valid tokens (constant-time comparison)."""
+    return _valid_token_expiry(engine, profile, presented, now or _now()) is not None
+
+
+#: The expiry of a token that never expires (until it is rotated).
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def _valid_token_expiry(
+    engine: sa.Engine, profile: str, presented: str, now: datetime
+) -> datetime | None:
+    """Until when `presented` is valid for `profile`; None when it is not."""
     digest = _digest(presented)
     with engine.connect() as conn:
-        rows = _valid_rows(conn, profile, now or _now())
-    found = False
+        rows = _valid_rows(conn, profile, now)
+    expiry = None
     for row in rows:
         # Compare with every valid hash, without stopping early, so timing says nothing.
-        found |= hmac.compare_digest(row.token_sha256, digest)
-    return found
+        if hmac.compare_digest(row.token_sha256, digest):
+            expiry = _aware(row.expires_at) if row.expires_at else _NEVER
+    return expiry
+
+
+class TokenCheck:
+    """`token_is_valid` that remembers a valid token for a few seconds.
+
+    Every request of a push carries the same token; asking the store each time costs a query
+    that waits on the store's writes. A token found valid is trusted for `ttl_seconds` (never
+    past its expiry); a token found invalid is asked about again each time, so a new token
+    works at once and a revoked or expired one stops within `ttl_seconds`.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        ttl_seconds: float = 5.0,
+        *,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.engine = engine
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self._clock = clock
+        self._valid_until: dict[tuple[str, str], datetime] = {}
+        self._lock = threading.Lock()
+
+    def remembered(self, profile: str, presented: str) -> bool:
+        """Whether `presented` was found valid for `profile` lately (no query)."""
+        with self._lock:
+            until = self._valid_until.get((profile, _digest(presented)))
+        return until is not None and self._clock() < until
+
+    def __call__(self, profile: str, presented: str) -> bool:
+        """Whether `presented` is valid for `profile`: remembered, or asked of the store."""
+        if self.remembered(profile, presented):
+            return True
+        now = self._clock()
+        key = (profile, _digest(presented))
+        expiry = _valid_token_expiry(self.engine, profile, presented, now)
+        with self._lock:
+            if expiry is None:
+                self._valid_until.pop(key, None)
+                return False
+            self._valid_until[key] = min(expiry, now + self.ttl)
+        return True
 
 
 def profiles_with_tokens(engine: sa.Engine) -> list[str]:
