@@ -23,7 +23,7 @@ class DemoMismatch(UsersyncError):
     """What the sandbox products hold does not match the sync's summary."""
 
 
-@flow(name="demo", flow_run_name="demo-{source}", log_prints=True)
+@flow(name="demo", flow_run_name="demo-from-{source}", log_prints=True)
 def demo(
     source: Literal["push", "ldap"] = form_field(
         "Source",

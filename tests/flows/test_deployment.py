@@ -162,7 +162,7 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
 def test_the_demo_deployment_runs_the_whole_demo_with_nothing_set_up(deployed):
     run = deployed.run("demo", "sandbox")
 
-    assert run.name == "demo-push"
+    assert run.name == "demo-from-push"
     assert run.state.is_completed(), run.state
 
     async def logs():
