@@ -5,7 +5,8 @@ calls back only once per phase (all creations, then all memberships, ...), so th
 from the target client itself: `OperationCounter` wraps it and counts each call that carries
 out one planned operation. A reporter thread publishes the percentage every
 `REPORT_EVERY_SECONDS` (the load's own threads never wait on the Prefect API), and the
-artifact ends at 100 % with what the load did.
+artifact ends at 100 % with what the load did. Progress is a courtesy: when the API cannot
+take an update, that is logged and the load goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 #: Target methods that carry out one planned operation each (usersync.targets.base.Target).
@@ -78,22 +80,33 @@ def load_progress(
     Yields a dict whose "outcome" entry, if the block sets it, becomes the artifact's final
     description (e.g. the counts of what the load did).
     """
-    artifact_id = create_progress_artifact(
-        progress=0.0, key=key, description=f"{what}: 0 of {total} call(s)"
-    )
+    try:
+        artifact_id = create_progress_artifact(
+            progress=0.0, key=key, description=f"{what}: 0 of {total} call(s)"
+        )
+    except Exception as exc:
+        get_run_logger().warning("%s: no progress artifact: %s", what, exc)
+        artifact_id = None
+    if artifact_id is None:
+        yield {"outcome": ""}
+        return
     stop = threading.Event()
 
     def percent() -> float:
         return round(100.0 * min(counter.done, total) / total, 1) if total else 100.0
+
+    def publish(progress: float, description: str) -> None:
+        try:
+            update_progress_artifact(artifact_id, progress, description=description)
+        except Exception as exc:
+            get_run_logger().warning("%s: progress not updated: %s", what, exc)
 
     def report() -> None:
         shown = 0.0
         while not stop.wait(REPORT_EVERY_SECONDS):
             now = percent()
             if now != shown:
-                update_progress_artifact(
-                    artifact_id, now, description=f"{what}: {counter.done} of {total} call(s)"
-                )
+                publish(now, f"{what}: {counter.done} of {total} call(s)")
                 shown = now
 
     reporter = threading.Thread(
@@ -106,9 +119,8 @@ def load_progress(
     finally:
         stop.set()
         reporter.join()
-        update_progress_artifact(
-            artifact_id,
+        publish(
             100.0,
-            description=f"{what}: done, {counter.done} call(s)"
+            f"{what}: done, {counter.done} call(s)"
             + (f"; {final['outcome']}" if final["outcome"] else ""),
         )

@@ -155,3 +155,19 @@ def test_a_load_publishes_its_progress_while_it_runs(make_profile, jira):
     assert artifact.data == 100
     assert artifact.description.startswith("load of jira: done,")
     assert artifact.description.endswith("succeeded")
+
+
+def test_a_load_goes_on_when_its_progress_cannot_be_published(make_profile, jira, monkeypatch):
+    import tasks.progress
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("the API refused the artifact")
+
+    monkeypatch.setattr(tasks.progress, "update_progress_artifact", refused)
+    _, url = jira
+    make_profile(url, name="no-progress")
+
+    outcomes = sync(profile="no-progress")
+
+    assert outcomes[0]["status"] == "succeeded"
+    assert outcomes[0]["executed"]["create_user"]["succeeded"] == 18
