@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from ldap3 import ASYNC, MODIFY_ADD, NONE, SYNC, Connection, Server, Tls
+from ldap3.core.exceptions import LDAPSessionTerminatedByServerError, LDAPSocketOpenError
 
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
 from usersync.sandbox.samba import SambaDC, samba_available
@@ -49,15 +50,24 @@ def admin_connection(dc: SambaDC, *, strategy: Any = SYNC) -> Connection:
     """A bound LDAPS connection as Administrator (for creating and changing test data)."""
     tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(dc.ca_file))
     server = Server(dc.ldaps_url, use_ssl=True, tls=tls, get_info=NONE)
-    return Connection(
-        server,
-        user=dc.admin_upn,
-        password=dc.admin_password,
-        client_strategy=strategy,
-        auto_bind=True,
-        auto_range=False,
-        return_empty_attributes=False,
-    )
+    # A DC still digesting a burst of writes on a busy 2-core machine sometimes drops a new
+    # session at bind; the test data is worth a few patient tries, not a failed session.
+    for attempt in range(1, 7):
+        try:
+            return Connection(
+                server,
+                user=dc.admin_upn,
+                password=dc.admin_password,
+                client_strategy=strategy,
+                auto_bind=True,
+                auto_range=False,
+                return_empty_attributes=False,
+            )
+        except (LDAPSessionTerminatedByServerError, LDAPSocketOpenError):
+            if attempt == 6:
+                raise
+            time.sleep(2 * attempt)
+    raise AssertionError("unreachable")
 
 
 class AdDirectory:
