@@ -2,8 +2,8 @@
 
 Every error usersync raises on purpose derives from `UsersyncError`. Transient failures (rate
 limits, 5xx, dropped connections, timeouts) are `TransientError`; everything else is final for
-the run. The Prefect layer retries only `TransientError` (see `is_transient`), so the decision
-lives here, in one place.
+the run. The HTTP client is the one layer that retries them (honouring Retry-After, checking a
+lost write by a read first); `is_transient` says which errors a caller could try again later.
 """
 
 from __future__ import annotations
