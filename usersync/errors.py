@@ -3,7 +3,7 @@
 Every error usersync raises on purpose derives from `UsersyncError`. Transient failures (rate
 limits, 5xx, dropped connections, timeouts) are `TransientError`; everything else is final for
 the run. The HTTP client is the one layer that retries them (honouring Retry-After, checking a
-lost write by a read first); `is_transient` says which errors a caller could try again later.
+lost write by a read first).
 """
 
 from __future__ import annotations
@@ -87,11 +87,6 @@ class TargetRejectedError(TargetError):
 
 class TargetLicenceError(TargetRejectedError):
     """The product's licence has no seat left for another user (Confluence answers 402)."""
-
-
-def is_transient(error: BaseException) -> bool:
-    """True when retrying the same call later may succeed."""
-    return isinstance(error, TransientError | TargetUnreachableError)
 
 
 class ProfileBusyError(UsersyncError):
