@@ -1,5 +1,5 @@
 # usersync: `make demo` runs the demo sync, `make test` runs lint and the test suite
-# (`make demo-ldap`: the demo from a real slapd).
+# (`make demo-ldap`: the demo from a real slapd; `make soak`: the lifecycle state machine, long).
 # Both do all the set-up they need (virtualenv, Python dependencies, Debian packages).
 
 VENV ?= .venv
@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # takes longer than Prefect's default 20 s wait.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 
-.PHONY: setup system-packages demo demo-ldap test lint format clean
+.PHONY: setup system-packages demo demo-ldap test soak lint format clean
 
 setup: $(VENV)/.installed system-packages
 
@@ -40,6 +40,13 @@ lint: $(VENV)/.installed
 
 test: setup lint
 	$(BIN)/pytest
+
+# The lifecycle state machine (tests/lifecycle) for long: many random histories, new ones each
+# time unless USERSYNC_SOAK_SEED is set. `make test` runs it briefly with a fixed seed.
+soak: setup
+	USERSYNC_SOAK_EXAMPLES=$${USERSYNC_SOAK_EXAMPLES:-300} \
+	USERSYNC_SOAK_STEPS=$${USERSYNC_SOAK_STEPS:-40} \
+	$(BIN)/pytest tests/lifecycle -p no:randomly -q
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .
