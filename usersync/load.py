@@ -12,6 +12,7 @@ must now remember.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ import pandas as pd
 
 from usersync.errors import (
     TargetAuthError,
+    TargetConflictError,
     TargetDeadlineError,
     TargetError,
     TargetPermissionError,
@@ -29,6 +31,8 @@ from usersync.errors import (
 from usersync.model import OPERATIONS
 from usersync.store import LedgerEntry
 from usersync.targets.base import Target
+
+log = logging.getLogger("usersync.load")
 
 #: Errors after which no further call to the target makes sense in this run.
 QUARANTINE_ERRORS = (
@@ -117,7 +121,14 @@ def _run_one(target: Target, row: dict, accounts: _Accounts) -> Outcome:
     source_id = row["source_id"] or None
     entry: LedgerEntry | None = None
     if op == "create_group":
-        target.create_group(group)
+        try:
+            target.create_group(group)
+        except TargetConflictError:
+            # Created meanwhile (another profile syncing the same instance, an admin): the
+            # plan wanted the group to exist, and it does.
+            log.info(
+                "%s: group %s already exists (created since the plan was made)", target.name, group
+            )
         entry = LedgerEntry("group", group.casefold(), group)
     elif op in ("adopt_user", "relink_user"):
         origin = "adopted" if op == "adopt_user" else "created"

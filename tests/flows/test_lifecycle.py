@@ -500,3 +500,22 @@ def test_two_profiles_on_one_jira_never_take_each_others_accounts(make_profile, 
     assert sync(profile="employees")[0]["planned"] == {}
     assert sync(profile="contractors")[0]["planned"] == {}
     assert len(emulator.app.writes()) == writes
+
+
+def test_a_group_created_by_someone_else_between_plan_and_load_is_not_a_failure(make_profile, jira):
+    """Two profiles creating the same missing group at once (found by the scale-out test)."""
+    emulator, url = jira
+    make_profile(url)
+    loaded = engine.load("testprof")
+    desired = engine.transform(loaded, engine.extract(loaded), "jira")
+    store = Store.open(store_url())
+    with engine.open_target_for(loaded, "jira") as target:
+        planned = engine.plan_target_sync(loaded, "jira", target, desired, store)
+        assert "developers" in set(planned.plan.loc[planned.plan["op"] == "create_group", "group"])
+        emulator.seed_group("developers")  # the other profile got there first
+        run_id = store.start_run("testprof", "jira", dry_run=False)
+        store.record_plan(run_id, planned.plan)
+        result = engine.load_target_sync(loaded, target, planned, store, run_id)
+
+    assert result.status == "succeeded"
+    assert "bjohnson" in jira_group_members(url, "developers")
