@@ -5,14 +5,17 @@ emulators over HTTP through sequences of: source changes (add, delete, re-create
 uid, disable/enable, rename by modrdn, change or clear the e-mail, change the name; create,
 rename, empty and delete groups, add and remove members), hand edits in a product (an account
 made by hand, a managed account renamed or deactivated, a managed account added to a group),
-and syncs: clean ones, ones under injected faults (429 storms, 5xx, dropped connections) or
-killed in the middle of the load, each followed by a clean one, and one against a closed brake.
-After every clean sync `oracle.Oracle` checks every lifecycle rule on all three products, then
-a second sync must write and plan nothing. Names come from small pools, so collisions,
-re-creations and reuse of names happen often.
+and syncs: clean ones, ones under injected faults (429 storms, 5xx, dropped connections,
+writes applied whose answer is lost) or killed in the middle of the load, each followed by a
+clean one, and one against a closed brake. Every history starts from a synced population
+(`populate`) and ends with a checked sync. After every clean sync `oracle.Oracle` checks every
+lifecycle rule on all three products, then a second sync must write and plan nothing. Names
+come from small pools, so collisions, re-creations and reuse of names happen often.
 
-CI runs a fixed number of examples with a fixed seed; `make soak` sets USERSYNC_SOAK_EXAMPLES
-(and USERSYNC_SOAK_STEPS, optionally USERSYNC_SOAK_SEED) for a long random run.
+CI runs EXAMPLES x STEPS with a fixed seed and does not shrink a failure (it prints the history
+as found; USERSYNC_LIFECYCLE_SHRINK=1 replays the same examples and shrinks). `make soak` sets
+USERSYNC_SOAK_EXAMPLES and USERSYNC_SOAK_STEPS (USERSYNC_SOAK_SEED repeats a run) for a long
+random run that shrinks what it finds.
 """
 
 from __future__ import annotations
