@@ -280,36 +280,13 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     if settings.reactivate_users:
         back = live_matched.loc[~_flag(live_matched["t_active"])]
         if len(back):
-            parts.append(
-                _ops(
-                    back,
-                    "reactivate_user",
-                    target=target,
-                    target_key=back["t_target_key"],
-                    username=back["t_username"],
-                    group="",
-                    before='{"active": false}',
-                    after='{"active": true}',
-                    reason="active in the source",
-                )
-            )
+            parts.append(_activation(back, target, active=True, reason="active in the source"))
 
     leaving = _leaving(matched, live, desired, rejected, protected)
     if settings.deactivate_missing_users:
         going = leaving.loc[_flag(leaving["t_active"])]
         if len(going):
-            parts.append(
-                _ops(
-                    going,
-                    "deactivate_user",
-                    target=target,
-                    target_key=going["t_target_key"],
-                    username=going["t_username"],
-                    group="",
-                    before='{"active": true}',
-                    after='{"active": false}',
-                )
-            )
+            parts.append(_activation(going, target, active=False))
 
     parts.extend(_group_ops(data, ledger, live_matched, to_create, leaving))
 
@@ -329,6 +306,24 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     plan["seq"] = range(1, len(plan) + 1)
     operations = conform(plan[list(PLAN_COLUMNS)].fillna(""), PLAN_COLUMNS, what="plan")
     return PlannedChanges(operations, conflict_frame, unverifiable)
+
+
+def _activation(
+    accounts: pd.DataFrame, target: str, *, active: bool, reason: str | None = None
+) -> pd.DataFrame:
+    """reactivate_user (active) or deactivate_user rows for these matched accounts; without a
+    `reason`, each row's own `reason` column says why."""
+    columns: dict[str, pd.Series | str] = {
+        "target": target,
+        "target_key": accounts["t_target_key"],
+        "username": accounts["t_username"],
+        "group": "",
+        "before": json.dumps({"active": not active}),
+        "after": json.dumps({"active": active}),
+    }
+    if reason is not None:
+        columns["reason"] = reason
+    return _ops(accounts, "reactivate_user" if active else "deactivate_user", **columns)
 
 
 def _may_adopt(by_name: pd.DataFrame, policy: str) -> pd.Series:
