@@ -75,6 +75,9 @@ CLASH_AMONG_ENABLED_ONLY = True
 #: too; False: only live users' accounts must carry the source's username (a deprovisioned
 #: account is deactivated, not otherwise updated).
 RENAME_DISABLED_USERS_ACCOUNTS = False
+#: Why a disabled user is rejected when an enabled one has its username; the enabled one
+#: takes the disabled one's account over, as a re-created user does (rule 6).
+SHADOWED = "disabled, and an enabled source user has its username"
 #: Renames that trade names (a→b while b→a) still converge in one sync.
 RENAME_CYCLES_CONVERGE = True
 
@@ -171,7 +174,7 @@ def source_facts(directory: Directory) -> dict[int, Facts]:
         elif CLASH_AMONG_ENABLED_ONLY and user.enabled and enabled[name] > 1:
             rejected = "username shared with another enabled source user"
         elif CLASH_AMONG_ENABLED_ONLY and not user.enabled and enabled[name]:
-            rejected = "disabled, and an enabled source user has its username"
+            rejected = SHADOWED
         groups = {DEFAULT_GROUP}
         for group in directory.groups.values():
             if user.ident not in group.members:
@@ -302,7 +305,10 @@ def expect(
             ):
                 resolutions[f.ident] = Resolution(f.ident, holder.key, "adopted")
                 names_checked.add(f.ident)
-        elif owner.get(holder.key) not in facts:
+        elif owner.get(holder.key) not in facts or (
+            f.enabled and (facts[owner[holder.key]].rejected or "").startswith(SHADOWED)
+        ):
+            # Gone, or disabled and shadowed by this user: a re-hire takes the account over.
             resolutions[f.ident] = Resolution(f.ident, holder.key, "taken over")
             names_checked.add(f.ident)
         elif f.enabled and moves_away(holder.key, frozenset()):

@@ -53,8 +53,8 @@ from usersync.sandbox.faults import Faults
 
 #: A soak run: many random examples (USERSYNC_SOAK_SEED makes them repeatable).
 SOAK = bool(os.environ.get("USERSYNC_SOAK_EXAMPLES"))
-EXAMPLES = int(os.environ.get("USERSYNC_SOAK_EXAMPLES") or 12)
-STEPS = int(os.environ.get("USERSYNC_SOAK_STEPS") or 20)
+EXAMPLES = int(os.environ.get("USERSYNC_SOAK_EXAMPLES") or 16)
+STEPS = int(os.environ.get("USERSYNC_SOAK_STEPS") or 25)
 SEED = os.environ.get("USERSYNC_SOAK_SEED")
 #: Shrink a failure to a minimal history. Off in CI, where a sync costs about half a second
 #: and shrinking would run for many minutes: CI prints the failing history as found, and
