@@ -433,3 +433,30 @@ def test_a_protected_account_a_source_user_names_is_reported_not_touched():
     )
     assert changes.operations.empty
     assert "is protected" in changes.conflicts.loc[0, "reason"]
+
+
+def test_a_product_that_cannot_rename_gets_a_conflict_not_a_failing_rename_every_run():
+    # carol was renamed to dave in the source, and a new carol appeared (Confluence)
+    d = desired([["s1", "dave", "c@x", "Carol", True], ["s2", "carol", "new@x", "New Carol", True]])
+    a = actual([["K1", "carol", "c@x", "Carol", True]])
+    changes = plan_changes(
+        PlanInput(
+            "confluence", d, a, ledger(("s1", "K1", "carol")), SyncSettings(), can_rename=False
+        )
+    )
+    assert changes.operations.empty  # no rename to fail, no create onto a taken name
+    reasons = " ".join(changes.conflicts["reason"])
+    assert "cannot rename accounts" in reasons and "already linked" in reasons
+
+
+def test_memberships_address_the_account_by_its_current_name_when_a_rename_is_refused():
+    # erin was renamed to frank in the source; a hand-made 'frank' holds that name
+    d = desired([["s1", "frank", "erin@x", "Erin", True]], [["s1", "frank", "ops"]], ["ops"])
+    a = actual(
+        [["K1", "erin", "erin@x", "Erin", True], ["K9", "frank", "hand@x", "Hand", True]],
+        [],
+        ["ops"],
+    )
+    p = plan(d, a, ledger(("s1", "K1", "erin")))
+    assert ops(p) == [("add_membership", "erin", "ops")]
+    assert p.loc[0, "target_key"] == "K1"

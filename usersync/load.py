@@ -86,16 +86,12 @@ def _changes(row: dict, column: str = "after") -> dict[str, str]:
 class _Accounts:
     """Which name addresses each account while the plan runs, and which creations failed.
 
-    Plan rows name accounts as they will be called once every rename succeeded; a rename that
-    failed leaves the account under its old name, so later rows for the same key use that.
+    Plan rows name existing accounts as they are called now; a rename that succeeds moves
+    every later row for the same key to the new name.
     """
 
     def __init__(self, rows: list[dict]) -> None:
-        self._names: dict[str, str] = {
-            r["target_key"]: r["username"]
-            for r in rows
-            if r["op"] == "update_user" and r["target_key"] and "username" in _changes(r)
-        }
+        self._names: dict[str, str] = {}
         self._lock = threading.Lock()
         self.failed_sources: set[str] = set()
         self.failed_groups: set[str] = set()

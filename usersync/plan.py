@@ -60,6 +60,8 @@ class PlanInput:
     protected: tuple[str, ...] = ()
     #: accounts other profiles manage on the same target instance: target_key → profile
     foreign: dict[str, str] = field(default_factory=dict)
+    #: whether the product can rename accounts (Confluence cannot)
+    can_rename: bool = True
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,10 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     found = by_name["t_target_key"].notna()
     owned = by_name["owner"].notna()
     owner_live = by_name["owner"].isin(active_ids | live_rejected_ids)
-    owner_renamed_away = by_name["owner"].isin(active_ids) & (
-        by_name["owner"].map(desired_key_of).astype("string") != by_name["t_key"]
+    owner_renamed_away = (
+        data.can_rename
+        & by_name["owner"].isin(active_ids)
+        & (by_name["owner"].map(desired_key_of).astype("string") != by_name["t_key"])
     )
     # An account another profile manages on this instance is that profile's, whatever its name.
     by_name["foreign"] = by_name["t_target_key"].map(data.foreign).astype("string")
@@ -272,7 +276,9 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     live_matched = matched.loc[_flag(matched["active"])]
     unverifiable: dict[str, int] = {}
     if settings.update_users and len(live_matched):
-        updates, rename_conflicts, unknown = _updates(live_matched, actual, target)
+        updates, rename_conflicts, unknown = _updates(
+            live_matched, actual, target, can_rename=data.can_rename
+        )
         parts.extend(updates)
         conflicts.append(rename_conflicts)
         unverifiable = unknown
@@ -367,7 +373,7 @@ def _adoption_refusal(rows: pd.DataFrame, policy: str) -> pd.Series:
 
 
 def _updates(
-    live: pd.DataFrame, actual: pd.DataFrame, target: str
+    live: pd.DataFrame, actual: pd.DataFrame, target: str, *, can_rename: bool = True
 ) -> tuple[list[pd.DataFrame], pd.DataFrame, dict[str, int]]:
     """update_user rows for accounts whose attributes differ; renames onto a taken name are
     conflicts, and values the target would not reveal are counted, never compared.
@@ -383,6 +389,8 @@ def _updates(
         & live["key"].map(holder).notna()
         & (live["key"].map(holder).astype("string") != live["t_target_key"])
     )
+    if not can_rename:
+        taken = rename
     email_known = live["t_email"].notna()
     email = (
         live["email"].notna()
@@ -395,14 +403,15 @@ def _updates(
     unknown = {"email": int((~email_known & live["email"].notna()).sum())}
     unknown = {k: v for k, v in unknown.items() if v}
     rename_ok = rename & ~taken
+    why = (
+        "another account has that username"
+        if can_rename
+        else "the product cannot rename accounts over its API; rename it there by hand"
+    )
     clashes = live.loc[taken].assign(
         target_key=lambda f: f["t_target_key"],
         reason=lambda f: (
-            "cannot rename account '"
-            + f["t_username"]
-            + "' to '"
-            + f["username"]
-            + "': another account has that username"
+            "cannot rename account '" + f["t_username"] + "' to '" + f["username"] + "': " + why
         ),
     )
     changed = live.loc[rename_ok | email | display].copy()
@@ -502,9 +511,14 @@ def _group_ops(
     )
 
     # Who stays: matched active accounts (key known) and accounts being created (key not yet).
+    # An existing account is named as it is now: a rename in this plan may be refused (a
+    # taken name, a product that cannot rename), and the source's new name may belong to
+    # another account; the loader follows the key to the new name once the rename succeeded.
     staying = pd.concat(
         [
-            live_matched[["source_id", "t_target_key", "username"]],
+            live_matched[["source_id", "t_target_key", "t_username"]].rename(
+                columns={"t_username": "username"}
+            ),
             created[["source_id", "username"]].assign(t_target_key=""),
         ],
         ignore_index=True,
@@ -520,11 +534,7 @@ def _group_ops(
     ).merge(accounts[["ukey", "target_key"]], on="ukey")
     have = have.loc[have["gkey"].isin(managed_groups)]
     have_staying = have.merge(
-        live_matched[["source_id", "t_target_key", "username"]].rename(
-            columns={"username": "new_username"}
-        ),
-        left_on="target_key",
-        right_on="t_target_key",
+        live_matched[["source_id", "t_target_key"]], left_on="target_key", right_on="t_target_key"
     )
 
     add = _without(want, have_staying, ["source_id", "gkey"])
@@ -544,7 +554,7 @@ def _group_ops(
         return out
 
     extra = _without(have_staying, want, ["source_id", "gkey"])
-    extra = extra.assign(username=extra["new_username"], reason="no longer a member in the source")
+    extra = extra.assign(reason="no longer a member in the source")
     removals = [extra]
     if settings.memberships_of_deactivated == "remove":
         inactive_managed = pd.concat(

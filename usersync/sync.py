@@ -255,6 +255,7 @@ def plan_target_sync(
             settings=profile.settings,
             protected=protected_usernames(profile, target_name, target),
             foreign=foreign,
+            can_rename=target.can_rename,
         )
     )
     if not allow_mass_changes:

@@ -44,6 +44,9 @@ class Target(ABC):
 
     #: The product's name as profiles spell it: "jira", "confluence", "bitbucket".
     product: str = ""
+    #: Whether the product can rename an account over its API (Confluence cannot): the planner
+    #: reports a source rename it cannot make as a conflict instead of failing it every run.
+    can_rename: bool = True
 
     def __init__(self, name: str) -> None:
         #: The target's name in the profile (a profile may have two Jira instances).

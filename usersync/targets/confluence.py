@@ -226,6 +226,7 @@ class ConfluenceTarget(Target):
     """
 
     product = "confluence"
+    can_rename = False
 
     def __init__(
         self,
