@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import regex as bounded_re
 import yaml
 from pydantic import (
     AfterValidator,
@@ -337,11 +338,25 @@ class TargetConfig(StrictModel):
         "auto",
         description="Confluence only: REST admin API (8.2+), JSON-RPC (older), or detect.",
     )
+    default_project_lead: str | None = Field(
+        None,
+        description="Jira only: before deactivating an account that leads projects, make this "
+        "account (which must exist and be active) their lead; Jira refuses to deactivate a "
+        "project lead. Unset: such a deactivation is skipped and reported.",
+    )
+    default_component_lead: str | None = Field(
+        None,
+        description="Jira only: the lead given to components an account being deactivated "
+        "leads (default: default_project_lead; unset too: the project lead takes over, as "
+        "Jira does itself).",
+    )
 
     @model_validator(mode="after")
     def _product_options(self) -> TargetConfig:
         if self.kind != "confluence" and self.confluence_api != "auto":
             raise ValueError("confluence_api applies to kind: confluence only")
+        if self.kind != "jira" and (self.default_project_lead or self.default_component_lead):
+            raise ValueError("default_project_lead/default_component_lead apply to kind: jira only")
         if self.kind == "bitbucket" and self.admin_groups:
             raise ValueError(
                 "admin_groups applies to jira and confluence only (Bitbucket's administrators "
@@ -351,6 +366,53 @@ class TargetConfig(StrictModel):
 
 
 # -- settings -------------------------------------------------------------------------------
+
+
+def _check_pattern(value: str) -> str:
+    try:
+        bounded_re.compile(value)
+    except bounded_re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+class GroupSyncSettings(StrictModel):
+    """How source groups become target groups beyond the rows of groups.csv."""
+
+    include: tuple[str, ...] = Field(
+        (),
+        description="Regular expressions; only source groups whose name matches one of them "
+        "(searched, case-insensitively) are seen by any rule. Empty: every group.",
+    )
+    exclude: tuple[str, ...] = Field(
+        (),
+        description="Regular expressions; source groups whose name matches one of them are "
+        "ignored by every rule (exclude wins over include).",
+    )
+    rename_pattern: str | None = Field(
+        None,
+        description="On-the-fly rules: a regular expression over the source group name; a "
+        "name it matches becomes rename_to (e.g. '^APP-(.+)$' with rename_to '\\1'). Names it "
+        "does not match keep their name.",
+    )
+    rename_to: str = Field("\\1", description="The replacement for rename_pattern (\\1: group 1).")
+    create_missing: bool = Field(
+        True,
+        description="On-the-fly rules: create target groups that do not exist. Off: "
+        "memberships in missing groups are reported and skipped.",
+    )
+    keep_existing_groups: bool = Field(
+        True,
+        description="Memberships a managed user has in target groups no rule maps: leave "
+        "them alone (default), or remove them (each removal counts against the brake).",
+    )
+
+    _patterns = field_validator("include", "exclude")(
+        classmethod(lambda cls, v: tuple(_check_pattern(p) for p in v))
+    )
+    _rename = field_validator("rename_pattern")(
+        classmethod(lambda cls, v: v if v is None else _check_pattern(v))
+    )
 
 
 class SyncSettings(StrictModel):
@@ -402,6 +464,15 @@ class SyncSettings(StrictModel):
         "are (so a reactivation restores access as it was) or remove them from managed groups.",
     )
     min_source_users: int = Field(1, ge=1, description="A smaller source aborts the run.")
+    groups: GroupSyncSettings = GroupSyncSettings()
+    precedence: int | None = Field(
+        None,
+        ge=0,
+        description="When several profiles sync the same target instance and more than one "
+        "has a source user for an account: the profile with the lowest precedence owns it "
+        "(first match wins), whichever ran first. Unset: such an account stays with the "
+        "profile that took it first and the others report it as a conflict.",
+    )
 
 
 class Profile(StrictModel):

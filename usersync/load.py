@@ -95,6 +95,8 @@ class _Accounts:
         self._lock = threading.Lock()
         self.failed_sources: set[str] = set()
         self.failed_groups: set[str] = set()
+        #: accounts whose lead roles could not all be handed over (not deactivated then)
+        self.failed_handovers: set[str] = set()
 
     def name(self, row: dict) -> str:
         with self._lock:
@@ -142,6 +144,9 @@ def _run_one(target: Target, row: dict, accounts: _Accounts) -> Outcome:
         entry = LedgerEntry("user", row["target_key"], new_name, source_id, "adopted")
     elif op == "reactivate_user":
         target.reactivate_user(username)
+    elif op == "reassign_lead":
+        role, after = _changes(row, "before"), _changes(row)
+        target.reassign_lead(role["kind"], role["id"], after["lead"])
     elif op == "deactivate_user":
         target.deactivate_user(username)
     elif op == "add_membership":
@@ -210,6 +215,8 @@ def execute_plan(
                         accounts.failed_sources.add(row["source_id"])
                     if op == "create_group":
                         accounts.failed_groups.add(row["group"].casefold())
+                    if op == "reassign_lead":
+                        accounts.failed_handovers.add(row["target_key"])
                     if isinstance(exc, QUARANTINE_ERRORS) and not result.quarantined:
                         result.quarantined = str(exc)
             outcomes.sort(key=lambda o: o.seq)
@@ -227,6 +234,11 @@ def _skip_reason(row: dict, quarantined: str | None, accounts: _Accounts) -> str
             return f"skipped: creating user {row['username']} failed"
         if row["group"].casefold() in accounts.failed_groups:
             return f"skipped: creating group {row['group']} failed"
+    if row["op"] == "deactivate_user" and row["target_key"] in accounts.failed_handovers:
+        return (
+            f"skipped: handing over what {row['username']} leads failed (the product refuses "
+            "to deactivate a project lead)"
+        )
     return None
 
 

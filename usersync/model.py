@@ -87,6 +87,18 @@ TARGET_GROUP_COLUMNS: dict[str, str] = {"group": STRING}
 #: Memberships a target holds now (only for the groups the run asked about).
 TARGET_MEMBERSHIP_COLUMNS: dict[str, str] = {"username": STRING, "group": STRING}
 
+#: Custom attributes: a column `custom:<name>` of desired and target users (NA: no value).
+CUSTOM_PREFIX = "custom:"
+
+#: What accounts lead in the product (Jira projects and components): one row per lead role.
+LEAD_COLUMNS: dict[str, str] = {
+    "username": STRING,  # the lead's username as the product spells it
+    "kind": STRING,  # "project" or "component"
+    "id": STRING,  # project key, or component id
+    "name": STRING,  # project or component name, for messages
+    "project": STRING,  # the project key (a component's project; the project itself)
+}
+
 #: What usersync manages in a target (from the store's ledger).
 LEDGER_COLUMNS: dict[str, str] = {
     "kind": STRING,  # "user" or "group"
@@ -134,6 +146,7 @@ OPERATIONS: tuple[str, ...] = (
     "reactivate_user",
     "add_membership",
     "remove_membership",
+    "reassign_lead",  # a project/component led by an account about to be deactivated
     "deactivate_user",
 )
 
@@ -197,3 +210,6 @@ class TargetState:
     users: pd.DataFrame
     groups: pd.DataFrame
     memberships: pd.DataFrame
+    #: projects and components the read users lead (`LEAD_COLUMNS`); empty where the product
+    #: has no such thing
+    leads: pd.DataFrame = field(default_factory=lambda: empty_frame(LEAD_COLUMNS))

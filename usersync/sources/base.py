@@ -8,8 +8,9 @@ snapshot carries one column per attribute beside `model.SOURCE_USER_COLUMNS`.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from usersync.model import SourceSnapshot
@@ -23,10 +24,27 @@ class SourceCheck:
     detail: str
 
 
+#: Called while a source reads: (what, how many so far), e.g. ("users", 12000).
+ProgressCallback = Callable[[str, int], None]
+
+
 class Source(ABC):
     """An identity provider usersync reads from."""
 
     kind: str = ""
+    #: Set by the caller to hear how far a long read has come (a Prefect progress artifact).
+    on_progress: ProgressCallback | None = None
+
+    def report_progress(self, what: str, count: int) -> None:
+        """Tell the caller `count` `what` ("users", "groups", "members") were read so far.
+
+        Sources call this after each page; a failing callback never fails the read.
+        """
+        callback = self.on_progress
+        if callback is None:
+            return
+        with contextlib.suppress(Exception):  # progress is advisory
+            callback(what, count)
 
     @abstractmethod
     def extract(self, attributes: Sequence[str]) -> SourceSnapshot:

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
 from usersync.http import ApiClient
 from usersync.model import (
+    CUSTOM_PREFIX,
+    LEAD_COLUMNS,
     TARGET_GROUP_COLUMNS,
     TARGET_MEMBERSHIP_COLUMNS,
     TARGET_USER_COLUMNS,
     TargetState,
     conform,
+    empty_frame,
 )
 
 #: The longest user or group name any of the products stores (their name columns).
@@ -82,9 +85,15 @@ class Target(ABC):
         """
 
     def read_state(
-        self, usernames: Iterable[str], groups: Iterable[str], keys: Iterable[str] = ()
+        self,
+        usernames: Iterable[str],
+        groups: Iterable[str],
+        keys: Iterable[str] = (),
+        custom: Sequence[str] = (),
     ) -> TargetState:
-        """Read everything the planner needs about these users (by name or key) and groups."""
+        """Read everything the planner needs about these users (by name or key) and groups,
+        the custom attributes `custom` of those users (columns `custom:<name>`), and the
+        lead roles the product's accounts hold."""
         # Names first: a managed account is almost always still called what the source calls
         # it. Only the keys not found that way (renamed by hand, deleted) are looked up by key,
         # which on a large site is the difference between a few requests and 100k.
@@ -99,12 +108,61 @@ class Target(ABC):
             )
             by_name = pd.concat([by_name, by_key], ignore_index=True)
         users = by_name.drop_duplicates("target_key", ignore_index=True)
+        if custom and self.custom_attributes:
+            users = self._with_custom(users, list(custom))
         found_groups, members = self.read_groups(groups)
         return TargetState(
             users=users,
             groups=conform(found_groups, TARGET_GROUP_COLUMNS, what=f"{self.name} groups"),
             memberships=conform(members, TARGET_MEMBERSHIP_COLUMNS, what=f"{self.name} members"),
+            leads=conform(self.read_leads(), LEAD_COLUMNS, what=f"{self.name} leads"),
         )
+
+    def _with_custom(self, users: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+        """`users` with one `custom:<name>` column per custom attribute (NA: not set)."""
+        values = self.read_custom_attributes(users[["target_key", "username"]], names)
+        out = users.copy()
+        for name in names:
+            part = values.loc[values["name"] == name] if len(values) else values
+            lookup = dict(zip(part["target_key"], part["value"], strict=False)) if len(part) else {}
+            out[CUSTOM_PREFIX + name] = out["target_key"].map(lookup).astype("string")
+        return out
+
+    # -- custom attributes and leads (products that have them override these) -----------
+
+    #: whether the product stores custom attributes of accounts (Jira: user properties);
+    #: attributes.csv rows for `custom:<name>` are refused at validate time for the others
+    custom_attributes: bool = False
+
+    def read_custom_attributes(self, accounts: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+        """The values of custom attributes `names` of these accounts.
+
+        Args:
+            accounts: rows with `target_key` and `username` (as the product spells it now).
+            names: attribute names, without the `custom:` prefix.
+
+        Returns:
+            A frame `target_key`, `name`, `value` (string); an attribute the account does not
+            have is absent or NA.
+        """
+        raise NotImplementedError(f"{self.product} has no custom attributes")
+
+    def refused_custom_value(self, name: str, value: str) -> str | None:
+        """Why the product would refuse this custom attribute value (too long, say); None if
+        it takes it. Checked before any request; the value is then not written."""
+        return None
+
+    def read_leads(self) -> pd.DataFrame:
+        """Every project and component lead role in the product (`model.LEAD_COLUMNS`).
+
+        A product whose deactivation is refused for a lead (Jira, for project leads) reads
+        them so the plan can hand them over first; the default has none.
+        """
+        return empty_frame(LEAD_COLUMNS)
+
+    def reassign_lead(self, kind: str, ident: str, username: str) -> None:
+        """Make `username` the lead of project (key) or component (id) `ident`."""
+        raise NotImplementedError(f"{self.product} has no project or component leads")
 
     def current_account(self) -> str | None:
         """The username this client authenticates as (asked of the target, whatever the auth).
