@@ -264,7 +264,12 @@ def _sync_target(
     store.finish_run(
         run_id,
         outcome.status,
-        {"planned": outcome.planned, "executed": outcome.executed, "rejected": outcome.rejected},
+        {
+            "planned": outcome.planned,
+            "executed": outcome.executed,
+            "rejected": outcome.rejected,
+            "source": snapshot.counts,
+        },
         outcome.error,
     )
     return outcome

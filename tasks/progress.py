@@ -1,4 +1,8 @@
-"""How far a target's load has got, as a Prefect progress artifact updated while it runs.
+"""How far a run has got, as Prefect progress artifacts updated while it runs.
+
+`extract_progress` follows the source read: sources report their running counts after each
+page (`Source.report_progress`); the percentage is estimated from what the last run of the
+profile read (the description carries the exact counts), and ends at 100 % when the read ends.
 
 A load of 100k operations takes a while; the run page should say how far it is. The engine
 calls back only once per phase (all creations, then all memberships, ...), so the count comes
@@ -124,3 +128,68 @@ def load_progress(
             f"{what}: done, {counter.done} call(s)"
             + (f"; {final['outcome']}" if final["outcome"] else ""),
         )
+
+
+@contextmanager
+def extract_progress(key: str, expected: dict[str, int] | None) -> Iterator[Any]:
+    """Publish a source read's progress as the progress artifact `key` while the block runs.
+
+    Yields the callback to give the source (`Source.on_progress`). `expected` holds the counts
+    the previous run read ("users", "groups", "memberships"); without it the percentage stays
+    at 0 until the end, and the description still says how many entries came in.
+    """
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def heard(what: str, count: int) -> None:
+        with lock:
+            counts[what] = count
+
+    def describe() -> str:
+        with lock:
+            read = ", ".join(f"{n} {what}" for what, n in counts.items()) or "nothing yet"
+        return f"source read: {read}"
+
+    def percent() -> float:
+        if not expected:
+            return 0.0
+        with lock:
+            done = counts.get("users", 0) + counts.get("groups", 0)
+        total = expected.get("users", 0) + expected.get("groups", 0)
+        return round(min(99.0, 100.0 * done / total), 1) if total else 0.0
+
+    try:
+        artifact_id = create_progress_artifact(progress=0.0, key=key, description=describe())
+    except Exception as exc:
+        get_run_logger().warning("extract: no progress artifact: %s", exc)
+        artifact_id = None
+    if artifact_id is None:
+        yield heard
+        return
+
+    def publish(progress: float, description: str) -> None:
+        try:
+            update_progress_artifact(artifact_id, progress, description=description)
+        except Exception as exc:
+            get_run_logger().warning("extract: progress not updated: %s", exc)
+
+    stop = threading.Event()
+
+    def report() -> None:
+        shown = ""
+        while not stop.wait(REPORT_EVERY_SECONDS):
+            now = describe()
+            if now != shown:
+                publish(percent(), now)
+                shown = now
+
+    reporter = threading.Thread(
+        target=contextvars.copy_context().run, args=(report,), name=f"progress-{key}", daemon=True
+    )
+    reporter.start()
+    try:
+        yield heard
+    finally:
+        stop.set()
+        reporter.join()
+        publish(100.0, describe().replace("source read:", "source read done:"))

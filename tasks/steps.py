@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.progress import OperationCounter, calls_planned, load_progress
+from tasks.progress import OperationCounter, calls_planned, extract_progress, load_progress
 from tasks.retry import retry_unreachable_source
 from tasks.secrets import load_prefect_secret
 from usersync import sync
@@ -64,10 +64,17 @@ def extract(loaded: sync.LoadedProfile, full: bool = False) -> SourceSnapshot:
     unless `full` (or the schedule, or a change of DC or scope) calls for a full read.
     """
     store = Store.open()
+    profile = loaded.profile.name
     try:
-        snapshot = sync.extract(
-            loaded, load_prefect_secret=load_prefect_secret, store=store, full=full
-        )
+        key = f"extract-{profile}"
+        with extract_progress(key, store.last_source_counts(profile)) as heard:
+            snapshot = sync.extract(
+                loaded,
+                load_prefect_secret=load_prefect_secret,
+                store=store,
+                full=full,
+                on_progress=heard,
+            )
     finally:
         store.close()
     get_run_logger().info("extracted %s", snapshot.counts)

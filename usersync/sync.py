@@ -32,6 +32,7 @@ from usersync.model import (
 )
 from usersync.plan import PlanInput, check_brake, plan_changes
 from usersync.sources import open_source
+from usersync.sources.base import ProgressCallback
 from usersync.sources.watermark import extract_with_watermark, incremental_enabled
 from usersync.store import LEASE_SECONDS, LedgerEntry, Store
 from usersync.targets import open_target
@@ -80,8 +81,11 @@ def extract(
     load_prefect_secret: SecretLoader | None = None,
     store: Store | None = None,
     full: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> SourceSnapshot:
     """Read the complete source snapshot and apply the source guards.
+
+    `on_progress` hears the running counts as the source reads page after page.
 
     With a store and an incremental source (AD, `incremental.enabled`), only the changes since
     the last successful run are read and merged into its snapshot, unless a full read is due
@@ -93,6 +97,7 @@ def extract(
             deprovisions anyone).
     """
     with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
+        source.on_progress = on_progress
         attributes = loaded.tables.source_attributes()
         if store is not None and incremental_enabled(loaded.profile.source):
             snapshot = extract_with_watermark(

@@ -171,3 +171,40 @@ def test_a_load_goes_on_when_its_progress_cannot_be_published(make_profile, jira
 
     assert outcomes[0]["status"] == "succeeded"
     assert outcomes[0]["executed"]["create_user"]["succeeded"] == 18
+
+
+def test_an_extract_publishes_what_it_has_read(make_profile, jira):
+    _, url = jira
+    make_profile(url, name="extract-progress")
+
+    sync(profile="extract-progress", dry_run=True)
+
+    (artifact,) = artifact_versions("extract-extract-progress")
+    assert artifact.type == "progress"
+    assert artifact.data == 100
+    # The sample directory's users and groups, counted as the pages came in.
+    assert artifact.description.startswith("source read done: "), artifact.description
+    assert " users" in artifact.description and " groups" in artifact.description
+
+
+def test_extract_progress_is_estimated_from_the_last_read(monkeypatch):
+    import tasks.progress as module
+
+    published: list[tuple[float, str]] = []
+    monkeypatch.setattr(module, "create_progress_artifact", lambda **kw: "artifact")
+    monkeypatch.setattr(
+        module,
+        "update_progress_artifact",
+        lambda _id, progress, description: published.append((progress, description)),
+    )
+    monkeypatch.setattr(module, "REPORT_EVERY_SECONDS", 0.01)
+
+    with module.extract_progress("k", {"users": 100, "groups": 100}) as heard:
+        heard("users", 100)
+        heard("groups", 50)
+        waited = threading.Event()
+        while (75.0, "source read: 100 users, 50 groups") not in published:
+            assert not waited.wait(0.01)
+
+    assert (75.0, "source read: 100 users, 50 groups") in published
+    assert published[-1] == (100.0, "source read done: 100 users, 50 groups")

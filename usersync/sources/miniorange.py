@@ -226,6 +226,7 @@ class MiniorangeSource(Source):
                     "experimental_getall off"
                 )
             users.extend(batch)
+            self.report_progress("users", len(users))
             if len(batch) < self.config.batch_size:
                 break
             batch_no += 1

@@ -333,6 +333,7 @@ class ScimSource(Source):
                 break
             for resource in resources:
                 found[_required_id(resource, endpoint.strip("/").lower(), where)] = resource
+            self.report_progress(endpoint.strip("/").lower(), len(found))
             # Advance by what the server returned: it may cap pages below the count we asked.
             start += len(resources)
         if total is not None and len(found) != total:

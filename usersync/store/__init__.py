@@ -183,6 +183,22 @@ class Store:
                 .values(status=status, finished_at=_now(), counts=dict(counts or {}), error=error)
             )
 
+    def last_source_counts(self, profile: str) -> dict[str, int] | None:
+        """What the profile's last finished run read from its source (users, groups,
+        memberships), to estimate how far a read has come; None if no run recorded it."""
+        query = (
+            sa.select(runs.c.counts)
+            .where(runs.c.profile == profile, runs.c.finished_at.is_not(None))
+            .order_by(runs.c.id.desc())
+            .limit(20)
+        )
+        with self.engine.connect() as conn:
+            for (counts,) in conn.execute(query):
+                source = (counts or {}).get("source")
+                if isinstance(source, dict) and source:
+                    return {str(k): int(v) for k, v in source.items()}
+        return None
+
     def runs(self, profile: str | None = None, limit: int = 50) -> pd.DataFrame:
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
         if profile:
