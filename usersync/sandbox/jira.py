@@ -2,7 +2,9 @@
 
 `JiraEmulator` serves, under an optional context path, the calls usersync makes against Jira
 DC (`/rest/api/2/user`, `/user/search`, `/user/list`, `/group`, `/group/member`,
-`/group/user`, `/groups/picker`, `/myself`, `/mypermissions`, `/serverInfo`) with the
+`/group/user`, `/groups/picker`, `/myself`, `/mypermissions`, `/serverInfo`), user
+properties (`/user/properties`), and projects and components with their leads (`/project`,
+`/project/{key}/components`, `/component/{id}`), each under `/rest/api/latest` too, with the
 product's envelopes, status codes and error bodies as documented in
 shared/reference/atlassian-rest.md sections 1, 5 and 6: names are matched case-insensitively
 and stored in lower case, user keys (`JIRAUSER10100`) survive renames, `/user/search` returns a
@@ -11,7 +13,10 @@ exists from 10.3 only, adding an existing member is a 400, surrounding blanks of
 e-mails and display names are trimmed, and names Jira refuses (`<`, `>`, `&` in usernames;
 control and bidirectional-override characters, more than 255 characters) are a 400 in Jira's
 error envelope. `rename_user` renames an account as an administrator would in Jira's user
-browser (the key stays). Basic auth and bearer PATs are
+browser (the key stays). Deactivating or deleting a project lead is refused (400) until the
+project has another lead; a component lead may go, and the project lead takes over the
+component. Unknown paths answer 404 in Jira's error envelope, and a trailing slash is ignored as
+Jersey does. Basic auth and bearer PATs are
 checked; user and group administration needs an administrator. Administrators are who they are
 in Jira: members of a group granted the Jira Administrators (`ADMINISTER`) or Jira System
 Administrators (`SYSTEM_ADMIN`) global permission, which Jira grants to groups only; a fresh
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import secrets
 import threading
@@ -44,6 +50,18 @@ from starlette.routing import Route
 from usersync.sandbox.faults import Instrumented
 
 API_PREFIX = "/rest/api/2"
+#: Jira serves every REST v2 resource under `/rest/api/latest` as well (clients such as the
+#: jira package use that spelling for user and group administration).
+API_PREFIXES = (API_PREFIX, "/rest/api/latest")
+FIRST_PROJECT_ID = 10000
+FIRST_COMPONENT_ID = 10000
+#: Entity property keys are at most 255 characters (Jira Cloud docs, reference §1.5).
+MAX_PROPERTY_KEY_LENGTH = 255
+#: The longest entity property value, in characters of its JSON text. Jira DC's limit is
+#: UNCONFIRMED (reference §1.5); 32768 is Jira Cloud's documented limit, and Jira's server code
+#: refuses a longer value with FieldTooLongJsonPropertyException ("Value specified for field
+#: 'value' is too long: N > M"), answered here as a 400.
+MAX_PROPERTY_VALUE_LENGTH = 32768
 FIRST_USER_ID = 10000
 #: The result window of /user/search: JRASERVER-65089 (1000) and JRASERVER-78520 (100 on 10.x).
 SEARCH_WINDOW_BEFORE_10 = 1000
@@ -137,6 +155,29 @@ class JiraUser:
     display_name: str
     active: bool = True
     password: str = ""
+    #: entity properties (`/user/properties`): key → JSON value
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JiraProject:
+    """A project: only what user administration touches (its lead)."""
+
+    id: int
+    key: str
+    name: str
+    lead_key: str
+
+
+@dataclass
+class JiraComponent:
+    """A project component; `lead_key` None when it has no lead."""
+
+    id: int
+    project_key: str
+    name: str
+    lead_key: str | None = None
+    assignee_type: str = "PROJECT_DEFAULT"
 
 
 @dataclass
@@ -194,11 +235,19 @@ class JiraEmulator:
         #: global permission → the groups it is granted to (Jira grants them to groups only)
         self.global_permissions: dict[str, set[str]] = {p: {ADMIN_GROUP} for p in ADMIN_PERMISSIONS}
         self._next_id = FIRST_USER_ID
+        self._projects: dict[str, JiraProject] = {}  # upper-case key → project
+        self._components: dict[int, JiraComponent] = {}  # id → component
+        self._next_project_id = FIRST_PROJECT_ID
+        self._next_component_id = FIRST_COMPONENT_ID
         self.seed_user(
             admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1], admin=True
         )
+        routed = Starlette(
+            routes=self._routes(),
+            exception_handlers={404: _not_found, 405: _method_not_allowed},
+        )
         self.app = Instrumented(
-            Starlette(routes=self._routes()),
+            _TrailingSlashTolerant(routed),
             rate_limit_headers=jira_rate_limit_headers,
             error_body=lambda status, message: {"errorMessages": [message], "errors": {}},
         )
@@ -235,6 +284,59 @@ class JiraEmulator:
                 if user is None:
                     raise ValueError(f"jira emulator: no user {username!r} to put in {name!r}")
                 group.member_keys.add(user.key)
+
+    def seed_project(self, key: str, name: str, lead: str) -> str:
+        """Add a project led by `lead` (a username that must exist); return its key (upper case,
+        as Jira keeps project keys)."""
+        with self._lock:
+            user = self._user_by_name(lead)
+            if user is None:
+                raise ValueError(f"jira emulator: no user {lead!r} to lead project {key!r}")
+            if key.upper() in self._projects:
+                raise ValueError(f"jira emulator: project {key!r} exists already")
+            project = JiraProject(self._next_project_id, key.upper(), name, user.key)
+            self._next_project_id += 1
+            self._projects[project.key] = project
+            return project.key
+
+    def seed_component(self, project: str, name: str, lead: str | None = None) -> str:
+        """Add a component to `project` (a key), led by `lead` if given; return its id."""
+        with self._lock:
+            found = self._projects.get(project.upper())
+            if found is None:
+                raise ValueError(f"jira emulator: no project {project!r} for component {name!r}")
+            lead_key = None
+            if lead is not None:
+                user = self._user_by_name(lead)
+                if user is None:
+                    raise ValueError(f"jira emulator: no user {lead!r} to lead component {name!r}")
+                lead_key = user.key
+            component = JiraComponent(self._next_component_id, found.key, name, lead_key)
+            self._next_component_id += 1
+            self._components[component.id] = component
+            return str(component.id)
+
+    def project_lead(self, key: str) -> str | None:
+        """The username leading project `key`, or None when there is no such project."""
+        with self._lock:
+            project = self._projects.get(key.upper())
+            return self._users[project.lead_key].name if project else None
+
+    def component_lead(self, component_id: str) -> str | None:
+        """The username leading component `component_id` (None: no lead or no component)."""
+        with self._lock:
+            component = self._components.get(int(component_id))
+            if component is None or component.lead_key is None:
+                return None
+            return self._users[component.lead_key].name
+
+    def user_properties(self, username: str) -> dict[str, Any]:
+        """A copy of the entity properties of account `username` (key → JSON value)."""
+        with self._lock:
+            user = self._user_by_name(username)
+            if user is None:
+                raise ValueError(f"jira emulator: no user {username!r}")
+            return json.loads(json.dumps(user.properties))
 
     def grant_global_permission(self, permission: str, group: str) -> None:
         """Grant a global permission (e.g. ADMINISTER, SYSTEM_ADMIN) to an existing group."""
@@ -287,12 +389,12 @@ class JiraEmulator:
         """A copy of the account called `username` (any case), or None."""
         with self._lock:
             user = self._user_by_name(username)
-            return replace(user) if user else None
+            return replace(user, properties=dict(user.properties)) if user else None
 
     def user_by_key(self, key: str) -> JiraUser | None:
         with self._lock:
             user = self._users.get(key)
-            return replace(user) if user else None
+            return replace(user, properties=dict(user.properties)) if user else None
 
     @property
     def usernames(self) -> list[str]:
@@ -347,7 +449,6 @@ class JiraEmulator:
         return any(user.key in self._groups[g].member_keys for g in granted if g in self._groups)
 
     def _routes(self) -> list[Route]:
-        prefix = self.context_path + API_PREFIX
         table = [
             ("/user", self._get_user, ["GET"]),
             ("/user", self._create_user, ["POST"]),
@@ -365,21 +466,38 @@ class JiraEmulator:
             ("/myself", self._myself, ["GET"]),
             ("/mypermissions", self._my_permissions, ["GET"]),
             ("/serverInfo", self._server_info, ["GET"]),
+            ("/user/properties", self._list_user_properties, ["GET"]),
+            ("/user/properties/{key}", self._get_user_property, ["GET"]),
+            ("/user/properties/{key}", self._set_user_property, ["PUT"]),
+            ("/user/properties/{key}", self._delete_user_property, ["DELETE"]),
+            ("/project", self._list_projects, ["GET"]),
+            ("/project/{key}", self._get_project, ["GET"]),
+            ("/project/{key}", self._update_project, ["PUT"]),
+            ("/project/{key}/components", self._project_components, ["GET"]),
+            ("/component/{id}", self._get_component, ["GET"]),
+            ("/component/{id}", self._update_component, ["PUT"]),
         ]
         by_path: dict[str, dict[str, Any]] = {}
         for path, handler, methods in table:
             for method in methods:
                 by_path.setdefault(path, {})[method] = handler
         return [
-            Route(prefix + path, self._dispatcher(handlers), methods=list(handlers))
+            Route(
+                self.context_path + prefix + path,
+                self._dispatcher(handlers),
+                methods=list(handlers),
+            )
+            for prefix in API_PREFIXES
             for path, handlers in by_path.items()
         ]
 
     def _dispatcher(self, handlers: dict[str, Any]) -> Any:
         async def endpoint(request: Request) -> Response:
             body: Any = None
+            request.state.has_body = False
             if request.method in ("POST", "PUT"):
                 raw = await request.body()
+                request.state.has_body = bool(raw.strip())
                 if raw:
                     try:
                         body = await request.json()
@@ -551,7 +669,7 @@ class JiraEmulator:
         new_name = str(body.get("name") or "").strip()
         email = str(body.get("emailAddress") or "").strip()
         display_name = str(body.get("displayName") or "").strip()
-        active = body.get("active")
+        active = _jackson_boolean(body.get("active"))
         errors: dict[str, str] = {}
         if new_name and new_name.lower() != user.name:
             if problem := name_problem(new_name, username=True):
@@ -576,6 +694,10 @@ class JiraEmulator:
             # UNCONFIRMED whether Jira also refuses values equal to the current ones; the
             # emulator does, so clients must treat "already so" as done themselves.
             return jira_error(400, NOTHING_TO_CHANGE)
+        if changes["active"] is False and (
+            refused := self._refuse_if_project_lead(user, "deactivate")
+        ):
+            return refused
         if changes["name"] is not None:
             del self._keys_by_name[user.name]
             user.name = changes["name"]
@@ -586,6 +708,8 @@ class JiraEmulator:
             user.display_name = changes["display_name"]
         if changes["active"] is not None:
             user.active = changes["active"]
+            if not user.active:
+                self._hand_components_to_project_leads(user)
         return JSONResponse(self._user_bean(request, user))
 
     def _delete_user(self, request: Request, me: JiraUser | None, body: Any) -> Response:
@@ -596,6 +720,9 @@ class JiraEmulator:
             return user
         if me is not None and user.key == me.key:
             return jira_error(400, "You cannot delete the currently logged in user.")
+        if refused := self._refuse_if_project_lead(user, "delete"):
+            return refused
+        self._hand_components_to_project_leads(user)
         for group in self._groups.values():
             group.member_keys.discard(user.key)
         self._tokens = {t: k for t, k in self._tokens.items() if k != user.key}
@@ -827,7 +954,297 @@ class JiraEmulator:
             }
         )
 
+    def _list_user_properties(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        user = self._property_owner(request, me, writing=False)
+        if isinstance(user, Response):
+            return user
+        base = f"{self._base(request)}/user/properties"
+        return JSONResponse(
+            {
+                "keys": [
+                    {"self": f"{base}/{quote(k, safe='')}?username={quote(user.name)}", "key": k}
+                    for k in sorted(user.properties)
+                ]
+            }
+        )
+
+    def _get_user_property(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        user = self._property_owner(request, me, writing=False)
+        if isinstance(user, Response):
+            return user
+        key = request.path_params["key"]
+        if key not in user.properties:
+            return jira_error(404, f"The property with key '{key}' does not exist.")
+        return JSONResponse({"key": key, "value": user.properties[key]})
+
+    def _set_user_property(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        user = self._property_owner(request, me, writing=True)
+        if isinstance(user, Response):
+            return user
+        key = request.path_params["key"]
+        if len(key) > MAX_PROPERTY_KEY_LENGTH:
+            return jira_error(
+                400,
+                f"Value specified for field 'key' is too long: {len(key)} > "
+                f"{MAX_PROPERTY_KEY_LENGTH}",
+            )
+        if not request.state.has_body:
+            return jira_error(400, "The property value must not be empty.")
+        length = len(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        if length > MAX_PROPERTY_VALUE_LENGTH:
+            return jira_error(
+                400,
+                f"Value specified for field 'value' is too long: {length} > "
+                f"{MAX_PROPERTY_VALUE_LENGTH}",
+            )
+        created = key not in user.properties
+        user.properties[key] = body
+        # Entity properties answer 201 when created, 200 when replaced.
+        return Response(status_code=201 if created else 200)
+
+    def _delete_user_property(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        user = self._property_owner(request, me, writing=True)
+        if isinstance(user, Response):
+            return user
+        key = request.path_params["key"]
+        if key not in user.properties:
+            return jira_error(404, f"The property with key '{key}' does not exist.")
+        del user.properties[key]
+        return Response(status_code=204)
+
+    def _property_owner(
+        self, request: Request, me: JiraUser | None, *, writing: bool
+    ) -> JiraUser | Response:
+        """The account a `/user/properties` call is about (`?username=` or `?userKey=`).
+
+        Anyone signed in reads them; setting or removing another account's needs an
+        administrator (reference §1.5).
+        """
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        username = request.query_params.get("username")
+        key = request.query_params.get("userKey")
+        if not username and not key:
+            # e.g. `?accountId=`, which only Jira Cloud knows
+            return jira_error(
+                400, "Either the 'username' or the 'userKey' query parameter is required."
+            )
+        user = self._user_by_name(username) if username else self._users.get(key or "")
+        if user is None:
+            return jira_error(404, f"The user named '{username or key}' does not exist")
+        if writing and user.key != me.key and not self._holds(me, "ADMINISTER"):
+            return jira_error(403, NOT_USER_ADMIN)
+        return user
+
+    def _list_projects(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        expand = _expanded(request)
+        return JSONResponse(
+            [
+                self._project_bean(request, p, lead="lead" in expand)
+                for p in sorted(self._projects.values(), key=lambda p: p.key)
+            ]
+        )
+
+    def _get_project(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        project = self._target_project(request)
+        if isinstance(project, Response):
+            return project
+        return JSONResponse(self._project_bean(request, project, lead=True, full=True))
+
+    def _update_project(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        """`PUT /project/{key}`: only non-null fields change (reference §1.6); here `lead`
+        (a username) and `name`. Jira DC answers the update with 201 and the project."""
+        if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
+            return refused
+        project = self._target_project(request)
+        if isinstance(project, Response):
+            return project
+        if not isinstance(body, dict):
+            return jira_error(400, "The request body must be a JSON object with the new values.")
+        lead_key = project.lead_key
+        if body.get("lead") is not None:
+            lead = self._user_by_name(str(body["lead"]))
+            if lead is None:
+                return jira_error(
+                    400,
+                    errors={
+                        "projectLead": "The user you have specified as project lead does not exist."
+                    },
+                )
+            if not lead.active:
+                # UNCONFIRMED that Jira refuses an inactive lead; the stricter reading.
+                return jira_error(
+                    400, errors={"projectLead": "The project lead must be an active user."}
+                )
+            lead_key = lead.key
+        if body.get("name") is not None and not str(body["name"]).strip():
+            return jira_error(400, errors={"projectName": "You must specify a project name."})
+        project.lead_key = lead_key
+        if body.get("name") is not None:
+            project.name = str(body["name"]).strip()
+        return JSONResponse(
+            self._project_bean(request, project, lead=True, full=True), status_code=201
+        )
+
+    def _project_components(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        project = self._target_project(request)
+        if isinstance(project, Response):
+            return project
+        return JSONResponse(
+            [self._component_bean(request, c) for c in self._components_of(project)]
+        )
+
+    def _get_component(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if me is None:
+            return jira_error(401, NOT_AUTHENTICATED)
+        component = self._target_component(request)
+        if isinstance(component, Response):
+            return component
+        return JSONResponse(self._component_bean(request, component))
+
+    def _update_component(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        """`PUT /component/{id}` with `leadUserName` (reference §1.6). Whether "" or null
+        clears the lead is UNCONFIRMED: both do here. An `id` in the body (atlassian-python-api
+        sends one) must be the component's own."""
+        if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
+            return refused
+        component = self._target_component(request)
+        if isinstance(component, Response):
+            return component
+        if not isinstance(body, dict):
+            return jira_error(400, "The request body must be a JSON object with the new values.")
+        if "id" in body and str(body["id"]) != str(component.id):
+            return jira_error(400, errors={"id": "The component id does not match the URL."})
+        lead_key = component.lead_key
+        if "leadUserName" in body:
+            name = body["leadUserName"]
+            if name is None or not str(name).strip():
+                lead_key = None
+            else:
+                lead = self._user_by_name(str(name))
+                if lead is None:
+                    return jira_error(
+                        400, errors={"leadUserName": f"The user '{name}' does not exist."}
+                    )
+                if not lead.active:
+                    return jira_error(
+                        400, errors={"leadUserName": f"The user '{name}' is not active."}
+                    )
+                lead_key = lead.key
+        if body.get("name") is not None and not str(body["name"]).strip():
+            return jira_error(400, errors={"name": "The component name must not be empty."})
+        component.lead_key = lead_key
+        if body.get("name") is not None:
+            component.name = str(body["name"]).strip()
+        if body.get("assigneeType") is not None:
+            component.assignee_type = str(body["assigneeType"])
+        return JSONResponse(self._component_bean(request, component))
+
     # -- shared checks -----------------------------------------------------------------------
+
+    def _target_project(self, request: Request) -> JiraProject | Response:
+        """The project of `{key}` in the path: its key (any case) or its numeric id."""
+        ident = request.path_params["key"]
+        project = self._projects.get(ident.upper())
+        if project is None and ident.isdigit():
+            project = next((p for p in self._projects.values() if p.id == int(ident)), None)
+        if project is None:
+            return jira_error(404, f"No project could be found with key '{ident}'.")
+        return project
+
+    def _target_component(self, request: Request) -> JiraComponent | Response:
+        ident = request.path_params["id"]
+        component = self._components.get(int(ident)) if ident.isdigit() else None
+        if component is None:
+            return jira_error(404, f"The component with id {ident} does not exist.")
+        return component
+
+    def _components_of(self, project: JiraProject) -> list[JiraComponent]:
+        return sorted(
+            (c for c in self._components.values() if c.project_key == project.key),
+            key=lambda c: c.id,
+        )
+
+    def _refuse_if_project_lead(self, user: JiraUser, doing: str) -> Response | None:
+        """Jira refuses to deactivate or delete a project lead (reference §1.3, §5.13); the
+        exact status and text are UNCONFIRMED: a 400 in the error envelope here."""
+        led = sorted(p.key for p in self._projects.values() if p.lead_key == user.key)
+        if not led:
+            return None
+        return jira_error(
+            400,
+            f"Cannot {doing} user '{user.name}': they are the project lead of "
+            f"{', '.join(led)}. Choose another project lead first.",
+        )
+
+    def _hand_components_to_project_leads(self, user: JiraUser) -> None:
+        """A component lead may be deactivated; the project lead takes over its components
+        (reference §1.3: a warning only; how Jira records the take-over is UNCONFIRMED)."""
+        for component in self._components.values():
+            if component.lead_key == user.key:
+                component.lead_key = self._projects[component.project_key].lead_key
+
+    def _project_bean(
+        self, request: Request, project: JiraProject, *, lead: bool, full: bool = False
+    ) -> dict:
+        base = self._base(request)
+        bean: dict[str, Any] = {
+            "expand": "description,lead,url,projectKeys",
+            "self": f"{base}/project/{project.id}",
+            "id": str(project.id),
+            "key": project.key,
+            "name": project.name,
+            "avatarUrls": {"48x48": f"{self._site(request)}/secure/projectavatar?pid={project.id}"},
+            "projectTypeKey": "software",
+            "archived": False,
+        }
+        if lead:
+            bean["lead"] = self._user_bean(request, self._users[project.lead_key])
+        if full:
+            bean["description"] = ""
+            bean["components"] = [
+                self._component_bean(request, c) for c in self._components_of(project)
+            ]
+            bean["assigneeType"] = "PROJECT_LEAD"
+            bean["projectKeys"] = [project.key]
+        return bean
+
+    def _component_bean(self, request: Request, component: JiraComponent) -> dict:
+        project = self._projects[component.project_key]
+        project_lead = self._users[project.lead_key]
+        lead = self._users.get(component.lead_key) if component.lead_key else None
+        # Who an issue of the component is assigned to: its lead when the type says so and
+        # there is one, else the project lead.
+        real_type = (
+            "COMPONENT_LEAD"
+            if component.assignee_type == "COMPONENT_LEAD" and lead is not None
+            else "PROJECT_LEAD"
+        )
+        bean: dict[str, Any] = {
+            "self": f"{self._base(request)}/component/{component.id}",
+            "id": str(component.id),
+            "name": component.name,
+            "description": "",
+            "assigneeType": component.assignee_type,
+            "realAssigneeType": real_type,
+            "realAssignee": self._user_bean(
+                request, lead if real_type == "COMPONENT_LEAD" and lead else project_lead
+            ),
+            "isAssigneeTypeValid": component.assignee_type != "COMPONENT_LEAD" or lead is not None,
+            "project": project.key,
+            "projectId": project.id,
+            "archived": False,
+        }
+        if lead is not None:
+            bean["lead"] = self._user_bean(request, lead)
+            bean["leadUserName"] = lead.name
+        return bean
 
     def _refuse_unless_admin(self, me: JiraUser | None, message: str) -> Response | None:
         if me is None:
@@ -844,6 +1261,46 @@ class JiraEmulator:
         if group is None:
             return jira_error(404, f"Specified group '{name}' does not exist.")
         return group
+
+
+def _jackson_boolean(value: Any) -> Any:
+    """A JSON boolean as Jira's Jackson reads it: also the strings "true" and "false"
+    (atlassian-python-api's `user_deactivate` sends `"active": "false"`); "" is absent.
+    Anything else is returned as it is and refused by the caller."""
+    if isinstance(value, str):
+        return {"true": True, "false": False, "": None}.get(value, value)
+    return value
+
+
+def _expanded(request: Request) -> set[str]:
+    return {part.strip() for part in (request.query_params.get("expand") or "").split(",")}
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """Jira (Jersey) answers an unknown resource with its error envelope."""
+    return jira_error(404, f"null for uri: {request.url}")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    headers = getattr(exc, "headers", None) or {}
+    response = jira_error(405, f"Method {request.method} is not allowed for {request.url.path}")
+    response.headers.update(headers)
+    return response
+
+
+class _TrailingSlashTolerant:
+    """Jersey matches `/user/` as `/user` (the jira package deletes users at `user/?username=`);
+    Starlette would answer a redirect instead."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+            scope.pop("raw_path", None)
+        await self.app(scope, receive, send)
 
 
 def _matches_prefix(user: JiraUser, query: str) -> bool:
@@ -867,4 +1324,12 @@ def _int_param(params: Any, name: str, default: int) -> int:
     return number
 
 
-__all__ = ["JiraEmulator", "JiraGroup", "JiraUser", "jira_rate_limit_headers", "parse_version"]
+__all__ = [
+    "JiraComponent",
+    "JiraEmulator",
+    "JiraGroup",
+    "JiraProject",
+    "JiraUser",
+    "jira_rate_limit_headers",
+    "parse_version",
+]
