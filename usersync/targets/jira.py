@@ -17,15 +17,22 @@ is a POST, which is never sent twice blindly: when its answer is lost the accoun
 and e-mail) or group is looked for before anything else is done. Jira's REST API cannot say
 who holds a global permission, so the administrators usersync must not take over are read as
 the members of the groups that hold them on a stock site (`ADMIN_GROUPS`, configurable).
+Custom attributes are user properties (entity properties), which Jira reads only one account
+and key at a time, so they are read concurrently. Jira refuses to deactivate a project lead:
+project and component leads are read (`read_leads`) so the plan can hand them over first
+(`reassign_lead`), and Test Connection checks the accounts configured to take them over.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 import pandas as pd
@@ -43,6 +50,8 @@ from usersync.errors import (
 )
 from usersync.http import ApiClient, RetryPolicy
 from usersync.model import (
+    CUSTOM_PREFIX,
+    LEAD_COLUMNS,
     TARGET_GROUP_COLUMNS,
     TARGET_MEMBERSHIP_COLUMNS,
     TARGET_USER_COLUMNS,
@@ -63,6 +72,22 @@ GROUP_USER = "/group/user"
 MYSELF = "/myself"
 MY_PERMISSIONS = "/mypermissions"
 SERVER_INFO = "/serverInfo"
+#: Entity properties of a user (reference §1.5); `{key}` is percent-encoded.
+USER_PROPERTY = "/user/properties/{key}"
+#: Projects (with `?expand=lead`), one project, its components, one component (§1.6).
+PROJECTS = "/project"
+PROJECT = "/project/{key}"
+PROJECT_COMPONENTS = "/project/{key}/components"
+COMPONENT = "/component/{id}"
+
+#: Entity property keys are at most 255 characters (Jira Cloud docs, reference §1.5).
+MAX_PROPERTY_KEY_LENGTH = 255
+#: The largest user property value usersync writes, in UTF-8 bytes of its JSON text. Jira DC's
+#: limit is UNCONFIRMED (reference §1.5); 32768 is Jira Cloud's documented entity-property
+#: limit (in characters: counting bytes is the stricter reading).
+MAX_PROPERTY_VALUE_BYTES = 32768
+#: Reads in flight at once where Jira has no bulk call (user properties, project components).
+READ_WORKERS = 4
 
 Paging = Literal["offset", "window", "cursor"]
 
@@ -140,10 +165,16 @@ class JiraTarget(Target):
         lookup_threshold: up to this many requested names, `read_users` looks each one up.
         search_window: the `/user/search` result window; by default from the server version.
         admin_groups: the groups whose members are administrators (see `ADMIN_GROUPS`).
+        default_project_lead: the account given the projects of an account being deactivated
+            (Test Connection checks it exists and is active).
+        default_component_lead: likewise for components.
+        read_workers: reads in flight at once where Jira has no bulk call.
         transport: an httpx transport (tests of fault shapes no server produces).
     """
 
     product = "jira"
+    #: user properties (entity properties, reference §1.5) hold the custom attributes
+    custom_attributes = True
 
     def __init__(
         self,
@@ -159,6 +190,9 @@ class JiraTarget(Target):
         lookup_threshold: int = LOOKUP_THRESHOLD,
         search_window: int | None = None,
         admin_groups: Iterable[str] = ADMIN_GROUPS,
+        default_project_lead: str | None = None,
+        default_component_lead: str | None = None,
+        read_workers: int = READ_WORKERS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(name)
@@ -170,6 +204,9 @@ class JiraTarget(Target):
         self.lookup_threshold = lookup_threshold
         self.admin_groups = tuple(dict.fromkeys(g.strip() for g in admin_groups if g.strip()))
         self._search_window = search_window
+        self.default_project_lead = (default_project_lead or "").strip() or None
+        self.default_component_lead = (default_component_lead or "").strip() or None
+        self.read_workers = max(1, read_workers)
         self._version: tuple[int, ...] | None = None
         #: the largest page each windowed endpoint ever returned: the server's page cap is at
         #: least that, so a shorter page is the last one without asking again
@@ -221,6 +258,8 @@ class JiraTarget(Target):
             "verify": verify,
             "lookup_threshold": lookup_threshold,
             "admin_groups": (*admin_groups, *config.admin_groups),
+            "default_project_lead": config.default_project_lead,
+            "default_component_lead": config.default_component_lead,
         }
         auth = config.auth
         if isinstance(auth, BasicAuth):
@@ -502,6 +541,154 @@ class JiraTarget(Target):
             names.extend(bean["name"] for bean in page)
         return names
 
+    # -- custom attributes (user properties) and leads ------------------------------------------
+
+    def read_custom_attributes(self, accounts: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+        """The user properties `names` of these accounts, as text.
+
+        Jira has no bulk read of entity properties: this costs one
+        `GET /user/properties/<name>?username=` per account and attribute (10,000 accounts and
+        two attributes are 20,000 requests), sent `read_workers` at a time. A property the
+        account does not have (404) is absent. A JSON string reads as itself; another JSON
+        value (written by someone else) as its JSON text.
+        """
+        asks = [
+            (str(key), str(username), name)
+            for key, username in zip(accounts["target_key"], accounts["username"], strict=True)
+            if pd.notna(key) and pd.notna(username)
+            for name in dict.fromkeys(names)
+        ]
+        with ThreadPoolExecutor(
+            max_workers=self.read_workers, thread_name_prefix=f"jira-{self.name}-properties"
+        ) as pool:
+            values = list(pool.map(lambda ask: self._read_property(ask[1], ask[2]), asks))
+        rows = [
+            {"target_key": key, "name": name, "value": value}
+            for (key, _, name), value in zip(asks, values, strict=True)
+            if value is not None
+        ]
+        return pd.DataFrame(rows, columns=["target_key", "name", "value"]).astype("string")
+
+    def _read_property(self, username: str, name: str) -> str | None:
+        try:
+            bean = self._api.get_json(
+                USER_PROPERTY.format(key=quote(name, safe="")), params={"username": username}
+            )
+        except TargetNotFoundError:
+            return None
+        value = bean.get("value") if isinstance(bean, dict) else None
+        if value is None:
+            return None
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    def refused_custom_value(self, name: str, value: str) -> str | None:
+        """A property key over 255 characters, or a value over `MAX_PROPERTY_VALUE_BYTES`
+        bytes of JSON (as written: a JSON string)."""
+        if not name or len(name) > MAX_PROPERTY_KEY_LENGTH:
+            return (
+                f"the property key must be 1 to {MAX_PROPERTY_KEY_LENGTH} characters, "
+                f"not {len(name)}"
+            )
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        if size > MAX_PROPERTY_VALUE_BYTES:
+            return (
+                f"the value is {size} bytes as JSON; Jira stores at most "
+                f"{MAX_PROPERTY_VALUE_BYTES} in a user property"
+            )
+        return None
+
+    def read_leads(self) -> pd.DataFrame:
+        """Project leads (`GET /project?expand=lead`) and component leads
+        (`GET /project/<key>/components`, one per project, `read_workers` at a time).
+
+        A project listed without its lead (a server that ignores the expand) is asked for by
+        itself; a component's lead is read from `lead.name` or `leadUserName`, whichever the
+        server sends (reference §1.6).
+        """
+        projects = list(self._api.get_json(PROJECTS, params={"expand": "lead"}) or [])
+        with ThreadPoolExecutor(
+            max_workers=self.read_workers, thread_name_prefix=f"jira-{self.name}-leads"
+        ) as pool:
+            leads = list(pool.map(self._project_lead, projects))
+            components = list(pool.map(lambda p: self._components(str(p["key"])), projects))
+        rows = []
+        for project, lead, found in zip(projects, leads, components, strict=True):
+            key = str(project["key"])
+            if lead:
+                rows.append(
+                    {
+                        "username": lead,
+                        "kind": "project",
+                        "id": key,
+                        "name": project.get("name") or key,
+                        "project": key,
+                    }
+                )
+            for component in found:
+                name = _lead_name(component)
+                if name:
+                    rows.append(
+                        {
+                            "username": name,
+                            "kind": "component",
+                            "id": str(component["id"]),
+                            "name": component.get("name") or str(component["id"]),
+                            "project": key,
+                        }
+                    )
+        if not rows:
+            return empty_frame(LEAD_COLUMNS)
+        return conform(pd.DataFrame(rows), LEAD_COLUMNS, what=f"jira '{self.name}' leads")
+
+    def _project_lead(self, project: Mapping[str, Any]) -> str | None:
+        name = _lead_name(project)
+        if name is None:
+            path = PROJECT.format(key=quote(str(project["key"]), safe=""))
+            name = _lead_name(self._api.get_json(path))
+        return name
+
+    def _components(self, project_key: str) -> list[dict]:
+        path = PROJECT_COMPONENTS.format(key=quote(project_key, safe=""))
+        return list(self._api.get_json(path) or [])
+
+    def reassign_lead(self, kind: str, ident: str, username: str) -> None:
+        """`PUT /project/<key>` `{"lead": username}` or `PUT /component/<id>`
+        `{"leadUserName": username}` (reference §1.6), then read back.
+
+        Jira DC documents 201 for a project update; 200 and 204 are taken too. The read-back
+        turns a server that accepts the call but ignores the field (UNCONFIRMED for some
+        versions) into a refusal instead of a silent success.
+
+        Raises:
+            TargetRejectedError: Jira refused the new lead (unknown or inactive account), or
+                the lead read back is not `username`.
+            TargetNotFoundError: no such project or component.
+        """
+        if kind == "project":
+            path = PROJECT.format(key=quote(ident, safe=""))
+            body: dict[str, Any] = {"lead": username}
+        elif kind == "component":
+            path = COMPONENT.format(id=quote(ident, safe=""))
+            body = {"leadUserName": username}
+        else:
+            raise ValueError(f"jira '{self.name}': unknown lead kind {kind!r} (project, component)")
+        try:
+            self._api.request("PUT", path, json=body, ok=(200, 201, 204))
+        except TargetRejectedError as exc:
+            raise TargetRejectedError(
+                f"jira '{self.name}': cannot make '{username}' the lead of {kind} '{ident}': "
+                f"{_server_words(exc)}",
+                status=exc.status,
+                body=exc.body,
+                attempts=exc.attempts,
+            ) from exc
+        now = _lead_name(self._api.get_json(path))
+        if now is None or normalise_name(now) != normalise_name(username):
+            raise TargetRejectedError(
+                f"jira '{self.name}': Jira accepted '{username}' as the lead of {kind} "
+                f"'{ident}' but its lead is still '{now}'"
+            )
+
     # -- writing -----------------------------------------------------------------------------
 
     def create_user(self, username: str, email: str, display_name: str) -> str:
@@ -548,14 +735,32 @@ class JiraTarget(Target):
     ) -> None:
         """PUT /user with the changed fields; a "username" change renames (the key stays).
 
-        Jira leaves fields a PUT does not carry as they are, so `desired` is not needed.
+        `custom:<name>` changes are written as user properties, one
+        `PUT /user/properties/<name>` each (body: the value as a JSON string), after the
+        account's own fields (so a rename comes first); with only custom changes no PUT /user
+        is sent. Every value is checked (`refused_custom_value`) before any request. Jira
+        leaves fields a PUT does not carry as they are, so `desired` is not needed.
         """
+        custom = {
+            attr.removeprefix(CUSTOM_PREFIX): value
+            for attr, value in changes.items()
+            if attr.startswith(CUSTOM_PREFIX)
+        }
+        changes = {
+            attr: value for attr, value in changes.items() if not attr.startswith(CUSTOM_PREFIX)
+        }
         unknown = sorted(set(changes) - set(USER_FIELDS))
         if unknown:
             raise ValueError(
                 f"jira '{self.name}': cannot change {', '.join(unknown)} of '{username}' "
-                f"(known attributes: {', '.join(USER_FIELDS)})"
+                f"(known attributes: {', '.join(USER_FIELDS)}, custom:<name>)"
             )
+        for name, value in custom.items():
+            if why := self.refused_custom_value(name, value):
+                raise TargetRejectedError(
+                    f"jira '{self.name}': cannot set custom attribute '{name}' of '{username}': "
+                    f"{why} (nothing was sent)"
+                )
         blank = sorted(attr for attr, value in changes.items() if not str(value).strip())
         if blank:
             # Jira ignores blank fields, so a blank value would be reported done but not made.
@@ -568,6 +773,15 @@ class JiraTarget(Target):
         body = {USER_FIELDS[attr]: value for attr, value in changes.items()}
         if body:
             self._put_user(username, body)
+        current = changes.get("username", username)
+        for name, value in custom.items():
+            self._api.request(
+                "PUT",
+                USER_PROPERTY.format(key=quote(name, safe="")),
+                params={"username": current},
+                json=value,
+                ok=(200, 201, 204),
+            )
 
     def deactivate_user(self, username: str) -> None:
         """PUT /user `{"active": false}` (Jira 8.3+); already inactive counts as done."""
@@ -733,7 +947,39 @@ class JiraTarget(Target):
                 f"{where}: account '{account}' is not a Jira administrator (it needs the "
                 "'Jira Administrators' global permission to manage users and groups)",
             )
-        return TargetCheck(True, f"{where}: Jira {version}, signed in as administrator '{account}'")
+        detail = f"{where}: Jira {version}, signed in as administrator '{account}'"
+        for setting, lead in (
+            ("default_project_lead", self.default_project_lead),
+            ("default_component_lead", self.default_component_lead),
+        ):
+            if lead is None:
+                continue
+            try:
+                bean = self._get_user(lead)
+            except TargetError as exc:
+                return TargetCheck(False, f"{where}: cannot check {setting} '{lead}': {exc}")
+            if bean is None:
+                return TargetCheck(
+                    False,
+                    f"{where}: {setting} '{lead}' does not exist in Jira; set {setting} of "
+                    "this target to the username of an active account",
+                )
+            if not bean.get("active", True):
+                return TargetCheck(
+                    False,
+                    f"{where}: {setting} '{lead}' is deactivated in Jira, which would refuse "
+                    f"it as a lead; reactivate it or set {setting} to an active account",
+                )
+            detail += f"; {setting} '{lead}' is active"
+        return TargetCheck(True, detail)
+
+
+def _lead_name(bean: Mapping[str, Any]) -> str | None:
+    """The lead's username in a project or component bean (`lead.name`, or `leadUserName`)."""
+    lead = bean.get("lead")
+    name = lead.get("name") if isinstance(lead, dict) else None
+    name = name or bean.get("leadUserName")
+    return str(name) if name else None
 
 
 def _server_words(error: TargetError) -> str:
