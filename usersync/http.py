@@ -13,14 +13,26 @@ could do it twice. `write_once` takes a read that tells whether the write took e
 it before every further try and before reporting a failure; `request` does not repeat such a
 write at all unless the caller says a repeat is harmless (`replay_safe`). Only a 429 (refused
 before any work) or a connection that was never made is retried without asking.
+
+Every client of one target instance (its base URL up to `/rest/`, normalised as
+`usersync.config.instance_of` does) shares one `InstanceLimiter` per process, whatever the
+thread: a 429 pauses every request to that instance until its Retry-After has passed; the
+products' rate-limit headers (`X-RateLimit-Remaining`, `-Limit`, `-FillRate`,
+`-Interval-Seconds`, sent by Jira and Confluence Data Center once an admin turns rate limiting
+on) set a token bucket that spaces requests before a 429 happens; and the number of requests in
+flight adapts, additively up while answers come back fast and clean, halved on a 429, a 5xx or
+a lost connection. A 429 is the server asking for time, not a failed try: it is waited out up
+to `RetryPolicy.max_rate_limited` times, apart from `max_attempts`, within the run's deadline.
 """
 
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +42,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from usersync.config import instance_of
 from usersync.errors import (
     TargetAuthError,
     TargetConflictError,
@@ -68,6 +81,10 @@ class RetryPolicy:
     max_attempts: int = 5
     max_wait_seconds: float = 120.0
     backoff_seconds: float = 0.5
+    #: 429s waited out per call, apart from `max_attempts`: a 429 is refused before any work,
+    #: and the wait it asks for is shared by every worker, so waiting it out costs no more
+    #: than the server demands (the run's deadline still bounds it)
+    max_rate_limited: int = 20
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
 
     def backoff(self, attempt: int) -> float:
@@ -126,6 +143,228 @@ def _body(response: httpx.Response) -> object:
         return response.text
 
 
+#: The rate-limit headers of Jira and Confluence Data Center (Bitbucket's, if it sends them).
+LIMIT_HEADER = "X-RateLimit-Limit"
+REMAINING_HEADER = "X-RateLimit-Remaining"
+FILL_RATE_HEADER = "X-RateLimit-FillRate"
+INTERVAL_HEADER = "X-RateLimit-Interval-Seconds"
+
+#: How a request ended, for the concurrency limit: the server answered at ease ("clean", a
+#: refusal included), refused it for its rate ("throttled"), or was in trouble ("failed": a
+#: 5xx, a lost or refused connection).
+CLEAN, THROTTLED, FAILED = "clean", "throttled", "failed"
+
+
+def _header_number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None and value.strip() else None
+    except ValueError:
+        return None
+
+
+class InstanceLimiter:
+    """The pace of one target instance, shared by every client and thread of the process.
+
+    Three gates, passed in this order before each request (`admit`), released when its answer
+    is in (`finish`):
+
+    - concurrency: at most `concurrency` requests in flight. The limit grows by one per
+      limit's worth of clean answers while they come back fast (no slower than twice the
+      fastest recent one) and the limit is in use, and halves on a 429, a 5xx or a lost
+      connection, at most once per round trip (answers to requests sent before the last cut
+      say nothing new).
+    - pauses: a 429 pauses every request to the instance until its Retry-After has passed; the
+      thread that received it holds the pause while it waits and lifts it when it goes on.
+    - tokens: when the answers carry the products' rate-limit headers, a token bucket of the
+      announced size, refilled at the announced rate, spaces requests once the server's count
+      of remaining tokens runs out, before it answers 429. An answer without them forgets the
+      bucket (rate limiting is off, or the server does not say).
+
+    Args:
+        instance: what the limiter is for, in messages.
+        initial_concurrency, min_concurrency, max_concurrency: the concurrency limit's start
+            and bounds.
+        clock: monotonic seconds (a test's fake clock).
+        sleep: how the token bucket waits (a test's fake sleep, advancing its clock).
+    """
+
+    #: A clean answer slower than this many times the fastest recent one earns no growth.
+    SLOW_FACTOR = 2.0
+
+    def __init__(
+        self,
+        instance: str,
+        *,
+        initial_concurrency: int = 8,
+        min_concurrency: int = 1,
+        max_concurrency: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.instance = instance
+        self.min_concurrency = min_concurrency
+        self.max_concurrency = max_concurrency
+        self._clock = clock
+        self._sleep = sleep
+        self._cond = threading.Condition()
+        #: the concurrency limit (fractional while it grows); `concurrency` is what applies
+        self.limit = float(initial_concurrency)
+        self.in_flight = 0
+        self._cut_at = -float("inf")
+        self._fastest: float | None = None
+        self._pauses: dict[int, float] = {}  # id → clock() at which it ends
+        self._pause_ids = itertools.count(1)
+        self._rate: float | None = None  # tokens per second; None: no bucket announced
+        self._capacity = 0.0
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        #: 429s received, and seconds the token bucket made requests wait (for reports)
+        self.throttled = 0
+        self.paced_seconds = 0.0
+
+    @property
+    def concurrency(self) -> int:
+        """Requests allowed in flight now."""
+        return max(self.min_concurrency, int(self.limit))
+
+    def admit(self, deadline: float | None, what: str) -> float:
+        """Wait until a request may be sent; return the clock reading when it may.
+
+        Raises:
+            TargetDeadlineError: a gate opens only after `deadline` (a pause asked for by the
+                server, a token, a free slot); nothing was sent.
+        """
+        with self._cond:
+            while self.in_flight >= self.concurrency:
+                self._out_of_time(deadline, None, what, "a free request slot")
+                self._cond.wait(self._timeout(deadline, None))
+            self.in_flight += 1
+        try:
+            self._wait_out_pauses(deadline, what)
+            self._take_token(deadline, what)
+        except BaseException:
+            self.finish(None, CLEAN)
+            raise
+        return self._clock()
+
+    def finish(self, sent_at: float | None, outcome: str) -> None:
+        """A request admitted at `sent_at` ended with `outcome` (CLEAN, THROTTLED, FAILED)."""
+        with self._cond:
+            now = self._clock()
+            in_use = self.in_flight * 2 >= self.limit
+            self.in_flight -= 1
+            if sent_at is None:
+                pass
+            elif outcome == CLEAN:
+                latency = now - sent_at
+                if self._fastest is None or latency < self._fastest:
+                    self._fastest = latency
+                else:  # drift up slowly, so a lasting change of the path is noticed
+                    self._fastest += (latency - self._fastest) * 0.01
+                if in_use and latency <= self.SLOW_FACTOR * self._fastest + 0.002:
+                    self.limit = min(self.max_concurrency, self.limit + 1 / self.limit)
+            elif sent_at >= self._cut_at:
+                self.limit = max(self.min_concurrency, self.limit / 2)
+                self._cut_at = now
+            self._cond.notify_all()
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Read the token bucket the server announces in an answer's rate-limit headers."""
+        remaining = _header_number(headers.get(REMAINING_HEADER))
+        fill = _header_number(headers.get(FILL_RATE_HEADER))
+        interval = _header_number(headers.get(INTERVAL_HEADER)) or 1.0
+        size = _header_number(headers.get(LIMIT_HEADER))
+        with self._cond:
+            if remaining is None or not fill or fill <= 0 or interval <= 0:
+                self._rate = None
+                return
+            self._rate = fill / interval
+            self._capacity = size if size and size > 0 else max(remaining, fill)
+            # The count is the server's once this request took its token; the others in
+            # flight take theirs too.
+            self._tokens = min(self._capacity, remaining - max(0, self.in_flight - 1))
+            self._tokens_at = self._clock()
+
+    def pause(self, seconds: float) -> int:
+        """Stop every request to the instance for `seconds` (or until lifted); return its id."""
+        with self._cond:
+            pause = next(self._pause_ids)
+            self._pauses[pause] = self._clock() + seconds
+            self.throttled += 1
+            return pause
+
+    def lift(self, pause: int) -> None:
+        """End a pause early: its holder waited it out (on a clock of its own, in tests)."""
+        with self._cond:
+            self._pauses.pop(pause, None)
+            self._cond.notify_all()
+
+    def _wait_out_pauses(self, deadline: float | None, what: str) -> None:
+        with self._cond:
+            while True:
+                now = self._clock()
+                for pause, until in list(self._pauses.items()):
+                    if until <= now:
+                        del self._pauses[pause]
+                if not self._pauses:
+                    return
+                until = max(self._pauses.values())
+                self._out_of_time(
+                    deadline, until, what, "the end of the pause the server asked for"
+                )
+                self._cond.wait(self._timeout(deadline, until))
+
+    def _take_token(self, deadline: float | None, what: str) -> None:
+        with self._cond:
+            if self._rate is None:
+                return
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._tokens_at) * self._rate)
+            self._tokens_at = now
+            self._tokens -= 1  # below zero: a token reserved before it exists
+            delay = -self._tokens / self._rate if self._tokens < 0 else 0.0
+            if delay and deadline is not None and now + delay > deadline:
+                self._tokens += 1
+                self._out_of_time(deadline, now + delay, what, "the next token of its rate limit")
+            self.paced_seconds += delay
+        if delay:
+            self._sleep(delay)
+
+    def _out_of_time(
+        self, deadline: float | None, until: float | None, what: str, waiting_for: str
+    ) -> None:
+        if deadline is None:
+            return
+        if self._clock() >= deadline or (until is not None and until > deadline):
+            raise TargetDeadlineError(
+                f"{what}: not sent: the run's time budget for this target runs out before "
+                f"{waiting_for}"
+            )
+
+    def _timeout(self, deadline: float | None, until: float | None) -> float | None:
+        ends = [t for t in (deadline, until) if t is not None]
+        return max(0.0, min(ends) - self._clock()) + 0.001 if ends else None
+
+
+_LIMITERS: dict[str, InstanceLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def instance_of_api(base_url: str) -> str:
+    """The instance a REST root belongs to: the URL before `/rest/`, normalised."""
+    return instance_of(base_url.split("/rest/", 1)[0])
+
+
+def limiter_for(base_url: str) -> InstanceLimiter:
+    """The process's one limiter of the instance `base_url` belongs to."""
+    instance = instance_of_api(base_url)
+    with _LIMITERS_LOCK:
+        limiter = _LIMITERS.get(instance)
+        if limiter is None:
+            limiter = _LIMITERS[instance] = InstanceLimiter(instance)
+        return limiter
+
+
 class ApiClient:
     """An httpx client bound to one product instance, with retries and typed errors.
 
@@ -138,6 +377,8 @@ class ApiClient:
         retry: the retry policy.
         verify: TLS verification (True, False, or a CA file).
         transport: for tests of fault shapes no server can produce.
+        limiter: the pace of the instance; by default the process's one for the instance
+            `base_url` belongs to (`limiter_for`), shared with every other client of it.
     """
 
     def __init__(
@@ -151,6 +392,7 @@ class ApiClient:
         retry: RetryPolicy | None = None,
         verify: bool | Path = True,
         transport: httpx.BaseTransport | None = None,
+        limiter: InstanceLimiter | None = None,
     ) -> None:
         self.product = product
         self.retry = retry or RetryPolicy()
@@ -171,6 +413,7 @@ class ApiClient:
         #: time.monotonic() after which no request is sent and no wait begun (the run's time
         #: budget for this target); None: no budget
         self.deadline: float | None = None
+        self.limiter = limiter or limiter_for(base_url)
 
     @property
     def base_url(self) -> str:
@@ -266,6 +509,8 @@ class ApiClient:
         ok = frozenset(ok)
         what = f"{self.product}: {method} {path}"
         attempt = 0
+        #: 429s among the attempts (waited out apart from the other failures)
+        throttled = 0
         #: whether an earlier try may have been applied without our hearing of it
         maybe_applied = False
         while True:
@@ -274,10 +519,13 @@ class ApiClient:
                 raise TargetDeadlineError(
                     f"{what}: not sent: the run's time budget for this target ran out"
                 )
+            sent_at = self.limiter.admit(self.deadline, what)
             self.sent[method] = self.sent.get(method, 0) + 1
+            pause: int | None = None
             try:
                 response = self._client.request(method, path, params=params, json=json)
             except httpx.TransportError as exc:
+                self.limiter.finish(sent_at, FAILED)
                 reached = not isinstance(exc, NEVER_SENT_ERRORS)
                 failure: TargetError = TargetUnreachableError(
                     f"{what}: no answer from {self.base_url} after {attempt} attempt(s): "
@@ -288,6 +536,16 @@ class ApiClient:
                 wait = self.retry.backoff(attempt)
                 reason = type(exc).__name__
             else:
+                self.limiter.observe(response.headers)
+                status = response.status_code
+                self.limiter.finish(
+                    sent_at,
+                    THROTTLED
+                    if status == 429
+                    else FAILED
+                    if status in RETRIABLE_STATUSES
+                    else CLEAN,
+                )
                 if response.status_code in ok:
                     return response
                 if response.status_code not in RETRIABLE_STATUSES:
@@ -315,6 +573,11 @@ class ApiClient:
                     else self.retry.backoff(attempt)
                 )
                 reason = f"HTTP {response.status_code}"
+                if not reached:
+                    throttled += 1
+                    # Every worker on the instance waits with this one; it holds the pause
+                    # while it waits. If it gives up instead, the pause runs its course.
+                    pause = self.limiter.pause(wait)
             checked = False
             if reached and not replay_safe:
                 maybe_applied = True
@@ -331,7 +594,11 @@ class ApiClient:
                 if found is not None:
                     log.warning("%s: %s, but the write took effect (checked)", what, reason)
                     return _Applied(found)
-            if attempt >= self.retry.max_attempts:
+            if (
+                throttled >= self.retry.max_rate_limited
+                if pause is not None
+                else attempt - throttled >= self.retry.max_attempts
+            ):
                 if maybe_applied and applied is not None:
                     found = None if checked else self._check(applied, failure)
                     if found is not None:
@@ -352,7 +619,11 @@ class ApiClient:
                     attempts=attempt,
                 ) from cause
             log.warning("%s: %s, retrying in %.1fs", what, reason, wait)
-            self.retry.sleep(wait)
+            try:
+                self.retry.sleep(wait)
+            finally:
+                if pause is not None:
+                    self.limiter.lift(pause)
 
     @staticmethod
     def _check(applied: Callable[[], T | None], failure: TargetError) -> T | None:
