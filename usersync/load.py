@@ -7,6 +7,13 @@ memberships for an account whose creation failed). A refusal of the credentials 
 permission, or a target that stopped answering, quarantines the target for the rest of the
 run: the remaining operations are skipped, not hammered. Each outcome says what the ledger
 must now remember.
+
+A target with a bulk call for memberships (`add_members(group, usernames)`, Bitbucket's
+add-users) gets a group's new members in calls of up to `max_members_per_call` names; if it
+refuses one (all or nothing: a user deleted since the plan), that call's rows are added one by
+one, so each operation still has its own outcome. How many requests are in flight at once is
+the HTTP layer's to decide (`usersync.http.InstanceLimiter`, shared per instance); the pool
+only bounds it from above.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -41,6 +48,9 @@ QUARANTINE_ERRORS = (
     TargetUnreachableError,
     TargetDeadlineError,
 )
+
+#: Usernames per bulk membership call unless the target says (`max_members_per_call`).
+MEMBERS_PER_CALL = 100
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,66 @@ def _run_one(target: Target, row: dict, accounts: _Accounts) -> Outcome:
     return Outcome(seq, op, "succeeded", ledger=entry)
 
 
+#: One operation's row and what became of it: its outcome, or what it raised.
+Result = tuple[dict, "Outcome | Exception"]
+
+
+def _attempt(target: Target, rows: Sequence[dict], accounts: _Accounts) -> list[Result]:
+    """Run one operation (a one-row list); what it raised is its result, not the caller's."""
+    (row,) = rows
+    try:
+        return [(row, _run_one(target, row, accounts))]
+    except Exception as exc:  # one operation's failure, whatever it is, stays its own
+        return [(row, exc)]
+
+
+def _add_members(target: Target, rows: Sequence[dict], accounts: _Accounts) -> list[Result]:
+    """Add the members of one group (`rows`) in one bulk call; if it is refused, one by one.
+
+    A refusal that stops the target (credentials, deadline, no answer) fails every row; any
+    other refusal of the call (a user deleted since the plan makes Bitbucket refuse them all)
+    is settled row by row, so only the bad row fails.
+    """
+    group = rows[0]["group"]
+    try:
+        target.add_members(group, [accounts.name(row) for row in rows])  # type: ignore[attr-defined]
+    except QUARANTINE_ERRORS as exc:
+        return [(row, exc) for row in rows]
+    except Exception as exc:
+        if len(rows) == 1:
+            return [(rows[0], exc)]
+        log.info(
+            "%s: adding %d members to %s in one call failed (%s); adding them one by one",
+            target.name,
+            len(rows),
+            group,
+            exc,
+        )
+        results: list[Result] = []
+        for row in rows:
+            stop = next((r for _, r in results if isinstance(r, QUARANTINE_ERRORS)), None)
+            results += [(row, stop)] if stop is not None else _attempt(target, [row], accounts)
+        return results
+    return [(row, Outcome(int(row["seq"]), row["op"], "succeeded")) for row in rows]
+
+
+def _units(
+    target: Target, op: str, rows: list[dict]
+) -> list[tuple[Callable[[Target, Sequence[dict], _Accounts], list[Result]], list[dict]]]:
+    """The calls a phase's runnable rows become: one per row, or bulk membership calls."""
+    if op != "add_membership" or not callable(getattr(target, "add_members", None)):
+        return [(_attempt, [row]) for row in rows]
+    size = max(1, int(getattr(target, "max_members_per_call", MEMBERS_PER_CALL)))
+    by_group: dict[str, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row["group"].casefold(), []).append(row)
+    return [
+        (_add_members, members[start : start + size])
+        for members in by_group.values()
+        for start in range(0, len(members), size)
+    ]
+
+
 def execute_plan(
     target: Target,
     plan: pd.DataFrame,
@@ -200,25 +270,28 @@ def execute_plan(
                     outcomes.append(Outcome(int(row["seq"]), op, "skipped", reason))
                 else:
                     runnable.append(row)
-            futures = [(r, pool.submit(_run_one, target, r, accounts)) for r in runnable]
-            for row, future in futures:
-                try:
-                    outcomes.append(future.result())
-                except Exception as exc:  # one operation's failure, whatever it is, stays its own
-                    text = (
-                        str(exc)
-                        if isinstance(exc, TargetError)
-                        else (f"unexpected {type(exc).__name__}: {exc}")
-                    )
-                    outcomes.append(Outcome(int(row["seq"]), op, "failed", text))
-                    if op == "create_user" and row["source_id"]:
-                        accounts.failed_sources.add(row["source_id"])
-                    if op == "create_group":
-                        accounts.failed_groups.add(row["group"].casefold())
-                    if op == "reassign_lead":
-                        accounts.failed_handovers.add(row["target_key"])
-                    if isinstance(exc, QUARANTINE_ERRORS) and not result.quarantined:
-                        result.quarantined = str(exc)
+            futures = [
+                pool.submit(run, target, unit, accounts)
+                for run, unit in _units(target, op, runnable)
+            ]
+            for row, done in [pair for future in futures for pair in future.result()]:
+                if isinstance(done, Outcome):
+                    outcomes.append(done)
+                    continue
+                text = (
+                    str(done)
+                    if isinstance(done, TargetError)
+                    else (f"unexpected {type(done).__name__}: {done}")
+                )
+                outcomes.append(Outcome(int(row["seq"]), op, "failed", text))
+                if op == "create_user" and row["source_id"]:
+                    accounts.failed_sources.add(row["source_id"])
+                if op == "create_group":
+                    accounts.failed_groups.add(row["group"].casefold())
+                if op == "reassign_lead":
+                    accounts.failed_handovers.add(row["target_key"])
+                if isinstance(done, QUARANTINE_ERRORS) and not result.quarantined:
+                    result.quarantined = str(done)
             outcomes.sort(key=lambda o: o.seq)
             result.outcomes.extend(outcomes)
             if on_outcomes:

@@ -18,14 +18,15 @@ must not take over (`administrators`) are those holding ADMIN or SYS_ADMIN, dire
 a group, read from the same global permission lists as the licences. Bitbucket documents no
 username rules beyond the common ones (`Target.refused_name`): spaces, `@` and `+` are fine.
 Endpoints are data (`ENDPOINTS`); one pager follows `isLastPage`/`nextPageStart`; the shared
-`ApiClient` does retries and error mapping.
+`ApiClient` does retries, pacing and error mapping. New members of a group go in by the
+hundred (`add_members`, Bitbucket's add-users), which the loader uses when it finds it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, unquote_plus
 
@@ -66,6 +67,7 @@ ENDPOINTS: dict[str, str] = {
     "group_members": "/admin/groups/more-members",
     "user_groups": "/admin/users/more-members",
     "add_user_to_groups": "/admin/users/add-groups",
+    "add_users_to_group": "/admin/groups/add-users",
     "remove_user_from_group": "/admin/users/remove-group",
     "user_permissions": "/admin/permissions/users",
     "group_permissions": "/admin/permissions/groups",
@@ -73,6 +75,10 @@ ENDPOINTS: dict[str, str] = {
 
 #: The page size asked for; the server may cap it, and the pager follows nextPageStart anyway.
 PAGE_LIMIT = 1000
+
+#: Usernames per add-users call. Bitbucket documents no cap; this keeps a body small and a
+#: refused call (all or nothing) cheap to settle one by one.
+MEMBERS_PER_CALL = 100
 
 #: Up to this many usernames are looked up one `filter` query each; more, and the client
 #: reads the whole user list once (cheaper than thousands of filtered queries).
@@ -109,6 +115,8 @@ class BitbucketTarget(Target):
     """
 
     product = "bitbucket"
+    #: usernames per `add_members` call, read by the loader to size its batches
+    max_members_per_call = MEMBERS_PER_CALL
 
     def __init__(
         self, name: str, client: ApiClient, *, admin_username: str = "", auth_kind: str = "basic"
@@ -612,6 +620,24 @@ class BitbucketTarget(Target):
             ok=(200,),
             replay_safe=True,
         )
+
+    def add_members(self, group: str, usernames: Sequence[str]) -> None:
+        """Add several users to a group, `max_members_per_call` per call (add-users).
+
+        Bitbucket adds all or none: one missing user or group fails the call with a 404 and
+        adds nobody (the loader then adds that call's users one by one to find the bad one).
+        Members already in the group count as done, so a call sent again after a lost answer
+        is harmless.
+        """
+        names = list(dict.fromkeys(usernames))
+        for start in range(0, len(names), self.max_members_per_call):
+            self._call(
+                "POST",
+                "add_users_to_group",
+                json={"group": group, "users": names[start : start + self.max_members_per_call]},
+                ok=(200, 204),
+                replay_safe=True,
+            )
 
     def remove_member(self, group: str, username: str) -> None:
         """Remove a user from a group; not a member counts as done.
