@@ -30,7 +30,9 @@ from pydantic import Field
 
 from flows.parameters import PROFILE_HELP, ProfileName, TargetName, form_field
 from tasks import report, steps
+from tasks.instances import instance_slot
 from tasks.run_logs import engine_logs_in_run_log
+from usersync.config import instance_of
 from usersync.errors import ConfigError, GuardError, UsersyncError
 from usersync.model import SourceSnapshot
 from usersync.report import summary_text
@@ -221,10 +223,10 @@ def _lease_holder() -> str:
 
 
 def target_tags(loaded: LoadedProfile, name: str) -> list[str]:
-    """The tags of a target's task runs: its name, and the instance it writes to."""
-    url = urlsplit(loaded.profile.targets[name].url)
-    host = (url.hostname or "").lower()
-    return [f"target:{name}", f"instance:{host}:{url.port}" if url.port else f"instance:{host}"]
+    """The tags of a target's task runs: its name, and the instance it writes to (host and
+    port as `config.instance_of` normalises them)."""
+    instance = urlsplit(instance_of(loaded.profile.targets[name].url))
+    return [f"target:{name}", f"instance:{instance.netloc}"]
 
 
 def _sync_target(
@@ -243,7 +245,8 @@ def _sync_target(
     run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
     outcome = TargetOutcome(target=name, status="failed", run_id=run_id)
     try:
-        with tags(*target_tags(loaded, name)):
+        url = loaded.profile.targets[name].url
+        with tags(*target_tags(loaded, name)), instance_slot(url, name, write=not dry_run):
             _plan_and_load(
                 loaded, name, snapshot, store, dry_run, allow_mass_changes, holder, outcome
             )

@@ -99,6 +99,14 @@ def _alerts_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deployments_configure(args: argparse.Namespace) -> int:
+    from tasks.instances import configure_deployments
+
+    for line in configure_deployments():
+        print(line)
+    return 0
+
+
 def _runs(args: argparse.Namespace) -> int:
     from usersync.store import Store
 
@@ -282,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_alerts_install)
 
+    deployments = commands.add_parser(
+        "deployments", help="finish what prefect deploy cannot express"
+    ).add_subparsers(dest="deployments_command", required=True)
+    p = deployments.add_parser(
+        "configure",
+        help="after `prefect deploy --all`: offer each sync deployment's targets as choices "
+        "in its run form, and create one global concurrency limit per target instance "
+        "(usersync-instance-<url>) so runs of different profiles queue per instance",
+        description="Reads PREFECT_API_URL and the mappings folder (USERSYNC_MAPPINGS_DIR, else "
+        "mappings/ under USERSYNC_HOME); run it again after adding a profile or a target.",
+    )
+    p.set_defaults(func=_deployments_configure)
     p = commands.add_parser("runs", help="list recorded runs from the store")
     p.add_argument("profile", nargs="?")
     p.add_argument("--limit", type=int, default=20)

@@ -29,12 +29,14 @@ from pathlib import Path
 import pandas as pd
 import regex as bounded_re
 
-from usersync.config import read_text_file
+from usersync.config import GroupSyncSettings, read_text_file
 from usersync.errors import ConfigError
 from usersync.model import (
     DESIRED_GROUP_COLUMNS,
+    DESIRED_GROUP_FLAGS,
     DESIRED_MEMBERSHIP_COLUMNS,
     DESIRED_USER_COLUMNS,
+    MEMBERSHIP_ONCE,
     REJECTED_USER_COLUMNS,
     USER_ATTRIBUTES,
     DesiredState,
@@ -49,8 +51,18 @@ GROUPS_FILE = "groups.csv"
 TRANSFORMS = ("lower", "upper", "strip", "regex", "template")
 ATTRIBUTE_COLUMNS = ("target", "source", "transform", "regex", "replacement", "template", "default")
 REQUIRED_ATTRIBUTE_COLUMNS = ("target", "source")
-GROUP_MODES = ("manual", "on-the-fly", "default")
-GROUP_COLUMNS = ("source_group", "target_group", "mode", "targets")
+GROUP_MODES = ("manual", "on-the-fly", "default", "default-new")
+GROUP_COLUMNS = (
+    "source_group",
+    "target_group",
+    "mode",
+    "targets",
+    "create",
+    "keep_existing_users",
+)
+#: How the yes/no columns of groups.csv may be written (blank: the column's default).
+YES = ("yes", "y", "true", "1")
+NO = ("no", "n", "false", "0")
 REQUIRED_GROUP_COLUMNS = ("source_group", "target_group")
 ALL_GROUPS = "*"
 #: Attribute names usable in `source` and in template fields (LDAP descriptions, SCIM paths).
@@ -91,6 +103,10 @@ class GroupRule:
     source_group: str
     target_group: str
     targets: tuple[str, ...]  # empty: every target
+    #: manual: create the target group when missing (import) or only map onto an existing one
+    create: bool = True
+    #: manual: leave members the source does not list alone (True) or remove them
+    keep_existing_users: bool = True
 
     def applies_to(self, target: str) -> bool:
         return not self.targets or target in self.targets
@@ -275,8 +291,19 @@ def parse_groups(
                 f"{at}: an on-the-fly rule names a source_group (or *) and leaves target_group "
                 "empty: the group keeps its name"
             )
-        if mode == "default" and (source or not target):
-            raise ConfigError(f"{at}: a default rule names only target_group")
+        if mode in ("default", "default-new") and (source or not target):
+            raise ConfigError(f"{at}: a {mode} rule names only target_group")
+        flags = {}
+        for column in ("create", "keep_existing_users"):
+            value = row.get(column, "").strip().lower()
+            if value and mode != "manual":
+                raise ConfigError(
+                    f"{at}: {column} applies to manual rules only (on-the-fly groups follow "
+                    "settings.groups.create_missing; default groups are always created)"
+                )
+            if value and value not in YES + NO:
+                raise ConfigError(f"{at}: {column} must be yes or no, not {value!r}")
+            flags[column] = value not in NO
         targets = tuple(t.strip() for t in row.get("targets", "").split(";") if t.strip())
         unknown = [t for t in targets if known_targets and t not in known_targets]
         if unknown:
@@ -284,7 +311,7 @@ def parse_groups(
                 f"{at}: unknown target(s) {', '.join(unknown)} "
                 f"(this profile has: {', '.join(sorted(known_targets))})"
             )
-        rules.append(GroupRule(line, mode, source, target, targets))
+        rules.append(GroupRule(line, mode, source, target, targets, **flags))
     return tuple(rules)
 
 
@@ -447,7 +474,12 @@ def map_attributes(users: pd.DataFrame, rules: Sequence[AttributeRule]) -> pd.Da
 
 
 def desired_state(
-    snapshot: SourceSnapshot, tables: MappingTables, target: str, *, email_required: bool = True
+    snapshot: SourceSnapshot,
+    tables: MappingTables,
+    target: str,
+    *,
+    email_required: bool = True,
+    groups_settings: GroupSyncSettings | None = None,
 ) -> DesiredState:
     """The users, groups and memberships target `target` should hold.
 
@@ -501,8 +533,9 @@ def desired_state(
         good[list(DESIRED_USER_COLUMNS)], DESIRED_USER_COLUMNS, what="desired users"
     )
 
-    memberships = _desired_memberships(snapshot, tables, target, good)
-    groups = _desired_groups(tables, target, memberships)
+    group_settings = groups_settings or GroupSyncSettings()
+    memberships = _desired_memberships(snapshot, tables, target, good, group_settings)
+    groups = _desired_groups(tables, target, memberships, group_settings)
     return DesiredState(
         users=desired_users.sort_values("username", ignore_index=True),
         groups=groups,
@@ -511,58 +544,170 @@ def desired_state(
     )
 
 
+def _search(pattern: bounded_re.Pattern[str], name: str, setting: str) -> bool:
+    try:
+        return bool(pattern.search(name, timeout=REGEX_SECONDS_PER_VALUE))
+    except TimeoutError:
+        raise RegexTimeoutError(
+            f"settings.groups.{setting}: the regex {pattern.pattern!r} ran out of its time "
+            f"budget on the group name {name!r}; the run stops before any write"
+        ) from None
+
+
+def _matching(names: pd.Series, patterns: Sequence[str], setting: str) -> pd.Series:
+    """Which names one of `patterns` finds (searched, case-insensitively)."""
+    found = pd.Series(False, index=names.index)
+    for text in patterns:
+        pattern = bounded_re.compile(text, bounded_re.IGNORECASE)
+        found = found | names.map(lambda n, p=pattern: _search(p, n, setting)).astype(bool)
+    return found
+
+
+def _filtered(source: pd.DataFrame, settings: GroupSyncSettings) -> pd.DataFrame:
+    """Source memberships whose group passes `settings.include` and `settings.exclude`."""
+    if not settings.include and not settings.exclude:
+        return source
+    names = pd.Series(source["source_group"].dropna().unique(), dtype="string")
+    keep = pd.Series(True, index=names.index)
+    if settings.include:
+        keep = _matching(names, settings.include, "include")
+    if settings.exclude:
+        keep = keep & ~_matching(names, settings.exclude, "exclude")
+    return source.loc[source["source_group"].isin(set(names[keep]))]
+
+
+def _renamed(names: pd.Series, settings: GroupSyncSettings) -> pd.Series:
+    """On-the-fly group names after `settings.rename_pattern` (the matched part replaced)."""
+    if not settings.rename_pattern:
+        return names
+    pattern = bounded_re.compile(settings.rename_pattern)
+    renamed = {}
+    for name in names.dropna().unique():
+        try:
+            renamed[name] = pattern.sub(
+                settings.rename_to, name, count=1, timeout=REGEX_SECONDS_PER_VALUE
+            ).strip()
+        except TimeoutError:
+            raise RegexTimeoutError(
+                f"settings.groups.rename_pattern: the regex {pattern.pattern!r} ran out of its "
+                f"time budget on the group name {name!r}; the run stops before any write"
+            ) from None
+    return names.map(renamed).astype("string")
+
+
 def _desired_memberships(
-    snapshot: SourceSnapshot, tables: MappingTables, target: str, users: pd.DataFrame
+    snapshot: SourceSnapshot,
+    tables: MappingTables,
+    target: str,
+    users: pd.DataFrame,
+    settings: GroupSyncSettings,
 ) -> pd.DataFrame:
+    """Memberships the rules give active users; column `once` marks default-new ones.
+
+    Precedence: a source group a manual rule names is mapped by that rule and not also by
+    the on-the-fly `*` (an on-the-fly row naming it explicitly still applies). Name filters
+    (`settings.include` / `exclude`) apply before every rule; default groups do not depend on
+    source groups and are not filtered.
+    """
     rules = [r for r in tables.groups if r.applies_to(target)]
     active = users.loc[users["active"].fillna(False).astype(bool), ["source_id", "username"]]
     source = snapshot.memberships[["source_id", "source_group"]].astype("string")
+    source = _filtered(source.dropna(), settings)
     source = source.assign(source_key=source["source_group"].str.casefold())
     parts = []
+    manual_rules = [r for r in rules if r.mode == "manual"]
     manual = pd.DataFrame(
         {
-            "source_key": [r.source_group.casefold() for r in rules if r.mode == "manual"],
-            "group": [r.target_group for r in rules if r.mode == "manual"],
+            "source_key": [r.source_group.casefold() for r in manual_rules],
+            "group": [r.target_group for r in manual_rules],
         },
         dtype="string",
     )
     if len(manual):
         parts.append(source.merge(manual, on="source_key")[["source_id", "group"]])
-    fly = [r.source_group for r in rules if r.mode == "on-the-fly"]
-    if ALL_GROUPS in fly:
-        parts.append(source.rename(columns={"source_group": "group"})[["source_id", "group"]])
-    elif fly:
-        chosen = source[source["source_key"].isin([f.casefold() for f in fly])]
-        parts.append(chosen.rename(columns={"source_group": "group"})[["source_id", "group"]])
-    defaults = [r.target_group for r in rules if r.mode == "default"]
-    if defaults:
+    fly = [r.source_group.casefold() for r in rules if r.mode == "on-the-fly"]
+    if fly:
+        chosen = source["source_key"].isin(fly)
+        if ALL_GROUPS in fly:
+            chosen = chosen | ~source["source_key"].isin(set(manual["source_key"]))
+        picked = source.loc[chosen]
         parts.append(
-            active[["source_id"]].merge(
-                pd.DataFrame({"group": defaults}, dtype="string"), how="cross"
+            pd.DataFrame(
+                {
+                    "source_id": picked["source_id"],
+                    "group": _renamed(picked["source_group"], settings),
+                }
             )
         )
+    for mode, once in (("default", False), ("default-new", True)):
+        defaults = [r.target_group for r in rules if r.mode == mode]
+        if defaults:
+            parts.append(
+                active[["source_id"]]
+                .merge(pd.DataFrame({"group": defaults}, dtype="string"), how="cross")
+                .assign(**{MEMBERSHIP_ONCE: once})
+            )
     if not parts:
-        return empty_frame(DESIRED_MEMBERSHIP_COLUMNS)
+        return empty_frame(DESIRED_MEMBERSHIP_COLUMNS).assign(
+            **{MEMBERSHIP_ONCE: pd.Series(dtype="boolean")}
+        )
     joined = pd.concat(parts, ignore_index=True).merge(active, on="source_id")
-    joined = joined.assign(group_key=joined["group"].str.casefold())
-    joined = joined.drop_duplicates(["source_id", "group_key"]).sort_values(
-        ["group_key", "username"]
+    joined = joined.loc[joined["group"].notna() & (joined["group"].str.strip() != "")]
+    joined = joined.assign(
+        group_key=joined["group"].str.casefold(),
+        **{MEMBERSHIP_ONCE: joined.get(MEMBERSHIP_ONCE, False)},
     )
+    joined[MEMBERSHIP_ONCE] = joined[MEMBERSHIP_ONCE].fillna(False).astype("boolean")
+    # A membership an enforced rule gives wins over the same one given only at creation.
+    joined = joined.sort_values(MEMBERSHIP_ONCE, kind="stable").drop_duplicates(
+        ["source_id", "group_key"]
+    )
+    joined = joined.sort_values(["group_key", "username"])
     return conform(
-        joined[list(DESIRED_MEMBERSHIP_COLUMNS)], DESIRED_MEMBERSHIP_COLUMNS, what="memberships"
+        joined[[*DESIRED_MEMBERSHIP_COLUMNS, MEMBERSHIP_ONCE]],
+        DESIRED_MEMBERSHIP_COLUMNS,
+        what="memberships",
     )
 
 
-def _desired_groups(tables: MappingTables, target: str, memberships: pd.DataFrame) -> pd.DataFrame:
-    named = [
-        r.target_group for r in tables.groups if r.applies_to(target) and r.mode != "on-the-fly"
-    ]
-    names = pd.concat(
-        [pd.Series(named, dtype="string"), memberships["group"].astype("string")],
-        ignore_index=True,
+def _desired_groups(
+    tables: MappingTables, target: str, memberships: pd.DataFrame, settings: GroupSyncSettings
+) -> pd.DataFrame:
+    """Every group a rule names or a membership needs, with its `DESIRED_GROUP_FLAGS`."""
+    rows = []
+    for rule in tables.groups:
+        if not rule.applies_to(target) or rule.mode == "on-the-fly":
+            continue
+        rows.append(
+            {
+                "group": rule.target_group,
+                "create": rule.create,
+                "enforce": rule.mode != "default-new",
+                "keep_users": rule.keep_existing_users,
+            }
+        )
+    named = pd.DataFrame(rows, columns=["group", *DESIRED_GROUP_FLAGS])
+    named_keys = set(named["group"].str.casefold()) if len(named) else set()
+    members = memberships["group"].astype("string").dropna().drop_duplicates()
+    fly = members[~members.str.casefold().isin(named_keys)]
+    fly_rows = pd.DataFrame(
+        {"group": fly, "create": settings.create_missing, "enforce": True, "keep_users": True}
     )
-    frame = pd.DataFrame({"group": names})
-    frame = frame.assign(key=frame["group"].str.casefold()).drop_duplicates("key")
-    return conform(
-        frame.sort_values("key")[["group"]], DESIRED_GROUP_COLUMNS, what="desired groups"
+    frame = pd.concat([named, fly_rows], ignore_index=True)
+    frame["group"] = frame["group"].astype("string")
+    frame["key"] = frame["group"].str.casefold()
+    flags = frame.groupby("key", sort=True).agg(
+        group=("group", "first"),
+        create=("create", "any"),
+        enforce=("enforce", "any"),
+        # Members are removed only when every rule naming the group says so.
+        keep_users=("keep_users", "any"),
     )
+    out = conform(
+        flags.reset_index(drop=True)[["group", *DESIRED_GROUP_FLAGS]],
+        DESIRED_GROUP_COLUMNS,
+        what="desired groups",
+    )
+    for name in DESIRED_GROUP_FLAGS:
+        out[name] = out[name].astype(bool)
+    return out

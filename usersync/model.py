@@ -58,6 +58,14 @@ DESIRED_MEMBERSHIP_COLUMNS: dict[str, str] = {
 
 #: Desired groups for one target.
 DESIRED_GROUP_COLUMNS: dict[str, str] = {"group": STRING}
+#: Optional boolean columns of desired groups, and their value where a frame lacks them:
+#: `create`: usersync may create the group when the target lacks it (else its memberships are
+#: reported and skipped); `enforce`: usersync decides managed users' membership (not for groups
+#: only joined at creation); `keep_users`: members the source does not list are left alone
+#: (False: removed, unmanaged accounts included, except protected and other profiles' ones).
+DESIRED_GROUP_FLAGS: dict[str, bool] = {"create": True, "enforce": True, "keep_users": True}
+#: Optional boolean column of desired memberships: joined once, when the account is created.
+MEMBERSHIP_ONCE = "once"
 
 #: Source users the mapping could not turn into an account (no username, duplicate username,
 #: ...). They are reported, never provisioned, and never deprovisioned because of it.

@@ -30,7 +30,9 @@ from usersync.config import SyncSettings
 from usersync.errors import GuardError
 from usersync.model import (
     CONFLICT_COLUMNS,
+    DESIRED_GROUP_FLAGS,
     LEDGER_COLUMNS,
+    MEMBERSHIP_ONCE,
     OPERATIONS,
     PLAN_COLUMNS,
     DesiredState,
@@ -60,6 +62,13 @@ class PlanInput:
     protected: tuple[str, ...] = ()
     #: accounts other profiles manage on the same target instance: target_key → profile
     foreign: dict[str, str] = field(default_factory=dict)
+    #: of those, the ones whose profile yields to this one (settings.precedence): taken over
+    takeover: dict[str, str] = field(default_factory=dict)
+    #: ...and the ones whose profile comes first: left to it quietly (not a conflict)
+    deferred: frozenset[str] = frozenset()
+    #: usernames (case-folded) of the accounts other profiles manage: never removed from a
+    #: group by this profile, whatever keep_existing_users says
+    foreign_names: frozenset[str] = frozenset()
     #: whether the product can rename accounts (Confluence cannot)
     can_rename: bool = True
 
@@ -173,18 +182,24 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
         & (by_name["owner"].map(desired_key_of).astype("string") != by_name["t_key"])
     )
     # An account another profile manages on this instance is that profile's, whatever its name.
+    # Unless the profiles' precedence gives it to this one (taken over whatever the adoption
+    # policy: it is managed already, by a profile the administrator ranked lower).
     by_name["foreign"] = by_name["t_target_key"].map(data.foreign).astype("string")
+    taken_over = by_name["t_target_key"].isin(data.takeover) & found
+    by_name.loc[taken_over, "foreign"] = pd.NA
     elsewhere = found & by_name["foreign"].notna() & wants
+    deferred = elsewhere & by_name["t_target_key"].isin(data.deferred)
     found = found & by_name["foreign"].isna()
     unowned = found & ~owned & wants
-    adopt = unowned & _may_adopt(by_name, settings.adoption)
+    adopt = unowned & (_may_adopt(by_name, settings.adoption) | taken_over)
     relink = found & owned & ~owner_live & wants
     disputed = found & owned & owner_live & ~owner_renamed_away & wants
     create = wants & ~elsewhere & (~found | (owned & owner_renamed_away))
 
-    by_name = by_name.drop(columns="foreign").assign(elsewhere=elsewhere)
-    claimed = by_name.loc[elsewhere]
+    by_name = by_name.drop(columns="foreign").assign(elsewhere=elsewhere & ~deferred)
+    claimed = by_name.loc[by_name["elsewhere"]]
     by_name = by_name.drop(columns="elsewhere")
+    by_name["taken_over"] = taken_over
     matched = pd.concat(
         [
             linked,
@@ -250,8 +265,18 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
                 reason="no account with this username",
             )
         )
+    adopted = matched["how"] == "adopted"
+    if adopted.any() and "taken_over" in matched:
+        taken = adopted & matched["taken_over"].fillna(False).astype(bool)
+        matched.loc[taken, "how"] = "taken over"
     for how, op, reason in (
         ("adopted", "adopt_user", "existing account with the same username; managed from now"),
+        (
+            "taken over",
+            "adopt_user",
+            "managed by a profile that yields to this one (settings.precedence); managed "
+            "by this profile from now",
+        ),
         (
             "relinked",
             "relink_user",
@@ -294,7 +319,9 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
         if len(going):
             parts.append(_activation(going, target, active=False))
 
-    parts.extend(_group_ops(data, ledger, live_matched, to_create, leaving))
+    group_parts, skipped_groups = _group_ops(data, ledger, live_matched, to_create, leaving)
+    parts.extend(group_parts)
+    conflicts.append(skipped_groups)
 
     conflict_rows = pd.concat([c for c in conflicts if len(c)] or [empty_frame(CONFLICT_COLUMNS)])
     conflict_frame = conform(
@@ -473,25 +500,40 @@ def _leaving(
     return pd.concat([disabled[columns], orphans[columns]], ignore_index=True)
 
 
+def _group_flags(desired_groups: pd.DataFrame) -> pd.DataFrame:
+    """Desired groups with every `DESIRED_GROUP_FLAGS` column (defaults where absent)."""
+    out = desired_groups.assign(gkey=lambda f: _key(f["group"]))
+    for name, default in DESIRED_GROUP_FLAGS.items():
+        out[name] = out[name].fillna(default).astype(bool) if name in out else default
+    return out
+
+
 def _group_ops(
     data: PlanInput,
     ledger: pd.DataFrame,
     live_matched: pd.DataFrame,
     created: pd.DataFrame,
     leaving: pd.DataFrame,
-) -> list[pd.DataFrame]:
-    """create_group, add_membership and remove_membership rows.
+) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+    """create_group, add_membership and remove_membership rows, and the groups skipped.
 
-    The groups usersync manages are the mapped ones plus every group the ledger remembers;
-    the accounts whose memberships it decides are the managed accounts that stay active
-    (and, with `memberships_of_deactivated: remove`, those leaving or already inactive).
+    The groups usersync manages are the mapped ones plus every group the ledger remembers,
+    except groups only joined at creation (`default-new`); the accounts whose memberships it
+    decides are the managed accounts that stay active (and, with `memberships_of_deactivated:
+    remove`, those leaving or already inactive). With `settings.groups.keep_existing_groups`
+    off, every group a managed account is in counts as managed. A group whose rules say
+    `keep_existing_users: no` loses the members the source does not list, unmanaged accounts
+    included (never protected ones, nor accounts another profile manages). A missing group
+    usersync may not create is skipped with its memberships, and reported.
     """
     target = data.target
     settings = data.settings
     out: list[pd.DataFrame] = []
-    desired_groups = data.desired.groups.assign(gkey=lambda f: _key(f["group"]))
+    desired_groups = _group_flags(data.desired.groups)
     existing = set(_key(data.actual.groups["group"]))
-    new_groups = desired_groups.loc[~desired_groups["gkey"].isin(existing)]
+    missing = desired_groups.loc[~desired_groups["gkey"].isin(existing)]
+    new_groups = missing.loc[missing["create"]]
+    skipped_groups = missing.loc[~missing["create"]]
     if len(new_groups):
         out.append(
             _ops(
@@ -506,9 +548,10 @@ def _group_ops(
                 reason="mapped group missing in the target",
             )
         )
-    managed_groups = set(desired_groups["gkey"]) | set(
-        _key(ledger.loc[ledger["kind"] == "group", "name"])
-    )
+    once_only = set(desired_groups.loc[~desired_groups["enforce"], "gkey"])
+    managed_groups = (
+        set(desired_groups["gkey"]) | set(_key(ledger.loc[ledger["kind"] == "group", "name"]))
+    ) - once_only
 
     # Who stays: matched active accounts (key known) and accounts being created (key not yet).
     # An existing account is named as it is now: a rename in this plan may be refused (a
@@ -523,16 +566,27 @@ def _group_ops(
         ],
         ignore_index=True,
     )
-    want = data.desired.memberships[["source_id", "group"]].merge(staying, on="source_id")
+    wanted = data.desired.memberships
+    if MEMBERSHIP_ONCE in wanted:
+        # Groups for new users: joined by the accounts this plan creates, never enforced.
+        once = wanted[MEMBERSHIP_ONCE].fillna(False).astype(bool)
+        wanted = wanted.loc[~once | wanted["source_id"].isin(set(created["source_id"]))]
+    want = wanted[["source_id", "group"]].merge(staying, on="source_id")
     want = want.assign(gkey=_key(want["group"]))
+    skipped = want.loc[want["gkey"].isin(set(skipped_groups["gkey"]))]
+    want = want.loc[~want["gkey"].isin(set(skipped_groups["gkey"]))]
 
     accounts = data.actual.users[["target_key", "username"]].assign(
         ukey=lambda f: _key(f["username"])
     )
-    have = data.actual.memberships.assign(
+    members = data.actual.memberships.assign(
         ukey=lambda f: _key(f["username"]), gkey=lambda f: _key(f["group"])
-    ).merge(accounts[["ukey", "target_key"]], on="ukey")
-    have = have.loc[have["gkey"].isin(managed_groups)]
+    )
+    have_all = members.merge(accounts[["ukey", "target_key"]], on="ukey")
+    if settings.groups.keep_existing_groups:
+        have = have_all.loc[have_all["gkey"].isin(managed_groups)]
+    else:
+        have = have_all.loc[~have_all["gkey"].isin(once_only)]
     have_staying = have.merge(
         live_matched[["source_id", "t_target_key"]], left_on="target_key", right_on="t_target_key"
     )
@@ -550,12 +604,20 @@ def _group_ops(
                 reason="member in the source",
             )
         )
+    skipped_report = _skipped_groups(skipped_groups, skipped)
     if not settings.remove_memberships:
-        return out
+        return out, skipped_report
 
     extra = _without(have_staying, want, ["source_id", "gkey"])
-    extra = extra.assign(reason="no longer a member in the source")
-    removals = [extra]
+    extra = extra.assign(
+        reason=lambda f: pd.Series(
+            "no longer a member in the source", index=f.index, dtype="string"
+        ).mask(
+            ~f["gkey"].isin(managed_groups),
+            "in a group no rule maps (settings.groups.keep_existing_groups: false)",
+        )
+    )
+    removals = [extra, _unlisted_members(data, desired_groups, members, want, have_staying)]
     if settings.memberships_of_deactivated == "remove":
         inactive_managed = pd.concat(
             [
@@ -564,22 +626,76 @@ def _group_ops(
             ],
             ignore_index=True,
         ).drop_duplicates("t_target_key")
-        gone = have.merge(inactive_managed, left_on="target_key", right_on="t_target_key")
+        gone = have.loc[have["gkey"].isin(managed_groups)].merge(
+            inactive_managed, left_on="target_key", right_on="t_target_key"
+        )
         gone = gone.assign(reason="account deactivated (memberships_of_deactivated: remove)")
         removals.append(gone)
     extra = pd.concat([r for r in removals if len(r)] or [extra], ignore_index=True)
+    extra = extra.drop_duplicates(["ukey", "gkey"]) if len(extra) else extra
     if len(extra):
         out.append(
             _ops(
                 extra,
                 "remove_membership",
                 target=target,
-                target_key=extra["target_key"],
+                target_key=extra["target_key"].fillna(""),
                 before="",
                 after="",
             )
         )
-    return out
+    return out, skipped_report
+
+
+def _unlisted_members(
+    data: PlanInput,
+    desired_groups: pd.DataFrame,
+    members: pd.DataFrame,
+    want: pd.DataFrame,
+    have_staying: pd.DataFrame,
+) -> pd.DataFrame:
+    """Members of `keep_existing_users: no` groups that the source does not list there and
+    that no other removal covers: unmanaged accounts (managed ones are decided already)."""
+    strict = set(desired_groups.loc[~desired_groups["keep_users"], "gkey"])
+    if not strict:
+        return members.iloc[0:0].assign(target_key="", source_id="", reason="")
+    protected = set(_key(pd.Series(list(data.protected), dtype="string")))
+    keep = (
+        set(_key(want["username"]))
+        | set(have_staying["ukey"])
+        | protected
+        | set(data.foreign_names)
+    )
+    gone = members.loc[members["gkey"].isin(strict) & ~members["ukey"].isin(keep)]
+    key_of = dict(
+        zip(_key(data.actual.users["username"]), data.actual.users["target_key"], strict=False)
+    )
+    return gone.assign(
+        target_key=gone["ukey"].map(key_of).astype("string").fillna(""),
+        source_id="",
+        reason="not listed by the source in this group (keep_existing_users: no)",
+    )
+
+
+def _skipped_groups(groups: pd.DataFrame, memberships: pd.DataFrame) -> pd.DataFrame:
+    """One conflict row per missing group usersync may not create, with what it skips."""
+    if not len(groups):
+        return empty_frame(CONFLICT_COLUMNS)
+    counts = memberships.groupby("gkey").size() if len(memberships) else pd.Series(dtype=int)
+    rows = [
+        {
+            "source_id": "",
+            "username": "",
+            "target_key": "",
+            "reason": (
+                f"group '{group}' does not exist in the target and is not created (a manual "
+                "rule with create: no, or settings.groups.create_missing: false): "
+                f"{int(counts.get(gkey, 0))} membership(s) skipped"
+            ),
+        }
+        for group, gkey in zip(groups["group"], groups["gkey"], strict=True)
+    ]
+    return pd.DataFrame(rows, columns=list(CONFLICT_COLUMNS), dtype="string")
 
 
 def _inactive_managed(data: PlanInput, ledger: pd.DataFrame, leaving: pd.DataFrame) -> pd.DataFrame:

@@ -14,16 +14,17 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 
 from usersync.config import Profile, SecretLoader, instance_of, load_profile, profile_dir
-from usersync.errors import GuardError, ProfileBusyError
+from usersync.errors import ConfigError, GuardError, ProfileBusyError
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
 from usersync.model import (
+    CUSTOM_PREFIX,
     REJECTED_USER_COLUMNS,
     DesiredState,
     SourceSnapshot,
@@ -116,7 +117,9 @@ def extract(
 
 def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> DesiredState:
     """Apply the mapping tables for one target."""
-    return desired_state(snapshot, loaded.tables, target)
+    return desired_state(
+        snapshot, loaded.tables, target, groups_settings=loaded.profile.settings.groups
+    )
 
 
 def protected_usernames(
@@ -247,9 +250,14 @@ def plan_target_sync(
             ).dropna()
         )
     )
-    actual = target.read_state(usernames, groups, keys)
+    custom = [c.removeprefix(CUSTOM_PREFIX) for c in desired.users if c.startswith(CUSTOM_PREFIX)]
+    actual = target.read_state(usernames, groups, keys, custom=custom)
+    if not profile.settings.groups.keep_existing_groups:
+        actual = _with_every_group(target, actual, ledger)
     instance = instance_of(profile.targets[target_name].url)
     claims = store.claims(instance, besides=profile.name)
+    ranks = _precedence_of(set(claims["profile"]))
+    mine = profile.settings.precedence
     foreign = dict(zip(claims["target_key"], claims["profile"], strict=True))
     changes = plan_changes(
         PlanInput(
@@ -260,6 +268,9 @@ def plan_target_sync(
             settings=profile.settings,
             protected=protected_usernames(profile, target_name, target),
             foreign=foreign,
+            takeover={k: p for k, p in foreign.items() if _ranks_before(mine, ranks[p])},
+            deferred=frozenset(k for k, p in foreign.items() if _ranks_before(ranks[p], mine)),
+            foreign_names=frozenset(claims["name"].dropna().str.casefold()),
             can_rename=target.can_rename,
         )
     )
@@ -275,6 +286,36 @@ def plan_target_sync(
         unverifiable=changes.unverifiable,
         deleted_keys=tuple(sorted(set(keys) - set(actual.users["target_key"].dropna()))),
     )
+
+
+def _ranks_before(mine: int | None, theirs: int | None) -> bool:
+    """Whether a profile of precedence `mine` comes before one of `theirs` (both declared)."""
+    return mine is not None and theirs is not None and mine < theirs
+
+
+def _precedence_of(profiles: set[str]) -> dict[str, int | None]:
+    """Each profile's `settings.precedence`; None for one that is unset or does not load
+    here (an unknown rank decides nothing: the account stays with whoever has it)."""
+    ranks: dict[str, int | None] = {}
+    for name in profiles:
+        try:
+            ranks[name] = load_profile(name).settings.precedence
+        except ConfigError:
+            ranks[name] = None
+    return ranks
+
+
+def _with_every_group(target: Target, actual: TargetState, ledger: pd.DataFrame) -> TargetState:
+    """`actual` with every group membership of the managed accounts it read, for
+    `keep_existing_groups: false` (which removes memberships in groups no rule maps)."""
+    managed = set(ledger.loc[ledger["kind"] == "user", "target_key"].dropna())
+    names = actual.users.loc[actual.users["target_key"].isin(managed), "username"]
+    extra = target.read_user_groups(list(names.dropna()))
+    memberships = pd.concat([actual.memberships, extra], ignore_index=True)
+    memberships = memberships.loc[
+        ~memberships[["username", "group"]].apply(lambda c: c.str.casefold()).duplicated()
+    ]
+    return replace(actual, memberships=memberships.reset_index(drop=True))
 
 
 @dataclass
@@ -425,11 +466,28 @@ def load_target_sync(
         for o in result.outcomes
         if o.op == "create_group" and o.status != "succeeded"
     }
+    # Groups whose membership usersync decides and that exist now: not those only joined at
+    # creation, nor missing ones it may not create (or failed to).
+    groups = target_plan.desired.groups
+    present = set(target_plan.actual.groups["group"].str.casefold()) | {
+        str(g).casefold() for g in plan.loc[plan["op"] == "create_group", "group"]
+    }
+    enforced = groups["enforce"].astype(bool) if "enforce" in groups else True
     mapped = [
         LedgerEntry("group", group.casefold(), group)
-        for group in target_plan.desired.groups["group"].dropna()
-        if group.casefold() not in failed_groups
+        for group in groups.loc[enforced, "group"].dropna()
+        if group.casefold() not in failed_groups and group.casefold() in present
     ]
+    # Accounts taken over from a profile that yields to this one are this profile's alone now.
+    succeeded = {o.seq for o in result.outcomes if o.status == "succeeded"}
+    taken = plan.loc[
+        (plan["op"] == "adopt_user")
+        & plan["reason"].str.contains("settings.precedence", regex=False)
+        & plan["seq"].isin(succeeded),
+        "target_key",
+    ].tolist()
+    if taken:
+        store.release_claims(instance, taken, besides=profile)
     if not result.quarantined:
         store.remember(profile, target_plan.target, mapped, instance=instance)
         # An account deleted by hand is gone for good: its link would only be looked up again

@@ -162,7 +162,9 @@ def run_test_sync(
         ),
     )
     for name, target in loaded.profile.targets.items():
-        desired = desired_state(snapshot, loaded.tables, name)
+        desired = desired_state(
+            snapshot, loaded.tables, name, groups_settings=loaded.profile.settings.groups
+        )
         preview = TargetPreview(name, target.kind, None, [])
         if len(desired.rejected):
             preview.rejected = str(desired.rejected.iloc[0]["reason"])

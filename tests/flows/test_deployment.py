@@ -215,3 +215,44 @@ def test_test_connection_and_test_sync_run_from_their_deployments(deployed):
     latest = asyncio.run(artifacts())
     assert "target jira" in latest["test-connection-demo-push"].data
     assert "| display_name | Alice Smith |" in latest["test-sync-demo"].data
+
+
+def test_configure_offers_each_profiles_targets_and_creates_the_instance_limits(deployed):
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("usersync")), "deployments", "configure"],
+        cwd=REPO,
+        env=deployed.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "deployment sync/demo-push: targets offered as choices" in done.stdout
+
+    async def read():
+        async with get_client() as client:
+            deployment = await client.read_deployment(
+                deployed.deployments[("sync", "demo-push")].id
+            )
+            limits = await client.read_global_concurrency_limits(limit=200)
+        return deployment, {limit.name: limit.limit for limit in limits}
+
+    deployment, limits = asyncio.run(read())
+    targets = deployment.parameter_openapi_schema["properties"]["targets"]
+    array = next(option for option in targets["anyOf"] if option.get("type") == "array")
+    assert array["items"]["enum"] == ["jira", "confluence", "bitbucket"]
+    port = deployed.sandbox.url("jira").split("/")[2].split(":")[1]
+    assert deployed.sandbox.url("jira") == f"http://127.0.0.1:{port}/jira"
+    assert limits[f"usersync-instance-http-127-0-0-1-{port}-jira"] == 1
+
+    # The form refuses a target the profile does not have, before any worker sees the run.
+    refused = subprocess.run(
+        [PREFECT, "--no-prompt", "deployment", "run", "sync/demo-push", "-p", 'targets=["nope"]'],
+        cwd=REPO,
+        env=deployed.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0
+    assert "nope" in refused.stdout + refused.stderr

@@ -374,6 +374,22 @@ class Store:
             rows = conn.execute(query).mappings().all()
         return pd.DataFrame(rows, columns=["profile", "target_key", "name"], dtype="string")
 
+    def release_claims(self, instance: str, target_keys: Iterable[str], *, besides: str) -> None:
+        """Drop other profiles' links to these accounts: `besides` took them over (by the
+        profiles' precedence) and manages them alone from now."""
+        keys = list(target_keys)
+        if not keys:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                ledger.delete().where(
+                    ledger.c.instance == instance,
+                    ledger.c.kind == "user",
+                    ledger.c.profile != besides,
+                    ledger.c.target_key.in_(keys),
+                )
+            )
+
     def forget(self, profile: str, target: str, kind: str, target_keys: Iterable[str]) -> None:
         """Drop ledger entries (accounts or groups that no longer exist in the target)."""
         keys = list(target_keys)

@@ -152,6 +152,17 @@ class Target(ABC):
         it takes it. Checked before any request; the value is then not written."""
         return None
 
+    def read_user_groups(self, usernames: Sequence[str]) -> pd.DataFrame:
+        """Every group these accounts are members of: `username`, `group` (one row each).
+
+        Needed only by `settings.groups.keep_existing_groups: false`, which removes managed
+        accounts from groups no rule maps; it costs a request per account (or per page).
+        """
+        raise NotImplementedError(
+            f"{self.product}: reading every group of an account is not implemented, so "
+            "settings.groups.keep_existing_groups: false cannot be used with it"
+        )
+
     def read_leads(self) -> pd.DataFrame:
         """Every project and component lead role in the product (`model.LEAD_COLUMNS`).
 
