@@ -3,7 +3,10 @@
 `BitbucketEmulator` serves what usersync's Bitbucket client calls, as the product does it (see
 ../shared/reference/atlassian-rest.md §3 and §6): an optional context path, both
 `/rest/api/1.0` and `/rest/api/latest`, the `{size,limit,start,isLastPage,nextPageStart,values}`
-page with default limit 25 and a server-side cap, `filter` substring matching, create-user as
+page with default limit 25 and a server-side cap, `filter` substring matching, the non-admin
+lists any licensed user may read (`/users` with its `group` and `permission` filters, `/groups`
+as a page of bare names), JSON answers typed `application/json;charset=UTF-8`, unknown paths
+and methods answered with the JSON error body rather than a servlet page, create-user as
 query parameters answering 204 with no body, 409 for existing users and groups, user slugs
 that differ from usernames, global permissions as the only notion of a licensed (usable)
 account, errors as `{"errors": [{"context", "message", "exceptionName"}]}`, and Bitbucket's
@@ -32,8 +35,10 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from usersync.sandbox.faults import Instrumented, retry_after_only
@@ -80,6 +85,13 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+class JSONResponse(_StarletteJSONResponse):
+    """Bitbucket's JSON answers name their charset, as its OpenAPI document lists them (some
+    clients, atlassian-python-api among them, read a 401's body only with this exact type)."""
+
+    media_type = "application/json;charset=UTF-8"
+
+
 def header_username(name: str) -> str:
     """A username as the `X-AUSERNAME` header carries it.
 
@@ -102,8 +114,11 @@ def user_slug(username: str) -> str:
 def bitbucket_error(
     message: str, exception: str = "", context: str | None = None
 ) -> dict[str, list[dict[str, str | None]]]:
-    """Bitbucket's error body: `{"errors": [{"context", "message", "exceptionName"}]}`."""
-    return {"errors": [{"context": context, "message": message, "exceptionName": exception}]}
+    """Bitbucket's error body: `{"errors": [{"context", "message", "exceptionName"}]}`; the
+    exception name is null when no exception class stands behind the error."""
+    return {
+        "errors": [{"context": context, "message": message, "exceptionName": exception or None}]
+    }
 
 
 class BitbucketRefusal(Exception):
@@ -143,6 +158,20 @@ class EmulatedUser:
             "mutableGroups": True,
             "createdTimestamp": self.created,
             "lastAuthenticationTimestamp": None,
+        }
+
+    def as_application_user(self, links_base: str) -> dict[str, Any]:
+        """The RestApplicationUser of the non-admin `/users` list (no directory details)."""
+        slug = user_slug(self.name)
+        return {
+            "name": self.name,
+            "emailAddress": self.email,
+            "displayName": self.display_name,
+            "active": True,
+            "slug": slug,
+            "id": self.id,
+            "type": "NORMAL",
+            "links": {"self": [{"href": f"{links_base}/users/{slug}"}]},
         }
 
 
@@ -197,7 +226,7 @@ class BitbucketEmulator:
         self.seed_user(admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1])
         self.user_permissions[admin[0].casefold()] = "SYS_ADMIN"
         self.app = Instrumented(
-            Starlette(routes=self._routes()),
+            self._starlette(),
             rate_limit_headers=retry_after_only,
             error_body=lambda _status, message: bitbucket_error(message),
         )
@@ -379,7 +408,9 @@ class BitbucketEmulator:
     def _routes(self) -> list[Route]:
         table: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
             ("/application-properties", "GET", self._application_properties),
+            ("/users", "GET", self._list_application_users),
             ("/users/{slug}", "GET", self._get_user_by_slug),
+            ("/groups", "GET", self._list_group_names),
             ("/admin/users", "GET", self._list_users),
             ("/admin/users", "POST", self._create_user),
             ("/admin/users", "PUT", self._update_user),
@@ -414,6 +445,24 @@ class BitbucketEmulator:
                     )
                 )
         return routes
+
+    def _starlette(self) -> Starlette:
+        return Starlette(
+            routes=self._routes(),
+            exception_handlers={HTTPException: self._no_such_resource},
+        )
+
+    @staticmethod
+    async def _no_such_resource(request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods, answered in Bitbucket's error shape (the exact wording
+        of the product's message is UNCONFIRMED)."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = (
+            f"{request.method} is not supported for {request.url.path}."
+            if status == 405
+            else f"No resource exists at {request.url.path}."
+        )
+        return JSONResponse(bitbucket_error(message), status_code=status)
 
     def _guarded(
         self, handler: Callable[[Request], Awaitable[Response]]
@@ -484,6 +533,40 @@ class BitbucketEmulator:
     async def _list_users(self, request: Request) -> Response:
         self._caller(request, needs="LICENSED_USER")
         return JSONResponse(self._page(request, self._filtered_users(request, self.users.values())))
+
+    async def _list_application_users(self, request: Request) -> Response:
+        """`GET /users`: any licensed user's view; `group` keeps that group's members and
+        `permission` (a global one) those holding at least that level."""
+        self._caller(request, needs="LICENSED_USER")
+        chosen: Iterable[EmulatedUser] = self.users.values()
+        group = request.query_params.get("group")
+        if group:
+            key = group.casefold()
+            chosen = [u for u in chosen if key in u.groups]
+        permission = request.query_params.get("permission")
+        if permission:
+            if permission not in GLOBAL_PERMISSIONS:
+                raise BitbucketRefusal(
+                    400,
+                    f"'{permission}' is not a valid global permission.",
+                    INVALID_ARGUMENT,
+                    "permission",
+                )
+            floor = GLOBAL_PERMISSIONS.index(permission)
+            chosen = [
+                u
+                for u in chosen
+                if (held := self.effective_permission(u.name))
+                and GLOBAL_PERMISSIONS.index(held) >= floor
+            ]
+        text = request.query_params.get("filter", "")
+        base = str(request.base_url).rstrip("/") + self.context_path
+        values = [
+            u.as_application_user(base)
+            for u in sorted(chosen, key=lambda u: u.name.casefold())
+            if self._matches(text, u.name, u.display_name, u.email)
+        ]
+        return JSONResponse(self._page(request, values))
 
     async def _create_user(self, request: Request) -> Response:
         self._caller(request, needs="ADMIN")
@@ -571,6 +654,16 @@ class BitbucketEmulator:
         return JSONResponse(
             self._page(request, [{"name": name, "deletable": True} for name in chosen])
         )
+
+    async def _list_group_names(self, request: Request) -> Response:
+        """`GET /groups`: a page of bare group names (strings), for any licensed user."""
+        self._caller(request, needs="LICENSED_USER")
+        text = request.query_params.get("filter", "")
+        names = sorted(
+            (g.name for g in self.groups.values() if self._matches(text, g.name)),
+            key=str.casefold,
+        )
+        return JSONResponse(self._page(request, names))
 
     async def _create_group(self, request: Request) -> Response:
         self._caller(request, needs="ADMIN")
