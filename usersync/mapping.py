@@ -32,6 +32,7 @@ import regex as bounded_re
 from usersync.config import GroupSyncSettings, read_text_file
 from usersync.errors import ConfigError
 from usersync.model import (
+    CUSTOM_PREFIX,
     DESIRED_GROUP_COLUMNS,
     DESIRED_GROUP_FLAGS,
     DESIRED_MEMBERSHIP_COLUMNS,
@@ -49,7 +50,18 @@ ATTRIBUTES_FILE = "attributes.csv"
 GROUPS_FILE = "groups.csv"
 
 TRANSFORMS = ("lower", "upper", "strip", "regex", "template")
-ATTRIBUTE_COLUMNS = ("target", "source", "transform", "regex", "replacement", "template", "default")
+ATTRIBUTE_COLUMNS = (
+    "target",
+    "source",
+    "transform",
+    "regex",
+    "replacement",
+    "template",
+    "default",
+    "targets",
+)
+#: A custom attribute's target: `custom:<name>` (Jira writes it as the user property <name>).
+CUSTOM_ATTRIBUTE = re.compile(r"^custom:([A-Za-z0-9][A-Za-z0-9._-]{0,254})$")
 REQUIRED_ATTRIBUTE_COLUMNS = ("target", "source")
 GROUP_MODES = ("manual", "on-the-fly", "default", "default-new")
 GROUP_COLUMNS = (
@@ -92,6 +104,11 @@ class AttributeRule:
     template: str
     template_fields: tuple[str, ...]
     default: str
+    #: custom attributes only: the targets the row is for (empty: every target)
+    targets: tuple[str, ...] = ()
+
+    def applies_to(self, target: str) -> bool:
+        return not self.targets or target in self.targets
 
 
 @dataclass(frozen=True)
@@ -176,25 +193,45 @@ def _is_comment(first: str, others: list[str]) -> bool:
     return first == "#" or first[1:2].isspace() or not any(others)
 
 
-def parse_attributes(text: str, where: str = ATTRIBUTES_FILE) -> tuple[AttributeRule, ...]:
+def parse_attributes(
+    text: str, where: str = ATTRIBUTES_FILE, target_names: Iterable[str] = ()
+) -> tuple[AttributeRule, ...]:
     """Validate attributes.csv.
 
     Raises:
         ConfigError: unknown column or transform, bad regex or template, unknown or duplicate
-            target attribute, no username rule. The message names the file and line.
+            target attribute, no username rule, a `targets` value the profile lacks. The
+            message names the file and line.
     """
+    known_targets = set(target_names)
     rules: list[AttributeRule] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
     for line, row in _read_csv_rows(text, where, ATTRIBUTE_COLUMNS, REQUIRED_ATTRIBUTE_COLUMNS):
         at = f"{where} line {line}"
         target = row["target"]
-        if target not in USER_ATTRIBUTES:
+        custom = CUSTOM_ATTRIBUTE.match(target)
+        if target not in USER_ATTRIBUTES and not custom:
             raise ConfigError(
-                f"{at}: unknown target attribute '{target}' (known: {', '.join(USER_ATTRIBUTES)})"
+                f"{at}: unknown target attribute '{target}' (known: "
+                f"{', '.join(USER_ATTRIBUTES)}, or custom:<name> for a custom attribute, "
+                "<name> of letters, digits, '.', '_' and '-')"
             )
-        if target in seen:
-            raise ConfigError(f"{at}: '{target}' is mapped again (first on line {seen[target]})")
-        seen[target] = line
+        limited = tuple(t.strip() for t in row.get("targets", "").split(";") if t.strip())
+        if limited and not custom:
+            raise ConfigError(
+                f"{at}: the targets column applies to custom attributes only; {target} is "
+                "mapped alike for every target"
+            )
+        unknown = [t for t in limited if known_targets and t not in known_targets]
+        if unknown:
+            raise ConfigError(
+                f"{at}: unknown target(s) {', '.join(unknown)} "
+                f"(this profile has: {', '.join(sorted(known_targets))})"
+            )
+        for first, others in seen.get(target, []):
+            if not limited or not others or set(limited) & set(others):
+                raise ConfigError(f"{at}: '{target}' is mapped again (first on line {first})")
+        seen.setdefault(target, []).append((line, limited))
         transforms = tuple(row.get("transform", "").replace(";", " ").split())
         for name in transforms:
             if name not in TRANSFORMS:
@@ -242,6 +279,7 @@ def parse_attributes(text: str, where: str = ATTRIBUTES_FILE) -> tuple[Attribute
                 template=template,
                 template_fields=fields,
                 default=row.get("default", ""),
+                targets=limited,
             )
         )
     if "username" not in seen:
@@ -321,9 +359,10 @@ def load_tables(folder: Path, target_names: Iterable[str] = ()) -> MappingTables
     Raises:
         ConfigError: see `parse_attributes` and `parse_groups`; a missing groups.csv.
     """
+    target_names = tuple(target_names)
     attributes_path = folder / ATTRIBUTES_FILE
     attributes = (
-        parse_attributes(read_text_file(attributes_path), str(attributes_path))
+        parse_attributes(read_text_file(attributes_path), str(attributes_path), target_names)
         if attributes_path.is_file()
         else parse_attributes(DEFAULT_ATTRIBUTES_CSV, "shipped default attributes.csv")
     )
@@ -488,7 +527,8 @@ def desired_state(
     reported, never written, and never deprovisioned because of it.
     """
     users = snapshot.users
-    mapped = map_attributes(users, tables.attributes)
+    mapped = map_attributes(users, [r for r in tables.attributes if r.applies_to(target)])
+    custom = [c for c in mapped.columns if c.startswith(CUSTOM_PREFIX)]
     mapped["source_id"] = users["source_id"].astype("string")
     mapped["locator"] = users["locator"].astype("string")
     mapped["active"] = users["active"].astype("boolean")
@@ -530,7 +570,7 @@ def desired_state(
     )
     good = mapped.loc[reason.isna()]
     desired_users = conform(
-        good[list(DESIRED_USER_COLUMNS)], DESIRED_USER_COLUMNS, what="desired users"
+        good[[*DESIRED_USER_COLUMNS, *custom]], DESIRED_USER_COLUMNS, what="desired users"
     )
 
     group_settings = groups_settings or GroupSyncSettings()

@@ -30,6 +30,7 @@ from usersync.config import SyncSettings
 from usersync.errors import GuardError
 from usersync.model import (
     CONFLICT_COLUMNS,
+    CUSTOM_PREFIX,
     DESIRED_GROUP_FLAGS,
     LEDGER_COLUMNS,
     MEMBERSHIP_ONCE,
@@ -261,7 +262,17 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
                 target_key="",
                 group="",
                 before="",
-                after=_json_columns(to_create, ["username", "email", "display_name"], {}),
+                # Custom attributes too: the loader writes them once the account exists.
+                after=_json_columns(
+                    to_create,
+                    [
+                        "username",
+                        "email",
+                        "display_name",
+                        *(c for c in to_create.columns if c.startswith(CUSTOM_PREFIX)),
+                    ],
+                    {},
+                ),
                 reason="no account with this username",
             )
         )
@@ -427,6 +438,12 @@ def _updates(
     display = live["display_name"].notna() & (
         live["display_name"].fillna("") != live["t_display_name"].fillna("")
     )
+    # Custom attributes the target read back (`t_custom:<name>`): compared as stored strings.
+    custom = {
+        c: live[c].notna() & (live[c].fillna("") != live[f"t_{c}"].fillna(""))
+        for c in live.columns
+        if c.startswith(CUSTOM_PREFIX) and f"t_{c}" in live.columns
+    }
     unknown = {"email": int((~email_known & live["email"].notna()).sum())}
     unknown = {k: v for k, v in unknown.items() if v}
     rename_ok = rename & ~taken
@@ -441,10 +458,13 @@ def _updates(
             "cannot rename account '" + f["t_username"] + "' to '" + f["username"] + "': " + why
         ),
     )
-    changed = live.loc[rename_ok | email | display].copy()
+    any_custom = pd.Series(False, index=live.index)
+    for mask in custom.values():
+        any_custom = any_custom | mask
+    changed = live.loc[rename_ok | email | display | any_custom].copy()
     if not len(changed):
         return [], clashes, unknown
-    masks = {"username": rename_ok, "email": email, "display_name": display}
+    masks = {"username": rename_ok, "email": email, "display_name": display, **custom}
     for name, mask in masks.items():
         changed[f"new_{name}"] = changed[name].where(mask.loc[changed.index])
         changed[f"old_{name}"] = changed[f"t_{name}"].where(mask.loc[changed.index])
@@ -457,7 +477,7 @@ def _updates(
         group="",
         before=_json_columns(changed, [f"old_{n}" for n in masks], {f"old_{n}": n for n in masks}),
         after=_json_columns(changed, [f"new_{n}" for n in masks], {f"new_{n}": n for n in masks}),
-        desired=_json_columns(changed, ["username", "email", "display_name"], {}),
+        desired=_json_columns(changed, ["username", "email", "display_name", *custom], {}),
         reason="attributes differ from the source",
     )
     return [row], clashes, unknown

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,11 +33,12 @@ from usersync.model import (
     conform,
 )
 from usersync.plan import PlanInput, check_brake, plan_changes
+from usersync.plugins import load_class
 from usersync.sources import open_source
 from usersync.sources.base import ProgressCallback
 from usersync.sources.watermark import extract_with_watermark, incremental_enabled
 from usersync.store import LEASE_SECONDS, LedgerEntry, Store
-from usersync.targets import open_target
+from usersync.targets import TARGET_CLASSES, open_target
 from usersync.targets.base import Target
 
 log = logging.getLogger("usersync.sync")
@@ -57,8 +59,41 @@ def load(profile_name: str) -> LoadedProfile:
         ConfigError: anything invalid, with file and line.
     """
     profile = load_profile(profile_name)
-    tables = load_tables(profile_dir(profile_name), target_names=profile.targets)
+    folder = profile_dir(profile_name)
+    tables = load_tables(folder, target_names=profile.targets)
+    _check_products_take_the_settings(profile, tables, folder)
     return LoadedProfile(profile, tables)
+
+
+def _check_products_take_the_settings(
+    profile: Profile, tables: MappingTables, folder: Path
+) -> None:
+    """Refuse settings a target's product has no place for, naming the file and line.
+
+    Raises:
+        ConfigError: a custom attribute row for a product without custom attributes (limit
+            it with the targets column), or keep_existing_groups: false for a product whose
+            client cannot list an account's groups.
+    """
+    for name, config in profile.targets.items():
+        cls = load_class(TARGET_CLASSES, config.kind, what=f"target '{name}'")
+        for rule in tables.attributes:
+            custom = rule.target.startswith(CUSTOM_PREFIX) and rule.applies_to(name)
+            if custom and not cls.custom_attributes:
+                raise ConfigError(
+                    f"{folder / 'attributes.csv'} line {rule.line}: {config.kind} (target "
+                    f"{name}) has no place for custom attributes; limit the row to the "
+                    "targets that have (targets column, e.g. jira)"
+                )
+        if (
+            not profile.settings.groups.keep_existing_groups
+            and cls.read_user_groups is Target.read_user_groups
+        ):
+            raise ConfigError(
+                f"{folder / 'profile.yaml'}: settings.groups.keep_existing_groups: false needs "
+                f"every group of an account, which the {config.kind} client (target {name}) "
+                "cannot read yet"
+            )
 
 
 def select_targets(profile: Profile, wanted: list[str] | None) -> list[str]:
@@ -170,6 +205,17 @@ def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
     groups it refuses are dropped with their memberships and reported as rejected too.
     """
     users = target.stored_form(desired.users)
+    for column in [c for c in users.columns if c.startswith(CUSTOM_PREFIX)]:
+        name = column.removeprefix(CUSTOM_PREFIX)
+        why = users[column].map(
+            lambda v, n=name: None if pd.isna(v) else target.refused_custom_value(n, str(v))
+        )
+        too_big = why.notna()
+        for username, reason in zip(users.loc[too_big, "username"], why[too_big], strict=True):
+            log.warning(
+                "%s: custom attribute %s of %s not written: %s", target.name, name, username, reason
+            )
+        users[column] = users[column].mask(too_big)
     refused = users["username"].map(lambda n: target.refused_name("user", str(n)))
     refused = refused.astype("string")
     bad_users = users.loc[refused.notna()]
