@@ -8,7 +8,8 @@ before the product sees the request; an "applied-" fault lets the product do the
 and then loses its answer (a 5xx instead, a dropped connection, or an answer too late for the
 client's timeout), which is how a client is proven to write exactly once. Faults are
 configured in Python (`emulator.faults`) or over HTTP at `/_sandbox/faults`; the log is at
-`/_sandbox/requests`.
+`/_sandbox/requests`, and its counts (requests and writes by status and by method and path,
+cheap to fetch after 100k requests) at `/_sandbox/requests/summary`.
 """
 
 from __future__ import annotations
@@ -130,6 +131,25 @@ class Instrumented:
         with self._lock:
             self.requests.clear()
 
+    def summary(self) -> dict[str, Any]:
+        """Counts of the log: requests and writes, by status and by "METHOD path"."""
+        with self._lock:
+            log = list(self.requests)
+        out: dict[str, Any] = {
+            "requests": len(log),
+            "writes": sum(r.is_write for r in log),
+            "by_status": {},
+            "by_call": {},
+            "writes_by_call": {},
+        }
+        for r in log:
+            call = f"{r.method} {r.path}"
+            out["by_status"][str(r.status)] = out["by_status"].get(str(r.status), 0) + 1
+            out["by_call"][call] = out["by_call"].get(call, 0) + 1
+            if r.is_write:
+                out["writes_by_call"][call] = out["writes_by_call"].get(call, 0) + 1
+        return out
+
     # -- ASGI ----------------------------------------------------------------------------
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -236,7 +256,9 @@ class Instrumented:
     async def _control(self, scope: dict, receive: Callable, send: Callable) -> None:
         path, method = scope["path"], scope["method"]
         body = _decode(await _read_body(receive))
-        if path == f"{CONTROL_PREFIX}/requests" and method == "GET":
+        if path == f"{CONTROL_PREFIX}/requests/summary" and method == "GET":
+            await _send_json(send, 200, self.summary())
+        elif path == f"{CONTROL_PREFIX}/requests" and method == "GET":
             with self._lock:
                 data = [asdict(r) for r in self.requests]
             await _send_json(send, 200, data)
