@@ -72,6 +72,11 @@ class PlanInput:
     foreign_names: frozenset[str] = frozenset()
     #: whether the product can rename accounts (Confluence cannot)
     can_rename: bool = True
+    #: who takes over what a deactivated account leads: {"project": user, "component": user};
+    #: a missing entry means none is configured
+    default_leads: dict[str, str] = field(default_factory=dict)
+    #: why the configured default leads cannot take over (missing, inactive), if they cannot
+    lead_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +332,10 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     leaving = _leaving(matched, live, desired, rejected, protected)
     if settings.deactivate_missing_users:
         going = leaving.loc[_flag(leaving["t_active"])]
+        handover, blocked = _lead_handover(data, going)
+        parts.append(handover)
+        conflicts.append(blocked)
+        going = going.loc[~going["t_target_key"].isin(set(blocked["target_key"]))]
         if len(going):
             parts.append(_activation(going, target, active=False))
 
@@ -350,6 +359,88 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     plan["seq"] = range(1, len(plan) + 1)
     operations = conform(plan[list(PLAN_COLUMNS)].fillna(""), PLAN_COLUMNS, what="plan")
     return PlannedChanges(operations, conflict_frame, unverifiable)
+
+
+def _lead_handover(data: PlanInput, going: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """reassign_lead rows for what the accounts being deactivated lead, and the accounts whose
+    deactivation cannot go ahead (conflict rows): Jira refuses to deactivate a project lead.
+
+    Projects go to `default_leads["project"]`; components to `default_leads["component"]`
+    (else the project's default lead; with neither, Jira hands a component to its project's
+    lead itself, so a component alone never blocks a deactivation).
+    """
+    leads = data.actual.leads
+    empty = (empty_frame(PLAN_COLUMNS), empty_frame(CONFLICT_COLUMNS))
+    if not len(leads) or not len(going):
+        return empty
+    roles = leads.assign(ukey=_key(leads["username"])).merge(
+        going[["source_id", "t_target_key", "t_username", "t_key"]],
+        left_on="ukey",
+        right_on="t_key",
+    )
+    if not len(roles):
+        return empty
+    usable = data.lead_problem is None
+    project_lead = data.default_leads.get("project") if usable else None
+    component_lead = (data.default_leads.get("component") or project_lead) if usable else None
+    new_lead = roles["kind"].map({"project": project_lead, "component": component_lead})
+    # The default lead itself leaving, or no default for a project: the handover cannot happen.
+    new_lead = new_lead.where(_key(new_lead.astype("string")) != roles["ukey"])
+    stuck = roles.loc[new_lead.isna() & (roles["kind"] == "project")]
+    blocked_keys = set(stuck["t_target_key"])
+    moving = roles.loc[new_lead.notna() & ~roles["t_target_key"].isin(blocked_keys)]
+    rows = empty_frame(PLAN_COLUMNS)
+    if len(moving):
+        before = [
+            json.dumps({"kind": k, "id": i, "name": n, "project": p, "lead": u}, ensure_ascii=False)
+            for k, i, n, p, u in zip(
+                moving["kind"],
+                moving["id"],
+                moving["name"],
+                moving["project"],
+                moving["username"],
+                strict=True,
+            )
+        ]
+        rows = _ops(
+            moving,
+            "reassign_lead",
+            target=data.target,
+            target_key=moving["t_target_key"],
+            username=moving["t_username"],
+            group="",
+            before=pd.Series(before, index=moving.index, dtype="string"),
+            after=new_lead[moving.index].map(lambda u: json.dumps({"lead": u})).astype("string"),
+            reason=(
+                "leads "
+                + moving["kind"]
+                + " "
+                + moving["name"].fillna(moving["id"])
+                + "; handed over before the deactivation"
+            ),
+        )
+    why = data.lead_problem or (
+        "no default_project_lead is configured for this target"
+        if not data.default_leads.get("project")
+        else "the default project lead is the account being deactivated"
+    )
+    blocked = (
+        stuck.groupby(["t_target_key", "t_username", "source_id"], as_index=False)["id"]
+        .agg(lambda ids: ", ".join(sorted(ids)))
+        .assign(
+            target_key=lambda f: f["t_target_key"],
+            username=lambda f: f["t_username"],
+            reason=lambda f: (
+                "not deactivated: account '"
+                + f["t_username"]
+                + "' leads project(s) "
+                + f["id"]
+                + ", and Jira refuses to deactivate a project lead; "
+                + why
+            ),
+        )
+    )
+    return rows, blocked[list(CONFLICT_COLUMNS)] if len(blocked) else empty[1]
 
 
 def _activation(

@@ -20,7 +20,14 @@ from typing import Any
 
 import pandas as pd
 
-from usersync.config import Profile, SecretLoader, instance_of, load_profile, profile_dir
+from usersync.config import (
+    Profile,
+    SecretLoader,
+    TargetConfig,
+    instance_of,
+    load_profile,
+    profile_dir,
+)
 from usersync.errors import ConfigError, GuardError, ProfileBusyError
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
@@ -318,6 +325,7 @@ def plan_target_sync(
             deferred=frozenset(k for k, p in foreign.items() if _ranks_before(ranks[p], mine)),
             foreign_names=frozenset(claims["name"].dropna().str.casefold()),
             can_rename=target.can_rename,
+            **_default_leads(profile.targets[target_name], target, actual),
         )
     )
     if not allow_mass_changes:
@@ -332,6 +340,32 @@ def plan_target_sync(
         unverifiable=changes.unverifiable,
         deleted_keys=tuple(sorted(set(keys) - set(actual.users["target_key"].dropna()))),
     )
+
+
+def _default_leads(config: TargetConfig, target: Target, actual: TargetState) -> dict[str, Any]:
+    """The target's default leads and, when some lead role must be handed over, whether they
+    can take it: they must exist and be active (read now, before any write)."""
+    leads = {
+        kind: name
+        for kind, name in (
+            ("project", config.default_project_lead),
+            ("component", config.default_component_lead),
+        )
+        if name
+    }
+    if not leads or not len(actual.leads):
+        return {"default_leads": leads}
+    found = target.read_users(list(leads.values()))
+    state = {
+        str(u).casefold(): bool(a) for u, a in zip(found["username"], found["active"], strict=True)
+    }
+    for kind, name in leads.items():
+        setting = f"default_{kind}_lead"
+        if name.casefold() not in state:
+            return {"default_leads": leads, "lead_problem": f"{setting} '{name}' does not exist"}
+        if not state[name.casefold()]:
+            return {"default_leads": leads, "lead_problem": f"{setting} '{name}' is deactivated"}
+    return {"default_leads": leads}
 
 
 def _ranks_before(mine: int | None, theirs: int | None) -> bool:
