@@ -377,11 +377,20 @@ class BitbucketTarget(Target):
         return pd.DataFrame(rows, columns=list(TARGET_USER_COLUMNS)).astype(TARGET_USER_COLUMNS)
 
     def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Which of `groups` exist, and all their members (licensed or not)."""
+        """Which of `groups` exist, and all their members (licensed or not).
+
+        Up to `FILTERED_LOOKUP_MAX` groups are looked up one `filter` query each; more, and
+        the group list is read once (a page per `PAGE_LIMIT` groups).
+        """
+        wanted = list(dict.fromkeys(groups))
+        if len(wanted) > FILTERED_LOOKUP_MAX:
+            spelled = {normalise_name(g["name"]): g["name"] for g in self._pages("groups")}
+            matches = [spelled.get(normalise_name(group)) for group in wanted]
+        else:
+            matches = [self._find_group(group) for group in wanted]
         found: list[str] = []
         members: list[dict[str, str]] = []
-        for group in dict.fromkeys(groups):
-            match = self._find_group(group)
+        for match in matches:
             if match is None:
                 continue
             found.append(match)
