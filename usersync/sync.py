@@ -33,6 +33,7 @@ from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
 from usersync.model import (
     CUSTOM_PREFIX,
+    LEAD_COLUMNS,
     REJECTED_USER_COLUMNS,
     DesiredState,
     SourceSnapshot,
@@ -312,22 +313,32 @@ def plan_target_sync(
     ranks = _precedence_of(set(claims["profile"]))
     mine = profile.settings.precedence
     foreign = dict(zip(claims["target_key"], claims["profile"], strict=True))
-    changes = plan_changes(
-        PlanInput(
-            target=target_name,
-            desired=desired,
-            actual=actual,
-            ledger=ledger,
-            settings=profile.settings,
-            protected=protected_usernames(profile, target_name, target),
-            foreign=foreign,
-            takeover={k: p for k, p in foreign.items() if _ranks_before(mine, ranks[p])},
-            deferred=frozenset(k for k, p in foreign.items() if _ranks_before(ranks[p], mine)),
-            foreign_names=frozenset(claims["name"].dropna().str.casefold()),
-            can_rename=target.can_rename,
-            **_default_leads(profile.targets[target_name], target, actual),
-        )
+    plan_input = PlanInput(
+        target=target_name,
+        desired=desired,
+        actual=actual,
+        ledger=ledger,
+        settings=profile.settings,
+        protected=protected_usernames(profile, target_name, target),
+        foreign=foreign,
+        takeover={k: p for k, p in foreign.items() if _ranks_before(mine, ranks[p])},
+        deferred=frozenset(k for k, p in foreign.items() if _ranks_before(ranks[p], mine)),
+        foreign_names=frozenset(claims["name"].dropna().str.casefold()),
+        can_rename=target.can_rename,
     )
+    changes = plan_changes(plan_input)
+    if (changes.operations["op"] == "deactivate_user").any():
+        # Only now are lead roles worth reading (a request per project on Jira): an account
+        # that leads a project must hand it over before it can be deactivated.
+        leads = conform(target.read_leads(), LEAD_COLUMNS, what=f"{target_name} leads")
+        if len(leads):
+            actual = replace(actual, leads=leads)
+            plan_input = replace(
+                plan_input,
+                actual=actual,
+                **_default_leads(profile.targets[target_name], target, actual),
+            )
+            changes = plan_changes(plan_input)
     if not allow_mass_changes:
         check_brake(changes.operations, ledger, actual, profile.settings, target_name)
     return TargetPlan(

@@ -202,7 +202,8 @@ def test_leads_are_read_reassigned_and_read_back() -> None:
                 ("comp", "component", ids["ui"], "Frontend", "APP"),
             ]
         )
-        assert env.target.read_state([], []).leads.equals(leads)
+        # read_state leaves leads out: the sync reads them only when it deactivates someone.
+        assert env.target.read_state([], []).leads.empty
 
         env.target.reassign_lead("project", "APP", "heir")
         env.target.reassign_lead("component", ids["api"], "heir")

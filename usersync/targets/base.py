@@ -92,8 +92,8 @@ class Target(ABC):
         custom: Sequence[str] = (),
     ) -> TargetState:
         """Read everything the planner needs about these users (by name or key) and groups,
-        the custom attributes `custom` of those users (columns `custom:<name>`), and the
-        lead roles the product's accounts hold."""
+        and the custom attributes `custom` of those users (columns `custom:<name>`). Lead
+        roles are read apart (`read_leads`), only when a plan deactivates someone."""
         # Names first: a managed account is almost always still called what the source calls
         # it. Only the keys not found that way (renamed by hand, deleted) are looked up by key,
         # which on a large site is the difference between a few requests and 100k.
@@ -115,7 +115,6 @@ class Target(ABC):
             users=users,
             groups=conform(found_groups, TARGET_GROUP_COLUMNS, what=f"{self.name} groups"),
             memberships=conform(members, TARGET_MEMBERSHIP_COLUMNS, what=f"{self.name} members"),
-            leads=conform(self.read_leads(), LEAD_COLUMNS, what=f"{self.name} leads"),
         )
 
     def _with_custom(self, users: pd.DataFrame, names: list[str]) -> pd.DataFrame:
