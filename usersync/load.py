@@ -35,7 +35,7 @@ from usersync.errors import (
     TargetPermissionError,
     TargetUnreachableError,
 )
-from usersync.model import OPERATIONS
+from usersync.model import CUSTOM_PREFIX, OPERATIONS
 from usersync.store import LedgerEntry
 from usersync.targets.base import Target
 
@@ -90,7 +90,7 @@ class LoadResult:
 
 def _changes(row: dict, column: str = "after") -> dict[str, str]:
     values = json.loads(row[column] or "{}")
-    return {k: str(v) for k, v in values.items()}
+    return {k: str(v) for k, v in values.items() if v is not None}
 
 
 class _Accounts:
@@ -145,6 +145,16 @@ def _run_one(target: Target, row: dict, accounts: _Accounts) -> Outcome:
         after = _changes(row)
         key = target.create_user(after["username"], after.get("email", ""), after["display_name"])
         entry = LedgerEntry("user", key, after["username"], source_id)
+        custom = {k: v for k, v in after.items() if k.startswith(CUSTOM_PREFIX)}
+        if custom:
+            # The account exists and is linked whatever happens next; a refused attribute
+            # fails this operation and is written by the next run's update.
+            try:
+                target.update_user(after["username"], custom, after)
+            except Exception as exc:
+                return Outcome(
+                    seq, op, "failed", f"created, but its custom attributes: {exc}", ledger=entry
+                )
     elif op == "update_user":
         changes = _changes(row)
         target.update_user(username, changes, _changes(row, "desired"))
