@@ -55,6 +55,10 @@ class SyncFailed(UsersyncError):
     """At least one target failed or had failed operations."""
 
 
+#: Conflicts kept with each run in the store (the plan artifact lists them all).
+CONFLICTS_KEPT = 1000
+
+
 def _run_name() -> str:
     parameters = flow_run.parameters
     return f"sync-{parameters['profile']}" + ("-dry-run" if parameters.get("dry_run") else "")
@@ -272,6 +276,9 @@ def _sync_target(
             "executed": outcome.executed,
             "rejected": outcome.rejected,
             "source": snapshot.counts,
+            # What `usersync conflicts` lists: accounts no operation was planned for, and why.
+            "conflicts": outcome.conflicts[:CONFLICTS_KEPT],
+            "conflict_count": len(outcome.conflicts),
         },
         outcome.error,
     )

@@ -116,7 +116,26 @@ def _runs(args: argparse.Namespace) -> int:
         print("no runs recorded")
         return 0
     columns = ["id", "profile", "target", "dry_run", "status", "started_at", "counts", "error"]
+    # The conflicts themselves are `usersync conflicts`'s to show; here only how many.
+    frame["counts"] = frame["counts"].map(
+        lambda c: {k: v for k, v in (c or {}).items() if k != "conflicts"}
+    )
     print(frame[columns].to_string(index=False))
+    return 0
+
+
+def _conflicts(args: argparse.Namespace) -> int:
+    from usersync.store import Store
+
+    store = Store.open(args.store_url)
+    frame = store.latest_conflicts(args.profile)
+    if frame.empty:
+        print("no conflicts in the latest runs")
+        return 0
+    for (profile, target, run), rows in frame.groupby(["profile", "target", "run"], sort=True):
+        print(f"{profile} / {target} (run {run}, {len(rows)} conflict(s)):")
+        for row in rows.itertuples():
+            print(f"  {row.username or '-'}: {row.reason}")
     return 0
 
 
@@ -302,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
         "mappings/ under USERSYNC_HOME); run it again after adding a profile or a target.",
     )
     p.set_defaults(func=_deployments_configure)
+    p = commands.add_parser(
+        "conflicts",
+        help="accounts the latest run of each profile and target planned nothing for, and why "
+        "(claimed by another profile, adoption refused, renames onto a taken name, ...)",
+    )
+    p.add_argument("profile", nargs="?", help="only this profile (default: all)")
+    p.add_argument(
+        "--store-url",
+        default=None,
+        help="default: $USERSYNC_STORE_URL or the store under USERSYNC_HOME",
+    )
+    p.set_defaults(func=_conflicts)
+
     p = commands.add_parser("runs", help="list recorded runs from the store")
     p.add_argument("profile", nargs="?")
     p.add_argument("--limit", type=int, default=20)

@@ -183,6 +183,38 @@ class Store:
                 .values(status=status, finished_at=_now(), counts=dict(counts or {}), error=error)
             )
 
+    def latest_conflicts(self, profile: str | None = None) -> pd.DataFrame:
+        """The conflicts of each profile's and target's latest finished run: profile, target,
+        run, finished_at, username, target_key, reason (empty when that run had none)."""
+        query = (
+            sa.select(runs)
+            .where(runs.c.finished_at.is_not(None), runs.c.status != "interrupted")
+            .order_by(runs.c.id.desc())
+        )
+        if profile:
+            query = query.where(runs.c.profile == profile)
+        seen: set[tuple[str, str]] = set()
+        rows = []
+        with self.engine.connect() as conn:
+            for run in conn.execute(query).mappings():
+                if (run["profile"], run["target"]) in seen:
+                    continue
+                seen.add((run["profile"], run["target"]))
+                for conflict in (run["counts"] or {}).get("conflicts", []):
+                    rows.append(
+                        {
+                            "profile": run["profile"],
+                            "target": run["target"],
+                            "run": run["id"],
+                            "finished_at": run["finished_at"],
+                            "username": conflict.get("username", ""),
+                            "target_key": conflict.get("target_key", ""),
+                            "reason": conflict.get("reason", ""),
+                        }
+                    )
+        columns = ["profile", "target", "run", "finished_at", "username", "target_key", "reason"]
+        return pd.DataFrame(rows, columns=columns)
+
     def last_source_counts(self, profile: str) -> dict[str, int] | None:
         """What the profile's last finished run read from its source (users, groups,
         memberships), to estimate how far a read has come; None if no run recorded it."""
