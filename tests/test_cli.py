@@ -139,3 +139,19 @@ def test_validate_warns_about_patterns_at_risk_and_groups_that_look_like_pattern
     out = capsys.readouterr().out
     assert "attributes.csv line 2: the regex '^(\\\\w+\\\\s?)*$' has nested repetition" in out
     assert "groups.csv line 2: source_group 'eng-.*' looks like a regular expression" in out
+
+
+def test_validate_warns_when_another_profile_syncs_the_same_instance_without_precedence(
+    mappings, capsys
+):
+    shutil.copytree(mappings / "example-ldap", mappings / "contractors")
+    assert main(["validate", "example-ldap"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: profile contractors also syncs https://jira.example.com" in out
+    assert "set settings.precedence in both" in out
+
+    for name, rank in (("example-ldap", 1), ("contractors", 2)):
+        path = mappings / name / "profile.yaml"
+        path.write_text(path.read_text() + f"  precedence: {rank}\n")
+    assert main(["validate", "example-ldap"]) == 0
+    assert "also syncs" not in capsys.readouterr().out

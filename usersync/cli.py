@@ -31,7 +31,7 @@ def _validate(args: argparse.Namespace) -> int:
         f"{', '.join(loaded.tables.source_attributes())}"
     )
     print(f"  groups.csv: {len(loaded.tables.groups)} rule(s)")
-    for warning in loaded.tables.warnings:
+    for warning in [*loaded.tables.warnings, *sync.shared_instance_warnings(profile)]:
         print(f"  warning: {warning}")
     return 0
 

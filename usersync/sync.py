@@ -26,6 +26,7 @@ from usersync.config import (
     TargetConfig,
     instance_of,
     load_profile,
+    mappings_dir,
     profile_dir,
 )
 from usersync.errors import ConfigError, GuardError, ProfileBusyError
@@ -102,6 +103,39 @@ def _check_products_take_the_settings(
                 f"every group of an account, which the {config.kind} client (target {name}) "
                 "cannot read yet"
             )
+
+
+def shared_instance_warnings(profile: Profile) -> list[str]:
+    """Other profiles under the same mappings folder that sync an instance this one syncs,
+    where the two declare no precedence between them (settings.precedence in both, different):
+    an account both sources have then stays with whichever profile took it first, and the
+    other reports it as a conflict on every run."""
+    mine = {instance_of(t.url): name for name, t in profile.targets.items()}
+    root = mappings_dir()
+    out = []
+    folders = (
+        sorted(p for p in root.iterdir() if (p / "profile.yaml").is_file()) if root.is_dir() else []
+    )
+    for folder in folders:
+        if folder.name == profile.name:
+            continue
+        try:
+            other = load_profile(folder.name)
+        except ConfigError:
+            continue  # its own validate says what is wrong with it
+        ours, theirs = profile.settings.precedence, other.settings.precedence
+        if ours is not None and theirs is not None and ours != theirs:
+            continue
+        for name, target in other.targets.items():
+            instance = instance_of(target.url)
+            if instance in mine:
+                out.append(
+                    f"profile {other.name} also syncs {instance} (its target {name}, this "
+                    f"profile's {mine[instance]}) and no precedence orders the two: an account "
+                    "both sources have stays with the profile that took it first and the other "
+                    "reports it as a conflict; set settings.precedence in both (lower wins)"
+                )
+    return out
 
 
 def select_targets(profile: Profile, wanted: list[str] | None) -> list[str]:
