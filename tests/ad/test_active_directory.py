@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from ldap3 import BASE, MODIFY_REPLACE
 
+import usersync.sources.ldap as ldap_package
 from tests.ad.conftest import (
     BIG_GROUP_SIZE,
     PASSWORD_ENV,
@@ -111,15 +112,14 @@ def test_a_failing_range_window_fails_the_read(
     """A window that errors (here: its entry is gone) must not leave a truncated group."""
     config = ad_source_config(ad_directory, member_range_size=1000)
     source = LdapSource.from_config(config)
-    conn = source._connection()
-    real_search = conn.search
+    real_search = ldap_package.search  # every search of the pager, on any of its connections
 
-    def search(search_base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+    def search(conn: Any, base: str, search_filter: str, **kwargs: Any) -> Any:
         if any(";range=1000-" in a for a in kwargs.get("attributes") or ()):
-            search_base = f"CN=gone,{ad_directory.groups}"  # the server answers noSuchObject
-        return real_search(search_base, search_filter, *args, **kwargs)
+            base = f"CN=gone,{ad_directory.groups}"  # the server answers noSuchObject
+        return real_search(conn, base, search_filter, **kwargs)
 
-    monkeypatch.setattr(conn, "search", search)
+    monkeypatch.setattr(ldap_package, "search", search)
     with source, pytest.raises(IncompleteSourceError, match="ranged read of member"):
         source.extract(["sAMAccountName"])
 

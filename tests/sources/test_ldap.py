@@ -39,13 +39,14 @@ from usersync.mapping import (
     parse_attributes,
 )
 from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SOURCE_USER_COLUMNS
-from usersync.sandbox.slapd import SlapdServer, free_port, make_test_certificates
+from usersync.sandbox.slapd import SlapdServer, free_port, ldif_entry, make_test_certificates
 from usersync.sources.ldap import DnIndex, LdapSource, canonical_id, normalise_dn
 from usersync.sources.ldap.referrals import parse_reference
 from usersync.sources.ldap.schema import AttributeSchema
 from usersync.sync import LoadedProfile
 
 ADMIN_PASSWORD = "secret"
+BASE_DN = "dc=example,dc=org"
 ATTRIBUTES = ["uid", "mail", "displayName", "cn"]
 INACTIVE = "(employeeType=inactive)"
 
@@ -216,6 +217,36 @@ def test_attribute_columns_are_named_as_the_caller_spells_them(
     assert users.iloc[0]["Mail"] == "zoë@example.org"
     assert pd.isna(users.iloc[0]["telephoneNumber"])
     assert bool(users.iloc[0]["active"])  # no disabled_filter: everyone is active
+
+
+@pytest.mark.slapd
+def test_extract_reports_running_totals_after_each_page(
+    ldap_config: LdapConfigFactory, directory_facts: dict
+) -> None:
+    heard: list[tuple[str, int]] = []
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        source.on_progress = lambda what, count: heard.append((what, count))
+        snapshot = source.extract(["uid"])
+    users = [count for what, count in heard if what == "users"]
+    user_count = directory_facts["user_count"]
+    assert users == [min(page * PAGE_SIZE, user_count) for page in range(1, len(users) + 1)]
+    assert users[-1] == len(snapshot.users) == user_count
+    assert [count for what, count in heard if what == "groups"] == [3]  # one page
+    # everyone lists every user, even half of the paged ones, engineering 4 values.
+    member_values = user_count + PAGED_USERS // 2 + 4
+    assert [count for what, count in heard if what == "members"] == [member_values]
+
+
+@pytest.mark.slapd
+def test_a_failing_progress_callback_does_not_fail_the_read(
+    ldap_config: LdapConfigFactory, directory_facts: dict
+) -> None:
+    def broken(what: str, count: int) -> None:
+        raise RuntimeError("artifact store down")
+
+    with LdapSource(ldap_config(), ADMIN_PASSWORD) as source:
+        source.on_progress = broken
+        assert len(source.extract(["uid"]).users) == directory_facts["user_count"]
 
 
 @pytest.mark.slapd
@@ -410,6 +441,41 @@ def test_from_config_resolves_the_password_from_the_environment(
 
 
 # -- the demo directory ----------------------------------------------------------------------
+
+
+@pytest.mark.slapd
+@pytest.mark.parametrize(
+    ("deref_aliases", "uids"),
+    [("always", {"alice", "carol"}), ("never", {"alice"})],
+)
+def test_deref_aliases_decides_whether_an_alias_brings_its_target(
+    deref_aliases: str, uids: set[str]
+) -> None:
+    people, staff = f"ou=people,{BASE_DN}", f"ou=staff,{BASE_DN}"
+    ldif = "".join(
+        [
+            ldif_entry(BASE_DN, {"objectClass": ["dcObject", "organization"], "o": "E", "dc": "example"}),
+            *(ldif_entry(ou, {"objectClass": "organizationalUnit", "ou": ou[3:8]}) for ou in (people, staff, f"ou=groups,{BASE_DN}")),
+            ldif_entry(f"uid=alice,{people}", {"objectClass": "inetOrgPerson", "uid": "alice", "cn": "A", "sn": "A"}),
+            ldif_entry(f"uid=carol,{staff}", {"objectClass": "inetOrgPerson", "uid": "carol", "cn": "C", "sn": "C"}),
+            # An alias in the user base standing for a user outside it.
+            ldif_entry(f"uid=carol,{people}", {"objectClass": ["alias", "extensibleObject"], "uid": "carol", "aliasedObjectName": f"uid=carol,{staff}"}),
+        ]
+    )  # fmt: skip
+    with SlapdServer(ldif) as server:
+        config = LdapSourceConfig(
+            kind="ldap",
+            url=server.url,
+            bind_dn=server.admin_dn,
+            bind_password=SecretRef(env="UNUSED"),
+            allow_cleartext_bind=True,
+            user_base_dn=people,
+            group_base_dn=f"ou=groups,{BASE_DN}",
+            deref_aliases=deref_aliases,
+        )
+        with LdapSource(config, server.admin_password) as source:
+            users = source.extract(["uid"]).users
+    assert set(users["uid"]) == uids
 
 
 @pytest.mark.slapd

@@ -19,12 +19,17 @@ stops silently on a failed one); nested groups are resolved on request with IN_C
 search per group) or flattened here from the groups' member values. For incremental runs
 (`sources.watermark`), `position` reads the DC's identity and highestCommittedUSN and
 `read_changes` the entries whose uSNChanged passed a watermark.
-Performance: ldap3 decodes BER in pure Python; the pager has the search entries decoded by
-`decode_entries_lean` (DN and raw values only, not ldap3's two dicts per entry), each frame is
-built once from column lists, and member DNs are resolved by an exact lower-case lookup, parsed
-(RFC 4514) only on a miss. bench/README.md has the figures.
+Performance: ldap3 only builds and sends the search requests; their answers are read from the
+socket and decoded by `decoding.search` (flat and iterative, into DN and raw values), the
+groups are read on a second connection while the users are read on the first, the cyclic
+garbage collector is paused during a read (millions of containers, no cycles), each frame is
+built once from column lists, and member DNs are resolved by an exact match on the raw bytes,
+then lower case, parsed (RFC 4514) only on a miss. Searches dereference aliases as
+`deref_aliases` says (always by default; never costs OpenLDAP far less). After each page the
+running totals go to `Source.report_progress` ("users", "groups", "members"; `progress.py`).
+bench/README.md has the figures.
 
-The package's other modules: `decoding` (the lean decoder), `dn` (DN comparison), `values`
+The package's other modules: `decoding` (search answers), `dn` (DN comparison), `values`
 (ids, text, names, filters), `membership` (member values, memberOf, nesting),
 `active_directory` (account state, range bounds, IN_CHAIN), `referrals` and `schema`. The
 connection, the pager and incremental reads are still methods of `LdapSource`, here.
@@ -34,8 +39,10 @@ from __future__ import annotations
 
 import math
 import ssl
+import threading
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +86,11 @@ from usersync.sources.ldap.active_directory import (
 )
 from usersync.sources.ldap.decoding import (
     Entry,
+    MalformedAnswerError,
     base_entry,
-    decode_entries_lean,
     discard,
-    entry_of,
+    garbage_collection_paused,
+    search,
 )
 from usersync.sources.ldap.dn import DnIndex, normalise_dn
 from usersync.sources.ldap.membership import (
@@ -93,6 +101,7 @@ from usersync.sources.ldap.membership import (
     members_from_member_of,
     memberships_frame,
 )
+from usersync.sources.ldap.progress import PageProgress
 from usersync.sources.ldap.referrals import (
     MAX_REFERRAL_HOPS,
     RESULT_REFERRAL,
@@ -122,8 +131,6 @@ __all__ = [
     "normalise_dn",
 ]
 
-#: RFC 2696 Simple Paged Results control.
-PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 MEMBER_OF = "memberOf"
 #: Attribute names of the shipped attributes table (used where a profile has none).
 SHIPPED_TABLE_NAMES = frozenset(
@@ -173,6 +180,9 @@ class LdapSource(Source):
         self.config = config
         self._password = password
         self._conn: Connection | None = None
+        #: a second connection to the same server, for the groups search run concurrently
+        self._conn2: Connection | None = None
+        self._opening = threading.Lock()
         #: connections to the servers referrals led to, by `ldap[s]://host:port` (lower case)
         self._referred: dict[str, Connection] = {}
         #: normalised naming contexts each server holds (its rootDSE), by server URL
@@ -219,24 +229,38 @@ class LdapSource(Source):
         Raises:
             as `extract`.
         """
+        with garbage_collection_paused():
+            return self._read_snapshot(attributes)
+
+    def _read_snapshot(self, attributes: Sequence[str]) -> tuple[SourceSnapshot, pd.DataFrame]:
         config = self.config
         wanted = self._wanted_attributes(attributes)
         notes: list[str] = []
 
-        user_entries = self._paged_search(
-            config.user_base_dn,
-            and_filters(config.user_filter),
-            self._user_request(wanted),
-            what="users",
-        )
-        users = self._users_frame(user_entries, wanted, self._inactive_ids(config.user_filter))
-
         group_request = [config.id_attribute, config.group_name_attribute]
         if config.membership == "group_member" or config.nested_groups != "direct":
             group_request += [self._member_request(name) for name in config.member_attributes]
-        group_entries = self._paged_search(
-            config.group_base_dn, and_filters(config.group_filter), group_request, what="groups"
-        )
+        # The groups are read on a second connection while the users are read on the first:
+        # the server prepares one search's pages while this process decodes the other's.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldap-groups") as pool:
+            group_read = pool.submit(
+                self._paged_search,
+                config.group_base_dn,
+                and_filters(config.group_filter),
+                group_request,
+                what="groups",
+                progress=PageProgress(self.report_progress, "groups", self._member_keys()),
+                conn=self._second_connection(),
+            )
+            user_entries = self._paged_search(
+                config.user_base_dn,
+                and_filters(config.user_filter),
+                self._user_request(wanted),
+                what="users",
+                progress=PageProgress(self.report_progress, "users"),
+            )
+            users = self._users_frame(user_entries, wanted, self._inactive_ids(config.user_filter))
+            group_entries = group_read.result()
         groups, group_names = self._groups_frame(group_entries)
         group_index = DnIndex(zip((dn for dn, _ in group_entries), group_names, strict=True))
 
@@ -269,7 +293,6 @@ class LdapSource(Source):
                     f"scope (outside {config.group_base_dn} or not matching the group filter) "
                     f"and were left out, e.g. {examples(resolved.unresolved)}"
                 )
-        rows = resolved.rows
         nesting = config.nested_groups
         if nesting == "in_chain" and not self._supports_in_chain():
             nesting = "flatten"
@@ -278,14 +301,18 @@ class LdapSource(Source):
                 "Directory); nested groups were flattened by usersync instead"
             )
         if nesting == "in_chain":
-            rows = self._members_in_chain(group_entries, group_names, set(users["source_id"]))
+            memberships = memberships_frame(
+                self._members_in_chain(group_entries, group_names, set(users["source_id"]))
+            )
         elif nesting == "flatten":
             parents = group_parents(group_entries, group_names, self._member_keys(), group_index)
-            rows = flatten(rows, parents)
+            memberships = memberships_frame(flatten(resolved.rows, parents))
+        else:
+            memberships = resolved.frame()
         snapshot = SourceSnapshot(
             users=users,
             groups=groups,
-            memberships=memberships_frame(rows),
+            memberships=memberships,
             source_kind=self.kind,
             notes=tuple(notes),
         )
@@ -357,6 +384,24 @@ class LdapSource(Source):
         Raises:
             as `extract`.
         """
+        with garbage_collection_paused():
+            return self._read_changes(
+                attributes,
+                since_usn=since_usn,
+                known_users=known_users,
+                known_groups=known_groups,
+                expired_between=expired_between,
+            )
+
+    def _read_changes(
+        self,
+        attributes: Sequence[str],
+        *,
+        since_usn: int,
+        known_users: pd.DataFrame,
+        known_groups: pd.DataFrame,
+        expired_between: tuple[int, int] | None,
+    ) -> DirectoryChanges:
         config = self.config
         wanted = self._wanted_attributes(attributes)
         changed = f"(uSNChanged>={since_usn + 1})"
@@ -584,9 +629,10 @@ class LdapSource(Source):
 
     def close(self) -> None:
         """Unbind and close the connection, if one is open."""
-        if self._conn is not None:
-            discard(self._conn)
-            self._conn = None
+        for conn in (self._conn, self._conn2):
+            if conn is not None:
+                discard(conn)
+        self._conn = self._conn2 = None
         for conn in self._referred.values():
             discard(conn)
         self._referred.clear()
@@ -594,17 +640,26 @@ class LdapSource(Source):
     # -- connection ----------------------------------------------------------------------
 
     def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._open(self.config.url)
-        return self._conn
+        with self._opening:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._open(self.config.url)
+            return self._conn
+
+    def _second_connection(self) -> Connection:
+        """Another connection to the profile's server, for a search run beside the first's."""
+        with self._opening:
+            if self._conn2 is None or self._conn2.closed:
+                self._conn2 = self._open(self.config.url)
+            return self._conn2
 
     def _referred_connection(self, server_url: str) -> Connection:
         """A bound connection to a server a referral names, opened like the profile's own."""
         key = server_url.lower()
-        conn = self._referred.get(key)
-        if conn is None or conn.closed:
-            conn = self._referred[key] = self._open(server_url)
-        return conn
+        with self._opening:  # two searches may follow referrals to one server at once
+            conn = self._referred.get(key)
+            if conn is None or conn.closed:
+                conn = self._referred[key] = self._open(server_url)
+            return conn
 
     def _open(self, url: str) -> Connection:
         """Connect to `url` and bind with the profile's DN, password and TLS settings.
@@ -722,15 +777,29 @@ class LdapSource(Source):
     # -- searching -----------------------------------------------------------------------
 
     def _paged_search(
-        self, base: str, search_filter: str, attributes: Sequence[str], *, what: str
+        self,
+        base: str,
+        search_filter: str,
+        attributes: Sequence[str],
+        *,
+        what: str,
+        progress: PageProgress | None = None,
+        conn: Connection | None = None,
     ) -> list[Entry]:
         """Every entry of a subtree search, read page by page; raises rather than stop early.
 
         Entries the server refers elsewhere are read where it points (`_follow_references`)
-        or the search fails as incomplete.
+        or the search fails as incomplete. `progress` hears each page; `conn` is the profile's
+        connection unless another one to the same server is given.
         """
         return self._search(
-            self._connection(), self.config.url, base, search_filter, attributes, what=what
+            conn or self._connection(),
+            self.config.url,
+            base,
+            search_filter,
+            attributes,
+            what=what,
+            progress=progress,
         )
 
     def _search(
@@ -744,10 +813,11 @@ class LdapSource(Source):
         what: str,
         scope: str = SUBTREE,
         followed: tuple[tuple[str, Any], ...] = (),
+        progress: PageProgress | None = None,
     ) -> list[Entry]:
         """`_search_pages` on `conn` (the server at `url`), ranges completed, references followed."""
         entries, references = self._search_pages(
-            conn, url, base, search_filter, attributes, what=what, scope=scope
+            conn, url, base, search_filter, attributes, what=what, scope=scope, progress=progress
         )
         entries = self._complete_ranges(conn, url, entries)
         if references:
@@ -763,6 +833,7 @@ class LdapSource(Source):
                 where=where,
                 found=len(entries),
                 followed=trail,
+                progress=progress,
             )
         return entries
 
@@ -776,6 +847,7 @@ class LdapSource(Source):
         *,
         what: str,
         scope: str,
+        progress: PageProgress | None = None,
     ) -> tuple[list[Entry], list[list[str]]]:
         """The entries of one search read page by page, and the references the server made.
 
@@ -799,16 +871,17 @@ class LdapSource(Source):
         while True:
             page += 1
             try:
-                with decode_entries_lean(conn, key):
-                    conn.search(
-                        base,
-                        search_filter,
-                        search_scope=scope,
-                        attributes=list(attributes) or ["1.1"],
-                        paged_size=self.config.page_size,
-                        paged_criticality=True,  # a server that cannot page must refuse
-                        paged_cookie=cookie,
-                    )
+                answer = search(
+                    conn,
+                    base,
+                    search_filter,
+                    scope=scope,
+                    attributes=attributes,
+                    key=key,
+                    page_size=self.config.page_size,
+                    cookie=cookie,
+                    deref_aliases=self.config.deref_aliases,
+                )
             except LDAPInvalidFilterError as exc:
                 raise ConfigError(f"{where}: the filter is not valid LDAP ({exc})") from exc
             except LDAPCommunicationError as exc:
@@ -817,31 +890,40 @@ class LdapSource(Source):
                     f"{where}: the connection failed on page {page} after {len(entries)} entries "
                     f"({exc}); nothing was used"
                 ) from exc
-            result = conn.result
+            except MalformedAnswerError as exc:
+                discard(conn)  # the rest of its stream cannot be told apart from garbage
+                raise IncompleteSourceError(
+                    f"{where}: page {page} could not be decoded after {len(entries)} entries "
+                    f"({exc}), so nothing was used"
+                ) from exc
+            result = answer.result
             if result["result"] == RESULT_REFERRAL and result.get("referrals"):
-                return entries, [list(result["referrals"])]
+                return entries, [result["referrals"]]
             if result["result"] != 0:
                 raise IncompleteSourceError(
                     f"{where}: page {page} ended with {_describe(result)} after {len(entries)} "
                     f"entries, so the read may be partial and nothing was used; "
                     f"{_advice(result['result'], what)}"
                 )
-            for item in conn.response or ():
-                kind = item.get("type")
-                if kind == "searchResEntry":
-                    entries.append(entry_of(item, key))
-                elif kind == "searchResRef":
-                    # Entries in scope held by another server (or naming context): each
-                    # reference is followed or refused once the search is done, never dropped.
-                    references.append(list(item.get("uri") or []))
-            control = (result.get("controls") or {}).get(PAGED_RESULTS_OID)
-            if control is None:
+            entries += answer.entries
+            # Entries in scope held by another server (or naming context): each reference is
+            # followed or refused once the search is done, never dropped.
+            references += answer.references
+            if progress is not None:
+                progress.page(answer.entries)
+            try:
+                cookie = answer.paged_cookie()
+            except MalformedAnswerError as exc:
+                raise IncompleteSourceError(
+                    f"{where}: page {page} ended after {len(entries)} entries with {exc}, so "
+                    "the read may be partial and nothing was used"
+                ) from exc
+            if cookie is None:
                 raise IncompleteSourceError(
                     f"{where}: page {page} came back without the paged-results control after "
                     f"{len(entries)} entries, so the read may be partial and nothing was used; "
                     "check that the server supports RFC 2696 paging"
                 )
-            cookie = control["value"]["cookie"]
             if not cookie:
                 return entries, references
 
@@ -857,6 +939,7 @@ class LdapSource(Source):
         where: str,
         found: int,
         followed: tuple[tuple[str, Any], ...],
+        progress: PageProgress | None = None,
     ) -> list[Entry]:
         """The entries behind the references a search met, or an incomplete-read error.
 
@@ -916,6 +999,7 @@ class LdapSource(Source):
                         what=what,
                         scope=ref.scope or SUBTREE,
                         followed=followed,
+                        progress=progress,
                     )
                     failure = None
                     break
@@ -977,18 +1061,28 @@ class LdapSource(Source):
         while high is not None:
             start = high + 1
             request = f"{name};range={start}-{start + self.config.member_range_size - 1}"
-            with decode_entries_lean(conn, key):
-                conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[request])
-            result = conn.result
+            try:
+                answer = search(
+                    conn,
+                    dn,
+                    "(objectClass=*)",
+                    scope=BASE,
+                    attributes=[request],
+                    key=key,
+                    deref_aliases=self.config.deref_aliases,
+                )
+            except LDAPCommunicationError as exc:
+                discard(conn)
+                raise SourceUnreachableError(
+                    f"{where}: the connection failed on the window from value {start} ({exc})"
+                ) from exc
+            result = answer.result
             if result["result"] != 0:
                 raise IncompleteSourceError(
                     f"{where}: the window from value {start} ended with {_describe(result)} "
                     f"after {len(values)} values, so the read may be partial and nothing was used"
                 )
-            found = [
-                entry_of(i, key) for i in conn.response or () if i.get("type") == "searchResEntry"
-            ]
-            window = found[0][1] if found else {}
+            window = answer.entries[0][1] if answer.entries else {}
             ranged = [k for k in window if ";range=" in k]
             if not ranged:
                 raise IncompleteSourceError(
@@ -1139,19 +1233,27 @@ class LdapSource(Source):
         return list(dict.fromkeys(request))
 
     def _source_id(self, attrs: dict[str, list[bytes]], dn: str) -> str:
+        return self._source_ids([(dn, attrs)])[0]
+
+    def _source_ids(self, entries: list[Entry]) -> list[str]:
+        """The canonical id of each entry (the id attribute resolved once for all)."""
         name = self.config.id_attribute
-        values = attrs.get(self._key(name))
-        if not values:
-            raise IncompleteSourceError(
-                f"{self.config.url}: {dn} has no {name}; every user and group needs its "
-                f"immutable id (check id_attribute, and that the bind account may read it)"
-            )
-        return canonical_id(name, values[0], dn)
+        key = self._key(name)
+        ids = []
+        for dn, attrs in entries:
+            values = attrs.get(key)
+            if not values:
+                raise IncompleteSourceError(
+                    f"{self.config.url}: {dn} has no {name}; every user and group needs its "
+                    f"immutable id (check id_attribute, and that the bind account may read it)"
+                )
+            ids.append(canonical_id(name, values[0], dn))
+        return ids
 
     def _users_frame(
         self, entries: list[Entry], wanted: Sequence[str], inactive: set[str]
     ) -> pd.DataFrame:
-        ids = [self._source_id(attrs, dn) for dn, attrs in entries]
+        ids = self._source_ids(entries)
         dns = [dn for dn, _ in entries]
         account_state = (
             self.config.inactive_accounts if self.config.flavour == "active_directory" else "none"

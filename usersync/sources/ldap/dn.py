@@ -23,6 +23,7 @@ class DnIndex:
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
         self._items = list(items)
         self._exact = {dn.lower(): value for dn, value in self._items}
+        self._raw: dict[bytes, str] | None = None
         self._normalised: dict[tuple[tuple[tuple[str, str], ...], ...], str] | None = None
 
     def get(self, dn: str) -> str | None:
@@ -42,6 +43,28 @@ class DnIndex:
         return [
             self.get(dn) if value is None else value for dn, value in zip(dns, found, strict=True)
         ]
+
+    def get_many_raw(self, values: Sequence[bytes]) -> tuple[list[str | None], list[str]]:
+        """`get` of each DN as the server sent it (UTF-8 bytes), and the DNs found under none.
+
+        A value byte for byte equal to a stored DN (a member value as the server spells the
+        entry's own DN: nearly all of them) is found without being decoded; the rest are
+        decoded and looked up as `get` does.
+        """
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = {dn.encode("utf-8"): value for dn, value in self._items}
+        found = [raw.get(value) for value in values]
+        if None not in found:
+            return found, []
+        missing: list[str] = []
+        for position, value in enumerate(values):
+            if found[position] is None:
+                text = value.decode("utf-8", errors="replace")
+                found[position] = self.get(text)
+                if found[position] is None:
+                    missing.append(text)
+        return found, missing
 
     def _normalised_index(self) -> dict[tuple[tuple[tuple[str, str], ...], ...], str]:
         if self._normalised is None:

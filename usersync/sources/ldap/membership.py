@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
 
 import pandas as pd
 
@@ -19,10 +20,21 @@ from usersync.sources.ldap.dn import DnIndex
 
 @dataclass(frozen=True)
 class ResolvedMembers:
-    """Memberships found, and the member values that were no user (or group) in scope."""
+    """Memberships found, each (user id, group name) pair once, as two columns, and the member
+    values that were no user (or group) in scope."""
 
-    rows: list[tuple[str, str]]
+    user_ids: list[str]
+    groups: list[str]
     unresolved: list[str]
+
+    @property
+    def rows(self) -> list[tuple[str, str]]:
+        """The memberships as (user id, group name) pairs."""
+        return list(zip(self.user_ids, self.groups, strict=True))
+
+    def frame(self) -> pd.DataFrame:
+        """The memberships frame (`SOURCE_MEMBERSHIP_COLUMNS`)."""
+        return _columns_frame(self.user_ids, self.groups)
 
 
 def members_from_groups(
@@ -39,22 +51,30 @@ def members_from_groups(
     With `nested_resolved`, a member value that is a group in scope is not unresolved (its
     members count through nesting); otherwise it is left out and noted like any other.
     """
-    keys = member_keys
-    rows: list[tuple[str, str]] = []
+    # Deduplicated per group name (two spellings of one DN, member and uniqueMember, two
+    # groups named alike): small dicts of strings whose hashes are cached, where one dict of
+    # 1M (user, group) pairs cost more than the lookups (bench/README.md).
+    members: dict[str, dict[str | None, None]] = {}
     unresolved: list[str] = []
     for (_dn, attrs), group in zip(group_entries, group_names, strict=True):
-        for key in keys:
-            members = [raw.decode("utf-8", errors="replace") for raw in attrs.get(key, ())]
-            source_ids = index.get_many(members)
-            rows += [(source_id, group) for source_id in source_ids if source_id is not None]
-            if None in source_ids:
-                unresolved += [
-                    member
-                    for member, source_id in zip(members, source_ids, strict=True)
-                    if source_id is None
-                    and not (nested_resolved and group_index.get(member) is not None)
-                ]
-    return ResolvedMembers(rows, unresolved)
+        found = members.get(group)
+        if found is None:
+            found = members[group] = {}
+        for key in member_keys:
+            source_ids, missing = index.get_many_raw(attrs.get(key, ()))
+            found.update(dict.fromkeys(source_ids))
+            unresolved += [
+                member
+                for member in missing
+                if not (nested_resolved and group_index.get(member) is not None)
+            ]
+    user_ids: list[str] = []
+    groups: list[str] = []
+    for group, found in members.items():
+        found.pop(None, None)
+        user_ids += found  # None was popped: only user ids are left
+        groups += repeat(group, len(found))
+    return ResolvedMembers(user_ids, groups, unresolved)
 
 
 def members_from_member_of(
@@ -62,17 +82,16 @@ def members_from_member_of(
 ) -> ResolvedMembers:
     """Memberships from the users' memberOf values (under `key`), resolved by group DN."""
     index = group_index
-    rows: list[tuple[str, str]] = []
+    user_ids: list[str] = []
+    groups: list[str] = []
     unresolved: list[str] = []
     for (_dn, attrs), source_id in zip(user_entries, source_ids, strict=True):
-        for raw in attrs.get(key, ()):
-            group_dn = raw.decode("utf-8", errors="replace")
-            group = index.get(group_dn)
-            if group is None:
-                unresolved.append(group_dn)
-            else:
-                rows.append((source_id, group))
-    return ResolvedMembers(rows, unresolved)
+        names, missing = index.get_many_raw(attrs.get(key, ()))
+        unresolved += missing
+        unique = [name for name in dict.fromkeys(names) if name is not None]
+        groups += unique
+        user_ids += repeat(source_id, len(unique))
+    return ResolvedMembers(user_ids, groups, unresolved)
 
 
 def group_parents(
@@ -119,8 +138,20 @@ def flatten(rows: list[tuple[str, str]], parents: dict[str, set[str]]) -> list[t
 
 
 def memberships_frame(rows: list[tuple[str, str]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(SOURCE_MEMBERSHIP_COLUMNS), dtype="string")
-    return conform(frame.drop_duplicates(), SOURCE_MEMBERSHIP_COLUMNS, what="ldap memberships")
+    """The memberships frame of `rows` (user id, group name), each pair once, in first order."""
+    unique = list(dict.fromkeys(rows))
+    return _columns_frame([user for user, _ in unique], [group for _, group in unique])
+
+
+def _columns_frame(user_ids: list[str], groups: list[str]) -> pd.DataFrame:
+    user_column, group_column = SOURCE_MEMBERSHIP_COLUMNS
+    frame = pd.DataFrame(
+        {
+            user_column: pd.array(user_ids, dtype="string"),
+            group_column: pd.array(groups, dtype="string"),
+        }
+    )
+    return conform(frame, SOURCE_MEMBERSHIP_COLUMNS, what="ldap memberships")
 
 
 def group_locators(groups: pd.DataFrame, entries: list[Entry]) -> pd.DataFrame:
