@@ -4,8 +4,8 @@ Writes an LDIF (default 100,000 inetOrgPerson users with 8 attributes, 5,000 gro
 holding 1,000,000 member values in all), loads it offline with `slapadd` into a
 `usersync.sandbox.slapd.SlapdServer` (needs `make setup`), then times on the same server:
 
-- `ldapsearch -E pr=1000/noprompt` on the users query and on the groups query (the filters
-  and attributes LdapSource asks for, output to /dev/null);
+- `ldapsearch -E pr=1000/noprompt` on the users query and on the groups query (the filters,
+  attributes and alias dereferencing LdapSource asks for, output to /dev/null);
 - `LdapSource.extract` (page size 1000, membership from the groups' `member` values), whole;
 - with `--profile`, `LdapSource.extract` again under cProfile, and prints where the time goes.
 
@@ -13,7 +13,11 @@ It prints users/s, seconds, the ratio to ldapsearch and the process's peak RSS b
 after the extract. Figures are noisy: compare within one run.
 
     .venv/bin/python bench/ldap_extract.py [--users 100000] [--groups 5000]
-        [--members 1000000] [--profile]
+        [--members 1000000] [--deref never|searching|finding|always] [--profile]
+
+`--deref` is the profile's `deref_aliases` and ldapsearch's `-a` alike; it defaults to
+ldapsearch's own default, never (the profile's default, always, costs slapd about five times
+more on this data, on both sides).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ ATTRIBUTES = [
 PAGE_SIZE = 1000
 PASSWORD_ENV = "USERSYNC_BENCH_LDAP_PASSWORD"
 SEED = 20240611
+#: The profile's `deref_aliases` as ldapsearch's `-a` names it.
+LDAPSEARCH_DEREF = {"never": "never", "searching": "search", "finding": "find", "always": "always"}
 
 
 def write_ldif(path: Path, users: int, groups: int, members: int) -> None:
@@ -100,12 +106,14 @@ def write_ldif(path: Path, users: int, groups: int, members: int) -> None:
             )
 
 
-def ldapsearch(server: SlapdServer, base: str, search_filter: str, attributes: list[str]) -> float:
+def ldapsearch(
+    server: SlapdServer, base: str, search_filter: str, attributes: list[str], deref: str
+) -> float:
     """Seconds for one paged `ldapsearch` of `base`, output discarded."""
     command = [
         find_binary("ldapsearch"), "-LLL", "-x", "-H", server.url, "-D", server.admin_dn,
         "-w", server.admin_password, "-b", base, "-E", f"pr={PAGE_SIZE}/noprompt",
-        search_filter, *attributes,
+        "-a", LDAPSEARCH_DEREF[deref], search_filter, *attributes,
     ]  # fmt: skip
     began = time.monotonic()
     with open(os.devnull, "wb") as sink:
@@ -123,6 +131,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--groups", type=int, default=5_000)
     parser.add_argument("--members", type=int, default=1_000_000, help="member values in all")
+    parser.add_argument("--deref", choices=sorted(LDAPSEARCH_DEREF), default="never")
     parser.add_argument("--profile", action="store_true", help="profile a second extract")
     parser.add_argument("--top", type=int, default=25, help="profile lines to print")
     args = parser.parse_args()
@@ -150,6 +159,7 @@ def main() -> None:
                 group_base_dn=GROUPS,
                 page_size=PAGE_SIZE,
                 membership="group_member",
+                deref_aliases=args.deref,
             )
             user_attrs = [config.id_attribute, *ATTRIBUTES]
             group_attrs = [
@@ -158,10 +168,10 @@ def main() -> None:
                 *config.member_attributes,
             ]
             # Warm slapd's cache (and the page cache) once, so neither side pays for it.
-            ldapsearch(server, PEOPLE, config.user_filter, user_attrs)
-            ldapsearch(server, GROUPS, config.group_filter, group_attrs)
-            theirs_users = ldapsearch(server, PEOPLE, config.user_filter, user_attrs)
-            theirs_groups = ldapsearch(server, GROUPS, config.group_filter, group_attrs)
+            ldapsearch(server, PEOPLE, config.user_filter, user_attrs, args.deref)
+            ldapsearch(server, GROUPS, config.group_filter, group_attrs, args.deref)
+            theirs_users = ldapsearch(server, PEOPLE, config.user_filter, user_attrs, args.deref)
+            theirs_groups = ldapsearch(server, GROUPS, config.group_filter, group_attrs, args.deref)
             theirs = theirs_users + theirs_groups
 
             rss_before = peak_rss_mb()
@@ -177,7 +187,7 @@ def main() -> None:
                 f"({args.users / theirs_users:,.0f} users/s)"
             )
             print(f"ldapsearch groups (paged {PAGE_SIZE}): {theirs_groups:6.2f} s")
-            print(f"ldapsearch total:                  {theirs:6.2f} s")
+            print(f"ldapsearch total:                  {theirs:6.2f} s (aliases: {args.deref})")
             print(
                 f"LdapSource.extract:                {ours:6.2f} s "
                 f"({counts['users'] / ours:,.0f} users/s), {ours / theirs:.1f}x ldapsearch; "
