@@ -189,3 +189,21 @@ def test_group_settings_against_jira(make_profile, jira, own_directory):
     again = sync(profile="testprof")
     assert again[0]["planned"] == {}
     assert "asmith" not in jira_group_members(url, "welcome")
+
+
+def test_keep_existing_groups_false_removes_managed_users_from_unmapped_groups(
+    make_profile, jira
+):
+    emulator, url = jira
+    make_profile(url, extra_settings="  groups:\n    keep_existing_groups: false")
+    emulator.seed_user("outsider", "outsider@corp", "Out Sider")
+    sync(profile="testprof")
+    # An administrator put a managed and an unmanaged account in a group no rule maps.
+    emulator.seed_group("legacy", ["asmith", "outsider"])
+
+    outcomes = sync(profile="testprof")
+
+    assert outcomes[0]["planned"] == {"remove_membership": 1}
+    assert jira_group_members(url, "legacy") == {"outsider"}
+    assert "developers" in {g["name"] for g in jira_user(url, "asmith")["groups"]["items"]}
+    assert sync(profile="testprof")[0]["planned"] == {}

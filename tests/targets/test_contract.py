@@ -26,7 +26,7 @@ from usersync.errors import (
 )
 from usersync.model import TARGET_GROUP_COLUMNS, TARGET_MEMBERSHIP_COLUMNS, TARGET_USER_COLUMNS
 from usersync.sandbox.faults import WRITE_METHODS, RecordedRequest
-from usersync.targets.base import normalise_name
+from usersync.targets.base import Target, normalise_name
 
 #: The account every harness signs its main client in as.
 ADMIN_ACCOUNT = "admin"
@@ -206,6 +206,21 @@ def test_read_group_members_across_several_pages(target_env: TargetEnv) -> None:
     assert members(memberships) == {("big-group", n) for n in names} | {
         ("small-group", n) for n in names[:2]
     }
+
+
+def test_every_group_of_an_account_is_read(target_env: TargetEnv) -> None:
+    if type(target_env.target).read_user_groups is Target.read_user_groups:
+        pytest.skip(f"{target_env.product}: keep_existing_groups: false is refused at validate")
+    groups = [f"team-{i:02d}" for i in range(2 * target_env.page_size + 1)]
+    target_env.emulator.seed_user("many", "many@example.com", "Many Groups")
+    target_env.emulator.seed_user("few", "few@example.com", "Few Groups")
+    for group in groups:
+        target_env.emulator.seed_group(group, members=["many"])
+    target_env.emulator.seed_group("solo", members=["few"])
+
+    found = target_env.target.read_user_groups(["many", "few", "nobody-here"])
+
+    assert members(found) == {(g, "many") for g in groups} | {("solo", "few")}
 
 
 def test_membership_changes_are_idempotent(target_env: TargetEnv) -> None:

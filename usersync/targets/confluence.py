@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -765,6 +765,17 @@ class ConfluenceTarget(Target):
         self._email_via_rpc = True
         email = user.get("email") if isinstance(user, dict) else None
         return str(email).strip() if email and str(email).strip() else None
+
+    def read_user_groups(self, usernames: Sequence[str]) -> pd.DataFrame:
+        """Every group of these accounts: `GET /user/memberof?username=` paged, per account."""
+        rows = []
+        for username in dict.fromkeys(str(n) for n in usernames if n):
+            try:
+                groups = [g for g in self._pages("member_of", params={"username": username})]
+            except TargetNotFoundError:
+                continue  # deleted meanwhile: nothing to remove
+            rows.extend((username, str(g["name"])) for g in groups if g.get("name"))
+        return pd.DataFrame(rows, columns=["username", "group"], dtype="string")
 
     def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         found: list[str] = []

@@ -569,6 +569,25 @@ class JiraTarget(Target):
         ]
         return pd.DataFrame(rows, columns=["target_key", "name", "value"]).astype("string")
 
+    def read_user_groups(self, usernames: Sequence[str]) -> pd.DataFrame:
+        """Every group of these accounts: one `GET /user?username=&expand=groups` each,
+        `read_workers` at a time (Jira DC has no listing of all groups to read instead)."""
+        names = [str(n) for n in dict.fromkeys(usernames) if n]
+
+        def groups_of(username: str) -> list[tuple[str, str]]:
+            try:
+                bean = self._api.get_json(USER, params={"username": username, "expand": "groups"})
+            except TargetNotFoundError:
+                return []  # deleted meanwhile: nothing to remove
+            items = (bean.get("groups") or {}).get("items") or []
+            return [(bean.get("name") or username, str(g["name"])) for g in items if g.get("name")]
+
+        with ThreadPoolExecutor(
+            max_workers=self.read_workers, thread_name_prefix=f"jira-{self.name}-groups"
+        ) as pool:
+            rows = [row for found in pool.map(groups_of, names) for row in found]
+        return pd.DataFrame(rows, columns=["username", "group"], dtype="string")
+
     def _read_property(self, username: str, name: str) -> str | None:
         try:
             bean = self._api.get_json(
