@@ -677,3 +677,14 @@ def test_an_admin_grant_whose_subject_cannot_be_told_is_an_error(subject: dict) 
 
     with pytest.raises(TargetRejectedError, match="refuses to guess"):
         target.administrators()
+
+
+def test_unknown_paths_answer_confluences_json_error() -> None:
+    with environment() as env:
+        for path in ("/rest/api/nothing", "/x"):
+            answer = httpx.get(env.target.url + path, auth=ADMIN)
+            assert answer.status_code == 404
+            body = answer.json()
+            assert body["statusCode"] == 404 and body["message"]
+        answer = httpx.delete(env.target.url + "/rest/api/user/current", auth=ADMIN)
+        assert answer.status_code == 405 and answer.json()["statusCode"] == 405

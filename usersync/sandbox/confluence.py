@@ -337,11 +337,29 @@ class ConfluenceEmulator:
         ]
         if self.context_path:
             routes = [Mount(self.context_path, routes=routes)]
-        return Starlette(routes=routes, exception_handlers={_Refused: self._refused})
+        return Starlette(
+            routes=routes,
+            exception_handlers={
+                _Refused: self._refused,
+                404: self._unknown_path,
+                405: self._method_not_allowed,
+            },
+        )
 
     async def _refused(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, _Refused)
         return JSONResponse(confluence_error(exc.status, exc.message), status_code=exc.status)
+
+    async def _unknown_path(self, request: Request, exc: Exception) -> Response:
+        """Confluence answers an unknown resource with its JSON error, as for any refusal."""
+        message = f"null for uri: {request.url}"
+        return JSONResponse(confluence_error(404, message), status_code=404)
+
+    async def _method_not_allowed(self, request: Request, exc: Exception) -> Response:
+        message = f"Method {request.method} is not allowed for {request.url.path}"
+        response = JSONResponse(confluence_error(405, message), status_code=405)
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
 
     # -- auth ----------------------------------------------------------------------------
 
