@@ -19,6 +19,7 @@ from usersync.config import SecretLoader
 from usersync.errors import ConfigError
 from usersync.mapping import desired_state
 from usersync.model import (
+    CUSTOM_PREFIX,
     SOURCE_GROUP_COLUMNS,
     SOURCE_MEMBERSHIP_COLUMNS,
     SourceSnapshot,
@@ -170,9 +171,10 @@ def run_test_sync(
             preview.rejected = str(desired.rejected.iloc[0]["reason"])
         elif len(desired.users):
             row = desired.users.iloc[0]
+            custom = [c for c in desired.users.columns if c.startswith(CUSTOM_PREFIX)]
             preview.account = {
                 column: _plain(row[column])
-                for column in ("username", "email", "display_name", "active")
+                for column in ("username", "email", "display_name", "active", *custom)
             }
             preview.groups = sorted(desired.memberships["group"].dropna().unique().tolist())
         report.targets.append(preview)

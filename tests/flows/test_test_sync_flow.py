@@ -54,3 +54,21 @@ def test_test_sync_flow_with_a_wildcard_login_matches_nobody(make_profile, jira)
 
     assert result["matches"] == 0
     assert "**0 users match**" in latest_artifact("test-sync-preview-star")
+
+
+def test_test_sync_shows_custom_attributes(make_profile, jira):
+    emulator, url = jira
+    attributes = (
+        "target,source,transform,targets\n"
+        "username,uid,strip lower,\n"
+        "email,mail,strip lower,\n"
+        "display_name,displayName|cn,strip,\n"
+        "custom:employee-type,employeeType,strip upper,jira\n"
+    )
+    make_profile(url, name="preview-custom", attributes=attributes)
+
+    result = run_test_sync_flow(profile="preview-custom", login="dbrown")
+
+    assert result["targets"]["jira"]["account"]["custom:employee-type"] == "CONTRACTOR"
+    assert "| custom:employee-type | CONTRACTOR |" in latest_artifact("test-sync-preview-custom")
+    assert emulator.app.writes() == []
