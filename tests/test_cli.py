@@ -155,3 +155,10 @@ def test_validate_warns_when_another_profile_syncs_the_same_instance_without_pre
         path.write_text(path.read_text() + f"  precedence: {rank}\n")
     assert main(["validate", "example-ldap"]) == 0
     assert "also syncs" not in capsys.readouterr().out
+
+
+def test_the_example_using_every_setting_validates_cleanly(mappings, capsys):
+    assert main(["validate", "example-settings"]) == 0
+    out = capsys.readouterr().out
+    assert "profile example-settings: OK" in out
+    assert "warning" not in out
