@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from ldap3 import BASE, MODIFY_REPLACE
 
-import usersync.sources.ldap as ldap_package
+import usersync.sources.ldap.active_directory as active_directory_module
 from tests.ad.conftest import (
     BIG_GROUP_SIZE,
     PASSWORD_ENV,
@@ -112,14 +112,14 @@ def test_a_failing_range_window_fails_the_read(
     """A window that errors (here: its entry is gone) must not leave a truncated group."""
     config = ad_source_config(ad_directory, member_range_size=1000)
     source = LdapSource.from_config(config)
-    real_search = ldap_package.search  # every search of the pager, on any of its connections
+    real_search = active_directory_module.search  # the ranged reads, on any connection
 
     def search(conn: Any, base: str, search_filter: str, **kwargs: Any) -> Any:
         if any(";range=1000-" in a for a in kwargs.get("attributes") or ()):
             base = f"CN=gone,{ad_directory.groups}"  # the server answers noSuchObject
         return real_search(conn, base, search_filter, **kwargs)
 
-    monkeypatch.setattr(ldap_package, "search", search)
+    monkeypatch.setattr(active_directory_module, "search", search)
     with source, pytest.raises(IncompleteSourceError, match="ranged read of member"):
         source.extract(["sAMAccountName"])
 

@@ -17,6 +17,9 @@ from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, conform
 from usersync.sources.ldap.decoding import Entry
 from usersync.sources.ldap.dn import DnIndex
 
+#: The back-link attribute naming the groups an entry belongs to (AD; OpenLDAP's memberof overlay).
+MEMBER_OF = "memberOf"
+
 
 @dataclass(frozen=True)
 class ResolvedMembers:
