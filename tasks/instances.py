@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from typing import Any
+from uuid import UUID
 
+import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentUpdate, GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from usersync.config import instance_of, load_profile
@@ -56,19 +59,82 @@ def ensure_instance_limit(name: str) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
+#: How long a held slot lasts unless renewed (a crashed run frees its instance after this).
+LEASE_SECONDS = 300.0
+#: How often a held slot's lease is renewed.
+RENEW_EVERY_SECONDS = 60.0
+#: The longest pause between two tries for a busy slot (the server's Retry-After is shorter).
+POLL_SECONDS = 5.0
+
+
 @contextmanager
 def instance_slot(url: str, target: str, *, write: bool) -> Iterator[None]:
-    """Hold the instance's slot while the block plans and loads `target` (writes only)."""
+    """Hold the instance's slot while the block plans and loads `target` (writes only).
+
+    The slot is a lease on the limit, renewed while the block runs and released after it;
+    a run that dies frees it when the lease expires. (Held through the client's lease calls
+    rather than `prefect.concurrency.sync.concurrency`, which was seen to hold up the other
+    targets' slots of the same run until the first one was released.)
+    """
     if not write:
         yield
         return
     name = instance_limit_name(url)
     ensure_instance_limit(name)
     logger = get_run_logger()
-    logger.info("%s: taking the slot of %s (one writer per instance)", target, name)
-    with concurrency(name, occupy=1, strict=True):
-        logger.info("%s: holding %s", target, name)
+    lease_id = _acquire(name, target, logger)
+    stop = threading.Event()
+
+    def renew() -> None:
+        with get_client(sync_client=True) as client:
+            while not stop.wait(RENEW_EVERY_SECONDS):
+                try:
+                    client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
+                except Exception as exc:  # the next renewal may work; expiry frees the slot
+                    logger.warning("%s: renewing the slot of %s failed: %s", target, name, exc)
+
+    renewer = threading.Thread(target=renew, name=f"slot-{target}", daemon=True)
+    renewer.start()
+    try:
         yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        with get_client(sync_client=True) as client:
+            try:
+                client.release_concurrency_slots_with_lease(lease_id)
+            except Exception as exc:
+                logger.warning(
+                    "%s: releasing the slot of %s failed (it expires): %s", target, name, exc
+                )
+
+
+def _acquire(name: str, target: str, logger: Any) -> UUID:
+    """Take one slot of `name`, waiting while another run holds it; return the lease id."""
+    waited_since: float | None = None
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS
+                )
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:
+                    raise
+                if waited_since is None:
+                    waited_since = time.monotonic()
+                    logger.info(
+                        "%s: another run is writing to this instance; waiting for %s", target, name
+                    )
+                pause = float(exc.response.headers.get("Retry-After") or POLL_SECONDS)
+                time.sleep(min(max(pause, 0.1), POLL_SECONDS))
+                continue
+            lease_id = UUID(str(response.json()["lease_id"]))
+            waited = (
+                "" if waited_since is None else f" after {time.monotonic() - waited_since:.0f} s"
+            )
+            logger.info("%s: holding %s%s (one writer per instance)", target, name, waited)
+            return lease_id
 
 
 def targets_schema(schema: dict[str, Any], choices: list[str]) -> dict[str, Any]:
