@@ -18,8 +18,8 @@ from ldap3 import MODIFY_ADD, MODIFY_REPLACE
 
 from tests.ad.conftest import USER_CLASSES, AdDirectory, ad_source_config, admin_connection
 from usersync import sync
-from usersync.config import Profile, TargetConfig, load_profile
-from usersync.errors import ConfigError, UsersyncError
+from usersync.config import Profile, TargetConfig
+from usersync.errors import UsersyncError
 from usersync.mapping import load_tables
 from usersync.model import SourceSnapshot
 from usersync.sandbox.jira import JiraEmulator
@@ -300,29 +300,3 @@ def test_failed_or_dry_run_does_not_advance_the_watermark(
         assert "1 changed user(s)" in again.notes[0]
     assert stored_usn(store) > before
     assert emulator.user("inc2").email == "inc2.changed@example.test"
-
-
-def test_incremental_needs_the_active_directory_flavour(tmp_path: Path) -> None:
-    folder = tmp_path / "openldap-inc"
-    folder.mkdir()
-    (folder / "profile.yaml").write_text(
-        """
-source:
-  kind: ldap
-  url: ldaps://ldap.example.test
-  tls: {mode: ldaps}
-  bind_dn: cn=usersync,dc=example,dc=test
-  bind_password: {env: LDAP_PASSWORD}
-  user_base_dn: ou=people,dc=example,dc=test
-  group_base_dn: ou=groups,dc=example,dc=test
-  incremental: {enabled: true}
-targets:
-  jira: {kind: jira, url: https://jira.test, auth: {kind: token, token: {env: JIRA_PAT}}}
-""",
-        encoding="utf-8",
-    )
-    with pytest.raises(ConfigError) as err:
-        load_profile("openldap-inc", root=tmp_path)
-    assert "source: Value error, incremental.enabled needs flavour: active_directory" in str(
-        err.value
-    )

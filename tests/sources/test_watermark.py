@@ -72,6 +72,43 @@ def test_with_every_group_read_groups_and_memberships_are_replaced() -> None:
     assert merged_members.to_numpy().tolist() == [["u1", "all"]]
 
 
+def test_without_memberof_a_changed_user_keeps_the_memberships_of_unchanged_groups() -> None:
+    """OpenLDAP's group_member profiles read no memberOf: only changed groups' rows change."""
+    changes = DirectoryChanges(
+        users=users(("u2", "CN=b", True, "b2@x")),
+        groups=groups(("g1", "team", "CN=team")),  # u2 left team
+        memberships=memberships(("u1", "team")),
+        all_groups=False,
+        users_memberships=False,
+    )
+    _, _, merged_members = merge_changes(CACHED_USERS, CACHED_GROUPS, CACHED_MEMBERS, changes)
+    assert set(map(tuple, merged_members.to_numpy().tolist())) == {
+        ("u1", "team"),
+        ("u1", "all"),
+        ("u2", "all"),
+    }
+
+
+def test_openldap_positions_decide_full_reads_by_database_and_contextcsn() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    csn = 1_767_312_000_000_000  # 2026-01-02 00:00:00 UTC in microseconds
+    stored = SourceWatermark("ldap://a db1 sid=000", csn, "fp", now, now)
+
+    def reason(position: DirectoryPosition) -> str | None:
+        return full_read_reason(stored, position, "fp", now=now, full_every_hours=24)
+
+    assert reason(DirectoryPosition("ldap://a db1 sid=000", csn + 5, kind="csn")) is None
+    assert str(reason(DirectoryPosition("ldap://a db1 sid=001", csn + 5, kind="csn"))).startswith(
+        "another server or database"
+    )
+    went_back = str(reason(DirectoryPosition("ldap://a db1 sid=000", csn - 1, kind="csn")))
+    assert went_back.startswith(
+        "the server or database's mark went back from contextCSN 2026-01-02"
+    )
+    no_csn = str(reason(DirectoryPosition("ldap://a: db1 show(s) no contextCSN", None, kind="csn")))
+    assert "no syncprov overlay" in no_csn and "every run reads everything" in no_csn
+
+
 def test_full_read_reasons() -> None:
     now = datetime(2026, 1, 2, tzinfo=UTC)
     stored = SourceWatermark("DC1", 100, "fp", now - timedelta(hours=1), now - timedelta(hours=2))
@@ -92,6 +129,8 @@ def test_full_read_reasons() -> None:
     assert str(reason(stored=None)).startswith("no watermark")
     assert str(reason(position=DirectoryPosition("DC2", 120))).startswith("another domain")
     assert str(reason(fingerprint="other")).startswith("the source settings")
-    assert str(reason(position=DirectoryPosition("DC1", 50))).startswith("the DC's USN went back")
+    assert str(reason(position=DirectoryPosition("DC1", 50))).startswith(
+        "the domain controller's mark went back from USN 100 to USN 50"
+    )
     old = SourceWatermark("DC1", 100, "fp", now, now - timedelta(hours=25))
     assert "older than incremental.full_every_hours=24" in str(reason(stored=old))

@@ -230,6 +230,10 @@ class SlapdServer:
         certificates: with `tls`, serve these instead of generating new ones (so that two
             servers share one CA, as the servers of one directory do).
         database_config: extra lines for the database section (e.g. `limits ...`).
+        syncprov: also run the syncprov overlay, which keeps the suffix entry's `contextCSN`
+            (the newest entryCSN) current: what incremental reads tie their watermark to.
+            entryCSN is indexed (eq) with it, which lets slapd answer `(entryCSN>=...)`
+            from the index.
         start_timeout: seconds to wait for slapd to accept connections.
     """
 
@@ -243,6 +247,7 @@ class SlapdServer:
         tls: bool = False,
         certificates: TestCertificates | None = None,
         database_config: Sequence[str] = (),
+        syncprov: bool = False,
         start_timeout: float = 10.0,
     ) -> None:
         self.base_dn = base_dn
@@ -253,6 +258,7 @@ class SlapdServer:
         self._load = load
         self._tls = tls
         self._database_config = tuple(database_config)
+        self._syncprov = syncprov
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
@@ -347,6 +353,8 @@ class SlapdServer:
         assert self._dir is not None
         lines = [f"include {SCHEMA_DIR / name}.schema" for name in SCHEMAS]
         lines += [f"modulepath {MODULE_DIR}", "moduleload back_mdb", "moduleload memberof"]
+        if self._syncprov:
+            lines.append("moduleload syncprov")
         lines.append(f"pidfile {self._dir / 'slapd.pid'}")
         if self.certificates is not None:
             lines += [
@@ -362,7 +370,9 @@ class SlapdServer:
             f"rootpw {self.admin_password}",
             f"directory {self._dir / 'db'}",
             *self._database_config,
+            *(["index entryCSN eq"] if self._syncprov else []),
             "overlay memberof",
+            *(["overlay syncprov"] if self._syncprov else []),
         ]
         path = self._dir / "slapd.conf"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,17 +1,21 @@
-"""Incremental extraction from Active Directory: a uSNChanged watermark and the cached snapshot.
+"""Incremental extraction from LDAP: a watermark of the server's position and the cached snapshot.
 
 The planner deactivates managed users missing from the snapshot, so an incremental read never
 hands it a partial one. The store keeps the snapshot the last successful run synced, with the
-watermark it was read at: the domain controller's identity (dsServiceName and invocationId;
-USNs are per DC) and its `highestCommittedUSN`, taken before the read. An incremental read
-fetches the users and groups whose `uSNChanged` passed the watermark and merges them into the
-cached snapshot (`merge_changes`, vectorised): changed users replace their rows, changed
-groups replace their row and all their memberships, changed users' memberOf replaces theirs.
-The merged snapshot is complete except for deletions (and entries that left the scope), which
-an incremental read cannot see: a full read runs when the last one is older than
-`incremental.full_every_hours`, on another DC, after a scope change, without a cached
-snapshot, or on request, and it catches them. The watermark and the snapshot advance only in
-`advance_watermark`, when every target synced without failure and the run was not a dry run.
+watermark it was read at, taken before the read (`LdapSource.position`): on Active Directory
+the domain controller's identity (dsServiceName and invocationId; USNs are per DC) and its
+`highestCommittedUSN`; on OpenLDAP the database's identity and its `contextCSN` (kept by the
+syncprov overlay). An incremental read fetches the users and groups whose `uSNChanged` or
+`entryCSN` passed the watermark and merges them into the cached snapshot (`merge_changes`,
+vectorised): changed users replace their rows, changed groups replace their row and all their
+memberships, changed users' memberOf (where it is read) replaces theirs. The merged snapshot is
+complete except for deletions (and entries that left the scope), which an incremental read
+cannot see: a full read runs when the last one is older than `incremental.full_every_hours`,
+on another server or database, when the server's mark went back (restored), after a scope
+change, without a cached snapshot, or on request, and it catches them. An OpenLDAP server
+without contextCSN gets a full read every run, with a note, and no watermark is kept. The
+watermark and the snapshot advance only in `advance_watermark`, when every target synced
+without failure and the run was not a dry run.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class CheckpointedSnapshot(SourceSnapshot):
 
 
 def incremental_enabled(config: SourceConfig) -> bool:
-    """Whether the profile's source reads incrementally (AD with `incremental.enabled`)."""
+    """Whether the profile's source reads incrementally (LDAP with `incremental.enabled`)."""
     return isinstance(config, LdapSourceConfig) and config.incremental.enabled
 
 
@@ -96,14 +100,22 @@ def full_read_reason(
     """Why this run must read everything, or None when an incremental read is sound."""
     if requested:
         return "a full read was requested"
+    if position.usn is None:
+        return (
+            f"{position.dc}: no syncprov overlay, or the bind account may not read contextCSN, "
+            "so changes cannot be told apart and every run reads everything"
+        )
     if stored is None:
         return "no watermark or cached snapshot yet"
     if stored.dc != position.dc:
-        return f"another domain controller: the watermark is of {stored.dc}, now {position.dc}"
+        return f"another {_server(position)}: the watermark is of {stored.dc}, now {position.dc}"
     if stored.fingerprint != fingerprint:
         return "the source settings or the mapped attributes changed since the watermark"
     if position.usn < stored.usn:
-        return f"the DC's USN went back from {stored.usn} to {position.usn} (restored?)"
+        return (
+            f"the {_server(position)}'s mark went back from {position.describe(stored.usn)} "
+            f"to {position.describe(position.usn)} (restored or reloaded?)"
+        )
     due = stored.full_read_at + timedelta(hours=full_every_hours)
     if now >= due:
         return (
@@ -119,9 +131,9 @@ def merge_changes(
     """The cached users, groups (with `locator`) and memberships with the changes merged in.
 
     Changed users replace the rows with their id; changed groups replace theirs, and every
-    membership of a changed group (under its old or new name) or of a changed user is replaced
-    by the memberships read. When every group was read, the read's groups and memberships
-    replace the cached ones.
+    membership of a changed group (under its old or new name), and of a changed user when
+    their memberOf was read (`changes.users_memberships`), is replaced by the memberships
+    read. When every group was read, the read's groups and memberships replace the cached ones.
     """
     changed_users = changes.users["source_id"]
     merged_users = pd.concat(
@@ -136,9 +148,9 @@ def merge_changes(
     replaced_names = pd.concat(
         [groups.loc[was_changed, "source_group"], changes.groups["source_group"]]
     )
-    kept = ~memberships["source_group"].isin(replaced_names) & ~memberships["source_id"].isin(
-        changed_users
-    )
+    kept = ~memberships["source_group"].isin(replaced_names)
+    if changes.users_memberships:
+        kept &= ~memberships["source_id"].isin(changed_users)
     merged_memberships = (
         pd.concat([memberships[kept], changes.memberships], ignore_index=True)
         .drop_duplicates()
@@ -159,7 +171,7 @@ def extract_with_watermark(
     """Read the source fully or incrementally, as the stored watermark allows.
 
     Args:
-        source: the profile's (Active Directory) source.
+        source: the profile's LDAP source (Active Directory or OpenLDAP).
         profile: the profile's name (the key of its watermark).
         attributes: the source attributes the mapping reads.
         store: where the watermark and the cached snapshot are.
@@ -168,7 +180,8 @@ def extract_with_watermark(
 
     Returns:
         A complete snapshot (the cache merged with the changes on an incremental read), its
-        notes saying which kind of read it was, and the checkpoint to save after success.
+        notes saying which kind of read it was, and the checkpoint to save after success (none
+        when the server has no mark: an OpenLDAP server without contextCSN).
 
     Raises:
         as `LdapSource.extract`.
@@ -194,20 +207,23 @@ def extract_with_watermark(
     if reason is not None or stored is None:
         snapshot, groups = source.read_snapshot(attributes)
         users, memberships = snapshot.users, snapshot.memberships
-        notes = (
-            *snapshot.notes,
-            f"full read ({reason}); the next run reads changes after USN {position.usn} "
-            f"on {position.dc}",
+        following = (
+            "the next run reads everything again"
+            if position.usn is None
+            else f"the next run reads changes after {position.describe(position.usn)} "
+            f"on {position.dc}"
         )
+        notes = (*snapshot.notes, f"full read ({reason}); {following}")
         full_read_at = now
     else:
         expiry = None
-        if config.inactive_accounts == "disabled_or_expired":
+        ad_expiry = config.flavour == "active_directory"
+        if ad_expiry and config.inactive_accounts == "disabled_or_expired":
             # An account that expires changes no USN: read those that expired since last time.
             expiry = (_filetime(stored.read_at), _filetime(now))
         changes = source.read_changes(
             attributes,
-            since_usn=stored.usn,
+            since=stored.usn,
             known_users=parts["users"],
             known_groups=parts["groups"],
             expired_between=expiry,
@@ -217,25 +233,28 @@ def extract_with_watermark(
         )
         due = stored.full_read_at + timedelta(hours=config.incremental.full_every_hours)
         notes = (
-            f"incremental since USN {stored.usn} on {position.dc}: {len(changes.users)} "
+            f"incremental since {position.describe(stored.usn)} on {position.dc}: "
+            f"{len(changes.users)} "
             f"changed user(s) and {len(changes.groups)} group(s) read, merged into the "
             f"snapshot of the last successful run; deletions are not seen until the next "
             f"full read (due {due:%Y-%m-%d %H:%M} UTC)",
         )
         full_read_at = stored.full_read_at
-    watermark = SourceWatermark(
-        dc=position.dc,
-        usn=position.usn,
-        fingerprint=fingerprint,
-        read_at=now,
-        full_read_at=full_read_at,
-    )
-    checkpoint = Checkpoint(
-        profile=profile,
-        watermark=watermark,
-        parts={"users": users, "groups": groups, "memberships": memberships},
-        full=reason is not None,
-    )
+    checkpoint = None
+    if position.usn is not None:
+        watermark = SourceWatermark(
+            dc=position.dc,
+            usn=position.usn,
+            fingerprint=fingerprint,
+            read_at=now,
+            full_read_at=full_read_at,
+        )
+        checkpoint = Checkpoint(
+            profile=profile,
+            watermark=watermark,
+            parts={"users": users, "groups": groups, "memberships": memberships},
+            full=reason is not None,
+        )
     return CheckpointedSnapshot(
         users=users,
         groups=groups.drop(columns=["locator"]),
@@ -270,6 +289,10 @@ def advance_watermark(
         return None
     store.save_source_watermark(checkpoint.profile, checkpoint.watermark, checkpoint.parts)
     return checkpoint
+
+
+def _server(position: DirectoryPosition) -> str:
+    return "domain controller" if position.kind == "usn" else "server or database"
 
 
 def _filetime(moment: datetime) -> int:

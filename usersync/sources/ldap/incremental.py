@@ -1,8 +1,13 @@
 """Incremental reads: where the directory stands now, and what changed since a watermark.
 
-`position` reads the server's identity and a counter that only grows: on Active Directory the
-DC's dsServiceName, invocationId and highestCommittedUSN. `read_changes` reads the users and
-groups in scope whose change counter passed a watermark (AD's uSNChanged). What is kept between
+`position` reads the server's identity and a mark that only grows. Active Directory: the DC's
+dsServiceName, invocationId and highestCommittedUSN; entries changed later have a higher
+uSNChanged. OpenLDAP: the URL, the naming context(s) holding the base DNs, the suffix entry's
+entryUUID and the server ids of its `contextCSN` (kept by the syncprov overlay), and the time of
+the oldest contextCSN value; entries changed later have a higher entryCSN (`context_csn.py`).
+A server without contextCSN (no syncprov overlay, or an account that may not read it) has no
+mark: each run is a full read, with a note saying so, and no watermark is kept.
+`read_changes` reads the users and groups in scope changed after a mark. What is kept between
 runs, when a full read is due and when the watermark advances is `usersync.sources.watermark`'s.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 from ldap3 import BASE, Connection
@@ -23,11 +29,14 @@ from usersync.errors import (
 from usersync.sources.ldap.active_directory import (
     ACCOUNT_EXPIRES,
 )
-from usersync.sources.ldap.decoding import (
-    Entry,
-    garbage_collection_paused,
+from usersync.sources.ldap.context_csn import (
+    csn_micros,
+    csn_server_id,
+    describe_csn_mark,
+    lowest_csn_at,
 )
-from usersync.sources.ldap.dn import DnIndex
+from usersync.sources.ldap.decoding import Entry, base_entry, garbage_collection_paused
+from usersync.sources.ldap.dn import DnIndex, normalise_dn
 from usersync.sources.ldap.membership import (
     MEMBER_OF,
     flatten,
@@ -45,13 +54,26 @@ from usersync.sources.ldap.values import (
 
 @dataclass(frozen=True)
 class DirectoryPosition:
-    """Where a domain controller stood: its identity and its highest committed USN.
+    """Where a directory server stood: its identity and a mark that grows with every change.
 
-    USNs are per DC (not replicated), so a watermark is meaningful only on the DC it came from.
+    The mark is meaningful only on the server (and database) it came from: AD's USNs are per
+    DC, and an OpenLDAP database reloaded or replaced has other CSNs.
+
+    Attributes:
+        dc: the identity (AD: dsServiceName and invocationId; OpenLDAP: URL, naming contexts,
+            their entryUUIDs and contextCSN server ids).
+        usn: AD: highestCommittedUSN; OpenLDAP: the oldest contextCSN value, in microseconds
+            since the Unix epoch; None when the server keeps no contextCSN.
+        kind: "usn" (Active Directory) or "csn" (OpenLDAP).
     """
 
-    dc: str  # dsServiceName and invocationId
-    usn: int
+    dc: str
+    usn: int | None
+    kind: Literal["usn", "csn"] = "usn"
+
+    def describe(self, mark: int) -> str:
+        """A mark of this kind of server as people read it (`USN 120`, `contextCSN ...`)."""
+        return describe_csn_mark(mark) if self.kind == "csn" else f"USN {mark}"
 
 
 @dataclass(frozen=True)
@@ -59,14 +81,16 @@ class DirectoryChanges:
     """What an incremental read found (see `LdapSource.read_changes`).
 
     `users` and `groups` (the latter with `locator`) replace the cached rows with the same ids.
-    `memberships` are the complete memberships of those groups and, from memberOf, of those
-    users; with `all_groups` every group was read and they replace all memberships.
+    `memberships` are the complete memberships of those groups and, when `users_memberships`
+    (memberOf was read for the changed users), of those users too; with `all_groups` every
+    group was read and they replace all memberships.
     """
 
     users: pd.DataFrame
     groups: pd.DataFrame
     memberships: pd.DataFrame
     all_groups: bool
+    users_memberships: bool = True
 
 
 class IncrementalReads:
@@ -77,15 +101,61 @@ class IncrementalReads:
     _paged_search: Callable[..., list[Entry]]
 
     def position(self) -> DirectoryPosition:
-        """Where the directory server stands now: its identity and `highestCommittedUSN`.
+        """Where the directory server stands now: its identity and mark (see the module).
 
         Taken before an incremental read, so a change committed during the read is read again
         next time rather than missed.
 
         Raises:
-            ConfigError: the server is not Active Directory (no USN in its rootDSE).
-            SourceError: the rootDSE or the server's NTDS Settings entry cannot be read.
+            ConfigError: `flavour: active_directory` but no USN in the rootDSE.
+            SourceError: the rootDSE, the DC's NTDS Settings entry or the naming context's
+                entry cannot be read, or a contextCSN is no CSN.
         """
+        if self.config.flavour == "active_directory":
+            return self._usn_position()
+        return self._csn_position()
+
+    def _csn_position(self) -> DirectoryPosition:
+        """OpenLDAP: the contextCSN of the naming context(s) holding the user and group bases."""
+        conn = self._connection()
+        url = self.config.url
+        root = base_entry(conn, "", ["namingContexts"]) or {}
+        contexts = [v.decode("utf-8", errors="replace") for v in root.get("namingContexts") or []]
+        bases = (self.config.user_base_dn, self.config.group_base_dn)
+        holding = [c for c in contexts if any(_within(base, c) for base in bases)]
+        if not holding:
+            raise SourceError(
+                f"{url}: no naming context in the rootDSE ({', '.join(contexts) or 'none'}) "
+                f"holds {' or '.join(bases)}; check the base DNs"
+            )
+        identity = [url.lower()]
+        marks: list[int] = []
+        missing: list[str] = []
+        for context in sorted(holding, key=str.lower):
+            entry = base_entry(conn, context, ["contextCSN", "entryUUID"])
+            if entry is None:
+                raise SourceError(
+                    f"{url}: cannot read the naming context entry {context} "
+                    f"({describe_result(conn.result)}); the bind account needs read access to it"
+                )
+            csns = [v.decode("ascii", errors="replace") for v in entry.get("contextCSN") or []]
+            if not csns:
+                missing.append(context)
+                continue
+            where = f"{url}: contextCSN of {context}"
+            marks.append(min(csn_micros(csn, where=where) for csn in csns))
+            # A reloaded database has a new suffix entryUUID; another provider another sid.
+            suffix_id = (entry.get("entryUUID") or [b"?"])[0].decode("ascii", errors="replace")
+            sids = ",".join(sorted({csn_server_id(csn) for csn in csns}))
+            identity.append(f"{context} entryUUID={suffix_id} sid={sids}")
+        if missing:
+            return DirectoryPosition(
+                dc=f"{url}: {', '.join(missing)} show(s) no contextCSN", usn=None, kind="csn"
+            )
+        return DirectoryPosition(dc=" ".join(identity), usn=min(marks), kind="csn")
+
+    def _usn_position(self) -> DirectoryPosition:
+        """Active Directory: the DC's identity and its `highestCommittedUSN`."""
         conn = self._connection()
         conn.search(
             "",
@@ -112,28 +182,32 @@ class IncrementalReads:
                 f"({describe_result(conn.result)}); the bind account needs read access to it"
             )
         dc = f"{service} invocationId={uuid.UUID(bytes_le=invocation)}"
-        return DirectoryPosition(dc=dc, usn=int(root["highestCommittedUSN"][0]))
+        return DirectoryPosition(dc=dc, usn=int(root["highestCommittedUSN"][0]), kind="usn")
 
     def read_changes(
         self,
         attributes: Sequence[str],
         *,
-        since_usn: int,
+        since: int,
         known_users: pd.DataFrame,
         known_groups: pd.DataFrame,
         expired_between: tuple[int, int] | None = None,
     ) -> DirectoryChanges:
-        """The users and groups in scope changed after `since_usn` (Active Directory only).
+        """The users and groups in scope changed after the mark `since` (from `position`).
 
-        Changed users are read whole, with their memberOf; changed groups are read whole,
-        `member` in checked ranges. With nested groups resolved, every group is read (a change
-        deep in a nest changes its ancestors' members without touching them) and memberships
-        are recomputed entirely. Member values are resolved against the known entries merged
-        with the changed ones. Deleted entries, and entries that left the scope, are not seen.
+        Changed users are read whole; changed groups are read whole, `member` in checked
+        ranges on AD. A group whose member list changed is a changed group. The changed users'
+        memberOf is read (and replaces their memberships) on AD, where it is always kept, and
+        with `membership: member_of`; otherwise their memberships stay as cached except those
+        of changed groups. With nested groups resolved, every group is read (a change deep in
+        a nest changes its ancestors' members without touching them) and memberships are
+        recomputed entirely. Member values are resolved against the known entries merged with
+        the changed ones. Deleted entries, and entries that left the scope, are not seen.
 
         Args:
             attributes: as for `extract`.
-            since_usn: the watermark: entries with `uSNChanged` above it are read.
+            since: the watermark: AD entries with `uSNChanged` above it, OpenLDAP entries with
+                `entryCSN` at or after its microsecond are read.
             known_users: the cached users (`source_id`, `locator`).
             known_groups: the cached groups (`source_group_id`, `source_group`, `locator`).
             expired_between: (from, to) as FILETIMEs: users whose accountExpires passed in that
@@ -145,7 +219,7 @@ class IncrementalReads:
         with garbage_collection_paused():
             return self._read_changes(
                 attributes,
-                since_usn=since_usn,
+                since=since,
                 known_users=known_users,
                 known_groups=known_groups,
                 expired_between=expired_between,
@@ -155,14 +229,21 @@ class IncrementalReads:
         self,
         attributes: Sequence[str],
         *,
-        since_usn: int,
+        since: int,
         known_users: pd.DataFrame,
         known_groups: pd.DataFrame,
         expired_between: tuple[int, int] | None,
     ) -> DirectoryChanges:
         config = self.config
         wanted = self._wanted_attributes(attributes)
-        changed = f"(uSNChanged>={since_usn + 1})"
+        if config.flavour == "active_directory":
+            changed = f"(uSNChanged>={since + 1})"
+        else:
+            changed = f"(entryCSN>={lowest_csn_at(since)})"
+        # AD keeps memberOf on every user; OpenLDAP only with the memberof overlay, which
+        # changes no entryCSN of the users: a group's own entryCSN is what shows its change.
+        users_memberships = config.flavour == "active_directory" or config.membership == "member_of"
+        request = self._user_request(wanted)
         user_change = changed
         if expired_between is not None:
             low, high = expired_between
@@ -171,7 +252,7 @@ class IncrementalReads:
         user_entries = self._paged_search(
             config.user_base_dn,
             user_filter,
-            list(dict.fromkeys([*self._user_request(wanted), MEMBER_OF])),
+            list(dict.fromkeys([*request, MEMBER_OF])) if users_memberships else request,
             what="changed users",
         )
         users = self._users_frame(user_entries, wanted, self._inactive_ids(user_filter))
@@ -219,7 +300,7 @@ class IncrementalReads:
         elif every_group:
             parents = group_parents(group_entries, group_names, self._member_keys(), group_index)
             rows = flatten(rows, parents)
-        else:
+        elif users_memberships:
             rows += members_from_member_of(
                 user_entries, users["source_id"], group_index, self._key(MEMBER_OF)
             ).rows
@@ -228,4 +309,13 @@ class IncrementalReads:
             groups=read_groups,
             memberships=memberships_frame(rows),
             all_groups=every_group,
+            users_memberships=users_memberships,
         )
+
+
+def _within(dn: str, context: str) -> bool:
+    """Whether `dn` is `context` or an entry below it (DNs compared as LDAP does)."""
+    entry, suffix = normalise_dn(dn), normalise_dn(context)
+    if entry is None or suffix is None:
+        return False
+    return len(entry) >= len(suffix) and entry[len(entry) - len(suffix) :] == suffix
