@@ -21,6 +21,7 @@ loop walks the directory. `check_brake` refuses a plan with too many destructive
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,22 +121,6 @@ def _ops(frame: pd.DataFrame, op: str, **columns: pd.Series | str) -> pd.DataFra
         out[name] = value
     out["op"] = op
     return out
-
-
-def _without(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The rows of `frame` whose `keys` do not occur in `other` (an anti-join).
-
-    The key columns are turned into one integer per row (codes over both frames' values), so
-    the test is a sorted integer lookup rather than a join on strings.
-    """
-    combined = np.zeros(len(frame) + len(other), dtype=np.int64)
-    for name in keys:
-        codes, uniques = pd.factorize(
-            pd.concat([frame[name], other[name]], ignore_index=True), use_na_sentinel=False
-        )
-        combined = combined * (len(uniques) + 1) + codes
-    mine, theirs = combined[: len(frame)], combined[len(frame) :]
-    return frame.loc[~np.isin(mine, theirs)]
 
 
 def plan_target(data: PlanInput) -> pd.DataFrame:
@@ -619,6 +604,48 @@ def _group_flags(desired_groups: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _folded_codes(*columns: pd.Series) -> tuple[list[np.ndarray], pd.Index]:
+    """Each column's case-folded values as integer codes into one index of folded values.
+
+    A column is factorised first, so `casefold` runs once per distinct value rather than per
+    row (a million memberships name a few thousand groups and accounts). NA is a value of its
+    own, equal only to itself, as it was in the joins on strings these codes replace.
+    """
+    factorised = [pd.factorize(c.astype("string"), use_na_sentinel=False) for c in columns]
+    distinct = pd.concat(
+        [pd.Series(uniques, dtype="string") for _, uniques in factorised], ignore_index=True
+    )
+    codes, folded = pd.factorize(distinct.str.casefold(), use_na_sentinel=False)
+    out = []
+    start = 0
+    for local, uniques in factorised:
+        out.append(codes[start : start + len(uniques)][local])
+        start += len(uniques)
+    return out, pd.Index(folded)
+
+
+def _code_mask(index: pd.Index, values: Iterable[object]) -> np.ndarray:
+    """A boolean array over `index`'s codes: True for the codes of `values` found there."""
+    mask = np.zeros(len(index), dtype=bool)
+    found = index.get_indexer(pd.Index(list(values), dtype="string"))
+    mask[found[found >= 0]] = True
+    return mask
+
+
+def _join(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions of the inner join of two integer key arrays (negative keys match nothing),
+    ordered as `DataFrame.merge` orders an inner join: by the left rows."""
+    joined = pd.DataFrame({"key": left, "left": np.arange(len(left))}).merge(
+        pd.DataFrame({"key": right, "right": np.arange(len(right))}).loc[right >= 0], on="key"
+    )
+    return joined["left"].to_numpy(), joined["right"].to_numpy()
+
+
+def _rows(frame: pd.DataFrame, positions: np.ndarray, **columns: str) -> dict[str, pd.Series]:
+    """Columns of `frame` at `positions` (new name → column), with a fresh index."""
+    return {new: frame[old].iloc[positions].reset_index(drop=True) for new, old in columns.items()}
+
+
 def _group_ops(
     data: PlanInput,
     ledger: pd.DataFrame,
@@ -636,6 +663,11 @@ def _group_ops(
     `keep_existing_users: no` loses the members the source does not list, unmanaged accounts
     included (never protected ones, nor accounts another profile manages). A missing group
     usersync may not create is skipped with its memberships, and reported.
+
+    The membership tables run to a million rows, so their names are turned into integer codes
+    once (case-folded group names, case-folded usernames, source ids) and every join and
+    anti-join below is on those codes; only the rows that become operations are built as
+    frames of strings.
     """
     target = data.target
     settings = data.settings
@@ -659,10 +691,6 @@ def _group_ops(
                 reason="mapped group missing in the target",
             )
         )
-    once_only = set(desired_groups.loc[~desired_groups["enforce"], "gkey"])
-    managed_groups = (
-        set(desired_groups["gkey"]) | set(_key(ledger.loc[ledger["kind"] == "group", "name"]))
-    ) - once_only
 
     # Who stays: matched active accounts (key known) and accounts being created (key not yet).
     # An existing account is named as it is now: a rename in this plan may be refused (a
@@ -678,57 +706,122 @@ def _group_ops(
         ignore_index=True,
     )
     wanted = data.desired.memberships
+    members = data.actual.memberships
+    accounts = data.actual.users
+
+    # Case-folded group names: one code space for every table that names groups.
+    ledger_groups = ledger.loc[ledger["kind"] == "group", "name"]
+    (wanted_g, member_g, _, _), gkeys = _folded_codes(
+        wanted["group"], members["group"], desired_groups["group"], ledger_groups
+    )
+    once_only = _code_mask(gkeys, desired_groups.loc[~desired_groups["enforce"], "gkey"])
+    managed = _code_mask(gkeys, [*desired_groups["gkey"], *_key(ledger_groups)]) & ~once_only
+    skipped_mask = _code_mask(gkeys, skipped_groups["gkey"])
+    strict = _code_mask(gkeys, desired_groups.loc[~desired_groups["keep_users"], "gkey"])
+
+    # Case-folded usernames, and source ids (those of the staying accounts).
+    (member_u, account_u, staying_u), ukeys = _folded_codes(
+        members["username"], accounts["username"], staying["username"]
+    )
+    staying_sid, source_ids = pd.factorize(staying["source_id"], use_na_sentinel=False)
+    wanted_sid = source_ids.get_indexer(wanted["source_id"])
     if MEMBERSHIP_ONCE in wanted:
         # Groups for new users: joined by the accounts this plan creates, never enforced.
-        once = wanted[MEMBERSHIP_ONCE].fillna(False).astype(bool)
-        wanted = wanted.loc[~once | wanted["source_id"].isin(set(created["source_id"]))]
-    want = wanted[["source_id", "group"]].merge(staying, on="source_id")
-    want = want.assign(gkey=_key(want["group"]))
-    skipped = want.loc[want["gkey"].isin(set(skipped_groups["gkey"]))]
-    want = want.loc[~want["gkey"].isin(set(skipped_groups["gkey"]))]
+        once = wanted[MEMBERSHIP_ONCE].fillna(False).to_numpy(dtype=bool)
+        created_sid = _code_mask(source_ids, created["source_id"])
+        wanted_sid = np.where(once & ~created_sid[wanted_sid], -1, wanted_sid)
 
-    accounts = data.actual.users[["target_key", "username"]].assign(
-        ukey=lambda f: _key(f["username"])
-    )
-    members = data.actual.memberships.assign(
-        ukey=lambda f: _key(f["username"]), gkey=lambda f: _key(f["group"])
-    )
-    have_all = members.merge(accounts[["ukey", "target_key"]], on="ukey")
-    if settings.groups.keep_existing_groups:
-        have = have_all.loc[have_all["gkey"].isin(managed_groups)]
-    else:
-        have = have_all.loc[~have_all["gkey"].isin(once_only)]
-    have_staying = have.merge(
-        live_matched[["source_id", "t_target_key"]], left_on="target_key", right_on="t_target_key"
-    )
+    # want: the memberships the source gives the staying accounts (wanted row, staying row).
+    want_row, want_stay = _join(wanted_sid, staying_sid)
+    want_g = wanted_g[want_row]
+    skipped_rows = skipped_mask[want_g]
+    skipped_counts = pd.Series(gkeys[want_g[skipped_rows]]).value_counts()
+    want_row, want_stay, want_g = (a[~skipped_rows] for a in (want_row, want_stay, want_g))
+    want_sid = staying_sid[want_stay]
 
-    add = _without(want, have_staying, ["source_id", "gkey"])
-    if len(add):
+    # have: the target's memberships of accounts it lists (membership row, account row), in
+    # the groups whose memberships usersync decides; of those, the staying accounts' ones.
+    have_row, have_account = _join(member_u, account_u)
+    have_g = member_g[have_row]
+    decided = managed[have_g] if settings.groups.keep_existing_groups else ~once_only[have_g]
+    have_row, have_account, have_g = (a[decided] for a in (have_row, have_account, have_g))
+    account_tk, account_keys = pd.factorize(accounts["target_key"], use_na_sentinel=False)
+    have_tk = account_tk[have_account]
+    live_tk = account_keys.get_indexer(live_matched["t_target_key"])
+    held, held_live = _join(have_tk, live_tk)
+    held_sid = staying_sid[held_live]  # live_matched rows come first in staying
+
+    width = len(gkeys) + 1
+    want_pairs = want_sid.astype(np.int64) * width + want_g
+    held_pairs = held_sid.astype(np.int64) * width + have_g[held]
+    add = ~pd.Series(want_pairs).isin(held_pairs).to_numpy()
+    if add.any():
+        rows = pd.DataFrame(
+            {
+                **_rows(wanted, want_row[add], source_id="source_id", group="group"),
+                **_rows(staying, want_stay[add], username="username", target_key="t_target_key"),
+            }
+        )
         out.append(
             _ops(
-                add,
+                rows,
                 "add_membership",
                 target=target,
-                target_key=add["t_target_key"],
                 before="",
                 after="",
                 reason="member in the source",
             )
         )
-    skipped_report = _skipped_groups(skipped_groups, skipped)
+    skipped_report = _skipped_groups(skipped_groups, skipped_counts)
     if not settings.remove_memberships:
         return out, skipped_report
 
-    extra = _without(have_staying, want, ["source_id", "gkey"])
-    extra = extra.assign(
-        reason=lambda f: pd.Series(
-            "no longer a member in the source", index=f.index, dtype="string"
-        ).mask(
-            ~f["gkey"].isin(managed_groups),
-            "in a group no rule maps (settings.groups.keep_existing_groups: false)",
+    # Removals, in this order, each membership once: the staying accounts' memberships the
+    # source does not give; unlisted members of keep_existing_users: no groups; with
+    # memberships_of_deactivated: remove, the memberships of accounts leaving or inactive.
+    extra = ~pd.Series(held_pairs).isin(want_pairs).to_numpy()
+    extra_row = have_row[held[extra]]
+    removals = [
+        pd.DataFrame(
+            {
+                **_rows(members, extra_row, username="username", group="group"),
+                **_rows(accounts, have_account[held[extra]], target_key="target_key"),
+                **_rows(live_matched, held_live[extra], source_id="source_id"),
+                "reason": pd.Series(
+                    "no longer a member in the source",
+                    index=range(len(extra_row)),
+                    dtype="string",
+                ).mask(
+                    ~managed[member_g[extra_row]],
+                    "in a group no rule maps (settings.groups.keep_existing_groups: false)",
+                ),
+            }
         )
-    )
-    removals = [extra, _unlisted_members(data, desired_groups, members, want, have_staying)]
+    ]
+    removal_rows = [extra_row]
+    if strict.any():
+        keep = np.zeros(len(ukeys), dtype=bool)
+        keep[staying_u[want_stay]] = True
+        keep[member_u[have_row[held]]] = True
+        keep |= _code_mask(ukeys, _key(pd.Series(list(data.protected), dtype="string")))
+        keep |= _code_mask(ukeys, data.foreign_names)
+        unlisted = np.flatnonzero(strict[member_g] & ~keep[member_u])
+        # The account a username names (the last one listed, should the product list two).
+        last = ~pd.Index(account_u).duplicated(keep="last")
+        key_of = pd.Series(
+            accounts["target_key"].to_numpy()[last], index=account_u[last], dtype="string"
+        )
+        removals.append(
+            pd.DataFrame(
+                {
+                    **_rows(members, unlisted, username="username", group="group"),
+                    "target_key": key_of.reindex(member_u[unlisted]).reset_index(drop=True),
+                    "source_id": "",
+                    "reason": "not listed by the source in this group (keep_existing_users: no)",
+                }
+            )
+        )
+        removal_rows.append(unlisted)
     if settings.memberships_of_deactivated == "remove":
         inactive_managed = pd.concat(
             [
@@ -737,13 +830,25 @@ def _group_ops(
             ],
             ignore_index=True,
         ).drop_duplicates("t_target_key")
-        gone = have.loc[have["gkey"].isin(managed_groups)].merge(
-            inactive_managed, left_on="target_key", right_on="t_target_key"
+        in_managed = np.flatnonzero(managed[have_g])
+        gone, gone_account = _join(
+            have_tk[in_managed], account_keys.get_indexer(inactive_managed["t_target_key"])
         )
-        gone = gone.assign(reason="account deactivated (memberships_of_deactivated: remove)")
-        removals.append(gone)
-    extra = pd.concat([r for r in removals if len(r)] or [extra], ignore_index=True)
-    extra = extra.drop_duplicates(["ukey", "gkey"]) if len(extra) else extra
+        gone_row = have_row[in_managed[gone]]
+        removals.append(
+            pd.DataFrame(
+                {
+                    **_rows(members, gone_row, username="username", group="group"),
+                    **_rows(accounts, have_account[in_managed[gone]], target_key="target_key"),
+                    **_rows(inactive_managed, gone_account, source_id="source_id"),
+                    "reason": "account deactivated (memberships_of_deactivated: remove)",
+                }
+            )
+        )
+        removal_rows.append(gone_row)
+    rows = np.concatenate(removal_rows)
+    first = ~pd.Index(member_u[rows].astype(np.int64) * width + member_g[rows]).duplicated()
+    extra = pd.concat(removals, ignore_index=True).loc[first]
     if len(extra):
         out.append(
             _ops(
@@ -758,41 +863,11 @@ def _group_ops(
     return out, skipped_report
 
 
-def _unlisted_members(
-    data: PlanInput,
-    desired_groups: pd.DataFrame,
-    members: pd.DataFrame,
-    want: pd.DataFrame,
-    have_staying: pd.DataFrame,
-) -> pd.DataFrame:
-    """Members of `keep_existing_users: no` groups that the source does not list there and
-    that no other removal covers: unmanaged accounts (managed ones are decided already)."""
-    strict = set(desired_groups.loc[~desired_groups["keep_users"], "gkey"])
-    if not strict:
-        return members.iloc[0:0].assign(target_key="", source_id="", reason="")
-    protected = set(_key(pd.Series(list(data.protected), dtype="string")))
-    keep = (
-        set(_key(want["username"]))
-        | set(have_staying["ukey"])
-        | protected
-        | set(data.foreign_names)
-    )
-    gone = members.loc[members["gkey"].isin(strict) & ~members["ukey"].isin(keep)]
-    key_of = dict(
-        zip(_key(data.actual.users["username"]), data.actual.users["target_key"], strict=False)
-    )
-    return gone.assign(
-        target_key=gone["ukey"].map(key_of).astype("string").fillna(""),
-        source_id="",
-        reason="not listed by the source in this group (keep_existing_users: no)",
-    )
-
-
-def _skipped_groups(groups: pd.DataFrame, memberships: pd.DataFrame) -> pd.DataFrame:
-    """One conflict row per missing group usersync may not create, with what it skips."""
+def _skipped_groups(groups: pd.DataFrame, counts: pd.Series) -> pd.DataFrame:
+    """One conflict row per missing group usersync may not create, with how many memberships
+    it skips (`counts`: case-folded group name → number)."""
     if not len(groups):
         return empty_frame(CONFLICT_COLUMNS)
-    counts = memberships.groupby("gkey").size() if len(memberships) else pd.Series(dtype=int)
     rows = [
         {
             "source_id": "",
