@@ -782,3 +782,19 @@ def test_the_shipped_attribute_table_still_reads_an_ldap_directory(
         assert source.check_attributes(names).ok
     mapped = map_attributes(users, parse_attributes(DEFAULT_ATTRIBUTES_CSV))
     assert mapped["username"].notna().all()
+
+
+def test_the_package_exports_what_the_rest_of_usersync_imports() -> None:
+    """The split into modules keeps `usersync.sources.ldap`'s public surface."""
+    import usersync.sources.ldap as package
+
+    assert sorted(package.__all__) == [
+        "DirectoryChanges",
+        "DirectoryPosition",
+        "DnIndex",
+        "FILETIME_UNIX_OFFSET_SECONDS",
+        "LdapSource",
+        "canonical_id",
+        "normalise_dn",
+    ]
+    assert all(getattr(package, name) is not None for name in package.__all__)

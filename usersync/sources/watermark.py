@@ -151,10 +151,12 @@ def merge_changes(
     kept = ~memberships["source_group"].isin(replaced_names)
     if changes.users_memberships:
         kept &= ~memberships["source_id"].isin(changed_users)
-    merged_memberships = (
-        pd.concat([memberships[kept], changes.memberships], ignore_index=True)
-        .drop_duplicates()
-        .reset_index(drop=True)
+    # The kept rows share no (user, group) with the rows read: every row of a changed group,
+    # and of a changed user whose memberOf was read, was dropped. So only the rows read (a
+    # group's member values and a user's memberOf may name one membership twice) need
+    # de-duplicating, not the million cached ones.
+    merged_memberships = pd.concat(
+        [memberships[kept], changes.memberships.drop_duplicates()], ignore_index=True
     )
     return merged_users, merged_groups, merged_memberships
 

@@ -17,8 +17,9 @@ expired (accountExpires), as `inactive_accounts` says; `member` is read in range
 (`member;range=0-1499`, ...) by `_read_ranges`, which checks every window (ldap3's auto_range
 stops silently on a failed one); nested groups are resolved on request with IN_CHAIN (one
 search per group) or flattened here from the groups' member values. For incremental runs
-(`sources.watermark`), `position` reads the DC's identity and highestCommittedUSN and
-`read_changes` the entries whose uSNChanged passed a watermark.
+(`sources.watermark`), `position` reads the server's identity and mark (AD: the DC's
+highestCommittedUSN; OpenLDAP: the naming context's contextCSN, kept by the syncprov overlay)
+and `read_changes` the entries whose uSNChanged or entryCSN passed a watermark.
 Performance: ldap3 only builds and sends the search requests; their answers are read from the
 socket and decoded by `decoding.search` (flat and iterative, into DN and raw values), the
 groups are read on a second connection while the users are read on the first, the cyclic
@@ -35,7 +36,7 @@ referrals followed or refused) and `decoding` (search answers read from the sock
 `frames` (attribute names through the schema, ids, the users and groups frames), `dn` (DN
 comparison), `values` (ids, text, names, filters), `membership` (member values, memberOf,
 nesting), `active_directory` (account state, ranged values, IN_CHAIN), `incremental`
-(position and changes since a watermark), `lookups` (Test Sync's one-user reads),
+(position and changes since a watermark) and `context_csn` (OpenLDAP's CSNs), `lookups` (Test Sync's one-user reads),
 `referrals`, `schema` and `progress`.
 """
 
