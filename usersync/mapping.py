@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import regex as bounded_re
 
@@ -603,17 +604,14 @@ def _matching(names: pd.Series, patterns: Sequence[str], setting: str) -> pd.Ser
     return found
 
 
-def _filtered(source: pd.DataFrame, settings: GroupSyncSettings) -> pd.DataFrame:
-    """Source memberships whose group passes `settings.include` and `settings.exclude`."""
-    if not settings.include and not settings.exclude:
-        return source
-    names = pd.Series(source["source_group"].dropna().unique(), dtype="string")
+def _passing(names: pd.Series, settings: GroupSyncSettings) -> pd.Series:
+    """Which group names pass `settings.include` and `settings.exclude`."""
     keep = pd.Series(True, index=names.index)
     if settings.include:
         keep = _matching(names, settings.include, "include")
     if settings.exclude:
         keep = keep & ~_matching(names, settings.exclude, "exclude")
-    return source.loc[source["source_group"].isin(set(names[keep]))]
+    return keep
 
 
 def _renamed(names: pd.Series, settings: GroupSyncSettings) -> pd.Series:
@@ -647,67 +645,117 @@ def _desired_memberships(
     Precedence: a source group a manual rule names is mapped by that rule and not also by
     the on-the-fly `*` (an on-the-fly row naming it explicitly still applies). Name filters
     (`settings.include` / `exclude`) apply before every rule; default groups do not depend on
-    source groups and are not filtered.
+    source groups and are not filtered. When two rules give a user the same group (names
+    compared case-insensitively), the first rule's spelling is kept, and a membership an
+    enforced rule gives wins over the same one given only at creation (`default-new`).
+
+    The source can hold a million memberships over a few thousand groups, so rules are applied
+    to the distinct group names, and the memberships carry integer codes (the active user's
+    row, the target group's row in a table of names) until the result is built.
     """
     rules = [r for r in tables.groups if r.applies_to(target)]
     active = users.loc[users["active"].fillna(False).astype(bool), ["source_id", "username"]]
-    source = snapshot.memberships[["source_id", "source_group"]].astype("string")
-    source = _filtered(source.dropna(), settings)
-    source = source.assign(source_key=source["source_group"].str.casefold())
-    parts = []
+    active = active.reset_index(drop=True)
+    user_codes, user_ids = pd.factorize(active["source_id"].astype("string"))
+    source = snapshot.memberships
+    source_group = source["source_group"].astype("string")
+    group_codes, group_names = pd.factorize(source_group)
+    member = user_ids.get_indexer(source["source_id"].astype("string"))
+    listed = (group_codes >= 0) & source["source_id"].notna().to_numpy()
+    # The group names as the source lists them (first seen first), and which rules see them.
+    present = np.zeros(len(group_names), dtype=bool)
+    present[group_codes[listed]] = True
+    names = pd.Series(group_names, dtype="string")
+    seen = present.copy()
+    if settings.include or settings.exclude:
+        seen[present] = _passing(names[present], settings).to_numpy()
+    source_keys = names.str.casefold()
+    rows = np.flatnonzero(listed & (member >= 0))
+    rows = rows[seen[group_codes[rows]]]
+    member, group = member[rows], group_codes[rows]
+
+    # One table of target group names; each part is (user code, row in `targets`, once).
+    targets: list[pd.Series] = []
+    parts: list[tuple[np.ndarray, np.ndarray, bool]] = []
+
+    def target_rows(values: pd.Series) -> int:
+        targets.append(pd.Series(values, dtype="string").reset_index(drop=True))
+        return sum(len(t) for t in targets[:-1])
+
     manual_rules = [r for r in rules if r.mode == "manual"]
-    manual = pd.DataFrame(
-        {
-            "source_key": [r.source_group.casefold() for r in manual_rules],
-            "group": [r.target_group for r in manual_rules],
-        },
-        dtype="string",
-    )
-    if len(manual):
-        parts.append(source.merge(manual, on="source_key")[["source_id", "group"]])
-    fly = [r.source_group.casefold() for r in rules if r.mode == "on-the-fly"]
-    if fly:
-        chosen = source["source_key"].isin(fly)
-        if ALL_GROUPS in fly:
-            chosen = chosen | ~source["source_key"].isin(set(manual["source_key"]))
-        picked = source.loc[chosen]
-        parts.append(
+    manual_keys = {r.source_group.casefold() for r in manual_rules}
+    if manual_rules:
+        start = target_rows(pd.Series([r.target_group for r in manual_rules]))
+        by_source = pd.DataFrame({"group": np.arange(len(names)), "key": source_keys}).merge(
             pd.DataFrame(
                 {
-                    "source_id": picked["source_id"],
-                    "group": _renamed(picked["source_group"], settings),
-                }
-            )
+                    "key": [r.source_group.casefold() for r in manual_rules],
+                    "target": start + np.arange(len(manual_rules)),
+                },
+            ).astype({"key": "string"}),
+            on="key",
         )
+        joined = pd.DataFrame({"group": group}).reset_index().merge(by_source, on="group")
+        parts.append((member[joined["index"].to_numpy()], joined["target"].to_numpy(), False))
+    fly = [r.source_group.casefold() for r in rules if r.mode == "on-the-fly"]
+    if fly:
+        chosen = source_keys.isin(fly)
+        if ALL_GROUPS in fly:
+            chosen = chosen | ~source_keys.isin(manual_keys)
+        chosen = chosen.to_numpy() & seen
+        renamed = names.copy()
+        renamed[chosen] = _renamed(names[chosen], settings)
+        start = target_rows(renamed)
+        picked = chosen[group]
+        parts.append((member[picked], start + group[picked], False))
     for mode, once in (("default", False), ("default-new", True)):
         defaults = [r.target_group for r in rules if r.mode == mode]
         if defaults:
+            start = target_rows(pd.Series(defaults))
             parts.append(
-                active[["source_id"]]
-                .merge(pd.DataFrame({"group": defaults}, dtype="string"), how="cross")
-                .assign(**{MEMBERSHIP_ONCE: once})
+                (
+                    np.repeat(user_codes, len(defaults)),
+                    np.tile(start + np.arange(len(defaults)), len(user_codes)),
+                    once,
+                )
             )
     if not parts:
         return empty_frame(DESIRED_MEMBERSHIP_COLUMNS).assign(
             **{MEMBERSHIP_ONCE: pd.Series(dtype="boolean")}
         )
-    joined = pd.concat(parts, ignore_index=True).merge(active, on="source_id")
-    joined = joined.loc[joined["group"].notna() & (joined["group"].str.strip() != "")]
-    joined = joined.assign(
-        group_key=joined["group"].str.casefold(),
-        **{MEMBERSHIP_ONCE: joined.get(MEMBERSHIP_ONCE, False)},
+    table = pd.concat(targets, ignore_index=True)
+    named = (table.notna() & (table.str.strip() != "")).fillna(False).to_numpy()
+    key_codes, keys = pd.factorize(table.str.casefold())
+    codes = pd.DataFrame(
+        {
+            "user": np.concatenate([p[0] for p in parts]),
+            "target": np.concatenate([p[1] for p in parts]),
+            "once": np.concatenate([np.full(len(p[0]), p[2]) for p in parts]),
+        }
     )
-    joined[MEMBERSHIP_ONCE] = joined[MEMBERSHIP_ONCE].fillna(False).astype("boolean")
-    # A membership an enforced rule gives wins over the same one given only at creation.
-    joined = joined.sort_values(MEMBERSHIP_ONCE, kind="stable").drop_duplicates(
-        ["source_id", "group_key"]
+    codes = codes.loc[named[codes["target"].to_numpy()]]
+    # Each active user row of that source id (source ids are unique; a repeated one joins
+    # each of its rows, as a merge would).
+    codes = codes.merge(
+        pd.DataFrame({"user": user_codes, "row": np.arange(len(user_codes))}), on="user"
     )
-    joined = joined.sort_values(["group_key", "username"])
-    return conform(
-        joined[[*DESIRED_MEMBERSHIP_COLUMNS, MEMBERSHIP_ONCE]],
-        DESIRED_MEMBERSHIP_COLUMNS,
-        what="memberships",
+    codes["key"] = key_codes[codes["target"].to_numpy()]
+    codes = codes.sort_values("once", kind="stable").drop_duplicates(["user", "key"])
+    # Ordered by group (case-folded), then username: both are unique per row.
+    key_rank = np.argsort(np.argsort(keys.to_numpy(dtype=object), kind="stable"))
+    name_rank = np.argsort(np.argsort(active["username"].to_numpy(dtype=object), kind="stable"))
+    order = np.lexsort((name_rank[codes["row"].to_numpy()], key_rank[codes["key"].to_numpy()]))
+    codes = codes.iloc[order]
+    row = codes["row"].to_numpy()
+    out = pd.DataFrame(
+        {
+            "source_id": active["source_id"].iloc[row].reset_index(drop=True),
+            "username": active["username"].iloc[row].reset_index(drop=True),
+            "group": table.iloc[codes["target"].to_numpy()].reset_index(drop=True),
+            MEMBERSHIP_ONCE: pd.array(codes["once"].to_numpy(), dtype="boolean"),
+        }
     )
+    return conform(out, DESIRED_MEMBERSHIP_COLUMNS, what="memberships")
 
 
 def _desired_groups(
