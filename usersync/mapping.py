@@ -650,31 +650,17 @@ def _desired_memberships(
     enforced rule gives wins over the same one given only at creation (`default-new`).
 
     The source can hold a million memberships over a few thousand groups, so rules are applied
-    to the distinct group names, and the memberships carry integer codes (the active user's
-    row, the target group's row in a table of names) until the result is built.
+    to the distinct group names, and the memberships carry integer codes (the user's code, the
+    target group's row in a table of names) until the result is built.
     """
     rules = [r for r in tables.groups if r.applies_to(target)]
     active = users.loc[users["active"].fillna(False).astype(bool), ["source_id", "username"]]
     active = active.reset_index(drop=True)
-    user_codes, user_ids = pd.factorize(active["source_id"].astype("string"))
-    source = snapshot.memberships
-    source_group = source["source_group"].astype("string")
-    group_codes, group_names = pd.factorize(source_group)
-    member = user_ids.get_indexer(source["source_id"].astype("string"))
-    listed = (group_codes >= 0) & source["source_id"].notna().to_numpy()
-    # The group names as the source lists them (first seen first), and which rules see them.
-    present = np.zeros(len(group_names), dtype=bool)
-    present[group_codes[listed]] = True
-    names = pd.Series(group_names, dtype="string")
-    seen = present.copy()
-    if settings.include or settings.exclude:
-        seen[present] = _passing(names[present], settings).to_numpy()
+    user_codes, user_ids = pd.factorize(active["source_id"].astype("string"), use_na_sentinel=False)
+    member, group, names, seen = _coded_source(snapshot.memberships, user_ids, settings)
     source_keys = names.str.casefold()
-    rows = np.flatnonzero(listed & (member >= 0))
-    rows = rows[seen[group_codes[rows]]]
-    member, group = member[rows], group_codes[rows]
 
-    # One table of target group names; each part is (user code, row in `targets`, once).
+    # One table of target group names; each part is (user codes, rows in `targets`, once).
     targets: list[pd.Series] = []
     parts: list[tuple[np.ndarray, np.ndarray, bool]] = []
 
@@ -708,6 +694,7 @@ def _desired_memberships(
         start = target_rows(renamed)
         picked = chosen[group]
         parts.append((member[picked], start + group[picked], False))
+    del member, group
     for mode, once in (("default", False), ("default-new", True)):
         defaults = [r.target_group for r in rules if r.mode == mode]
         if defaults:
@@ -723,36 +710,70 @@ def _desired_memberships(
         return empty_frame(DESIRED_MEMBERSHIP_COLUMNS).assign(
             **{MEMBERSHIP_ONCE: pd.Series(dtype="boolean")}
         )
-    table = pd.concat(targets, ignore_index=True)
+    return _memberships_frame(active, user_codes, pd.concat(targets, ignore_index=True), parts)
+
+
+def _coded_source(
+    memberships: pd.DataFrame, user_ids: pd.Index, settings: GroupSyncSettings
+) -> tuple[np.ndarray, np.ndarray, pd.Series, np.ndarray]:
+    """The source memberships of the users `user_ids` lists, as codes in source order.
+
+    Returns:
+        The user codes (positions in `user_ids`) and group codes of the memberships whose
+        group the name filters let through; the distinct group names (first listed first);
+        and which of those names the filters let through.
+    """
+    group_codes, group_names = pd.factorize(memberships["source_group"].astype("string"))
+    member = user_ids.get_indexer(memberships["source_id"].astype("string"))
+    listed = (group_codes >= 0) & memberships["source_id"].notna().to_numpy()
+    present = np.zeros(len(group_names), dtype=bool)
+    present[group_codes[listed]] = True
+    names = pd.Series(group_names, dtype="string")
+    seen = present.copy()
+    if settings.include or settings.exclude:
+        seen[present] = _passing(names[present], settings).to_numpy()
+    rows = np.flatnonzero(listed & (member >= 0))
+    rows = rows[seen[group_codes[rows]]]
+    return member[rows].astype(np.int32), group_codes[rows].astype(np.int32), names, seen
+
+
+def _memberships_frame(
+    active: pd.DataFrame,
+    user_codes: np.ndarray,
+    table: pd.Series,
+    parts: list[tuple[np.ndarray, np.ndarray, bool]],
+) -> pd.DataFrame:
+    """The desired memberships from the rules' (user codes, rows of `table`, once) parts.
+
+    Groups with a blank name are left out; a user's memberships in one group (case-folded)
+    are one, the first an enforced rule gives (the sorts are stable, so rule order decides
+    ties); rows are ordered by case-folded group, then username.
+    """
     named = (table.notna() & (table.str.strip() != "")).fillna(False).to_numpy()
     key_codes, keys = pd.factorize(table.str.casefold())
-    codes = pd.DataFrame(
-        {
-            "user": np.concatenate([p[0] for p in parts]),
-            "target": np.concatenate([p[1] for p in parts]),
-            "once": np.concatenate([np.full(len(p[0]), p[2]) for p in parts]),
-        }
-    )
-    codes = codes.loc[named[codes["target"].to_numpy()]]
-    # Each active user row of that source id (source ids are unique; a repeated one joins
-    # each of its rows, as a merge would).
-    codes = codes.merge(
-        pd.DataFrame({"user": user_codes, "row": np.arange(len(user_codes))}), on="user"
-    )
-    codes["key"] = key_codes[codes["target"].to_numpy()]
-    codes = codes.sort_values("once", kind="stable").drop_duplicates(["user", "key"])
-    # Ordered by group (case-folded), then username: both are unique per row.
+    target = np.concatenate([p[1] for p in parts])
+    kept = named[target]
+    target = target[kept]
+    # A source id listed twice among the active users is the first of them: its memberships
+    # would be joined to each row and all but the first dropped as duplicates.
+    first_row = np.unique(user_codes, return_index=True)[1]
+    row = first_row[np.concatenate([p[0] for p in parts])[kept]]
+    once = np.concatenate([np.full(len(p[0]), p[2]) for p in parts])[kept]
+    parts.clear()
+    key = key_codes[target]
     key_rank = np.argsort(np.argsort(keys.to_numpy(dtype=object), kind="stable"))
     name_rank = np.argsort(np.argsort(active["username"].to_numpy(dtype=object), kind="stable"))
-    order = np.lexsort((name_rank[codes["row"].to_numpy()], key_rank[codes["key"].to_numpy()]))
-    codes = codes.iloc[order]
-    row = codes["row"].to_numpy()
+    order = np.lexsort((once, name_rank[row], key_rank[key]))
+    row, key, target, once = row[order], key[order], target[order], once[order]
+    first = np.ones(len(row), dtype=bool)
+    first[1:] = (row[1:] != row[:-1]) | (key[1:] != key[:-1])
+    row, target, once = row[first], target[first], once[first]
     out = pd.DataFrame(
         {
-            "source_id": active["source_id"].iloc[row].reset_index(drop=True),
-            "username": active["username"].iloc[row].reset_index(drop=True),
-            "group": table.iloc[codes["target"].to_numpy()].reset_index(drop=True),
-            MEMBERSHIP_ONCE: pd.array(codes["once"].to_numpy(), dtype="boolean"),
+            "source_id": active["source_id"].array.take(row),
+            "username": active["username"].array.take(row),
+            "group": table.array.take(target),
+            MEMBERSHIP_ONCE: pd.array(once, dtype="boolean"),
         }
     )
     return conform(out, DESIRED_MEMBERSHIP_COLUMNS, what="memberships")
