@@ -624,7 +624,7 @@ def _folded_codes(*columns: pd.Series) -> tuple[list[np.ndarray], pd.Index]:
     out = []
     start = 0
     for local, uniques in factorised:
-        out.append(codes[start : start + len(uniques)][local])
+        out.append(codes[start : start + len(uniques)].astype(np.int32)[local])
         start += len(uniques)
     return out, pd.Index(folded)
 
@@ -640,10 +640,17 @@ def _code_mask(index: pd.Index, values: Iterable[object]) -> np.ndarray:
 def _join(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row positions of the inner join of two integer key arrays (negative keys match nothing),
     ordered as `DataFrame.merge` orders an inner join: by the left rows."""
+    valid = np.flatnonzero(right >= 0)
+    keys = pd.Index(right[valid])
+    if keys.is_unique:
+        # The usual case (each account, each source id once): a lookup, no merge tables.
+        found = keys.get_indexer(left)
+        rows = np.flatnonzero(found >= 0).astype(np.int32)
+        return rows, valid[found[rows]].astype(np.int32)
     joined = pd.DataFrame({"key": left, "left": np.arange(len(left))}).merge(
-        pd.DataFrame({"key": right, "right": np.arange(len(right))}).loc[right >= 0], on="key"
+        pd.DataFrame({"key": right[valid], "right": valid}), on="key"
     )
-    return joined["left"].to_numpy(), joined["right"].to_numpy()
+    return joined["left"].to_numpy(np.int32), joined["right"].to_numpy(np.int32)
 
 
 def _rows(frame: pd.DataFrame, positions: np.ndarray, **columns: str) -> dict[str, pd.Series]:
