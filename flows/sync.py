@@ -18,10 +18,13 @@ Parameters carry names only: secrets come from environment variables or Secret b
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Annotated
 from urllib.parse import urlsplit
 
+import pandas as pd
 from prefect import flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
@@ -29,12 +32,13 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.parameters import PROFILE_HELP, ProfileName, TargetName, form_field
-from tasks import report, steps
+from tasks import approval, report, steps
 from tasks.instances import instance_slot
 from tasks.run_logs import engine_logs_in_run_log
 from usersync.config import instance_of
 from usersync.errors import ConfigError, GuardError, UsersyncError
 from usersync.model import SourceSnapshot
+from usersync.plan import brake_limits
 from usersync.report import summary_text
 from usersync.store import Store
 from usersync.sync import (
@@ -49,6 +53,31 @@ from usersync.sync import (
 
 #: The tag of a dry run's flow run.
 DRY_RUN_TAG = "dry-run"
+#: A target whose plan tripped the brake and waits for an approval.
+BRAKED = "braked"
+#: The destructive operations the brake counts.
+DESTRUCTIVE = ("deactivate_user", "remove_membership")
+
+
+class _Hold:
+    """A braked plan waits for an approval (rather than failing the target)."""
+
+
+HOLD = _Hold()
+#: How a target treats a braked plan: None (fail), HOLD (wait), or the approved signature.
+Hold = _Hold | frozenset | None
+
+
+def destructive_signature(plan: pd.DataFrame) -> frozenset:
+    """The destructive operations of a plan, as what they do (op, account, group): the set an
+    approval is given for."""
+    rows = plan.loc[plan["op"].isin(DESTRUCTIVE)]
+    return frozenset(
+        (op, key or user.casefold(), group.casefold())
+        for op, key, user, group in zip(
+            rows["op"], rows["target_key"], rows["username"], rows["group"], strict=True
+        )
+    )
 
 
 class SyncFailed(UsersyncError):
@@ -183,7 +212,13 @@ def _sync_profile(
     full: bool,
     holder: str,
 ) -> tuple[SourceSnapshot, list[TargetOutcome]]:
-    """Extract once, then every target at once, each renewing the profile's lease as it goes."""
+    """Extract once, then every target at once, each renewing the profile's lease as it goes.
+
+    A target whose plan trips the brake waits, where someone can be asked (a deployment run
+    or a terminal), for an approval; the others load meanwhile. An approved target is planned
+    again from a fresh read and loads only if its destructive operations are the approved
+    ones; otherwise the new plan is put to the approver.
+    """
     profile = loaded.profile.name
     try:
         snapshot = steps.extract(loaded, full)
@@ -195,26 +230,77 @@ def _sync_profile(
         if isinstance(exc, GuardError):
             report.announce_brake(profile, None, str(exc), dry_run)
         raise
-    with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="sync-target") as pool:
-        futures = [
-            # Each thread runs in a copy of this context: its tasks belong to this flow run.
-            pool.submit(
-                contextvars.copy_context().run,
-                _sync_target,
-                loaded,
-                name,
-                snapshot,
-                store,
-                dry_run,
-                allow_mass_changes,
-                holder,
-            )
-            for name in chosen
-        ]
-        outcomes = [future.result() for future in futures]
+    settings = loaded.profile.settings
+    ask = (
+        not dry_run
+        and not allow_mass_changes
+        and settings.approval == "ask"
+        and approval.channel() is not None
+    )
+    hold: Hold = HOLD if ask else None
+    done = {
+        o.target: o
+        for o in _each_target(
+            chosen,
+            lambda name: _sync_target(
+                loaded, name, snapshot, store, dry_run, allow_mass_changes, holder, hold
+            ),
+        )
+    }
+    round_no = 0
+    while waiting := [o for o in done.values() if o.status == BRAKED]:
+        round_no += 1
+        decision = approval.ask(
+            profile,
+            [o.braked for o in waiting if o.braked is not None],
+            timeout_seconds=settings.approval_timeout_seconds,
+            round_no=round_no,
+        )
+        assert decision is not None  # asked only where someone can answer
+        for o in waiting:
+            o.approval = decision.as_dict()
+            _record(store, o, snapshot)  # the braked run keeps the decision
+        if not decision.approved:
+            for o in waiting:
+                reason = (
+                    "the approval timed out"
+                    if decision.channel == "timeout"
+                    else f"{decision.by} rejected it"
+                )
+                o.error = f"{o.error} Not approved: {reason}; nothing was written."
+                o.status = "failed"
+                _record(store, o, snapshot)
+                report.announce_brake(profile, o.target, o.error, dry_run)
+            break
+        get_run_logger().info("approved by %s: reading the source again", decision.by)
+        snapshot = steps.extract(loaded, full)
+        approved = {o.target: o.signature for o in waiting}
+        again = partial(
+            _sync_target,
+            snapshot=snapshot,
+            store=store,
+            dry_run=dry_run,
+            allow_mass_changes=allow_mass_changes,
+            holder=holder,
+            decided=decision.as_dict(),
+        )
+        for o in _each_target(
+            list(approved),
+            lambda name, again=again, approved=approved: again(loaded, name, hold=approved[name]),
+        ):
+            done[o.target] = o
+    outcomes = [done[name] for name in chosen]
     # An incremental source moves its watermark only when every target succeeded.
     steps.advance_watermark(snapshot, [o.status for o in outcomes], dry_run)
     return snapshot, outcomes
+
+
+def _each_target(names: list[str], work: Callable[[str], TargetOutcome]) -> list[TargetOutcome]:
+    """`work` for every target at once, each in a thread running in a copy of this context
+    (so its tasks belong to this flow run)."""
+    with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="sync-target") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, work, name) for name in names]
+        return [future.result() for future in futures]
 
 
 def _run_id() -> str:
@@ -241,18 +327,24 @@ def _sync_target(
     dry_run: bool,
     allow_mass_changes: bool,
     holder: str,
+    hold: Hold = None,
+    decided: dict | None = None,
 ) -> TargetOutcome:
-    """Plan and load one target; any error fails this target only."""
+    """Plan and load one target; any error fails this target only.
+
+    `hold`: None, a braked plan fails the target; HOLD, it waits for an approval (status
+    braked); a signature, the destructive operations approved (a plan with others waits).
+    """
     logger = get_run_logger()
     profile = loaded.profile.name
     store.renew_lease(profile, holder)
     run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
-    outcome = TargetOutcome(target=name, status="failed", run_id=run_id)
+    outcome = TargetOutcome(target=name, status="failed", run_id=run_id, approval=decided)
     try:
         url = loaded.profile.targets[name].url
         with tags(*target_tags(loaded, name)), instance_slot(url, name, write=not dry_run):
             _plan_and_load(
-                loaded, name, snapshot, store, dry_run, allow_mass_changes, holder, outcome
+                loaded, name, snapshot, store, dry_run, allow_mass_changes, holder, outcome, hold
             )
     except GuardError as exc:
         logger.error("%s: %s", name, exc)
@@ -268,8 +360,14 @@ def _sync_target(
         logger.exception("%s: unexpected error", name)
         outcome.error = f"unexpected {type(exc).__name__}: {exc}"
         outcome.status = "failed"
+    _record(store, outcome, snapshot)
+    return outcome
+
+
+def _record(store: Store, outcome: TargetOutcome, snapshot: SourceSnapshot) -> None:
+    """Write the target's outcome to its run in the store (again, when it changes)."""
     store.finish_run(
-        run_id,
+        outcome.run_id,
         outcome.status,
         {
             "planned": outcome.planned,
@@ -279,10 +377,11 @@ def _sync_target(
             # What `usersync conflicts` lists: accounts no operation was planned for, and why.
             "conflicts": outcome.conflicts[:CONFLICTS_KEPT],
             "conflict_count": len(outcome.conflicts),
+            # Who approved (or rejected) a braked plan, when and how.
+            "approval": outcome.approval,
         },
         outcome.error,
     )
-    return outcome
 
 
 def _plan_and_load(
@@ -294,6 +393,7 @@ def _plan_and_load(
     allow_mass_changes: bool,
     holder: str,
     outcome: TargetOutcome,
+    hold: Hold = None,
 ) -> None:
     """Transform, plan, publish the plan and (unless a dry run) load; fill in `outcome`."""
     logger = get_run_logger()
@@ -302,7 +402,8 @@ def _plan_and_load(
     outcome.rejected_users = (
         desired.rejected[["locator", "reason"]].head(DETAILS_KEPT).astype(object).to_dict("records")
     )
-    target_plan = steps.plan(loaded, name, desired, allow_mass_changes)
+    # Where a braked plan may wait for an approval, the brake is applied here, not in plan.
+    target_plan = steps.plan(loaded, name, desired, allow_mass_changes or hold is not None)
     outcome.planned = target_plan.counts()
     outcome.conflicts = target_plan.conflicts.astype(object).to_dict("records")
     outcome.unverifiable = target_plan.unverifiable
@@ -320,6 +421,23 @@ def _plan_and_load(
         )
     store.record_plan(outcome.run_id, target_plan.plan)
     report.publish_plan(loaded.profile.name, target_plan)
+    if hold is not None and not allow_mass_changes:
+        limits = brake_limits(
+            target_plan.plan, target_plan.ledger, target_plan.actual, loaded.profile.settings
+        )
+        signature = destructive_signature(target_plan.plan)
+        if limits and signature != hold:
+            outcome.status = BRAKED
+            outcome.signature = signature
+            outcome.error = "; ".join(f"{t.what}: {t.count} (limit {t.limit})" for t in limits)
+            outcome.braked = approval.BrakedTarget(
+                name,
+                tuple(limits),
+                f"plan-{loaded.profile.name}-{name}",
+                int(target_plan.plan["op"].isin(DESTRUCTIVE).sum()),
+            )
+            logger.warning("%s: the plan exceeds the brake (%s); waiting", name, outcome.error)
+            return
     if dry_run:
         outcome.status = "planned"
         return

@@ -471,6 +471,15 @@ class SyncSettings(StrictModel):
         "are (so a reactivation restores access as it was) or remove them from managed groups.",
     )
     min_source_users: int = Field(1, ge=1, description="A smaller source aborts the run.")
+    approval: Literal["ask", "never"] = Field(
+        "ask",
+        description="A plan that trips the brake: ask for an approval (a deployment run "
+        "pauses with a form in the Prefect UI; usersync sync asks on the terminal) or never "
+        "(the braked target fails; allow_mass_changes releases it for one run).",
+    )
+    approval_timeout_seconds: float = Field(
+        3600, gt=0, le=7 * 86400, description="How long a braked run waits; then it is rejected."
+    )
     groups: GroupSyncSettings = GroupSyncSettings()
     precedence: int | None = Field(
         None,

@@ -462,6 +462,11 @@ class TargetOutcome:
     rejected_users: list[dict[str, str]] = field(default_factory=list)
     #: operations that failed ({seq, op, username, group, error}), first ones only
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: the decision on a braked plan ({approved, by, channel, at, comment, limits}), if any
+    approval: dict[str, Any] | None = None
+    #: a braked plan waiting for an approval: what the approver is shown, and what it does
+    braked: Any = None
+    signature: frozenset = frozenset()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -476,6 +481,7 @@ class TargetOutcome:
             "unverifiable": self.unverifiable,
             "rejected_users": self.rejected_users,
             "failures": self.failures,
+            "approval": self.approval,
         }
 
 
