@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="allow_mass_changes",
         action="store_true",
         help="release the brake on deactivations and membership removals for this run "
-        "(check a dry run's plan first)",
+        "(check a dry run's plan first); without it, on a terminal a braked plan is shown "
+        "and you are asked to approve it (settings.approval: never turns that off)",
     )
     p.add_argument(
         "--wait",
