@@ -36,6 +36,7 @@ from tasks import approval, report, steps
 from tasks.instances import instance_slot
 from tasks.run_logs import engine_logs_in_run_log
 from usersync.config import instance_of
+from usersync.drift import drift_report
 from usersync.errors import ConfigError, GuardError, UsersyncError
 from usersync.model import SourceSnapshot
 from usersync.plan import brake_limits
@@ -45,6 +46,7 @@ from usersync.sync import (
     DETAILS_KEPT,
     LoadedProfile,
     TargetOutcome,
+    TargetPlan,
     default_lease_holder,
     failed_operations,
     profile_lease,
@@ -157,6 +159,7 @@ def _sync(
     finally:
         store.close()
     report.publish_summary(profile, outcomes, dry_run, snapshot.counts)
+    report.publish_drift(profile, outcomes)
     text = summary_text(outcomes)
     logger.info("summary:\n%s", text)
     bad = [o for o in outcomes if o.status in ("failed", "partial")]
@@ -379,6 +382,8 @@ def _record(store: Store, outcome: TargetOutcome, snapshot: SourceSnapshot) -> N
             "conflict_count": len(outcome.conflicts),
             # Who approved (or rejected) a braked plan, when and how.
             "approval": outcome.approval,
+            # What no source, rule or profile explains (`usersync drift`).
+            "drift": outcome.drift,
         },
         outcome.error,
     )
@@ -437,9 +442,11 @@ def _plan_and_load(
                 int(target_plan.plan["op"].isin(DESTRUCTIVE).sum()),
             )
             logger.warning("%s: the plan exceeds the brake (%s); waiting", name, outcome.error)
+            outcome.drift = _drift(store, target_plan, braked=True)
             return
     if dry_run:
         outcome.status = "planned"
+        outcome.drift = _drift(store, target_plan)
         return
     try:
         result = steps.load(loaded, name, target_plan, outcome.run_id, holder)
@@ -450,3 +457,33 @@ def _plan_and_load(
     outcome.failures = failed_operations(target_plan.plan, result)
     outcome.status = result.status
     outcome.error = result.quarantined
+    plan = target_plan.plan
+    succeeded = {o.seq for o in result.outcomes if o.status == "succeeded"}
+    deactivated = plan.loc[
+        (plan["op"] == "deactivate_user") & plan["seq"].isin(succeeded), "target_key"
+    ]
+    outcome.drift = _drift(store, target_plan, deactivated=frozenset(deactivated))
+
+
+def _drift(
+    store: Store,
+    target_plan: TargetPlan,
+    *,
+    braked: bool = False,
+    deactivated: frozenset[str] | None = None,
+) -> dict:
+    """The target's drift report, from what this run read (see usersync.drift)."""
+    return drift_report(
+        plan=target_plan.plan,
+        desired_users=target_plan.desired.users,
+        desired_groups=target_plan.desired.groups,
+        actual_users=target_plan.actual.users,
+        memberships=target_plan.actual.memberships,
+        ledger=target_plan.ledger,
+        protected=target_plan.protected,
+        foreign_names=target_plan.foreign_names,
+        claimed_twice=store.claimed_twice(target_plan.instance) if target_plan.instance else None,
+        conflicts=target_plan.conflicts,
+        deactivated=deactivated,
+        braked=braked,
+    )

@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from usersync.drift import drift_markdown
 from usersync.report import PLAN_ROWS_SHOWN, plan_rows, summary_markdown
 from usersync.sync import TargetOutcome, TargetPlan
 
@@ -65,6 +66,20 @@ def publish_summary(
         event=COMPLETED_EVENT,
         resource=profile_resource(profile),
         payload={"dry_run": dry_run, "targets": [o.as_dict() for o in outcomes]},
+    )
+
+
+@task(name="publish-drift", cache_policy=NO_CACHE, persist_result=False)
+def publish_drift(profile: str, outcomes: Sequence[TargetOutcome]) -> None:
+    """The drift of every target whose plan was made, as the markdown artifact
+    `drift-<profile>` (also kept with each run in the store: `usersync drift`)."""
+    drifts = {o.target: o.drift for o in outcomes if o.drift is not None}
+    if not drifts:
+        return
+    create_markdown_artifact(
+        markdown=drift_markdown(profile, drifts),
+        key=f"drift-{profile}",
+        description=f"usersync {profile}: what no source, rule or profile explains",
     )
 
 

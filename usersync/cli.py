@@ -107,6 +107,25 @@ def _deployments_configure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace) -> int:
+    from usersync.drift import KINDS
+    from usersync.store import Store
+
+    store = Store.open(args.store_url)
+    latest = [r for r in store.latest_runs(args.profile) if (r["counts"] or {}).get("drift")]
+    if not latest:
+        print("no drift recorded: run a sync (a dry run will do) first")
+        return 0
+    for run in sorted(latest, key=lambda r: (r["profile"], r["target"])):
+        drift = run["counts"]["drift"]
+        counts = ", ".join(f"{kind} {drift[kind]['count']}" for kind in KINDS)
+        print(f"{run['profile']} / {run['target']} (run {run['id']}): {counts}")
+        for kind in KINDS:
+            for item in drift[kind]["items"]:
+                print(f"  {kind}: {item['name']}: {item['why']}")
+    return 0
+
+
 def _runs(args: argparse.Namespace) -> int:
     from usersync.store import Store
 
@@ -334,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: $USERSYNC_STORE_URL or the store under USERSYNC_HOME",
     )
     p.set_defaults(func=_conflicts)
+
+    p = commands.add_parser(
+        "drift",
+        help="what the latest runs found that no source, rule or profile explains: unmanaged "
+        "accounts in managed groups, leavers still active, accounts two profiles claim, "
+        "managed groups no rule maps (read-only; from what the runs read)",
+    )
+    p.add_argument("profile", nargs="?", help="only this profile (default: all)")
+    p.add_argument(
+        "--store-url",
+        default=None,
+        help="default: $USERSYNC_STORE_URL or the store under USERSYNC_HOME",
+    )
+    p.set_defaults(func=_drift)
 
     p = commands.add_parser("runs", help="list recorded runs from the store")
     p.add_argument("profile", nargs="?")

@@ -235,6 +235,11 @@ class TargetPlan:
     unverifiable: dict[str, int] = field(default_factory=dict)
     #: keys the ledger links that the target no longer has (accounts deleted by hand)
     deleted_keys: tuple[str, ...] = ()
+    #: usernames never touched, and names of accounts other profiles manage (for the drift)
+    protected: tuple[str, ...] = ()
+    foreign_names: frozenset[str] = frozenset()
+    #: the target instance (normalised base URL)
+    instance: str = ""
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
@@ -384,6 +389,9 @@ def plan_target_sync(
         conflicts=changes.conflicts,
         unverifiable=changes.unverifiable,
         deleted_keys=tuple(sorted(set(keys) - set(actual.users["target_key"].dropna()))),
+        protected=plan_input.protected,
+        foreign_names=plan_input.foreign_names,
+        instance=instance,
     )
 
 
@@ -467,6 +475,8 @@ class TargetOutcome:
     #: a braked plan waiting for an approval: what the approver is shown, and what it does
     braked: Any = None
     signature: frozenset = frozenset()
+    #: the drift report of this target (usersync.drift), None when no plan was made
+    drift: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

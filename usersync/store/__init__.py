@@ -183,9 +183,8 @@ class Store:
                 .values(status=status, finished_at=_now(), counts=dict(counts or {}), error=error)
             )
 
-    def latest_conflicts(self, profile: str | None = None) -> pd.DataFrame:
-        """The conflicts of each profile's and target's latest finished run: profile, target,
-        run, finished_at, username, target_key, reason (empty when that run had none)."""
+    def latest_runs(self, profile: str | None = None) -> list[dict[str, Any]]:
+        """The latest finished run (not interrupted) of each profile and target, as dicts."""
         query = (
             sa.select(runs)
             .where(runs.c.finished_at.is_not(None), runs.c.status != "interrupted")
@@ -194,24 +193,30 @@ class Store:
         if profile:
             query = query.where(runs.c.profile == profile)
         seen: set[tuple[str, str]] = set()
-        rows = []
+        latest = []
         with self.engine.connect() as conn:
             for run in conn.execute(query).mappings():
-                if (run["profile"], run["target"]) in seen:
-                    continue
-                seen.add((run["profile"], run["target"]))
-                for conflict in (run["counts"] or {}).get("conflicts", []):
-                    rows.append(
-                        {
-                            "profile": run["profile"],
-                            "target": run["target"],
-                            "run": run["id"],
-                            "finished_at": run["finished_at"],
-                            "username": conflict.get("username", ""),
-                            "target_key": conflict.get("target_key", ""),
-                            "reason": conflict.get("reason", ""),
-                        }
-                    )
+                if (run["profile"], run["target"]) not in seen:
+                    seen.add((run["profile"], run["target"]))
+                    latest.append(dict(run))
+        return latest
+
+    def latest_conflicts(self, profile: str | None = None) -> pd.DataFrame:
+        """The conflicts of each profile's and target's latest finished run: profile, target,
+        run, finished_at, username, target_key, reason (empty when that run had none)."""
+        rows = [
+            {
+                "profile": run["profile"],
+                "target": run["target"],
+                "run": run["id"],
+                "finished_at": run["finished_at"],
+                "username": conflict.get("username", ""),
+                "target_key": conflict.get("target_key", ""),
+                "reason": conflict.get("reason", ""),
+            }
+            for run in self.latest_runs(profile)
+            for conflict in (run["counts"] or {}).get("conflicts", [])
+        ]
         columns = ["profile", "target", "run", "finished_at", "username", "target_key", "reason"]
         return pd.DataFrame(rows, columns=columns)
 
@@ -405,6 +410,25 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return pd.DataFrame(rows, columns=["profile", "target_key", "name"], dtype="string")
+
+    def claimed_twice(self, instance: str) -> pd.DataFrame:
+        """Accounts on this instance that more than one profile's ledger links: target_key,
+        name, profiles (comma-separated). usersync never makes these; a restored backup or a
+        hand-edited store can, and the drift report lists them."""
+        query = sa.select(ledger.c.target_key, ledger.c.name, ledger.c.profile).where(
+            ledger.c.instance == instance, ledger.c.kind == "user"
+        )
+        with self.engine.connect() as conn:
+            rows = pd.DataFrame(
+                conn.execute(query).mappings().all(), columns=["target_key", "name", "profile"]
+            )
+        if rows.empty:
+            return pd.DataFrame(columns=["target_key", "name", "profiles"], dtype="string")
+        grouped = rows.groupby("target_key").agg(
+            name=("name", "first"), profiles=("profile", lambda p: ", ".join(sorted(set(p))))
+        )
+        twice = grouped.loc[grouped["profiles"].str.contains(",", regex=False)]
+        return twice.reset_index().astype("string")
 
     def release_claims(self, instance: str, target_keys: Iterable[str], *, besides: str) -> None:
         """Drop other profiles' links to these accounts: `besides` took them over (by the
