@@ -35,6 +35,21 @@ BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066
 
 
 @dataclass(frozen=True)
+class Seats:
+    """A product's licence headroom for new accounts.
+
+    `free` None means unlimited (or a licence that does not count users); `known` False means
+    the product would not say (the guard then says so and does not hold creations back).
+    """
+
+    free: int | None
+    limit: int | None = None
+    used: int | None = None
+    known: bool = True
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class TargetCheck:
     """The outcome of one connection check against a target (used by Test Connection)."""
 
@@ -161,6 +176,14 @@ class Target(ABC):
             f"{self.product}: reading every group of an account is not implemented, so "
             "settings.groups.keep_existing_groups: false cannot be used with it"
         )
+
+    def licence_seats(self) -> Seats:
+        """How many more accounts the licence lets this product grant access to.
+
+        Read once per run before loading; creations beyond it are held back (see the seat
+        guard in usersync.sync). The default does not know.
+        """
+        return Seats(None, known=False, detail=f"{self.product}: licence seats not read")
 
     def read_leads(self) -> pd.DataFrame:
         """Every project and component lead role in the product (`model.LEAD_COLUMNS`).
