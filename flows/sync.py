@@ -384,6 +384,7 @@ def _record(store: Store, outcome: TargetOutcome, snapshot: SourceSnapshot) -> N
             "approval": outcome.approval,
             # What no source, rule or profile explains (`usersync drift`).
             "drift": outcome.drift,
+            "seats": outcome.seats,
         },
         outcome.error,
     )
@@ -412,6 +413,9 @@ def _plan_and_load(
     outcome.planned = target_plan.counts()
     outcome.conflicts = target_plan.conflicts.astype(object).to_dict("records")
     outcome.unverifiable = target_plan.unverifiable
+    outcome.seats = target_plan.seats
+    if target_plan.seats.get("held_back"):
+        report.announce_seats(loaded.profile.name, name, target_plan.seats, dry_run)
     for conflict in outcome.conflicts[:50]:
         logger.warning(
             "%s: no operation for %s: %s", name, conflict["username"], conflict["reason"]

@@ -23,11 +23,12 @@ from prefect.client.orchestration import get_client
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 
-from tasks.report import BRAKED_EVENT
+from tasks.report import BRAKED_EVENT, SEATS_EVENT
 from usersync.errors import ConfigError
 
 FAILED = "usersync: sync failed"
 BRAKED = "usersync: sync braked"
+SEATS = "usersync: licence seats short"
 #: Flow-run states that mean a sync did not do all it should have.
 FAILED_STATES = ("Failed", "Crashed", "TimedOut")
 
@@ -53,6 +54,20 @@ write{% if event.payload.dry_run %} (in a dry run: a real run would stop too){% 
 To see what it would do: a dry run with allow_mass_changes publishes the plan (artifact \
 plan-{{ event.resource['prefect.resource.name'] }}-{{ event.payload.target }}) and writes \
 nothing.{% endif %}
+"""
+
+
+SEATS_SUBJECT = (
+    "usersync: {{ event.resource['prefect.resource.name'] }} is short of licence seats in "
+    "{{ event.payload.target }}"
+)
+SEATS_BODY = """\
+Profile {{ event.resource['prefect.resource.name'] }} needs {{ event.payload.needed }} licence \
+seat(s) in {{ event.payload.target }} but {{ event.payload.free }} are free\
+{% if event.payload.dry_run %} (in a dry run: a real run would hold them back too){% endif %}.
+{{ event.payload.held_back }} creation(s) or reactivation(s) were held back; nobody was half \
+provisioned. Free seats (or raise the licence) and the next run goes on. The held-back accounts \
+are listed in the run's summary-<profile> artifact and by usersync conflicts.
 """
 
 
@@ -118,6 +133,21 @@ def alert_automations(block_id: UUID) -> list[Automation]:
                 SendNotification(
                     block_document_id=block_id, subject=BRAKED_SUBJECT, body=BRAKED_BODY
                 )
+            ],
+        ),
+        Automation(
+            name=SEATS,
+            description="Creations or reactivations were held back for want of licence seats "
+            "(event usersync.licence.short).",
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "usersync.profile.*"},
+                expect={SEATS_EVENT},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[
+                SendNotification(block_document_id=block_id, subject=SEATS_SUBJECT, body=SEATS_BODY)
             ],
         ),
     ]

@@ -26,6 +26,7 @@ from usersync.report import PLAN_ROWS_SHOWN, plan_rows, summary_markdown
 from usersync.sync import TargetOutcome, TargetPlan
 
 COMPLETED_EVENT = "usersync.sync.completed"
+SEATS_EVENT = "usersync.licence.short"
 BRAKED_EVENT = "usersync.sync.braked"
 
 
@@ -80,6 +81,15 @@ def publish_drift(profile: str, outcomes: Sequence[TargetOutcome]) -> None:
         markdown=drift_markdown(profile, drifts),
         key=f"drift-{profile}",
         description=f"usersync {profile}: what no source, rule or profile explains",
+    )
+
+
+def announce_seats(profile: str, target: str, seats: dict, dry_run: bool) -> None:
+    """Emit `usersync.licence.short`: creations or reactivations held back for want of seats."""
+    emit_event(
+        event=SEATS_EVENT,
+        resource=profile_resource(profile),
+        payload={"target": target, "dry_run": dry_run, **seats},
     )
 
 

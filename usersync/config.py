@@ -422,6 +422,22 @@ class GroupSyncSettings(StrictModel):
     )
 
 
+class SeatSettings(StrictModel):
+    """What to do when a plan needs more licence seats than a product has free."""
+
+    when_short: Literal["create_none", "by_priority"] = Field(
+        "create_none",
+        description="create_none: no account is created or reactivated in that target this "
+        "run (all or nothing, never a silent half); by_priority: as many as there are free "
+        "seats, in the order of priority_groups, then by username.",
+    )
+    priority_groups: tuple[str, ...] = Field(
+        (),
+        description="by_priority: target groups whose new members get seats first, in this "
+        "order (e.g. [jira-admins-to-be, developers]).",
+    )
+
+
 class SyncSettings(StrictModel):
     """What a sync may do, and the guards that stop it before a mass change."""
 
@@ -481,6 +497,7 @@ class SyncSettings(StrictModel):
         3600, gt=0, le=7 * 86400, description="How long a braked run waits; then it is rejected."
     )
     groups: GroupSyncSettings = GroupSyncSettings()
+    seats: SeatSettings = SeatSettings()
     precedence: int | None = Field(
         None,
         ge=0,

@@ -72,6 +72,18 @@ def summary_markdown(
     if not dry_run:
         lines += ["", "Cells read succeeded/planned."]
     for outcome in outcomes:
+        seats = getattr(outcome, "seats", None) or {}
+        if seats:
+            free = "unlimited" if seats["free"] is None else seats["free"]
+            if not seats["known"]:
+                free = f"unknown ({seats['detail']})"
+            line = f"{outcome.target}: licence seats needed {seats['needed']}, free {free}"
+            if seats["held_back"]:
+                line += (
+                    f": **{seats['held_back']} creation(s)/reactivation(s) held back** "
+                    "(listed below; seats that deactivations free count once they succeed)"
+                )
+            lines += ["", line + "."]
         for attribute, count in outcome.unverifiable.items():
             lines += [
                 "",

@@ -22,6 +22,7 @@ import pandas as pd
 
 from usersync.config import (
     Profile,
+    SeatSettings,
     SecretLoader,
     TargetConfig,
     instance_of,
@@ -240,6 +241,8 @@ class TargetPlan:
     foreign_names: frozenset[str] = frozenset()
     #: the target instance (normalised base URL)
     instance: str = ""
+    #: licence seats: needed, free, limit, used, held_back, known, detail ({} if none needed)
+    seats: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
@@ -378,21 +381,123 @@ def plan_target_sync(
                 **_default_leads(profile.targets[target_name], target, actual),
             )
             changes = plan_changes(plan_input)
+    operations, conflicts, seats = _seat_guard(
+        changes.operations, changes.conflicts, target, profile.settings.seats, desired
+    )
     if not allow_mass_changes:
-        check_brake(changes.operations, ledger, actual, profile.settings, target_name)
+        check_brake(operations, ledger, actual, profile.settings, target_name)
     return TargetPlan(
         target_name,
-        changes.operations,
+        operations,
         desired,
         actual,
         ledger,
-        conflicts=changes.conflicts,
+        conflicts=conflicts,
+        seats=seats,
         unverifiable=changes.unverifiable,
         deleted_keys=tuple(sorted(set(keys) - set(actual.users["target_key"].dropna()))),
         protected=plan_input.protected,
         foreign_names=plan_input.foreign_names,
         instance=instance,
     )
+
+
+#: Operations that give an account access, so take a licence seat.
+SEAT_TAKING = ("create_user", "reactivate_user")
+
+
+def _seat_guard(
+    operations: pd.DataFrame,
+    conflicts: pd.DataFrame,
+    target: Target,
+    settings: SeatSettings,
+    desired: DesiredState,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Hold back creations and reactivations the product's licence has no seat for.
+
+    The seats are read only when the plan takes some. Seats that deactivations in the same
+    plan would free are not counted: they are free only once those succeed (the next run uses
+    them). `create_none` holds back every seat-taking operation when they do not all fit;
+    `by_priority` lets through as many as fit, members of `priority_groups` first (in that
+    order), then by username. A held-back account's memberships wait with it. Each held-back
+    account is a conflict row saying why.
+
+    Returns:
+        The operations, the conflicts, and the seat figures for the summary.
+    """
+    taking = operations.loc[operations["op"].isin(SEAT_TAKING)]
+    if not len(taking):
+        return operations, conflicts, {}
+    seats = target.licence_seats()
+    figures: dict[str, Any] = {
+        "needed": len(taking),
+        "free": seats.free,
+        "limit": seats.limit,
+        "used": seats.used,
+        "known": seats.known,
+        "detail": seats.detail,
+        "held_back": 0,
+    }
+    if not seats.known or seats.free is None or len(taking) <= seats.free:
+        return operations, conflicts, figures
+    if settings.when_short == "create_none":
+        allowed = 0
+        held = taking
+    else:
+        allowed = max(seats.free, 0)
+        held = _by_seat_priority(taking, settings.priority_groups, desired).iloc[allowed:]
+    held_sources = set(held["source_id"]) - {""}
+    waits = (
+        (operations["op"] == "add_membership")
+        & (operations["target_key"] == "")
+        & operations["source_id"].isin(held_sources)
+    )
+    kept = operations.loc[~operations.index.isin(held.index) & ~waits]
+    why = (
+        f"not {{}}: the licence has {seats.free} free seat(s) and this plan needs "
+        f"{len(taking)} ({settings.when_short}); free seats or raise the licence, and the next run "
+        "goes on (seats that deactivations free count once they succeed)"
+    )
+    rows = pd.DataFrame(
+        {
+            "source_id": held["source_id"],
+            "username": held["username"],
+            "target_key": held["target_key"],
+            "reason": [
+                why.format("created" if op == "create_user" else "reactivated") for op in held["op"]
+            ],
+        },
+        dtype="string",
+    )
+    figures["held_back"] = len(held)
+    log.warning(
+        "%s: licence seats: %d needed, %d free: %d creation(s)/reactivation(s) held back",
+        target.name,
+        len(taking),
+        seats.free,
+        len(held),
+    )
+    return (
+        kept.reset_index(drop=True),
+        pd.concat([conflicts, rows], ignore_index=True) if len(conflicts) else rows,
+        figures,
+    )
+
+
+def _by_seat_priority(
+    taking: pd.DataFrame, groups: tuple[str, ...], desired: DesiredState
+) -> pd.DataFrame:
+    """Seat-taking operations in seat order: members of `groups` first, in that order."""
+    rank = {g.casefold(): i for i, g in enumerate(groups)}
+    members = desired.memberships.assign(
+        rank=desired.memberships["group"].str.casefold().map(rank)
+    ).dropna(subset=["rank"])
+    best = members.groupby("source_id")["rank"].min()
+    order = taking.assign(
+        _rank=taking["source_id"].map(best).fillna(len(groups)),
+        _name=taking["username"].str.casefold(),
+    )
+    return order.sort_values(["_rank", "_name"], kind="stable").drop(columns=["_rank", "_name"])
 
 
 def _default_leads(config: TargetConfig, target: Target, actual: TargetState) -> dict[str, Any]:
@@ -477,6 +582,8 @@ class TargetOutcome:
     signature: frozenset = frozenset()
     #: the drift report of this target (usersync.drift), None when no plan was made
     drift: dict[str, Any] | None = None
+    #: licence seats needed and free, and how many seat-taking operations were held back
+    seats: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -492,6 +599,7 @@ class TargetOutcome:
             "rejected_users": self.rejected_users,
             "failures": self.failures,
             "approval": self.approval,
+            "seats": self.seats,
         }
 
 

@@ -16,7 +16,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 
 from flows.sync import sync
-from tasks.alerts import BRAKED, FAILED
+from tasks.alerts import BRAKED, FAILED, SEATS
 from usersync.cli import main
 from usersync.sandbox.server import serve
 
@@ -61,7 +61,7 @@ def receiver() -> Iterator[Receiver]:
         ).save("usersync-alerts-test", overwrite=True)
         yield app
     with get_client(sync_client=True) as client:
-        for name in (FAILED, BRAKED):
+        for name in (FAILED, BRAKED, SEATS):
             for automation in client.read_automations_by_name(name):
                 client.delete_automation(automation.id)
 
@@ -78,7 +78,8 @@ def test_alerts_install_creates_the_automations_and_they_notify(
 
     with get_client(sync_client=True) as client:
         installed = {a.name: a for a in client.read_automations() if a.name.startswith("usersync:")}
-    assert set(installed) == {FAILED, BRAKED}  # installed twice, replaced, not doubled
+    assert set(installed) == {FAILED, BRAKED, SEATS}  # installed twice, replaced, not doubled
+    assert installed[SEATS].trigger.expect == {"usersync.licence.short"}
     failed = installed[FAILED]
     assert failed.enabled
     assert failed.trigger.expect == {
