@@ -2,10 +2,10 @@
 
 `JiraEmulator` serves, under an optional context path, the calls usersync makes against Jira
 DC (`/rest/api/2/user`, `/user/search`, `/user/list`, `/group`, `/group/member`,
-`/group/user`, `/groups/picker`, `/myself`, `/mypermissions`, `/serverInfo`), user
-properties (`/user/properties`), and projects and components with their leads (`/project`,
-`/project/{key}/components`, `/component/{id}`), each under `/rest/api/latest` too, with the
-product's envelopes, status codes and error bodies as documented in
+`/group/user`, `/groups/picker`, `/myself`, `/mypermissions`, `/serverInfo`,
+`/applicationrole`), user properties (`/user/properties`), and projects and components with
+their leads (`/project`, `/project/{key}/components`, `/component/{id}`), each under
+`/rest/api/latest` too, with the product's envelopes, status codes and error bodies as documented in
 shared/reference/atlassian-rest.md sections 1, 5 and 6: names are matched case-insensitively
 and stored in lower case, user keys (`JIRAUSER10100`) survive renames, `/user/search` returns a
 bare array truncated to its result window (1000 before Jira 10, 100 from 10), `/user/list`
@@ -15,8 +15,16 @@ control and bidirectional-override characters, more than 255 characters) are a 4
 error envelope. `rename_user` renames an account as an administrator would in Jira's user
 browser (the key stays). Deactivating or deleting a project lead is refused (400) until the
 project has another lead; a component lead may go, and the project lead takes over the
-component. Unknown paths answer 404 in Jira's error envelope, and a trailing slash is ignored as
-Jersey does. Basic auth and bearer PATs are
+component. Application roles and their licence seats are served at `/applicationrole` (and
+`/applicationrole/{key}`): a role's seats are taken by the active members of the groups that
+grant it (jira-software-users for Jira Software), each counted once. The seat limit is
+unlimited, and licensing unmodelled, until a test sets one (`JiraEmulator(seats=N)`,
+`set_seats`, `add_application_role`); from then on a new account joins its roles' default
+groups while a seat is free, is created without application access when none is, and adding an
+active account to a group of a full role is refused with a 400 naming the licence (Jira's own
+status and text for that are UNCONFIRMED). Reactivating an account over the limit is not
+refused (what Jira does then is UNCONFIRMED). Unknown paths answer 404 in Jira's error
+envelope, and a trailing slash is ignored as Jersey does. Basic auth and bearer PATs are
 checked; user and group administration needs an administrator. Administrators are who they are
 in Jira: members of a group granted the Jira Administrators (`ADMINISTER`) or Jira System
 Administrators (`SYSTEM_ADMIN`) global permission, which Jira grants to groups only; a fresh
@@ -89,6 +97,23 @@ GROUP_EXISTS = "A group or user with this name already exists."
 ADMIN_PERMISSIONS = ("ADMINISTER", "SYSTEM_ADMIN")
 #: The group a fresh Jira (7+) grants both of them to, with its first administrator in it.
 ADMIN_GROUP = "jira-administrators"
+
+#: The application role a Jira Software site licenses, and the group that grants it (also the
+#: group new accounts join), as on a fresh Jira Software site.
+DEFAULT_ROLE = "jira-software"
+DEFAULT_ROLE_NAME = "Jira Software"
+DEFAULT_ROLE_GROUP = "jira-software-users"
+#: How `/applicationrole` spells an unlimited role's seat numbers. UNCONFIRMED: the DC 11.3
+#: spec (jira.js `ApplicationRole`) types them as plain numbers without saying; Jira's licence
+#: API uses -1 for "unlimited users", taken here, next to `hasUnlimitedSeats: true`.
+UNLIMITED_SEATS = -1
+#: The refusal of a group add that would take a licence seat none is left for. UNCONFIRMED:
+#: the status and text Jira gives are not in the reference; a 400 in Jira's error envelope,
+#: naming the licence, is the plausible shape.
+SEAT_LIMIT_REACHED = (
+    "Cannot add user '{user}' to group '{group}': it grants {role}, and the user limit of "
+    "your {role} license ({seats}) has been reached."
+)
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -187,6 +212,25 @@ class JiraGroup:
     member_keys: set[str] = field(default_factory=set)
 
 
+@dataclass
+class ApplicationRole:
+    """An application role (Jira Software, Jira Service Management, ...) and its licence seats.
+
+    A role is granted through groups; its seats are taken by the active members of any of
+    them, each counted once. `seats` None is an unlimited licence.
+    """
+
+    key: str
+    name: str
+    #: lower-case names of the groups that grant the role
+    groups: set[str]
+    #: the groups an account created with this role joins
+    default_groups: set[str]
+    #: whether an account created without `applicationKeys` gets this role
+    selected_by_default: bool = False
+    seats: int | None = None
+
+
 class BadParameter(ValueError):
     """A query parameter that does not parse; answered with 400."""
 
@@ -204,6 +248,8 @@ class JiraEmulator:
         search_window: overrides the version's `/user/search` result window.
         rate_limit_headers_always: send `X-RateLimit-*` and `retry-after: 0` on every
             authenticated answer, as Jira does once an admin turns rate limiting on.
+        seats: the Jira Software licence's user limit (see `set_seats`); None, the default,
+            leaves licensing unmodelled: unlimited, and new accounts join no group.
     """
 
     def __init__(
@@ -216,6 +262,7 @@ class JiraEmulator:
         max_list_page_size: int = USER_LIST_DEFAULT_PAGE,
         search_window: int | None = None,
         rate_limit_headers_always: bool = False,
+        seats: int | None = None,
     ) -> None:
         self.version = version
         self.version_numbers = parse_version(version)
@@ -239,9 +286,25 @@ class JiraEmulator:
         self._components: dict[int, JiraComponent] = {}  # id → component
         self._next_project_id = FIRST_PROJECT_ID
         self._next_component_id = FIRST_COMPONENT_ID
+        #: application roles by key; the licence seats live here
+        self.application_roles: dict[str, ApplicationRole] = {
+            DEFAULT_ROLE: ApplicationRole(
+                DEFAULT_ROLE,
+                DEFAULT_ROLE_NAME,
+                groups={DEFAULT_ROLE_GROUP},
+                default_groups={DEFAULT_ROLE_GROUP},
+                selected_by_default=True,
+            )
+        }
+        #: whether new accounts join the default groups of their roles. Off until a test
+        #: models licensing (`set_seats`, `add_application_role`): the emulator has always
+        #: created accounts in no group, and the flows' tests map jira-software-users by rule.
+        self.grants_application_access = False
         self.seed_user(
             admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1], admin=True
         )
+        if seats is not None:
+            self.set_seats(DEFAULT_ROLE, seats)
         routed = Starlette(
             routes=self._routes(),
             exception_handlers={404: _not_found, 405: _method_not_allowed},
@@ -359,6 +422,63 @@ class JiraEmulator:
             self.seed_group(name, members)
             self.grant_global_permission(permission, name)
 
+    def set_seats(self, role: str, seats: int | None) -> None:
+        """Set the user limit of application role `role` (None: unlimited) and model licensing
+        from now on, as Jira does: the role's groups are created if missing (empty: the
+        seeded administrator takes no seat unless a test puts it there); a new account
+        joins the default groups of the roles it gets while they have a free seat (beyond,
+        Jira creates it without application access: it takes no seat and cannot log in); and
+        adding an active account to a group of a full role is refused. Accounts seeded or put
+        in groups directly (`seed_user`, `seed_group`) are not checked, so a test can set up a
+        site already over its limit."""
+        with self._lock:
+            found = self.application_roles.get(role)
+            if found is None:
+                raise ValueError(
+                    f"jira emulator: no application role {role!r} "
+                    f"(known: {', '.join(sorted(self.application_roles))})"
+                )
+            if seats is not None and seats < 0:
+                raise ValueError(f"jira emulator: {seats} seats for {role!r}; give 0 or more")
+            found.seats = seats
+            for group in found.groups:
+                self._groups.setdefault(group, JiraGroup(group))
+            self.grants_application_access = True
+
+    def add_application_role(
+        self,
+        key: str,
+        name: str,
+        groups: Iterable[str],
+        *,
+        default_groups: Iterable[str] | None = None,
+        selected_by_default: bool = False,
+        seats: int | None = None,
+    ) -> None:
+        """Define another application role (e.g. jira-servicedesk) granted through `groups`
+        (created if missing); `default_groups` defaults to all of them. Models licensing from
+        now on, as `set_seats` does."""
+        with self._lock:
+            names = {g.strip().lower() for g in groups}
+            defaults = {g.strip().lower() for g in default_groups} if default_groups else names
+            self.application_roles[key] = ApplicationRole(
+                key, name, names, defaults, selected_by_default
+            )
+            self.set_seats(key, seats)
+
+    def role_users(self, role: str) -> set[str]:
+        """Usernames taking a seat of application role `role` (active members of its groups)."""
+        with self._lock:
+            return {self._users[k].name for k in self._seat_holders(self.application_roles[role])}
+
+    def roles_of(self, username: str) -> set[str]:
+        """Keys of the application roles account `username` holds through its groups."""
+        with self._lock:
+            user = self._user_by_name(username)
+            if user is None:
+                raise ValueError(f"jira emulator: no user {username!r}")
+            return {r.key for r in self._roles_granted_to(user)}
+
     def is_admin(self, username: str) -> bool:
         """Whether the account holds ADMINISTER or SYSTEM_ADMIN through one of its groups."""
         with self._lock:
@@ -448,6 +568,91 @@ class JiraEmulator:
         granted = set().union(*(self.global_permissions.get(p, set()) for p in implied))
         return any(user.key in self._groups[g].member_keys for g in granted if g in self._groups)
 
+    def _seat_holders(self, role: ApplicationRole) -> set[str]:
+        """Keys of the accounts taking a seat of `role`: active members of its groups, once
+        each (Jira counts users, not memberships; deactivated accounts take no seat)."""
+        keys: set[str] = set()
+        for name in role.groups:
+            group = self._groups.get(name)
+            if group is not None:
+                keys |= {k for k in group.member_keys if self._users[k].active}
+        return keys
+
+    def _free_seats(self, role: ApplicationRole) -> int | None:
+        """Seats left in `role` (negative when over the limit); None when unlimited."""
+        if role.seats is None:
+            return None
+        return role.seats - len(self._seat_holders(role))
+
+    def _roles_granted_to(self, user: JiraUser) -> list[ApplicationRole]:
+        return [
+            role
+            for role in self.application_roles.values()
+            if any(
+                user.key in self._groups[g].member_keys for g in role.groups if g in self._groups
+            )
+        ]
+
+    def _grant_default_access(self, user: JiraUser, keys: list[str] | None) -> None:
+        """Put a new account in the default groups of the roles it gets (`keys`, or those
+        selected by default), skipping a role with no seat left: Jira then creates the
+        account without that application's access. UNCONFIRMED: that Jira creates the account
+        rather than refusing the request; what it does is not in the reference."""
+        if not self.grants_application_access:
+            return
+        roles = (
+            [self.application_roles[k] for k in keys]
+            if keys is not None
+            else [r for r in self.application_roles.values() if r.selected_by_default]
+        )
+        for role in roles:
+            free = self._free_seats(role)
+            if free is not None and free <= 0:
+                continue
+            for name in role.default_groups:
+                self._groups.setdefault(name, JiraGroup(name)).member_keys.add(user.key)
+
+    def _refuse_past_seat_limit(self, user: JiraUser, group: JiraGroup) -> Response | None:
+        """The 400 for adding an active account to a group that grants a full role it does
+        not hold yet; None when the add takes no seat or one is free."""
+        if not user.active:
+            return None
+        for role in self.application_roles.values():
+            if group.name not in role.groups or user.key in self._seat_holders(role):
+                continue
+            free = self._free_seats(role)
+            if free is not None and free <= 0:
+                return jira_error(
+                    400,
+                    SEAT_LIMIT_REACHED.format(
+                        user=user.name, group=group.name, role=role.name, seats=role.seats
+                    ),
+                )
+        return None
+
+    def _role_bean(self, role: ApplicationRole) -> dict[str, Any]:
+        """An `ApplicationRole` as Jira DC shows it (jira.js server model, and the Jira DC
+        example on wiki.resolution.de's licence monitoring page). `defined` is true: only
+        licensed roles exist here. `remainingSeats` is the limit minus the seats taken, so it
+        goes negative when a site is over its limit (UNCONFIRMED; a client should not rely on
+        it staying at 0 or above)."""
+        used = len(self._seat_holders(role))
+        free = self._free_seats(role)
+        return {
+            "key": role.key,
+            "groups": sorted(g for g in role.groups if g in self._groups),
+            "name": role.name,
+            "defaultGroups": sorted(g for g in role.default_groups if g in self._groups),
+            "selectedByDefault": role.selected_by_default,
+            "defined": True,
+            "numberOfSeats": UNLIMITED_SEATS if role.seats is None else role.seats,
+            "remainingSeats": UNLIMITED_SEATS if free is None else free,
+            "userCount": used,
+            "userCountDescription": "users",
+            "hasUnlimitedSeats": role.seats is None,
+            "platform": False,
+        }
+
     def _routes(self) -> list[Route]:
         table = [
             ("/user", self._get_user, ["GET"]),
@@ -466,6 +671,8 @@ class JiraEmulator:
             ("/myself", self._myself, ["GET"]),
             ("/mypermissions", self._my_permissions, ["GET"]),
             ("/serverInfo", self._server_info, ["GET"]),
+            ("/applicationrole", self._list_application_roles, ["GET"]),
+            ("/applicationrole/{key}", self._get_application_role, ["GET"]),
             ("/user/properties", self._list_user_properties, ["GET"]),
             ("/user/properties/{key}", self._get_user_property, ["GET"]),
             ("/user/properties/{key}", self._set_user_property, ["PUT"]),
@@ -553,7 +760,9 @@ class JiraEmulator:
     def _base(self, request: Request) -> str:
         return self._site(request) + API_PREFIX
 
-    def _user_bean(self, request: Request, user: JiraUser, *, groups: bool = False) -> dict:
+    def _user_bean(
+        self, request: Request, user: JiraUser, *, groups: bool = False, roles: bool = False
+    ) -> dict:
         self_url = f"{self._base(request)}/user?username={quote(user.name)}"
         bean: dict[str, Any] = {
             "self": self_url,
@@ -575,6 +784,13 @@ class JiraEmulator:
             bean["groups"] = {
                 "size": len(names),
                 "items": [{"name": n, "self": self._group_url(request, n)} for n in names],
+                "max-results": 1000,
+            }
+        if roles:
+            held = sorted(self._roles_granted_to(user), key=lambda r: r.key)
+            bean["applicationRoles"] = {
+                "size": len(held),
+                "items": [{"key": r.key, "name": r.name} for r in held],
                 "max-results": 1000,
             }
         return bean
@@ -626,8 +842,12 @@ class JiraEmulator:
         user = self._target_user(request)
         if isinstance(user, Response):
             return user
-        expand = request.query_params.get("expand", "")
-        return JSONResponse(self._user_bean(request, user, groups="groups" in expand.split(",")))
+        expand = _expanded(request)
+        return JSONResponse(
+            self._user_bean(
+                request, user, groups="groups" in expand, roles="applicationRoles" in expand
+            )
+        )
 
     def _create_user(self, request: Request, me: JiraUser | None, body: Any) -> Response:
         if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
@@ -650,10 +870,18 @@ class JiraEmulator:
             errors["email"] = "You must specify a valid email address."
         if not display_name:
             errors["fullname"] = "You must specify a full name."
+        keys = body.get("applicationKeys")
+        if keys is not None and (
+            not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+        ):
+            errors["applicationKeys"] = "'applicationKeys' must be a list of application keys."
+        elif keys is not None and (unknown := sorted(set(keys) - set(self.application_roles))):
+            errors["applicationKeys"] = f"Unknown application: {', '.join(unknown)}."
         if errors:
             return jira_error(400, errors=errors)
         password = str(body.get("password") or secrets.token_urlsafe(12))
         user = self._add_user(name, email, display_name, True, password)
+        self._grant_default_access(user, keys)
         bean = self._user_bean(request, user)
         return JSONResponse(bean, status_code=201, headers={"Location": bean["self"]})
 
@@ -871,6 +1099,8 @@ class JiraEmulator:
                 f"Cannot add user. '{user.name}' is already a member of '{group.name}'",
                 status_code=400,
             )
+        if refused := self._refuse_past_seat_limit(user, group):
+            return refused
         group.member_keys.add(user.key)
         bean = self._group_bean(request, group)
         return JSONResponse(bean, status_code=201, headers={"Location": bean["self"]})
@@ -953,6 +1183,23 @@ class JiraEmulator:
                 "serverTitle": "usersync Jira emulator",
             }
         )
+
+    def _list_application_roles(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        """Every application role with its seats. Needs Administer Jira (documented for Jira
+        Cloud; the DC requirement is UNCONFIRMED, the stricter reading is taken)."""
+        if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
+            return refused
+        roles = sorted(self.application_roles.values(), key=lambda r: r.key)
+        return JSONResponse([self._role_bean(r) for r in roles])
+
+    def _get_application_role(self, request: Request, me: JiraUser | None, body: Any) -> Response:
+        if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
+            return refused
+        key = request.path_params["key"]
+        role = self.application_roles.get(key)
+        if role is None:
+            return jira_error(404, f"The application role with key '{key}' does not exist.")
+        return JSONResponse(self._role_bean(role))
 
     def _list_user_properties(self, request: Request, me: JiraUser | None, body: Any) -> Response:
         user = self._property_owner(request, me, writing=False)
@@ -1325,6 +1572,7 @@ def _int_param(params: Any, name: str, default: int) -> int:
 
 
 __all__ = [
+    "ApplicationRole",
     "JiraComponent",
     "JiraEmulator",
     "JiraGroup",
