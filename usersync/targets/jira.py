@@ -21,6 +21,9 @@ Custom attributes are user properties (entity properties), which Jira reads only
 and key at a time, so they are read concurrently. Jira refuses to deactivate a project lead:
 project and component leads are read (`read_leads`) so the plan can hand them over first
 (`reassign_lead`), and Test Connection checks the accounts configured to take them over.
+Licence headroom is read from the application roles (`licence_seats`): Jira does not refuse
+to create an account past the seat limit but creates it without application access, and
+refuses adding it to a group that grants the full application (`TargetLicenceError`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from usersync.errors import (
     TargetAuthError,
     TargetConflictError,
     TargetError,
+    TargetLicenceError,
     TargetNotFoundError,
+    TargetPermissionError,
     TargetRejectedError,
     TargetUnreachableError,
     TransientError,
@@ -58,7 +63,7 @@ from usersync.model import (
     conform,
     empty_frame,
 )
-from usersync.targets.base import Target, TargetCheck, normalise_name
+from usersync.targets.base import Seats, Target, TargetCheck, normalise_name
 
 log = logging.getLogger("usersync.targets.jira")
 
@@ -79,6 +84,8 @@ PROJECTS = "/project"
 PROJECT = "/project/{key}"
 PROJECT_COMPONENTS = "/project/{key}/components"
 COMPONENT = "/component/{id}"
+#: Application roles with their licence seats (Jira 7+; DC 11.3 spec, jira.js `ApplicationRole`).
+APPLICATION_ROLES = "/applicationrole"
 
 #: Entity property keys are at most 255 characters (Jira Cloud docs, reference §1.5).
 MAX_PROPERTY_KEY_LENGTH = 255
@@ -143,6 +150,12 @@ FORBIDDEN_USERNAME_CHARACTERS = "<>&"
 
 def _already_exists(error: TargetError) -> bool:
     return "already exists" in str(error.body).casefold()
+
+
+def _about_the_licence(error: TargetError) -> bool:
+    # Jira's text for a group add past the seat limit is UNCONFIRMED; both spellings are taken.
+    text = str(error.body).casefold()
+    return "license" in text or "licence" in text
 
 
 def _nothing_to_change(error: TargetError) -> bool:
@@ -903,10 +916,20 @@ class JiraTarget(Target):
                 # which is checked and counted as done below.
                 replay_safe=True,
             )
-        except TargetRejectedError:
+        except TargetRejectedError as exc:
             # Jira's "already a member" 400 is a bare localised string: ask instead of parsing.
             if self._is_member(group, username):
                 return
+            if _about_the_licence(exc):
+                raise TargetLicenceError(
+                    f"jira '{self.name}': cannot add '{username}' to group '{group}': "
+                    f"{_server_words(exc)} — the group grants an application whose Jira "
+                    "licence is full: free seats (deactivate unused accounts) or raise the "
+                    "licence, then run again",
+                    status=exc.status,
+                    body=exc.body,
+                    attempts=exc.attempts,
+                ) from exc
             raise
 
     def remove_member(self, group: str, username: str) -> None:
@@ -930,6 +953,71 @@ class JiraTarget(Target):
             return None
         items = (bean.get("groups") or {}).get("items") or []
         return normalise_name(group) in {normalise_name(g.get("name", "")) for g in items}
+
+    # -- licence -----------------------------------------------------------------------------
+
+    def licence_seats(self) -> Seats:
+        """The seats free in the application roles a new account gets, from one
+        `GET /applicationrole`.
+
+        A new account gets the roles selected by default (it joins their default groups), so
+        the free seats are the fewest `remainingSeats` among those roles; roles with unlimited
+        seats do not limit. When no role is selected by default, new accounts get no access
+        until they are put in a role's group, which then takes the seat: every role is
+        considered. A site over its limit has 0 free, not a negative number.
+
+        Returns:
+            `Seats`; `known` False when the credentials may not read the roles (403) or the
+            site has no such resource (404: Jira before 7), with the reason in `detail`.
+
+        Raises:
+            TargetError: Jira could not be reached or answered otherwise.
+        """
+        where = f"jira '{self.name}'"
+        try:
+            roles = self._api.get_json(APPLICATION_ROLES)
+        except (TargetPermissionError, TargetNotFoundError) as exc:
+            reason = (
+                "the account may not read them (reading needs the Jira Administrators global "
+                "permission)"
+                if isinstance(exc, TargetPermissionError)
+                else "this Jira has no application roles resource (it arrived in Jira 7)"
+            )
+            return Seats(
+                None,
+                known=False,
+                detail=f"{where}: licence seats unknown: {APPLICATION_ROLES} was refused: "
+                f"{reason} (HTTP {exc.status})",
+            )
+        if not isinstance(roles, list):
+            return Seats(
+                None,
+                known=False,
+                detail=f"{where}: licence seats unknown: {APPLICATION_ROLES} answered "
+                f"something other than a list of roles: {str(roles)[:200]}",
+            )
+        defined = [r for r in roles if isinstance(r, dict) and r.get("defined", True)]
+        chosen = [r for r in defined if r.get("selectedByDefault")] or defined
+        limited: list[tuple[int, dict]] = []
+        for role in chosen:
+            left = _free_seats(role)
+            if left is not None:
+                limited.append((left, role))
+        if not limited:
+            names = ", ".join(str(r.get("key")) for r in chosen) or "none defined"
+            return Seats(None, detail=f"{where}: unlimited seats ({names})")
+        free, tightest = min(limited, key=lambda pair: pair[0])
+        described = "; ".join(
+            f"{r.get('key')}: {_int(r.get('userCount'))} of {_int(r.get('numberOfSeats'))} "
+            f"seats used, {max(0, left)} free"
+            for left, r in limited
+        )
+        return Seats(
+            max(0, free),
+            limit=_int(tightest.get("numberOfSeats")),
+            used=_int(tightest.get("userCount")),
+            detail=f"{where}: {described}",
+        )
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -999,6 +1087,30 @@ def _lead_name(bean: Mapping[str, Any]) -> str | None:
     name = lead.get("name") if isinstance(lead, dict) else None
     name = name or bean.get("leadUserName")
     return str(name) if name else None
+
+
+def _int(value: Any) -> int | None:
+    """A number from a JSON field, or None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _free_seats(role: Mapping[str, Any]) -> int | None:
+    """The seats left in an application role (negative when over); None when unlimited.
+
+    Unlimited: no `numberOfSeats`, or a negative one (-1 is Jira's "unlimited users"). A
+    role that gives a limit is taken as limited even if `hasUnlimitedSeats` says otherwise:
+    a published Jira DC example shows both, and the cautious reading holds creations back.
+    `remainingSeats` where given, else the limit less `userCount`.
+    """
+    seats = _int(role.get("numberOfSeats"))
+    if seats is None or seats < 0:
+        return None
+    remaining = _int(role.get("remainingSeats"))
+    if remaining is not None:
+        return remaining
+    return seats - (_int(role.get("userCount")) or 0)
 
 
 def _server_words(error: TargetError) -> str:
