@@ -8,7 +8,8 @@ resources under `<context>/rest/api` with Confluence's paging envelope (`results
 update users, list users) that answer 404 on older versions, the JSON-RPC API older sites need
 (basic auth only, switched off unless asked for, as on a real site), the applinks manifest
 that tells the version, Basic and Bearer (PAT) auth with 401/403, lower-case and trimmed
-storage with case-insensitive lookups, Confluence's username rules, a licence limit (402),
+storage with case-insensitive lookups, Confluence's username rules, a licence limit (402)
+with its headroom under `/rest/license/1.0/license` (`maxUsers`, `userCount`, `remainingSeats`),
 Tomcat's refusal of encoded slashes in a path, and the query-parameter form of the group
 member list that names with slashes need. Whether the REST user object carries e-mails is an
 option (`rest_email`), since the reference cannot confirm it. Administrators are who they are
@@ -52,6 +53,15 @@ GROUP_QUERY_SINCE = (8, 2)
 #: Data Center REST references document it for 9.2 (v9218) and 10.0 (v1000); earlier versions
 #: are assumed not to have it and answer 404.
 GLOBAL_PERMISSIONS_SINCE = (9, 2)
+
+#: The licence resource (Confluence 5.x and later, UserCountResource): `GET .../maxUsers`,
+#: `.../userCount` and `.../remainingSeats`, each `{"count": n}` (CONFSERVER-37100; public
+#: monitoring scripts read `.count`). Not in the official REST reference; who may read it is
+#: UNCONFIRMED (the resource checks permissions): an administrator here, the stricter reading.
+LICENSE_ROOT = "/rest/license/1.0/license"
+#: What maxUsers answers under an unlimited licence: Integer.MAX_VALUE (UserCountService
+#: javadoc, Confluence 5.8-6.5).
+UNLIMITED_MAX_USERS = 2**31 - 1
 
 #: The group whose members Confluence always treats as administrators (its super group).
 SUPER_GROUP = "confluence-administrators"
@@ -157,7 +167,11 @@ class ConfluenceEmulator:
         context_path: e.g. "/confluence"; every path (REST, RPC, manifest) lives under it.
         admin: username and password of a Confluence administrator.
         max_page_size: the server cap on `limit`; larger requests are silently reduced.
-        license_limit: how many active users the licence allows; None for unlimited.
+        license_limit: how many active users the licence allows; None for unlimited. Every
+            active account counts (as if each held Can Use; Confluence counts those that do).
+            Creating one past the limit answers 402.
+        license_resource: whether `/rest/license/1.0/license/...` answers; False models a
+            site where it does not (404), so clients must do without the headroom.
         remote_api_enabled: whether the JSON-RPC API is switched on. Off by default, as on a
             real site: the Remote API is deprecated since 5.5 and off unless an administrator
             enables it (reference §2.6).
@@ -180,6 +194,7 @@ class ConfluenceEmulator:
         max_page_size: int = DEFAULT_PAGE_LIMIT,
         license_limit: int | None = None,
         *,
+        license_resource: bool = True,
         remote_api_enabled: bool = False,
         rest_email: bool = False,
         group_query_parameter: str = "groupName",
@@ -189,6 +204,7 @@ class ConfluenceEmulator:
         self.context_path = "/" + context_path.strip("/") if context_path.strip("/") else ""
         self.max_page_size = max_page_size
         self.license_limit = license_limit
+        self.license_resource = license_resource
         self.remote_api_enabled = remote_api_enabled
         self.rest_email = rest_email
         self.group_query_parameter = group_query_parameter
@@ -332,6 +348,7 @@ class ConfluenceEmulator:
             Route(f"{api}/admin/user/{{username}}/{{action}}", self._toggle_user, methods=["PUT"]),
             Route(f"{api}/admin/group", self._create_group, methods=["POST"]),
             Route(f"{api}/admin/group/{{group}}", self._delete_group, methods=["DELETE"]),
+            Route(f"{LICENSE_ROOT}/{{figure}}", self._license_count),
             Route("/rpc/json-rpc/confluenceservice-v2", self._json_rpc, methods=["POST"]),
             Route("/rpc/json-rpc/confluenceservice-v2/{method}", self._json_rpc, methods=["POST"]),
         ]
@@ -717,14 +734,39 @@ class ConfluenceEmulator:
             group.members.discard(user.username)
         return Response(status_code=204)
 
+    def licensed_user_count(self) -> int:
+        """The accounts counting towards the licence: the active ones."""
+        return sum(1 for u in self.users.values() if u.active)
+
     def _check_licence(self) -> None:
-        active = sum(1 for u in self.users.values() if u.active)
-        if self.license_limit is not None and active >= self.license_limit:
+        if self.license_limit is not None and self.licensed_user_count() >= self.license_limit:
             raise _Refused(
                 402,
                 f"Cannot create user: the licence allows {self.license_limit} users "
                 "and no licences are left",
             )
+
+    async def _license_count(self, request: Request) -> Response:
+        """`maxUsers`, `userCount` or `remainingSeats` as `{"count": n}`.
+
+        Under an unlimited licence maxUsers is Integer.MAX_VALUE and remainingSeats has no
+        number (the service's Optional is empty); what the resource then answers is
+        UNCONFIRMED: `{}` here, so a client must not need it. Over the limit remainingSeats
+        is 0 (UNCONFIRMED whether Confluence answers a negative number).
+        """
+        figure = request.path_params["figure"]
+        if not self.license_resource or figure not in ("maxUsers", "userCount", "remainingSeats"):
+            raise _Refused(404, f"null for uri: {request.url}")
+        self._require(request, admin=True)
+        used = self.licensed_user_count()
+        if figure == "userCount":
+            return JSONResponse({"count": used})
+        if figure == "maxUsers":
+            limit = UNLIMITED_MAX_USERS if self.license_limit is None else self.license_limit
+            return JSONResponse({"count": limit})
+        if self.license_limit is None:
+            return JSONResponse({})
+        return JSONResponse({"count": max(0, self.license_limit - used)})
 
     # -- JSON-RPC ------------------------------------------------------------------------
 
