@@ -16,7 +16,9 @@ slash cannot travel in a URL path on Tomcat (`fits_in_path`: such groups are rea
 query-parameter member list and written through JSON-RPC). The administrators usersync must
 not take over (`administrators`) are the members of confluence-administrators and, where the
 site lists its global permissions over REST (documented for 9.2 and later), the users and
-groups granted Confluence Administrator or System Administrator.
+groups granted Confluence Administrator or System Administrator. The licence's headroom
+(`licence_seats`) is read from `/rest/license/1.0/license`, and a create past the limit (402)
+is a `TargetLicenceError`.
 """
 
 from __future__ import annotations
@@ -51,12 +53,18 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     conform,
 )
-from usersync.targets.base import Target, TargetCheck, normalise_name
+from usersync.targets.base import Seats, Target, TargetCheck, normalise_name
 
 log = logging.getLogger("usersync.targets.confluence")
 
 REST_ROOT = "/rest/api"
 MANIFEST_PATH = "/rest/applinks/1.0/manifest"
+#: The licence's user limit and the users counting towards it, each `{"count": n}`: a resource
+#: outside the REST reference (CONFSERVER-37100 names it; monitoring scripts read `.count`).
+LICENSE_MAX_USERS = "/rest/license/1.0/license/maxUsers"
+LICENSE_USER_COUNT = "/rest/license/1.0/license/userCount"
+#: maxUsers under an unlimited licence: Integer.MAX_VALUE (Confluence's UserCountService).
+UNLIMITED_MAX_USERS = 2**31 - 1
 JSONRPC_ROOT = "/rpc/json-rpc/confluenceservice-v2"
 
 #: What we ask for per page; Confluence may answer with a smaller `limit` (reference §5.15).
@@ -555,9 +563,10 @@ class ConfluenceTarget(Target):
             message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
             lowered = message.lower()
             kind = next((k for text, k in JSONRPC_ERRORS if text in lowered), TargetRejectedError)
-            raise kind(
+            error = kind(
                 f"confluence '{self.name}': JSON-RPC {method}: {message}", status=None, body=body
             )
+            raise _licence_error(error) if isinstance(error, TargetLicenceError) else error
         return body
 
     # -- reading -------------------------------------------------------------------------
@@ -1051,6 +1060,52 @@ class ConfluenceTarget(Target):
             "(/ or \\), and the REST resource takes it in its path"
         )
 
+    # -- licence -------------------------------------------------------------------------
+
+    def licence_seats(self) -> Seats:
+        """The licence's free seats: `maxUsers`, then (unless unlimited) `userCount`, of
+        `/rest/license/1.0/license` (two requests at most; writes nothing).
+
+        Returns:
+            `Seats`; `known` False when the resource is refused (401/403: the account may
+            not read it) or absent (404), or answers without a count, with the reason.
+
+        Raises:
+            TargetError: Confluence could not be reached or answered otherwise.
+        """
+        where = f"confluence '{self.name}'"
+        limit = self._licence_count(LICENSE_MAX_USERS)
+        if isinstance(limit, str):
+            return Seats(None, known=False, detail=f"{where}: licence seats unknown: {limit}")
+        if limit >= UNLIMITED_MAX_USERS:
+            return Seats(None, detail=f"{where}: unlimited licence")
+        used = self._licence_count(LICENSE_USER_COUNT)
+        if isinstance(used, str):
+            return Seats(None, known=False, detail=f"{where}: licence seats unknown: {used}")
+        free = max(0, limit - used)
+        return Seats(
+            free,
+            limit=limit,
+            used=used,
+            detail=f"{where}: {used} of {limit} licensed users, {free} free",
+        )
+
+    def _licence_count(self, path: str) -> int | str:
+        """The `count` a licence figure answers, or why there is none (a sentence)."""
+        try:
+            body = self._client.get_json(path)
+        except (TargetAuthError, TargetPermissionError, TargetNotFoundError) as exc:
+            why = (
+                "this site has no such resource"
+                if isinstance(exc, TargetNotFoundError)
+                else "the account may not read it (a Confluence administrator can)"
+            )
+            return f"{path} was refused (HTTP {exc.status}): {why}"
+        count = body.get("count") if isinstance(body, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int):
+            return f"{path} answered no count: {str(body)[:200]}"
+        return count
+
     # -- housekeeping --------------------------------------------------------------------
 
     def check(self) -> TargetCheck:
@@ -1095,16 +1150,28 @@ class _NotAPage(TargetRejectedError):
     """A list call answered with something other than Confluence's paging envelope."""
 
 
+#: What a licence refusal adds to the product's words.
+LICENCE_FULL_ADVICE = (
+    "the Confluence licence is full: no user can be added until seats are freed (deactivate "
+    "unused accounts) or the licence is raised"
+)
+
+
 def _licence_error(exc: TargetRejectedError) -> TargetRejectedError:
-    """402 or a licence message becomes a `TargetLicenceError` saying what to do."""
-    if isinstance(exc, TargetLicenceError):
+    """402 or a licence message (REST or JSON-RPC) becomes a `TargetLicenceError` saying
+    what to do."""
+    if LICENCE_FULL_ADVICE in str(exc):
         return exc
-    if exc.status == 402 or (exc.status is None and "licen" in str(exc).lower()):
+    if (
+        isinstance(exc, TargetLicenceError)
+        or exc.status == 402
+        or (exc.status is None and "licen" in str(exc).lower())
+    ):
         return TargetLicenceError(
-            f"{exc} — the Confluence licence is full: no user can be added until seats are "
-            "freed (deactivate unused accounts) or the licence is raised",
+            f"{exc} — {LICENCE_FULL_ADVICE}",
             status=exc.status,
             body=exc.body,
+            attempts=exc.attempts,
         )
     return exc
 
