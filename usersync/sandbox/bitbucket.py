@@ -62,6 +62,8 @@ DUPLICATE_GROUP = f"{_EXC}.user.DuplicateGroupException"
 INVALID_ARGUMENT = f"{_EXC}.validation.ArgumentValidationException"
 NOT_A_MEMBER = f"{_EXC}.user.NoSuchMembershipException"
 CANNOT_DEMOTE_SELF = f"{_EXC}.permission.PermissionModificationException"
+#: UNCONFIRMED exception name for a grant past the licensed user limit.
+LICENCE_LIMIT = f"{_EXC}.license.LicenseLimitException"
 
 TOKEN_ADMIN_REFUSAL = "Tokens may not have the following permission: ADMIN"
 
@@ -198,6 +200,9 @@ class BitbucketEmulator:
             LICENSED_USER, as on a typical instance.
         remove_nonmember_status: what `remove-group` answers for a user who is not in the
             group (Bitbucket's real answer is UNCONFIRMED: 200 no-op or 404).
+        licensed_users: the licence's user limit (None: unlimited). Past it, what would license
+            one more account is refused with 403, as the reference says Bitbucket does
+            (create with the default group, a LICENSED_USER grant, joining a licensing group).
     """
 
     def __init__(
@@ -209,8 +214,11 @@ class BitbucketEmulator:
         max_page_size: int = DEFAULT_MAX_PAGE_SIZE,
         default_group: str = DEFAULT_GROUP,
         remove_nonmember_status: int = 200,
+        licensed_users: int | None = None,
     ) -> None:
         self.version = version
+        #: the licence's user limit (None: unlimited); granting access past it is refused
+        self.licensed_users = licensed_users
         self.context_path = "/" + context_path.strip("/") if context_path.strip("/") else ""
         self.max_page_size = max_page_size
         self.default_group = default_group
@@ -436,6 +444,7 @@ class BitbucketEmulator:
             ("/admin/groups/add-users", "POST", self._add_users_to_group),
             ("/admin/groups/add-user", "POST", self._add_group_user_deprecated),
             ("/admin/groups/remove-user", "POST", self._remove_group_user_deprecated),
+            ("/admin/license", "GET", self._license),
             ("/admin/permissions/users", "GET", self._list_user_permissions),
             ("/admin/permissions/users", "PUT", self._set_user_permission),
             ("/admin/permissions/users", "DELETE", self._revoke_user_permissions),
@@ -597,6 +606,8 @@ class BitbucketEmulator:
                 409, f"A user with the name '{name}' already exists.", DUPLICATE_USER, "name"
             )
         add_default = query.get("addToDefaultGroup", "true").lower() == "true"
+        if add_default and self.group_permissions.get(self.default_group.casefold()):
+            self._refuse_past_the_licence(1)
         self.seed_user(
             name,
             email,
@@ -700,6 +711,27 @@ class BitbucketEmulator:
         members = [u for u in self.users.values() if key in u.groups]
         return JSONResponse(self._page(request, self._filtered_users(request, members)))
 
+    async def _license(self, request: Request) -> Response:
+        """`GET /admin/license` (RestBitbucketLicense, as generated clients describe it; the
+        path and the admin requirement are UNCONFIRMED against a live server)."""
+        self._caller(request, needs="ADMIN")
+        unlimited = self.licensed_users is None
+        return JSONResponse(
+            {
+                "creationDate": 1_700_000_000_000,
+                "purchaseDate": 1_700_000_000_000,
+                "expiryDate": 4_100_000_000_000,
+                "maximumNumberOfUsers": -1 if unlimited else self.licensed_users,
+                "unlimitedNumberOfUsers": unlimited,
+                "serverId": "BSAN-DBOX-0000-0001",
+                "supportEntitlementNumber": "SEN-000000",
+                "status": {
+                    "serverId": "BSAN-DBOX-0000-0001",
+                    "currentNumberOfUsers": self.licensed_count(),
+                },
+            }
+        )
+
     async def _groups_of_user(self, request: Request) -> Response:
         # The spec's text for this endpoint is copied from the group variant; the payload is
         # groups (reference §3.4), which is what the product returns in practice.
@@ -714,10 +746,29 @@ class BitbucketEmulator:
             self._page(request, [{"name": name, "deletable": True} for name in names])
         )
 
+    def licensed_count(self) -> int:
+        """How many accounts hold a licence (any global permission, directly or by group)."""
+        return sum(1 for name in self.users if self.effective_permission(name) is not None)
+
+    def _refuse_past_the_licence(self, newly_licensed: int) -> None:
+        if self.licensed_users is None or newly_licensed <= 0:
+            return
+        if self.licensed_count() + newly_licensed > self.licensed_users:
+            # The wording is UNCONFIRMED; the status (403) is the reference's.
+            raise BitbucketRefusal(
+                403,
+                f"This operation would exceed the licensed user limit of "
+                f"{self.licensed_users} users.",
+                LICENCE_LIMIT,
+            )
+
     def _add(self, username: str, groups: list[str]) -> None:
         # All or nothing, as the product: every name is checked before anything changes.
         user = self._user(username)
         keys = [self._group(g).name.casefold() for g in groups]
+        licensing = any(self.group_permissions.get(k) for k in keys)
+        if licensing and self.effective_permission(user.name) is None:
+            self._refuse_past_the_licence(1)
         user.groups.update(keys)
 
     def _remove(self, username: str, group: str) -> Response:
@@ -825,6 +876,9 @@ class BitbucketEmulator:
                     409, "You cannot modify your own permission level.", CANNOT_DEMOTE_SELF
                 )
             self._may_change(caller, self.user_permissions.get(key), permission)
+        self._refuse_past_the_licence(
+            sum(1 for u in users if self.effective_permission(u.name) is None)
+        )
         for user in users:
             self.user_permissions[user.name.casefold()] = permission
         return Response(status_code=204)

@@ -52,7 +52,7 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     empty_frame,
 )
-from usersync.targets.base import Target, TargetCheck, normalise_name
+from usersync.targets.base import Seats, Target, TargetCheck, normalise_name
 
 #: The REST root under the instance URL (which includes any context path).
 API_ROOT = "/rest/api/1.0"
@@ -71,6 +71,7 @@ ENDPOINTS: dict[str, str] = {
     "remove_user_from_group": "/admin/users/remove-group",
     "user_permissions": "/admin/permissions/users",
     "group_permissions": "/admin/permissions/groups",
+    "license": "/admin/license",
 }
 
 #: The page size asked for; the server may cap it, and the pager follows nextPageStart anyway.
@@ -375,6 +376,35 @@ class BitbucketTarget(Target):
             for u in found
         ]
         return pd.DataFrame(rows, columns=list(TARGET_USER_COLUMNS)).astype(TARGET_USER_COLUMNS)
+
+    def read_user_groups(self, usernames: Sequence[str]) -> pd.DataFrame:
+        """Every group of these accounts: `GET /admin/users/more-members?context=` paged."""
+        rows = []
+        for username in dict.fromkeys(str(n) for n in usernames if n):
+            try:
+                groups = list(self._pages("user_groups", {"context": username}))
+            except TargetNotFoundError:
+                continue  # deleted meanwhile: nothing to remove
+            rows.extend((username, str(g["name"])) for g in groups if g.get("name"))
+        return pd.DataFrame(rows, columns=["username", "group"], dtype="string")
+
+    def licence_seats(self) -> Seats:
+        """Free seats from `GET /admin/license` (maximumNumberOfUsers minus
+        status.currentNumberOfUsers; the path is UNCONFIRMED against a live server, the shape
+        is the generated clients' RestBitbucketLicense). A refusal or an odd answer: unknown."""
+        try:
+            body = self._call("GET", "license").json()
+        except (TargetError, ValueError) as exc:
+            return Seats(None, known=False, detail=f"licence not readable: {exc}")
+        if not isinstance(body, dict):
+            return Seats(None, known=False, detail="licence answer is not an object")
+        if body.get("unlimitedNumberOfUsers"):
+            return Seats(None)
+        limit = body.get("maximumNumberOfUsers")
+        used = (body.get("status") or {}).get("currentNumberOfUsers")
+        if not isinstance(limit, int) or limit < 0 or not isinstance(used, int):
+            return Seats(None, known=False, detail=f"licence answer without counts: {body}")
+        return Seats(max(limit - used, 0), limit=limit, used=used)
 
     def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Which of `groups` exist, and all their members (licensed or not).
