@@ -191,9 +191,7 @@ def test_group_settings_against_jira(make_profile, jira, own_directory):
     assert "asmith" not in jira_group_members(url, "welcome")
 
 
-def test_keep_existing_groups_false_removes_managed_users_from_unmapped_groups(
-    make_profile, jira
-):
+def test_keep_existing_groups_false_removes_managed_users_from_unmapped_groups(make_profile, jira):
     emulator, url = jira
     make_profile(url, extra_settings="  groups:\n    keep_existing_groups: false")
     emulator.seed_user("outsider", "outsider@corp", "Out Sider")
@@ -207,3 +205,33 @@ def test_keep_existing_groups_false_removes_managed_users_from_unmapped_groups(
     assert jira_group_members(url, "legacy") == {"outsider"}
     assert "developers" in {g["name"] for g in jira_user(url, "asmith")["groups"]["items"]}
     assert sync(profile="testprof")[0]["planned"] == {}
+
+
+def test_a_plan_short_of_licence_seats_creates_nobody_rather_than_half(make_profile, jira):
+    from usersync.sandbox.bitbucket import BitbucketEmulator
+    from usersync.sandbox.server import serve
+
+    _, url = jira
+    bitbucket = BitbucketEmulator(admin=("admin", JIRA_PASSWORD), licensed_users=10)
+    with serve(bitbucket.app) as bitbucket_url:
+        extra = f"""  bitbucket:
+    kind: bitbucket
+    url: {bitbucket_url}
+    auth: {{kind: basic, username: admin, password: {{env: TEST_JIRA_PASSWORD}}}}"""
+        make_profile(url, extra_targets=extra)
+
+        outcomes = {o["target"]: o for o in sync(profile="testprof")}
+
+        held = outcomes["bitbucket"]
+        assert held["seats"]["needed"] > 9 and held["seats"]["free"] == 9
+        assert held["seats"]["held_back"] == held["seats"]["needed"]
+        assert "create_user" not in held["planned"]
+        assert bitbucket.licensed_count() == 1  # only the admin: nobody half-provisioned
+        assert (
+            sum("free seat(s)" in c["reason"] for c in held["conflicts"]) == held["seats"]["needed"]
+        )
+        assert outcomes["jira"]["executed"]["create_user"]["succeeded"] > 9  # unaffected
+
+        bitbucket.licensed_users = 100  # the licence is raised: the next run goes on
+        again = {o["target"]: o for o in sync(profile="testprof")}
+        assert again["bitbucket"]["executed"]["create_user"]["succeeded"] == held["seats"]["needed"]
