@@ -223,6 +223,14 @@ def test_default_groups_for_new_users_are_joined_once_and_never_enforced():
     assert ops(plan(rules, source, actual, managed("alice", "bob", groups=["everyone"]))) == set()
 
 
+def test_default_groups_for_new_users_when_no_account_stays():
+    # alice's account is protected: nobody is created or managed, so nobody joins anything.
+    source = snapshot({}, users=("alice",))
+    rules = ",welcome,default-new,,,\n"
+    actual = target(["alice"], [], ["welcome"])
+    assert ops(plan(rules, source, actual, protected=["alice"])) == set()
+
+
 def test_a_manual_rule_wins_over_the_on_the_fly_star_for_its_source_group():
     source = snapshot({"jira-users": ["alice"], "dev": ["alice"]}, users=("alice",))
     rules = "jira-users,jira-software-users,manual,,,\n*,,on-the-fly,,,\n"

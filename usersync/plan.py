@@ -740,8 +740,11 @@ def _group_ops(
     if MEMBERSHIP_ONCE in wanted:
         # Groups for new users: joined by the accounts this plan creates, never enforced.
         once = wanted[MEMBERSHIP_ONCE].fillna(False).to_numpy(dtype=bool)
-        created_sid = _code_mask(source_ids, created["source_id"])
-        wanted_sid = np.where(once & ~created_sid[wanted_sid], -1, wanted_sid)
+        is_created = _code_mask(source_ids, created["source_id"])
+        known = wanted_sid >= 0
+        for_new = np.zeros(len(wanted_sid), dtype=bool)
+        for_new[known] = is_created[wanted_sid[known]]
+        wanted_sid = np.where(once & ~for_new, -1, wanted_sid)
 
     # want: the memberships the source gives the staying accounts (wanted row, staying row).
     want_row, want_stay = _join(wanted_sid, staying_sid)
