@@ -65,8 +65,10 @@ ADOPT_ONLY_WITH_MATCHING_EMAIL = True
 #: A disabled source user adopts a same-named unmanaged account too (and so deactivates it);
 #: False: only a live user adopts (the account is needed to provision it, not to stop it).
 ADOPT_FOR_DISABLED_SOURCE_USERS = False
-#: The on-the-fly `*` rule also keeps the name of a group a manual rule maps (as documented).
-STAR_RULE_COVERS_MANUALLY_MAPPED_GROUPS = True
+#: The on-the-fly `*` rule also keeps the name of a group a manual rule maps. False, as the
+#: README documents: a manual rule wins for its source group (an explicit on-the-fly row naming
+#: the group would still copy it).
+STAR_RULE_COVERS_MANUALLY_MAPPED_GROUPS = False
 #: Rule 1's clash counts enabled users only: two enabled users sharing a username are both
 #: rejected; a disabled user whose username an enabled one has is rejected ("shadowed");
 #: disabled users sharing a username with each other only are not. False: any two share.
