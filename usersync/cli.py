@@ -341,32 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
         "mappings/ under USERSYNC_HOME); run it again after adding a profile or a target.",
     )
     p.set_defaults(func=_deployments_configure)
-    p = commands.add_parser(
-        "conflicts",
-        help="accounts the latest run of each profile and target planned nothing for, and why "
-        "(claimed by another profile, adoption refused, renames onto a taken name, ...)",
-    )
-    p.add_argument("profile", nargs="?", help="only this profile (default: all)")
-    p.add_argument(
-        "--store-url",
-        default=None,
-        help="default: $USERSYNC_STORE_URL or the store under USERSYNC_HOME",
-    )
-    p.set_defaults(func=_conflicts)
-
-    p = commands.add_parser(
-        "drift",
-        help="what the latest runs found that no source, rule or profile explains: unmanaged "
-        "accounts in managed groups, leavers still active, accounts two profiles claim, "
-        "managed groups no rule maps (read-only; from what the runs read)",
-    )
-    p.add_argument("profile", nargs="?", help="only this profile (default: all)")
-    p.add_argument(
-        "--store-url",
-        default=None,
-        help="default: $USERSYNC_STORE_URL or the store under USERSYNC_HOME",
-    )
-    p.set_defaults(func=_drift)
+    for name, func, text in (
+        (
+            "conflicts",
+            _conflicts,
+            "accounts the latest run of each profile and target planned nothing for, and why "
+            "(claimed by another profile, adoption refused, renames onto a taken name, ...)",
+        ),
+        (
+            "drift",
+            _drift,
+            "what the latest runs found that no source, rule or profile explains: unmanaged "
+            "accounts in managed groups, leavers still active, accounts two profiles claim, "
+            "managed groups no rule maps (read-only; from what the runs read)",
+        ),
+    ):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("profile", nargs="?", help="only this profile (default: all)")
+        p.add_argument(
+            "--store-url",
+            default=None,
+            help="default: $USERSYNC_STORE_URL or the store under USERSYNC_HOME",
+        )
+        p.set_defaults(func=func)
 
     p = commands.add_parser("runs", help="list recorded runs from the store")
     p.add_argument("profile", nargs="?")

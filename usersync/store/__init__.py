@@ -433,33 +433,28 @@ class Store:
     def release_claims(self, instance: str, target_keys: Iterable[str], *, besides: str) -> None:
         """Drop other profiles' links to these accounts: `besides` took them over (by the
         profiles' precedence) and manages them alone from now."""
-        keys = list(target_keys)
-        if not keys:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(
-                ledger.delete().where(
-                    ledger.c.instance == instance,
-                    ledger.c.kind == "user",
-                    ledger.c.profile != besides,
-                    ledger.c.target_key.in_(keys),
-                )
-            )
+        self._drop_links(
+            target_keys,
+            ledger.c.instance == instance,
+            ledger.c.kind == "user",
+            ledger.c.profile != besides,
+        )
 
     def forget(self, profile: str, target: str, kind: str, target_keys: Iterable[str]) -> None:
         """Drop ledger entries (accounts or groups that no longer exist in the target)."""
+        self._drop_links(
+            target_keys,
+            ledger.c.profile == profile,
+            ledger.c.target == target,
+            ledger.c.kind == kind,
+        )
+
+    def _drop_links(self, target_keys: Iterable[str], *where: Any) -> None:
         keys = list(target_keys)
         if not keys:
             return
         with self.engine.begin() as conn:
-            conn.execute(
-                ledger.delete().where(
-                    ledger.c.profile == profile,
-                    ledger.c.target == target,
-                    ledger.c.kind == kind,
-                    ledger.c.target_key.in_(keys),
-                )
-            )
+            conn.execute(ledger.delete().where(*where, ledger.c.target_key.in_(keys)))
 
     # -- one run per profile ---------------------------------------------------------------
 
