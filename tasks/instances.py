@@ -153,18 +153,19 @@ def targets_schema(schema: dict[str, Any], choices: list[str]) -> dict[str, Any]
     return out
 
 
-def configure_deployments() -> list[str]:
+def configure_deployments() -> tuple[list[str], int]:
     """Give every sync deployment bound to a profile its targets as choices, and create the
     global concurrency limit of each instance those targets write to.
 
-    Returns:
-        One line per deployment changed and per limit, for the administrator.
+    A deployment whose profile does not load here (another mappings folder than the workers',
+    a profile removed since) is left as it is and reported; the others are still configured.
 
-    Raises:
-        ConfigError: a deployment names a profile that does not load here (the mappings
-            folder this command reads must be the one the workers use).
+    Returns:
+        One line per deployment changed or skipped and per limit, for the administrator, and
+        how many deployments were skipped.
     """
     changed: list[str] = []
+    skipped = 0
     limits: set[str] = set()
     with get_client(sync_client=True) as client:
         for deployment in client.read_deployments():
@@ -175,7 +176,9 @@ def configure_deployments() -> list[str]:
             try:
                 targets = load_profile(profile).targets
             except ConfigError as exc:
-                raise ConfigError(f"deployment {flow.name}/{deployment.name}: {exc}") from exc
+                skipped += 1
+                changed.append(f"deployment {flow.name}/{deployment.name}: skipped: {exc}")
+                continue
             schema = targets_schema(deployment.parameter_openapi_schema or {}, list(targets))
             client.update_deployment(
                 deployment.id, DeploymentUpdate(parameter_openapi_schema=schema)
@@ -188,4 +191,4 @@ def configure_deployments() -> list[str]:
     for name in sorted(limits):
         ensure_instance_limit(name)
         changed.append(f"global concurrency limit {name}: 1 writer at a time")
-    return changed
+    return changed, skipped

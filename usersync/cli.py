@@ -102,9 +102,10 @@ def _alerts_install(args: argparse.Namespace) -> int:
 def _deployments_configure(args: argparse.Namespace) -> int:
     from tasks.instances import configure_deployments
 
-    for line in configure_deployments():
+    lines, skipped = configure_deployments()
+    for line in lines:
         print(line)
-    return 0
+    return 1 if skipped else 0
 
 
 def _drift(args: argparse.Namespace) -> int:

@@ -159,7 +159,6 @@ def _build(directory: AdDirectory) -> None:
     settle()
     conn.unbind()
 
-    sync_conn = admin_connection(directory.dc)
     members = {
         cn: [directory.smith_dn if u == SMITH_CN else directory.user_dn(u) for u in users]
         + [directory.group_dn(g) for g in nested]
@@ -167,10 +166,40 @@ def _build(directory: AdDirectory) -> None:
     }
     members["engineering"].append(f"CN=outsider,{directory.outside}")
     members["big"] = [directory.user_dn(f"big{n:04d}") for n in range(BIG_GROUP_SIZE)]
-    for cn, values in members.items():
-        if not sync_conn.modify(directory.group_dn(cn), {"member": [(MODIFY_ADD, values)]}):
-            raise RuntimeError(f"adding members to {cn} failed: {sync_conn.result}")
-    sync_conn.unbind()
+    _add_members(directory, members)
+
+
+#: AD's permissive modify: adding a value already there succeeds (a retried chunk may have
+#: been applied before the session dropped).
+PERMISSIVE_MODIFY = ("1.2.840.113556.1.4.1413", False, None)
+#: Member values per modify: one request of 1,500 values was seen to make Samba drop the
+#: session when the machine was loaded.
+MEMBERS_PER_MODIFY = 250
+
+
+def _add_members(directory: AdDirectory, members: dict[str, list[str]]) -> None:
+    conn = admin_connection(directory.dc)
+    try:
+        for cn, values in members.items():
+            for start in range(0, len(values), MEMBERS_PER_MODIFY):
+                chunk = values[start : start + MEMBERS_PER_MODIFY]
+                for attempt in range(1, 4):
+                    try:
+                        ok = conn.modify(
+                            directory.group_dn(cn),
+                            {"member": [(MODIFY_ADD, chunk)]},
+                            controls=[PERMISSIVE_MODIFY],
+                        )
+                        break
+                    except LDAPSessionTerminatedByServerError:
+                        if attempt == 3:
+                            raise
+                        time.sleep(2 * attempt)
+                        conn = admin_connection(directory.dc)
+                if not ok:
+                    raise RuntimeError(f"adding members to {cn} failed: {conn.result}")
+    finally:
+        conn.unbind()
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,7 @@ class DeploymentRun:
                 flow_id, profile, parameters={"profile": profile}, entrypoint="flows/sync.py:sync"
             )
             self.flow_run = client.create_flow_run_from_deployment(deployment)
+        self.deployment_id = deployment
         self.state = None
         self.thread = threading.Thread(target=self._run)
         self.thread.start()
@@ -101,6 +102,8 @@ class DeploymentRun:
     def finish(self, timeout: float = 120):
         self.thread.join(timeout)
         assert not self.thread.is_alive()
+        with get_client(sync_client=True) as client:  # the server is the session's: tidy up
+            client.delete_deployment(self.deployment_id)
         return self.state
 
 

@@ -130,7 +130,10 @@ def deployed(tmp_path_factory) -> Deployed:
 def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deployed):
     deployments = deployed.deployments
     assert set(deployments) >= SHIPPED
+    # Only what prefect.yaml ships (other tests of this session may have made deployments).
     for (flow, name), deployment in deployments.items():
+        if (flow, name) not in SHIPPED:
+            continue
         assert deployment.enforce_parameter_schema, name
         if flow != "sync":
             continue
@@ -226,8 +229,9 @@ def test_configure_offers_each_profiles_targets_and_creates_the_instance_limits(
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stderr
-    assert "deployment sync/demo-push: targets offered as choices" in done.stdout
+    assert "deployment sync/demo-push: targets offered as choices" in done.stdout, done.stderr
+    # Deployments of profiles this checkout does not have (other tests' own) are only reported.
+    assert done.returncode == (1 if ": skipped: " in done.stdout else 0), done.stdout
 
     async def read():
         async with get_client() as client:
