@@ -220,3 +220,30 @@ def test_the_default_store_lives_under_usersync_home(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("USERSYNC_HOME", str(tmp_path))
     monkeypatch.chdir("/")
     assert store_url() == f"sqlite:///{tmp_path / 'var' / 'usersync.db'}"
+
+
+def test_stored_frames_round_trip_and_old_ones_still_read():
+    import json
+    import zlib
+
+    from usersync.store import _decode_frame, _encode_frame
+
+    frame = pd.DataFrame(
+        {
+            "source_id": pd.Series(["a", "b", None, "a"], dtype="string"),
+            "active": pd.Series([True, None, False, True], dtype="boolean"),
+            "n": pd.Series([1, None, 3, 1], dtype="Int64"),
+        }
+    )
+    pd.testing.assert_frame_equal(_decode_frame(_encode_frame(frame)), frame)
+    empty = frame.iloc[0:0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(_decode_frame(_encode_frame(empty)), empty)
+    # What usersync wrote before the column form: one list per row.
+    old = {
+        "columns": ["source_id", "active"],
+        "dtypes": {"source_id": "string", "active": "boolean"},
+        "rows": [["a", True], [None, None]],
+    }
+    read = _decode_frame(zlib.compress(json.dumps(old).encode()))
+    assert read["source_id"].tolist() == ["a", pd.NA]
+    assert read["active"].tolist() == [True, pd.NA]

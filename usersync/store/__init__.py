@@ -8,6 +8,7 @@ an incremental source's watermark with the snapshot it belongs to.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import zlib
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -617,18 +619,34 @@ def _aware(value: datetime) -> datetime:
 
 
 def _encode_frame(frame: pd.DataFrame) -> bytes:
-    """A frame as zlib-compressed JSON: columns, dtypes and rows (nulls as null)."""
-    values = frame.astype(object)
-    values = values.where(frame.notna(), None)
-    document = {
-        "columns": [str(c) for c in frame.columns],
-        "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
-        "rows": values.to_numpy().tolist(),
-    }
+    """A frame as zlib-compressed JSON, column by column: each column's distinct values and,
+    per row, the int32 code of its value (-1: null), base64-encoded. A snapshot's million
+    memberships repeat few distinct values, so this is small and decodes without building a
+    Python object per cell."""
+    columns = []
+    for name in frame.columns:
+        codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
+        values = pd.Series(uniques, dtype=object)
+        columns.append(
+            {
+                "name": str(name),
+                "dtype": str(frame[name].dtype),
+                "values": values.where(values.notna(), None).tolist(),
+                "codes": base64.b64encode(codes.astype("<i4").tobytes()).decode("ascii"),
+            }
+        )
+    document = {"version": 2, "rows": len(frame), "columns": columns}
     return zlib.compress(json.dumps(document, ensure_ascii=False).encode("utf-8"), 1)
 
 
 def _decode_frame(body: bytes) -> pd.DataFrame:
     document = json.loads(zlib.decompress(body).decode("utf-8"))
-    frame = pd.DataFrame(document["rows"], columns=document["columns"], dtype=object)
-    return frame.astype(document["dtypes"])
+    if document.get("version") != 2:  # written by an older usersync: one list per row
+        frame = pd.DataFrame(document["rows"], columns=document["columns"], dtype=object)
+        return frame.astype(document["dtypes"])
+    data = {}
+    for column in document["columns"]:
+        codes = np.frombuffer(base64.b64decode(column["codes"]), dtype="<i4")
+        values = pd.array(column["values"] + [None], dtype=object)  # the last one: null
+        data[column["name"]] = pd.Series(values.take(codes), dtype=object).astype(column["dtype"])
+    return pd.DataFrame(data, index=pd.RangeIndex(document["rows"]))
