@@ -49,8 +49,19 @@ def publish_plan(profile: str, target_plan: TargetPlan) -> None:
         or [{"op": "nothing to do"}],
         key=f"plan-{profile}-{target_plan.target}",
         description=f"{len(target_plan.plan)} operation(s) planned for {target_plan.target}"
-        + (f" (first {shown} shown; the store has all)" if shown < len(target_plan.plan) else ""),
+        + (f" (first {shown} shown; the store has all)" if shown < len(target_plan.plan) else "")
+        + _seats_line(target_plan.seats),
     )
+
+
+def _seats_line(seats: dict) -> str:
+    if not seats:
+        return ""
+    free = "unlimited" if seats["free"] is None else seats["free"]
+    if not seats["known"]:
+        free = "unknown"
+    held = f", {seats['held_back']} held back" if seats["held_back"] else ""
+    return f"; licence seats needed {seats['needed']}, free {free}{held}"
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE, persist_result=False)

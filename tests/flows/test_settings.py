@@ -235,3 +235,34 @@ def test_a_plan_short_of_licence_seats_creates_nobody_rather_than_half(make_prof
         bitbucket.licensed_users = 100  # the licence is raised: the next run goes on
         again = {o["target"]: o for o in sync(profile="testprof")}
         assert again["bitbucket"]["executed"]["create_user"]["succeeded"] == held["seats"]["needed"]
+
+
+@pytest.mark.parametrize("product", ["jira", "confluence"])
+def test_a_jira_or_confluence_short_of_seats_gets_nobody_new(make_profile, jira, product):
+    from usersync.sandbox.confluence import ConfluenceEmulator
+    from usersync.sandbox.jira import JiraEmulator
+    from usersync.sandbox.server import serve
+
+    _, url = jira
+    admin = ("admin", JIRA_PASSWORD)
+    emulator = (
+        JiraEmulator(context_path="/x", admin=admin, seats=5)
+        if product == "jira"
+        else ConfluenceEmulator(context_path="/x", admin=admin, license_limit=5)
+    )
+    with serve(emulator.app) as served:
+        extra = f"""  limited:
+    kind: {product}
+    url: {served}/x
+    auth: {{kind: basic, username: admin, password: {{env: TEST_JIRA_PASSWORD}}}}"""
+        make_profile(url, extra_targets=extra)
+        writes = len(emulator.app.writes())
+
+        outcomes = {o["target"]: o for o in sync(profile="testprof")}
+
+        held = outcomes["limited"]
+        assert held["seats"]["held_back"] == held["seats"]["needed"] > held["seats"]["free"]
+        assert "create_user" not in held["planned"]
+        # Nothing that gives access was sent (group creations may be).
+        sent = [r for r in emulator.app.writes()[writes:] if "user" in r.path.lower()]
+        assert [r.path for r in sent if r.method == "POST"] == []
