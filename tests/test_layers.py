@@ -12,8 +12,22 @@ OUTERMOST = {"cli.py"}
 FORBIDDEN = ("prefect", "flows", "tasks")
 
 
+def _parse(source: str) -> ast.Module:
+    # CPython 3.11's AST conversion keeps its recursion depth in state that other threads
+    # touch too; with Prefect's background threads alive (earlier tests in the session) a parse
+    # was seen to fail with "SystemError: AST constructor recursion depth mismatch". The
+    # source is the same every time, so parsing again is safe.
+    for attempt in range(5):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def imported_modules(path: Path, *, top_level_only: bool) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _parse(path.read_text(encoding="utf-8"))
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     names: set[str] = set()
     for node in nodes:
