@@ -74,6 +74,9 @@ class MiniorangePushSource(Source):
             raise SourceUnreachableError(
                 f"inbox {self.config.inbox}: reading the store failed: {exc}"
             ) from exc
+        # One read of the store: the counts arrive at once.
+        self.report_progress("users", len(contents.users))
+        self.report_progress("groups", len(contents.groups))
         return snapshot_from_scim(
             contents.users,
             contents.groups,
