@@ -119,38 +119,42 @@ def alert_automations(block_id: UUID) -> list[Automation]:
                 )
             ],
         ),
-        Automation(
-            name=BRAKED,
-            description="A guard stopped a sync before any write (event usersync.sync.braked).",
-            trigger=EventTrigger(
-                match={"prefect.resource.id": "usersync.profile.*"},
-                expect={BRAKED_EVENT},
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
-            ),
-            actions=[
-                SendNotification(
-                    block_document_id=block_id, subject=BRAKED_SUBJECT, body=BRAKED_BODY
-                )
-            ],
+        _on_usersync_event(
+            BRAKED,
+            "A guard stopped a sync before any write (event usersync.sync.braked).",
+            BRAKED_EVENT,
+            block_id,
+            BRAKED_SUBJECT,
+            BRAKED_BODY,
         ),
-        Automation(
-            name=SEATS,
-            description="Creations or reactivations were held back for want of licence seats "
+        _on_usersync_event(
+            SEATS,
+            "Creations or reactivations were held back for want of licence seats "
             "(event usersync.licence.short).",
-            trigger=EventTrigger(
-                match={"prefect.resource.id": "usersync.profile.*"},
-                expect={SEATS_EVENT},
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
-            ),
-            actions=[
-                SendNotification(block_document_id=block_id, subject=SEATS_SUBJECT, body=SEATS_BODY)
-            ],
+            SEATS_EVENT,
+            block_id,
+            SEATS_SUBJECT,
+            SEATS_BODY,
         ),
     ]
+
+
+def _on_usersync_event(
+    name: str, description: str, event: str, block_id: UUID, subject: str, body: str
+) -> Automation:
+    """An automation that notifies through `block_id` when any profile emits `event`."""
+    return Automation(
+        name=name,
+        description=description,
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "usersync.profile.*"},
+            expect={event},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[SendNotification(block_document_id=block_id, subject=subject, body=body)],
+    )
 
 
 def install_alerts(block: str) -> list[Automation]:

@@ -134,7 +134,7 @@ def ask(
             answer = pause_flow_run(
                 wait_for_input=BrakeApproval.with_initial_data(description=text),
                 timeout=int(timeout_seconds),
-                poll_interval=min(POLL_SECONDS, max(1, int(timeout_seconds // 2) or 1)),
+                poll_interval=min(POLL_SECONDS, max(1, int(timeout_seconds // 2))),
                 key=f"brake-approval-{round_no}",
             )
         except FlowPauseTimeout:

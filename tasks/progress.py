@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -75,6 +75,53 @@ def calls_planned(plan: pd.DataFrame) -> int:
     return int((~plan["op"].isin(LEDGER_ONLY_OPERATIONS)).sum())
 
 
+State = Callable[[], tuple[float, str]]
+
+
+@contextmanager
+def _published(key: str, what: str, state: State, final: State) -> Iterator[None]:
+    """The progress artifact `key`: created from `state()`, updated from it every
+    `REPORT_EVERY_SECONDS` while the block runs (by a thread of its own, so the work never
+    waits on the Prefect API), and set to `final()` once the block is done. An API that will
+    not take the artifact or an update is logged; the work goes on."""
+    progress, description = state()
+    try:
+        artifact_id = create_progress_artifact(progress=progress, key=key, description=description)
+    except Exception as exc:
+        get_run_logger().warning("%s: no progress artifact: %s", what, exc)
+        artifact_id = None
+    if artifact_id is None:
+        yield
+        return
+
+    def publish(progress: float, description: str) -> None:
+        try:
+            update_progress_artifact(artifact_id, progress, description=description)
+        except Exception as exc:
+            get_run_logger().warning("%s: progress not updated: %s", what, exc)
+
+    stop = threading.Event()
+
+    def report() -> None:
+        shown = (progress, description)
+        while not stop.wait(REPORT_EVERY_SECONDS):
+            now = state()
+            if now != shown:
+                publish(*now)
+                shown = now
+
+    reporter = threading.Thread(
+        target=contextvars.copy_context().run, args=(report,), name=f"progress-{key}", daemon=True
+    )
+    reporter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reporter.join()
+        publish(*final())
+
+
 @contextmanager
 def load_progress(
     key: str, what: str, counter: OperationCounter, total: int
@@ -84,50 +131,19 @@ def load_progress(
     Yields a dict whose "outcome" entry, if the block sets it, becomes the artifact's final
     description (e.g. the counts of what the load did).
     """
-    try:
-        artifact_id = create_progress_artifact(
-            progress=0.0, key=key, description=f"{what}: 0 of {total} call(s)"
-        )
-    except Exception as exc:
-        get_run_logger().warning("%s: no progress artifact: %s", what, exc)
-        artifact_id = None
-    if artifact_id is None:
-        yield {"outcome": ""}
-        return
-    stop = threading.Event()
+    outcome = {"outcome": ""}
 
-    def percent() -> float:
-        return round(100.0 * min(counter.done, total) / total, 1) if total else 100.0
+    def state() -> tuple[float, str]:
+        done = counter.done
+        percent = round(100.0 * min(done, total) / total, 1) if total else 100.0
+        return percent, f"{what}: {done} of {total} call(s)"
 
-    def publish(progress: float, description: str) -> None:
-        try:
-            update_progress_artifact(artifact_id, progress, description=description)
-        except Exception as exc:
-            get_run_logger().warning("%s: progress not updated: %s", what, exc)
+    def final() -> tuple[float, str]:
+        done = f"{what}: done, {counter.done} call(s)"
+        return 100.0, done + (f"; {outcome['outcome']}" if outcome["outcome"] else "")
 
-    def report() -> None:
-        shown = 0.0
-        while not stop.wait(REPORT_EVERY_SECONDS):
-            now = percent()
-            if now != shown:
-                publish(now, f"{what}: {counter.done} of {total} call(s)")
-                shown = now
-
-    reporter = threading.Thread(
-        target=contextvars.copy_context().run, args=(report,), name=f"progress-{key}", daemon=True
-    )
-    reporter.start()
-    final = {"outcome": ""}
-    try:
-        yield final
-    finally:
-        stop.set()
-        reporter.join()
-        publish(
-            100.0,
-            f"{what}: done, {counter.done} call(s)"
-            + (f"; {final['outcome']}" if final["outcome"] else ""),
-        )
+    with _published(key, what, state, final):
+        yield outcome
 
 
 @contextmanager
@@ -145,51 +161,16 @@ def extract_progress(key: str, expected: dict[str, int] | None) -> Iterator[Any]
         with lock:
             counts[what] = count
 
-    def describe() -> str:
+    def read() -> str:
         with lock:
-            read = ", ".join(f"{n} {what}" for what, n in counts.items()) or "nothing yet"
-        return f"source read: {read}"
+            return ", ".join(f"{n} {what}" for what, n in counts.items()) or "nothing yet"
 
-    def percent() -> float:
-        if not expected:
-            return 0.0
+    def state() -> tuple[float, str]:
+        total = sum((expected or {}).get(k, 0) for k in ("users", "groups"))
         with lock:
             done = counts.get("users", 0) + counts.get("groups", 0)
-        total = expected.get("users", 0) + expected.get("groups", 0)
-        return round(min(99.0, 100.0 * done / total), 1) if total else 0.0
+        percent = round(min(99.0, 100.0 * done / total), 1) if total else 0.0
+        return percent, f"source read: {read()}"
 
-    try:
-        artifact_id = create_progress_artifact(progress=0.0, key=key, description=describe())
-    except Exception as exc:
-        get_run_logger().warning("extract: no progress artifact: %s", exc)
-        artifact_id = None
-    if artifact_id is None:
+    with _published(key, "extract", state, lambda: (100.0, f"source read done: {read()}")):
         yield heard
-        return
-
-    def publish(progress: float, description: str) -> None:
-        try:
-            update_progress_artifact(artifact_id, progress, description=description)
-        except Exception as exc:
-            get_run_logger().warning("extract: progress not updated: %s", exc)
-
-    stop = threading.Event()
-
-    def report() -> None:
-        shown = ""
-        while not stop.wait(REPORT_EVERY_SECONDS):
-            now = describe()
-            if now != shown:
-                publish(percent(), now)
-                shown = now
-
-    reporter = threading.Thread(
-        target=contextvars.copy_context().run, args=(report,), name=f"progress-{key}", daemon=True
-    )
-    reporter.start()
-    try:
-        yield heard
-    finally:
-        stop.set()
-        reporter.join()
-        publish(100.0, describe().replace("source read:", "source read done:"))

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from usersync.drift import drift_markdown
-from usersync.report import PLAN_ROWS_SHOWN, plan_rows, summary_markdown
+from usersync.report import PLAN_ROWS_SHOWN, plan_rows, seats_text, summary_markdown
 from usersync.sync import TargetOutcome, TargetPlan
 
 COMPLETED_EVENT = "usersync.sync.completed"
@@ -57,11 +57,8 @@ def publish_plan(profile: str, target_plan: TargetPlan) -> None:
 def _seats_line(seats: dict) -> str:
     if not seats:
         return ""
-    free = "unlimited" if seats["free"] is None else seats["free"]
-    if not seats["known"]:
-        free = "unknown"
     held = f", {seats['held_back']} held back" if seats["held_back"] else ""
-    return f"; licence seats needed {seats['needed']}, free {free}{held}"
+    return f"; {seats_text(seats)}{held}"
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE, persist_result=False)

@@ -17,13 +17,12 @@ def _parse(source: str) -> ast.Module:
     # touch too; with Prefect's background threads alive (earlier tests in the session) a parse
     # was seen to fail with "SystemError: AST constructor recursion depth mismatch". The
     # source is the same every time, so parsing again is safe.
-    for attempt in range(5):
+    for _ in range(4):
         try:
             return ast.parse(source)
         except SystemError:
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+            continue
+    return ast.parse(source)
 
 
 def imported_modules(path: Path, *, top_level_only: bool) -> set[str]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-
+from tests.test_plan import frame
 from usersync.config import SyncSettings
 from usersync.model import (
     DESIRED_GROUP_COLUMNS,
@@ -19,17 +18,9 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     DesiredState,
     TargetState,
-    conform,
     empty_frame,
 )
 from usersync.plan import PlanInput, plan_changes
-
-
-def frame(columns, rows):
-    if not rows:
-        return empty_frame(columns)
-    return conform(pd.DataFrame(rows, columns=list(columns)), columns, what="test")
-
 
 # alice stays; bob left the source and leads project ABC and a component of XYZ.
 DESIRED = DesiredState(

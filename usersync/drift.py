@@ -134,10 +134,14 @@ def drift_report(
 
 
 def _items(names: Any, why: Any) -> dict[str, Any]:
+    """{"count", "items": [{"name", "why"}]} of these names; `why` is one text for all or one
+    per name."""
     names = list(pd.Series(names, dtype="string").fillna(""))
-    reasons = why if isinstance(why, str) else list(pd.Series(why, dtype="string").fillna(""))
-    if isinstance(reasons, str):
-        reasons = [reasons] * len(names)
+    reasons = (
+        [why] * len(names)
+        if isinstance(why, str)
+        else list(pd.Series(why, dtype="string").fillna(""))
+    )
     items = [{"name": n, "why": w} for n, w in zip(names, reasons, strict=True)]
     return {"count": len(items), "items": items[:DRIFT_KEPT]}
 

@@ -38,6 +38,14 @@ def plan_rows(
     return rows
 
 
+def seats_text(seats: dict) -> str:
+    """`TargetPlan.seats` in words: "licence seats needed N, free F"."""
+    free = "unlimited" if seats["free"] is None else seats["free"]
+    if not seats["known"]:
+        free = f"unknown ({seats['detail']})"
+    return f"licence seats needed {seats['needed']}, free {free}"
+
+
 def summary_markdown(
     profile: str, outcomes: Sequence[TargetOutcome], *, dry_run: bool, source_counts: dict
 ) -> str:
@@ -72,12 +80,9 @@ def summary_markdown(
     if not dry_run:
         lines += ["", "Cells read succeeded/planned."]
     for outcome in outcomes:
-        seats = getattr(outcome, "seats", None) or {}
+        seats = outcome.seats
         if seats:
-            free = "unlimited" if seats["free"] is None else seats["free"]
-            if not seats["known"]:
-                free = f"unknown ({seats['detail']})"
-            line = f"{outcome.target}: licence seats needed {seats['needed']}, free {free}"
+            line = f"{outcome.target}: {seats_text(seats)}"
             if seats["held_back"]:
                 line += (
                     f": **{seats['held_back']} creation(s)/reactivation(s) held back** "

@@ -187,21 +187,15 @@ class Store:
 
     def latest_runs(self, profile: str | None = None) -> list[dict[str, Any]]:
         """The latest finished run (not interrupted) of each profile and target, as dicts."""
-        query = (
-            sa.select(runs)
-            .where(runs.c.finished_at.is_not(None), runs.c.status != "interrupted")
-            .order_by(runs.c.id.desc())
-        )
+        done = sa.and_(runs.c.finished_at.is_not(None), runs.c.status != "interrupted")
         if profile:
-            query = query.where(runs.c.profile == profile)
-        seen: set[tuple[str, str]] = set()
-        latest = []
+            done = sa.and_(done, runs.c.profile == profile)
+        latest = (
+            sa.select(sa.func.max(runs.c.id)).where(done).group_by(runs.c.profile, runs.c.target)
+        )
+        query = sa.select(runs).where(runs.c.id.in_(latest)).order_by(runs.c.id.desc())
         with self.engine.connect() as conn:
-            for run in conn.execute(query).mappings():
-                if (run["profile"], run["target"]) not in seen:
-                    seen.add((run["profile"], run["target"]))
-                    latest.append(dict(run))
-        return latest
+            return [dict(run) for run in conn.execute(query).mappings()]
 
     def latest_conflicts(self, profile: str | None = None) -> pd.DataFrame:
         """The conflicts of each profile's and target's latest finished run: profile, target,
@@ -416,9 +410,17 @@ class Store:
     def claimed_twice(self, instance: str) -> pd.DataFrame:
         """Accounts on this instance that more than one profile's ledger links: target_key,
         name, profiles (comma-separated). usersync never makes these; a restored backup or a
-        hand-edited store can, and the drift report lists them."""
+        hand-edited store can, and the drift report lists them. Found by the database (a
+        sync asks once per target; the instance may hold 100k links)."""
+        users = sa.and_(ledger.c.instance == instance, ledger.c.kind == "user")
+        shared = (
+            sa.select(ledger.c.target_key)
+            .where(users)
+            .group_by(ledger.c.target_key)
+            .having(sa.func.count(sa.distinct(ledger.c.profile)) > 1)
+        )
         query = sa.select(ledger.c.target_key, ledger.c.name, ledger.c.profile).where(
-            ledger.c.instance == instance, ledger.c.kind == "user"
+            users, ledger.c.target_key.in_(shared)
         )
         with self.engine.connect() as conn:
             rows = pd.DataFrame(
@@ -429,8 +431,7 @@ class Store:
         grouped = rows.groupby("target_key").agg(
             name=("name", "first"), profiles=("profile", lambda p: ", ".join(sorted(set(p))))
         )
-        twice = grouped.loc[grouped["profiles"].str.contains(",", regex=False)]
-        return twice.reset_index().astype("string")
+        return grouped.reset_index().astype("string")
 
     def release_claims(self, instance: str, target_keys: Iterable[str], *, besides: str) -> None:
         """Drop other profiles' links to these accounts: `besides` took them over (by the
