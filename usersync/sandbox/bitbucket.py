@@ -134,6 +134,10 @@ class BitbucketRefusal(Exception):
         self.context = context
 
 
+#: The fields `filter` searches; changing one forgets an account's casefolded copy.
+_SEARCHED = frozenset({"name", "email", "display_name"})
+
+
 @dataclass
 class EmulatedUser:
     id: int
@@ -143,6 +147,21 @@ class EmulatedUser:
     password: str
     created: int
     groups: set[str] = field(default_factory=set)  # group keys (casefolded names)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _SEARCHED:
+            object.__setattr__(self, "_folded", None)
+
+    @property
+    def folded(self) -> str:
+        """Name, e-mail and display name casefolded, as the `filter` parameter searches them
+        (kept until one of them changes: a lookup by filter reads every account)."""
+        folded = getattr(self, "_folded", None)
+        if folded is None:
+            folded = "\0".join(f.casefold() for f in (self.name, self.email, self.display_name))
+            object.__setattr__(self, "_folded", folded)
+        return folded
 
     def as_json(self) -> dict[str, Any]:
         # `active` is the directory flag: always true for internal users, and not the licence.
@@ -366,17 +385,15 @@ class BitbucketEmulator:
         return not needle or any(needle in f.casefold() for f in fields)
 
     def _filtered_users(self, request: Request, users: Iterable[EmulatedUser]) -> list[dict]:
-        # Inlined `_matches`: a lookup by filter scans every account, and a load of 10k
-        # creates makes 10k of them.
+        # A lookup by filter scans every account (a load of 10k creates makes 10k of them), so
+        # each account keeps its searched fields casefolded, joined by NUL (which no field holds).
         needle = request.query_params.get("filter", "").casefold()
-        chosen = [
-            u
-            for u in users
-            if not needle
-            or needle in u.name.casefold()
-            or needle in u.display_name.casefold()
-            or needle in u.email.casefold()
-        ]
+        if not needle:
+            chosen = list(users)
+        elif "\0" in needle:
+            chosen = []
+        else:
+            chosen = [u for u in users if needle in u.folded]
         return [u.as_json() for u in sorted(chosen, key=lambda u: u.name.casefold())]
 
     # -- authentication -------------------------------------------------------------------
