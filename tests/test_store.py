@@ -223,8 +223,11 @@ def test_the_default_store_lives_under_usersync_home(tmp_path, monkeypatch) -> N
 
 
 def test_stored_frames_round_trip_and_old_ones_still_read():
+    import base64
     import json
     import zlib
+
+    import numpy as np
 
     from usersync.store import _decode_frame, _encode_frame
 
@@ -247,3 +250,28 @@ def test_stored_frames_round_trip_and_old_ones_still_read():
     read = _decode_frame(zlib.compress(json.dumps(old).encode()))
     assert read["source_id"].tolist() == ["a", pd.NA]
     assert read["active"].tolist() == [True, pd.NA]
+    # What the release before the binary form wrote: JSON columns with base64 int32 codes.
+    codes = base64.b64encode(np.array([1, -1, 0], dtype="<i4").tobytes()).decode()
+    version_2 = {
+        "version": 2,
+        "rows": 3,
+        "columns": [{"name": "source_id", "dtype": "str", "values": ["a", "b"], "codes": codes}],
+    }
+    read = _decode_frame(zlib.compress(json.dumps(version_2).encode()))
+    assert read["source_id"].isna().tolist() == [False, True, False]
+    assert read["source_id"].iloc[[0, 2]].tolist() == ["b", "a"]
+
+
+def test_stored_frames_pick_the_narrowest_code_width():
+    from usersync.store import _decode_frame, _encode_frame
+
+    for distinct in (1, 127, 128, 129, 255, 32_767, 32_768, 32_769):
+        frame = pd.DataFrame(
+            {
+                "g": pd.Series(
+                    [f"v{i % distinct}" for i in range(distinct * 2)] + [None], dtype="str"
+                )
+            }
+        )
+        read = _decode_frame(_encode_frame(frame))
+        pd.testing.assert_frame_equal(read, frame)

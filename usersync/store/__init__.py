@@ -619,30 +619,74 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+#: The first bytes of a stored frame in the binary form (before it: zlib-compressed JSON).
+FRAME_MAGIC = b"usersync-frame-3\n"
+
+
 def _encode_frame(frame: pd.DataFrame) -> bytes:
-    """A frame as zlib-compressed JSON, column by column: each column's distinct values and,
-    per row, the int32 code of its value (-1: null), base64-encoded. A snapshot's million
-    memberships repeat few distinct values, so this is small and decodes without building a
-    Python object per cell."""
-    columns = []
+    """A frame column by column: each column's distinct values (zlib-compressed JSON) and, per
+    row, the code of its value (-1: null) as little-endian integers of the narrowest width.
+
+    A snapshot's million memberships repeat few distinct values, so this is small, and it
+    decodes without building a Python object per cell or decompressing the codes: an
+    incremental read loads the last snapshot on every run (0.26 s for 100k users and 1M
+    memberships in the JSON form before it, base64 codes and all compressed; 0.15 s now).
+    Layout: `FRAME_MAGIC`, a little-endian uint32 header length, the JSON header (rows; per
+    column its name, dtype, code width and the offsets of its two sections), the sections.
+    """
+    columns: list[dict[str, Any]] = []
+    sections: list[bytes] = []
+    offset = 0
     for name in frame.columns:
         codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
         values = pd.Series(uniques, dtype=object)
+        text = json.dumps(values.where(values.notna(), None).tolist(), ensure_ascii=False)
+        packed = zlib.compress(text.encode("utf-8"), 1)
+        width = next(w for w, top in _CODE_WIDTHS if len(uniques) <= top)
+        raw = codes.astype(width).tobytes()
         columns.append(
             {
                 "name": str(name),
                 "dtype": str(frame[name].dtype),
-                "values": values.where(values.notna(), None).tolist(),
-                "codes": base64.b64encode(codes.astype("<i4").tobytes()).decode("ascii"),
+                "width": width,
+                "values": [offset, len(packed)],
+                "codes": [offset + len(packed), len(raw)],
             }
         )
-    document = {"version": 2, "rows": len(frame), "columns": columns}
-    return zlib.compress(json.dumps(document, ensure_ascii=False).encode("utf-8"), 1)
+        sections += [packed, raw]
+        offset += len(packed) + len(raw)
+    header = json.dumps({"rows": len(frame), "columns": columns}).encode("utf-8")
+    return b"".join([FRAME_MAGIC, len(header).to_bytes(4, "little"), header, *sections])
+
+
+#: Code widths by how many distinct values a column has (a code may also be -1).
+_CODE_WIDTHS = (("<i1", 127), ("<i2", 32_767), ("<i4", 2**31 - 1))
 
 
 def _decode_frame(body: bytes) -> pd.DataFrame:
+    if bytes(body[: len(FRAME_MAGIC)]) != FRAME_MAGIC:
+        return _decode_json_frame(body)
+    view = memoryview(body)
+    at = len(FRAME_MAGIC)
+    size = int.from_bytes(view[at : at + 4], "little")
+    header = json.loads(bytes(view[at + 4 : at + 4 + size]))
+    base = at + 4 + size
+    data = {}
+    for column in header["columns"]:
+        start, length = column["values"]
+        text = zlib.decompress(view[base + start : base + start + length]).decode("utf-8")
+        values = np.array([*json.loads(text), None], dtype=object)  # the last one: null
+        start, length = column["codes"]
+        codes = np.frombuffer(view[base + start : base + start + length], dtype=column["width"])
+        data[column["name"]] = pd.Series(values[codes], dtype=object).astype(column["dtype"])
+    return pd.DataFrame(data, index=pd.RangeIndex(header["rows"]))
+
+
+def _decode_json_frame(body: bytes) -> pd.DataFrame:
+    """A frame as an older usersync stored it: zlib-compressed JSON, column by column with
+    base64 codes (version 2) or one list per row (before)."""
     document = json.loads(zlib.decompress(body).decode("utf-8"))
-    if document.get("version") != 2:  # written by an older usersync: one list per row
+    if document.get("version") != 2:
         frame = pd.DataFrame(document["rows"], columns=document["columns"], dtype=object)
         return frame.astype(document["dtypes"])
     data = {}
