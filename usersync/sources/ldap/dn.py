@@ -17,18 +17,21 @@ class DnIndex:
     `cn=Smith\\, John,ou=People` and `CN=smith\\2c john, ou=people` are the same entry. An exact
     lower-case match is tried first because it is cheap and covers nearly every member value;
     only the rest are parsed, and the stored DNs are normalised on the first such miss, not
-    before (parsing 100k DNs that no lookup needs was most of building an index).
+    before (parsing 100k DNs that no lookup needs was most of building an index). The
+    lower-case index too is built on first use: member values as the server spells them
+    (`get_many_raw`) rarely need it, and an incremental read resolves a few thousand values
+    against 100k known entries.
     """
 
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
         self._items = list(items)
-        self._exact = {dn.lower(): value for dn, value in self._items}
+        self._lowered: dict[str, str] | None = None
         self._raw: dict[bytes, str] | None = None
         self._normalised: dict[tuple[tuple[tuple[str, str], ...], ...], str] | None = None
 
     def get(self, dn: str) -> str | None:
         """The value stored under an equivalent DN, or None."""
-        found = self._exact.get(dn.lower())
+        found = self._exact().get(dn.lower())
         if found is not None:
             return found
         key = normalise_dn(dn)
@@ -36,7 +39,7 @@ class DnIndex:
 
     def get_many(self, dns: Sequence[str]) -> list[str | None]:
         """`get` of each DN, in order (one pass over the exact index first)."""
-        exact = self._exact
+        exact = self._exact()
         found = [exact.get(dn.lower()) for dn in dns]
         if None not in found:
             return found
@@ -65,6 +68,11 @@ class DnIndex:
                 if found[position] is None:
                     missing.append(text)
         return found, missing
+
+    def _exact(self) -> dict[str, str]:
+        if self._lowered is None:
+            self._lowered = {dn.lower(): value for dn, value in self._items}
+        return self._lowered
 
     def _normalised_index(self) -> dict[tuple[tuple[tuple[str, str], ...], ...], str]:
         if self._normalised is None:
