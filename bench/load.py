@@ -30,6 +30,7 @@ Request counts come from the emulators' logs (`/_sandbox/requests/summary`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -110,6 +111,35 @@ class Emulator:
                     )
                 )
             return count / (time.monotonic() - began)
+
+    def raw_rate(self, workers: int, count: int = 4000) -> float:
+        """Requests per second the leanest client reaches: `workers` keep-alive connections
+        on one asyncio loop, each writing a bare GET and reading the answer (no HTTP library,
+        no threads). What the emulator and this machine allow at all."""
+        address = httpx.URL(self.url)
+        request = (
+            f"GET {address.path}/rest/bench-calibration HTTP/1.1\r\nHost: {address.host}\r\n\r\n"
+        ).encode()
+
+        async def connection(times: int) -> None:
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            for _ in range(times):
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+            writer.close()
+
+        async def all_of_them() -> None:
+            await asyncio.gather(*(connection(count // workers) for _ in range(workers)))
+
+        began = time.monotonic()
+        asyncio.run(all_of_them())
+        return count // workers * workers / (time.monotonic() - began)
 
 
 # -- the directory ------------------------------------------------------------------------
@@ -330,6 +360,7 @@ def main() -> None:
             emulator.faults(**clean)
             args.round_trip = emulator.round_trip()
             args.stack_rate = emulator.stack_rate(args.workers)
+            args.raw_rate = emulator.raw_rate(args.workers)
             initial = sync_once(
                 loaded, product, first, store, emulator, workers=args.workers, load_faults=storm
             )
@@ -382,7 +413,9 @@ def report_initial(
             f"  bound {bound:.0f} requests/s: {rate / bound:.0%} of it; a lone request takes "
             f"{args.round_trip * 1000:.1f} ms here, which bounds the workers at {stack:.0f}/s: "
             f"{rate / stack:.0%} of that; plain httpx with {args.workers} threads reaches "
-            f"{args.stack_rate:.0f}/s: {rate / args.stack_rate:.0%} of that"
+            f"{args.stack_rate:.0f}/s: {rate / args.stack_rate:.0%} of that; "
+            f"a bare asyncio client with {args.workers} connections reaches "
+            f"{args.raw_rate:.0f}/s ({args.raw_rate / bound:.0%} of the bound)"
         )
         return
     admitted = sum(
