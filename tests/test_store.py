@@ -222,6 +222,36 @@ def test_the_default_store_lives_under_usersync_home(tmp_path, monkeypatch) -> N
     assert store_url() == f"sqlite:///{tmp_path / 'var' / 'usersync.db'}"
 
 
+def test_a_source_snapshot_round_trips_through_the_store(store: Store) -> None:
+    """The incremental reads' cache, through SQLite's blob and PostgreSQL's bytea alike."""
+    from datetime import UTC, datetime
+
+    from usersync.store import SourceWatermark
+
+    users = pd.DataFrame(
+        {
+            "source_id": pd.Series([f"id{i}" for i in range(300)], dtype="str"),
+            "mail": pd.Series([f"u{i}@example.org" if i % 7 else None for i in range(300)]),
+            "active": [i % 3 != 0 for i in range(300)],
+        }
+    )
+    memberships = pd.DataFrame(
+        {
+            "source_id": pd.Series([f"id{i % 300}" for i in range(2000)], dtype="str"),
+            "source_group": pd.Series([f"Grüppe {i % 150}" for i in range(2000)], dtype="str"),
+        }
+    )
+    moment = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    mark = SourceWatermark(
+        dc="ldap://x", usn=42, fingerprint="f", read_at=moment, full_read_at=moment
+    )
+    store.save_source_watermark("p", mark, {"users": users, "memberships": memberships})
+    read, parts = store.source_watermark("p")
+    assert read == mark
+    pd.testing.assert_frame_equal(parts["users"], users)
+    pd.testing.assert_frame_equal(parts["memberships"], memberships)
+
+
 def test_stored_frames_round_trip_and_old_ones_still_read():
     import base64
     import json
