@@ -44,6 +44,10 @@ class IndexAgainstScan(RuleBasedStateMachine):
         self.accounts.pop(key, None)
 
     @rule(key=st.integers(0, 8), name=TEXT)
+    def merge(self, key: int, name: str) -> None:
+        self.accounts |= {key: Account(name, "")}
+
+    @rule(key=st.integers(0, 8), name=TEXT)
     def rename(self, key: int, name: str) -> None:
         if key in self.accounts:
             self.accounts[key].rename(name)

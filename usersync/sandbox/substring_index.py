@@ -59,6 +59,10 @@ class TrackedDict(dict):
         self.reshaped += 1
         return super().setdefault(key, default)
 
+    def __ior__(self, other: Any) -> TrackedDict:
+        self.update(other)
+        return self
+
 
 class SubstringIndex:
     """The values of `accounts` whose `text(value)` contains a needle.
