@@ -56,6 +56,13 @@ class TargetError(UsersyncError):
         #: that tell cases apart by message (Jira's 400 "already exists").
         self.body = body
 
+    def restated(self, message: str, kind: type[TargetError] | None = None) -> TargetError:
+        """The same failure in other words (or as another `kind`): status, body and attempts
+        kept, so what reads them (a retried create, a licence check) still can."""
+        return (kind or type(self))(
+            message, status=self.status, body=self.body, attempts=self.attempts
+        )
+
 
 class TransientError(TargetError):
     """Worth retrying later: 429, 5xx, dropped connection, timeout."""

@@ -530,22 +530,17 @@ class BitbucketTarget(Target):
                 result=lambda _response: self._require_user(username),
             )
         except TargetConflictError as exc:
-            raise TargetConflictError(
+            raise exc.restated(
                 f"bitbucket '{self.name}': cannot create user '{username}': a user with that "
                 "username already exists (adopt it or rename one of them)",
-                status=exc.status,
-                body=exc.body,
-                attempts=exc.attempts,
+                TargetConflictError,
             ) from exc
         try:
             self._grant_licence(user["name"])
         except TargetError as exc:
-            raise type(exc)(
+            raise exc.restated(
                 f"bitbucket '{self.name}': created user '{user['name']}' (id {user['id']}) but "
                 f"could not grant its licence, so it cannot sign in yet: {exc}",
-                status=exc.status,
-                body=exc.body,
-                attempts=exc.attempts,
             ) from exc
         return str(user["id"])
 

@@ -1167,11 +1167,9 @@ def _licence_error(exc: TargetRejectedError) -> TargetRejectedError:
         or exc.status == 402
         or (exc.status is None and "licen" in str(exc).lower())
     ):
-        return TargetLicenceError(
+        return exc.restated(
             f"{exc} — {LICENCE_FULL_ADVICE}",
-            status=exc.status,
-            body=exc.body,
-            attempts=exc.attempts,
+            TargetLicenceError,
         )
     return exc
 

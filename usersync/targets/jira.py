@@ -707,12 +707,10 @@ class JiraTarget(Target):
         try:
             self._api.request("PUT", path, json=body, ok=(200, 201, 204))
         except TargetRejectedError as exc:
-            raise TargetRejectedError(
+            raise exc.restated(
                 f"jira '{self.name}': cannot make '{username}' the lead of {kind} '{ident}': "
                 f"{_server_words(exc)}",
-                status=exc.status,
-                body=exc.body,
-                attempts=exc.attempts,
+                TargetRejectedError,
             ) from exc
         now = _lead_name(self._api.get_json(path))
         if now is None or normalise_name(now) != normalise_name(username):
@@ -754,12 +752,10 @@ class JiraTarget(Target):
         except TargetRejectedError as exc:
             if not _already_exists(exc):
                 raise
-            raise TargetConflictError(
+            raise exc.restated(
                 f"jira '{self.name}': cannot create user '{username}': a user with that "
                 "username already exists (adopt it or rename one of them)",
-                status=exc.status,
-                body=exc.body,
-                attempts=exc.attempts,
+                TargetConflictError,
             ) from exc
 
     def update_user(
@@ -834,12 +830,10 @@ class JiraTarget(Target):
             raise
         except TargetRejectedError as exc:
             if _already_exists(exc):
-                raise TargetConflictError(
+                raise exc.restated(
                     f"jira '{self.name}': cannot rename '{username}' to '{body.get('name')}': "
                     "that username is taken",
-                    status=exc.status,
-                    body=exc.body,
-                    attempts=exc.attempts,
+                    TargetConflictError,
                 ) from exc
             if not _nothing_to_change(exc):
                 raise
@@ -848,12 +842,10 @@ class JiraTarget(Target):
             # Jira refused "active" this way).
             if self._has_values(body.get("name") or username, body):
                 return
-            raise TargetRejectedError(
+            raise exc.restated(
                 f"jira '{self.name}': Jira ignored {', '.join(body)} for '{username}' "
                 f"({_server_words(exc)}); deactivation over REST needs Jira 8.3 or later",
-                status=exc.status,
-                body=exc.body,
-                attempts=exc.attempts,
+                TargetRejectedError,
             ) from exc
 
     def _has_values(self, username: str, body: Mapping[str, Any]) -> bool:
@@ -887,11 +879,9 @@ class JiraTarget(Target):
         except TargetRejectedError as exc:
             if not _already_exists(exc):
                 raise
-            raise TargetConflictError(
+            raise exc.restated(
                 f"jira '{self.name}': cannot create group '{group}': it already exists",
-                status=exc.status,
-                body=exc.body,
-                attempts=exc.attempts,
+                TargetConflictError,
             ) from exc
 
     def _group_exists(self, group: str) -> bool:
@@ -921,14 +911,12 @@ class JiraTarget(Target):
             if self._is_member(group, username):
                 return
             if _about_the_licence(exc):
-                raise TargetLicenceError(
+                raise exc.restated(
                     f"jira '{self.name}': cannot add '{username}' to group '{group}': "
                     f"{_server_words(exc)} — the group grants an application whose Jira "
                     "licence is full: free seats (deactivate unused accounts) or raise the "
                     "licence, then run again",
-                    status=exc.status,
-                    body=exc.body,
-                    attempts=exc.attempts,
+                    TargetLicenceError,
                 ) from exc
             raise
 
