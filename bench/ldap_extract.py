@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from usersync.config import LdapSourceConfig, SecretRef
 from usersync.sandbox.slapd import SlapdServer, find_binary, ldif_entry
@@ -121,6 +122,25 @@ def ldapsearch(
     return time.monotonic() - began
 
 
+def source_config(server: SlapdServer, deref: str, **settings: Any) -> LdapSourceConfig:
+    """The benchmarks' OpenLDAP source on `server`, bound as its rootdn over cleartext (as
+    ldapsearch is); sets the password's environment variable."""
+    os.environ[PASSWORD_ENV] = server.admin_password
+    return LdapSourceConfig(
+        kind="ldap",
+        url=server.url,
+        allow_cleartext_bind=True,
+        bind_dn=server.admin_dn,
+        bind_password=SecretRef(env=PASSWORD_ENV),
+        user_base_dn=PEOPLE,
+        group_base_dn=GROUPS,
+        page_size=PAGE_SIZE,
+        membership="group_member",
+        deref_aliases=deref,
+        **settings,
+    )
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, in MB (Linux reports KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -148,19 +168,7 @@ def main() -> None:
         with SlapdServer(ldif=ldif, load="offline", base_dn=BASE_DN) as server:
             print(f"slapadd + start: {time.monotonic() - began:.1f} s")
             ldif.unlink()
-            os.environ[PASSWORD_ENV] = server.admin_password
-            config = LdapSourceConfig(
-                kind="ldap",
-                url=server.url,
-                allow_cleartext_bind=True,
-                bind_dn=server.admin_dn,
-                bind_password=SecretRef(env=PASSWORD_ENV),
-                user_base_dn=PEOPLE,
-                group_base_dn=GROUPS,
-                page_size=PAGE_SIZE,
-                membership="group_member",
-                deref_aliases=args.deref,
-            )
+            config = source_config(server, args.deref)
             user_attrs = [config.id_attribute, *ATTRIBUTES]
             group_attrs = [
                 config.id_attribute,

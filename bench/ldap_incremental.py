@@ -22,7 +22,6 @@ It prints the seconds of each step and the ratio incremental / full. Figures are
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import tempfile
 import time
@@ -30,9 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, Connection, Server
-from ldap_extract import ATTRIBUTES, BASE_DN, GROUPS, PAGE_SIZE, PASSWORD_ENV, PEOPLE, write_ldif
+from ldap_extract import ATTRIBUTES, BASE_DN, GROUPS, PEOPLE, source_config, write_ldif
 
-from usersync.config import LdapSourceConfig, SecretRef
 from usersync.model import SourceSnapshot
 from usersync.sandbox.slapd import SlapdServer
 from usersync.sources.ldap import LdapSource
@@ -105,20 +103,7 @@ def main() -> None:
                 f"slapadd + start (syncprov, index entryCSN eq): {time.monotonic() - began:.1f} s"
             )
             ldif.unlink()
-            os.environ[PASSWORD_ENV] = server.admin_password
-            config = LdapSourceConfig(
-                kind="ldap",
-                url=server.url,
-                allow_cleartext_bind=True,
-                bind_dn=server.admin_dn,
-                bind_password=SecretRef(env=PASSWORD_ENV),
-                user_base_dn=PEOPLE,
-                group_base_dn=GROUPS,
-                page_size=PAGE_SIZE,
-                membership="group_member",
-                deref_aliases=args.deref,
-                incremental={"enabled": True},
-            )
+            config = source_config(server, args.deref, incremental={"enabled": True})
             store = Store.open(f"sqlite:///{Path(tmp) / 'store.db'}")
 
             with LdapSource.from_config(config) as source:
