@@ -135,7 +135,7 @@ class BitbucketRefusal(Exception):
         self.context = context
 
 
-#: The fields `filter` searches; changing one forgets an account's casefolded copy.
+#: The fields `filter` searches; changing one of an existing account counts as an edit.
 _SEARCHED = frozenset({"name", "email", "display_name"})
 
 
@@ -156,18 +156,11 @@ class EmulatedUser:
         if name in _SEARCHED and name in self.__dict__:
             EmulatedUser.edits += 1
         object.__setattr__(self, name, value)
-        if name in _SEARCHED:
-            object.__setattr__(self, "_folded", None)
 
     @property
     def folded(self) -> str:
-        """Name, e-mail and display name casefolded, as the `filter` parameter searches them
-        (kept until one of them changes: a lookup by filter reads every account)."""
-        folded = getattr(self, "_folded", None)
-        if folded is None:
-            folded = "\0".join(f.casefold() for f in (self.name, self.email, self.display_name))
-            object.__setattr__(self, "_folded", folded)
-        return folded
+        """Name, e-mail and display name casefolded, as the `filter` parameter searches them."""
+        return "\0".join(f.casefold() for f in (self.name, self.email, self.display_name))
 
     def as_json(self) -> dict[str, Any]:
         # `active` is the directory flag: always true for internal users, and not the licence.
