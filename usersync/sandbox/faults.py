@@ -58,6 +58,8 @@ class Faults:
     happened, the client does not know.
     """
 
+    #: an answer leaves no sooner than this after its request arrived; the product's own work
+    #: counts toward it, as in a server's response time (injected faults wait it out first)
     latency_seconds: float = 0.0
     hang_seconds: float = 5.0
     rate_limit_every: int = 0
@@ -160,6 +162,7 @@ class Instrumented:
         if path.startswith(CONTROL_PREFIX):
             await self._control(scope, receive, send)
             return
+        arrived = asyncio.get_running_loop().time()
         body = await _read_body(receive)
         record = RecordedRequest(
             method=scope["method"],
@@ -174,12 +177,18 @@ class Instrumented:
             latency = self.faults.latency_seconds
             retry_after = self.faults.retry_after_seconds
             hang = self.faults.hang_seconds
+        if fault is None:
+            # The latency is the answer's: the product's own work counts toward it, as in a
+            # server's response time (work first, then the answer waits out the rest).
+            await self._apply(scope, receive, body, record, send, until=arrived + latency)
+            return
         if latency:
             await asyncio.sleep(latency)
-        if fault is not None and fault.startswith(APPLIED):
+        if fault.startswith(APPLIED):
             fault = fault.removeprefix(APPLIED)
             if fault == "hang":
-                await self._apply(scope, receive, body, record, send, delay=hang)
+                until = asyncio.get_running_loop().time() + hang
+                await self._apply(scope, receive, body, record, send, until=until)
                 return
             record.applied_status = await self._apply(scope, receive, body, record, None)
         elif fault == "hang":
@@ -207,7 +216,7 @@ class Instrumented:
             record.status = status
             await _send_json(send, status, self.error_body(status, message), headers)
             return
-
+        # "hang": the product answers late
         await self._apply(scope, receive, body, record, send)
 
     async def _apply(
@@ -218,10 +227,10 @@ class Instrumented:
         record: RecordedRequest,
         send: Callable | None,
         *,
-        delay: float = 0.0,
+        until: float = 0.0,
     ) -> int:
-        """Let the product handle the request; send its answer (after `delay`), or drop it
-        when `send` is None. Returns the product's status."""
+        """Let the product handle the request; send its answer (not before the loop time
+        `until`), or drop it when `send` is None. Returns the product's status."""
         status = 0
         held: list[dict] = []
         replayed = False
@@ -241,14 +250,16 @@ class Instrumented:
                     record.status = status
             if send is None:
                 return
-            if delay:
+            if until:
                 held.append(message)
             else:
                 await send(message)
 
         await self.app(scope, replay, capture)
-        if delay:
-            await asyncio.sleep(delay)
+        if until:
+            wait = until - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             for message in held:
                 await send(message)
         return status
