@@ -291,6 +291,28 @@ def test_legacy_group_expand_lists_active_members_only() -> None:
         assert set(members["username"]) == {"a1", "a2", "a3", "gone"}
 
 
+def test_a_group_bean_lists_its_members_only_when_expanded() -> None:
+    with environment() as env:
+        for name in ("b1", "b2"):
+            env.emulator.seed_user(name, f"{name}@example.com", name.upper())
+        env.emulator.seed_group("beans", members=["b1"])
+        base = env.target.url + "/rest/api/2"
+
+        added = httpx.post(
+            f"{base}/group/user", params={"groupname": "beans"}, json={"name": "b2"}, auth=ADMIN
+        )
+        plain = httpx.get(f"{base}/group", params={"groupname": "beans"}, auth=ADMIN).json()
+        expanded = httpx.get(
+            f"{base}/group", params={"groupname": "beans", "expand": "users"}, auth=ADMIN
+        ).json()
+
+        assert added.status_code == 201
+        for bean in (added.json(), plain):
+            assert bean["users"]["size"] == 2 and bean["users"]["items"] == []
+            assert bean["expand"] == "users"
+        assert [u["name"] for u in expanded["users"]["items"]] == ["b1", "b2"]
+
+
 def test_accounts_are_read_by_key_with_get_user_or_user_list() -> None:
     with environment(version="10.3.0") as env:
         keys = [

@@ -802,12 +802,16 @@ class JiraEmulator:
         self, request: Request, group: JiraGroup, start: int = 0, end: int = 49
     ) -> dict:
         # Like Jira's GroupBean: active members only (JRASERVER-38898), `users[start:end]`
-        # inclusive and at most 50, with hyphenated paging keys.
-        active = sorted(
-            (self._users[k] for k in group.member_keys if self._users[k].active),
-            key=lambda u: u.name,
-        )
-        shown = active[start : min(end + 1, start + 50)]
+        # inclusive and at most 50, with hyphenated paging keys. `users` is an expandable
+        # field: its items are listed only when the request asks (`expand=users` or
+        # `expand=users[a:b]`), as Jira's expand filter does for any call answering a group
+        # bean; otherwise only its size (Jira's documented example: "items": []).
+        active = [self._users[k] for k in group.member_keys if self._users[k].active]
+        shown: list[JiraUser] = []
+        if "users" in (request.query_params.get("expand") or ""):
+            shown = sorted(active, key=lambda u: u.name)[start : min(end + 1, start + 50)]
+        else:
+            start = 0
         return {
             "name": group.name,
             "self": self._group_url(request, group.name),
