@@ -305,3 +305,43 @@ def test_stored_frames_pick_the_narrowest_code_width():
         )
         read = _decode_frame(_encode_frame(frame))
         pd.testing.assert_frame_equal(read, frame)
+
+
+def test_stored_frames_decode_chosen_columns_as_categoricals():
+    import json
+    import zlib
+
+    import numpy as np
+
+    from usersync.store import StoredSnapshot, _decode_frame, _encode_frame
+
+    frame = pd.DataFrame(
+        {
+            "source_id": pd.Series(["b", "a", None, "b", "ä"], dtype="string"),
+            "source_group": pd.Series(["g", "g", "h", None, "g"], dtype="string"),
+        }
+    )
+    old = {  # the row form of earlier releases
+        "columns": ["source_id", "source_group"],
+        "dtypes": {"source_id": "string", "source_group": "string"},
+        "rows": frame.astype(object).where(frame.notna(), None).to_numpy().tolist(),
+    }
+    for body in (_encode_frame(frame), zlib.compress(json.dumps(old).encode())):
+        read = StoredSnapshot({"m": body}).parts(categorical={"m": ["source_id"]})["m"]
+        assert isinstance(read["source_id"].dtype, pd.CategoricalDtype)
+        assert read["source_id"].isna().tolist() == [False, False, True, False, False]
+        assert read["source_id"].astype("string").equals(frame["source_id"])
+        assert read["source_id"].isin(["b"]).tolist() == [True, False, False, True, False]
+        pd.testing.assert_series_equal(read["source_group"], frame["source_group"])
+    # A null among the stored distinct values (code 1 here) decodes as missing, like code -1.
+    from usersync.store import FRAME_MAGIC
+
+    values = zlib.compress(json.dumps(["g", None, "h"]).encode())
+    codes = np.array([0, 1, 2, -1, 0], dtype="<i1").tobytes()
+    column = {"name": "source_group", "dtype": "string", "width": "<i1"}
+    column |= {"values": [0, len(values)], "codes": [len(values), len(codes)]}
+    header = json.dumps({"rows": 5, "columns": [column]}).encode()
+    body = FRAME_MAGIC + len(header).to_bytes(4, "little") + header + values + codes
+    read = _decode_frame(body, categorical=("source_group",))["source_group"]
+    assert read.astype(object).where(read.notna(), None).tolist() == ["g", None, "h", None, "g"]
+    assert list(read.cat.categories) == ["g", "h"]
