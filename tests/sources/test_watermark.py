@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from usersync.sources.ldap import DirectoryChanges, DirectoryPosition
 from usersync.sources.watermark import full_read_reason, merge_changes
@@ -36,7 +39,20 @@ CACHED_GROUPS = groups(("g1", "team", "CN=team"), ("g2", "all", "CN=all"))
 CACHED_MEMBERS = memberships(("u1", "team"), ("u2", "team"), ("u1", "all"), ("u2", "all"))
 
 
-def test_a_renamed_group_loses_its_old_name_and_a_changed_user_its_old_rows() -> None:
+@pytest.fixture(params=["strings", "categoricals"])
+def cached_members(request: pytest.FixtureRequest) -> pd.DataFrame:
+    """The cached memberships as a snapshot holds them, or as an incremental read loads them."""
+    return CACHED_MEMBERS if request.param == "strings" else CACHED_MEMBERS.astype("category")
+
+
+def pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    assert all(str(dtype) == "string" for dtype in frame.dtypes)
+    return sorted(map(tuple, frame.to_numpy().tolist()))
+
+
+def test_a_renamed_group_loses_its_old_name_and_a_changed_user_its_old_rows(
+    cached_members: pd.DataFrame,
+) -> None:
     changes = DirectoryChanges(
         users=users(("u2", "CN=b", False, "b2@x"), ("u3", "CN=c", True, "c@x")),
         groups=groups(("g1", "squad", "CN=squad")),  # team renamed squad, u2 left it
@@ -44,18 +60,13 @@ def test_a_renamed_group_loses_its_old_name_and_a_changed_user_its_old_rows() ->
         all_groups=False,
     )
     merged_users, merged_groups, merged_members = merge_changes(
-        CACHED_USERS, CACHED_GROUPS, CACHED_MEMBERS, changes
+        CACHED_USERS, CACHED_GROUPS, cached_members, changes
     )
     by_id = merged_users.set_index("source_id")
     assert list(by_id.index) == ["u1", "u2", "u3"]
     assert by_id.loc["u2", "mail"] == "b2@x" and not by_id.loc["u2", "active"]
     assert set(merged_groups["source_group"]) == {"squad", "all"}
-    assert set(map(tuple, merged_members.to_numpy().tolist())) == {
-        ("u1", "squad"),
-        ("u3", "squad"),
-        ("u1", "all"),
-        ("u2", "all"),
-    }
+    assert pairs(merged_members) == [("u1", "all"), ("u1", "squad"), ("u2", "all"), ("u3", "squad")]
 
 
 def test_with_every_group_read_groups_and_memberships_are_replaced() -> None:
@@ -72,7 +83,9 @@ def test_with_every_group_read_groups_and_memberships_are_replaced() -> None:
     assert merged_members.to_numpy().tolist() == [["u1", "all"]]
 
 
-def test_without_memberof_a_changed_user_keeps_the_memberships_of_unchanged_groups() -> None:
+def test_without_memberof_a_changed_user_keeps_the_memberships_of_unchanged_groups(
+    cached_members: pd.DataFrame,
+) -> None:
     """OpenLDAP's group_member profiles read no memberOf: only changed groups' rows change."""
     changes = DirectoryChanges(
         users=users(("u2", "CN=b", True, "b2@x")),
@@ -81,12 +94,8 @@ def test_without_memberof_a_changed_user_keeps_the_memberships_of_unchanged_grou
         all_groups=False,
         users_memberships=False,
     )
-    _, _, merged_members = merge_changes(CACHED_USERS, CACHED_GROUPS, CACHED_MEMBERS, changes)
-    assert set(map(tuple, merged_members.to_numpy().tolist())) == {
-        ("u1", "team"),
-        ("u1", "all"),
-        ("u2", "all"),
-    }
+    _, _, merged_members = merge_changes(CACHED_USERS, CACHED_GROUPS, cached_members, changes)
+    assert pairs(merged_members) == [("u1", "all"), ("u1", "team"), ("u2", "all")]
 
 
 def test_openldap_positions_decide_full_reads_by_database_and_contextcsn() -> None:
@@ -134,3 +143,61 @@ def test_full_read_reasons() -> None:
     )
     old = SourceWatermark("DC1", 100, "fp", now, now - timedelta(hours=25))
     assert "older than incremental.full_every_hours=24" in str(reason(stored=old))
+
+
+USER_IDS = st.sampled_from(["u1", "u2", "u3", "u4", "ü5"])
+GROUP_NAMES = st.sampled_from(["team", "all", "ops", "squad", "Straße"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cached=st.lists(st.tuples(USER_IDS, GROUP_NAMES), unique=True, max_size=15),
+    renamed=st.dictionaries(GROUP_NAMES, GROUP_NAMES, max_size=3),
+    read=st.lists(st.tuples(USER_IDS, GROUP_NAMES), max_size=8),
+    changed_users=st.sets(USER_IDS, max_size=3),
+    users_memberships=st.booleans(),
+    categorical=st.booleans(),
+)
+def test_merged_memberships_follow_the_rules_whatever_the_cached_form(
+    cached: list[tuple[str, str]],
+    renamed: dict[str, str],
+    read: list[tuple[str, str]],
+    changed_users: set[str],
+    users_memberships: bool,
+    categorical: bool,
+) -> None:
+    """Oracle from the rules alone: a cached row stays unless its group was read (under its old
+    or its new name) or, with memberOf read, its user was; every row read is added once."""
+    # What a read can return: members of the groups it read, and (memberOf read) groups of
+    # the users it read.
+    read = [
+        (u, g)
+        for u, g in read
+        if g in renamed.values() or (users_memberships and u in changed_users)
+    ]
+    names = sorted({g for _, g in cached} | set(renamed) | set(renamed.values()))
+    ids = {name: f"g-{i}" for i, name in enumerate(names)}
+    cached_groups = groups(*((ids[n], n, f"CN={n}") for n in names if n not in renamed.values()))
+    read_groups = groups(*((ids[old], new, f"CN={new}") for old, new in renamed.items()))
+    cached_users = users(*((u, f"CN={u}", True, f"{u}@x") for u in ["u1", "u2", "u3", "u4", "ü5"]))
+    changes = DirectoryChanges(
+        users=users(*((u, f"CN={u}", True, f"{u}@y") for u in sorted(changed_users))),
+        groups=read_groups,
+        memberships=memberships(*read),
+        all_groups=False,
+        users_memberships=users_memberships,
+    )
+    cached_frame = memberships(*cached)
+    if categorical:
+        cached_frame = cached_frame.astype("category")
+
+    _, _, merged = merge_changes(cached_users, cached_groups, cached_frame, changes)
+
+    gone_groups = set(renamed) | set(renamed.values())
+    expected = {
+        (u, g)
+        for u, g in cached
+        if g not in gone_groups and not (users_memberships and u in changed_users)
+    } | set(read)
+    assert pairs(merged) == sorted(expected)
+    assert len(merged) == len(expected)  # each membership once

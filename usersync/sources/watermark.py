@@ -23,23 +23,26 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
 from usersync.config import LdapSourceConfig, SourceConfig
-from usersync.model import SourceSnapshot
+from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, STRING, SourceSnapshot
 from usersync.sources.ldap import (
     FILETIME_UNIX_OFFSET_SECONDS,
     DirectoryChanges,
     DirectoryPosition,
     LdapSource,
 )
-from usersync.store import SourceWatermark, Store
+from usersync.store import SourceWatermark, Store, StoredSnapshot
 
 #: The snapshot parts kept in the store; groups carry their DN as `locator`.
 SNAPSHOT_PARTS = ("users", "groups", "memberships")
+#: The cached columns decoded as categoricals for the merge (a million rows of few values).
+MEMBERSHIP_CATEGORICAL = {"memberships": tuple(SOURCE_MEMBERSHIP_COLUMNS)}
 #: The source settings that decide what a read returns: a change to any forces a full read.
 SCOPE_SETTINGS = (
     "url",
@@ -155,10 +158,32 @@ def merge_changes(
     # and of a changed user whose memberOf was read, was dropped. So only the rows read (a
     # group's member values and a user's memberOf may name one membership twice) need
     # de-duplicating, not the million cached ones.
-    merged_memberships = pd.concat(
-        [memberships[kept], changes.memberships.drop_duplicates()], ignore_index=True
+    kept_rows, read = memberships[kept], changes.memberships.drop_duplicates()
+    coded = [
+        n for n in memberships.columns if isinstance(memberships[n].dtype, pd.CategoricalDtype)
+    ]
+    if not coded:
+        return merged_users, merged_groups, pd.concat([kept_rows, read], ignore_index=True)
+    # Cached memberships decoded as categoricals (`MEMBERSHIP_CATEGORICAL`): `isin` above
+    # compared codes, and their million strings are built here once, in one take over the
+    # distinct values, rather than when the snapshot was loaded.
+    merged_memberships = pd.DataFrame(
+        {name: _joined(kept_rows[name], read[name]) for name in memberships.columns},
+        index=pd.RangeIndex(len(kept_rows) + len(read)),
     )
     return merged_users, merged_groups, merged_memberships
+
+
+def _joined(cached: pd.Series, read: pd.Series) -> pd.api.extensions.ExtensionArray:
+    """The cached values (a categorical or a string column) then the values read, as one
+    string column; a categorical's strings are taken from its distinct values (a missing
+    value's code, -1, takes NA)."""
+    if isinstance(cached.dtype, pd.CategoricalDtype):
+        distinct = pd.array(cached.cat.categories, dtype=STRING)
+        head = distinct.take(cached.cat.codes.to_numpy(), allow_fill=True)
+    else:
+        head = cached.astype(STRING).array
+    return type(head)._concat_same_type([head, read.astype(STRING).array])
 
 
 def extract_with_watermark(
@@ -192,10 +217,10 @@ def extract_with_watermark(
     now = now or datetime.now(UTC)
     fingerprint = scope_fingerprint(config, attributes)
     try:
-        stored, parts = store.source_watermark(profile)
+        stored, saved = store.source_checkpoint(profile)
     except KeyError:
-        stored, parts = None, {}
-    if any(part not in parts for part in SNAPSHOT_PARTS):
+        stored, saved = None, StoredSnapshot({})
+    if any(part not in saved.bodies for part in SNAPSHOT_PARTS):
         stored = None  # a watermark without its snapshot is worth nothing
     position = source.position()
     reason = full_read_reason(
@@ -223,12 +248,13 @@ def extract_with_watermark(
         if ad_expiry and config.inactive_accounts == "disabled_or_expired":
             # An account that expires changes no USN: read those that expired since last time.
             expiry = (_filetime(stored.read_at), _filetime(now))
-        changes = source.read_changes(
-            attributes,
-            since=stored.usn,
-            known_users=parts["users"],
-            known_groups=parts["groups"],
-            expired_between=expiry,
+        # The cached snapshot is decoded while the change searches wait on the server.
+        with ThreadPoolExecutor(1, thread_name_prefix="usersync-snapshot") as pool:
+            decoding = pool.submit(saved.parts, categorical=MEMBERSHIP_CATEGORICAL)
+            found = source.search_changes(attributes, since=stored.usn, expired_between=expiry)
+            parts = decoding.result()
+        changes = source.resolve_changes(
+            found, known_users=parts["users"], known_groups=parts["groups"]
         )
         users, groups, memberships = merge_changes(
             parts["users"], parts["groups"], parts["memberships"], changes

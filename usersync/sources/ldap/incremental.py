@@ -93,6 +93,22 @@ class DirectoryChanges:
     users_memberships: bool = True
 
 
+@dataclass(frozen=True)
+class ChangedEntries:
+    """What the change searches of `read_changes` returned, member values not yet resolved.
+
+    `groups` carry their `locator`; `group_names` are the entries' group names in order.
+    """
+
+    user_entries: list[Entry]
+    users: pd.DataFrame
+    group_entries: list[Entry]
+    groups: pd.DataFrame
+    group_names: list[str]
+    all_groups: bool
+    users_memberships: bool
+
+
 class IncrementalReads:
     """The incremental reads of an `LdapSource` (a mixin: searches and frames from the others)."""
 
@@ -204,6 +220,10 @@ class IncrementalReads:
         recomputed entirely. Member values are resolved against the known entries merged with
         the changed ones. Deleted entries, and entries that left the scope, are not seen.
 
+        The two halves are `search_changes` (the searches, which need nothing cached) and
+        `resolve_changes` (member values against the cached entries); a caller may load the
+        cache while the first runs.
+
         Args:
             attributes: as for `extract`.
             since: the watermark: AD entries with `uSNChanged` above it, OpenLDAP entries with
@@ -216,24 +236,35 @@ class IncrementalReads:
         Raises:
             as `extract`.
         """
-        with garbage_collection_paused():
-            return self._read_changes(
-                attributes,
-                since=since,
-                known_users=known_users,
-                known_groups=known_groups,
-                expired_between=expired_between,
-            )
+        found = self.search_changes(attributes, since=since, expired_between=expired_between)
+        return self.resolve_changes(found, known_users=known_users, known_groups=known_groups)
 
-    def _read_changes(
+    def search_changes(
         self,
         attributes: Sequence[str],
         *,
         since: int,
-        known_users: pd.DataFrame,
-        known_groups: pd.DataFrame,
-        expired_between: tuple[int, int] | None,
+        expired_between: tuple[int, int] | None = None,
+    ) -> ChangedEntries:
+        """The searches of `read_changes`: the changed users and groups as read."""
+        with garbage_collection_paused():
+            return self._search_changes(attributes, since=since, expired_between=expired_between)
+
+    def resolve_changes(
+        self, found: ChangedEntries, *, known_users: pd.DataFrame, known_groups: pd.DataFrame
     ) -> DirectoryChanges:
+        """The rest of `read_changes`: the member values of `found` resolved against the
+        cached entries merged with the changed ones."""
+        with garbage_collection_paused():
+            return self._resolve_changes(found, known_users=known_users, known_groups=known_groups)
+
+    def _search_changes(
+        self,
+        attributes: Sequence[str],
+        *,
+        since: int,
+        expired_between: tuple[int, int] | None,
+    ) -> ChangedEntries:
         config = self.config
         wanted = self._wanted_attributes(attributes)
         if config.flavour == "active_directory":
@@ -270,8 +301,22 @@ class IncrementalReads:
             config.group_base_dn, group_filter, group_request, what="changed groups"
         )
         groups, group_names = self._groups_frame(group_entries)
-        read_groups = group_locators(groups, group_entries)
+        return ChangedEntries(
+            user_entries=user_entries,
+            users=users,
+            group_entries=group_entries,
+            groups=group_locators(groups, group_entries),
+            group_names=group_names,
+            all_groups=every_group,
+            users_memberships=users_memberships,
+        )
 
+    def _resolve_changes(
+        self, found: ChangedEntries, *, known_users: pd.DataFrame, known_groups: pd.DataFrame
+    ) -> DirectoryChanges:
+        config = self.config
+        user_entries, users = found.user_entries, found.users
+        group_entries, group_names = found.group_entries, found.group_names
         # Columns as lists: iterating a pandas string column yields its 100k values one call
         # at a time, which was half of an incremental read's own time.
         user_index = DnIndex(
@@ -282,7 +327,9 @@ class IncrementalReads:
                 *zip((dn for dn, _ in user_entries), users["source_id"].tolist(), strict=True),
             ]
         )
-        unchanged = known_groups[~known_groups["source_group_id"].isin(groups["source_group_id"])]
+        unchanged = known_groups[
+            ~known_groups["source_group_id"].isin(found.groups["source_group_id"])
+        ]
         group_index = DnIndex(
             [
                 *zip(
@@ -297,25 +344,25 @@ class IncrementalReads:
             self._member_keys(),
             user_index,
             group_index,
-            nested_resolved=every_group,
+            nested_resolved=found.all_groups,
         )
         rows = from_groups.rows
         if config.nested_groups == "in_chain" and self._supports_in_chain():
             in_scope = set(known_users["source_id"].tolist()) | set(users["source_id"].tolist())
             rows = self._members_in_chain(group_entries, group_names, in_scope)
-        elif every_group:
+        elif found.all_groups:
             parents = group_parents(group_entries, group_names, self._member_keys(), group_index)
             rows = flatten(rows, parents)
-        elif users_memberships:
+        elif found.users_memberships:
             rows += members_from_member_of(
                 user_entries, users["source_id"], group_index, self._key(MEMBER_OF)
             ).rows
         return DirectoryChanges(
             users=users,
-            groups=read_groups,
+            groups=found.groups,
             memberships=memberships_frame(rows),
-            all_groups=every_group,
-            users_memberships=users_memberships,
+            all_groups=found.all_groups,
+            users_memberships=found.users_memberships,
         )
 
 
