@@ -37,6 +37,7 @@ from usersync.sources.ldap import (
     DirectoryPosition,
     LdapSource,
 )
+from usersync.sources.ldap.decoding import garbage_collection_paused
 from usersync.store import SourceWatermark, Store, StoredSnapshot
 
 #: The snapshot parts kept in the store; groups carry their DN as `locator`.
@@ -170,6 +171,7 @@ def merge_changes(
     merged_memberships = pd.DataFrame(
         {name: _joined(kept_rows[name], read[name]) for name in memberships.columns},
         index=pd.RangeIndex(len(kept_rows) + len(read)),
+        copy=False,
     )
     return merged_users, merged_groups, merged_memberships
 
@@ -248,17 +250,22 @@ def extract_with_watermark(
         if ad_expiry and config.inactive_accounts == "disabled_or_expired":
             # An account that expires changes no USN: read those that expired since last time.
             expiry = (_filetime(stored.read_at), _filetime(now))
-        # The cached snapshot is decoded while the change searches wait on the server.
-        with ThreadPoolExecutor(1, thread_name_prefix="usersync-snapshot") as pool:
+        # The cached snapshot is decoded while the change searches wait on the server; the
+        # collector is paused throughout, as for a full read (it frees nothing here and its
+        # passes over the 100k-row cache cost a fifth of the incremental read).
+        with (
+            garbage_collection_paused(),
+            ThreadPoolExecutor(1, thread_name_prefix="usersync-snapshot") as pool,
+        ):
             decoding = pool.submit(saved.parts, categorical=MEMBERSHIP_CATEGORICAL)
             found = source.search_changes(attributes, since=stored.usn, expired_between=expiry)
             parts = decoding.result()
-        changes = source.resolve_changes(
-            found, known_users=parts["users"], known_groups=parts["groups"]
-        )
-        users, groups, memberships = merge_changes(
-            parts["users"], parts["groups"], parts["memberships"], changes
-        )
+            changes = source.resolve_changes(
+                found, known_users=parts["users"], known_groups=parts["groups"]
+            )
+            users, groups, memberships = merge_changes(
+                parts["users"], parts["groups"], parts["memberships"], changes
+            )
         due = stored.full_read_at + timedelta(hours=config.incremental.full_every_hours)
         notes = (
             f"incremental since {position.describe(stored.usn)} on {position.dc}: "
