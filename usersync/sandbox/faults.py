@@ -1,4 +1,4 @@
-"""What every emulator shares: a request log, added latency and injected faults.
+"""What every emulator shares: a request log, a set latency and injected faults.
 
 `Instrumented` wraps a product emulator's ASGI app. It records every request (method, path,
 query, JSON body, status) so tests can prove what a run wrote, and it can delay answers or
