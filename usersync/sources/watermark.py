@@ -6,9 +6,10 @@ watermark it was read at, taken before the read (`LdapSource.position`): on Acti
 the domain controller's identity (dsServiceName and invocationId; USNs are per DC) and its
 `highestCommittedUSN`; on OpenLDAP the database's identity and its `contextCSN` (kept by the
 syncprov overlay). An incremental read fetches the users and groups whose `uSNChanged` or
-`entryCSN` passed the watermark and merges them into the cached snapshot (`merge_changes`,
-vectorised): changed users replace their rows, changed groups replace their row and all their
-memberships, changed users' memberOf (where it is read) replaces theirs. The merged snapshot is
+`entryCSN` passed the watermark and merges them into the cached snapshot (decoded while the
+change searches wait on the server; `merge_changes`, vectorised): changed users replace their
+rows, changed groups replace their row and all their memberships, changed users' memberOf
+(where it is read) replaces theirs. The merged snapshot is
 complete except for deletions (and entries that left the scope), which an incremental read
 cannot see: a full read runs when the last one is older than `incremental.full_every_hours`,
 on another server or database, when the server's mark went back (restored), after a scope
