@@ -345,3 +345,19 @@ def test_stored_frames_decode_chosen_columns_as_categoricals():
     read = _decode_frame(body, categorical=("source_group",))["source_group"]
     assert read.astype(object).where(read.notna(), None).tolist() == ["g", None, "h", None, "g"]
     assert list(read.cat.categories) == ["g", "h"]
+
+
+def test_stored_strings_round_trip_whatever_characters_they_hold():
+    """Distinct strings are joined by a separator none of them contains; with every candidate
+    taken, the values go as a JSON list. Either way they read back as written."""
+    from usersync.store import _SEPARATORS, _decode_frame, _encode_frame
+
+    cases = {
+        "plain": ["a", "", "Grüppe", None, "a"],
+        "nul inside": ["x\x00y", "z", None],
+        "all separators": ["".join(_SEPARATORS), "w", ""],
+        "empty": [],
+    }
+    for name, values in cases.items():
+        frame = pd.DataFrame({"v": pd.Series(values, dtype="string")})
+        pd.testing.assert_frame_equal(_decode_frame(_encode_frame(frame)), frame, obj=name)
