@@ -661,8 +661,8 @@ def _encode_frame(frame: pd.DataFrame) -> bytes:
     decodes without building a Python object per cell or decompressing the codes: an
     incremental read loads the last snapshot on every run (0.26 s for 100k users and 1M
     memberships in the JSON form before it, base64 codes and all compressed; 0.15 s in this
-    form with JSON lists of values; joined strings split several times faster than JSON
-    parses). Layout: `FRAME_MAGIC`, a little-endian uint32 header length, the JSON header
+    form with JSON lists of values; splitting joined strings takes about a fifth less time
+    than parsing them as JSON). Layout: `FRAME_MAGIC`, a little-endian uint32 header length, the JSON header
     (rows; per column its name, dtype, code width, the offsets of its two sections and, for
     joined strings, the separator and their count), the sections.
     """
@@ -698,7 +698,8 @@ def _encode_frame(frame: pd.DataFrame) -> bytes:
 
 
 #: Characters that may join a column's distinct strings, the first that none contains
-#: (splitting a joined text is many times faster than parsing a JSON list of it).
+#: (splitting a joined text is a little faster than parsing a JSON list of it: 8 ms against
+#: 10 ms for 100k DNs here).
 _SEPARATORS = ("\x00", "\x1f", "\x1e", "\x1d", "\x1c")
 
 
