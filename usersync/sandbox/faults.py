@@ -180,7 +180,8 @@ class Instrumented:
         if fault is None:
             # The latency is the answer's: the product's own work counts toward it, as in a
             # server's response time (work first, then the answer waits out the rest).
-            await self._apply(scope, receive, body, record, send, until=arrived + latency)
+            until = arrived + latency if latency else 0.0
+            await self._apply(scope, receive, body, record, send, until=until)
             return
         if latency:
             await asyncio.sleep(latency)
