@@ -750,7 +750,7 @@ def _decode_frame(body: bytes, *, categorical: tuple[str, ...] = ()) -> pd.DataF
             continue
         values = np.array([*distinct, None], dtype=object)  # the last one: null
         data[column["name"]] = pd.Series(values[codes], dtype=object).astype(column["dtype"])
-    return pd.DataFrame(data, index=pd.RangeIndex(header["rows"]))
+    return pd.DataFrame(data, index=pd.RangeIndex(header["rows"]), copy=False)
 
 
 def _decode_json_frame(body: bytes) -> pd.DataFrame:
