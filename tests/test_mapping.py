@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from usersync.config import GroupSyncSettings
 from usersync.errors import ConfigError
 from usersync.mapping import (
     DEFAULT_ATTRIBUTES_CSV,
@@ -234,3 +237,46 @@ def test_an_ldap_attribute_may_be_named_by_its_oid_in_source():
     assert rules[1].sources == ("2.5.4.4", "cn")
     with pytest.raises(ConfigError, match=r"'2\.5\.' is not a valid source attribute name"):
         parse_attributes("target,source\nusername,2.5.\n")
+
+
+MEMBER_IDS = st.sampled_from(["id0", "id1", "id2", "gone", None])
+GROUP_VALUES = st.sampled_from(["Engineering", "engineering", "Sales", "ops", "Straße", "", None])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(st.tuples(MEMBER_IDS, GROUP_VALUES), max_size=20),
+    unused=st.lists(st.sampled_from(["stale", "old-group", "id9"]), unique=True),
+    exclude=st.sampled_from([(), ("^ops$",)]),
+)
+def test_memberships_as_categoricals_map_as_the_same_strings(rows, unused, exclude):
+    """An incremental LDAP read hands its memberships over as categoricals (with categories no
+    row uses any more): the desired state is the one the same memberships give as strings."""
+    groups = parse_groups(
+        "source_group,target_group,mode\n"
+        "Engineering,developers,manual\n"
+        "*,,on-the-fly\n"
+        ",everyone,default\n",
+        target_names=["jira"],
+    )
+    tables = MappingTables(parse_attributes("target,source\nusername,uid\nemail,mail\n"), groups)
+    frame = users(uid=["ann", "bob", "cy"], mail=["a@x", "b@x", "c@x"])
+    as_strings = snapshot(frame, rows)
+    members = as_strings.memberships
+    coded = pd.DataFrame(
+        {
+            name: pd.Categorical(
+                members[name],
+                categories=pd.Index([*members[name].dropna().unique(), *unused], dtype="string"),
+            )
+            for name in members.columns
+        }
+    )
+    as_codes = SourceSnapshot(frame, as_strings.groups, coded)
+    settings_ = GroupSyncSettings(exclude=exclude)
+
+    want = desired_state(as_strings, tables, "jira", groups_settings=settings_)
+    got = desired_state(as_codes, tables, "jira", groups_settings=settings_)
+    pd.testing.assert_frame_equal(got.memberships, want.memberships)
+    pd.testing.assert_frame_equal(got.groups, want.groups)
+    pd.testing.assert_frame_equal(got.users, want.users)

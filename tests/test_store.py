@@ -347,6 +347,26 @@ def test_stored_frames_decode_chosen_columns_as_categoricals():
     assert list(read.cat.categories) == ["g", "h"]
 
 
+def test_a_categorical_column_is_stored_as_its_values():
+    """An incremental read's merged memberships are categoricals (with categories no row uses
+    any more): saved, they read back as the strings they stand for, in either decoding."""
+    from usersync.store import _decode_frame, _encode_frame
+
+    strings = pd.Series(["g", "h", None, "g", "ß"], dtype="string")
+    frame = pd.DataFrame(
+        {
+            "source_group": pd.Categorical(
+                strings, categories=pd.Index(["x", "ß", "h", "g"], dtype="string")
+            )
+        }
+    )
+    body = _encode_frame(frame)
+    pd.testing.assert_series_equal(_decode_frame(body)["source_group"], strings, check_names=False)
+    coded = _decode_frame(body, categorical=("source_group",))["source_group"]
+    assert list(coded.cat.categories) == ["g", "h", "ß"]  # the unused one is not kept
+    assert coded.astype("string").equals(strings)
+
+
 def test_stored_strings_round_trip_whatever_characters_they_hold():
     """Distinct strings are joined by a separator none of them contains; with every candidate
     taken, the values go as a JSON list. Either way they read back as written."""

@@ -723,18 +723,30 @@ def _coded_source(
         group the name filters let through; the distinct group names (first listed first);
         and which of those names the filters let through.
     """
-    group_codes, group_names = pd.factorize(memberships["source_group"].astype("string"))
-    member = user_ids.get_indexer(memberships["source_id"].astype("string"))
+    # Columns that are categoricals (an incremental LDAP read keeps its memberships coded)
+    # are factorised and looked up by their codes; a string column, value by value.
+    group_codes, group_names = pd.factorize(_coded_or_string(memberships["source_group"]))
+    member = user_ids.get_indexer(_coded_or_string(memberships["source_id"]))
     listed = (group_codes >= 0) & memberships["source_id"].notna().to_numpy()
     present = np.zeros(len(group_names), dtype=bool)
     present[group_codes[listed]] = True
-    names = pd.Series(group_names, dtype="string")
+    names = pd.Series(np.asarray(group_names, dtype=object), dtype="string")
     seen = present.copy()
     if settings.include or settings.exclude:
         seen[present] = _passing(names[present], settings).to_numpy()
     rows = np.flatnonzero(listed & (member >= 0))
     rows = rows[seen[group_codes[rows]]]
     return member[rows].astype(np.int32), group_codes[rows].astype(np.int32), names, seen
+
+
+def _coded_or_string(column: pd.Series) -> pd.Series:
+    """A categorical column over strings as it is, any other column as strings."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype) and isinstance(
+        dtype.categories.dtype, pd.StringDtype
+    ):
+        return column
+    return column.astype("string")
 
 
 def _memberships_frame(

@@ -32,6 +32,8 @@ SOURCE_GROUP_COLUMNS: dict[str, str] = {
 }
 
 #: Source memberships: user (by source id) is a direct or resolved member of group (by name).
+#: The columns may also be categoricals over strings: an incremental LDAP read keeps the
+#: million memberships of its cached snapshot coded (`sources.watermark.merge_changes`).
 SOURCE_MEMBERSHIP_COLUMNS: dict[str, str] = {
     "source_id": STRING,
     "source_group": STRING,

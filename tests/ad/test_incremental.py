@@ -159,7 +159,10 @@ def stored_usn(store: Store) -> int:
 
 
 def canonical(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    return frame.sort_values(key).reset_index(drop=True)
+    """Rows in `key` order; categorical columns (an incremental read's memberships stay coded)
+    as the strings they stand for."""
+    coded = [name for name in frame if isinstance(frame[name].dtype, pd.CategoricalDtype)]
+    return frame.astype(dict.fromkeys(coded, "string")).sort_values(key).reset_index(drop=True)
 
 
 # -- the tests -------------------------------------------------------------------------------

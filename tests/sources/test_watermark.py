@@ -46,8 +46,28 @@ def cached_members(request: pytest.FixtureRequest) -> pd.DataFrame:
 
 
 def pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    assert all(str(dtype) == "string" for dtype in frame.dtypes)
-    return sorted(map(tuple, frame.to_numpy().tolist()))
+    """The (user, group) rows, whether the columns are strings or categoricals over strings."""
+    for dtype in frame.dtypes:
+        values = dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
+        assert str(values) == "string"
+    return sorted(map(tuple, frame.astype("string").to_numpy().tolist()))
+
+
+def test_cached_memberships_decoded_as_categoricals_stay_coded_with_the_names_read() -> None:
+    """The merge builds no string per cached row: a name read that the cache lacks (a renamed
+    group, a new user) becomes a new category."""
+    changes = DirectoryChanges(
+        users=users(("u3", "CN=c", True, "c@x")),
+        groups=groups(("g1", "squad", "CN=squad")),
+        memberships=memberships(("u3", "squad"), ("u1", "squad")),
+        all_groups=False,
+    )
+    _, _, merged = merge_changes(
+        CACHED_USERS, CACHED_GROUPS, CACHED_MEMBERS.astype("category"), changes
+    )
+    assert all(isinstance(dtype, pd.CategoricalDtype) for dtype in merged.dtypes)
+    assert set(merged["source_group"].cat.categories) >= {"all", "squad"}
+    assert pairs(merged) == [("u1", "all"), ("u1", "squad"), ("u2", "all"), ("u3", "squad")]
 
 
 def test_a_renamed_group_loses_its_old_name_and_a_changed_user_its_old_rows(

@@ -28,10 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from usersync.config import LdapSourceConfig, SourceConfig
-from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, STRING, SourceSnapshot
+from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SourceSnapshot
 from usersync.sources.ldap import (
     FILETIME_UNIX_OFFSET_SECONDS,
     DirectoryChanges,
@@ -139,6 +140,8 @@ def merge_changes(
     membership of a changed group (under its old or new name), and of a changed user when
     their memberOf was read (`changes.users_memberships`), is replaced by the memberships
     read. When every group was read, the read's groups and memberships replace the cached ones.
+    Cached memberships held as categoricals (as `extract_with_watermark` decodes them) are
+    merged as categoricals.
     """
     changed_users = changes.users["source_id"]
     merged_users = pd.concat(
@@ -160,33 +163,45 @@ def merge_changes(
     # and of a changed user whose memberOf was read, was dropped. So only the rows read (a
     # group's member values and a user's memberOf may name one membership twice) need
     # de-duplicating, not the million cached ones.
-    kept_rows, read = memberships[kept], changes.memberships.drop_duplicates()
+    read = changes.memberships.drop_duplicates()
     coded = [
         n for n in memberships.columns if isinstance(memberships[n].dtype, pd.CategoricalDtype)
     ]
     if not coded:
-        return merged_users, merged_groups, pd.concat([kept_rows, read], ignore_index=True)
-    # Cached memberships decoded as categoricals (`MEMBERSHIP_CATEGORICAL`): `isin` above
-    # compared codes, and their million strings are built here once, in one take over the
-    # distinct values, rather than when the snapshot was loaded.
+        return merged_users, merged_groups, pd.concat([memberships[kept], read], ignore_index=True)
+    # Cached memberships decoded as categoricals (`MEMBERSHIP_CATEGORICAL`) stay coded: `isin`
+    # above compared codes, the values read are coded against the same distinct values, and
+    # the mapping step joins on codes anyway (`mapping._coded_source`), so no string per row
+    # is built for the million memberships.
+    kept_at = kept.to_numpy()
     merged_memberships = pd.DataFrame(
-        {name: _joined(kept_rows[name], read[name]) for name in memberships.columns},
-        index=pd.RangeIndex(len(kept_rows) + len(read)),
+        {name: _joined(memberships[name], kept_at, read[name]) for name in memberships.columns},
+        index=pd.RangeIndex(int(kept_at.sum()) + len(read)),
         copy=False,
     )
     return merged_users, merged_groups, merged_memberships
 
 
-def _joined(cached: pd.Series, read: pd.Series) -> pd.api.extensions.ExtensionArray:
-    """The cached values (a categorical or a string column) then the values read, as one
-    string column; a categorical's strings are taken from its distinct values (a missing
-    value's code, -1, takes NA)."""
-    if isinstance(cached.dtype, pd.CategoricalDtype):
-        distinct = pd.array(cached.cat.categories, dtype=STRING)
-        head = distinct.take(cached.cat.codes.to_numpy(), allow_fill=True)
-    else:
-        head = cached.astype(STRING).array
-    return type(head)._concat_same_type([head, read.astype(STRING).array])
+def _joined(cached: pd.Series, kept: np.ndarray, read: pd.Series) -> pd.Categorical:
+    """The `kept` cached values (a categorical) then the values read, as one categorical over
+    the cached distinct values and the new ones read (a missing value's code is -1).
+
+    The cached categories are used as they are: their hash table, built when they were decoded,
+    codes the values read; a new one is built only when a value read is new.
+    """
+    if not isinstance(cached.dtype, pd.CategoricalDtype):  # the other column is coded: this too
+        cached = cached.astype("category")
+    dtype = cached.dtype
+    categories = dtype.categories
+    values = read.astype(categories.dtype)
+    codes = categories.get_indexer(values)
+    new = (codes < 0) & values.notna().to_numpy()
+    if new.any():
+        added, names = pd.factorize(values[new])
+        codes[new] = len(categories) + added
+        dtype = pd.CategoricalDtype(categories.append(pd.Index(names, dtype=categories.dtype)))
+    every = np.concatenate([cached.cat.codes.to_numpy()[kept], codes.astype(np.int32, copy=False)])
+    return pd.Categorical.from_codes(every, dtype=dtype, validate=False)
 
 
 def extract_with_watermark(

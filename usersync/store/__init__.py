@@ -681,9 +681,12 @@ def _encode_frame(frame: pd.DataFrame) -> bytes:
         packed = zlib.compress(text.encode("utf-8"), 1)
         width = next(w for w, top in _CODE_WIDTHS if len(uniques) <= top)
         raw = codes.astype(width).tobytes()
+        dtype = frame[name].dtype
+        if isinstance(dtype, pd.CategoricalDtype):  # stored as its values' dtype
+            dtype = dtype.categories.dtype
         column = {
             "name": str(name),
-            "dtype": str(frame[name].dtype),
+            "dtype": str(dtype),
             "width": width,
             "values": [offset, len(packed)],
             "codes": [offset + len(packed), len(raw)],
