@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.sources.conftest import (
     ELSEWHERE,
@@ -124,6 +126,44 @@ def test_dn_index_finds_entries_however_the_dn_is_spelt() -> None:
     ]
     assert index.get_many(asked) == ["id-zoe", "id-smith", None, None]
     assert [index.get(dn) for dn in asked] == ["id-zoe", "id-smith", None, None]
+
+
+SPELLINGS = st.sampled_from(
+    [
+        "uid=ann,ou=people,dc=example,dc=org",
+        "UID=Ann,OU=People,DC=example,DC=org",
+        "uid=ann , ou=people,dc=example,dc=org",
+        r"cn=Smith\, John,ou=people,dc=example,dc=org",
+        r"cn=smith\2c john,ou=people,dc=example,dc=org",
+        "uid=zoe,ou=people,dc=example,dc=org",
+        "uid=bo,ou=people,dc=example,dc=org",
+        "not a dn",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cached=st.lists(st.tuples(SPELLINGS, st.sampled_from(["i1", "i2", "i3", "i4"])), max_size=6),
+    changed=st.lists(st.tuples(SPELLINGS, st.sampled_from(["c1", "c2"])), max_size=3),
+    values=st.lists(SPELLINGS, max_size=6),
+)
+def test_an_index_of_the_entries_values_spell_answers_as_the_index_of_all(
+    cached: list[tuple[str, str]], changed: list[tuple[str, str]], values: list[str]
+) -> None:
+    """An incremental read indexes only the cached users whose DN a member value spells byte
+    for byte, then the changed users; anything else is looked up among all of them. Its
+    answers are those of the index of every entry, a DN given twice included."""
+    every = DnIndex([*cached, *changed])
+    spelled = set(values)
+    near = DnIndex(
+        [*[(dn, v) for dn, v in cached if dn in spelled], *changed],
+        whole=lambda: DnIndex([*cached, *changed]),
+    )
+    raw = [value.encode() for value in values]
+    assert near.get_many_raw(raw) == every.get_many_raw(raw)
+    assert near.get_many(values) == every.get_many(values)
+    assert [near.get(value) for value in values] == [every.get(value) for value in values]
 
 
 # -- extraction ------------------------------------------------------------------------------

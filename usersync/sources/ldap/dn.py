@@ -8,7 +8,7 @@ lower-case match first (nearly every member value) and normalises only on a miss
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 class DnIndex:
@@ -23,14 +23,30 @@ class DnIndex:
     against 100k known entries.
     """
 
-    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+    def __init__(
+        self, items: Iterable[tuple[str, str]], *, whole: Callable[[], DnIndex] | None = None
+    ) -> None:
+        """Args:
+        items: (DN, value) pairs; of two equal DNs, the later one's value is found.
+        whole: when `items` are only the entries some member values spell byte for byte
+            (and, after them, any other entries those values could name), the index of
+            every entry, built on the first value not found byte for byte among `items`:
+            `get`, `get_many` and such values are looked up there. The answers are those of
+            the index of every entry.
+        """
         self._items = list(items)
+        self._whole = whole
+        self._whole_index: DnIndex | None = None
         self._lowered: dict[str, str] | None = None
         self._raw: dict[bytes, str] | None = None
         self._normalised: dict[tuple[tuple[tuple[str, str], ...], ...], str] | None = None
 
     def get(self, dn: str) -> str | None:
         """The value stored under an equivalent DN, or None."""
+        if self._whole is not None:
+            if self._whole_index is None:
+                self._whole_index = self._whole()
+            return self._whole_index.get(dn)
         found = self._exact().get(dn.lower())
         if found is not None:
             return found
@@ -39,6 +55,8 @@ class DnIndex:
 
     def get_many(self, dns: Sequence[str]) -> list[str | None]:
         """`get` of each DN, in order (one pass over the exact index first)."""
+        if self._whole is not None:
+            return [self.get(dn) for dn in dns]
         exact = self._exact()
         found = [exact.get(dn.lower()) for dn in dns]
         if None not in found:

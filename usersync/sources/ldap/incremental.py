@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -280,13 +281,6 @@ class IncrementalReads:
             low, high = expired_between
             user_change = f"(|{changed}(&({ACCOUNT_EXPIRES}>={low})({ACCOUNT_EXPIRES}<={high})))"
         user_filter = and_filters(config.user_filter, user_change)
-        user_entries = self._paged_search(
-            config.user_base_dn,
-            user_filter,
-            list(dict.fromkeys([*request, MEMBER_OF])) if users_memberships else request,
-            what="changed users",
-        )
-        users = self._users_frame(user_entries, wanted, self._inactive_ids(user_filter))
 
         every_group = config.nested_groups != "direct"
         group_filter = (
@@ -297,9 +291,25 @@ class IncrementalReads:
         group_request = [config.id_attribute, config.group_name_attribute] + [
             self._member_request(name) for name in config.member_attributes
         ]
-        group_entries = self._paged_search(
-            config.group_base_dn, group_filter, group_request, what="changed groups"
-        )
+        # As in a full read, the groups are searched on a second connection while the users
+        # are on the first: the server's time for one search overlaps the other's.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldap-groups") as pool:
+            group_read = pool.submit(
+                self._paged_search,
+                config.group_base_dn,
+                group_filter,
+                group_request,
+                what="changed groups",
+                conn=self._second_connection(),
+            )
+            user_entries = self._paged_search(
+                config.user_base_dn,
+                user_filter,
+                list(dict.fromkeys([*request, MEMBER_OF])) if users_memberships else request,
+                what="changed users",
+            )
+            users = self._users_frame(user_entries, wanted, self._inactive_ids(user_filter))
+            group_entries = group_read.result()
         groups, group_names = self._groups_frame(group_entries)
         return ChangedEntries(
             user_entries=user_entries,
@@ -319,14 +329,43 @@ class IncrementalReads:
         group_entries, group_names = found.group_entries, found.group_names
         # Columns as lists: iterating a pandas string column yields its 100k values one call
         # at a time, which was half of an incremental read's own time.
-        user_index = DnIndex(
-            [
-                *zip(
-                    known_users["locator"].tolist(), known_users["source_id"].tolist(), strict=True
-                ),
-                *zip((dn for dn, _ in user_entries), users["source_id"].tolist(), strict=True),
-            ]
+        changed = list(
+            zip((dn for dn, _ in user_entries), users["source_id"].tolist(), strict=True)
         )
+
+        def every_user() -> DnIndex:
+            return DnIndex(
+                [
+                    *zip(
+                        known_users["locator"].tolist(),
+                        known_users["source_id"].tolist(),
+                        strict=True,
+                    ),
+                    *changed,
+                ]
+            )
+
+        if found.all_groups:
+            user_index = every_user()
+        else:
+            # A few thousand member values against 100k cached users: only the cached users
+            # whose DN a value spells byte for byte are indexed (and the changed users after
+            # them, as in the whole index); a value spelled otherwise is looked up among all.
+            keys = self._member_keys()
+            spelled = {
+                raw.decode("utf-8", errors="replace")
+                for _dn, attrs in group_entries
+                for key in keys
+                for raw in attrs.get(key, ())
+            }
+            near = known_users[known_users["locator"].isin(spelled)]
+            user_index = DnIndex(
+                [
+                    *zip(near["locator"].tolist(), near["source_id"].tolist(), strict=True),
+                    *changed,
+                ],
+                whole=every_user,
+            )
         unchanged = known_groups[
             ~known_groups["source_group_id"].isin(found.groups["source_group_id"])
         ]
