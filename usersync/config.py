@@ -123,7 +123,8 @@ class LdapIncremental(StrictModel):
         False,
         description="Read only changes between full reads. Active Directory: by uSNChanged. "
         "OpenLDAP: by entryCSN against the suffix's contextCSN, which the syncprov overlay "
-        "keeps (`overlay syncprov`; `index entryCSN eq` makes the change search cheap); "
+        "keeps (`overlay syncprov`; with `index entryCSN eq` and `index objectClass eq` the "
+        "change search reads only the changed entries, without the latter slapd scans them all); "
         "without it every run is a full read, with a note saying so.",
     )
     full_every_hours: float = Field(

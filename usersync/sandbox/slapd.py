@@ -233,7 +233,10 @@ class SlapdServer:
         syncprov: also run the syncprov overlay, which keeps the suffix entry's `contextCSN`
             (the newest entryCSN) current: what incremental reads tie their watermark to.
             entryCSN is indexed (eq) with it, which lets slapd answer `(entryCSN>=...)`
-            from the index.
+            from the index. objectClass is always indexed (eq), as OpenLDAP advises for any
+            database: without it back-mdb scans every entry for any filtered subtree search,
+            `(entryCSN>=...)` included (80 ms of the server's time for a change search of
+            100k users that finds nothing, against 1 ms with the index).
         start_timeout: seconds to wait for slapd to accept connections.
     """
 
@@ -370,6 +373,7 @@ class SlapdServer:
             f"rootpw {self.admin_password}",
             f"directory {self._dir / 'db'}",
             *self._database_config,
+            "index objectClass eq",
             *(["index entryCSN eq"] if self._syncprov else []),
             "overlay memberof",
             *(["overlay syncprov"] if self._syncprov else []),
