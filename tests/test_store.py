@@ -252,6 +252,55 @@ def test_a_source_snapshot_round_trips_through_the_store(store: Store) -> None:
     pd.testing.assert_frame_equal(parts["memberships"], memberships)
 
 
+@pytest.mark.parametrize(
+    "case", ["shared", "a null id", "an id no user has", "users repeat an id", "no users part"]
+)
+def test_a_column_saved_as_positions_in_another_part_reads_back_the_same(
+    store: Store, case: str
+) -> None:
+    """Memberships' user ids saved as positions in the users' ids (when those are distinct and
+    hold every one of them) read back as the same values, as strings or categoricals; anything
+    else is saved as values."""
+    from datetime import UTC, datetime
+
+    from usersync.store import SourceWatermark
+
+    ids = [f"id{i}" for i in range(50)]
+    member_ids: list[str | None] = [ids[(i * 7) % 50] for i in range(400)]
+    if case == "a null id":
+        member_ids[3] = None
+    if case == "an id no user has":
+        member_ids[5] = "stranger"
+    if case == "users repeat an id":
+        ids[1] = ids[0]
+    users = pd.DataFrame({"source_id": pd.Series(ids, dtype="string")})
+    memberships = pd.DataFrame(
+        {
+            "source_id": pd.Series(member_ids, dtype="string"),
+            "source_group": pd.Series([f"g{i % 9}" for i in range(400)], dtype="string"),
+        }
+    )
+    parts = {"users": users, "memberships": memberships}
+    if case == "no users part":
+        del parts["users"]
+    moment = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    mark = SourceWatermark("ldap://x", 42, "f", moment, moment)
+    store.save_source_watermark(
+        "p", mark, parts, shared={"memberships.source_id": "users.source_id"}
+    )
+    _, saved = store.source_checkpoint("p")
+    positions = b'"values_of": "users.source_id"' in saved.bodies["memberships"]
+    assert positions == (case in ("shared", "a null id"))
+    read = saved.parts()
+    pd.testing.assert_frame_equal(read["memberships"], memberships)
+    coded = saved.parts(categorical={"memberships": ["source_id"]})["memberships"]
+    assert isinstance(coded["source_id"].dtype, pd.CategoricalDtype)
+    pd.testing.assert_series_equal(coded["source_id"].astype("string"), memberships["source_id"])
+    if positions:  # the users part is needed to read them
+        with pytest.raises(ValueError, match="part 'users' is missing"):
+            type(saved)({"memberships": saved.bodies["memberships"]}).parts()
+
+
 def test_stored_frames_round_trip_and_old_ones_still_read():
     import base64
     import json

@@ -46,6 +46,9 @@ from usersync.store import SourceWatermark, Store, StoredSnapshot
 SNAPSHOT_PARTS = ("users", "groups", "memberships")
 #: The cached columns decoded as categoricals for the merge (a million rows of few values).
 MEMBERSHIP_CATEGORICAL = {"memberships": tuple(SOURCE_MEMBERSHIP_COLUMNS)}
+#: Cached columns saved as positions in another part's column: the memberships' user ids are
+#: the users' ids, so the 100k ids are stored, decoded and hashed once.
+SHARED_VALUES = {"memberships.source_id": "users.source_id"}
 #: The source settings that decide what a read returns: a change to any forces a full read.
 SCOPE_SETTINGS = (
     "url",
@@ -186,21 +189,26 @@ def _joined(cached: pd.Series, kept: np.ndarray, read: pd.Series) -> pd.Categori
     """The `kept` cached values (a categorical) then the values read, as one categorical over
     the cached distinct values and the new ones read (a missing value's code is -1).
 
-    The cached categories are used as they are: their hash table, built when they were decoded,
-    codes the values read; a new one is built only when a value read is new.
+    The values read are coded by probing the cached categories (100k user ids) against a hash
+    of the few distinct values read, not by hashing the categories; new categories, and a
+    hash of them all, are made only when a value read is new.
     """
     if not isinstance(cached.dtype, pd.CategoricalDtype):  # the other column is coded: this too
         cached = cached.astype("category")
     dtype = cached.dtype
     categories = dtype.categories
-    values = read.astype(categories.dtype)
-    codes = categories.get_indexer(values)
-    new = (codes < 0) & values.notna().to_numpy()
-    if new.any():
-        added, names = pd.factorize(values[new])
-        codes[new] = len(categories) + added
-        dtype = pd.CategoricalDtype(categories.append(pd.Index(names, dtype=categories.dtype)))
-    every = np.concatenate([cached.cat.codes.to_numpy()[kept], codes.astype(np.int32, copy=False)])
+    inverse, distinct = pd.factorize(read.astype(categories.dtype))
+    found_at = pd.Index(distinct).get_indexer(categories)
+    code_of = np.full(len(distinct), -1, dtype=np.int64)
+    hit = np.flatnonzero(found_at >= 0)
+    code_of[found_at[hit]] = hit
+    new = np.flatnonzero(code_of < 0)
+    if len(new):
+        code_of[new] = len(categories) + np.arange(len(new))
+        added = pd.Index(distinct[new], dtype=categories.dtype)
+        dtype = pd.CategoricalDtype(categories.append(added))
+    codes = np.where(inverse >= 0, code_of[inverse], -1)
+    every = np.concatenate([cached.cat.codes.to_numpy()[kept], codes.astype(np.int32)])
     return pd.Categorical.from_codes(every, dtype=dtype, validate=False)
 
 
@@ -338,7 +346,9 @@ def advance_watermark(
     succeeded = bool(statuses) and all(status == "succeeded" for status in statuses)
     if checkpoint is None or dry_run or not succeeded:
         return None
-    store.save_source_watermark(checkpoint.profile, checkpoint.watermark, checkpoint.parts)
+    store.save_source_watermark(
+        checkpoint.profile, checkpoint.watermark, checkpoint.parts, shared=SHARED_VALUES
+    )
     return checkpoint
 
 

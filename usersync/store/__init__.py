@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,12 +103,38 @@ class StoredSnapshot:
         self, *, categorical: Mapping[str, Iterable[str]] | None = None
     ) -> dict[str, pd.DataFrame]:
         """Every part as a frame; `categorical` names, per part, columns to decode as pandas
-        categoricals over their stored distinct values (no string per row is built)."""
+        categoricals over their stored distinct values (no string per row is built).
+
+        A column saved as positions in another part's column (`Store.save_source_watermark`,
+        `shared`) takes that column's decoded values: the part it names is decoded first.
+
+        Raises:
+            ValueError: a column names a part or column not stored, or parts name each other.
+        """
         categorical = categorical or {}
-        return {
-            part: _decode_frame(body, categorical=tuple(categorical.get(part, ())))
-            for part, body in self.bodies.items()
-        }
+        frames: dict[str, pd.DataFrame] = {}
+        decoding: set[str] = set()
+
+        def decoded(part: str) -> pd.DataFrame:
+            if part not in frames:
+                if part in decoding or part not in self.bodies:
+                    raise ValueError(f"stored snapshot: part {part!r} is missing or circular")
+                decoding.add(part)
+                frames[part] = _decode_frame(
+                    self.bodies[part],
+                    categorical=tuple(categorical.get(part, ())),
+                    shared=shared_column,
+                )
+            return frames[part]
+
+        def shared_column(name: str) -> pd.api.extensions.ExtensionArray:
+            part, _, column = name.partition(".")
+            frame = decoded(part)
+            if column not in frame:
+                raise ValueError(f"stored snapshot: no column {name!r} to take values from")
+            return frame[column].array
+
+        return {part: decoded(part) for part in self.bodies}
 
 
 class Store:
@@ -587,10 +613,30 @@ class Store:
         return watermark, StoredSnapshot({part: bytes(body) for part, body in parts})
 
     def save_source_watermark(
-        self, profile: str, watermark: SourceWatermark, parts: Mapping[str, pd.DataFrame]
+        self,
+        profile: str,
+        watermark: SourceWatermark,
+        parts: Mapping[str, pd.DataFrame],
+        *,
+        shared: Mapping[str, str] | None = None,
     ) -> None:
-        """Replace the profile's watermark and snapshot parts, in one transaction."""
+        """Replace the profile's watermark and snapshot parts, in one transaction.
+
+        Args:
+            shared: "part.column" -> "other_part.column" whose values it takes: such a column
+                is saved as positions in the other one (when that one's values are distinct
+                and hold all of its own), so its strings are neither stored nor decoded twice
+                (memberships' source ids are the users' ones).
+        """
         now = _now()
+        sources: dict[str, dict[str, tuple[str, pd.Series]]] = {}
+        for name, origin in (shared or {}).items():
+            part, _, column = name.partition(".")
+            origin_part, _, origin_column = origin.partition(".")
+            if origin_part != part and origin_part in parts:
+                values = parts[origin_part].get(origin_column)
+                if values is not None:
+                    sources.setdefault(part, {})[column] = (origin, values)
         with self.engine.begin() as conn:
             conn.execute(source_watermarks.delete().where(source_watermarks.c.profile == profile))
             conn.execute(source_snapshots.delete().where(source_snapshots.c.profile == profile))
@@ -610,7 +656,7 @@ class Store:
                     {
                         "profile": profile,
                         "part": part,
-                        "body": _encode_frame(frame),
+                        "body": _encode_frame(frame, shared=sources.get(part)),
                         "saved_at": now,
                     }
                     for part, frame in parts.items()
@@ -652,7 +698,9 @@ def _aware(value: datetime) -> datetime:
 FRAME_MAGIC = b"usersync-frame-3\n"
 
 
-def _encode_frame(frame: pd.DataFrame) -> bytes:
+def _encode_frame(
+    frame: pd.DataFrame, *, shared: Mapping[str, tuple[str, pd.Series]] | None = None
+) -> bytes:
     """A frame column by column: each column's distinct values (zlib-compressed: strings
     joined by a character none contains, else a JSON list) and, per row, the code of its value
     (-1: null) as little-endian integers of the narrowest width.
@@ -665,12 +713,34 @@ def _encode_frame(frame: pd.DataFrame) -> bytes:
     than parsing them as JSON). Layout: `FRAME_MAGIC`, a little-endian uint32 header length, the JSON header
     (rows; per column its name, dtype, code width, the offsets of its two sections, the size
     of its values inflated and, for joined strings, the separator and their count), the
-    sections.
+    sections. A column named in `shared` (-> the name and values of another part's column)
+    is stored as codes only, positions in those values ("values_of" names them), when they
+    are distinct and hold each of its values.
     """
     columns: list[dict[str, Any]] = []
     sections: list[bytes] = []
     offset = 0
     for name in frame.columns:
+        dtype = frame[name].dtype
+        if isinstance(dtype, pd.CategoricalDtype):  # stored as its values' dtype
+            dtype = dtype.categories.dtype
+        origin, values = (shared or {}).get(name, ("", None))
+        positions = None if values is None else _positions_in(frame[name], values)
+        if positions is not None:
+            width = next(w for w, top in _CODE_WIDTHS if len(values) <= top)
+            raw = positions.astype(width).tobytes()
+            columns.append(
+                {
+                    "name": str(name),
+                    "dtype": str(dtype),
+                    "width": width,
+                    "codes": [offset, len(raw)],
+                    "values_of": origin,
+                }
+            )
+            sections.append(raw)
+            offset += len(raw)
+            continue
         codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
         values = pd.Series(uniques, dtype=object)
         distinct = values.where(values.notna(), None).tolist()
@@ -683,9 +753,6 @@ def _encode_frame(frame: pd.DataFrame) -> bytes:
         packed = zlib.compress(encoded, 1)
         width = next(w for w, top in _CODE_WIDTHS if len(uniques) <= top)
         raw = codes.astype(width).tobytes()
-        dtype = frame[name].dtype
-        if isinstance(dtype, pd.CategoricalDtype):  # stored as its values' dtype
-            dtype = dtype.categories.dtype
         column = {
             "name": str(name),
             "dtype": str(dtype),
@@ -701,6 +768,18 @@ def _encode_frame(frame: pd.DataFrame) -> bytes:
         offset += len(packed) + len(raw)
     header = json.dumps({"rows": len(frame), "columns": columns}).encode("utf-8")
     return b"".join([FRAME_MAGIC, len(header).to_bytes(4, "little"), header, *sections])
+
+
+def _positions_in(column: pd.Series, values: pd.Series) -> np.ndarray | None:
+    """Each row's position in `values` (-1: null), or None when `values` repeat a value, hold
+    a null, or lack one of the column's."""
+    index = pd.Index(values)
+    if index.hasnans or not index.is_unique:
+        return None
+    positions = index.get_indexer(column)
+    if ((positions < 0) & column.notna().to_numpy()).any():
+        return None
+    return positions
 
 
 #: Characters that may join a column's distinct strings, the first that none contains
@@ -722,9 +801,20 @@ def _separator(distinct: list[Any]) -> str | None:
 _CODE_WIDTHS = (("<i1", 127), ("<i2", 32_767), ("<i4", 2**31 - 1))
 
 
-def _decode_frame(body: bytes, *, categorical: tuple[str, ...] = ()) -> pd.DataFrame:
+def _decode_frame(
+    body: bytes,
+    *,
+    categorical: tuple[str, ...] = (),
+    shared: Callable[[str], pd.api.extensions.ExtensionArray] | None = None,
+) -> pd.DataFrame:
     """A stored frame; the columns named in `categorical` as categoricals over their distinct
-    values (nulls as missing codes), the others in their stored dtype."""
+    values (nulls as missing codes), the others in their stored dtype. A column stored as
+    positions in another part's column takes its values from `shared` (by that column's
+    "part.column" name).
+
+    Raises:
+        ValueError: a column takes another's values and `shared` does not give them.
+    """
     if bytes(body[: len(FRAME_MAGIC)]) != FRAME_MAGIC:
         frame = _decode_json_frame(body)
         return frame.astype({name: "category" for name in categorical if name in frame})
@@ -735,6 +825,9 @@ def _decode_frame(body: bytes, *, categorical: tuple[str, ...] = ()) -> pd.DataF
     base = at + 4 + size
     data = {}
     for column in header["columns"]:
+        if "values_of" in column:
+            data[column["name"]] = _shared_column(view, base, column, categorical, shared)
+            continue
         start, length = column["values"]
         # Inflating into a buffer of the known size takes half the time of growing one.
         inflated = max(1, column.get("inflated", zlib.DEF_BUF_SIZE))
@@ -763,6 +856,30 @@ def _decode_frame(body: bytes, *, categorical: tuple[str, ...] = ()) -> pd.DataF
         values = np.array([*distinct, None], dtype=object)  # the last one: null
         data[column["name"]] = pd.Series(values[codes], dtype=object).astype(column["dtype"])
     return pd.DataFrame(data, index=pd.RangeIndex(header["rows"]), copy=False)
+
+
+def _shared_column(
+    view: memoryview,
+    base: int,
+    column: dict[str, Any],
+    categorical: tuple[str, ...],
+    shared: Callable[[str], pd.api.extensions.ExtensionArray] | None,
+) -> pd.api.extensions.ExtensionArray:
+    """A column stored as positions in another part's column (`values_of`)."""
+    if shared is None:
+        raise ValueError(
+            f"stored column {column['name']!r} takes the values of "
+            f"{column['values_of']!r}, which were not given"
+        )
+    values = shared(column["values_of"])
+    if str(values.dtype) != column["dtype"]:
+        values = values.astype(column["dtype"])
+    start, length = column["codes"]
+    codes = np.frombuffer(view[base + start : base + start + length], dtype=column["width"])
+    if column["name"] in categorical:
+        # The other column's strings are the categories: none is built or hashed twice.
+        return pd.Categorical.from_codes(codes, pd.Index(values, copy=False), validate=False)
+    return values.take(codes, allow_fill=True)
 
 
 def _decode_json_frame(body: bytes) -> pd.DataFrame:
