@@ -175,19 +175,25 @@ GROUP_NAMES = st.sampled_from(["team", "all", "ops", "squad", "Straße"])
     renamed=st.dictionaries(GROUP_NAMES, GROUP_NAMES, max_size=3),
     read=st.lists(st.tuples(USER_IDS, GROUP_NAMES), max_size=8),
     changed_users=st.sets(USER_IDS, max_size=3),
+    known_users=st.sets(USER_IDS),
     users_memberships=st.booleans(),
     categorical=st.booleans(),
+    reuse_users=st.booleans(),
 )
 def test_merged_memberships_follow_the_rules_whatever_the_cached_form(
     cached: list[tuple[str, str]],
     renamed: dict[str, str],
     read: list[tuple[str, str]],
     changed_users: set[str],
+    known_users: set[str],
     users_memberships: bool,
     categorical: bool,
+    reuse_users: bool,
 ) -> None:
     """Oracle from the rules alone: a cached row stays unless its group was read (under its old
-    or its new name) or, with memberOf read, its user was; every row read is added once."""
+    or its new name) or, with memberOf read, its user was; every row read is added once. A
+    changed user's row replaces the cached one or, for a new user, is added; without
+    `reuse_users` the cached users are left as they were."""
     # What a read can return: members of the groups it read, and (memberOf read) groups of
     # the users it read.
     read = [
@@ -199,9 +205,10 @@ def test_merged_memberships_follow_the_rules_whatever_the_cached_form(
     ids = {name: f"g-{i}" for i, name in enumerate(names)}
     cached_groups = groups(*((ids[n], n, f"CN={n}") for n in names if n not in renamed.values()))
     read_groups = groups(*((ids[old], new, f"CN={new}") for old, new in renamed.items()))
-    cached_users = users(*((u, f"CN={u}", True, f"{u}@x") for u in ["u1", "u2", "u3", "u4", "ü5"]))
+    cached_users = users(*((u, f"CN={u}", True, f"{u}@x") for u in sorted(known_users)))
+    before = cached_users.copy()
     changes = DirectoryChanges(
-        users=users(*((u, f"CN={u}", True, f"{u}@y") for u in sorted(changed_users))),
+        users=users(*((u, f"CN={u}", u != "u2", f"{u}@y") for u in sorted(changed_users))),
         groups=read_groups,
         memberships=memberships(*read),
         all_groups=False,
@@ -211,7 +218,16 @@ def test_merged_memberships_follow_the_rules_whatever_the_cached_form(
     if categorical:
         cached_frame = cached_frame.astype("category")
 
-    _, _, merged = merge_changes(cached_users, cached_groups, cached_frame, changes)
+    merged_users, _, merged = merge_changes(
+        cached_users, cached_groups, cached_frame, changes, reuse_users=reuse_users
+    )
+
+    rows = {u: (f"CN={u}", True, f"{u}@x") for u in known_users}
+    rows |= {u: (f"CN={u}", u != "u2", f"{u}@y") for u in changed_users}
+    got = merged_users[["source_id", "locator", "active", "mail"]].to_numpy().tolist()
+    assert sorted(map(tuple, got)) == sorted((u, *row) for u, row in rows.items())
+    if not reuse_users:
+        pd.testing.assert_frame_equal(cached_users, before)
 
     gone_groups = set(renamed) | set(renamed.values())
     expected = {
@@ -221,3 +237,22 @@ def test_merged_memberships_follow_the_rules_whatever_the_cached_form(
     } | set(read)
     assert pairs(merged) == sorted(expected)
     assert len(merged) == len(expected)  # each membership once
+
+
+@pytest.mark.parametrize("reuse_users", [False, True])
+def test_a_changed_user_listed_twice_in_the_cache_is_one_row_after_the_merge(
+    reuse_users: bool,
+) -> None:
+    """A cache should never hold one id twice; if it does, the changed user still replaces
+    both rows (the rows are not rewritten in place one by one)."""
+    cached_users = users(("u1", "CN=a", True, "a@x"), ("u1", "CN=a2", True, "a2@x"))
+    changes = DirectoryChanges(
+        users=users(("u1", "CN=a", True, "new@x")),
+        groups=groups(),
+        memberships=memberships(),
+        all_groups=False,
+    )
+    merged_users, _, _ = merge_changes(
+        cached_users, CACHED_GROUPS, CACHED_MEMBERS, changes, reuse_users=reuse_users
+    )
+    assert merged_users[["source_id", "mail"]].to_numpy().tolist() == [["u1", "new@x"]]

@@ -135,7 +135,12 @@ def full_read_reason(
 
 
 def merge_changes(
-    users: pd.DataFrame, groups: pd.DataFrame, memberships: pd.DataFrame, changes: DirectoryChanges
+    users: pd.DataFrame,
+    groups: pd.DataFrame,
+    memberships: pd.DataFrame,
+    changes: DirectoryChanges,
+    *,
+    reuse_users: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The cached users, groups (with `locator`) and memberships with the changes merged in.
 
@@ -145,11 +150,14 @@ def merge_changes(
     read. When every group was read, the read's groups and memberships replace the cached ones.
     Cached memberships held as categoricals (as `extract_with_watermark` decodes them) are
     merged as categoricals.
+
+    Args:
+        reuse_users: `users` is the caller's to give up (decoded for this merge alone): the
+            changed users' rows are written where they are instead of into a copy of every
+            row, and `users` itself may be returned, changed.
     """
     changed_users = changes.users["source_id"]
-    merged_users = pd.concat(
-        [users[~users["source_id"].isin(changed_users)], changes.users], ignore_index=True
-    )
+    merged_users = _merged_users(users, changes.users, reuse=reuse_users)
     if changes.all_groups:
         return merged_users, changes.groups.reset_index(drop=True), changes.memberships
     changed_ids = changes.groups["source_group_id"]
@@ -183,6 +191,28 @@ def merge_changes(
         copy=False,
     )
     return merged_users, merged_groups, merged_memberships
+
+
+def _merged_users(users: pd.DataFrame, changed: pd.DataFrame, *, reuse: bool) -> pd.DataFrame:
+    """The cached users with the changed users' rows replaced (by id) and the new ones
+    appended; with `reuse`, written into `users` (its 100k rows are not copied) when both
+    frames have the same columns and each changed id names at most one cached row."""
+    ids = pd.Index(changed["source_id"])
+    alike = list(users.columns) == list(changed.columns) and users.dtypes.equals(changed.dtypes)
+    if reuse and alike and ids.is_unique:
+        at = ids.get_indexer(users["source_id"])  # per cached row: its changed row, or -1
+        rows = np.flatnonzero(at >= 0)
+        sources = at[rows]
+        if len(np.unique(sources)) == len(sources):
+            for position, name in enumerate(users.columns):
+                if name != "source_id":  # equal by construction (and the memberships' ids)
+                    users.iloc[rows, position] = changed[name].array.take(sources)
+            new = np.ones(len(changed), dtype=bool)
+            new[sources] = False
+            if not new.any():
+                return users
+            return pd.concat([users, changed[new]], ignore_index=True)
+    return pd.concat([users[~users["source_id"].isin(ids)], changed], ignore_index=True)
 
 
 def _joined(cached: pd.Series, kept: np.ndarray, read: pd.Series) -> pd.Categorical:
@@ -288,7 +318,7 @@ def extract_with_watermark(
                 found, known_users=parts["users"], known_groups=parts["groups"]
             )
             users, groups, memberships = merge_changes(
-                parts["users"], parts["groups"], parts["memberships"], changes
+                parts["users"], parts["groups"], parts["memberships"], changes, reuse_users=True
             )
         due = stored.full_read_at + timedelta(hours=config.incremental.full_every_hours)
         notes = (
