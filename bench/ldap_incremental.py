@@ -14,7 +14,11 @@ the suffix's contextCSN; `index entryCSN eq` with it), and on that server:
    makes in a fresh process; then its parts apart: the stored snapshot decoded, the change
    searches and their resolution (`search_changes`, `resolve_changes`), the merge; and
    `ldapsearch` on the same two change queries, the server's own time for them;
-4. a full read again (`full=True`), timed, whose snapshot the incremental one must equal.
+4. a full read again (`full=True`), timed, whose snapshot the incremental one must equal;
+5. the mapping step (`desired_state`, every group on the fly) on each snapshot: the
+   incremental one hands its memberships over as categoricals (codes), the full read as
+   strings; the desired states must be equal, and the time shows nothing was pushed
+   downstream.
 
 It prints the seconds of each step and the ratios incremental / full. Figures are noisy
 (2 cores shared with slapd): compare within one run.
@@ -43,6 +47,13 @@ from ldap_extract import (
     write_ldif,
 )
 
+from usersync.mapping import (
+    DEFAULT_ATTRIBUTES_CSV,
+    MappingTables,
+    desired_state,
+    parse_attributes,
+    parse_groups,
+)
 from usersync.model import SourceSnapshot
 from usersync.sandbox.slapd import SlapdServer
 from usersync.sources.ldap import LdapSource
@@ -57,6 +68,7 @@ from usersync.sources.watermark import (
 from usersync.store import Store
 
 PROFILE = "bench-incremental"
+GROUPS_CSV = "source_group,target_group,mode,targets\n*,,on-the-fly,\n"
 SEED = 20261130
 
 
@@ -89,6 +101,11 @@ def change_directory(server: SlapdServer, users: int, groups: int, share: float)
         assert conn.modify(dn, change), conn.result
     conn.unbind()
     return len(changed_users), len(changed_groups)
+
+
+def rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` sorted by every column, with a fresh index (to compare row sets)."""
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
 
 
 def same_snapshot(one: SourceSnapshot, other: SourceSnapshot) -> bool:
@@ -184,6 +201,15 @@ def main() -> None:
                 full = extract_with_watermark(source, PROFILE, ATTRIBUTES, store, full=True)
                 second_full = time.monotonic() - began
             store.close()
+            tables = MappingTables(
+                parse_attributes(DEFAULT_ATTRIBUTES_CSV),
+                parse_groups(GROUPS_CSV, target_names=["jira"]),
+            )
+            mapped = {}
+            for name, snapshot in (("incremental", incremental), ("full", full)):
+                began = time.monotonic()
+                mapped[name] = desired_state(snapshot, tables, "jira")
+                mapped[name + " seconds"] = time.monotonic() - began
 
             cold, median = wholes[0], sorted(wholes)[len(wholes) // 2]
             print(
@@ -208,6 +234,16 @@ def main() -> None:
             print(
                 "incremental snapshot equals the full read: "
                 + ("yes" if same_snapshot(incremental, full) else "NO (MISMATCH)")
+            )
+            one, other = mapped["incremental"], mapped["full"]
+            alike = all(
+                rows(getattr(one, part)).equals(rows(getattr(other, part)))
+                for part in ("users", "groups", "memberships")
+            )
+            print(
+                f"desired_state on the incremental snapshot {mapped['incremental seconds']:.2f} s, "
+                f"on the full read's {mapped['full seconds']:.2f} s; "
+                + ("equal" if alike else "NOT EQUAL (MISMATCH)")
             )
 
 
