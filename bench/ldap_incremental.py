@@ -103,17 +103,15 @@ def change_directory(server: SlapdServer, users: int, groups: int, share: float)
     return len(changed_users), len(changed_groups)
 
 
-def rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` sorted by every column, with a fresh index (to compare row sets)."""
-    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+def rows(frame: pd.DataFrame, key: list[str] | None = None) -> pd.DataFrame:
+    """`frame` sorted by `key` (default: every column), with a fresh index, to compare row
+    sets; categorical columns (an incremental read's memberships) as their strings."""
+    coded = [name for name in frame if isinstance(frame[name].dtype, pd.CategoricalDtype)]
+    frame = frame.astype(dict.fromkeys(coded, "string"))
+    return frame.sort_values(key or list(frame.columns)).reset_index(drop=True)
 
 
 def same_snapshot(one: SourceSnapshot, other: SourceSnapshot) -> bool:
-    def rows(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-        # An incremental read's memberships are categoricals: compared as their strings.
-        coded = [name for name in frame if isinstance(frame[name].dtype, pd.CategoricalDtype)]
-        return frame.astype(dict.fromkeys(coded, "string")).sort_values(key).reset_index(drop=True)
-
     return rows(one.users, ["source_id"]).equals(rows(other.users, ["source_id"])) and rows(
         one.memberships, ["source_id", "source_group"]
     ).equals(rows(other.memberships, ["source_id", "source_group"]))
