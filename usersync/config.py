@@ -415,6 +415,16 @@ class GroupSyncSettings(StrictModel):
         "them alone (default), or remove them (each removal counts against the brake).",
     )
 
+    allow_privileged_groups: tuple[str, ...] = Field(
+        (),
+        description="Groups that grant administration in a product (Jira's administrator "
+        "groups, Confluence's administrators, Bitbucket groups holding ADMIN or SYS_ADMIN, and "
+        "any group named in admin_groups) that the rules may create or add members to. "
+        "Default: none; every rule that maps onto such a group is refused and listed as a "
+        "conflict. Name a group here only if your IdP is the authority on who administers "
+        "the product.",
+    )
+
     _patterns = field_validator("include", "exclude")(
         classmethod(lambda cls, v: tuple(_check_pattern(p) for p in v))
     )
