@@ -4,7 +4,8 @@ The target and SCIM/miniOrange clients (`usersync.http`) retry 429s, 5xx and dro
 connections themselves, honouring Retry-After, and verify writes whose answer was lost; a
 task retry on top would multiply their attempts (3 × 5 requests, a minute of waiting) before
 a dead target fails. So the plan and load tasks never retry. The LDAP source has no retry of
-its own: a directory that could not be reached is the one failure a task retries.
+its own: a directory that could not be reached is the one failure a task retries, unless its
+TLS certificate could not be verified, which no retry can fix.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from usersync.errors import SourceUnreachableError, TargetError
+from usersync.http import certificate_failure
 
 
 def retried_below(error: BaseException) -> bool:
@@ -24,11 +26,12 @@ def retried_below(error: BaseException) -> bool:
 
 
 def retry_unreachable_source(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: True only for an unreachable source no client retried."""
+    """Prefect `retry_condition_fn`: True only for an unreachable source that no client
+    retried and whose TLS certificate was not the problem (no retry fixes that)."""
     try:
         state.result()
     except SourceUnreachableError as exc:
-        return not retried_below(exc)
+        return not retried_below(exc) and certificate_failure(exc) is None
     except Exception:
         return False
     return False

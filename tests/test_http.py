@@ -8,10 +8,15 @@ waits instead of sleeping, so nothing here really sleeps.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
@@ -19,7 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tasks.retry import retry_unreachable_source
 from usersync.errors import (
+    SourceUnreachableError,
     TargetAuthError,
     TargetConflictError,
     TargetNotFoundError,
@@ -28,7 +35,7 @@ from usersync.errors import (
     TargetUnreachableError,
     TransientError,
 )
-from usersync.http import ApiClient, RetryPolicy, parse_retry_after
+from usersync.http import ApiClient, RetryPolicy, certificate_failure, parse_retry_after
 from usersync.sandbox.faults import Instrumented
 from usersync.sandbox.server import serve
 
@@ -439,3 +446,148 @@ def test_write_once_whose_check_fails_too_is_of_unknown_outcome(
             "POST", "/things", json={"name": "x"}, applied=broken_check, result=lambda r: 0
         )
     assert len(posts(app)) == 1
+
+
+# -- TLS certificates that cannot be verified --------------------------------------------------
+# A raw TLS socket server, not uvicorn: the tests count the connections it accepts.
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate PEM, key PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "usersync test server")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "server.pem", directory / "server.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@contextmanager
+def https_server(directory: Path) -> Iterator[tuple[str, Path, list[int]]]:
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate that answers every request
+    `200 {"ok": true}`; yields (base URL, its certificate, the connections it accepted)."""
+    cert_file, key_file = self_signed_certificate(directory)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    accepted: list[int] = []
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(1)
+            raw.settimeout(5)
+            try:
+                with context.wrap_socket(raw, server_side=True) as tls:
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        request += tls.recv(4096)
+                    tls.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b'Content-Length: 12\r\nConnection: close\r\n\r\n{"ok": true}'
+                    )
+            except (ssl.SSLError, OSError):
+                raw.close()  # the client refused the certificate
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}", cert_file, accepted
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_an_unverifiable_certificate_fails_at_once_saying_how_to_fix_it(tmp_path: Path) -> None:
+    waits: list[float] = []
+    with https_server(tmp_path) as (url, _, accepted):
+        api = client(f"{url}/rest/api/2", waits)
+        with pytest.raises(TargetUnreachableError) as caught:
+            api.get_json("/myself")
+
+    message = str(caught.value)
+    assert accepted == [1] and waits == [] and caught.value.attempts == 1
+    assert message.startswith(
+        f"test: GET /myself: the TLS certificate of {url} could not be verified with the "
+        "system's CAs (self-signed certificate): give the CA that signed it with ca_file:"
+    )
+    assert message.endswith("or fix the server's certificate; not retried")
+    assert "\n" not in message
+
+
+def test_an_unverifiable_certificate_is_not_sent_again_for_a_write(tmp_path: Path) -> None:
+    waits: list[float] = []
+    with https_server(tmp_path) as (url, _, accepted):
+        api = client(url, waits)
+        with pytest.raises(TargetUnreachableError, match="could not be verified"):
+            api.write_once("POST", "/things", json={}, applied=lambda: None, result=lambda r: 0)
+    assert accepted == [1] and waits == []
+
+
+def test_the_ca_file_the_message_asks_for_fixes_it(tmp_path: Path) -> None:
+    with https_server(tmp_path) as (url, cert_file, accepted):
+        api = ApiClient("test", url, verify=cert_file, retry=RetryPolicy(sleep=lambda _: None))
+        assert api.get_json("/ok") == {"ok": True}
+    assert accepted == [1]
+
+
+def test_an_ldap_certificate_failure_is_not_retried_by_the_task() -> None:
+    class Failed:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def result(self) -> None:
+            raise self.error
+
+    def ldap_error(text: str) -> SourceUnreachableError:
+        try:
+            raise OSError(text)  # what ldap3 raises, as the LDAP source wraps it
+        except OSError as exc:
+            wrapped = SourceUnreachableError(f"ldaps://ldap.corp:636: {text}")
+            wrapped.__cause__ = exc
+            return wrapped
+
+    untrusted = ldap_error(
+        "socket ssl wrapping error: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: unable to get local issuer certificate (_ssl.c:1006)"
+    )
+    down = ldap_error("socket connection error while opening: [Errno 111] Connection refused")
+
+    assert certificate_failure(untrusted) == "unable to get local issuer certificate"
+    assert certificate_failure(down) is None
+    assert retry_unreachable_source(None, None, Failed(untrusted)) is False
+    assert retry_unreachable_source(None, None, Failed(down)) is True

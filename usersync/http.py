@@ -4,8 +4,10 @@ Each product module builds an `ApiClient` with its base URL and auth and calls `
 Transient answers (429, 5xx, dropped connections, timeouts) are retried with exponential
 backoff and jitter, waiting what `Retry-After` asks for when the server says (seconds or an
 HTTP date, capped). Everything else becomes the matching `usersync.errors` class at once, with
-a message that names the product, the call and what the server said. Credentials are never
-part of a message or a log line.
+a message that names the product, the call and what the server said. A TLS certificate that
+cannot be verified is not transient: it fails the call at once, once, saying how to fix it.
+Credentials are never part of a message (`usersync.redaction.redact`) or of a log line (the
+log record factory `usersync` installs on import, see `usersync.redaction`).
 
 A write that is not idempotent (POST, PATCH) is never sent twice blindly: once a try may have
 reached the server (a 5xx, a connection lost after sending, a read timeout), sending it again
@@ -31,6 +33,7 @@ import email.utils
 import itertools
 import logging
 import random
+import re
 import ssl
 import threading
 import time
@@ -54,6 +57,7 @@ from usersync.errors import (
     TargetUnreachableError,
     TransientError,
 )
+from usersync.redaction import redact
 
 log = logging.getLogger("usersync.http")
 
@@ -112,11 +116,16 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 def error_text(response: httpx.Response) -> str:
-    """What an Atlassian error body says, in one line.
+    """What an Atlassian error body says, in one line, credentials redacted.
 
     Understands Jira's `{"errorMessages": [...], "errors": {...}}`, Confluence's `{"message"}`
-    and Bitbucket's `{"errors": [{"message"}]}`; falls back to the first 200 characters of text.
+    and Bitbucket's `{"errors": [{"message"}]}`; falls back to the first 200 characters of text
+    (a proxy's error page may echo the request's URL).
     """
+    return redact(_error_text(response))
+
+
+def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -134,6 +143,45 @@ def error_text(response: httpx.Response) -> str:
         if body.get("message"):
             parts.append(str(body["message"]))
     return "; ".join(parts) or response.text[:200].strip()
+
+
+def certificate_failure(error: BaseException) -> str | None:
+    """Why a TLS certificate could not be verified, if that is what `error` (or an error it
+    wraps, as httpx and ldap3 do) is; None for any other error.
+
+    Such a failure is permanent until the configuration or the server changes: trying again
+    cannot help.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or str(current)
+        text = str(current)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            reason = re.search(r"certificate verify failed: ([^(]+?)\s*(?:\(_ssl|$)", text)
+            return reason[1] if reason else text
+        pending += [current.__cause__, current.__context__]
+    return None
+
+
+def _untrusted(what: str, url: str, ca_file: Path | None, reason: str) -> TargetUnreachableError:
+    """The one-line error of a certificate that could not be verified: what, and the fix."""
+    server = httpx.URL(url)
+    origin = f"{server.scheme}://{server.netloc.decode()}"
+    with_ca = f"with the CA file {ca_file}" if ca_file else "with the system's CAs"
+    return TargetUnreachableError(
+        redact(
+            f"{what}: the TLS certificate of {origin} could not be verified {with_ca} "
+            f"({reason}): give the CA that signed it with ca_file: on this target or source in "
+            "the profile, or fix the server's certificate; not retried"
+        ),
+        attempts=1,
+    )
 
 
 def _body(response: httpx.Response) -> object:
@@ -396,6 +444,7 @@ class ApiClient:
     ) -> None:
         self.product = product
         self.retry = retry or RetryPolicy()
+        self._ca_file = verify if isinstance(verify, Path) else None
         verify_arg: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=str(verify)) if isinstance(verify, Path) else verify
         )
@@ -507,7 +556,7 @@ class ApiClient:
     ) -> httpx.Response | _Applied[T]:
         """The retry loop of `request` and `write_once`."""
         ok = frozenset(ok)
-        what = f"{self.product}: {method} {path}"
+        what = redact(f"{self.product}: {method} {path}")
         attempt = 0
         #: 429s among the attempts (waited out apart from the other failures)
         throttled = 0
@@ -525,10 +574,15 @@ class ApiClient:
             try:
                 response = self._client.request(method, path, params=params, json=json)
             except httpx.TransportError as exc:
+                untrusted = certificate_failure(exc)
+                if untrusted is not None:
+                    # Says nothing of the instance's pace; the run cannot go on without a fix.
+                    self.limiter.finish(None, CLEAN)
+                    raise _untrusted(what, self.base_url, self._ca_file, untrusted) from exc
                 self.limiter.finish(sent_at, FAILED)
                 reached = not isinstance(exc, NEVER_SENT_ERRORS)
                 failure: TargetError = TargetUnreachableError(
-                    f"{what}: no answer from {self.base_url} after {attempt} attempt(s): "
+                    f"{what}: no answer from {redact(self.base_url)} after {attempt} attempt(s): "
                     f"{type(exc).__name__}: {exc}",
                     attempts=attempt,
                 )
