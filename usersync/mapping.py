@@ -805,6 +805,7 @@ def _desired_groups(
                 "create": rule.create,
                 "enforce": rule.mode != "default-new",
                 "keep_users": rule.keep_existing_users,
+                "named": True,
             }
         )
     named = pd.DataFrame(rows, columns=["group", *DESIRED_GROUP_FLAGS])
@@ -812,7 +813,13 @@ def _desired_groups(
     members = memberships["group"].astype("string").dropna().drop_duplicates()
     fly = members[~members.str.casefold().isin(named_keys)]
     fly_rows = pd.DataFrame(
-        {"group": fly, "create": settings.create_missing, "enforce": True, "keep_users": True}
+        {
+            "group": fly,
+            "create": settings.create_missing,
+            "enforce": True,
+            "keep_users": True,
+            "named": False,
+        }
     )
     frame = pd.concat([named, fly_rows], ignore_index=True)
     frame["group"] = frame["group"].astype("string")
@@ -823,6 +830,7 @@ def _desired_groups(
         enforce=("enforce", "any"),
         # Members are removed only when every rule naming the group says so.
         keep_users=("keep_users", "any"),
+        named=("named", "any"),
     )
     out = conform(
         flags.reset_index(drop=True)[["group", *DESIRED_GROUP_FLAGS]],

@@ -64,8 +64,16 @@ DESIRED_GROUP_COLUMNS: dict[str, str] = {"group": STRING}
 #: `create`: usersync may create the group when the target lacks it (else its memberships are
 #: reported and skipped); `enforce`: usersync decides managed users' membership (not for groups
 #: only joined at creation); `keep_users`: members the source does not list are left alone
-#: (False: removed, unmanaged accounts included, except protected and other profiles' ones).
-DESIRED_GROUP_FLAGS: dict[str, bool] = {"create": True, "enforce": True, "keep_users": True}
+#: (False: removed, unmanaged accounts included, except protected and other profiles' ones);
+#: `named`: a rule of the profile names the target group (manual, default); False for groups
+#: only an on-the-fly rule yields, which may not take over an existing group usersync did not
+#: create.
+DESIRED_GROUP_FLAGS: dict[str, bool] = {
+    "create": True,
+    "enforce": True,
+    "keep_users": True,
+    "named": True,
+}
 #: Optional boolean column of desired memberships: joined once, when the account is created.
 MEMBERSHIP_ONCE = "once"
 

@@ -62,6 +62,17 @@ class PlanInput:
     settings: SyncSettings
     #: usernames never touched: the settings' list plus the account usersync signs in as
     protected: tuple[str, ...] = ()
+    #: usernames (case-folded) of the product's administrators that usersync may not adopt or
+    #: relink (those `manage_admin_accounts` lists are left out); managed ones still leave
+    administrators: frozenset[str] = frozenset()
+    #: why the administrators cannot all be established: then nobody is adopted or relinked
+    admin_problem: str | None = None
+    #: group names (case-folded) that grant administration and that no rule may create or
+    #: fill (those `settings.groups.allow_privileged_groups` names are left out)
+    privileged_groups: frozenset[str] = frozenset()
+    #: group names (case-folded) that grant access to the product (application roles'
+    #: groups, licensing groups): `keep_existing_groups: false` never removes anyone from them
+    access_groups: frozenset[str] = frozenset()
     #: accounts other profiles manage on the same target instance: target_key → profile
     foreign: dict[str, str] = field(default_factory=dict)
     #: of those, the ones whose profile yields to this one (settings.precedence): taken over
@@ -88,6 +99,12 @@ class PlannedChanges:
     conflicts: pd.DataFrame = field(default_factory=lambda: empty_frame(CONFLICT_COLUMNS))
     #: attribute → number of managed accounts whose value the target would not reveal
     unverifiable: dict[str, int] = field(default_factory=dict)
+    #: what a person must look at (a privileged group refused, a leaver held back, rights
+    #: that cannot be read): one line each, for the log, the summary and an event
+    alerts: tuple[str, ...] = ()
+    #: group names (case-folded) no rule may land on this run (privileged, or existing groups
+    #: an on-the-fly rule may not take over): never recorded as managed
+    refused_groups: frozenset[str] = frozenset()
 
 
 def _key(values: pd.Series) -> pd.Series:
@@ -186,8 +203,20 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     deferred = elsewhere & by_name["t_target_key"].isin(data.deferred)
     found = found & by_name["foreign"].isna()
     unowned = found & ~owned & wants
-    adopt = unowned & (_may_adopt(by_name, settings.adoption) | taken_over)
-    relink = found & owned & ~owner_live & wants
+    may_adopt = _may_adopt(by_name, settings.adoption)
+    # An administrator is never handed to whoever holds the name in the IdP; when the
+    # administrators cannot be established, nobody is (fail closed).
+    is_protected_name = by_name["t_key"].isin(protected)
+    admin_held = (
+        pd.Series(True, index=by_name.index)
+        if data.admin_problem
+        else by_name["t_key"].isin(data.administrators)
+    ) & ~is_protected_name
+    adopt = unowned & (may_adopt | taken_over) & ~admin_held
+    # A re-created identity takes its predecessor's account only as the adoption policy
+    # would let it take any account: a new person with the old person's username is not them.
+    departed = found & owned & ~owner_live & wants
+    relink = departed & may_adopt & ~admin_held
     disputed = found & owned & owner_live & ~owner_renamed_away & wants
     create = wants & ~elsewhere & (~found | (owned & owner_renamed_away))
 
@@ -209,8 +238,27 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     if not settings.create_users:
         to_create = to_create.iloc[0:0]
 
-    refused = by_name.loc[unowned & ~adopt & ~by_name["t_key"].isin(protected)]
+    refused = by_name.loc[unowned & ~(may_adopt | taken_over) & ~is_protected_name]
     conflicts = [
+        by_name.loc[(unowned | departed) & admin_held & (may_adopt | taken_over)].assign(
+            target_key=lambda f: f["t_target_key"],
+            reason=lambda f: (
+                "account '"
+                + f["t_username"]
+                + "' "
+                + (
+                    "cannot be verified not to be an administrator (" + data.admin_problem + ")"
+                    if data.admin_problem
+                    else "is an administrator of the product"
+                )
+                + ": not adopted or relinked, nothing changed; list it in "
+                "settings.manage_admin_accounts to let usersync manage it"
+            ),
+        ),
+        by_name.loc[departed & ~may_adopt & ~is_protected_name].assign(
+            target_key=lambda f: f["t_target_key"],
+            reason=lambda f: _relink_refusal(f, settings.adoption),
+        ),
         claimed.assign(
             target_key=lambda f: f["t_target_key"],
             reason=lambda f: (
@@ -230,8 +278,8 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
             reason=lambda f: (
                 "account '"
                 + f["t_username"]
-                + "' is protected (protected_usernames, the account usersync signs in as, or "
-                "an administrator of the product not listed in manage_admin_accounts): left alone"
+                + "' is protected (protected_usernames, or the account usersync signs in as): "
+                "left alone"
             ),
         ),
         by_name.loc[disputed].assign(
@@ -319,6 +367,8 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
             parts.append(_activation(back, target, active=True, reason="active in the source"))
 
     leaving = _leaving(matched, live, desired, rejected, protected)
+    held = _held_leavers(live, desired, rejected, protected)
+    conflicts.append(held)
     if settings.deactivate_missing_users:
         going = leaving.loc[_flag(leaving["t_active"])]
         handover, blocked = _lead_handover(data, going)
@@ -328,16 +378,23 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
         if len(going):
             parts.append(_activation(going, target, active=False))
 
-    group_parts, skipped_groups = _group_ops(data, ledger, live_matched, to_create, leaving)
+    group_parts, skipped_groups, refused_groups = _group_ops(
+        data, ledger, live_matched, to_create, leaving
+    )
     parts.extend(group_parts)
     conflicts.append(skipped_groups)
+    conflicts.append(refused_groups[["reason"]].assign(source_id="", username="", target_key=""))
+    alerts = _alerts(data, held, refused_groups)
 
     conflict_rows = pd.concat([c for c in conflicts if len(c)] or [empty_frame(CONFLICT_COLUMNS)])
     conflict_frame = conform(
         conflict_rows[list(CONFLICT_COLUMNS)].fillna(""), CONFLICT_COLUMNS, what="conflicts"
     )
+    refused_keys = frozenset(refused_groups["gkey"])
     if not parts:
-        return PlannedChanges(empty_frame(PLAN_COLUMNS), conflict_frame, unverifiable)
+        return PlannedChanges(
+            empty_frame(PLAN_COLUMNS), conflict_frame, unverifiable, alerts, refused_keys
+        )
     plan = pd.concat([p for p in parts if len(p)] or [empty_frame(PLAN_COLUMNS)], ignore_index=True)
     order = {op: i for i, op in enumerate(OPERATIONS)}
     plan = plan.assign(
@@ -347,7 +404,7 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
     ).sort_values(["_op", "_user", "_group"], kind="stable", ignore_index=True)
     plan["seq"] = range(1, len(plan) + 1)
     operations = conform(plan[list(PLAN_COLUMNS)].fillna(""), PLAN_COLUMNS, what="plan")
-    return PlannedChanges(operations, conflict_frame, unverifiable)
+    return PlannedChanges(operations, conflict_frame, unverifiable, alerts, refused_keys)
 
 
 def _lead_handover(data: PlanInput, going: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -488,6 +545,65 @@ def _adoption_refusal(rows: pd.DataFrame, policy: str) -> pd.Series:
         + why
         + ": not adopted, nothing changed; fix the e-mail on either side or set adoption"
     )
+
+
+def _relink_refusal(rows: pd.DataFrame, policy: str) -> pd.Series:
+    """Why a new identity did not take over its departed namesake's account."""
+    why = (
+        "adoption: never"
+        if policy == "never"
+        else "its e-mail differs from the new source user's (adoption: username_and_email)"
+    )
+    return (
+        "account '"
+        + rows["t_username"]
+        + "' belonged to a source user who left ("
+        + rows["owner"].fillna("")
+        + "), and "
+        + why
+        + ": a new identity with that username is not relinked to it; the old account stays "
+        "as it is. Rename one of the two in the IdP, or fix the e-mail if it is the same person"
+    )
+
+
+def _held_leavers(
+    live: pd.DataFrame, desired: pd.DataFrame, rejected: pd.DataFrame, protected: set[str]
+) -> pd.DataFrame:
+    """Conflict rows for managed accounts whose source user is disabled or gone but which are
+    protected (protected_usernames, or the account usersync signs in as): still active, and a
+    person must decide. Every other managed leaver is deactivated, whatever groups it holds."""
+    mine = live.loc[live["t_key"].isin(protected) & _flag(live["t_active"])]
+    if not len(mine):
+        return empty_frame(CONFLICT_COLUMNS)
+    active = set(desired.loc[_flag(desired["active"]), "source_id"])
+    if "active" in rejected:
+        active |= set(rejected.loc[_flag(rejected["active"]), "source_id"])
+    else:
+        active |= set(rejected["source_id"])
+    gone = mine.loc[~mine["source_id"].isin(active)]
+    return gone.assign(
+        target_key=gone["t_target_key"],
+        username=gone["t_username"],
+        reason=(
+            "NOT deactivated: account '"
+            + gone["t_username"]
+            + "' is managed and its source user is disabled or gone, but it is protected "
+            "(protected_usernames, or the account usersync signs in as); deactivate it by hand "
+            "or take it off the list"
+        ),
+    )[list(CONFLICT_COLUMNS)]
+
+
+def _alerts(data: PlanInput, held: pd.DataFrame, refused_groups: pd.DataFrame) -> tuple[str, ...]:
+    """The lines a person must read: security refusals and held-back leavers."""
+    lines = [f"{data.target}: {reason}" for reason in refused_groups["reason"]]
+    lines += [f"{data.target}: {reason}" for reason in held["reason"]]
+    if data.admin_problem:
+        lines.append(
+            f"{data.target}: administrators cannot be established ({data.admin_problem}): "
+            "no unmanaged account is adopted or relinked until they can"
+        )
+    return tuple(lines)
 
 
 def _updates(
@@ -664,8 +780,9 @@ def _group_ops(
     live_matched: pd.DataFrame,
     created: pd.DataFrame,
     leaving: pd.DataFrame,
-) -> tuple[list[pd.DataFrame], pd.DataFrame]:
-    """create_group, add_membership and remove_membership rows, and the groups skipped.
+) -> tuple[list[pd.DataFrame], pd.DataFrame, pd.DataFrame]:
+    """create_group, add_membership and remove_membership rows, the groups skipped, and the
+    groups refused (columns group, gkey, reason).
 
     The groups usersync manages are the mapped ones plus every group the ledger remembers,
     except groups only joined at creation (`default-new`); the accounts whose memberships it
@@ -675,6 +792,15 @@ def _group_ops(
     `keep_existing_users: no` loses the members the source does not list, unmanaged accounts
     included (never protected ones, nor accounts another profile manages). A missing group
     usersync may not create is skipped with its memberships, and reported.
+
+    Source data never grants privileges: a group that grants administration (`privileged_groups`)
+    is never created or given members, and an on-the-fly group lands only on a group usersync
+    created (the ledger says so) or on one it creates now; an existing group it did not create
+    needs a rule that names it (a manual row is that explicit link). Either refusal is a listed
+    conflict, and the group is not managed because of the mapping (a privileged group the
+    ledger remembers still loses the managed accounts the source does not put there). With
+    `keep_existing_groups: false`, groups that grant administration or access to the product are
+    left alone unless a rule names them.
 
     The membership tables run to a million rows, so their names are turned into integer codes
     once (case-folded group names, case-folded usernames, source ids) and every join and
@@ -686,6 +812,21 @@ def _group_ops(
     out: list[pd.DataFrame] = []
     desired_groups = _group_flags(data.desired.groups)
     existing = set(_key(data.actual.groups["group"]))
+    group_rows = ledger.loc[ledger["kind"] == "group"]
+    created_by_us = set(
+        _key(group_rows.loc[group_rows["origin"].fillna("created") == "created", "name"])
+    )
+    privileged = desired_groups["gkey"].isin(data.privileged_groups)
+    taken = (
+        ~desired_groups["named"]
+        & desired_groups["gkey"].isin(existing)
+        & ~desired_groups["gkey"].isin(created_by_us)
+        & ~privileged
+    )
+    refused = desired_groups.loc[privileged | taken, ["group", "gkey"]].assign(
+        privileged=privileged[privileged | taken]
+    )
+    desired_groups = desired_groups.loc[~(privileged | taken)]
     missing = desired_groups.loc[~desired_groups["gkey"].isin(existing)]
     new_groups = missing.loc[missing["create"]]
     skipped_groups = missing.loc[~missing["create"]]
@@ -728,7 +869,12 @@ def _group_ops(
     )
     once_only = _code_mask(gkeys, desired_groups.loc[~desired_groups["enforce"], "gkey"])
     managed = _code_mask(gkeys, [*desired_groups["gkey"], *_key(ledger_groups)]) & ~once_only
-    skipped_mask = _code_mask(gkeys, skipped_groups["gkey"])
+    refused_mask = _code_mask(gkeys, refused["gkey"])
+    skipped_mask = _code_mask(gkeys, skipped_groups["gkey"]) | refused_mask
+    untouchable = (
+        _code_mask(gkeys, [*data.privileged_groups, *data.access_groups, *refused["gkey"]])
+        & ~managed
+    )
     strict = _code_mask(gkeys, desired_groups.loc[~desired_groups["keep_users"], "gkey"])
 
     # Case-folded usernames, and source ids (those of the staying accounts).
@@ -751,6 +897,7 @@ def _group_ops(
     want_g = wanted_g[want_row]
     skipped_rows = skipped_mask[want_g]
     skipped_counts = pd.Series(gkeys[want_g[skipped_rows]]).value_counts()
+    refused_report = _refused_groups(refused, skipped_counts)
     want_row, want_stay, want_g = (a[~skipped_rows] for a in (want_row, want_stay, want_g))
     want_sid = staying_sid[want_stay]
 
@@ -758,7 +905,11 @@ def _group_ops(
     # the groups whose memberships usersync decides; of those, the staying accounts' ones.
     have_row, have_account = _join(member_u, account_u)
     have_g = member_g[have_row]
-    decided = managed[have_g] if settings.groups.keep_existing_groups else ~once_only[have_g]
+    decided = (
+        managed[have_g]
+        if settings.groups.keep_existing_groups
+        else ~once_only[have_g] & ~untouchable[have_g]
+    )
     have_row, have_account, have_g = (a[decided] for a in (have_row, have_account, have_g))
     account_tk, account_keys = pd.factorize(accounts["target_key"], use_na_sentinel=False)
     have_tk = account_tk[have_account]
@@ -789,7 +940,7 @@ def _group_ops(
         )
     skipped_report = _skipped_groups(skipped_groups, skipped_counts)
     if not settings.remove_memberships:
-        return out, skipped_report
+        return out, skipped_report, refused_report
 
     # Removals, in this order, each membership once: the staying accounts' memberships the
     # source does not give; unlisted members of keep_existing_users: no groups; with
@@ -875,7 +1026,29 @@ def _group_ops(
                 after="",
             )
         )
-    return out, skipped_report
+    return out, skipped_report, refused_report
+
+
+def _refused_groups(refused: pd.DataFrame, counts: pd.Series) -> pd.DataFrame:
+    """One row per group no rule may land on (group, gkey, reason), with how many
+    memberships the rules wanted there (`counts`: case-folded group name → number)."""
+    reasons = [
+        f"group '{group}' grants administration in the product: no rule creates it or adds "
+        f"members to it ({int(counts.get(gkey, 0))} membership(s) refused); if the IdP is "
+        "the authority on who administers the product, name it in "
+        "settings.groups.allow_privileged_groups"
+        if privileged
+        else f"group '{group}' exists in the product and usersync did not create it: an "
+        f"on-the-fly rule does not take over an existing group ({int(counts.get(gkey, 0))} "
+        f"membership(s) skipped); link it with a manual row in groups.csv (source group, "
+        f"{group}, manual) if the source group is meant to fill it"
+        for group, gkey, privileged in zip(
+            refused["group"], refused["gkey"], refused["privileged"], strict=True
+        )
+    ]
+    return pd.DataFrame(
+        {"group": refused["group"], "gkey": refused["gkey"], "reason": reasons}, dtype="string"
+    )
 
 
 def _skipped_groups(groups: pd.DataFrame, counts: pd.Series) -> pd.DataFrame:

@@ -203,10 +203,11 @@ def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> D
 def protected_usernames(
     profile: Profile, target_name: str, target: Target | None = None
 ) -> tuple[str, ...]:
-    """Accounts never touched in a target: the configured list, the account usersync signs
+    """Accounts never touched in a target: the configured list and the account usersync signs
     in as (the basic-auth username, and whoever the target says the credentials belong to,
-    so a token's account is protected too), and the product's administrators except those
-    `manage_admin_accounts` lists."""
+    so a token's account is protected too). The product's administrators are not among them:
+    they are shielded from adoption (`privileges_for_plan`), but an administrator usersync
+    manages is deprovisioned like anyone when its identity leaves."""
     names = list(profile.settings.protected_usernames)
     auth = profile.targets[target_name].auth
     if auth.kind == "basic":
@@ -215,9 +216,30 @@ def protected_usernames(
         me = target.current_account()
         if me:
             names.append(me)
-        allowed = {n.casefold() for n in profile.settings.manage_admin_accounts}
-        names.extend(sorted(a for a in target.administrators() if a.casefold() not in allowed))
     return tuple(dict.fromkeys(names))
+
+
+def privileges_for_plan(profile: Profile, target: Target) -> dict[str, Any]:
+    """What the planner needs to know of the product's administration (PlanInput fields):
+    the administrators it may not adopt or relink (less `manage_admin_accounts`), why they
+    cannot all be established (said loudly, once), and the groups no rule may fill (less
+    `settings.groups.allow_privileged_groups`)."""
+    privileges = target.privileges()
+    allowed = {n.casefold() for n in profile.settings.manage_admin_accounts}
+    allowed_groups = {g.casefold() for g in profile.settings.groups.allow_privileged_groups}
+    if privileges.problem:
+        log.error(
+            "%s: administrators cannot be established: %s. No unmanaged account is adopted or "
+            "relinked until they can (fail closed).",
+            target.name,
+            privileges.problem,
+        )
+    return {
+        "administrators": frozenset(a for a in privileges.administrators if a not in allowed),
+        "admin_problem": privileges.problem,
+        "privileged_groups": frozenset(privileges.groups - allowed_groups),
+        "access_groups": frozenset(target.access_groups()),
+    }
 
 
 @dataclass
@@ -243,6 +265,11 @@ class TargetPlan:
     instance: str = ""
     #: licence seats: needed, free, limit, used, held_back, known, detail ({} if none needed)
     seats: dict[str, Any] = field(default_factory=dict)
+    #: lines a person must read (privileged groups refused, leavers held back, administrators
+    #: that cannot be established): logged as errors, in the summary, and an event
+    alerts: tuple[str, ...] = ()
+    #: groups (case-folded) no rule may land on: never recorded as managed
+    refused_groups: frozenset[str] = frozenset()
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
@@ -367,6 +394,7 @@ def plan_target_sync(
         deferred=frozenset(k for k, p in foreign.items() if _ranks_before(ranks[p], mine)),
         foreign_names=frozenset(claims["name"].dropna().str.casefold()),
         can_rename=target.can_rename,
+        **privileges_for_plan(profile, target),
     )
     changes = plan_changes(plan_input)
     if (changes.operations["op"] == "deactivate_user").any():
@@ -381,6 +409,8 @@ def plan_target_sync(
                 **_default_leads(profile.targets[target_name], target, actual),
             )
             changes = plan_changes(plan_input)
+    for line in changes.alerts:
+        log.error("%s", line)
     operations, conflicts, seats = _seat_guard(
         changes.operations, changes.conflicts, target, profile.settings.seats, desired
     )
@@ -399,6 +429,8 @@ def plan_target_sync(
         protected=plan_input.protected,
         foreign_names=plan_input.foreign_names,
         instance=instance,
+        alerts=changes.alerts,
+        refused_groups=changes.refused_groups,
     )
 
 
@@ -722,10 +754,14 @@ def load_target_sync(
         str(g).casefold() for g in plan.loc[plan["op"] == "create_group", "group"]
     }
     enforced = groups["enforce"].astype(bool) if "enforce" in groups else True
+    # A group usersync created was recorded as such when it was made; any other mapped group
+    # is one a rule linked (an on-the-fly rule may later land only on the ones it created).
     mapped = [
-        LedgerEntry("group", group.casefold(), group)
+        LedgerEntry("group", group.casefold(), group, origin="linked")
         for group in groups.loc[enforced, "group"].dropna()
-        if group.casefold() not in failed_groups and group.casefold() in present
+        if group.casefold() not in failed_groups
+        and group.casefold() in present
+        and group.casefold() not in target_plan.refused_groups
     ]
     # Accounts taken over from a profile that yields to this one are this profile's alone now.
     succeeded = {o.seq for o in result.outcomes if o.status == "succeeded"}

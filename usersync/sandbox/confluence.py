@@ -188,7 +188,7 @@ class ConfluenceEmulator:
 
     def __init__(
         self,
-        version: str = "8.9.0",
+        version: str = "10.2.14",
         context_path: str = "",
         admin: tuple[str, str] = ("admin", "admin"),
         max_page_size: int = DEFAULT_PAGE_LIMIT,

@@ -49,6 +49,41 @@ class Seats:
     detail: str = ""
 
 
+#: The stock names of the groups that grant administration in Jira (jira-administrators,
+#: jira-system-administrators) and Confluence (confluence-administrators, and the
+#: administrators / system-administrators of older sites). Privileged in every product: a rule
+#: never creates or fills a group of one of these names, even where the product lacks it.
+STOCK_ADMIN_GROUPS = frozenset(
+    {
+        "jira-administrators",
+        "jira-system-administrators",
+        "confluence-administrators",
+        "administrators",
+        "system-administrators",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Privileges:
+    """Who holds administrative rights in a product, and which groups grant them.
+
+    `administrators`: case-folded usernames with administrator or system-administrator rights,
+    directly or through a group. `groups`: case-folded names of the groups that grant them
+    (with `STOCK_ADMIN_GROUPS` always among them). `problem`: why the administrators cannot
+    all be established (a permission list the product will not show); None when they can.
+    When it is set, usersync fails closed: no unmanaged account is adopted or relinked.
+    """
+
+    administrators: frozenset[str] = frozenset()
+    groups: frozenset[str] = STOCK_ADMIN_GROUPS
+    problem: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.problem is None
+
+
 @dataclass(frozen=True)
 class TargetCheck:
     """The outcome of one connection check against a target (used by Test Connection)."""
@@ -215,6 +250,22 @@ class Target(ABC):
         account to whoever controls that name in the IdP. The default knows none; each
         product overrides it.
         """
+        return set()
+
+    def privileges(self) -> Privileges:
+        """The administrators and the groups that grant administration (see `Privileges`).
+
+        Read at plan time and at Test Connection. No mapping rule adds anyone to one of the
+        groups, or creates one, unless `settings.groups.allow_privileged_groups` names it.
+        The default knows only `administrators()` and the stock group names; each product
+        overrides it with what its API tells.
+        """
+        return Privileges(frozenset(normalise_name(a) for a in self.administrators()))
+
+    def access_groups(self) -> set[str]:
+        """Case-folded names of the groups that grant access to the product (a licence, an
+        application role, "Can use"). `keep_existing_groups: false` never removes anyone from
+        them unless a rule names them. The default knows none; each product overrides it."""
         return set()
 
     def stored_form(self, users: pd.DataFrame) -> pd.DataFrame:

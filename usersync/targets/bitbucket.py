@@ -52,7 +52,14 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     empty_frame,
 )
-from usersync.targets.base import Seats, Target, TargetCheck, normalise_name
+from usersync.targets.base import (
+    STOCK_ADMIN_GROUPS,
+    Privileges,
+    Seats,
+    Target,
+    TargetCheck,
+    normalise_name,
+)
 
 #: The REST root under the instance URL (which includes any context path).
 API_ROOT = "/rest/api/1.0"
@@ -436,7 +443,11 @@ class BitbucketTarget(Target):
         )
 
     def administrators(self) -> set[str]:
-        """Accounts holding ADMIN or SYS_ADMIN, granted directly or through a group.
+        """Accounts holding ADMIN or SYS_ADMIN, granted directly or through a group."""
+        return set(self.privileges().administrators)
+
+    def privileges(self) -> Privileges:
+        """Accounts holding ADMIN or SYS_ADMIN, directly or through a group, and those groups.
 
         Read from the global permission lists, as an administrator sees them under Global
         permissions: the users granted a level directly (`/admin/permissions/users`, which
@@ -448,13 +459,15 @@ class BitbucketTarget(Target):
         admins = {
             name for name, level in self._direct_permissions().items() if level in ADMIN_PERMISSIONS
         }
-        for group, level in self._group_permissions().values():
+        groups = set()
+        for key, (group, level) in self._group_permissions().items():
             if level in ADMIN_PERMISSIONS:
+                groups.add(key)
                 admins.update(
                     normalise_name(member["name"])
                     for member in self._pages("group_members", {"context": group})
                 )
-        return admins
+        return Privileges(frozenset(admins), frozenset(STOCK_ADMIN_GROUPS | groups))
 
     def current_account(self) -> str | None:
         """The account the credentials belong to, as Bitbucket names it (`X-AUSERNAME`).

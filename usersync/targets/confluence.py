@@ -53,7 +53,14 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     conform,
 )
-from usersync.targets.base import Seats, Target, TargetCheck, normalise_name
+from usersync.targets.base import (
+    STOCK_ADMIN_GROUPS,
+    Privileges,
+    Seats,
+    Target,
+    TargetCheck,
+    normalise_name,
+)
 
 log = logging.getLogger("usersync.targets.confluence")
 
@@ -588,16 +595,39 @@ class ConfluenceTarget(Target):
         then read like any group's (paged), and a user named only by key is looked up. A site
         without that resource (404), or one that refuses it to this account (403), leaves
         only the admin groups, and a user granted administration directly goes unseen: a
-        warning says so. A grant whose subject cannot be told is an error, not a guess.
+        warning says so (and `privileges` says the administrators are not known). A grant
+        whose subject cannot be told is an error, not a guess.
         """
-        usernames, groups = self._administrator_grants()
+        return set(self.privileges().administrators)
+
+    def privileges(self) -> Privileges:
+        """The administrators, the groups granting administration, and whether they are known.
+
+        The privileged groups are the admin groups and every group granted an administrator
+        global permission. When the global permissions cannot be read, administrators granted
+        directly or through another group go unseen: the answer says so (`problem`), and
+        usersync then adopts and relinks nobody (fail closed).
+        """
+        grants = self._administrator_grants()
+        usernames, groups = grants if grants is not None else (set(), set())
         admins = {normalise_name(name) for name in usernames}
         _found, members = self.read_groups(sorted(self.admin_groups | groups))
         admins.update(normalise_name(str(name)) for name in members["username"])
-        return admins
+        problem = None
+        if grants is None:
+            problem = (
+                f"the global permissions cannot be read (GET {REST_ROOT}/permissions); accounts "
+                "granted Confluence Administrator or System Administrator directly or through a "
+                f"group other than {', '.join(sorted(self.admin_groups))} cannot be told apart; "
+                "give the account usersync signs in as the right to read global permissions "
+                "(Confluence 9.2+)"
+            )
+        privileged = STOCK_ADMIN_GROUPS | self.admin_groups | groups
+        return Privileges(frozenset(admins), frozenset(privileged), problem)
 
-    def _administrator_grants(self) -> tuple[set[str], set[str]]:
-        """(usernames, group names) granted an administrator global permission."""
+    def _administrator_grants(self) -> tuple[set[str], set[str]] | None:
+        """(usernames, group names) granted an administrator global permission; None when the
+        site will not show its global permissions."""
         try:
             grants = self._rest("global_permissions").json()
         except (TargetNotFoundError, TargetPermissionError) as exc:
@@ -611,7 +641,7 @@ class ConfluenceTarget(Target):
                 exc,
                 ", ".join(sorted(self.admin_groups)),
             )
-            return set(), set()
+            return None
         if not isinstance(grants, list):
             raise TargetRejectedError(
                 f"confluence '{self.name}': GET {REST_ROOT}/permissions answered something "

@@ -63,7 +63,14 @@ from usersync.model import (
     conform,
     empty_frame,
 )
-from usersync.targets.base import Seats, Target, TargetCheck, normalise_name
+from usersync.targets.base import (
+    STOCK_ADMIN_GROUPS,
+    Privileges,
+    Seats,
+    Target,
+    TargetCheck,
+    normalise_name,
+)
 
 log = logging.getLogger("usersync.targets.jira")
 
@@ -437,23 +444,38 @@ class JiraTarget(Target):
         have is skipped; when it has none of them, administrators cannot be told apart at all,
         and a warning says so.
         """
+        privileges = self.privileges()
+        if privileges.problem:
+            log.warning(
+                "jira '%s': no account is known to be an administrator: %s",
+                self.name,
+                privileges.problem,
+            )
+        return set(privileges.administrators)
+
+    def privileges(self) -> Privileges:
+        """The members of the administrator groups, and those groups (with the stock names).
+
+        Jira grants its global permissions to groups only and lists no holders over REST (see
+        `ADMIN_GROUPS`), so the configured groups are the privileged ones. When none of them
+        exists, no administrator can be told apart: usersync then adopts nobody.
+        """
         admins: set[str] = set()
-        found = False
+        found = []
         for group in self.admin_groups:
             members = self._group_members(group)
-            if members is None:
-                continue
-            found = True
-            admins.update(normalise_name(name) for name in members)
-        if not found and self.admin_groups:
-            log.warning(
-                "jira '%s': none of the administrator groups (%s) exists, so no account is "
-                "known to be an administrator; name the groups that hold the Jira "
-                "Administrators and Jira System Administrators global permissions",
-                self.name,
-                ", ".join(self.admin_groups),
+            if members is not None:
+                found.append(group)
+                admins.update(normalise_name(name) for name in members)
+        problem = None
+        if not found:
+            problem = (
+                f"none of the administrator groups ({', '.join(self.admin_groups) or 'none'}) "
+                "exists; name the groups that hold the Jira Administrators and Jira System "
+                "Administrators global permissions in the target's admin_groups"
             )
-        return admins
+        groups = STOCK_ADMIN_GROUPS | {normalise_name(g) for g in self.admin_groups}
+        return Privileges(frozenset(admins), frozenset(groups), problem)
 
     def current_account(self) -> str | None:
         """The username of the account the credentials (password or token) belong to."""
