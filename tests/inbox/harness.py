@@ -1,5 +1,6 @@
-"""Helpers for inbox tests: `usersync inbox serve` in a subprocess, raw HTTP/1.1 over a socket,
-and the memory a process has used at its peak.
+"""Helpers for inbox tests: `usersync inbox serve` in a subprocess, the inbox app served in a
+thread with its connection bounds, raw HTTP/1.1 over a socket, and the memory a process has
+used at its peak.
 
 Raw sockets let a test send headers without the body they announce, or a body cut short, and
 see whether the inbox answers before reading it, which no HTTP client library lets one do.
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import uvicorn
+
+from usersync.inbox import InboxApp, uvicorn_options
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,6 +140,34 @@ def inbox_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@contextmanager
+def served_inbox(app: InboxApp) -> Iterator[int]:
+    """Serve `app` with uvicorn and `uvicorn_options(app.limits)`, as `usersync inbox serve`
+    does, on a free loopback port in a thread until the block ends; yield the port."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        **uvicorn_options(app.limits),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True, name="inbox")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("the inbox did not start within 10 s")
+            time.sleep(0.02)
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def exchange(port: int, head: bytes, body: bytes = b"", *, timeout: float = 5.0) -> bytes:

@@ -1,6 +1,7 @@
 """The SCIM 2.0 inbox miniOrange pushes users and groups into, stored per profile in the store.
 
 `InboxApp` is the ASGI app (`usersync inbox serve` runs it with uvicorn), within `InboxLimits`;
+`uvicorn_options` are the uvicorn settings that bound its connections (`connections`);
 `issue_token` creates or rotates a profile's bearer token; `read_inbox` returns what was
 pushed, for the `miniorange-push` source.
 """
@@ -15,6 +16,7 @@ from usersync.inbox.app import (
     inbox_provider,
     plain_http_warning,
 )
+from usersync.inbox.connections import uvicorn_options
 from usersync.inbox.storage import InboxContents, InboxStorage, read_inbox
 from usersync.inbox.tokens import DEFAULT_GRACE, IssuedToken, issue_token, token_is_valid
 
@@ -32,4 +34,5 @@ __all__ = [
     "plain_http_warning",
     "read_inbox",
     "token_is_valid",
+    "uvicorn_options",
 ]

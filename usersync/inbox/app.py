@@ -3,7 +3,8 @@
 miniOrange's "SCIM Server (Destination)" app is given the base URL
 `https://<host>/scim/v2/<profile>` and the profile's bearer token (`usersync inbox token`).
 `InboxApp` takes each request through these steps, in this order, so that a caller without a
-token, or with too much to send, costs the inbox next to nothing:
+token, or with too much to send, costs the inbox next to nothing (what a connection may cost
+before its request head is complete is bounded earlier, by `connections.InboxProtocol`):
 
 1. at most `InboxLimits.max_concurrent_requests` requests at once: beyond, 503 with
    Retry-After;
@@ -90,14 +91,20 @@ BEARER_TOKEN_SCHEME = AuthenticationScheme(
 
 @dataclass(frozen=True)
 class InboxLimits:
-    """What one request may cost the inbox.
+    """What one request, and one connection, may cost the inbox.
 
     Attributes:
         max_body_bytes: the largest request body, /Bulk aside (413 beyond).
         max_bulk_bytes: the largest /Bulk body, published as bulk.maxPayloadSize (413 beyond).
         max_concurrent_requests: requests served at once; more are answered 503 at once.
-        retry_after_seconds: the Retry-After of that 503.
+        retry_after_seconds: the Retry-After of that 503, and of the connections refused
+            429 or 503 below.
         body_timeout_seconds: the longest a request body may take to arrive (408 beyond).
+        header_timeout_seconds: the longest a request head may take to arrive (408 and the
+            connection closed beyond).
+        max_connections_per_client: connections open at once from one client address; one
+            more is answered 429 and closed.
+        max_connections: connections open at once in all; one more is answered 503 and closed.
     """
 
     max_body_bytes: int = MIB
@@ -105,6 +112,9 @@ class InboxLimits:
     max_concurrent_requests: int = 32
     retry_after_seconds: int = 1
     body_timeout_seconds: float = 30.0
+    header_timeout_seconds: float = 10.0
+    max_connections_per_client: int = 32
+    max_connections: int = 256
 
 
 def plain_http_warning(host: str) -> str | None:
@@ -325,7 +335,7 @@ async def _refuse(
     send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     """A SCIM error answer that also closes the connection (any unread body is dropped)."""
-    payload = json.dumps(_scim_error(status, detail)).encode()
+    payload = json.dumps(scim_error(status, detail)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -342,7 +352,8 @@ async def _refuse(
     await send({"type": "http.response.body", "body": payload})
 
 
-def _scim_error(status: int, detail: str) -> dict[str, Any]:
+def scim_error(status: int, detail: str) -> dict[str, Any]:
+    """A SCIM error body (RFC 7644 §3.12)."""
     return {
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
         "status": str(status),
