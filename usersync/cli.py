@@ -178,7 +178,7 @@ def _inbox_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tasks.inbox_events import inbox_event_callback
-    from usersync.inbox import PREFIX, InboxApp, InboxLimits, plain_http_warning
+    from usersync.inbox import PREFIX, InboxApp, InboxLimits, plain_http_warning, uvicorn_options
     from usersync.store import Store
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -190,6 +190,9 @@ def _inbox_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_bulk_bytes=args.max_bulk_bytes,
         max_concurrent_requests=args.max_concurrent_requests,
+        header_timeout_seconds=args.header_timeout_seconds,
+        max_connections_per_client=args.max_connections_per_client,
+        max_connections=args.max_connections,
     )
     store = Store.open(args.store_url)
     on_change, events_line = inbox_event_callback()
@@ -211,6 +214,8 @@ def _inbox_serve(args: argparse.Namespace) -> int:
             lifespan="off",
             ssl_certfile=args.tls_cert,
             ssl_keyfile=args.tls_key,
+            # Connections are bounded before their request head is complete (slow-loris).
+            **uvicorn_options(limits),
         )
     finally:
         if on_change is not None:
@@ -417,6 +422,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         help="requests served at once; more are answered 503 with Retry-After (default 32)",
+    )
+    p.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        default=10.0,
+        help="a request's headers must arrive within this time, or 408 and the connection "
+        "is closed (default 10)",
+    )
+    p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=32,
+        help="open connections one client address may hold; more are answered 429 "
+        "(default 32; behind a reverse proxy every client is the proxy)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections in all; more are answered 503 (default 256)",
     )
     p.add_argument(
         "--store-url", default=None, help="default: $USERSYNC_STORE_URL or var/usersync.db"

@@ -55,6 +55,27 @@ def test_tls_is_served_with_the_given_certificate(tmp_path: Path) -> None:
     assert "WARNING" not in "".join(inbox.stderr)
 
 
+def test_the_served_inbox_closes_a_connection_whose_headers_never_end(tmp_path: Path) -> None:
+    import socket
+
+    url, token = _store_with_token(tmp_path)
+    with inbox_process(url, "--header-timeout-seconds", "1") as inbox:
+        host, port = inbox.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"POST /scim/v2/acme/Users HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            answer = slow.recv(1024)
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert waited < 8
+        created = httpx.post(
+            f"{inbox.url}/scim/v2/acme/Users",
+            json=USER,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201
+
+
 def test_tls_options_go_together(tmp_path: Path, capsys) -> None:
     assert main(["inbox", "serve", "--tls-cert", str(tmp_path / "c.pem")]) == 2
     assert "--tls-key" in capsys.readouterr().err
