@@ -8,12 +8,13 @@ variable or a Prefect Secret block, resolved at run time by whoever runs the syn
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import regex as bounded_re
 import yaml
@@ -31,6 +32,15 @@ from usersync.errors import ConfigError
 
 PROFILE_FILE = "profile.yaml"
 PROFILE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+#: Longest profile, inbox or target name: a profile's name is a folder's, and file systems
+#: refuse names past 255 bytes with a traceback rather than a sentence.
+PROFILE_NAME_MAX_LENGTH = 100
+#: Largest profile.yaml read (a real one is a few kilobytes).
+MAX_PROFILE_BYTES = 1 << 20
+#: Most values (mappings, lists, scalars) a profile.yaml may hold once its aliases are
+#: expanded: nine anchors aliasing the previous one nine times ("billion laughs") make a few
+#: hundred bytes into 387 million strings, minutes and gigabytes to expand.
+MAX_PROFILE_VALUES = 100_000
 
 
 class StrictModel(BaseModel):
@@ -39,10 +49,99 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: C0 controls, space, DEL, C1 controls, and any other white space (no-break space, U+2028...).
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
+
+
+def _split_url(value: str) -> SplitResult:
+    """The URL's parts, once it holds no character that could end a line or a header.
+
+    The messages never repeat the URL: it may carry a password, or text meant for a log.
+    """
+    bad = _CONTROL_OR_SPACE.search(value)
+    if bad:
+        raise ValueError(
+            f"contains a control character or white space (character {bad.start() + 1}, "
+            f"U+{ord(bad.group()):04X}); remove it (check the quoting, and any ${{VARIABLE}} "
+            "the URL is built from)"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError:
+        raise ValueError(
+            "is not a valid URL: the port must be a number from 0 to 65535, an IPv6 address "
+            "goes in [brackets]"
+        ) from None
+    return parts
+
+
+def _server_url(value: str) -> str:
+    """A source's or a target's URL: a host, and no user name or password in it."""
+    parts = _split_url(value)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not carry a user name or password (user:password@host): give the "
+            "credentials as a secret reference in the settings for them (auth, token, "
+            "bind_dn/bind_password, api_key), and the URL as scheme://host[:port]/path"
+        )
+    if not parts.hostname:
+        raise ValueError("names no host: write scheme://host[:port]/path")
+    return value
+
+
+def _store_url(value: str | None) -> str | None:
+    """A database URL: it may name the database user, never the password."""
+    if value is not None and _split_url(value).password is not None:
+        raise ValueError(
+            "must not carry a password (user:password@host): a profile holds secret "
+            "references, not secrets; leave store_url unset and give the URL in "
+            "$USERSYNC_STORE_URL, or keep the password in the database client's own "
+            "password file (e.g. ~/.pgpass)"
+        )
+    return value
+
+
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
-    return value.rstrip("/")
+    return _server_url(value).rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine: localhost, 127.0.0.0/8 or ::1 (never resolved)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_cleartext(url: str, allowed: bool, what: str) -> None:
+    """Refuse an http:// URL to another machine unless the section says allow_cleartext.
+
+    Raises:
+        ValueError: `what` (the credentials the requests carry) would cross the network
+            unencrypted.
+    """
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and not allowed and not is_loopback(host):
+        raise ValueError(
+            f"url: http:// would send {what} and the users' data unencrypted to {host}, "
+            "readable by anyone on the way; use https://, or set allow_cleartext: true "
+            "(a lab only)"
+        )
+
+
+#: What `allow_cleartext` says, for every section that has it.
+_ALLOW_CLEARTEXT = (
+    "Allow an http:// URL to another machine. Everything then crosses the network "
+    "unencrypted: the credentials (password, token or signed requests), which anyone on the "
+    "way can read and reuse, and every user's data. For a lab only; http:// to this machine "
+    "(localhost, 127.0.0.0/8, ::1) needs no opt-in."
+)
 
 
 #: An http(s) base URL, kept without a trailing slash.
@@ -223,7 +322,7 @@ class LdapSourceConfig(StrictModel):
     def _ldap_url(cls, value: str) -> str:
         if not value.startswith(("ldap://", "ldaps://")):
             raise ValueError("must start with ldap:// or ldaps://")
-        return value
+        return _server_url(value)
 
     @model_validator(mode="after")
     def _tls_matches_url(self) -> LdapSourceConfig:
@@ -245,6 +344,12 @@ class ScimSourceConfig(StrictModel):
     max_attempts: int = Field(5, ge=1, le=20, description="Tries per call for 429/5xx/resets.")
     ca_file: Path | None = None
     verify_tls: bool = True
+    allow_cleartext: bool = Field(False, description=_ALLOW_CLEARTEXT)
+
+    @model_validator(mode="after")
+    def _encrypted(self) -> ScimSourceConfig:
+        _refuse_cleartext(self.url, self.allow_cleartext, "the bearer token")
+        return self
 
 
 class MiniorangePushSourceConfig(StrictModel):
@@ -253,11 +358,13 @@ class MiniorangePushSourceConfig(StrictModel):
     kind: Literal["miniorange-push"]
     inbox: str = Field(
         pattern=PROFILE_NAME_PATTERN,
+        max_length=PROFILE_NAME_MAX_LENGTH,
         description="The inbox to read (its URL is /scim/v2/<inbox>); default: the profile's name.",
     )
-    store_url: str | None = Field(
+    store_url: Annotated[str | None, AfterValidator(_store_url)] = Field(
         None,
-        description="SQLAlchemy URL of the store; default $USERSYNC_STORE_URL or var/usersync.db.",
+        description="SQLAlchemy URL of the store; default $USERSYNC_STORE_URL or var/usersync.db. "
+        "It may name the database user, not the password.",
     )
 
 
@@ -276,6 +383,12 @@ class MiniorangeSourceConfig(StrictModel):
     batch_size: int = Field(500, ge=1, le=1000, description="Users per getall batch.")
     timeout_seconds: float = Field(30, gt=0)
     max_attempts: int = Field(5, ge=1, le=20)
+    allow_cleartext: bool = Field(False, description=_ALLOW_CLEARTEXT)
+
+    @model_validator(mode="after")
+    def _encrypted(self) -> MiniorangeSourceConfig:
+        _refuse_cleartext(self.url, self.allow_cleartext, "the signed requests")
+        return self
 
 
 SourceConfig = Annotated[
@@ -342,6 +455,7 @@ class TargetConfig(StrictModel):
     max_retry_wait_seconds: float = Field(120, gt=0, description="Cap on one Retry-After wait.")
     ca_file: Path | None = None
     verify_tls: bool = True
+    allow_cleartext: bool = Field(False, description=_ALLOW_CLEARTEXT)
     confluence_api: Literal["auto", "rest", "jsonrpc"] = Field(
         "auto",
         description="Confluence only: REST admin API (8.2+), JSON-RPC (older), or detect.",
@@ -370,6 +484,12 @@ class TargetConfig(StrictModel):
                 "admin_groups applies to jira and confluence only (Bitbucket's administrators "
                 "are read from its global permissions)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _encrypted(self) -> TargetConfig:
+        what = "the password" if self.auth.kind == "basic" else "the token"
+        _refuse_cleartext(self.url, self.allow_cleartext, what)
         return self
 
 
@@ -522,7 +642,7 @@ class SyncSettings(StrictModel):
 class Profile(StrictModel):
     """One IdP connection: `mappings/<name>/profile.yaml`."""
 
-    name: str = Field(pattern=PROFILE_NAME_PATTERN)
+    name: str = Field(pattern=PROFILE_NAME_PATTERN, max_length=PROFILE_NAME_MAX_LENGTH)
     description: str = ""
     source: SourceConfig
     targets: dict[str, TargetConfig] = Field(min_length=1)
@@ -541,8 +661,11 @@ class Profile(StrictModel):
     @classmethod
     def _target_names(cls, value: dict[str, TargetConfig]) -> dict[str, TargetConfig]:
         for name in value:
-            if not re.match(PROFILE_NAME_PATTERN, name):
-                raise ValueError(f"target name '{name}': use lower-case letters, digits, dashes")
+            if len(name) > PROFILE_NAME_MAX_LENGTH or not re.fullmatch(PROFILE_NAME_PATTERN, name):
+                raise ValueError(
+                    f"target name {name[:PROFILE_NAME_MAX_LENGTH]!r}: use lower-case letters, "
+                    f"digits, dashes, at most {PROFILE_NAME_MAX_LENGTH} of them"
+                )
         return value
 
 
@@ -574,7 +697,12 @@ def profile_dir(name: str, root: Path | None = None) -> Path:
     Raises:
         ConfigError: no such profile; the message lists the profiles there are.
     """
-    if not re.match(PROFILE_NAME_PATTERN, name):
+    if len(name) > PROFILE_NAME_MAX_LENGTH:
+        raise ConfigError(
+            f"profile name {name[:20]!r}... is {len(name)} characters long: at most "
+            f"{PROFILE_NAME_MAX_LENGTH} (it names a folder under mappings/)"
+        )
+    if not re.fullmatch(PROFILE_NAME_PATTERN, name):
         # Checked before the name touches a path: '../outside' must not reach the file system.
         raise ConfigError(
             f"profile name {name!r} is not valid: use lower-case letters, digits and dashes "
@@ -619,10 +747,7 @@ def load_profile(name: str, root: Path | None = None) -> Profile:
             is listed with its path inside the file.
     """
     path = profile_dir(name, root) / PROFILE_FILE
-    try:
-        raw = yaml.safe_load(read_text_file(path))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_profile_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     raw = expand_environment(raw, str(path))
@@ -633,6 +758,84 @@ def load_profile(name: str, root: Path | None = None) -> Profile:
         return Profile.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid profile:\n{format_validation_error(exc, raw)}") from exc
+
+
+def read_profile_yaml(path: Path) -> Any:
+    """A profile.yaml's document, refused before it can cost much time or memory.
+
+    A file over `MAX_PROFILE_BYTES` is not read; a document is composed (its aliases still
+    shared, so cheap) and its size with every alias expanded counted before anything expands
+    it, so an alias bomb in one profile cannot hold up the others that look at it
+    (`usersync.sync.shared_instance_warnings` reads every profile of the folder).
+
+    Raises:
+        ConfigError: too large, too deeply nested, expanding past `MAX_PROFILE_VALUES`, an
+            alias inside its own anchor, or not valid YAML; one line naming the file.
+    """
+    size = path.stat().st_size
+    if size > MAX_PROFILE_BYTES:
+        raise ConfigError(
+            f"{path}: {size / (1 << 20):.1f} MiB, more than the {MAX_PROFILE_BYTES >> 20} MiB "
+            "a profile may have (a real one is a few kilobytes)"
+        )
+    loader = yaml.SafeLoader(read_text_file(path))
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_expansion_past_limit(node, path)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: nested too deeply to read (lists or mappings inside one another hundreds "
+            "of levels down); a profile needs a handful"
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_expansion_past_limit(root: yaml.Node, path: Path) -> None:
+    """Count the values of the document as if every alias were expanded, without expanding:
+    each node's count is kept, so a node aliased a million times is counted once.
+
+    Raises:
+        ConfigError: more than `MAX_PROFILE_VALUES`, or an alias inside its own anchor (an
+            endless document).
+    """
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return []
+
+    counted: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the way from the root to the node being counted
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_counted = stack.pop()
+        if children_counted:
+            open_nodes.discard(id(node))
+            total = 1 + sum(counted[id(child)] for child in children(node))
+            if total > MAX_PROFILE_VALUES:
+                raise ConfigError(
+                    f"{path}: more than {MAX_PROFILE_VALUES} values once its aliases (*name) "
+                    "are expanded, far more than any profile needs (an alias bomb?); alias only "
+                    "small parts, such as an auth or a target"
+                )
+            counted[id(node)] = total
+        elif id(node) in open_nodes:
+            raise ConfigError(
+                f"{path}: an alias (*name) refers to the anchor (&name) it is inside, which "
+                "makes the document endless; alias only values defined before it"
+            )
+        elif id(node) not in counted:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children(node))
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

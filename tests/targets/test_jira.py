@@ -257,7 +257,7 @@ def test_open_target_builds_a_jira_client_from_a_profile(monkeypatch: pytest.Mon
     config = TargetConfig.model_validate(
         {
             "kind": "jira",
-            "url": "http://placeholder/jira",
+            "url": "https://placeholder.example.com/jira",
             "auth": {"kind": "basic", "username": "svc", "password": {"env": "JIRA_PW"}},
         }
     )
