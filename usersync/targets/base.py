@@ -288,22 +288,36 @@ class Target(ABC):
         Names the product refuses are reported (and the user not provisioned) before any
         request is made. The default refuses what no Atlassian product should be given:
         empty names, names longer than 255 characters (the products' name columns), control
-        characters (C0, DEL, C1: NUL included) and the bidirectional override and isolate
-        characters, which make a name display as another one (U+202A-U+202E, U+2066-U+2069).
-        A product adds its own rules by overriding this and calling it first.
+        characters (C0, DEL, C1: NUL included), and names that can pass for another name:
+        any Unicode format character (category Cf: the bidirectional overrides and isolates,
+        U+202A-U+202E and U+2066-U+2069, but also zero-width spaces and joiners, the word
+        joiner, the soft hyphen), which the products store but do not display, and any name
+        that NFKC normalisation changes (fullwidth letters, ligatures like U+FB01, a letter
+        and its accent as two characters), which displays like its plain form. Group names
+        follow the same rules: a group that looks like `jira-administrators` is as
+        misleading as an account that looks like `admin`. A product adds its own rules by
+        overriding this and calling it first.
         """
         if not name or not name.strip():
             return f"empty {kind} name"
         if len(name) > MAX_NAME_LENGTH:
             return f"{kind} name longer than {MAX_NAME_LENGTH} characters"
         for ch in name:
-            if unicodedata.category(ch) == "Cc":
+            category = unicodedata.category(ch)
+            if category == "Cc":
                 return f"{kind} name contains the control character U+{ord(ch):04X}"
             if ch in BIDI_CONTROLS:
                 return (
                     f"{kind} name contains the bidirectional control U+{ord(ch):04X}, which "
                     "makes it display as another name"
                 )
+            if category == "Cf":
+                return (
+                    f"{kind} name contains the invisible format character {_described(ch)}, "
+                    "which makes it display as another name"
+                )
+        if not unicodedata.is_normalized("NFKC", name):
+            return f"{kind} name {_nfkc_change(name)}"
         return None
 
     # -- writing -------------------------------------------------------------------------
@@ -378,3 +392,25 @@ def normalise_name(name: str) -> str:
 def normalise_names(values: pd.Series) -> pd.Series:
     """Vectorised `normalise_name` over a string column."""
     return values.astype("string").str.casefold()
+
+
+def _described(ch: str) -> str:
+    """`U+FF41 FULLWIDTH LATIN SMALL LETTER A`: a character as a reason names it."""
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X} {name}" if name else f"U+{ord(ch):04X}"
+
+
+def _nfkc_change(name: str) -> str:
+    """What in `name` NFKC normalisation changes, and what to use instead (for a reason)."""
+    for ch in name:
+        plain = unicodedata.normalize("NFKC", ch)
+        if plain != ch:
+            return (
+                f"contains {_described(ch)}, which changes under NFKC normalisation (to "
+                f"{plain!r}) and displays like it; use the plain form"
+            )
+    # Every character is stable alone: a sequence composes (a letter and a combining accent).
+    return (
+        f"changes under NFKC normalisation (to {unicodedata.normalize('NFKC', name)!r}): a "
+        "letter and its accent are written as two characters; use the composed form"
+    )
