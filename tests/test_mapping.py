@@ -202,32 +202,151 @@ def test_a_source_group_starting_with_hash_is_a_rule_not_a_comment():
     ]
 
 
+#: A pattern that backtracks exponentially on a long run of a's not followed by the end.
+BACKTRACKING = "(a|aa)+$"
+
+
+def hostile(i: int = 0) -> str:
+    """A value BACKTRACKING runs out of time on (each one distinct)."""
+    return "a" * 40 + "!" + str(i)
+
+
 def test_a_regex_that_backtracks_on_an_idp_value_is_bounded_in_time():
     import time
 
-    import pandas as pd
-
-    from usersync.mapping import (
-        REGEX_TIMEOUTS_TOLERATED,
-        RegexTimeoutError,
-        map_attributes,
-        parse_attributes,
-    )
-
     rules = parse_attributes(
-        "target,source,transform,regex,replacement\nusername,uid,regex,(a|aa)+$,x\n"
+        f"target,source,transform,regex,replacement\nusername,uid,regex,{BACKTRACKING},x\n"
     )
-    evil = "a" * 40 + "!"
-    users = pd.DataFrame({"uid": ["alice", evil]}, dtype="string")
+    values = ["alice", hostile()] + [hostile(i) for i in range(1, 11)]
     started = time.monotonic()
-    mapped = map_attributes(users, rules)
-    assert time.monotonic() - started < 2
+    mapped = map_attributes(pd.DataFrame({"uid": values}, dtype="string"), rules)
+    # 11 values run out, at 50 ms each; none stops the mapping (it used to after 5)
+    assert time.monotonic() - started < 5
     assert mapped["username"].tolist()[0] == "alice"  # no match on a normal value: unchanged
-    assert pd.isna(mapped["username"].tolist()[1])  # the value that ran out is not provisioned
+    assert mapped["username"].iloc[1:].isna().all()  # the values that ran out are not used
 
-    many = pd.DataFrame({"uid": [evil] * (REGEX_TIMEOUTS_TOLERATED + 1)}, dtype="string")
-    with pytest.raises(RegexTimeoutError, match=r"line 2.*time budget"):
-        map_attributes(many, rules)
+
+def regex_tables(extra: str = "") -> MappingTables:
+    """username from uid, through BACKTRACKING (then a default); e-mail from mail."""
+    return MappingTables(
+        parse_attributes(
+            "target,source,transform,regex,replacement,default\n"
+            f"username,uid,regex,{BACKTRACKING},x,fallback\n"
+            "email,mail,,,,\n" + extra
+        ),
+        parse_groups("source_group,target_group,mode\n,everyone,default\n"),
+    )
+
+
+def test_a_value_the_regex_runs_out_of_time_on_rejects_its_user_alone_and_says_why():
+    # alice is ordinary; 8 hostile users (more than the 5 that used to stop the run), one of
+    # them (id2) disabled in the source.
+    uids = ["alice", *[hostile(i) for i in range(8)]]
+    frame = users(uid=uids, mail=[f"u{i}@x" for i in range(len(uids))])
+    frame.loc[2, "active"] = False
+    desired = desired_state(snapshot(frame), regex_tables(), "jira")
+
+    assert desired.users["username"].tolist() == ["alice"]
+    assert desired.memberships["username"].tolist() == ["alice"]
+    rejected = desired.rejected.set_index("source_id")
+    assert sorted(rejected.index) == [f"id{i}" for i in range(1, 9)]
+    reason = rejected.loc["id1", "reason"]
+    assert reason.startswith("attributes.csv line 2 (username): the regex '(a|aa)+$' ran out")
+    assert "time budget" in reason and "this user's value" in reason
+    assert "every source attribute is empty" not in reason
+    assert "fallback" not in set(desired.users["username"])  # the default does not stand in
+    # as the source says: the disabled one is still deprovisioned (see the plan test below)
+    assert rejected["active"].tolist() == [True, False, True, True, True, True, True, True]
+
+
+def test_a_display_name_the_regex_runs_out_on_rejects_the_user_instead_of_using_the_username():
+    extra = f"display_name,cn,regex,{BACKTRACKING},x,\n"
+    frame = users(uid=["alice", "bob"], mail=["a@x", "b@x"], cn=["Alice", hostile()])
+    desired = desired_state(snapshot(frame), regex_tables(extra), "jira")
+    assert desired.users["username"].tolist() == ["alice"]
+    (reason,) = desired.rejected["reason"]
+    assert reason.startswith("attributes.csv line 4 (display_name): the regex")
+
+
+def test_hostile_values_do_not_hold_back_deprovisioning_of_anyone():
+    from usersync.config import SyncSettings
+    from usersync.model import LEDGER_COLUMNS, TargetState, conform, empty_frame
+    from usersync.plan import PlanInput, plan_changes
+
+    # Managed accounts: carl (hostile value, disabled in the source), dora (hostile, active),
+    # erin (ordinary, disabled), fred (ordinary, gone from the source).
+    frame = users(
+        uid=["alice", hostile(1), hostile(2), "erin", *[hostile(i) for i in range(3, 9)]],
+        mail=[f"u{i}@x" for i in range(10)],
+    )
+    frame.loc[[1, 3], "active"] = False
+    accounts = {"id1": "carl", "id2": "dora", "id3": "erin", "gone": "fred"}
+    ledger = conform(
+        pd.DataFrame(
+            [["user", s, f"K-{n}", n, "created"] for s, n in accounts.items()],
+            columns=list(LEDGER_COLUMNS),
+        ),
+        LEDGER_COLUMNS,
+        what="test",
+    )
+    actual = TargetState(
+        users=pd.DataFrame(
+            {
+                "target_key": [f"K-{n}" for n in accounts.values()],
+                "username": list(accounts.values()),
+                "email": [f"{n}@x" for n in accounts.values()],
+                "display_name": list(accounts.values()),
+                "active": [True] * 4,
+            }
+        ).astype({"active": "boolean"}),
+        groups=empty_frame({"group": "string"}),
+        memberships=empty_frame({"group": "string", "username": "string"}),
+    )
+    desired = desired_state(snapshot(frame), regex_tables(), "jira")
+    changes = plan_changes(
+        PlanInput("jira", desired, actual, ledger, SyncSettings(max_deactivations=10))
+    )
+    ops = changes.operations
+    deactivated = set(ops.loc[ops["op"] == "deactivate_user", "username"])
+    assert deactivated == {"carl", "erin", "fred"}
+    assert not (ops["username"] == "dora").any()  # rejected but active: left as it is
+    assert set(ops.loc[ops["op"] == "create_user", "username"]) == {"alice"}
+
+
+def group_tables() -> MappingTables:
+    return MappingTables(
+        parse_attributes("target,source\nusername,uid\nemail,mail\n"),
+        parse_groups("source_group,target_group,mode\n*,,on-the-fly\n"),
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"include": [BACKTRACKING, "^team-"]},
+        {"exclude": [BACKTRACKING]},
+        {"rename_pattern": BACKTRACKING, "rename_to": "x"},
+    ],
+    ids=["include", "exclude", "rename_pattern"],
+)
+def test_a_group_name_a_settings_pattern_runs_out_on_drops_that_group_alone(settings, caplog):
+    frame = users(uid=["ann", "bob"], mail=["a@x", "b@x"])
+    evil = hostile()
+    snap = snapshot(frame, [("id0", "team-blue"), ("id1", evil), ("id1", "team-red")])
+    with caplog.at_level("WARNING", logger="usersync.mapping"):
+        desired = desired_state(
+            snap, group_tables(), "jira", groups_settings=GroupSyncSettings(**settings)
+        )
+    assert sorted(map(tuple, desired.memberships[["username", "group"]].to_numpy())) == [
+        ("ann", "team-blue"),
+        ("bob", "team-red"),
+    ]
+    assert set(desired.groups["group"]) == {"team-blue", "team-red"}
+    assert set(desired.users["username"]) == {"ann", "bob"}
+    (record,) = [r for r in caplog.records if "time budget" in r.getMessage()]
+    message = record.getMessage()
+    setting = next(iter(settings))
+    assert f"settings.groups.{setting}" in message and repr(evil) in message
 
 
 def test_an_ldap_attribute_may_be_named_by_its_oid_in_source():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -46,6 +47,8 @@ from usersync.model import (
     conform,
     empty_frame,
 )
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTES_FILE = "attributes.csv"
 GROUPS_FILE = "groups.csv"
@@ -440,14 +443,8 @@ def _render_template(
 
 #: How long one regex substitution may run on one value (IdP values are not ours to trust).
 REGEX_SECONDS_PER_VALUE = 0.05
-#: After this many values ran out of time under one rule, the run stops before any write.
-REGEX_TIMEOUTS_TOLERATED = 5
 #: A quantified group that itself holds a quantifier: the shape of catastrophic backtracking.
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d+,)")
-
-
-class RegexTimeoutError(ConfigError):
-    """A pattern of attributes.csv ran past its time budget on too many values."""
 
 
 def risky_pattern(pattern: str) -> bool:
@@ -455,41 +452,57 @@ def risky_pattern(pattern: str) -> bool:
     return bool(_NESTED_QUANTIFIER.search(pattern))
 
 
-def _bounded_replace(values: pd.Series, rule: AttributeRule) -> pd.Series:
-    """`rule.regex` substituted in each value, each given `REGEX_SECONDS_PER_VALUE`.
+def _budget() -> str:
+    return f"{REGEX_SECONDS_PER_VALUE * 1000:.0f} ms"
 
-    A value whose substitution runs out of time becomes missing (so the user is rejected
-    and reported, not provisioned with a half-computed name); more than
-    `REGEX_TIMEOUTS_TOLERATED` of them stop the run before any write.
+
+def _bounded_replace(values: pd.Series, rule: AttributeRule) -> tuple[pd.Series, pd.Series]:
+    """`rule.regex` substituted in each distinct value, each given `REGEX_SECONDS_PER_VALUE`.
+
+    A value is the IdP's, so a pattern may backtrack on it for longer than any run can wait.
+    Such a value becomes missing and is flagged, so its user is rejected with the reason (not
+    provisioned with a half-computed or default value); the other users map as usual, however
+    many values run out. Values are tried once each, however many users share them.
+
+    Returns:
+        The substituted values, and which of them ran out of time (booleans).
     """
     assert rule.regex is not None
-    out: list[object] = []
-    timeouts = 0
-    for value in values.tolist():
-        if value is None or value is pd.NA:
-            out.append(pd.NA)
-            continue
+    done: dict[str, str] = {}
+    ran_out: set[str] = set()
+    for value in values.dropna().unique():
         try:
-            out.append(rule.regex.sub(rule.replacement, value, timeout=REGEX_SECONDS_PER_VALUE))
+            done[value] = rule.regex.sub(rule.replacement, value, timeout=REGEX_SECONDS_PER_VALUE)
         except TimeoutError:
-            timeouts += 1
-            out.append(pd.NA)
-            if timeouts > REGEX_TIMEOUTS_TOLERATED:
-                raise RegexTimeoutError(
-                    f"attributes.csv line {rule.line}: the regex {rule.regex.pattern!r} ran out "
-                    f"of its time budget ({REGEX_SECONDS_PER_VALUE * 1000:.0f} ms) on more than "
-                    f"{REGEX_TIMEOUTS_TOLERATED} source values; the run stops before any write. "
-                    "Rewrite it without nested repetition like (a+)+"
-                ) from None
-    return pd.Series(out, index=values.index, dtype="string")
+            ran_out.add(value)
+    out = values.map(done).astype("string")
+    return out, values.isin(ran_out).fillna(False).astype(bool)
 
 
 def map_attributes(users: pd.DataFrame, rules: Sequence[AttributeRule]) -> pd.DataFrame:
-    """Apply attribute rules to source users; one column per target attribute (NA = no value)."""
+    """Apply attribute rules to source users; one column per target attribute (NA = no value).
+
+    A value a rule's regex ran out of time on is NA (`desired_state` says why it rejects the
+    user: see `_apply_attribute_rules`).
+    """
+    return _apply_attribute_rules(users, rules)[0]
+
+
+def _apply_attribute_rules(
+    users: pd.DataFrame, rules: Sequence[AttributeRule]
+) -> tuple[pd.DataFrame, pd.Series]:
+    """`map_attributes`, and per user why a rule could not be applied to it (NA: all were).
+
+    A rule that could not be applied (its regex ran out of time on the user's value) leaves
+    the attribute missing: neither the `default` nor, for the display name, the username fills
+    it, since the user is rejected.
+    """
     lookup = {str(c).casefold(): str(c) for c in users.columns}
     out = pd.DataFrame(index=users.index)
+    unmappable = pd.Series(pd.NA, index=users.index, dtype="string")
     for rule in rules:
         value = pd.Series(pd.NA, index=users.index, dtype="string")
+        ran_out = pd.Series(False, index=users.index)
         for name in rule.sources:
             value = value.fillna(_column(users, name, lookup))
         for name in rule.transforms:
@@ -500,17 +513,27 @@ def map_attributes(users: pd.DataFrame, rules: Sequence[AttributeRule]) -> pd.Da
             elif name == "strip":
                 value = value.str.strip()
             elif name == "regex" and rule.regex is not None:
-                value = _bounded_replace(value, rule)
+                value, timed_out = _bounded_replace(value, rule)
+                ran_out = ran_out | timed_out
             elif name == "template":
                 value = _render_template(rule.template, users, lookup, value)
         value = value.mask(value.str.strip() == "")
         if rule.default:
             value = value.fillna(rule.default)
-        out[rule.target] = value
+        out[rule.target] = value.mask(ran_out)
+        if ran_out.any():
+            assert rule.regex is not None
+            why = (
+                f"attributes.csv line {rule.line} ({rule.target}): the regex "
+                f"{rule.regex.pattern!r} ran out of its time budget ({_budget()}) on this "
+                "user's value; the user is not provisioned until the value or the pattern changes"
+            )
+            earlier = unmappable[ran_out]
+            unmappable[ran_out] = earlier.where(earlier.isna(), earlier + "; " + why).fillna(why)
     for name in USER_ATTRIBUTES:
         if name not in out.columns:
             out[name] = pd.Series(pd.NA, index=users.index, dtype="string")
-    return out
+    return out, unmappable
 
 
 def desired_state(
@@ -523,19 +546,24 @@ def desired_state(
 ) -> DesiredState:
     """The users, groups and memberships target `target` should hold.
 
-    Users whose mapping yields no username (or no e-mail, when the product needs one) or whose
-    username collides with another user's (case-insensitively) are rejected with a reason:
-    reported, never written, and never deprovisioned because of it.
+    Users whose mapping yields no username (or no e-mail, when the product needs one), whose
+    value a rule's regex ran out of time on, or whose username collides with another user's
+    (case-insensitively) are rejected with a reason: reported, never written, and never
+    deprovisioned because of it (a rejected user the source says is disabled still is).
     """
     users = snapshot.users
-    mapped = map_attributes(users, [r for r in tables.attributes if r.applies_to(target)])
+    mapped, unmappable = _apply_attribute_rules(
+        users, [r for r in tables.attributes if r.applies_to(target)]
+    )
     custom = [c for c in mapped.columns if c.startswith(CUSTOM_PREFIX)]
     mapped["source_id"] = users["source_id"].astype("string")
     mapped["locator"] = users["locator"].astype("string")
     mapped["active"] = users["active"].astype("boolean")
 
-    reason = pd.Series(pd.NA, index=mapped.index, dtype="string")
-    reason = reason.mask(mapped["username"].isna(), "no username: every source attribute is empty")
+    reason = unmappable
+    reason = reason.mask(
+        reason.isna() & mapped["username"].isna(), "no username: every source attribute is empty"
+    )
     if email_required:
         reason = reason.fillna(
             pd.Series(pd.NA, index=mapped.index, dtype="string").mask(
@@ -585,51 +613,84 @@ def desired_state(
     )
 
 
-def _search(pattern: bounded_re.Pattern[str], name: str, setting: str) -> bool:
-    try:
-        return bool(pattern.search(name, timeout=REGEX_SECONDS_PER_VALUE))
-    except TimeoutError:
-        raise RegexTimeoutError(
-            f"settings.groups.{setting}: the regex {pattern.pattern!r} ran out of its time "
-            f"budget on the group name {name!r}; the run stops before any write"
-        ) from None
+def _ran_out(setting: str, pattern: str, names: Iterable[str]) -> None:
+    """Report the group names a settings pattern ran out of time on (their groups are left out)."""
+    names = list(names)
+    if names:
+        log.warning(
+            "settings.groups.%s: the regex %r ran out of its time budget (%s) on %d source "
+            "group name(s); those groups are left out of this run (their memberships are not "
+            "provisioned, and those usersync gave are revoked like any group's that leaves the "
+            "mapping): %s",
+            setting,
+            pattern,
+            _budget(),
+            len(names),
+            "; ".join(repr(n) for n in names),
+        )
 
 
-def _matching(names: pd.Series, patterns: Sequence[str], setting: str) -> pd.Series:
-    """Which names one of `patterns` finds (searched, case-insensitively)."""
+def _matching(
+    names: pd.Series, patterns: Sequence[str], setting: str
+) -> tuple[pd.Series, pd.Series]:
+    """Which names one of `patterns` finds (searched, case-insensitively), and which names a
+    pattern ran out of time on (reported; the caller leaves them out)."""
     found = pd.Series(False, index=names.index)
+    ran_out = pd.Series(False, index=names.index)
     for text in patterns:
         pattern = bounded_re.compile(text, bounded_re.IGNORECASE)
-        found = found | names.map(lambda n, p=pattern: _search(p, n, setting)).astype(bool)
-    return found
+        hits: list[bool] = []
+        slow: list[bool] = []
+        for name in names.tolist():
+            try:
+                hits.append(bool(pattern.search(name, timeout=REGEX_SECONDS_PER_VALUE)))
+                slow.append(False)
+            except TimeoutError:
+                hits.append(False)
+                slow.append(True)
+        slow_here = pd.Series(slow, index=names.index, dtype=bool)
+        _ran_out(setting, text, names[slow_here])
+        found = found | pd.Series(hits, index=names.index, dtype=bool)
+        ran_out = ran_out | slow_here
+    return found, ran_out
 
 
 def _passing(names: pd.Series, settings: GroupSyncSettings) -> pd.Series:
-    """Which group names pass `settings.include` and `settings.exclude`."""
+    """Which group names pass `settings.include` and `settings.exclude`.
+
+    A name a filter ran out of time on does not pass: whether it was meant to is unknown, and
+    a group left out loses only its own memberships; stopping the run would hold back every
+    other user's changes, deprovisioning included.
+    """
     keep = pd.Series(True, index=names.index)
     if settings.include:
-        keep = _matching(names, settings.include, "include")
+        keep, ran_out = _matching(names, settings.include, "include")
+        keep = keep & ~ran_out
     if settings.exclude:
-        keep = keep & ~_matching(names, settings.exclude, "exclude")
+        excluded, ran_out = _matching(names, settings.exclude, "exclude")
+        keep = keep & ~excluded & ~ran_out
     return keep
 
 
 def _renamed(names: pd.Series, settings: GroupSyncSettings) -> pd.Series:
-    """On-the-fly group names after `settings.rename_pattern` (the matched part replaced)."""
+    """On-the-fly group names after `settings.rename_pattern` (the matched part replaced).
+
+    A name the pattern runs out of time on becomes missing, so its group is left out (and
+    reported), as with the name filters.
+    """
     if not settings.rename_pattern:
         return names
     pattern = bounded_re.compile(settings.rename_pattern)
-    renamed = {}
+    renamed: dict[str, str] = {}
+    ran_out: list[str] = []
     for name in names.dropna().unique():
         try:
             renamed[name] = pattern.sub(
                 settings.rename_to, name, count=1, timeout=REGEX_SECONDS_PER_VALUE
             ).strip()
         except TimeoutError:
-            raise RegexTimeoutError(
-                f"settings.groups.rename_pattern: the regex {pattern.pattern!r} ran out of its "
-                f"time budget on the group name {name!r}; the run stops before any write"
-            ) from None
+            ran_out.append(name)
+    _ran_out("rename_pattern", settings.rename_pattern, ran_out)
     return names.map(renamed).astype("string")
 
 
