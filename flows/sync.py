@@ -416,6 +416,9 @@ def _plan_and_load(
     outcome.seats = target_plan.seats
     if target_plan.seats.get("held_back"):
         report.announce_seats(loaded.profile.name, name, target_plan.seats, dry_run)
+    outcome.alerts = list(target_plan.alerts)
+    if outcome.alerts:
+        report.announce_security(loaded.profile.name, name, outcome.alerts, dry_run)
     for conflict in outcome.conflicts[:50]:
         logger.warning(
             "%s: no operation for %s: %s", name, conflict["username"], conflict["reason"]

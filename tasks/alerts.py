@@ -8,7 +8,11 @@ Microsoft Teams, e-mail over SMTP, a custom webhook, ...):
   unreachable or refusing the credentials, a load that failed or was partial, a source that
   could not be read, a brake);
 - "usersync: sync braked": the event `usersync.sync.braked` (tasks/report.py): a guard
-  stopped a target or the whole run before any write; the message says why and how to go on.
+  stopped a target or the whole run before any write; the message says why and how to go on;
+- "usersync: security": the event `usersync.sync.security`: a plan refused what IdP data
+  must never do (fill or create a group that grants administration, take over an existing
+  group) or held back what it cannot do safely (a protected leaver left active, nobody adopted
+  while the administrators cannot be established).
 
 Installing again replaces them (same names), e.g. to switch to another block.
 """
@@ -23,12 +27,13 @@ from prefect.client.orchestration import get_client
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 
-from tasks.report import BRAKED_EVENT, SEATS_EVENT
+from tasks.report import BRAKED_EVENT, SEATS_EVENT, SECURITY_EVENT
 from usersync.errors import ConfigError
 
 FAILED = "usersync: sync failed"
 BRAKED = "usersync: sync braked"
 SEATS = "usersync: licence seats short"
+SECURITY = "usersync: security"
 #: Flow-run states that mean a sync did not do all it should have.
 FAILED_STATES = ("Failed", "Crashed", "TimedOut")
 
@@ -68,6 +73,22 @@ seat(s) in {{ event.payload.target }} but {{ event.payload.free }} are free\
 {{ event.payload.held_back }} creation(s) or reactivation(s) were held back; nobody was half \
 provisioned. Free seats (or raise the licence) and the next run goes on. The held-back accounts \
 are listed in the run's summary-<profile> artifact and by usersync conflicts.
+"""
+
+
+SECURITY_SUBJECT = (
+    "usersync: {{ event.resource['prefect.resource.name'] }} needs a person in "
+    "{{ event.payload.target }}"
+)
+SECURITY_BODY = """\
+Profile {{ event.resource['prefect.resource.name'] }}, target {{ event.payload.target }}\
+{% if event.payload.dry_run %} (dry run){% endif %}: the plan refused or held back what needs \
+a person:
+{% for line in event.payload.alerts %}
+- {{ line }}{% endfor %}
+
+Nothing of this was written. The run's summary-<profile> artifact and usersync conflicts list \
+them too.
 """
 
 
@@ -135,6 +156,15 @@ def alert_automations(block_id: UUID) -> list[Automation]:
             block_id,
             SEATS_SUBJECT,
             SEATS_BODY,
+        ),
+        _on_usersync_event(
+            SECURITY,
+            "A plan refused what IdP data must never do, or held back what it cannot do "
+            "safely (event usersync.sync.security).",
+            SECURITY_EVENT,
+            block_id,
+            SECURITY_SUBJECT,
+            SECURITY_BODY,
         ),
     ]
 

@@ -7,6 +7,10 @@ Events (resource `usersync.profile.<profile>`, related to the flow run that emit
   target, status (planned | succeeded | partial | failed), planned {op: n}, executed
   {op: {succeeded, failed, skipped}}, rejected, error, run_id (the store's), conflicts,
   unverifiable, rejected_users, failures.
+- `usersync.sync.security`, when a target's plan refused what IdP data must never do or
+  held back what it cannot do safely (a group that grants administration, an existing group
+  an on-the-fly rule may not take over, a protected leaver left active, administrators that
+  cannot be established), with payload `{"target": name, "alerts": [str, ...], "dry_run": bool}`.
 - `usersync.sync.braked`, when a guard stops a target (the brake on deactivations and
   membership removals) or the whole run (a source with fewer users than min_source_users),
   with payload `{"target": name or null for the source, "reason": str, "dry_run": bool}`.
@@ -28,6 +32,7 @@ from usersync.sync import TargetOutcome, TargetPlan
 COMPLETED_EVENT = "usersync.sync.completed"
 SEATS_EVENT = "usersync.licence.short"
 BRAKED_EVENT = "usersync.sync.braked"
+SECURITY_EVENT = "usersync.sync.security"
 
 
 def profile_resource(profile: str) -> dict[str, str]:
@@ -98,6 +103,15 @@ def announce_seats(profile: str, target: str, seats: dict, dry_run: bool) -> Non
         event=SEATS_EVENT,
         resource=profile_resource(profile),
         payload={"target": target, "dry_run": dry_run, **seats},
+    )
+
+
+def announce_security(profile: str, target: str, alerts: list[str], dry_run: bool) -> None:
+    """Emit `usersync.sync.security`: lines of this target's plan a person must read."""
+    emit_event(
+        event=SECURITY_EVENT,
+        resource=profile_resource(profile),
+        payload={"target": target, "alerts": alerts, "dry_run": dry_run},
     )
 
 

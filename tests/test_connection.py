@@ -13,6 +13,7 @@ from usersync import sync
 from usersync.cli import main
 from usersync.connection import check_connections, connection_markdown
 from usersync.inbox import issue_token
+from usersync.sandbox.confluence import ConfluenceEmulator
 from usersync.sandbox.jira import JiraEmulator
 from usersync.sandbox.server import serve
 from usersync.store import Store
@@ -130,3 +131,42 @@ def test_inbox_source_passes_once_it_has_a_token(checked) -> None:
     store.close()
     source = check_connections(sync.load("tc"))[0]
     assert source.ok and "0 user(s) and 0 group(s) pushed so far" in source.detail
+
+
+def test_test_connection_names_the_groups_that_grant_administration(checked) -> None:
+    jira, *_ = checked
+    jira.seed_admin_group("ops-root", ["plain"])
+    # Test Connection reads the privileged groups as a plan does: here the profile names
+    # ops-root as an administrator group of its own.
+    profile_file = sync.profile_dir("tc") / "profile.yaml"
+    profile = yaml.safe_load(profile_file.read_text("utf-8"))
+    profile["targets"]["good"]["admin_groups"] = ["ops-root"]
+    profile_file.write_text(yaml.safe_dump(profile), encoding="utf-8")
+    good = {r.part: r for r in check_connections(sync.load("tc"))}["target good"]
+    assert good.ok
+    assert "2 administrator(s)" in good.detail  # admin, and plain through ops-root
+    assert "the stock admin groups, ops-root" in good.detail
+
+
+def test_test_connection_fails_when_administrators_cannot_be_established(
+    checked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Confluence older than 9.2 does not list its global permissions: who is an
+    # administrator through another group, or directly, cannot be read.
+    wiki = ConfluenceEmulator(version="9.1.0", admin=("admin", ADMIN_PASSWORD))
+    with serve(wiki.app) as url:
+        folder = tmp_path / "mappings" / "tc"
+        profile = yaml.safe_load((folder / "profile.yaml").read_text("utf-8"))
+        profile["targets"] = {
+            "wiki": {
+                "kind": "confluence",
+                "url": url,
+                "auth": {"kind": "basic", "username": "admin", "password": {"env": "TC_ADMIN"}},
+            }
+        }
+        (folder / "profile.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
+        monkeypatch.setenv("TC_ADMIN", ADMIN_PASSWORD)
+        wiki_check = {r.part: r for r in check_connections(sync.load("tc"))}["target wiki"]
+    assert not wiki_check.ok
+    assert "administrators cannot be established" in wiki_check.detail
+    assert "adopts and relinks no existing account" in wiki_check.detail

@@ -19,6 +19,7 @@ from usersync.config import SecretLoader
 from usersync.errors import UsersyncError
 from usersync.sources import Source, SourceCheck, open_source
 from usersync.sync import LoadedProfile, open_target_for
+from usersync.targets.base import STOCK_ADMIN_GROUPS, Target, TargetCheck
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,38 @@ def check_connections(
         try:
             with open_target_for(loaded, name, load_prefect_secret=load_prefect_secret) as target:
                 checked = target.check()
+                if checked.ok:
+                    checked = _with_privileges(target, checked, loaded)
             results.append(
                 ConnectionResult(f"target {name}", config.kind, checked.ok, checked.detail)
             )
         except UsersyncError as exc:
             results.append(ConnectionResult(f"target {name}", config.kind, False, str(exc)))
     return results
+
+
+def _with_privileges(target: Target, checked: TargetCheck, loaded: LoadedProfile) -> TargetCheck:
+    """The target's check, with what it grants administration through (read as a plan reads
+    it). Administrators that cannot be established fail the check: until they can, a sync
+    adopts and relinks nobody (fail closed)."""
+    privileges = target.privileges()
+    allowed = {g.casefold() for g in loaded.profile.settings.groups.allow_privileged_groups}
+    present = sorted(privileges.groups - STOCK_ADMIN_GROUPS)
+    shown = ", ".join(present[:10]) + (
+        f" and {len(present) - 10} more" if len(present) > 10 else ""
+    )
+    detail = (
+        f"{checked.detail}; {len(privileges.administrators)} administrator(s); groups that grant "
+        f"administration (no rule fills them{'' if not allowed else ' except ' + ', '.join(sorted(allowed))}): "
+        f"the stock admin groups{', ' + shown if shown else ''}"
+    )
+    if privileges.problem:
+        return TargetCheck(
+            False,
+            f"{detail}; administrators cannot be established: {privileges.problem}. Until they "
+            "can, a sync adopts and relinks no existing account (fail closed)",
+        )
+    return TargetCheck(True, detail)
 
 
 def _check_source(source: Source, attributes: Sequence[str]) -> SourceCheck:

@@ -80,6 +80,11 @@ def summary_markdown(
     if not dry_run:
         lines += ["", "Cells read succeeded/planned."]
     for outcome in outcomes:
+        if outcome.alerts:
+            lines += ["", f"## {outcome.target}: needs a person (security)", ""]
+            lines += [f"- **{line}**" for line in outcome.alerts[:DETAIL_ROWS_SHOWN]]
+            if len(outcome.alerts) > DETAIL_ROWS_SHOWN:
+                lines.append(f"- ... and {len(outcome.alerts) - DETAIL_ROWS_SHOWN} more")
         seats = outcome.seats
         if seats:
             line = f"{outcome.target}: {seats_text(seats)}"

@@ -616,6 +616,9 @@ class TargetOutcome:
     drift: dict[str, Any] | None = None
     #: licence seats needed and free, and how many seat-taking operations were held back
     seats: dict[str, Any] = field(default_factory=dict)
+    #: what a person must look at: privileged groups refused, leavers held back, administrators
+    #: that cannot be established (also the event `usersync.sync.security`)
+    alerts: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -632,6 +635,7 @@ class TargetOutcome:
             "failures": self.failures,
             "approval": self.approval,
             "seats": self.seats,
+            "alerts": self.alerts,
         }
 
 
