@@ -42,6 +42,7 @@ from usersync.model import (
     TargetState,
     conform,
 )
+from usersync.names import lookalike_rejections, skeleton_probes
 from usersync.plan import PlanInput, check_brake, plan_changes
 from usersync.plugins import load_class
 from usersync.sources import open_source
@@ -338,6 +339,47 @@ def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
     )
 
 
+def _without_lookalikes(desired: DesiredState, target: Target, actual: TargetState) -> DesiredState:
+    """`desired` less the users whose name would pass for another account's (`usersync.names`):
+    they join the rejected users with the reason (never sent; an active one keeps what it has).
+
+    The product is asked for the plain-looking spelling of every name outside ASCII
+    (`аdmin` → `admin`), so an account the run would not otherwise read is still seen.
+    """
+    probes = skeleton_probes(desired.users["username"].dropna())
+    if not probes:  # every name is plain ASCII: none is refused as a look-alike
+        return desired
+    imitated = target.read_users(probes)["username"]
+    why = lookalike_rejections(
+        desired.users, pd.concat([actual.users["username"], imitated], ignore_index=True)
+    )
+    bad = why.notna().to_numpy()
+    if not bad.any():
+        return desired
+    refused = desired.users.loc[bad]
+    extra = pd.DataFrame(
+        {
+            "source_id": refused["source_id"],
+            "locator": refused["username"],
+            "reason": f"{target.product}: " + why[bad].astype("string"),
+            "active": refused["active"],
+        }
+    )
+    memberships = desired.memberships
+    return DesiredState(
+        users=desired.users.loc[~bad].reset_index(drop=True),
+        groups=desired.groups,
+        memberships=memberships.loc[
+            ~memberships["source_id"].isin(refused["source_id"])
+        ].reset_index(drop=True),
+        rejected=conform(
+            pd.concat([desired.rejected, extra], ignore_index=True),
+            REJECTED_USER_COLUMNS,
+            what="rejected users",
+        ),
+    )
+
+
 def plan_target_sync(
     loaded: LoadedProfile,
     target_name: str,
@@ -375,6 +417,7 @@ def plan_target_sync(
     )
     custom = [c.removeprefix(CUSTOM_PREFIX) for c in desired.users if c.startswith(CUSTOM_PREFIX)]
     actual = target.read_state(usernames, groups, keys, custom=custom)
+    desired = _without_lookalikes(desired, target, actual)
     if not profile.settings.groups.keep_existing_groups:
         actual = _with_every_group(target, actual, ledger)
     instance = instance_of(profile.targets[target_name].url)
