@@ -306,3 +306,23 @@ def test_adoption_by_username_relinks_whatever_the_email():
         settings={"adoption": "username"},
     )
     assert (changes.operations["op"] == "relink_user").sum() == 1
+
+
+def test_keep_existing_users_no_never_removes_an_unmanaged_administrator():
+    source = snapshot({"ops": ["alice"]}, users=("alice",))
+    actual = target(
+        ["alice", "root", "carol"],
+        memberships=[("root", "ops-team"), ("carol", "ops-team")],
+        groups=["ops-team"],
+    )
+    changes = plan(
+        "ops,ops-team,manual,,,no\n",
+        source,
+        actual,
+        managed("alice"),
+        administrators=frozenset({"root"}),
+    )
+    assert ops(changes) == {
+        ("add_membership", "alice", "ops-team"),
+        ("remove_membership", "carol", "ops-team"),
+    }

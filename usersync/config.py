@@ -592,7 +592,9 @@ class SyncSettings(StrictModel):
     manage_admin_accounts: tuple[str, ...] = Field(
         (),
         description="Accounts with administrative rights in a product that usersync may "
-        "adopt, update and deactivate; every other administrator is left alone.",
+        "adopt or relink (and then update and deactivate like any managed account); every "
+        "other administrator it does not manage is left alone. An administrator usersync "
+        "already manages is deprovisioned when its identity leaves, listed or not.",
     )
     max_deactivations: int = Field(
         500, ge=0, description="A plan that deactivates more accounts than this is refused."

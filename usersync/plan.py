@@ -970,6 +970,7 @@ def _group_ops(
         keep[staying_u[want_stay]] = True
         keep[member_u[have_row[held]]] = True
         keep |= _code_mask(ukeys, _key(pd.Series(list(data.protected), dtype="string")))
+        keep |= _code_mask(ukeys, data.administrators)
         keep |= _code_mask(ukeys, data.foreign_names)
         unlisted = np.flatnonzero(strict[member_g] & ~keep[member_u])
         # The account a username names (the last one listed, should the product list two).

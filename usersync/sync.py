@@ -259,7 +259,8 @@ class TargetPlan:
     unverifiable: dict[str, int] = field(default_factory=dict)
     #: keys the ledger links that the target no longer has (accounts deleted by hand)
     deleted_keys: tuple[str, ...] = ()
-    #: usernames never touched, and names of accounts other profiles manage (for the drift)
+    #: usernames never touched and the product's administrators, and names of accounts other
+    #: profiles manage (for the drift)
     protected: tuple[str, ...] = ()
     foreign_names: frozenset[str] = frozenset()
     #: the target instance (normalised base URL)
@@ -469,7 +470,8 @@ def plan_target_sync(
         seats=seats,
         unverifiable=changes.unverifiable,
         deleted_keys=tuple(sorted(set(keys) - set(actual.users["target_key"].dropna()))),
-        protected=plan_input.protected,
+        # For the drift report: the product's administrators are its own, not strays.
+        protected=(*plan_input.protected, *sorted(plan_input.administrators)),
         foreign_names=plan_input.foreign_names,
         instance=instance,
         alerts=changes.alerts,
