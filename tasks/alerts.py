@@ -9,6 +9,8 @@ Microsoft Teams, e-mail over SMTP, a custom webhook, ...):
   could not be read, a brake);
 - "usersync: sync braked": the event `usersync.sync.braked` (tasks/report.py): a guard
   stopped a target or the whole run before any write; the message says why and how to go on;
+- "usersync: approval requested": the event `usersync.approval.requested`: a run paused
+  with its braked plan until someone approves or rejects it (UI or `usersync approve`);
 - "usersync: security": the event `usersync.sync.security`: a plan refused what IdP data
   must never do (fill or create a group that grants administration, take over an existing
   group) or held back what it cannot do safely (a protected leaver left active, nobody adopted
@@ -27,13 +29,14 @@ from prefect.client.orchestration import get_client
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 
-from tasks.report import BRAKED_EVENT, SEATS_EVENT, SECURITY_EVENT
+from tasks.report import APPROVAL_EVENT, BRAKED_EVENT, SEATS_EVENT, SECURITY_EVENT
 from usersync.errors import ConfigError
 
 FAILED = "usersync: sync failed"
 BRAKED = "usersync: sync braked"
 SEATS = "usersync: licence seats short"
 SECURITY = "usersync: security"
+APPROVAL = "usersync: approval requested"
 #: Flow-run states that mean a sync did not do all it should have.
 FAILED_STATES = ("Failed", "Crashed", "TimedOut")
 
@@ -92,6 +95,27 @@ them too.
 """
 
 
+APPROVAL_SUBJECT = (
+    "usersync: {{ event.resource['prefect.resource.name'] }} waits for an approval "
+    "(run {{ event.payload.flow_run_name }})"
+)
+APPROVAL_BODY = """\
+The run {{ event.payload.flow_run_name }} of profile {{ event.resource['prefect.resource.name'] }} \
+is paused: its plan exceeds the brake{% if event.payload.round > 1 %} (the plan changed after \
+an approval: this is the new one){% endif %}. Nothing is written to these targets until someone \
+approves; without an answer by {{ event.payload.deadline }} (UTC) it counts as a rejection.
+{% for t in event.payload.targets %}
+{{ t.target }}: {{ t.destructive }} destructive operation(s), every one in the artifact \
+{{ t.plan_artifact }}{% for l in t.limits %}
+- {{ l.what }}: {{ l.count }} (limit {{ l.limit }}){% endfor %}
+{% endfor %}
+{% if event.payload.url %}Review and answer: {{ event.payload.url }} (Resume)
+{% endif %}From a shell:
+  usersync approve {{ event.payload.flow_run_id }} --name "<your name>" [--comment "..."]
+  usersync reject {{ event.payload.flow_run_id }} --name "<your name>" [--comment "..."]
+"""
+
+
 def notification_block_id(block: str) -> UUID:
     """The id of the notification block named `block` ("name", or "type-slug/name").
 
@@ -147,6 +171,15 @@ def alert_automations(block_id: UUID) -> list[Automation]:
             block_id,
             BRAKED_SUBJECT,
             BRAKED_BODY,
+        ),
+        _on_usersync_event(
+            APPROVAL,
+            "A run paused until someone approves or rejects its braked plan "
+            "(event usersync.approval.requested).",
+            APPROVAL_EVENT,
+            block_id,
+            APPROVAL_SUBJECT,
+            APPROVAL_BODY,
         ),
         _on_usersync_event(
             SEATS,

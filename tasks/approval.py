@@ -9,6 +9,10 @@ the braked target fails as before, and `allow_mass_changes` releases it for one 
 
 A run whose pause times out is rejected. What happens after an approval (the plan is made
 again, and loaded only if its destructive operations are the ones approved) is the flow's.
+
+As it pauses, a run emits `usersync.approval.requested` (the automation "usersync: approval
+requested" of `usersync alerts install` turns it into a notification), and `usersync approve
+RUN` / `usersync reject RUN` answer the form from a shell (`answer`), as the UI's Resume does.
 """
 
 from __future__ import annotations
@@ -16,20 +20,35 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import FlowRunContext
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.utilities.urls import url_for
 from pydantic import Field
 
+from tasks.report import announce_approval_requested
+from usersync.errors import ConfigError, UsersyncError
 from usersync.plan import BrakeLimit
 
 #: How often a paused run looks whether someone answered (seconds).
 POLL_SECONDS = 5
+#: The pause key of an approval round ("brake-approval-1", ...): how a run waiting for an
+#: approval is told from one paused for anything else.
+PAUSE_KEY_PREFIX = "brake-approval-"
 
 
 class BrakeApproval(RunInput):
@@ -124,6 +143,7 @@ def ask(
     text = describe(profile, braked, round_no)
     logger = get_run_logger()
     if how == "ui":
+        _announce(profile, braked, timeout_seconds, round_no)
         logger.warning(
             "the brake stopped %s; waiting up to %.0f s for an approval in the Prefect UI "
             "(this run → Resume)",
@@ -135,7 +155,7 @@ def ask(
                 wait_for_input=BrakeApproval.with_initial_data(description=text),
                 timeout=int(timeout_seconds),
                 poll_interval=min(POLL_SECONDS, max(1, int(timeout_seconds // 2))),
-                key=f"brake-approval-{round_no}",
+                key=f"{PAUSE_KEY_PREFIX}{round_no}",
             )
         except FlowPauseTimeout:
             return Decision(False, "nobody", "timeout", limits=limits)
@@ -148,3 +168,106 @@ def ask(
         name = reply.strip()
         return Decision(bool(name), name or "terminal", "terminal", limits=limits)
     return None
+
+
+def run_url(flow_run_id: UUID | str) -> str | None:
+    """The run's page in the Prefect UI (None when no UI URL is known)."""
+    return url_for("flow-run", obj_id=str(flow_run_id))
+
+
+def _announce(
+    profile: str, braked: list[BrakedTarget], timeout_seconds: float, round_no: int
+) -> None:
+    """Tell whoever listens that this run now waits for an approval, and until when."""
+    run = FlowRunContext.get().flow_run  # type: ignore[union-attr] - "ui" means a flow run
+    announce_approval_requested(
+        profile,
+        [
+            {
+                "target": b.target,
+                "limits": [asdict(limit) for limit in b.limits],
+                "plan_artifact": b.plan_artifact,
+                "destructive": b.destructive,
+            }
+            for b in braked
+        ],
+        flow_run_id=str(run.id),
+        flow_run_name=run.name,
+        url=run_url(run.id),
+        deadline=datetime.now(UTC) + timedelta(seconds=timeout_seconds),
+        round_no=round_no,
+    )
+
+
+class NotWaitingError(UsersyncError):
+    """The run named is not waiting for an approval."""
+
+
+def waiting_run(run: str) -> FlowRun:
+    """The flow run `run` (its id, or the name of a run paused for an approval).
+
+    Raises:
+        ConfigError: no such run, or the name fits several paused runs.
+        NotWaitingError: the run is not paused for an approval of its braked plan.
+    """
+    try:
+        run_id: UUID | None = UUID(run)
+    except ValueError:
+        run_id = None  # a name: only the runs paused now can be meant
+    with get_client(sync_client=True) as client:
+        if run_id is not None:
+            try:
+                found = client.read_flow_run(run_id)
+            except ObjectNotFound:
+                raise ConfigError(f"no flow run {run} on this Prefect server") from None
+        else:
+            paused = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=[run]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
+                )
+            )
+            if not paused:
+                raise ConfigError(
+                    f"no paused flow run named '{run}': give the run's id (the URL's last part, "
+                    "or the approval notification's)"
+                )
+            if len(paused) > 1:
+                ids = ", ".join(str(r.id) for r in paused)
+                raise ConfigError(f"several paused runs are named '{run}': give one id of {ids}")
+            found = paused[0]
+    state = found.state
+    waiting = (
+        state is not None
+        and state.is_paused()
+        and str(state.state_details.pause_key or "").startswith(PAUSE_KEY_PREFIX)
+    )
+    if not waiting:
+        raise NotWaitingError(
+            f"flow run {found.name} ({found.id}) is not waiting for an approval: it is "
+            f"{state.name if state else 'without a state'}"
+        )
+    return found
+
+
+def answer(run: str, *, approve: bool, name: str, comment: str = "") -> FlowRun:
+    """Approve or reject the braked plan flow run `run` waits on, as the UI's form does.
+
+    Returns:
+        The flow run answered.
+
+    Raises:
+        ConfigError: no such run, or `name` is empty.
+        NotWaitingError: the run is not (or no longer) waiting for an approval.
+    """
+    if not name.strip():
+        raise ConfigError("--name is required: it is recorded with the decision")
+    found = waiting_run(run)
+    with get_client(sync_client=True) as client:
+        result = client.resume_flow_run(
+            found.id, run_input={"approve": approve, "name": name.strip(), "comment": comment}
+        )
+    if result.status.value != "ACCEPT":
+        reason = getattr(result.details, "reason", None) or result.status.value
+        raise NotWaitingError(f"flow run {found.name} ({found.id}) was not resumed: {reason}")
+    return found

@@ -14,11 +14,15 @@ Events (resource `usersync.profile.<profile>`, related to the flow run that emit
 - `usersync.sync.braked`, when a guard stops a target (the brake on deactivations and
   membership removals) or the whole run (a source with fewer users than min_source_users),
   with payload `{"target": name or null for the source, "reason": str, "dry_run": bool}`.
+- `usersync.approval.requested`, when a run pauses for an approval of its braked plan (see
+  `announce_approval_requested`): who must act, on what, where and by when.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -33,6 +37,7 @@ COMPLETED_EVENT = "usersync.sync.completed"
 SEATS_EVENT = "usersync.licence.short"
 BRAKED_EVENT = "usersync.sync.braked"
 SECURITY_EVENT = "usersync.sync.security"
+APPROVAL_EVENT = "usersync.approval.requested"
 
 
 def profile_resource(profile: str) -> dict[str, str]:
@@ -121,4 +126,35 @@ def announce_brake(profile: str, target: str | None, reason: str, dry_run: bool)
         event=BRAKED_EVENT,
         resource=profile_resource(profile),
         payload={"target": target, "reason": reason, "dry_run": dry_run},
+    )
+
+
+def announce_approval_requested(
+    profile: str,
+    targets: list[dict[str, Any]],
+    *,
+    flow_run_id: str,
+    flow_run_name: str,
+    url: str | None,
+    deadline: datetime,
+    round_no: int,
+) -> None:
+    """Emit `usersync.approval.requested`: this run pauses until someone approves or rejects.
+
+    Payload: `{"targets": [{"target", "limits": [{"what", "count", "limit"}], "plan_artifact",
+    "destructive"}], "flow_run_id", "flow_run_name", "url" (the run in the Prefect UI, or null
+    when no UI URL is known), "deadline" (ISO 8601, UTC: the pause times out then, as a
+    rejection), "round" (2 and more: the plan changed after an approval)}`.
+    """
+    emit_event(
+        event=APPROVAL_EVENT,
+        resource=profile_resource(profile),
+        payload={
+            "targets": targets,
+            "flow_run_id": flow_run_id,
+            "flow_run_name": flow_run_name,
+            "url": url,
+            "deadline": deadline.isoformat(timespec="seconds"),
+            "round": round_no,
+        },
     )

@@ -99,6 +99,19 @@ def _alerts_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answer(args: argparse.Namespace) -> int:
+    from tasks.approval import answer, run_url
+
+    approve = args.command == "approve"
+    run = answer(args.run, approve=approve, name=args.name, comment=args.comment)
+    verb = "approved" if approve else "rejected"
+    print(f"{verb}: flow run {run.name} ({run.id}) resumes with your decision, by {args.name}")
+    url = run_url(run.id)
+    if url:
+        print(f"follow it: {url}")
+    return 0
+
+
 def _deployments_configure(args: argparse.Namespace) -> int:
     from tasks.instances import configure_deployments
 
@@ -334,6 +347,21 @@ def build_parser() -> argparse.ArgumentParser:
         "name, or type-slug/name",
     )
     p.set_defaults(func=_alerts_install)
+
+    for verb, text in (
+        ("approve", "let a run paused by the brake make the destructive changes it shows"),
+        ("reject", "refuse them: the braked targets of the paused run write nothing"),
+    ):
+        p = commands.add_parser(
+            verb,
+            help=f"{text} (as the run's Resume form in the Prefect UI; on $PREFECT_API_URL)",
+        )
+        p.add_argument(
+            "run", help="the paused flow run: its id (in the approval notification) or its name"
+        )
+        p.add_argument("--name", required=True, help="your name, recorded with the decision")
+        p.add_argument("--comment", default="", help="recorded with the decision")
+        p.set_defaults(func=_answer)
 
     deployments = commands.add_parser(
         "deployments", help="finish what prefect deploy cannot express"

@@ -15,12 +15,16 @@ from uuid import UUID
 
 import ldap3
 import pytest
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
 from prefect.flow_runs import resume_flow_run
 
 from flows.sync import sync
+from tests.flows.test_prefect_alerts import Receiver
 from tests.flows.test_sync_flow import jira_user
+from usersync.cli import main
+from usersync.sandbox.server import serve
 from usersync.sandbox.slapd import SlapdServer
 from usersync.store import Store, store_url
 
@@ -228,3 +232,68 @@ def test_usersync_sync_on_a_terminal_asks_there(make_profile, jira, own_director
     assert outcomes[0]["status"] == "succeeded"
     assert outcomes[0]["approval"]["by"] == "Tom Terminal"
     assert not any(jira_user(url, u)["active"] for u in LEAVERS)
+
+
+@pytest.fixture
+def approval_alerts() -> Iterator[Receiver]:
+    """`usersync alerts install` notifying a receiver in this test; removed afterwards."""
+    app = Receiver()
+    with serve(app) as url:
+        CustomWebhookNotificationBlock(
+            name="usersync approval receiver",
+            url=url,
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        ).save("usersync-approval-test", overwrite=True)
+        assert main(["alerts", "install", "--block", "usersync-approval-test"]) == 0
+        yield app
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            if automation.name.startswith("usersync:"):
+                client.delete_automation(automation.id)
+
+
+def test_a_paused_run_asks_for_its_approval_and_usersync_approve_answers(
+    make_profile, jira, own_directory, approval_alerts, capsys
+):
+    url = braked_profile(make_profile, jira, own_directory)
+    run = DeploymentRun("braked")
+    run.wait_paused()
+
+    asked = approval_alerts.wait_for("waits for an approval")
+    body = asked["body"]
+    assert "braked waits for an approval" in asked["subject"]
+    assert "jira: 3 destructive operation(s), every one in the artifact plan-braked-jira" in body
+    assert "- deactivations: 3 (limit max_deactivations=1)" in body
+    assert f"/runs/flow-run/{run.id}" in body  # the run's page in the UI
+    assert "counts as a rejection" in body and "(UTC)" in body  # the deadline
+    assert f"usersync approve {run.id} --name" in body
+    assert "the brake stopped" not in str(approval_alerts.messages)  # asked, not yet braked
+
+    # A run that is not paused, or a name nobody carries, is one line, exit 1 or 2.
+    assert main(["approve", "no-such-run", "--name", "Olivia Ops"]) == 2
+    assert "no paused flow run named 'no-such-run'" in capsys.readouterr().err
+    assert main(["approve", str(run.id), "--name", "Olivia Ops", "--comment", "HR confirmed"]) == 0
+    assert f"approved: flow run sync-braked ({run.id})" in capsys.readouterr().out
+    state = run.finish()
+
+    assert state.is_completed(), state
+    assert not any(jira_user(url, u)["active"] for u in LEAVERS)
+    decided = run_approvals()[0]["counts"]["approval"]
+    assert decided["approved"] is True and decided["by"] == "Olivia Ops"
+    assert decided["comment"] == "HR confirmed"
+    assert main(["reject", str(run.id), "--name", "Rita Reviewer"]) == 1
+    assert "is not waiting for an approval: it is Completed" in capsys.readouterr().err
+
+
+def test_usersync_reject_by_the_runs_name_writes_nothing(make_profile, jira, own_directory):
+    url = braked_profile(make_profile, jira, own_directory)
+    run = DeploymentRun("braked")
+    run.wait_paused()
+
+    assert main(["reject", "sync-braked", "--name", "Rita Reviewer", "--comment", "not HR"]) == 0
+    state = run.finish()
+
+    assert "Rita Reviewer rejected it" in state.message
+    assert all(jira_user(url, u)["active"] for u in LEAVERS)
+    decided = run_approvals()[0]["counts"]["approval"]
+    assert decided["approved"] is False and decided["comment"] == "not HR"

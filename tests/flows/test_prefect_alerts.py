@@ -16,7 +16,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 
 from flows.sync import sync
-from tasks.alerts import BRAKED, FAILED, SEATS, SECURITY
+from tasks.alerts import APPROVAL, BRAKED, FAILED, SEATS, SECURITY
 from usersync.cli import main
 from usersync.sandbox.server import serve
 
@@ -61,7 +61,7 @@ def receiver() -> Iterator[Receiver]:
         ).save("usersync-alerts-test", overwrite=True)
         yield app
     with get_client(sync_client=True) as client:
-        for name in (FAILED, BRAKED, SEATS, SECURITY):
+        for name in (FAILED, BRAKED, SEATS, SECURITY, APPROVAL):
             for automation in client.read_automations_by_name(name):
                 client.delete_automation(automation.id)
 
@@ -79,7 +79,8 @@ def test_alerts_install_creates_the_automations_and_they_notify(
     with get_client(sync_client=True) as client:
         installed = {a.name: a for a in client.read_automations() if a.name.startswith("usersync:")}
     # installed twice, replaced, not doubled
-    assert set(installed) == {FAILED, BRAKED, SEATS, SECURITY}
+    assert set(installed) == {FAILED, BRAKED, SEATS, SECURITY, APPROVAL}
+    assert installed[APPROVAL].trigger.expect == {"usersync.approval.requested"}
     assert installed[SEATS].trigger.expect == {"usersync.licence.short"}
     assert installed[SECURITY].trigger.expect == {"usersync.sync.security"}
     failed = installed[FAILED]
