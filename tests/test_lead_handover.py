@@ -85,7 +85,8 @@ def test_without_a_default_lead_a_project_lead_is_not_deactivated_and_says_why()
     changes = plan(BOB_LEADS)
     assert changes.operations.empty
     (reason,) = changes.conflicts["reason"]
-    assert "leads project(s) ABC" in reason and "default_project_lead" in reason
+    assert "project Alpha (ABC)" in reason and "component Backend (project XYZ)" in reason
+    assert "default_project_lead" in reason
 
 
 def test_an_unusable_default_lead_blocks_the_deactivation_with_its_problem():
@@ -98,9 +99,21 @@ def test_an_unusable_default_lead_blocks_the_deactivation_with_its_problem():
     assert "'lead.admin' is deactivated" in changes.conflicts["reason"].iloc[0]
 
 
-def test_a_component_lead_alone_never_blocks_a_deactivation():
-    p = plan([BOB_LEADS[1]]).operations
-    assert list(p["op"]) == ["deactivate_user"]
+def test_without_defaults_a_component_goes_to_its_staying_project_lead_first():
+    # Jira refuses to deactivate a component lead too: the project's lead (alice stays)
+    # takes the component, then bob goes.
+    p = plan([["alice", "project", "XYZ", "Xylo", "XYZ"], BOB_LEADS[1]]).operations
+    assert list(p["op"]) == ["reassign_lead", "deactivate_user"]
+    assert json.loads(p["before"].iloc[0])["id"] == "10001"
+    assert json.loads(p["after"].iloc[0]) == {"lead": "alice"}
+
+
+def test_a_component_nobody_can_take_keeps_its_lead_active_and_names_it():
+    changes = plan([BOB_LEADS[1]])  # no default lead, and XYZ's lead is not known
+    assert changes.operations.empty
+    (reason,) = changes.conflicts["reason"]
+    assert "'bob' leads component Backend (project XYZ)" in reason
+    assert "refuses to deactivate a project or component lead" in reason
 
 
 def test_staying_leads_are_left_alone():

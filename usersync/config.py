@@ -469,8 +469,9 @@ class TargetConfig(StrictModel):
     default_component_lead: str | None = Field(
         None,
         description="Jira only: the lead given to components an account being deactivated "
-        "leads (default: default_project_lead; unset too: the project lead takes over, as "
-        "Jira does itself).",
+        "leads before the deactivation, which Jira refuses for a component lead (default: "
+        "default_project_lead; unset too: the component's project lead, when that account "
+        "stays; else the leaver stays active and the conflict names the component).",
     )
 
     @model_validator(mode="after")

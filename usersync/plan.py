@@ -73,6 +73,9 @@ class PlanInput:
     #: group names (case-folded) that grant access to the product (application roles'
     #: groups, licensing groups): `keep_existing_groups: false` never removes anyone from them
     access_groups: frozenset[str] = frozenset()
+    #: group names (case-folded) the product puts every account this plan creates in by itself:
+    #: their memberships count as present (asking again is a write the product refuses)
+    new_account_groups: frozenset[str] = frozenset()
     #: accounts other profiles manage on the same target instance: target_key → profile
     foreign: dict[str, str] = field(default_factory=dict)
     #: of those, the ones whose profile yields to this one (settings.precedence): taken over
@@ -409,11 +412,13 @@ def plan_changes(data: PlanInput) -> PlannedChanges:
 
 def _lead_handover(data: PlanInput, going: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """reassign_lead rows for what the accounts being deactivated lead, and the accounts whose
-    deactivation cannot go ahead (conflict rows): Jira refuses to deactivate a project lead.
+    deactivation cannot go ahead (conflict rows): Jira refuses to deactivate a project lead or
+    a component lead (its user service checks both).
 
-    Projects go to `default_leads["project"]`; components to `default_leads["component"]`
-    (else the project's default lead; with neither, Jira hands a component to its project's
-    lead itself, so a component alone never blocks a deactivation).
+    Projects go to `default_leads["project"]`; components to `default_leads["component"]`,
+    else the default project lead, else their project's own lead when that account stays.
+    Whoever would lead something nobody can take over stays active, and the conflict row names
+    each project and component.
     """
     leads = data.actual.leads
     empty = (empty_frame(PLAN_COLUMNS), empty_frame(CONFLICT_COLUMNS))
@@ -430,9 +435,18 @@ def _lead_handover(data: PlanInput, going: pd.DataFrame) -> tuple[pd.DataFrame, 
     project_lead = data.default_leads.get("project") if usable else None
     component_lead = (data.default_leads.get("component") or project_lead) if usable else None
     new_lead = roles["kind"].map({"project": project_lead, "component": component_lead})
-    # The default lead itself leaving, or no default for a project: the handover cannot happen.
+    # Without a default, a component goes to its project's lead, unless that lead leaves too.
+    leaving = set(_key(going["t_username"]))
+    projects = leads.loc[leads["kind"] == "project"]
+    staying_leads = projects.loc[~_key(projects["username"]).isin(leaving)]
+    lead_of_project = pd.Series(
+        staying_leads["username"].array, index=staying_leads["id"].array, dtype="string"
+    )
+    own = roles["project"].map(lead_of_project).astype("string")
+    new_lead = new_lead.astype("string").fillna(own.where(roles["kind"] == "component"))
+    # The default lead itself leaving: the handover cannot happen.
     new_lead = new_lead.where(_key(new_lead.astype("string")) != roles["ukey"])
-    stuck = roles.loc[new_lead.isna() & (roles["kind"] == "project")]
+    stuck = roles.loc[new_lead.isna()]
     blocked_keys = set(stuck["t_target_key"])
     moving = roles.loc[new_lead.notna() & ~roles["t_target_key"].isin(blocked_keys)]
     rows = empty_frame(PLAN_COLUMNS)
@@ -465,28 +479,43 @@ def _lead_handover(data: PlanInput, going: pd.DataFrame) -> tuple[pd.DataFrame, 
                 + "; handed over before the deactivation"
             ),
         )
+    if not len(stuck):
+        return rows, empty[1]
     why = data.lead_problem or (
-        "no default_project_lead is configured for this target"
-        if not data.default_leads.get("project")
-        else "the default project lead is the account being deactivated"
+        "no default_project_lead or default_component_lead is configured for this target, "
+        "and no staying project lead can take a component over"
+        if not data.default_leads
+        else "the default lead is the account being deactivated"
+    )
+    described = stuck.assign(
+        what=lambda f: (
+            f["kind"]
+            + " "
+            + f["name"].fillna(f["id"])
+            + (" (" + f["id"] + ")").where(
+                f["kind"] == "project", " (project " + f["project"] + ")"
+            )
+        )
     )
     blocked = (
-        stuck.groupby(["t_target_key", "t_username", "source_id"], as_index=False)["id"]
-        .agg(lambda ids: ", ".join(sorted(ids)))
+        described.groupby(["t_target_key", "t_username", "source_id"], as_index=False)["what"]
+        .agg(lambda parts: ", ".join(sorted(parts)))
         .assign(
             target_key=lambda f: f["t_target_key"],
             username=lambda f: f["t_username"],
             reason=lambda f: (
                 "not deactivated: account '"
                 + f["t_username"]
-                + "' leads project(s) "
-                + f["id"]
-                + ", and Jira refuses to deactivate a project lead; "
+                + "' leads "
+                + f["what"]
+                + ", and Jira refuses to deactivate a project or component lead; "
                 + why
+                + "; set default_project_lead (and default_component_lead) on the target, or "
+                "hand them over in Jira"
             ),
         )
     )
-    return rows, blocked[list(CONFLICT_COLUMNS)] if len(blocked) else empty[1]
+    return rows, blocked[list(CONFLICT_COLUMNS)]
 
 
 def _activation(
@@ -921,6 +950,9 @@ def _group_ops(
     want_pairs = want_sid.astype(np.int64) * width + want_g
     held_pairs = held_sid.astype(np.int64) * width + have_g[held]
     add = ~pd.Series(want_pairs).isin(held_pairs).to_numpy()
+    # A new account is in the product's groups for new accounts as soon as it exists.
+    granted = _code_mask(gkeys, data.new_account_groups)
+    add &= ~(granted[want_g] & (want_stay >= len(live_matched)))
     if add.any():
         rows = pd.DataFrame(
             {

@@ -240,6 +240,7 @@ def privileges_for_plan(profile: Profile, target: Target) -> dict[str, Any]:
         "admin_problem": privileges.problem,
         "privileged_groups": frozenset(privileges.groups - allowed_groups),
         "access_groups": frozenset(target.access_groups()),
+        "new_account_groups": frozenset(target.groups_of_new_accounts()),
     }
 
 
@@ -441,6 +442,15 @@ def plan_target_sync(
         **privileges_for_plan(profile, target),
     )
     changes = plan_changes(plan_input)
+    taken = changes.operations.loc[
+        changes.operations["op"].isin(["adopt_user", "relink_user"]), "target_key"
+    ]
+    if not profile.settings.groups.keep_existing_groups and len(taken):
+        # Accounts adopted (or relinked) in this run are managed from now: their groups are
+        # read too, so the first run already leaves them as the rules say.
+        actual = _with_every_group(target, actual, ledger, set(taken))
+        plan_input = replace(plan_input, actual=actual)
+        changes = plan_changes(plan_input)
     if (changes.operations["op"] == "deactivate_user").any():
         # Only now are lead roles worth reading (a request per project on Jira): an account
         # that leads a project must hand it over before it can be deactivated.
@@ -620,10 +630,17 @@ def _precedence_of(profiles: set[str]) -> dict[str, int | None]:
     return ranks
 
 
-def _with_every_group(target: Target, actual: TargetState, ledger: pd.DataFrame) -> TargetState:
-    """`actual` with every group membership of the managed accounts it read, for
-    `keep_existing_groups: false` (which removes memberships in groups no rule maps)."""
-    managed = set(ledger.loc[ledger["kind"] == "user", "target_key"].dropna())
+def _with_every_group(
+    target: Target, actual: TargetState, ledger: pd.DataFrame, keys: set[str] | None = None
+) -> TargetState:
+    """`actual` with every group membership of the managed accounts it read (or of the
+    accounts with these `keys`), for `keep_existing_groups: false` (which removes memberships
+    in groups no rule maps)."""
+    managed = (
+        keys
+        if keys is not None
+        else set(ledger.loc[ledger["kind"] == "user", "target_key"].dropna())
+    )
     names = actual.users.loc[actual.users["target_key"].isin(managed), "username"]
     extra = target.read_user_groups(list(names.dropna()))
     memberships = pd.concat([actual.memberships, extra], ignore_index=True)

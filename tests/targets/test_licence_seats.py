@@ -184,13 +184,15 @@ def test_jira_deactivation_frees_the_seat_it_held() -> None:
         assert env.emulator.role_users(DEFAULT_ROLE) == {"newcomer"}
 
 
-def test_jira_without_a_seat_limit_creates_accounts_in_no_group() -> None:
-    # Licensing unmodelled (the default): what every other Jira test relies on.
+def test_jira_without_a_seat_limit_puts_new_accounts_in_the_default_role_group() -> None:
+    # As Jira does for a user created without applicationKeys: the default groups of the
+    # roles selected by default; usersync plans that membership as present.
     with harness_jira.environment() as env:
         env.target.create_user("newcomer", "new@example.com", "New Comer")
 
-        assert DEFAULT_ROLE_GROUP not in env.emulator.group_names
-        assert jira_roles_of(env, "newcomer") == []
+        assert DEFAULT_ROLE_GROUP in env.emulator.group_names
+        assert jira_roles_of(env, "newcomer") == [DEFAULT_ROLE]
+        assert env.target.groups_of_new_accounts() == {DEFAULT_ROLE_GROUP}
 
 
 # -- Confluence ------------------------------------------------------------------------------

@@ -296,10 +296,11 @@ class JiraEmulator:
                 selected_by_default=True,
             )
         }
-        #: whether new accounts join the default groups of their roles. Off until a test
-        #: models licensing (`set_seats`, `add_application_role`): the emulator has always
-        #: created accounts in no group, and the flows' tests map jira-software-users by rule.
-        self.grants_application_access = False
+        # A stock site has its default role's group from the start (Jira Software's setup).
+        self._groups[DEFAULT_ROLE_GROUP] = JiraGroup(DEFAULT_ROLE_GROUP)
+        #: whether new accounts join the default groups of their roles, as Jira does for a
+        #: user created without applicationKeys (so adding one there again answers 400)
+        self.grants_application_access = True
         self.seed_user(
             admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1], admin=True
         )
@@ -926,9 +927,7 @@ class JiraEmulator:
             # UNCONFIRMED whether Jira also refuses values equal to the current ones; the
             # emulator does, so clients must treat "already so" as done themselves.
             return jira_error(400, NOTHING_TO_CHANGE)
-        if changes["active"] is False and (
-            refused := self._refuse_if_project_lead(user, "deactivate")
-        ):
+        if changes["active"] is False and (refused := self._refuse_if_lead(user, "deactivate")):
             return refused
         if changes["name"] is not None:
             del self._keys_by_name[user.name]
@@ -940,8 +939,6 @@ class JiraEmulator:
             user.display_name = changes["display_name"]
         if changes["active"] is not None:
             user.active = changes["active"]
-            if not user.active:
-                self._hand_components_to_project_leads(user)
         return JSONResponse(self._user_bean(request, user))
 
     def _delete_user(self, request: Request, me: JiraUser | None, body: Any) -> Response:
@@ -952,9 +949,8 @@ class JiraEmulator:
             return user
         if me is not None and user.key == me.key:
             return jira_error(400, "You cannot delete the currently logged in user.")
-        if refused := self._refuse_if_project_lead(user, "delete"):
+        if refused := self._refuse_if_lead(user, "delete"):
             return refused
-        self._hand_components_to_project_leads(user)
         for group in self._groups.values():
             group.member_keys.discard(user.key)
         self._tokens = {t: k for t, k in self._tokens.items() if k != user.key}
@@ -1422,24 +1418,30 @@ class JiraEmulator:
             key=lambda c: c.id,
         )
 
-    def _refuse_if_project_lead(self, user: JiraUser, doing: str) -> Response | None:
-        """Jira refuses to deactivate or delete a project lead (reference §1.3, §5.13); the
-        exact status and text are UNCONFIRMED: a 400 in the error envelope here."""
+    def _refuse_if_lead(self, user: JiraUser, doing: str) -> Response | None:
+        """Jira refuses to deactivate or delete a project lead (reference §1.3, §5.13) or a
+        component lead (its user service checks both; the reference's "a warning only" for
+        components is the weaker reading); the exact status and text are UNCONFIRMED: a 400
+        in the error envelope here."""
         led = sorted(p.key for p in self._projects.values() if p.lead_key == user.key)
-        if not led:
-            return None
-        return jira_error(
-            400,
-            f"Cannot {doing} user '{user.name}': they are the project lead of "
-            f"{', '.join(led)}. Choose another project lead first.",
+        if led:
+            return jira_error(
+                400,
+                f"Cannot {doing} user '{user.name}': they are the project lead of "
+                f"{', '.join(led)}. Choose another project lead first.",
+            )
+        components = sorted(
+            f"{c.name} ({c.project_key})"
+            for c in self._components.values()
+            if c.lead_key == user.key
         )
-
-    def _hand_components_to_project_leads(self, user: JiraUser) -> None:
-        """A component lead may be deactivated; the project lead takes over its components
-        (reference §1.3: a warning only; how Jira records the take-over is UNCONFIRMED)."""
-        for component in self._components.values():
-            if component.lead_key == user.key:
-                component.lead_key = self._projects[component.project_key].lead_key
+        if components:
+            return jira_error(
+                400,
+                f"Cannot {doing} user '{user.name}': they are the component lead of "
+                f"{', '.join(components)}. Choose another component lead first.",
+            )
+        return None
 
     def _project_bean(
         self, request: Request, project: JiraProject, *, lead: bool, full: bool = False

@@ -268,6 +268,13 @@ class Target(ABC):
         them unless a rule names them. The default knows none; each product overrides it."""
         return set()
 
+    def groups_of_new_accounts(self) -> set[str]:
+        """Case-folded names of the groups the product puts an account this client creates in
+        by itself (Jira: the default groups of the application roles selected by default). The
+        plan counts a new account as a member of them: asking again is a write the product
+        refuses (Jira answers 400). The default knows none."""
+        return set()
+
     def stored_form(self, users: pd.DataFrame) -> pd.DataFrame:
         """Desired users' attributes as the product would store them (for comparing).
 

@@ -469,6 +469,11 @@ class BitbucketTarget(Target):
                 )
         return Privileges(frozenset(admins), frozenset(STOCK_ADMIN_GROUPS | groups))
 
+    def access_groups(self) -> set[str]:
+        """The groups holding a global permission (LICENSED_USER or higher): they license
+        their members."""
+        return set(self._licensing_groups())
+
     def current_account(self) -> str | None:
         """The account the credentials belong to, as Bitbucket names it (`X-AUSERNAME`).
 

@@ -102,6 +102,13 @@ PERSON_EXPAND = "status,details.personal"
 #: call that answers "may this account administer users" on every version, so `check` reads
 #: the account's groups (writes, even refused ones, are not allowed in a check).
 ADMIN_GROUPS = frozenset({"confluence-administrators"})
+#: The group Confluence puts new accounts in, which holds "Can use" on a stock site.
+DEFAULT_USER_GROUP = "confluence-users"
+#: Groups that grant access ("Can use") on a stock site: what counts as an access group when
+#: the global permissions cannot be read (`users` is the pre-5 default group).
+STOCK_ACCESS_GROUPS = frozenset({DEFAULT_USER_GROUP, "users"})
+#: The global permission that lets an account use Confluence, as the REST API names it.
+USE_OPERATION = ("application", "use")
 
 #: Global permissions that make an administrator, as `GET /rest/api/permissions` names them
 #: (targetType, operationKey): Confluence Administrator and System Administrator.
@@ -624,6 +631,28 @@ class ConfluenceTarget(Target):
             )
         privileged = STOCK_ADMIN_GROUPS | self.admin_groups | groups
         return Privileges(frozenset(admins), frozenset(privileged), problem)
+
+    def access_groups(self) -> set[str]:
+        """confluence-users and every group granted "Can use" (`GET /permissions`); the stock
+        groups alone when the global permissions cannot be read."""
+        try:
+            grants = self._rest("global_permissions").json()
+        except (TargetNotFoundError, TargetPermissionError):
+            grants = []
+        groups = set(STOCK_ACCESS_GROUPS)
+        for grant in grants if isinstance(grants, list) else []:
+            operation = grant.get("operation") or {}
+            subject = grant.get("subject") or {}
+            if (operation.get("targetType"), operation.get("operationKey")) != USE_OPERATION:
+                continue
+            name = subject.get("name") or subject.get("displayName")
+            if str(subject.get("type") or "").lower() == "group" and name:
+                groups.add(str(name).strip().lower())
+        return groups
+
+    def groups_of_new_accounts(self) -> set[str]:
+        """Confluence puts an account created over the REST admin API in its default group."""
+        return {DEFAULT_USER_GROUP}
 
     def _administrator_grants(self) -> tuple[set[str], set[str]] | None:
         """(usernames, group names) granted an administrator global permission; None when the

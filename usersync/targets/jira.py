@@ -146,6 +146,16 @@ LOOKUP_THRESHOLD = 30
 #: given site: one that grants the permissions to other groups must name them (`admin_groups`).
 ADMIN_GROUPS: tuple[str, ...] = ("jira-administrators", "jira-system-administrators")
 
+#: The groups Jira's own application roles grant on a stock site (Jira Software, Core, Service
+#: Management, and the pre-7 jira-users): what counts as an access group when the roles
+#: cannot be read.
+STOCK_ACCESS_GROUPS: tuple[str, ...] = (
+    "jira-software-users",
+    "jira-core-users",
+    "jira-servicedesk-users",
+    "jira-users",
+)
+
 #: Attribute names of `model.USER_ATTRIBUTES` → Jira's user JSON fields.
 USER_FIELDS = {"username": "name", "email": "emailAddress", "display_name": "displayName"}
 
@@ -476,6 +486,37 @@ class JiraTarget(Target):
             )
         groups = STOCK_ADMIN_GROUPS | {normalise_name(g) for g in self.admin_groups}
         return Privileges(frozenset(admins), frozenset(groups), problem)
+
+    def access_groups(self) -> set[str]:
+        """The groups of every application role and their default groups (`GET
+        /applicationrole`); the stock role groups when the roles cannot be read."""
+        roles = self._application_roles()
+        if roles is None:
+            return set(STOCK_ACCESS_GROUPS)
+        return {
+            normalise_name(str(g))
+            for role in roles
+            for g in (*(role.get("groups") or ()), *(role.get("defaultGroups") or ()))
+        }
+
+    def groups_of_new_accounts(self) -> set[str]:
+        """The default groups of the roles selected by default: Jira puts a new account there
+        (user creation without applicationKeys). None known when the roles cannot be read."""
+        roles = self._application_roles() or []
+        return {
+            normalise_name(str(g))
+            for role in roles
+            if role.get("selectedByDefault")
+            for g in role.get("defaultGroups") or ()
+        }
+
+    def _application_roles(self) -> list[dict] | None:
+        """`GET /applicationrole`, or None when the account may not read it or Jira lacks it."""
+        try:
+            roles = self._api.get_json(APPLICATION_ROLES)
+        except (TargetPermissionError, TargetNotFoundError):
+            return None
+        return [r for r in roles if isinstance(r, dict)] if isinstance(roles, list) else None
 
     def current_account(self) -> str | None:
         """The username of the account the credentials (password or token) belong to."""
