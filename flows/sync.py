@@ -9,8 +9,11 @@ others complete, and the run ends Failed with every target's outcome in the summ
 and the store. A guard that stops a target emits `usersync.sync.braked` (see tasks/report.py).
 
 A deployment is bound to the profile its own parameters name: a run of it that asks for
-another profile is refused before anything is read, so a profile is only ever synced inside
-its own deployment's concurrency slot. The store is configuration (`USERSYNC_STORE_URL`),
+another profile is refused before anything is read. One run of a profile at a time: the
+profile's lease in the store (`_profile_turn`), held and renewed through an approval pause;
+a deployment run that finds it busy queues behind it, or ends Skipped when one already does.
+(Not Prefect's deployment concurrency limit: Prefect frees it when a run pauses, and the
+paused run's engine, failing to renew the freed slot, then cancels it within minutes.) The store is configuration (`USERSYNC_STORE_URL`),
 never a parameter. Dry runs are named `sync-<profile>-dry-run` and tagged `dry-run`.
 Parameters carry names only: secrets come from environment variables or Secret blocks.
 """
@@ -18,17 +21,22 @@ Parameters carry names only: secrets come from environment variables or Secret b
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Annotated
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import pandas as pd
 from prefect import flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 from pydantic import Field
 
 from flows.parameters import PROFILE_HELP, ProfileName, TargetName, form_field
@@ -125,11 +133,12 @@ def sync(
     ),
     wait_seconds: Annotated[float, Field(ge=0, le=86400)] = form_field(
         "Wait for a run in progress (seconds)",
-        "When another run of this profile is under way (from any entry point), wait this "
-        "long for it to finish; then this run stops without reading or writing.",
+        "Outside a deployment (usersync sync): when another run of this profile is under way, "
+        "wait this long for it, then stop without reading or writing. A deployment run always "
+        "queues behind a run in progress (one waits; later ones end Skipped).",
         0,
     ),
-) -> list[dict]:
+) -> list[dict] | State:
     """Sync one profile's source into its targets (the parameters are the run form)."""
     with engine_logs_in_run_log():
         return _sync(profile, targets, dry_run, allow_mass_changes, full, wait_seconds)
@@ -142,7 +151,7 @@ def _sync(
     allow_mass_changes: bool,
     full: bool,
     wait_seconds: float,
-) -> list[dict]:
+) -> list[dict] | State:
     logger = get_run_logger()
     _refuse_a_profile_the_deployment_is_not_for(profile)
     if dry_run:
@@ -152,7 +161,9 @@ def _sync(
     store = Store.open()
     holder = _lease_holder()
     try:
-        with profile_lease(store, profile, holder, wait_seconds=wait_seconds):
+        with _profile_turn(store, profile, holder, wait_seconds) as skipped:
+            if skipped is not None:
+                return skipped
             snapshot, outcomes = _sync_profile(
                 loaded, chosen, store, dry_run, allow_mass_changes, full, holder
             )
@@ -170,6 +181,115 @@ def _sync(
     return [o.as_dict() for o in outcomes]
 
 
+#: How often a run renews the profile's lease it holds (a paused run too), and how often a
+#: queued run looks whether its turn came (seconds).
+RENEW_EVERY_SECONDS = 60.0
+QUEUE_POLL_SECONDS = 3.0
+#: How long the place of the run queued behind the holder lasts unless renewed.
+QUEUE_PLACE_SECONDS = 120.0
+
+
+@contextmanager
+def _profile_turn(
+    store: Store, profile: str, holder: str, wait_seconds: float
+) -> Iterator[State | None]:
+    """Hold the profile's lease for the block, renewed all along (through an approval pause).
+
+    The lease is the one layer that keeps two runs of a profile apart, from any entry point.
+    Outside a deployment (`usersync sync`, the demo) a busy profile stops the run at once, or
+    after `wait_seconds` (ProfileBusyError). A deployment run queues instead: the first run
+    to find the profile busy waits for its turn, however long the holder takes (it may wait
+    for an approval; a holder that dies lets its lease expire); any other run finding one
+    already queued ends Skipped (a Completed state): the queued run reads the source when it
+    starts, so it syncs whatever the skipped one would have. Yields None once the lease is
+    held, or the Skipped state (nothing held, nothing read).
+    """
+    if _deployment_id() is None:
+        with (
+            profile_lease(store, profile, holder, wait_seconds=wait_seconds),
+            _renewed(store, profile, holder),
+        ):
+            yield None
+        return
+    skipped = _queue_for(store, profile, holder)
+    if skipped is not None:
+        yield skipped
+        return
+    try:
+        with _renewed(store, profile, holder):
+            yield None
+    finally:
+        store.release_lease(profile, holder)
+
+
+def _queue_for(store: Store, profile: str, holder: str) -> State | None:
+    """Take the profile's lease, waiting behind its holder if this run is the first to wait.
+
+    Returns:
+        None with the lease taken, or the Skipped state when another run already waits.
+    """
+    current = store.acquire_lease(profile, holder)
+    if current is None:
+        return None
+    place = f"{profile} (next)"
+    queued = store.acquire_lease(place, holder, seconds=QUEUE_PLACE_SECONDS)
+    if queued is not None:
+        message = (
+            f"profile {profile} is being synced by {current['holder']}, and "
+            f"{queued['holder']} is queued behind it; that run reads the source when it starts, "
+            "so this one stops here without reading or writing anything"
+        )
+        get_run_logger().info("skipped: %s", message)
+        return Completed(name="Skipped", message=f"Skipped: {message}")
+    logger = get_run_logger()
+    logger.info(
+        "profile %s is being synced by %s (since %s UTC); this run waits for its turn",
+        profile,
+        current["holder"],
+        f"{current['acquired_at']:%Y-%m-%d %H:%M:%S}",
+    )
+    started = time.monotonic()
+    try:
+        while store.acquire_lease(profile, holder) is not None:
+            time.sleep(QUEUE_POLL_SECONDS)
+            store.renew_lease(place, holder, seconds=QUEUE_PLACE_SECONDS)
+    finally:
+        store.release_lease(place, holder)
+    logger.info("profile %s: its turn came after %.0f s", profile, time.monotonic() - started)
+    return None
+
+
+@contextmanager
+def _renewed(store: Store, profile: str, holder: str) -> Iterator[None]:
+    """Renew the profile's lease every minute while the block runs (a pause waiting for an
+    approval may last longer than a lease)."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(RENEW_EVERY_SECONDS):
+            try:
+                store.renew_lease(profile, holder)
+            except Exception as exc:  # the next try may work; the lease outlives a few misses
+                get_run_logger().warning(
+                    "renewing the lease of profile %s failed: %s", profile, exc
+                )
+
+    renewer = threading.Thread(
+        target=contextvars.copy_context().run, args=(renew,), name="profile-lease", daemon=True
+    )
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+
+
+def _deployment_id() -> UUID | None:
+    context = FlowRunContext.get()
+    return context.flow_run.deployment_id if context and context.flow_run else None
+
+
 def _refuse_a_profile_the_deployment_is_not_for(profile: str) -> None:
     """A deployment syncs the profile its own parameters name, and no other.
 
@@ -180,8 +300,7 @@ def _refuse_a_profile_the_deployment_is_not_for(profile: str) -> None:
     Raises:
         ConfigError: this run's profile is not the deployment's.
     """
-    context = FlowRunContext.get()
-    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    deployment_id = _deployment_id()
     if deployment_id is None:
         return
     with get_client(sync_client=True) as client:

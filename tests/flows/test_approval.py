@@ -17,6 +17,7 @@ import ldap3
 import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.flow_engine import run_flow
 from prefect.flow_runs import resume_flow_run
 
@@ -103,12 +104,22 @@ class DeploymentRun:
     def answer(self, approve: bool, name: str = "Olivia Ops") -> None:
         resume_flow_run(self.id, run_input={"approve": approve, "name": name, "comment": ""})
 
-    def finish(self, timeout: float = 120):
+    def finish(self, timeout: float = 120, *, tidy: bool = True):
         self.thread.join(timeout)
         assert not self.thread.is_alive()
-        with get_client(sync_client=True) as client:  # the server is the session's: tidy up
-            client.delete_deployment(self.deployment_id)
+        if tidy:
+            with get_client(sync_client=True) as client:  # the server is the session's
+                client.delete_deployment(self.deployment_id)
         return self.state
+
+    def logs(self) -> list[str]:
+        with get_client(sync_client=True) as client:
+            return [
+                log.message
+                for log in client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.id]))
+                )
+            ]
 
 
 def braked_profile(make_profile, jira, directory, **settings) -> str:
@@ -297,3 +308,42 @@ def test_usersync_reject_by_the_runs_name_writes_nothing(make_profile, jira, own
     assert all(jira_user(url, u)["active"] for u in LEAVERS)
     decided = run_approvals()[0]["counts"]["approval"]
     assert decided["approved"] is False and decided["comment"] == "not HR"
+
+
+def test_a_paused_run_holds_its_profile_later_runs_queue_or_skip_and_none_fails(
+    make_profile, jira, own_directory, monkeypatch
+):
+    from flows import sync as sync_module
+
+    url = braked_profile(make_profile, jira, own_directory)
+    monkeypatch.setattr(sync_module, "RENEW_EVERY_SECONDS", 0.5)
+    first = DeploymentRun("braked")
+    first.wait_paused()
+    store = Store.open(store_url())
+    held = store.acquire_lease("braked", "a probe")
+    time.sleep(2)  # a few renewals: the paused run keeps the profile's lease
+    renewed = store.acquire_lease("braked", "a probe")
+    store.close()
+    assert held["holder"] == renewed["holder"] == f"flow run sync-braked ({first.id})"
+    assert renewed["expires_at"] > held["expires_at"]
+
+    second = DeploymentRun("braked")  # the next scheduled run: queues behind the paused one
+    deadline = time.monotonic() + 60
+    while not any("waits for its turn" in m for m in second.logs()):
+        assert time.monotonic() < deadline and second.thread.is_alive(), second.state
+        time.sleep(0.5)
+    third = DeploymentRun("braked")  # one more: the second already waits, so it is skipped
+    skipped = third.finish(tidy=False)
+    assert skipped.is_completed() and skipped.name == "Skipped", skipped
+    assert "is queued behind it" in skipped.message
+    assert second.thread.is_alive()  # still waiting: nothing read or written
+
+    first.answer(approve=True)
+    assert first.finish(tidy=False).is_completed()
+    state = second.finish()
+
+    assert state.is_completed() and state.name == "Completed", state
+    assert any("its turn came after" in m for m in second.logs())
+    assert not any(jira_user(url, u)["active"] for u in LEAVERS)
+    statuses = [r["status"] for r in run_approvals()]
+    assert "failed" not in statuses

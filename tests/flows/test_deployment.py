@@ -138,8 +138,7 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
         if flow != "sync":
             continue
         assert deployment.parameters["profile"] == name  # bound to its profile
-        assert deployment.global_concurrency_limit.limit == 1
-        assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
+        assert deployment.global_concurrency_limit is None  # the profile's lease instead
         assert all(not s.active for s in deployment.schedules), name
         properties = deployment.parameter_openapi_schema["properties"]
         assert "store_url" not in properties
