@@ -48,7 +48,7 @@ from usersync.drift import drift_report
 from usersync.errors import ConfigError, GuardError, UsersyncError
 from usersync.model import SourceSnapshot
 from usersync.plan import brake_limits
-from usersync.report import summary_text
+from usersync.report import conflict_lines, summary_text
 from usersync.store import Store
 from usersync.sync import (
     DETAILS_KEPT,
@@ -538,10 +538,8 @@ def _plan_and_load(
     outcome.alerts = list(target_plan.alerts)
     if outcome.alerts:
         report.announce_security(loaded.profile.name, name, outcome.alerts, dry_run)
-    for conflict in outcome.conflicts[:50]:
-        logger.warning(
-            "%s: no operation for %s: %s", name, conflict["username"], conflict["reason"]
-        )
+    for line in conflict_lines(outcome.conflicts):
+        logger.warning("%s: %s", name, line)
     for attribute, count in outcome.unverifiable.items():
         logger.warning(
             "%s: %s of %d managed account(s) cannot be read with these credentials; "

@@ -161,3 +161,25 @@ def summary_text(outcomes: Sequence[TargetOutcome]) -> str:
             + (f"; error: {o.error}" if o.error else "")
         )
     return "\n".join(out)
+
+
+def conflict_lines(conflicts: Sequence[dict[str, Any]], most: int = 50) -> list[str]:
+    """The conflicts for a log: one line per distinct reason, with how many accounts it holds
+    back and the first of them (a guard holding back 1,600 accounts for one reason is one line;
+    the plan artifact and `usersync conflicts` list them all)."""
+    by_reason: dict[str, list[str]] = {}
+    for conflict in conflicts:
+        by_reason.setdefault(str(conflict.get("reason") or ""), []).append(
+            str(conflict.get("username") or "")
+        )
+    lines = []
+    for reason, names in list(by_reason.items())[:most]:
+        named = [n for n in names if n]
+        if len(names) == 1:
+            lines.append(f"no operation for {named[0]}: {reason}" if named else reason)
+            continue
+        first = ", ".join(named[:5]) + (", ..." if len(named) > 5 else "")
+        lines.append(f"{len(names)} account(s) ({first}): {reason}")
+    if len(by_reason) > most:
+        lines.append(f"... and {len(by_reason) - most} more reason(s): see the plan artifact")
+    return lines

@@ -525,6 +525,15 @@ def _seat_guard(
         "detail": seats.detail,
         "held_back": 0,
     }
+    if not seats.known:
+        # Said once and loudly; nothing is held back on a guess.
+        log.error(
+            "%s: licence seats cannot be read (%s): %d creation(s)/reactivation(s) go ahead "
+            "unchecked; the product refuses any past its limit",
+            target.name,
+            seats.detail,
+            len(taking),
+        )
     if not seats.known or seats.free is None or len(taking) <= seats.free:
         return operations, conflicts, figures
     if settings.when_short == "create_none":
@@ -557,12 +566,16 @@ def _seat_guard(
         dtype="string",
     )
     figures["held_back"] = len(held)
+    first = ", ".join(str(n) for n in held["username"].head(5))
     log.warning(
-        "%s: licence seats: %d needed, %d free: %d creation(s)/reactivation(s) held back",
+        "%s: licence seats: %d needed, %d free: %d creation(s)/reactivation(s) held back "
+        "(first: %s%s; the plan artifact lists them all)",
         target.name,
         len(taking),
         seats.free,
         len(held),
+        first,
+        ", ..." if len(held) > 5 else "",
     )
     return (
         kept.reset_index(drop=True),

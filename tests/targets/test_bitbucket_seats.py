@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.targets.harness_bitbucket import environment
 from usersync.errors import TargetError
+from usersync.http import ApiClient
 from usersync.targets.base import Seats
+from usersync.targets.bitbucket import BitbucketTarget
 
 
 def test_unlimited_licence_has_no_seat_limit() -> None:
@@ -51,3 +54,16 @@ def test_every_group_of_an_account() -> None:
         assert set(zip(found["username"], found["group"], strict=True)) == {
             ("many", f"team-{i:02d}") for i in range(12)
         }
+
+
+def test_a_limit_of_minus_one_is_unlimited_and_an_unreadable_one_is_unknown() -> None:
+    def licence(body: dict) -> Seats:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+        client = ApiClient("bitbucket 'bb'", "https://bb.example/rest/api/1.0", transport=transport)
+        with BitbucketTarget("bb", client) as target:
+            return target.licence_seats()
+
+    minus_one = licence({"maximumNumberOfUsers": -1, "status": {"currentNumberOfUsers": 3}})
+    assert minus_one == Seats(None)
+    unknown = licence({"maximumNumberOfUsers": "?", "status": {"currentNumberOfUsers": 3}})
+    assert not unknown.known and unknown.free is None

@@ -18,6 +18,7 @@ from tests.targets import harness_confluence, harness_jira
 from usersync.errors import TargetLicenceError
 from usersync.sandbox.jira import DEFAULT_ROLE, DEFAULT_ROLE_GROUP
 from usersync.targets.base import Seats
+from usersync.targets.confluence import ConfluenceTarget
 from usersync.targets.jira import JiraTarget
 
 # -- Jira ------------------------------------------------------------------------------------
@@ -283,3 +284,59 @@ def test_confluence_json_rpc_create_past_the_limit_is_a_licence_error() -> None:
 
         assert "licence is full" in str(caught.value)
         assert "newcomer" not in env.emulator.users
+
+
+# -- every plausible reading of a licence figure (issue 22) -----------------------------------
+
+
+@pytest.mark.parametrize("max_users", [2**31 - 1, -1], ids=["MAX_VALUE", "minus-one"])
+def test_confluence_unlimited_licence_is_read_whichever_marker_it_uses(max_users: int) -> None:
+    with harness_confluence.environment(unlimited_max_users=max_users) as env:
+        seats = env.target.licence_seats()
+
+        assert seats.known and seats.free is None
+
+
+@pytest.mark.parametrize(
+    ("answers", "known", "free"),
+    [
+        ({"maxUsers": {"count": "25"}, "userCount": {"count": 5}}, True, 20),
+        ({"maxUsers": {"count": 2**63 - 1}}, True, None),
+        ({"maxUsers": {"unlimited": True}}, True, None),
+        ({"maxUsers": {"count": "lots"}}, False, None),
+        ({"maxUsers": {"count": None}}, False, None),
+        ({"maxUsers": {"count": 10}, "userCount": {"count": True}}, False, None),
+    ],
+    ids=["string-number", "long-max", "flag", "text", "null", "boolean-count"],
+)
+def test_confluence_licence_figures_never_become_zero_by_guess(
+    answers: dict, known: bool, free: int | None
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        figure = request.url.path.rsplit("/", 1)[-1]
+        return httpx.Response(200, json=answers.get(figure, {}))
+
+    transport = httpx.MockTransport(answer)
+    with ConfluenceTarget("wiki", "https://wiki.example", token="t", transport=transport) as target:
+        seats = target.licence_seats()
+
+    assert (seats.known, seats.free) == (known, free)
+    if not known:
+        assert "cannot read" in seats.detail or "no count" in seats.detail
+
+
+@pytest.mark.parametrize(
+    ("role", "known", "free"),
+    [
+        ({"numberOfSeats": 2**31 - 1, "userCount": 4}, True, None),
+        ({"numberOfSeats": "10", "userCount": "4"}, True, 6),
+        ({"numberOfSeats": "many"}, False, None),
+    ],
+    ids=["max-value", "strings", "text"],
+)
+def test_jira_seat_figures_in_every_plausible_form(role: dict, known: bool, free) -> None:
+    answer = [{"key": "jira-core", "defined": True, "selectedByDefault": True, **role}]
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    with JiraTarget("jira", "https://jira.example", token="t", transport=transport) as target:
+        seats = target.licence_seats()
+    assert (seats.known, seats.free) == (known, free)

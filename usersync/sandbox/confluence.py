@@ -172,6 +172,8 @@ class ConfluenceEmulator:
             Creating one past the limit answers 402.
         license_resource: whether `/rest/license/1.0/license/...` answers; False models a
             site where it does not (404), so clients must do without the headroom.
+        unlimited_max_users: what maxUsers answers under an unlimited licence: Integer.MAX_VALUE
+            (the UserCountService reading) or another reading seen in the wild (-1).
         remote_api_enabled: whether the JSON-RPC API is switched on. Off by default, as on a
             real site: the Remote API is deprecated since 5.5 and off unless an administrator
             enables it (reference §2.6).
@@ -195,6 +197,7 @@ class ConfluenceEmulator:
         license_limit: int | None = None,
         *,
         license_resource: bool = True,
+        unlimited_max_users: int = UNLIMITED_MAX_USERS,
         remote_api_enabled: bool = False,
         rest_email: bool = False,
         group_query_parameter: str = "groupName",
@@ -205,6 +208,7 @@ class ConfluenceEmulator:
         self.max_page_size = max_page_size
         self.license_limit = license_limit
         self.license_resource = license_resource
+        self.unlimited_max_users = unlimited_max_users
         self.remote_api_enabled = remote_api_enabled
         self.rest_email = rest_email
         self.group_query_parameter = group_query_parameter
@@ -762,7 +766,7 @@ class ConfluenceEmulator:
         if figure == "userCount":
             return JSONResponse({"count": used})
         if figure == "maxUsers":
-            limit = UNLIMITED_MAX_USERS if self.license_limit is None else self.license_limit
+            limit = self.unlimited_max_users if self.license_limit is None else self.license_limit
             return JSONResponse({"count": limit})
         if self.license_limit is None:
             return JSONResponse({})

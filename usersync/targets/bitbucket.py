@@ -60,6 +60,7 @@ from usersync.targets.base import (
     TargetCheck,
     normalise_name,
 )
+from usersync.targets.licence import read_count, read_limit, says_unlimited
 
 #: The REST root under the instance URL (which includes any context path).
 API_ROOT = "/rest/api/1.0"
@@ -405,13 +406,18 @@ class BitbucketTarget(Target):
             return Seats(None, known=False, detail=f"licence not readable: {exc}")
         if not isinstance(body, dict):
             return Seats(None, known=False, detail="licence answer is not an object")
-        if body.get("unlimitedNumberOfUsers"):
+        limit = read_limit(body.get("maximumNumberOfUsers"))
+        if says_unlimited(body) or limit.unlimited:
             return Seats(None)
-        limit = body.get("maximumNumberOfUsers")
-        used = (body.get("status") or {}).get("currentNumberOfUsers")
-        if not isinstance(limit, int) or limit < 0 or not isinstance(used, int):
-            return Seats(None, known=False, detail=f"licence answer without counts: {body}")
-        return Seats(max(limit - used, 0), limit=limit, used=used)
+        status = body.get("status")
+        used = read_count(status.get("currentNumberOfUsers")) if isinstance(status, dict) else None
+        if limit.value is None or used is None:
+            return Seats(
+                None,
+                known=False,
+                detail=f"licence answer usersync cannot read (limit, users): {str(body)[:200]}",
+            )
+        return Seats(max(limit.value - used, 0), limit=limit.value, used=used)
 
     def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Which of `groups` exist, and all their members (licensed or not).

@@ -61,6 +61,7 @@ from usersync.targets.base import (
     TargetCheck,
     normalise_name,
 )
+from usersync.targets.licence import read_count, read_limit, says_unlimited
 
 log = logging.getLogger("usersync.targets.confluence")
 
@@ -70,8 +71,6 @@ MANIFEST_PATH = "/rest/applinks/1.0/manifest"
 #: outside the REST reference (CONFSERVER-37100 names it; monitoring scripts read `.count`).
 LICENSE_MAX_USERS = "/rest/license/1.0/license/maxUsers"
 LICENSE_USER_COUNT = "/rest/license/1.0/license/userCount"
-#: maxUsers under an unlimited licence: Integer.MAX_VALUE (Confluence's UserCountService).
-UNLIMITED_MAX_USERS = 2**31 - 1
 JSONRPC_ROOT = "/rpc/json-rpc/confluenceservice-v2"
 
 #: What we ask for per page; Confluence may answer with a smaller `limit` (reference §5.15).
@@ -1133,24 +1132,34 @@ class ConfluenceTarget(Target):
             TargetError: Confluence could not be reached or answered otherwise.
         """
         where = f"confluence '{self.name}'"
-        limit = self._licence_count(LICENSE_MAX_USERS)
-        if isinstance(limit, str):
-            return Seats(None, known=False, detail=f"{where}: licence seats unknown: {limit}")
-        if limit >= UNLIMITED_MAX_USERS:
+        body = self._licence_answer(LICENSE_MAX_USERS)
+        if isinstance(body, str):
+            return Seats(None, known=False, detail=f"{where}: licence seats unknown: {body}")
+        limit = read_limit(body.get("count"))
+        if says_unlimited(body) or limit.unlimited:
             return Seats(None, detail=f"{where}: unlimited licence")
-        used = self._licence_count(LICENSE_USER_COUNT)
-        if isinstance(used, str):
-            return Seats(None, known=False, detail=f"{where}: licence seats unknown: {used}")
-        free = max(0, limit - used)
+        if limit.value is None:
+            return Seats(
+                None,
+                known=False,
+                detail=f"{where}: licence seats unknown: {LICENSE_MAX_USERS} answered a user "
+                f"limit usersync cannot read: {str(body)[:200]}",
+            )
+        counted = self._licence_answer(LICENSE_USER_COUNT)
+        used = read_count(counted.get("count")) if isinstance(counted, dict) else None
+        if used is None:
+            why = counted if isinstance(counted, str) else f"no count: {str(counted)[:200]}"
+            return Seats(None, known=False, detail=f"{where}: licence seats unknown: {why}")
+        free = max(0, limit.value - used)
         return Seats(
             free,
-            limit=limit,
+            limit=limit.value,
             used=used,
-            detail=f"{where}: {used} of {limit} licensed users, {free} free",
+            detail=f"{where}: {used} of {limit.value} licensed users, {free} free",
         )
 
-    def _licence_count(self, path: str) -> int | str:
-        """The `count` a licence figure answers, or why there is none (a sentence)."""
+    def _licence_answer(self, path: str) -> dict[str, Any] | str:
+        """What a licence resource answers (an object), or why there is nothing (a sentence)."""
         try:
             body = self._client.get_json(path)
         except (TargetAuthError, TargetPermissionError, TargetNotFoundError) as exc:
@@ -1160,10 +1169,9 @@ class ConfluenceTarget(Target):
                 else "the account may not read it (a Confluence administrator can)"
             )
             return f"{path} was refused (HTTP {exc.status}): {why}"
-        count = body.get("count") if isinstance(body, dict) else None
-        if isinstance(count, bool) or not isinstance(count, int):
-            return f"{path} answered no count: {str(body)[:200]}"
-        return count
+        if not isinstance(body, dict):
+            return f"{path} answered something other than an object: {str(body)[:200]}"
+        return body
 
     # -- housekeeping --------------------------------------------------------------------
 

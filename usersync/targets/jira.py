@@ -71,6 +71,7 @@ from usersync.targets.base import (
     TargetCheck,
     normalise_name,
 )
+from usersync.targets.licence import read_count, read_limit, read_number
 
 log = logging.getLogger("usersync.targets.jira")
 
@@ -1049,6 +1050,19 @@ class JiraTarget(Target):
             )
         defined = [r for r in roles if isinstance(r, dict) and r.get("defined", True)]
         chosen = [r for r in defined if r.get("selectedByDefault")] or defined
+        unread = [
+            r
+            for r in chosen
+            if r.get("numberOfSeats") is not None and not read_limit(r["numberOfSeats"]).understood
+        ]
+        if unread:
+            return Seats(
+                None,
+                known=False,
+                detail=f"{where}: licence seats unknown: {APPLICATION_ROLES} gives a seat limit "
+                f"usersync cannot read: {unread[0].get('key')}: "
+                f"numberOfSeats={unread[0].get('numberOfSeats')!r}",
+            )
         limited: list[tuple[int, dict]] = []
         for role in chosen:
             left = _free_seats(role)
@@ -1150,18 +1164,19 @@ def _int(value: Any) -> int | None:
 def _free_seats(role: Mapping[str, Any]) -> int | None:
     """The seats left in an application role (negative when over); None when unlimited.
 
-    Unlimited: no `numberOfSeats`, or a negative one (-1 is Jira's "unlimited users"). A
+    Unlimited: no `numberOfSeats`, a negative one (-1 is Jira's "unlimited users") or
+    MAX_VALUE (`usersync.targets.licence`), and numbers written as strings are read. A
     role that gives a limit is taken as limited even if `hasUnlimitedSeats` says otherwise:
     a published Jira DC example shows both, and the cautious reading holds creations back.
     `remainingSeats` where given, else the limit less `userCount`.
     """
-    seats = _int(role.get("numberOfSeats"))
-    if seats is None or seats < 0:
+    seats = read_limit(role.get("numberOfSeats"))
+    if seats.value is None:  # absent, -1 or MAX_VALUE: unlimited (see usersync.targets.licence)
         return None
-    remaining = _int(role.get("remainingSeats"))
+    remaining = read_number(role.get("remainingSeats"))
     if remaining is not None:
         return remaining
-    return seats - (_int(role.get("userCount")) or 0)
+    return seats.value - (read_count(role.get("userCount")) or 0)
 
 
 def _server_words(error: TargetError) -> str:
