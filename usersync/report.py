@@ -46,39 +46,51 @@ def seats_text(seats: dict) -> str:
     return f"licence seats needed {seats['needed']}, free {free}"
 
 
+def op_counts(counts: dict[str, int]) -> str:
+    """Operation counts in plan order, zeros left out: "create_user 5, add_membership 12"
+    ("nothing" when all are zero)."""
+    parts = [f"{op} {counts[op]}" for op in OPERATIONS if counts.get(op)]
+    return ", ".join(parts) or "nothing"
+
+
+def done_counts(outcome: TargetOutcome) -> dict[str, int]:
+    """What was written to the target, per operation (0 for all when nothing was loaded: a dry
+    run, a braked or rejected plan, a target that failed before its load)."""
+    return {op: c["succeeded"] for op, c in outcome.executed.items() if c.get("succeeded")}
+
+
+def failed_counts(outcome: TargetOutcome) -> dict[str, int]:
+    """Operations that failed or were skipped during the load, per operation."""
+    return {
+        op: c.get("failed", 0) + c.get("skipped", 0)
+        for op, c in outcome.executed.items()
+        if c.get("failed", 0) + c.get("skipped", 0)
+    }
+
+
 def summary_markdown(
     profile: str, outcomes: Sequence[TargetOutcome], *, dry_run: bool, source_counts: dict
 ) -> str:
-    """The run summary: source counts, then one row per target with planned/executed counts."""
+    """The run summary: source counts, then one row per target: what was planned, what was
+    done (written), what failed. Planned and done are never mixed: a target whose plan was
+    braked, rejected or not loaded shows nothing done."""
     mode = "dry run: planned only, nothing written" if dry_run else "sync"
     lines = [
         f"# usersync {profile}: {mode}",
         "",
         "Source: " + ", ".join(f"{v} {k}" for k, v in source_counts.items()),
         "",
-        "| target | status | " + " | ".join(OPERATIONS) + " | rejected | error |",
-        "|---|---|" + "---|" * len(OPERATIONS) + "---|---|",
+        "| target | status | planned | done | failed or skipped | rejected | error |",
+        "|---|---|---|---|---|---|---|",
     ]
     for outcome in outcomes:
-        cells = []
-        for op in OPERATIONS:
-            planned = outcome.planned.get(op, 0)
-            done = outcome.executed.get(op)
-            if done is None or dry_run:
-                cells.append(str(planned))
-            else:
-                cell = f"{done['succeeded']}/{planned}"
-                if done["failed"]:
-                    cell += f" ({done['failed']} failed)"
-                cells.append(cell)
+        done = "nothing (dry run)" if dry_run else op_counts(done_counts(outcome))
+        failed = failed_counts(outcome)
         error = (outcome.error or "").replace("|", "\\|").replace("\n", " ")
         lines.append(
-            f"| {outcome.target} | {outcome.status} | "
-            + " | ".join(cells)
-            + f" | {outcome.rejected} | {error} |"
+            f"| {outcome.target} | {outcome.status} | {op_counts(outcome.planned)} | {done} | "
+            f"{op_counts(failed) if failed else ''} | {outcome.rejected} | {error} |"
         )
-    if not dry_run:
-        lines += ["", "Cells read succeeded/planned."]
     for outcome in outcomes:
         if outcome.alerts:
             lines += ["", f"## {outcome.target}: needs a person (security)", ""]
@@ -144,20 +156,15 @@ def _detail_table(
 
 
 def summary_text(outcomes: Sequence[TargetOutcome]) -> str:
-    """A few lines for a terminal: per target, the counts a user looks at first."""
+    """A few lines for a terminal: per target, what was planned and what was done."""
     out = []
     for o in outcomes:
-
-        def n(op: str, o: TargetOutcome = o) -> int:
-            done = o.executed.get(op)
-            return done["succeeded"] if done else o.planned.get(op, 0)
-
+        done = "nothing (dry run)" if o.status == "planned" else op_counts(done_counts(o))
+        failed = failed_counts(o)
         out.append(
-            f"{o.target}: {o.status}: users created {n('create_user')}, "
-            f"updated {n('update_user')}, adopted {n('adopt_user')}, "
-            f"deactivated {n('deactivate_user')}, reactivated {n('reactivate_user')}; "
-            f"groups created {n('create_group')}; memberships added {n('add_membership')}, "
-            f"removed {n('remove_membership')}; rejected {o.rejected}"
+            f"{o.target}: {o.status}: planned {op_counts(o.planned)}; done {done}"
+            + (f"; failed or skipped {op_counts(failed)}" if failed else "")
+            + f"; rejected {o.rejected}"
             + (f"; error: {o.error}" if o.error else "")
         )
     return "\n".join(out)

@@ -19,10 +19,12 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.flow_engine import run_flow
+from prefect.logging.handlers import APILogWorker
 from prefect.flow_runs import resume_flow_run
 
 from flows.sync import sync
 from tests.flows.test_prefect_alerts import Receiver
+from tests.flows.test_prefect_run_history import artifact_versions
 from tests.flows.test_sync_flow import jira_user
 from usersync.cli import main
 from usersync.sandbox.server import serve
@@ -113,6 +115,7 @@ class DeploymentRun:
         return self.state
 
     def logs(self) -> list[str]:
+        APILogWorker.drain_all(timeout=5)  # what the run logged so far, on the server
         with get_client(sync_client=True) as client:
             return [
                 log.message
@@ -176,6 +179,12 @@ def test_a_rejected_braked_plan_writes_nothing(make_profile, jira, own_directory
     assert "Rita Reviewer rejected it" in state.message
     assert all(jira_user(url, u)["active"] for u in LEAVERS)
     assert run_approvals()[0]["counts"]["approval"]["approved"] is False
+    # What was planned and what was done are apart: nothing was written.
+    summary = next(a for a in artifact_versions("summary-braked") if a.flow_run_id == run.id)
+    row = next(line for line in summary.data.splitlines() if line.startswith("| jira |"))
+    assert "| planned | done |" in summary.data
+    assert "| deactivate_user 3 | nothing |" in row
+    assert any("planned deactivate_user 3; done nothing" in m for m in run.logs())
 
 
 def test_an_unanswered_approval_times_out_as_a_rejection(make_profile, jira, own_directory):
