@@ -32,7 +32,9 @@ from usersync.errors import (
     TargetConflictError,
     TargetDeadlineError,
     TargetError,
+    TargetLicenceError,
     TargetPermissionError,
+    TargetRejectedError,
     TargetUnreachableError,
 )
 from usersync.model import CUSTOM_PREFIX, OPERATIONS
@@ -57,7 +59,9 @@ MEMBERS_PER_CALL = 100
 class Outcome:
     seq: int
     op: str
-    status: str  # succeeded | failed | skipped
+    #: succeeded | failed | skipped | rejected (the product refused this user's data: listed,
+    #: remembered, not sent again until the data changes; not a failure of the run)
+    status: str
     error: str | None = None
     ledger: LedgerEntry | None = None
 
@@ -74,7 +78,7 @@ class LoadResult:
         out: dict[str, dict[str, int]] = {}
         for outcome in self.outcomes:
             per_op = out.setdefault(outcome.op, {"succeeded": 0, "failed": 0, "skipped": 0})
-            per_op[outcome.status] += 1
+            per_op[outcome.status] = per_op.get(outcome.status, 0) + 1
         return out
 
     @property
@@ -85,7 +89,8 @@ class LoadResult:
     def status(self) -> str:
         if self.quarantined:
             return "failed"
-        return "partial" if any(o.status != "succeeded" for o in self.outcomes) else "succeeded"
+        done = ("succeeded", "rejected")
+        return "partial" if any(o.status not in done for o in self.outcomes) else "succeeded"
 
 
 def _changes(row: dict, column: str = "after") -> dict[str, str]:
@@ -293,7 +298,8 @@ def execute_plan(
                     if isinstance(done, TargetError)
                     else (f"unexpected {type(done).__name__}: {done}")
                 )
-                outcomes.append(Outcome(int(row["seq"]), op, "failed", text))
+                status = "rejected" if _refuses_the_data(op, done) else "failed"
+                outcomes.append(Outcome(int(row["seq"]), op, status, text))
                 if op == "create_user" and row["source_id"]:
                     accounts.failed_sources.add(row["source_id"])
                 if op == "create_group":
@@ -307,6 +313,21 @@ def execute_plan(
             if on_outcomes:
                 on_outcomes(outcomes)
     return result
+
+
+#: Operations whose refusal (a 4xx about the request) is about one user's data.
+USER_DATA_OPERATIONS = ("create_user", "update_user")
+
+
+def _refuses_the_data(op: str, error: BaseException) -> bool:
+    """Whether the product refused this user's data (not the transport, the credentials, the
+    licence or a name taken): a rejection to list and remember, not a failed run."""
+    return (
+        op in USER_DATA_OPERATIONS
+        and isinstance(error, TargetRejectedError)
+        and not isinstance(error, TargetLicenceError)
+        and (error.status is None or 400 <= error.status < 500)
+    )
 
 
 def _skip_reason(row: dict, quarantined: str | None, accounts: _Accounts) -> str | None:

@@ -8,6 +8,8 @@ too small source stops `extract`, a mass deactivation stops `plan_target_sync`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -296,11 +298,23 @@ def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
                 "%s: custom attribute %s of %s not written: %s", target.name, name, username, reason
             )
         users[column] = users[column].mask(too_big)
-    refused = users["username"].map(lambda n: target.refused_name("user", str(n)))
+    refused = users["username"].map(
+        lambda n: target.refused_name("user", str(n)) or target.unsendable_name("user", str(n))
+    )
     refused = refused.astype("string")
+    # Values the product would refuse are known now too: the user is rejected here, never
+    # sent (a refusal on every run would turn every run red and hide real failures).
+    for attribute in ("display_name", "email"):
+        if attribute in users.columns:
+            why = users[attribute].map(
+                lambda v, a=attribute: None if pd.isna(v) else target.refused_value(a, str(v))
+            )
+            refused = refused.fillna(why.astype("string"))
     bad_users = users.loc[refused.notna()]
     groups = desired.groups
-    group_refusal = groups["group"].map(lambda n: target.refused_name("group", str(n)))
+    group_refusal = groups["group"].map(
+        lambda n: target.refused_name("group", str(n)) or target.unsendable_name("group", str(n))
+    )
     group_refusal = group_refusal.astype("string")
     bad_groups = set(groups.loc[group_refusal.notna(), "group"])
     memberships = desired.memberships
@@ -315,7 +329,9 @@ def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
             {
                 "source_id": bad_users["source_id"],
                 "locator": bad_users["username"],
-                "reason": f"{target.product} refuses the username: " + refused[refused.notna()],
+                "reason": f"{target.product} refuses this user: "
+                + refused[refused.notna()]
+                + "; fix it in the IdP or the mapping (attributes.csv), nothing was sent",
                 "active": bad_users["active"],
             }
         )
@@ -338,6 +354,92 @@ def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
         groups=groups.loc[group_refusal.isna()].reset_index(drop=True),
         memberships=memberships.reset_index(drop=True),
         rejected=conform(rejected, REJECTED_USER_COLUMNS, what="rejected users"),
+    )
+
+
+def user_fingerprint(values: dict[str, Any]) -> str:
+    """A hash of what is sent for a user (username, e-mail, display name, as the product stores
+    them): a refused user is sent again only once this changes."""
+    picked = {
+        k: "" if values.get(k) is None or pd.isna(values.get(k)) else str(values[k])
+        for k in ("username", "email", "display_name")
+    }
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _without_refused(
+    desired: DesiredState, store: Store, profile: str, target: str
+) -> DesiredState:
+    """`desired` less the users the product refused before with the same data: they join the
+    rejected users (listed, never sent again, kept as they are while active, deprovisioned when
+    they leave). A refused user whose data changed since is forgotten and sent again."""
+    refused = store.refused(profile, target)
+    if not len(refused):
+        return desired
+    users = desired.users
+    prints = pd.Series(
+        [
+            user_fingerprint(r)
+            for r in users[["username", "email", "display_name"]].to_dict("records")
+        ],
+        index=users.index,
+        dtype="string",
+    )
+    known = users["source_id"].map(
+        dict(zip(refused["source_id"], refused["fingerprint"], strict=True))
+    )
+    same = known.notna() & (known.astype("string") == prints)
+    changed = users.loc[known.notna() & ~same, "source_id"]
+    if len(changed):
+        store.forget_refusals(profile, target, changed)
+    if not same.any():
+        return desired
+    why = users.loc[same, "source_id"].map(
+        dict(zip(refused["source_id"], refused["reason"], strict=True))
+    )
+    extra = pd.DataFrame(
+        {
+            "source_id": users.loc[same, "source_id"],
+            "locator": users.loc[same, "username"],
+            "reason": "refused by the product on an earlier run, not sent again until this "
+            "user's data or the mapping changes: " + why.astype("string"),
+            "active": users.loc[same, "active"],
+        }
+    )
+    gone = set(users.loc[same, "source_id"])
+    return DesiredState(
+        users=users.loc[~same].reset_index(drop=True),
+        groups=desired.groups,
+        memberships=desired.memberships.loc[
+            ~desired.memberships["source_id"].isin(gone)
+        ].reset_index(drop=True),
+        rejected=conform(
+            pd.concat([desired.rejected, extra], ignore_index=True),
+            REJECTED_USER_COLUMNS,
+            what="rejected users",
+        ),
+    )
+
+
+def _remember_refusals(
+    store: Store, profile: str, target: str, plan: pd.DataFrame, result: LoadResult
+) -> None:
+    """Record the users whose data the product refused in this load (see `_without_refused`)."""
+    rejected = {o.seq: o.error or "" for o in result.outcomes if o.status == "rejected"}
+    if not rejected:
+        return
+    rows = plan.loc[plan["seq"].isin(rejected) & (plan["source_id"] != "")]
+    refused = []
+    for row in rows.to_dict("records"):
+        sent = json.loads(row["desired"] or row["after"] or "{}")
+        refused.append((row["source_id"], user_fingerprint(sent), rejected[int(row["seq"])]))
+    store.remember_refusals(profile, target, refused)
+    log.error(
+        "%s: the product refused %d user(s)' data (%s): listed as rejected and not sent again "
+        "until their data or the mapping changes",
+        target,
+        len(refused),
+        ", ".join(str(r["username"]) for r in rows.to_dict("records")[:5]),
     )
 
 
@@ -403,6 +505,7 @@ def plan_target_sync(
     """
     profile = loaded.profile
     desired = _as_target_stores(desired, target)
+    desired = _without_refused(desired, store, profile.name, target_name)
     ledger = store.ledger(profile.name, target_name)
     users = ledger["kind"] == "user"
     # Managed accounts are asked for by their last known names too (found by name, cheaply);
@@ -821,6 +924,7 @@ def load_target_sync(
     target.set_deadline(time.monotonic() + budget)
     result = execute_plan(target, target_plan.plan, max_workers=max_workers, on_outcomes=record)
     plan = target_plan.plan
+    _remember_refusals(store, loaded.profile.name, target_plan.target, plan, result)
     failed_groups = {
         str(plan.loc[plan["seq"] == o.seq, "group"].iloc[0]).casefold()
         for o in result.outcomes

@@ -29,6 +29,7 @@ from usersync.store.schema import (
     migrate,
     operations,
     profile_leases,
+    refusals,
     runs,
     source_snapshots,
     source_watermarks,
@@ -496,6 +497,60 @@ class Store:
             ledger.c.target == target,
             ledger.c.kind == kind,
         )
+
+    # -- what a product refused -------------------------------------------------------------
+
+    def refused(self, profile: str, target: str) -> pd.DataFrame:
+        """The source users this target refused: source_id, fingerprint, reason, refused_at."""
+        query = sa.select(
+            refusals.c.source_id, refusals.c.fingerprint, refusals.c.reason, refusals.c.refused_at
+        ).where(refusals.c.profile == profile, refusals.c.target == target)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame(
+            [tuple(r) for r in rows], columns=["source_id", "fingerprint", "reason", "refused_at"]
+        )
+
+    def remember_refusals(
+        self, profile: str, target: str, refused: Iterable[tuple[str, str, str]]
+    ) -> None:
+        """Record (source_id, fingerprint, reason) refusals, replacing older ones of the user."""
+        rows = [
+            {
+                "profile": profile,
+                "target": target,
+                "source_id": sid,
+                "fingerprint": print_,
+                "reason": reason[:2000],
+                "refused_at": _now(),
+            }
+            for sid, print_, reason in refused
+        ]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                refusals.delete().where(
+                    refusals.c.profile == profile,
+                    refusals.c.target == target,
+                    refusals.c.source_id.in_([r["source_id"] for r in rows]),
+                )
+            )
+            conn.execute(refusals.insert(), rows)
+
+    def forget_refusals(self, profile: str, target: str, source_ids: Iterable[str]) -> None:
+        """Drop the refusals of users whose data changed (they are sent again)."""
+        ids = list(source_ids)
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                refusals.delete().where(
+                    refusals.c.profile == profile,
+                    refusals.c.target == target,
+                    refusals.c.source_id.in_(ids),
+                )
+            )
 
     def _drop_links(self, target_keys: Iterable[str], *where: Any) -> None:
         keys = list(target_keys)

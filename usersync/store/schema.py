@@ -132,6 +132,7 @@ MIGRATIONS: list[Migration] = [
     _inbox_group_members_as_rows,
     _create_missing_tables,
     _ledger_instance,
+    _create_missing_tables,  # version 5: `refusals`
 ]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
@@ -234,6 +235,20 @@ source_snapshots = sa.Table(
     sa.Column("part", sa.String(20), primary_key=True),
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("saved_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Source users a product refused although the client predicted no refusal (a 4xx about the
+#: user's data): not sent again while `fingerprint` (a hash of the values sent) stays the same,
+#: so one bad user is a listed rejection, never a run that fails every hour.
+refusals = sa.Table(
+    "refusals",
+    metadata,
+    sa.Column("profile", sa.String(100), primary_key=True),
+    sa.Column("target", sa.String(100), primary_key=True),
+    sa.Column("source_id", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("refused_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 #: One row per profile while a run of it is under way: who holds it and until when. A second

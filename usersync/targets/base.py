@@ -196,6 +196,26 @@ class Target(ABC):
         """
         raise NotImplementedError(f"{self.product} has no custom attributes")
 
+    def unsendable_name(self, kind: str, name: str) -> str | None:
+        """Why this client cannot carry a name the product would accept (a capability of the
+        site or of the credentials it lacks); None when it can. Checked at plan time like
+        `refused_name`. The default can carry every name."""
+        return None
+
+    def refused_value(self, attribute: str, value: str) -> str | None:
+        """Why the product would refuse this `display_name` or `email`; None if it takes it.
+
+        Checked at plan time: a user with such a value is a rejected row (with the reason and
+        the fix), nothing is sent for it, and the run stays green. The default refuses what
+        no product stores: control characters, and more than 255 characters.
+        """
+        if len(value) > MAX_NAME_LENGTH:
+            return f"its {attribute} is longer than {MAX_NAME_LENGTH} characters"
+        bad = next((ch for ch in value if unicodedata.category(ch) == "Cc"), None)
+        if bad is not None:
+            return f"its {attribute} contains the control character U+{ord(bad):04X}"
+        return None
+
     def refused_custom_value(self, name: str, value: str) -> str | None:
         """Why the product would refuse this custom attribute value (too long, say); None if
         it takes it. Checked before any request; the value is then not written."""

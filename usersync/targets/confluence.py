@@ -723,13 +723,41 @@ class ConfluenceTarget(Target):
         Usernames: the default's rules, then Confluence's (reference §2.3: no whitespace, none
         of \\ , + < > ' ", not "anonymous"). Group names: the default's rules only; the
         reference names no character Confluence refuses in a group name (names it cannot carry
-        in a URL path are handled, not refused).
+        in a URL path go through JSON-RPC: see `unsendable_name`).
         """
         why = super().refused_name(kind, name)
         if why is not None or kind != "user":
             return why
         refusal = username_refusal(confluence_username(name))
         return f"Confluence refuses this username: {refusal}" if refusal else None
+
+    def refused_value(self, attribute: str, value: str) -> str | None:
+        """The default's rules, and no `<` or `>` in a display name (Confluence refuses them)."""
+        why = super().refused_value(attribute, value)
+        if why is None and attribute == "display_name" and ("<" in value or ">" in value):
+            why = "Confluence refuses < and > in a display name"
+        return why
+
+    def unsendable_name(self, kind: str, name: str) -> str | None:
+        """A name with `/` or `\\`, which REST cannot carry in a path, needs JSON-RPC: it cannot
+        be sent when the Remote API is off or out of reach of these credentials (asked once,
+        and only when such a name is planned)."""
+        if fits_in_path(name) or self._remote_api_on():
+            return None
+        return (
+            f"the {kind} name holds / or \\, which Confluence's REST API cannot carry in a "
+            "path, and its Remote API (JSON-RPC) is off or needs basic auth; switch it on "
+            "(General Configuration → Further Configuration) or rename it in the mapping"
+        )
+
+    def _remote_api_on(self) -> bool:
+        """Whether JSON-RPC answers these credentials (a getUser of the account itself, asked
+        once and only when a name needs it)."""
+        if self._email_via_rpc is None:
+            me = self.current_account()
+            if me:
+                self._rpc_email(me)
+        return bool(self._email_via_rpc)
 
     def _people(self, wanted: list[str], *, by: str) -> list[dict]:
         """REST person objects whose `by` ("username" or "key") is in `wanted`.
