@@ -36,6 +36,7 @@ from usersync.errors import ConfigError, GuardError, ProfileBusyError
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
 from usersync.model import (
+    CONFLICT_COLUMNS,
     CUSTOM_PREFIX,
     LEAD_COLUMNS,
     REJECTED_USER_COLUMNS,
@@ -43,6 +44,7 @@ from usersync.model import (
     SourceSnapshot,
     TargetState,
     conform,
+    empty_frame,
 )
 from usersync.names import lookalike_rejections, skeleton_probes
 from usersync.plan import PlanInput, check_brake, plan_changes
@@ -280,11 +282,12 @@ class TargetPlan:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
 
 
-def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
+def _as_target_stores(desired: DesiredState, target: Target) -> tuple[DesiredState, pd.DataFrame]:
     """The desired state in the form the product stores values, minus names it refuses.
 
     Users whose username the product refuses join the rejected users (reported, never sent);
-    groups it refuses are dropped with their memberships and reported as rejected too.
+    groups it refuses are dropped with their memberships, each a conflict row (returned with
+    the desired state) with the reason and the number of memberships it takes along.
     """
     users = target.stored_form(desired.users)
     for column in [c for c in users.columns if c.startswith(CUSTOM_PREFIX)]:
@@ -336,8 +339,25 @@ def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
             }
         )
         rejected = pd.concat([rejected, extra], ignore_index=True)
+    group_rows = empty_frame(CONFLICT_COLUMNS)
     if bad_groups:
         refused_memberships = desired.memberships.loc[desired.memberships["group"].isin(bad_groups)]
+        counts = refused_memberships["group"].value_counts()
+        group_rows = pd.DataFrame(
+            {
+                "source_id": "",
+                "username": "",
+                "target_key": "",
+                "reason": [
+                    f"group '{g}' is not provisioned: {target.product} refuses it: {r} "
+                    f"({int(counts.get(g, 0))} membership(s) skipped); rename it in the IdP or "
+                    "the mapping"
+                    for g, r in zip(groups["group"], group_refusal, strict=True)
+                    if not pd.isna(r)
+                ],
+            },
+            dtype="string",
+        )
         log.warning(
             "%s: %d group(s) refused by the product, %d membership(s) not provisioned: %s",
             target.name,
@@ -349,12 +369,13 @@ def _as_target_stores(desired: DesiredState, target: Target) -> DesiredState:
                 if not pd.isna(r)
             ),
         )
-    return DesiredState(
+    kept = DesiredState(
         users=users.loc[refused.isna()].reset_index(drop=True),
         groups=groups.loc[group_refusal.isna()].reset_index(drop=True),
         memberships=memberships.reset_index(drop=True),
         rejected=conform(rejected, REJECTED_USER_COLUMNS, what="rejected users"),
     )
+    return kept, group_rows
 
 
 def user_fingerprint(values: dict[str, Any]) -> str:
@@ -504,7 +525,7 @@ def plan_target_sync(
         GuardError: the plan exceeds the brake (and `allow_mass_changes` is not given).
     """
     profile = loaded.profile
-    desired = _as_target_stores(desired, target)
+    desired, refused_groups = _as_target_stores(desired, target)
     desired = _without_refused(desired, store, profile.name, target_name)
     ledger = store.ledger(profile.name, target_name)
     users = ledger["kind"] == "user"
@@ -568,8 +589,11 @@ def plan_target_sync(
             changes = plan_changes(plan_input)
     for line in changes.alerts:
         log.error("%s", line)
+    conflicts = changes.conflicts
+    if len(refused_groups):
+        conflicts = pd.concat([conflicts, refused_groups], ignore_index=True)
     operations, conflicts, seats = _seat_guard(
-        changes.operations, changes.conflicts, target, profile.settings.seats, desired
+        changes.operations, conflicts, target, profile.settings.seats, desired
     )
     if not allow_mass_changes:
         check_brake(operations, ledger, actual, profile.settings, target_name)

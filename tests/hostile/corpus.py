@@ -256,12 +256,6 @@ ROWS: tuple[Row, ...] = (
         "product-specific characters",
         "anonymous",
         per_product(jira=Created(), confluence=Rejected("anonymous"), bitbucket=Created()),
-        defects={
-            "confluence": "Confluence's full-name rule 'not anonymous' (reference §2.3) is not "
-            "checked before the write (ConfluenceTarget.refused_value knows only < >): the "
-            "create is sent, Confluence answers 400, and the user is not among the plan's "
-            "rejected users"
-        },
     ),
     # -- control characters in usernames (inside the name: `strip` would trim the ends) ------
     user("control-tab", "control characters", "a\tb", everywhere(Rejected("U+0009"))),
@@ -341,22 +335,12 @@ ROWS: tuple[Row, ...] = (
         "invisible",
         "jira-\u200badministrators",
         everywhere(GroupRefused(("U+200B",), named=False)),
-        defects=dict.fromkeys(
-            PRODUCTS,
-            "a group name the product refuses (format character, NFKC) is dropped with its "
-            "memberships and only logged as a warning: no conflict or rejection lists it",
-        ),
     ),
     group(
         "group-fullwidth",
         "fullwidth/NFKC",
         "ｊｉｒａ-administrators",
         everywhere(GroupRefused(("NFKC",), named=False)),
-        defects=dict.fromkeys(
-            PRODUCTS,
-            "a group name the product refuses (format character, NFKC) is dropped with its "
-            "memberships and only logged as a warning: no conflict or rejection lists it",
-        ),
     ),
 )
 

@@ -732,10 +732,14 @@ class ConfluenceTarget(Target):
         return f"Confluence refuses this username: {refusal}" if refusal else None
 
     def refused_value(self, attribute: str, value: str) -> str | None:
-        """The default's rules, and no `<` or `>` in a display name (Confluence refuses them)."""
+        """The default's rules, and Confluence's for a full name: no `<` or `>`, and not
+        "anonymous" (reference §2.3)."""
         why = super().refused_value(attribute, value)
-        if why is None and attribute == "display_name" and ("<" in value or ">" in value):
-            why = "Confluence refuses < and > in a display name"
+        if why is None and attribute == "display_name":
+            if "<" in value or ">" in value:
+                why = "Confluence refuses < and > in a display name"
+            elif value.strip().casefold() == "anonymous":
+                why = "Confluence refuses the display name 'anonymous'"
         return why
 
     def unsendable_name(self, kind: str, name: str) -> str | None:
