@@ -8,9 +8,16 @@ an account whose owner left the source or is disabled there (a re-created identi
 an account nobody manages with the same username (adopted), else a new account (created). Two
 live identities claiming one account get no operation and are listed as conflicts.
 
+Source data never grants privileges or identities: an account an administrator holds is never
+adopted or relinked (nor any, when the administrators cannot be established), a relink obeys
+the adoption policy, no rule creates or fills a group that grants administration unless the
+profile allows it, and an on-the-fly rule never takes over an existing group usersync did not
+create. Each refusal is a conflict, and the security-relevant ones are alerts too.
+
 Deprovisioning wins over rejection: a managed account whose source user is disabled or gone is
-deactivated even when the mapping now rejects that user (mail cleared at off-boarding). Only
-accounts in the ledger are ever deactivated. Groups are owned through the ledger too: in every
+deactivated even when the mapping now rejects that user (mail cleared at off-boarding), and
+whatever groups it holds by then. Only accounts in the ledger are ever deactivated; a protected
+one is held back, loudly. Groups are owned through the ledger too: in every
 group usersync manages (mapped now or at any time before), the source decides the memberships
 of the accounts it manages, also when a source group empties, is renamed or disappears; other
 accounts' memberships are never touched. Values the target cannot read are unknown, never
@@ -591,7 +598,8 @@ def _relink_refusal(rows: pd.DataFrame, policy: str) -> pd.Series:
         + "), and "
         + why
         + ": a new identity with that username is not relinked to it; the old account stays "
-        "as it is. Rename one of the two in the IdP, or fix the e-mail if it is the same person"
+        "its departed owner's (deactivated). Rename one of the two in the IdP, or fix the "
+        "e-mail if it is the same person"
     )
 
 
