@@ -36,7 +36,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from flows.parameters import PROFILE_HELP, ProfileName, TargetName, form_field
@@ -63,7 +63,8 @@ from usersync.sync import (
 
 #: The tag of a dry run's flow run.
 DRY_RUN_TAG = "dry-run"
-#: A target whose plan tripped the brake and waits for an approval.
+#: A target whose plan tripped the brake: it waits for an approval (`braked` set), or, not
+#: approved (rejected, timed out, nobody to ask), wrote nothing.
 BRAKED = "braked"
 #: The destructive operations the brake counts.
 DESTRUCTIVE = ("deactivate_user", "remove_membership")
@@ -92,6 +93,12 @@ def destructive_signature(plan: pd.DataFrame) -> frozenset:
 
 class SyncFailed(UsersyncError):
     """At least one target failed or had failed operations."""
+
+
+class SyncBraked(SyncFailed):
+    """A guard stopped the run or some targets before any write, and nothing else failed: the
+    run ends Failed in a state named Braked (its event is `prefect.flow-run.Braked`, so the
+    "sync failed" alert stays quiet; the one notification is `usersync.sync.braked`'s)."""
 
 
 #: Conflicts kept with each run in the store (the plan artifact lists them all).
@@ -164,21 +171,49 @@ def _sync(
         with _profile_turn(store, profile, holder, wait_seconds) as skipped:
             if skipped is not None:
                 return skipped
-            snapshot, outcomes = _sync_profile(
-                loaded, chosen, store, dry_run, allow_mass_changes, full, holder
-            )
+            try:
+                snapshot, outcomes = _sync_profile(
+                    loaded, chosen, store, dry_run, allow_mass_changes, full, holder
+                )
+            except GuardError as exc:  # the source guard: nothing was planned anywhere
+                report.announce_brake(profile, [{"target": None, "reason": str(exc)}], dry_run)
+                return _braked_state(exc, f"source: {exc}")
     finally:
         store.close()
     report.publish_summary(profile, outcomes, dry_run, snapshot.counts)
     report.publish_drift(profile, outcomes)
     text = summary_text(outcomes)
     logger.info("summary:\n%s", text)
-    bad = [o for o in outcomes if o.status in ("failed", "partial")]
+    braked = [
+        {"target": o.target, "reason": (o.error or "").removeprefix(f"{o.target}: ")}
+        for o in outcomes
+        if o.status == BRAKED or (dry_run and o.braked is not None)
+    ]
+    # One notification per run: not after a person rejected the plan (they know), else once.
+    stopped = [o for o in outcomes if o.status == BRAKED]
+    if braked and not (stopped and all(_rejected_by_a_person(o) for o in stopped)):
+        report.announce_brake(profile, braked, dry_run)
+    bad = [o for o in outcomes if o.status in ("failed", "partial", BRAKED)]
     if bad:
-        raise SyncFailed(
-            "; ".join(f"{o.target}: {o.status}" + (f" ({o.error})" if o.error else "") for o in bad)
+        message = "; ".join(
+            f"{o.target}: {o.status}" + (f" ({o.error})" if o.error else "") for o in bad
         )
+        if all(o.status == BRAKED for o in bad):
+            return _braked_state(SyncBraked(message), message)
+        raise SyncFailed(message)
     return [o.as_dict() for o in outcomes]
+
+
+def _rejected_by_a_person(outcome: TargetOutcome) -> bool:
+    decided = outcome.approval or {}
+    return decided.get("approved") is False and decided.get("channel") in ("ui", "terminal")
+
+
+def _braked_state(exc: UsersyncError, message: str) -> State:
+    """The end of a run a guard stopped: Failed (nothing was synced), named Braked; called
+    directly (`usersync sync`), the flow raises `exc`."""
+    get_run_logger().error("braked: %s", message)
+    return Failed(name="Braked", message=message, data=exc)
 
 
 #: How often a run renews the profile's lease it holds (a paused run too), and how often a
@@ -346,11 +381,10 @@ def _sync_profile(
         snapshot = steps.extract(loaded, full)
     except Exception as exc:
         # The audit trail shows the attempt for every target, with the reason nothing ran.
+        status = BRAKED if isinstance(exc, GuardError) else "failed"
         for name in chosen:
             run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=_run_id())
-            store.finish_run(run_id, "failed", {}, f"source: {exc}")
-        if isinstance(exc, GuardError):
-            report.announce_brake(profile, None, str(exc), dry_run)
+            store.finish_run(run_id, status, {}, f"source: {exc}")
         raise
     settings = loaded.profile.settings
     ask = (
@@ -370,7 +404,7 @@ def _sync_profile(
         )
     }
     round_no = 0
-    while waiting := [o for o in done.values() if o.status == BRAKED]:
+    while waiting := [o for o in done.values() if o.status == BRAKED and o.braked is not None]:
         round_no += 1
         decision = approval.ask(
             profile,
@@ -390,9 +424,8 @@ def _sync_profile(
                     else f"{decision.by} rejected it"
                 )
                 o.error = f"{o.error} Not approved: {reason}; nothing was written."
-                o.status = "failed"
+                o.braked = None  # no longer waiting
                 _record(store, o, snapshot)
-                report.announce_brake(profile, o.target, o.error, dry_run)
             break
         get_run_logger().info("approved by %s: reading the source again", decision.by)
         snapshot = steps.extract(loaded, full)
@@ -471,8 +504,7 @@ def _sync_target(
     except GuardError as exc:
         logger.error("%s: %s", name, exc)
         outcome.error = str(exc)
-        outcome.status = "failed"
-        report.announce_brake(profile, name, str(exc), dry_run)
+        outcome.status = BRAKED
     except UsersyncError as exc:
         logger.error("%s: %s", name, exc)
         outcome.error = str(exc)
@@ -527,8 +559,10 @@ def _plan_and_load(
     outcome.rejected_users = (
         desired.rejected[["locator", "reason"]].head(DETAILS_KEPT).astype(object).to_dict("records")
     )
-    # Where a braked plan may wait for an approval, the brake is applied here, not in plan.
-    target_plan = steps.plan(loaded, name, desired, allow_mass_changes or hold is not None)
+    # Where a braked plan may wait for an approval, and in a dry run (which shows the whole
+    # plan a real run would stop at), the brake is applied here, not in plan.
+    brake_here = hold is not None or dry_run
+    target_plan = steps.plan(loaded, name, desired, allow_mass_changes or brake_here)
     outcome.planned = target_plan.counts()
     outcome.conflicts = target_plan.conflicts.astype(object).to_dict("records")
     outcome.unverifiable = target_plan.unverifiable
@@ -550,11 +584,26 @@ def _plan_and_load(
         )
     store.record_plan(outcome.run_id, target_plan.plan)
     report.publish_plan(loaded.profile.name, target_plan)
-    if hold is not None and not allow_mass_changes:
+    if brake_here and not allow_mass_changes:
         limits = brake_limits(
             target_plan.plan, target_plan.ledger, target_plan.actual, loaded.profile.settings
         )
         signature = destructive_signature(target_plan.plan)
+        if limits and dry_run:
+            # The plan is the dry run's result; a real run would stop at the brake.
+            outcome.status = "planned"
+            outcome.error = "the brake would stop a real run: " + "; ".join(
+                f"{t.what}: {t.count} (limit {t.limit})" for t in limits
+            )
+            outcome.braked = approval.BrakedTarget(
+                name,
+                tuple(limits),
+                f"plan-{loaded.profile.name}-{name}",
+                int(target_plan.plan["op"].isin(DESTRUCTIVE).sum()),
+            )
+            logger.warning("%s: %s", name, outcome.error)
+            outcome.drift = _drift(store, target_plan, braked=True)
+            return
         if limits and signature != hold:
             outcome.status = BRAKED
             outcome.signature = signature

@@ -7,8 +7,10 @@ Microsoft Teams, e-mail over SMTP, a custom webhook, ...):
 - "usersync: sync failed": a `sync` flow run ended Failed, Crashed or TimedOut (a target
   unreachable or refusing the credentials, a load that failed or was partial, a source that
   could not be read, a brake);
-- "usersync: sync braked": the event `usersync.sync.braked` (tasks/report.py): a guard
-  stopped a target or the whole run before any write; the message says why and how to go on;
+- "usersync: sync braked": the event `usersync.sync.braked` (tasks/report.py), once per run:
+  a guard stopped targets or the whole run before any write (a dry run: would stop a real
+  run); the message says why and how to go on. Such a run ends Failed named Braked (a dry
+  run Completed), so "sync failed" does not fire as well;
 - "usersync: approval requested": the event `usersync.approval.requested`: a run paused
   with its braked plan until someone approves or rejects it (UI or `usersync approve`);
 - "usersync: security": the event `usersync.sync.security`: a plan refused what IdP data
@@ -51,17 +53,23 @@ Parameters: {{ flow_run.parameters }}
 {% endif %}Each target's outcome (failed operations, rejected users, conflicts) is in the run's artifact \
 summary-<profile>; every operation is in the store (usersync runs <profile>).
 """
-BRAKED_SUBJECT = "usersync: the brake stopped profile {{ event.resource['prefect.resource.name'] }}"
+BRAKED_SUBJECT = (
+    "usersync: the brake stopped profile {{ event.resource['prefect.resource.name'] }}"
+    "{% if event.payload.dry_run %} (dry run){% endif %}"
+)
 BRAKED_BODY = """\
-A guard stopped {% if event.payload.target %}target {{ event.payload.target }}{% else %}the \
-whole run{% endif %} of profile {{ event.resource['prefect.resource.name'] }} before any \
-write{% if event.payload.dry_run %} (in a dry run: a real run would stop too){% endif %}.
+{% if event.payload.dry_run %}A dry run of profile {{ event.resource['prefect.resource.name'] }} \
+found plans a real run would stop at (nothing was written; the plans are published):\
+{% else %}A guard stopped profile {{ event.resource['prefect.resource.name'] }} before any write \
+(nothing was written there):{% endif %}
+{% for t in event.payload.targets %}
+- {% if t.target %}target {{ t.target }}{% else %}the whole run (source){% endif %}: {{ t.reason }}\
+{% endfor %}
 
-{{ event.payload.reason }}
-{% if event.payload.target %}
-To see what it would do: a dry run with allow_mass_changes publishes the plan (artifact \
-plan-{{ event.resource['prefect.resource.name'] }}-{{ event.payload.target }}) and writes \
-nothing.{% endif %}
+To see what a run would do: a dry run publishes every target's plan (artifact \
+plan-{{ event.resource['prefect.resource.name'] }}-<target>) and writes nothing; once it is \
+checked, run with allow_mass_changes (usersync sync --allow-mass-changes), or answer the \
+approval of a deployment run (usersync approve).
 """
 
 

@@ -37,6 +37,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Running
 from prefect.utilities.urls import url_for
 from pydantic import Field
 
@@ -158,6 +159,7 @@ def ask(
                 key=f"{PAUSE_KEY_PREFIX}{round_no}",
             )
         except FlowPauseTimeout:
+            _running_again_after_the_pause()
             return Decision(False, "nobody", "timeout", limits=limits)
         return Decision(answer.approve, answer.name, "ui", comment=answer.comment, limits=limits)
     if how == "terminal":
@@ -168,6 +170,17 @@ def ask(
         name = reply.strip()
         return Decision(bool(name), name or "terminal", "terminal", limits=limits)
     return None
+
+
+def _running_again_after_the_pause() -> None:
+    """Put this run back to Running once its pause timed out, so that it ends in its own
+    state (Braked, not Prefect's "paused and never resumed" failure, which the "sync failed"
+    alert would report as well). Prefect refuses any other way out of an expired pause."""
+    run = FlowRunContext.get().flow_run  # type: ignore[union-attr] - "ui" means a flow run
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            run.id, Running(message="the approval timed out: taken as a rejection"), force=True
+        )
 
 
 def run_url(flow_run_id: UUID | str) -> str | None:

@@ -4,16 +4,19 @@ Events (resource `usersync.profile.<profile>`, related to the flow run that emit
 
 - `usersync.sync.completed`, once per run that got past extract, with payload
   `{"dry_run": bool, "targets": [outcome, ...]}`; each outcome is `TargetOutcome.as_dict()`:
-  target, status (planned | succeeded | partial | failed), planned {op: n}, executed
+  target, status (planned | succeeded | partial | failed | braked), planned {op: n}, executed
   {op: {succeeded, failed, skipped}}, rejected, error, run_id (the store's), conflicts,
   unverifiable, rejected_users, failures.
 - `usersync.sync.security`, when a target's plan refused what IdP data must never do or
   held back what it cannot do safely (a group that grants administration, an existing group
   an on-the-fly rule may not take over, a protected leaver left active, administrators that
   cannot be established), with payload `{"target": name, "alerts": [str, ...], "dry_run": bool}`.
-- `usersync.sync.braked`, when a guard stops a target (the brake on deactivations and
-  membership removals) or the whole run (a source with fewer users than min_source_users),
-  with payload `{"target": name or null for the source, "reason": str, "dry_run": bool}`.
+- `usersync.sync.braked`, once per run, when a guard stopped targets (the brake on
+  deactivations and membership removals; in a dry run: would stop a real run) or the whole
+  run (a source with fewer users than min_source_users), with payload `{"targets": [{"target":
+  name or null for the source, "reason": str}], "dry_run": bool}`. Not emitted when a person
+  rejected the plan (they asked for it) nor while a run waits for an approval
+  (`usersync.approval.requested` is that run's notification).
 - `usersync.approval.requested`, when a run pauses for an approval of its braked plan (see
   `announce_approval_requested`): who must act, on what, where and by when.
 """
@@ -120,12 +123,13 @@ def announce_security(profile: str, target: str, alerts: list[str], dry_run: boo
     )
 
 
-def announce_brake(profile: str, target: str | None, reason: str, dry_run: bool) -> None:
-    """Emit `usersync.sync.braked`: a guard stopped `target` (None: the whole run)."""
+def announce_brake(profile: str, targets: list[dict[str, Any]], dry_run: bool) -> None:
+    """Emit `usersync.sync.braked` once for the run: guards stopped these targets
+    (`{"target": name or None for the whole run, "reason": str}`)."""
     emit_event(
         event=BRAKED_EVENT,
         resource=profile_resource(profile),
-        payload={"target": target, "reason": reason, "dry_run": dry_run},
+        payload={"targets": targets, "dry_run": dry_run},
     )
 
 

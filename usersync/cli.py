@@ -41,7 +41,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     # Validate before Prefect starts, so a bad profile is one line, not a flow run's traceback.
     engine.load(args.profile)
-    from flows.sync import SyncFailed, sync
+    from flows.sync import SyncBraked, SyncFailed, sync
 
     try:
         outcomes = sync(
@@ -52,6 +52,9 @@ def _sync(args: argparse.Namespace) -> int:
             full=args.full,
             wait_seconds=args.wait,
         )
+    except SyncBraked as exc:
+        print(f"sync braked, nothing written there: {exc}", file=sys.stderr)
+        return 1
     except SyncFailed as exc:
         print(f"sync failed: {exc}", file=sys.stderr)
         return 1

@@ -19,8 +19,8 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.flow_engine import run_flow
-from prefect.logging.handlers import APILogWorker
 from prefect.flow_runs import resume_flow_run
+from prefect.logging.handlers import APILogWorker
 
 from flows.sync import sync
 from tests.flows.test_prefect_alerts import Receiver
@@ -175,7 +175,7 @@ def test_a_rejected_braked_plan_writes_nothing(make_profile, jira, own_directory
     run.answer(approve=False, name="Rita Reviewer")
     state = run.finish()
 
-    assert state.is_failed()
+    assert state.is_failed() and state.name == "Braked", state
     assert "Rita Reviewer rejected it" in state.message
     assert all(jira_user(url, u)["active"] for u in LEAVERS)
     assert run_approvals()[0]["counts"]["approval"]["approved"] is False
@@ -193,8 +193,9 @@ def test_an_unanswered_approval_times_out_as_a_rejection(make_profile, jira, own
 
     state = run.finish()
 
-    # Prefect fails a run whose pause expired ("never resumed"); the store says why.
-    assert state.is_failed()
+    # Braked (not Prefect's "paused and never resumed", which "sync failed" would report too).
+    assert state.is_failed() and state.name == "Braked", state
+    assert "the approval timed out" in state.message
     assert all(jira_user(url, u)["active"] for u in LEAVERS)
     latest = run_approvals()[0]
     assert latest["counts"]["approval"]["channel"] == "timeout"

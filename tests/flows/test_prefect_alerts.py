@@ -101,15 +101,26 @@ def test_alerts_install_creates_the_automations_and_they_notify(
         url, extra_settings="  max_deactivations: 3", extra_source="  user_filter: (uid=a*)"
     )
     state = sync(profile="testprof", return_state=True)
-    assert state.is_failed()
+    assert state.is_failed() and state.name == "Braked", state
 
     braked = receiver.wait_for("the brake stopped profile testprof")
-    assert "A guard stopped target jira of profile testprof before any write" in braked["body"]
-    assert "jira: the plan exceeds the brake" in braked["body"]
+    assert "A guard stopped profile testprof before any write" in braked["body"]
+    assert "- target jira: the plan exceeds the brake" in braked["body"]
     assert "--allow-mass-changes" in braked["body"]
-    assert "publishes the plan (artifact plan-testprof-jira)" in braked["body"]
-    failure = receiver.wait_for("usersync: sync-testprof ended Failed")
-    assert "jira: failed" in failure["body"]  # the state message names the target
+    assert "artifact plan-testprof-<target>" in braked["body"]
+
+    # A dry run the brake would stop is a completed run: the plan is its result.
+    state = sync(profile="testprof", dry_run=True, return_state=True)
+    assert state.is_completed(), state
+    dry = receiver.wait_for("the brake stopped profile testprof (dry run)")
+    assert "found plans a real run would stop at" in dry["body"]
+    assert "- target jira: the brake would stop a real run: deactivations:" in dry["body"]
+
+    # One notification per run: no "sync failed" on top of the brake, none per target.
+    time.sleep(5)
+    subjects = [m["subject"] for m in receiver.messages]
+    assert not any("ended Failed" in subject for subject in subjects), subjects
+    assert len(subjects) == 2, subjects
 
 
 def test_alerts_install_names_a_block_that_cannot_notify(capsys):
