@@ -82,7 +82,7 @@ def test_each_kind_of_drift_is_reported_without_changing_anything(
     page = latest_markdown("drift-testprof")
     assert "| contractor.x | in managed group(s) developers;" in page
     assert "| ejones | source user disabled or gone, account still active:" in page
-    assert "leads project(s) APP" in page
+    assert "leads project Application (APP)" in page
     assert "| asmith | claimed by profiles restored, testprof |" in page
     assert "| project-leads | usersync manages it (ledger) but no rule maps it" in page
 

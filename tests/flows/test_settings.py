@@ -134,7 +134,7 @@ def test_without_a_default_lead_the_project_lead_is_reported_not_deactivated(
     assert outcomes[0]["status"] == "succeeded"
     assert "deactivate_user" not in outcomes[0]["planned"]
     (conflict,) = [c for c in outcomes[0]["conflicts"] if c["username"] == "ejones"]
-    assert "leads project(s) APP" in conflict["reason"]
+    assert "leads project Application (APP)" in conflict["reason"]
     assert jira_user(url, "ejones")["active"] is True
     assert jira_project_lead(url, "APP") == "ejones"
 
