@@ -76,6 +76,100 @@ def test_runs_lists_recorded_runs(tmp_path, capsys):
     assert "corp" in out and "planned" in out
 
 
+def _recorded(url: str) -> tuple[Store, list[int]]:
+    """Two flow runs: a braked real run (rejected) and a sync of two targets with a failure."""
+    import pandas as pd
+
+    store = Store.open(url)
+    braked = store.start_run("corp", "jira", dry_run=False, flow_run_id="1" * 8 + "-aaaa")
+    store.finish_run(
+        braked,
+        "braked",
+        {
+            "planned": {"deactivate_user": 3},
+            "approval": {"approved": False, "by": "Rita", "channel": "ui", "at": "t"},
+        },
+        "deactivations: 3 (limit max_deactivations=1) Not approved: Rita rejected it",
+    )
+    flow_run = "2" * 8 + "-bbbb"
+    jira = store.start_run("corp", "jira", dry_run=False, flow_run_id=flow_run)
+    plan = pd.DataFrame(
+        {
+            "seq": [1, 2],
+            "op": ["create_user", "add_membership"],
+            "source_id": ["s1", "s1"],
+            "target_key": [None, None],
+            "username": ["asmith", "asmith"],
+            "group": [None, "developers"],
+            "before": [None, None],
+            "after": [None, None],
+            "reason": [None, None],
+        }
+    )
+    store.record_plan(jira, plan)
+    store.record_outcomes(jira, [(1, "succeeded", None), (2, "failed", "HTTP 500 " + "x" * 200)])
+    store.finish_run(
+        jira,
+        "partial",
+        {
+            "planned": {"create_user": 1, "add_membership": 1},
+            "executed": {
+                "create_user": {"succeeded": 1, "failed": 0, "skipped": 0},
+                "add_membership": {"succeeded": 0, "failed": 1, "skipped": 0},
+            },
+            "conflicts": [{"username": "x", "reason": "y"}] * 50,
+            "drift": {"nested": {"deep": list(range(100))}},
+        },
+        None,
+    )
+    wiki = store.start_run("corp", "wiki", dry_run=False, flow_run_id=flow_run)
+    store.finish_run(wiki, "succeeded", {"planned": {}}, None)
+    return store, [braked, jira, wiki]
+
+
+def test_runs_is_a_narrow_table_one_group_per_flow_run_with_its_link(tmp_path, capsys, monkeypatch):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _, (braked, jira, wiki) = _recorded(url)
+    monkeypatch.setenv("PREFECT_UI_URL", "http://prefect.example:4200")
+
+    assert main(["runs", "corp", "--store-url", url]) == 0
+    out = capsys.readouterr().out
+
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 120, out  # no nested dicts, no NaN
+    assert "NaN" not in out and "{" not in out
+    assert lines[0].split() == [
+        "when", "(UTC)", "profile", "kind", "target", "outcome", "planned", "done", "failed", "id"
+    ]  # fmt: skip
+    newest = lines[1].split()
+    assert newest[2:6] == ["corp", "sync", "jira", "partial"]
+    assert newest[6:] == ["2", "1", "1", str(jira)]  # planned 2, done 1, failed 1
+    assert lines[2].split() == ["wiki", "succeeded", "0", "0", "0", str(wiki)]
+    assert lines[3].strip() == "↳ http://prefect.example:4200/runs/flow-run/22222222-bbbb"
+    assert "braked (not approved: Rita)" in lines[4]
+    assert lines[4].split()[-4:] == ["3", "0", "0", str(braked)]  # planned 3, nothing done
+
+
+def test_runs_of_one_run_lists_its_operations(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _, (braked, jira, wiki) = _recorded(url)
+
+    assert main(["runs", "corp", "--run", "22222222", "--store-url", url]) == 0
+    out = capsys.readouterr().out
+    assert f"corp / jira: partial (sync, store run {jira}" in out
+    assert f"corp / wiki: succeeded (sync, store run {wiki}" in out
+    assert "1  create_user     asmith              succeeded" in out
+    assert "2  add_membership  asmith  developers  failed     HTTP 500 xxx" in out
+    assert max(len(line) for line in out.splitlines()) <= 140
+
+    assert main(["runs", "corp", "--run", str(braked), "--store-url", url]) == 0
+    out = capsys.readouterr().out
+    assert "not approved by Rita (ui, t)" in out and "no operations" in out
+
+    assert main(["runs", "corp", "--run", "99999", "--store-url", url]) == 2
+    assert "no run 99999 of profile corp in the store" in capsys.readouterr().err
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -144,20 +144,49 @@ def _drift(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
+    from usersync.report import run_operations_text, runs_table
     from usersync.store import Store
 
     store = Store.open(args.store_url)
-    frame = store.runs(args.profile, limit=args.limit)
-    if frame.empty:
-        print("no runs recorded")
+    if args.run is None:
+        # A flow run is one row per target: read enough rows for `limit` of them.
+        frame = store.runs(args.profile, limit=args.limit * 20)
+        print(runs_table(frame, args.limit, _prefect_run_url()))
         return 0
-    columns = ["id", "profile", "target", "dry_run", "status", "started_at", "counts", "error"]
-    # The conflicts themselves are `usersync conflicts`'s to show; here only how many.
-    frame["counts"] = frame["counts"].map(
-        lambda c: {k: v for k, v in (c or {}).items() if k != "conflicts"}
-    )
-    print(frame[columns].to_string(index=False))
+    frame = store.runs(args.profile, limit=1_000_000)
+    wanted = args.run.strip().lower()
+    chosen = frame.iloc[0:0]
+    if not frame.empty and wanted.isdigit():  # a store run id: its flow run's targets too
+        hit = frame.loc[frame["id"] == int(wanted)]
+        flow_run = hit["flow_run_id"].iloc[0] if len(hit) else None
+        chosen = frame.loc[frame["flow_run_id"] == flow_run] if flow_run else hit
+    if not frame.empty and chosen.empty and len(wanted) >= 8:  # a flow run id, or its start
+        chosen = frame.loc[frame["flow_run_id"].fillna("").str.lower().str.startswith(wanted)]
+        if chosen["flow_run_id"].nunique() > 1:
+            raise ConfigError(f"--run {args.run} fits several flow runs: give more of its id")
+    if chosen.empty:
+        raise ConfigError(
+            f"no run {args.run}"
+            + (f" of profile {args.profile}" if args.profile else "")
+            + " in the store: give a store run id (column id of `usersync runs`) or a flow "
+            "run id (at least its first 8 characters)"
+        )
+    operations = {int(i): store.operations(int(i)) for i in chosen["id"]}
+    print(run_operations_text(chosen, operations))
     return 0
+
+
+def _prefect_run_url():
+    """A function from a flow run id to its Prefect UI page, when a UI URL is configured
+    (PREFECT_UI_URL, or derived from PREFECT_API_URL); else None. No server is contacted."""
+    try:
+        from prefect.settings import Settings
+    except ImportError:  # pragma: no cover - Prefect is a dependency
+        return None
+    ui_url = Settings().ui_url  # from the environment as it is now
+    if not ui_url:
+        return None
+    return lambda flow_run_id: f"{str(ui_url).rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
 def _conflicts(args: argparse.Namespace) -> int:
@@ -402,9 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(func=func)
 
-    p = commands.add_parser("runs", help="list recorded runs from the store")
-    p.add_argument("profile", nargs="?")
-    p.add_argument("--limit", type=int, default=20)
+    p = commands.add_parser(
+        "runs",
+        help="recorded runs from the store, newest first: when, profile, kind, each target's "
+        "outcome and counts, the Prefect run; --run ID: that run's operations",
+    )
+    p.add_argument("profile", nargs="?", help="only this profile (default: all)")
+    p.add_argument("--limit", type=int, default=20, help="flow runs shown (default 20)")
+    p.add_argument(
+        "--run",
+        metavar="ID",
+        default=None,
+        help="show one run's operations: a store run id (column id) or a flow run id (or its "
+        "first 8+ characters)",
+    )
     p.add_argument(
         "--store-url", default=None, help="default: $USERSYNC_STORE_URL or var/usersync.db"
     )

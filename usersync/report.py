@@ -190,3 +190,156 @@ def conflict_lines(conflicts: Sequence[dict[str, Any]], most: int = 50) -> list[
     if len(by_reason) > most:
         lines.append(f"... and {len(by_reason) - most} more reason(s): see the plan artifact")
     return lines
+
+
+#: Characters of an error kept in a table cell (`usersync runs --run` shows operations).
+ERROR_CHARS_SHOWN = 70
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
+    """Rows as aligned text columns (numbers, the columns in `right`, to the right)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [line(header), *[line(r) for r in rows]]
+
+
+def _total(counts: dict[str, Any] | None, part: str) -> int:
+    counts = counts or {}
+    if part == "planned":
+        return sum((counts.get("planned") or {}).values())
+    executed = counts.get("executed") or {}
+    keys = ("succeeded",) if part == "done" else ("failed", "skipped")
+    return sum(c.get(k, 0) for c in executed.values() for k in keys)
+
+
+def runs_table(runs: pd.DataFrame, limit: int, run_url: Any = None) -> str:
+    """The recorded runs, newest first, one flow run a group: when, profile, kind, then per
+    target its outcome and operation counts (planned, done, failed or skipped) and the
+    store's run id; under each group the Prefect flow run (`run_url(id)`, else its id).
+
+    Args:
+        runs: `Store.runs()` rows, newest first.
+        limit: flow runs shown at most.
+        run_url: a function from a flow run id to its UI URL (or None); None: ids only.
+    """
+    if runs.empty:
+        return "no runs recorded"
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in runs.to_dict("records"):
+        key = _short(row["flow_run_id"]) or f"store run {row['id']}"
+        if key not in groups and len(groups) == limit:
+            break
+        groups.setdefault(key, []).append(row)
+    header = [
+        "when (UTC)",
+        "profile",
+        "kind",
+        "target",
+        "outcome",
+        "planned",
+        "done",
+        "failed",
+        "id",
+    ]
+    lines: list[str] = []
+    rows: list[list[str]] = []
+    ends: list[tuple[int, str]] = []
+    for key, members in groups.items():
+        members.sort(key=lambda r: r["id"])
+        first = members[0]
+        for n, row in enumerate(members):
+            outcome = str(row["status"])
+            approval = (row["counts"] or {}).get("approval")
+            if approval:
+                verdict = "approved" if approval.get("approved") else "not approved"
+                outcome += f" ({verdict}: {approval.get('by')})"
+            rows.append(
+                [
+                    f"{first['started_at']:%Y-%m-%d %H:%M}" if n == 0 else "",
+                    first["profile"] if n == 0 else "",
+                    ("dry run" if first["dry_run"] else "sync") if n == 0 else "",
+                    row["target"],
+                    outcome,
+                    str(_total(row["counts"], "planned")),
+                    str(_total(row["counts"], "done")),
+                    str(_total(row["counts"], "failed")),
+                    str(row["id"]),
+                ]
+            )
+        recorded = bool(_short(first["flow_run_id"]))
+        where = (run_url(key) if run_url and recorded else None) or (
+            f"flow run {key}" if recorded else "no flow run recorded"
+        )
+        ends.append((len(rows), f"  ↳ {where}"))
+    table = _table(header, rows, right={5, 6, 7, 8})
+    lines.append(table[0])
+    done = 0
+    for end, link in ends:
+        lines += table[1 + done : 1 + end]
+        lines.append(link)
+        done = end
+    return "\n".join(lines)
+
+
+def run_operations_text(runs: pd.DataFrame, operations: dict[int, pd.DataFrame]) -> str:
+    """One flow run's targets (its store runs) and each one's operations, with their status.
+
+    Args:
+        runs: the store runs of that flow run (one per target, two for a target that waited
+            for an approval), any order.
+        operations: each store run id's `Store.operations()` frame.
+    """
+    lines: list[str] = []
+    for row in sorted(runs.to_dict("records"), key=lambda r: r["id"]):
+        counts = row["counts"] or {}
+        kind = "dry run" if row["dry_run"] else "sync"
+        lines.append(
+            f"{row['profile']} / {row['target']}: {row['status']} ({kind}, store run {row['id']}, "
+            f"started {row['started_at']:%Y-%m-%d %H:%M:%S} UTC, flow run "
+            f"{_short(row['flow_run_id']) or '-'})"
+        )
+        if _short(row["error"]):
+            lines.append(f"  error: {row['error']}")
+        approval = counts.get("approval")
+        if approval:
+            verdict = "approved" if approval.get("approved") else "not approved"
+            comment = f": {approval['comment']}" if approval.get("comment") else ""
+            lines.append(
+                f"  {verdict} by {approval.get('by')} ({approval.get('channel')}, "
+                f"{approval.get('at')}){comment}"
+            )
+        frame = operations.get(row["id"])
+        if frame is None or frame.empty:
+            lines += ["  no operations", ""]
+            continue
+        table = [
+            [
+                str(op.seq),
+                op.op,
+                _short(op.username),
+                _short(op.group_name),
+                op.status,
+                _short(op.error),
+            ]
+            for op in frame.itertuples()
+        ]
+        lines += [
+            "  " + line
+            for line in _table(["seq", "op", "user", "group", "status", "error"], table, {0})
+        ]
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _short(text: Any) -> str:
+    if text is None or (isinstance(text, float) and pd.isna(text)):
+        return ""
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= ERROR_CHARS_SHOWN else text[: ERROR_CHARS_SHOWN - 1] + "…"
