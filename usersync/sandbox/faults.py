@@ -9,7 +9,9 @@ and then loses its answer (a 5xx instead, a dropped connection, or an answer too
 client's timeout), which is how a client is proven to write exactly once. Faults are
 configured in Python (`emulator.faults`) or over HTTP at `/_sandbox/faults`; the log is at
 `/_sandbox/requests`, and its counts (requests and writes by status and by method and path,
-cheap to fetch after 100k requests) at `/_sandbox/requests/summary`.
+cheap to fetch after 100k requests) at `/_sandbox/requests/summary`. A `recorder` set on the
+wrapper receives every exchange whole (the answer's body too, which the log leaves out), so a
+test can check each one against the product's API description.
 """
 
 from __future__ import annotations
@@ -43,6 +45,26 @@ class RecordedRequest:
     @property
     def is_write(self) -> bool:
         return self.method in WRITE_METHODS
+
+
+@dataclass
+class Exchange:
+    """One request and the answer it got, whole, for a `recorder`."""
+
+    method: str
+    #: as received, context path included
+    path: str
+    #: every query parameter in order, repeated names kept
+    query: list[tuple[str, str]]
+    #: the decoded JSON body (text if not JSON; None if empty)
+    request_body: Any
+    status: int
+    response_body: Any
+    #: the answer is an injected fault (429, 5xx, dropped), not the product's own
+    injected: bool = False
+
+
+Recorder = Callable[[Exchange], None]
 
 
 @dataclass
@@ -120,6 +142,8 @@ class Instrumented:
         self.requests: list[RecordedRequest] = []
         self.rate_limit_headers = rate_limit_headers
         self.error_body = error_body
+        #: called with every exchange outside /_sandbox once answered (or lost); None: off
+        self.recorder: Recorder | None = None
         self._lock = threading.Lock()
 
     # -- Python API for tests ------------------------------------------------------------
@@ -164,13 +188,44 @@ class Instrumented:
             return
         arrived = asyncio.get_running_loop().time()
         body = await _read_body(receive)
+        pairs = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
         record = RecordedRequest(
             method=scope["method"],
             path=path,
-            query=dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)),
+            query=dict(pairs),
             body=_decode(body),
             auth=_auth_kind(scope),
         )
+        recorder = self.recorder
+        answer = _Answer() if recorder is not None else None
+        try:
+            await self._handle(scope, receive, body, record, send, arrived, answer)
+        finally:
+            if recorder is not None and answer is not None:
+                recorder(
+                    Exchange(
+                        method=record.method,
+                        path=path,
+                        query=pairs,
+                        request_body=record.body,
+                        status=answer.status,
+                        response_body=_decode(bytes(answer.body)),
+                        injected=answer.injected,
+                    )
+                )
+
+    async def _handle(
+        self,
+        scope: dict,
+        receive: Callable,
+        body: bytes,
+        record: RecordedRequest,
+        send: Callable,
+        arrived: float,
+        answer: _Answer | None,
+    ) -> None:
+        """Answer as the faults say; the product's own answer (or else the injected one) is
+        kept in `answer` when one is given."""
         with self._lock:
             self.requests.append(record)
             fault = self.faults.next_fault(record.method)
@@ -181,7 +236,7 @@ class Instrumented:
             # The latency is the answer's: the product's own work counts toward it, as in a
             # server's response time (work first, then the answer waits out the rest).
             until = arrived + latency if latency else 0.0
-            await self._apply(scope, receive, body, record, send, until=until)
+            await self._apply(scope, receive, body, record, send, until=until, answer=answer)
             return
         if latency:
             await asyncio.sleep(latency)
@@ -189,12 +244,17 @@ class Instrumented:
             fault = fault.removeprefix(APPLIED)
             if fault == "hang":
                 until = asyncio.get_running_loop().time() + hang
-                await self._apply(scope, receive, body, record, send, until=until)
+                await self._apply(scope, receive, body, record, send, until=until, answer=answer)
                 return
-            record.applied_status = await self._apply(scope, receive, body, record, None)
+            record.applied_status = await self._apply(
+                scope, receive, body, record, None, answer=answer
+            )
         elif fault == "hang":
             await asyncio.sleep(hang)
             fault = None
+        if answer is not None and fault is not None and not answer.status:
+            answer.injected = True
+            answer.status = -1 if fault == "drop" else int(fault)
         if fault == "drop":
             record.status = -1
             await send(
@@ -218,7 +278,7 @@ class Instrumented:
             await _send_json(send, status, self.error_body(status, message), headers)
             return
         # "hang": the product answers late
-        await self._apply(scope, receive, body, record, send)
+        await self._apply(scope, receive, body, record, send, answer=answer)
 
     async def _apply(
         self,
@@ -229,9 +289,11 @@ class Instrumented:
         send: Callable | None,
         *,
         until: float = 0.0,
+        answer: _Answer | None = None,
     ) -> int:
         """Let the product handle the request; send its answer (not before the loop time
-        `until`), or drop it when `send` is None. Returns the product's status."""
+        `until`), or drop it when `send` is None; copy it into `answer` if given. Returns the
+        product's status."""
         status = 0
         held: list[dict] = []
         replayed = False
@@ -249,6 +311,8 @@ class Instrumented:
                 status = message["status"]
                 if send is not None:
                     record.status = status
+            if answer is not None:
+                answer.keep(message)
             if send is None:
                 return
             if until:
@@ -294,6 +358,21 @@ class Instrumented:
             await _send_json(send, 200, new.as_dict())
         else:
             await _send_json(send, 404, {"message": f"no sandbox control {method} {path}"})
+
+
+@dataclass
+class _Answer:
+    """The status and body of one answer, as a recorder gets them."""
+
+    status: int = 0
+    body: bytearray = field(default_factory=bytearray)
+    injected: bool = False
+
+    def keep(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
 
 
 async def _read_body(receive: Callable) -> bytes:

@@ -1,17 +1,20 @@
 """Run the sandbox products together: Jira, Confluence and Bitbucket emulators on loopback.
 
 `Sandbox` starts one emulator per product, each on its own port, and knows their URLs and
-admin credentials; the demo and `usersync sandbox` use it. `serve_forever` keeps them up
+admin credentials; the demo and `usersync sandbox` use it. Each emulator emulates its
+product's newest supported version unless `versions` names another, and a `recorder` receives
+every exchange of every product (a conformance test checks them against the API descriptions). `serve_forever` keeps them up
 until interrupted and prints where they are.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from usersync.plugins import load_class
+from usersync.sandbox.faults import Exchange
 from usersync.sandbox.server import ServedApp
 
 #: product → "module:Class" of its emulator, and the context path it is served under.
@@ -32,6 +35,9 @@ class Sandbox:
         admin_password: the password of each product's `admin` account.
         host: the address to bind.
         first_port: 0 for free ports, else consecutive ports from this one.
+        versions: product → the version its emulator emulates (default: the emulator's own,
+            the newest supported).
+        recorder: called with (product, exchange) for every exchange of every product.
     """
 
     def __init__(
@@ -41,6 +47,8 @@ class Sandbox:
         admin_password: str = "admin",
         host: str = "127.0.0.1",
         first_port: int = 0,
+        versions: Mapping[str, str] | None = None,
+        recorder: Callable[[str, Exchange], None] | None = None,
     ) -> None:
         self.admin_password = admin_password
         self.emulators: dict[str, Any] = {}
@@ -48,9 +56,14 @@ class Sandbox:
         for offset, product in enumerate(products):
             cls = load_class({p: loc for p, (loc, _) in EMULATORS.items()}, product, what="sandbox")
             context = EMULATORS[product][1]
+            options: dict[str, Any] = {}
+            if versions and product in versions:
+                options["version"] = versions[product]
             self.emulators[product] = cls(
-                context_path=context, admin=(ADMIN_USERNAME, admin_password)
+                context_path=context, admin=(ADMIN_USERNAME, admin_password), **options
             )
+            if recorder is not None:
+                self.emulators[product].app.recorder = _for_product(recorder, product)
             port = first_port + offset if first_port else 0
             self._served[product] = ServedApp(self.emulators[product].app, host=host, port=port)
 
@@ -74,6 +87,12 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _for_product(
+    recorder: Callable[[str, Exchange], None], product: str
+) -> Callable[[Exchange], None]:
+    return lambda exchange: recorder(product, exchange)
 
 
 def serve_forever(host: str = "127.0.0.1", first_port: int = 8081) -> int:
