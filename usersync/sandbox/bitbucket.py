@@ -47,6 +47,13 @@ from usersync.sandbox.substring_index import SubstringIndex, TrackedDict
 #: Global permissions, lowest first; each implies the ones before it.
 GLOBAL_PERMISSIONS: tuple[str, ...] = ("LICENSED_USER", "PROJECT_CREATE", "ADMIN", "SYS_ADMIN")
 
+#: The Bitbucket versions usersync supports, each emulated as its API description declares it
+#: (../shared/reference/specs: 9.4 and 10.4 OpenAPI); the newest is the default.
+SUPPORTED_VERSIONS = ("9.4.0", "10.4.0")
+DEFAULT_VERSION = SUPPORTED_VERSIONS[-1]
+#: Users carry `createdTimestamp` from 9.6 (SOURCES.md: absent in 9.4, present in 9.6 and 10.4).
+CREATED_TIMESTAMP_SINCE = (9, 6)
+
 DEFAULT_PAGE_LIMIT = 25
 #: Bitbucket's real cap is not documented (reference: UNCONFIRMED); clients must follow
 #: nextPageStart whatever limit they ask for, and the cap makes them prove it.
@@ -139,6 +146,16 @@ class BitbucketRefusal(Exception):
 _SEARCHED = frozenset({"name", "email", "display_name"})
 
 
+def _numbers(version: str) -> tuple[int, ...]:
+    """(9, 4, 0) from "9.4.0"; a part that is not a number ends it."""
+    numbers: list[int] = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
 @dataclass
 class EmulatedUser:
     id: int
@@ -162,9 +179,10 @@ class EmulatedUser:
         """Name, e-mail and display name casefolded, as the `filter` parameter searches them."""
         return "\0".join(f.casefold() for f in (self.name, self.email, self.display_name))
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, created: bool = True) -> dict[str, Any]:
+        """The RestDetailedUser; `created` False leaves out `createdTimestamp` (before 9.6)."""
         # `active` is the directory flag: always true for internal users, and not the licence.
-        return {
+        detailed = {
             "name": self.name,
             "emailAddress": self.email,
             "displayName": self.display_name,
@@ -177,8 +195,12 @@ class EmulatedUser:
             "mutableDetails": True,
             "mutableGroups": True,
             "createdTimestamp": self.created,
-            "lastAuthenticationTimestamp": None,
+            # `lastAuthenticationTimestamp` (a number) is left out for an account that never
+            # signed in: Bitbucket omits null fields, and the descriptions declare no null.
         }
+        if not created:
+            del detailed["createdTimestamp"]
+        return detailed
 
     def as_application_user(self, links_base: str) -> dict[str, Any]:
         """The RestApplicationUser of the non-admin `/users` list (no directory details)."""
@@ -210,7 +232,9 @@ class BitbucketEmulator:
     """A Bitbucket DC instance in memory, served as an ASGI app (`app`).
 
     Args:
-        version: what `/application-properties` reports.
+        version: the Bitbucket version to emulate (`/application-properties` reports it); one
+            of `SUPPORTED_VERSIONS` is emulated as its API description declares it: users carry
+            `createdTimestamp` from 9.6 (absent in 9.4). The newest supported is the default.
         context_path: e.g. "/bitbucket"; every REST path sits under it.
         admin: username and password of a SYS_ADMIN account created up front.
         max_page_size: the largest `limit` the server honours; larger requests get this many.
@@ -226,7 +250,7 @@ class BitbucketEmulator:
     def __init__(
         self,
         *,
-        version: str = "8.19.0",
+        version: str = DEFAULT_VERSION,
         context_path: str = "",
         admin: tuple[str, str] = ("admin", "admin"),
         max_page_size: int = DEFAULT_MAX_PAGE_SIZE,
@@ -235,6 +259,8 @@ class BitbucketEmulator:
         licensed_users: int | None = None,
     ) -> None:
         self.version = version
+        #: whether users carry `createdTimestamp` (from 9.6; absent from the 9.4 description)
+        self.created_timestamps = _numbers(version) >= CREATED_TIMESTAMP_SINCE
         #: the licence's user limit (None: unlimited); granting access past it is refused
         self.licensed_users = licensed_users
         self.context_path = "/" + context_path.strip("/") if context_path.strip("/") else ""
@@ -399,7 +425,10 @@ class BitbucketEmulator:
             chosen = self._by_filter.search(needle)
         else:
             chosen = [u for u in users if needle in u.folded]
-        return [u.as_json() for u in sorted(chosen, key=lambda u: u.name.casefold())]
+        return [
+            u.as_json(self.created_timestamps)
+            for u in sorted(chosen, key=lambda u: u.name.casefold())
+        ]
 
     # -- authentication -------------------------------------------------------------------
 
@@ -567,7 +596,13 @@ class BitbucketEmulator:
         slug = request.path_params["slug"]
         for user in self.users.values():
             if user_slug(user.name) == slug:
-                return JSONResponse({k: v for k, v in user.as_json().items() if k != "deletable"})
+                return JSONResponse(
+                    {
+                        k: v
+                        for k, v in user.as_json(self.created_timestamps).items()
+                        if k != "deletable"
+                    }
+                )
         raise BitbucketRefusal(404, f"User {slug} does not exist.", NO_SUCH_USER)
 
     async def _list_users(self, request: Request) -> Response:
@@ -650,7 +685,7 @@ class BitbucketEmulator:
         email = self._required(body, "email")
         user.display_name = display_name
         user.email = email
-        return JSONResponse(user.as_json())
+        return JSONResponse(user.as_json(self.created_timestamps))
 
     async def _delete_user(self, request: Request) -> Response:
         caller = self._caller(request, needs="ADMIN")
@@ -659,14 +694,14 @@ class BitbucketEmulator:
             raise BitbucketRefusal(409, "You cannot delete yourself.", CANNOT_DEMOTE_SELF)
         del self.users[user.name.casefold()]
         self.user_permissions.pop(user.name.casefold(), None)
-        return JSONResponse(user.as_json())
+        return JSONResponse(user.as_json(self.created_timestamps))
 
     async def _rename_user(self, request: Request) -> Response:
         self._caller(request, needs="ADMIN")
         body = await self._json(request)
         user = self._user(self._required(body, "name"))
         new_name = self._valid_name(self._required(body, "newName"), "newName")
-        return JSONResponse(self._rename(user, new_name).as_json())
+        return JSONResponse(self._rename(user, new_name).as_json(self.created_timestamps))
 
     def _rename(self, user: EmulatedUser, new_name: str) -> EmulatedUser:
         old_key, new_key = user.name.casefold(), new_name.casefold()
@@ -729,8 +764,9 @@ class BitbucketEmulator:
 
     async def _members_of_group(self, request: Request) -> Response:
         self._caller(request, needs="LICENSED_USER")
-        key = self._group(self._required(request.query_params, "context")).name.casefold()
-        members = [u for u in self.users.values() if key in u.groups]
+        # A group that does not exist has no members: 200 and an empty page, as declared.
+        key = self._required(request.query_params, "context").casefold()
+        members = [u for u in self.users.values() if key in u.groups] if key in self.groups else []
         return JSONResponse(self._page(request, self._filtered_users(request, members)))
 
     async def _license(self, request: Request) -> Response:
@@ -758,10 +794,16 @@ class BitbucketEmulator:
         # The spec's text for this endpoint is copied from the group variant; the payload is
         # groups (reference §3.4), which is what the product returns in practice.
         self._caller(request, needs="LICENSED_USER")
-        user = self._user(self._required(request.query_params, "context"))
+        # An account that does not exist is in no group: 200 and an empty page, as declared
+        # (200 and 401 only, no 404).
+        user = self.users.get(self._required(request.query_params, "context").casefold())
         text = request.query_params.get("filter", "")
         names = sorted(
-            (self.groups[k].name for k in user.groups if self._matches(text, self.groups[k].name)),
+            (
+                self.groups[k].name
+                for k in (user.groups if user else ())
+                if self._matches(text, self.groups[k].name)
+            ),
             key=str.casefold,
         )
         return JSONResponse(
@@ -877,7 +919,10 @@ class BitbucketEmulator:
         self._caller(request, needs="ADMIN")
         text = request.query_params.get("filter", "")
         rows = [
-            {"user": user.as_json(), "permission": self.user_permissions[key]}
+            {
+                "user": user.as_json(self.created_timestamps),
+                "permission": self.user_permissions[key],
+            }
             for key, user in sorted(self.users.items())
             if key in self.user_permissions
             and self._matches(text, user.name, user.display_name, user.email)

@@ -11,7 +11,10 @@ that tells the version, Basic and Bearer (PAT) auth with 401/403, lower-case and
 storage with case-insensitive lookups, Confluence's username rules, a licence limit (402)
 with its headroom under `/rest/license/1.0/license` (`maxUsers`, `userCount`, `remainingSeats`),
 Tomcat's refusal of encoded slashes in a path, and the query-parameter form of the group
-member list that names with slashes need. Whether the REST user object carries e-mails is an
+member list that names with slashes need (from 10.2; before, `/group/member` is the group
+named "member"). The supported versions (`SUPPORTED_VERSIONS`, newest by default) answer as
+their API descriptions declare: e.g. a created group is 200 and the members of a group that
+does not exist are an empty page. Whether the REST user object carries e-mails is an
 option (`rest_email`), since the reference cannot confirm it. Administrators are who they are
 in Confluence: members of confluence-administrators (its super group), and holders of the
 Confluence Administrator or System Administrator global permission, granted to a user or a
@@ -43,11 +46,15 @@ from usersync.sandbox.faults import Instrumented
 GROUP_ADMIN_SINCE = (8, 2)
 USER_ADMIN_SINCE = (8, 4)
 
-#: Since when `GET /rest/api/group/member?groupName=...` exists. UNCONFIRMED: the reference
-#: (§2.4) only knows the query-parameter variants from a recent Data Center Postman collection;
-#: 8.2, the release that brought the group admin resources, is assumed. Before it, the path
-#: `/group/member` is the group named "member", as Jersey would match it.
-GROUP_QUERY_SINCE = (8, 2)
+#: The Confluence versions usersync supports, each emulated as its API description declares it
+#: (../shared/reference/specs: 9.3.1, 10.0.3 and 10.2.14 OpenAPI); the newest is the default.
+SUPPORTED_VERSIONS = ("9.3.1", "10.0.3", "10.2.14")
+DEFAULT_VERSION = SUPPORTED_VERSIONS[-1]
+
+#: Since when `GET /rest/api/group/member?groupName=...` exists: the 10.2.14 description
+#: declares it (getMembersByGroupName), the 9.3.1 and 10.0.3 ones do not. Before it, the path
+#: `/group/member` is `/group/{groupName}` for the group named "member", as Jersey matches it.
+GROUP_QUERY_SINCE = (10, 2)
 
 #: Since when `GET /rest/api/permissions` lists the global permission grants. UNCONFIRMED: the
 #: Data Center REST references document it for 9.2 (v9218) and 10.0 (v1000); earlier versions
@@ -182,15 +189,11 @@ class ConfluenceEmulator:
             §2.3); off by default, because a Server user reported the expansion without e-mail
             (community question 588226) and Data Center's REST user objects show none. When
             off, the expansion is ignored, as Confluence ignores expansions it does not offer.
-        group_query_parameter: the query parameter `GET /group/member` takes the group name
-            from. UNCONFIRMED (reference §2.4): "groupName" as the path resources name it;
-            Confluence Cloud's equivalent used "name". Only this one is read; others are ignored,
-            as JAX-RS ignores unknown query parameters.
     """
 
     def __init__(
         self,
-        version: str = "10.2.14",
+        version: str = DEFAULT_VERSION,
         context_path: str = "",
         admin: tuple[str, str] = ("admin", "admin"),
         max_page_size: int = DEFAULT_PAGE_LIMIT,
@@ -200,7 +203,6 @@ class ConfluenceEmulator:
         unlimited_max_users: int = UNLIMITED_MAX_USERS,
         remote_api_enabled: bool = False,
         rest_email: bool = False,
-        group_query_parameter: str = "groupName",
     ) -> None:
         self.version = version
         self.version_tuple = parse_version(version)
@@ -211,7 +213,6 @@ class ConfluenceEmulator:
         self.unlimited_max_users = unlimited_max_users
         self.remote_api_enabled = remote_api_enabled
         self.rest_email = rest_email
-        self.group_query_parameter = group_query_parameter
         self.users: dict[str, EmulatedUser] = {}
         self.groups: dict[str, EmulatedGroup] = {}
         self.tokens: dict[str, str] = {}
@@ -565,11 +566,12 @@ class ConfluenceEmulator:
         return JSONResponse(self._page(request, users))
 
     async def _member_of(self, request: Request) -> Response:
+        """The groups of an account; one that does not exist is in none (200 with an empty
+        page: the descriptions declare 200 and 403 only)."""
         self._require(request)
-        user = self._user_or_404(request.query_params.get("username", ""))
+        username = request.query_params.get("username", "").lower()
         groups = [
-            self._group(request, self.groups[name])
-            for name in sorted(self.groups_of(user.username))
+            self._group(request, self.groups[name]) for name in sorted(self.groups_of(username))
         ]
         return JSONResponse(self._page(request, groups))
 
@@ -613,8 +615,12 @@ class ConfluenceEmulator:
         return JSONResponse(grants)
 
     async def _group_members(self, request: Request) -> Response:
+        """A group's members; a group that does not exist has none (200 with an empty page:
+        the descriptions declare 200 and 403 only, no 404)."""
         self._require(request)
-        return self._members_page(request, self._group_or_404(request.path_params["group"]))
+        name = request.path_params["group"]
+        group = self.groups.get(name.lower(), EmulatedGroup(name.lower()))
+        return self._members_page(request, group)
 
     async def _group_members_by_query(self, request: Request) -> Response:
         if self.version_tuple < GROUP_QUERY_SINCE:
@@ -622,10 +628,10 @@ class ConfluenceEmulator:
             self._require(request)
             return JSONResponse(self._group(request, self._group_or_404("member")))
         self._require(request)
-        name = request.query_params.get(self.group_query_parameter)
-        if name is None:
-            raise _Refused(400, f"The query parameter {self.group_query_parameter} is required")
-        return self._members_page(request, self._group_or_404(name))
+        # `groupName`, as the 10.2 description declares it (not required there: without it,
+        # no group, no members).
+        name = request.query_params.get("groupName", "")
+        return self._members_page(request, self.groups.get(name.lower(), EmulatedGroup(name)))
 
     def _members_page(self, request: Request, group: EmulatedGroup) -> Response:
         expand = request.query_params.get("expand", "")
@@ -719,7 +725,8 @@ class ConfluenceEmulator:
         if name.lower() in self.groups:
             raise _Refused(409, f"A group with name '{name.lower()}' already exists")
         self.seed_group(name)
-        return JSONResponse(self._group(request, self.groups[name.lower()]), status_code=201)
+        # 200, not 201: every description declares 200 for a created group.
+        return JSONResponse(self._group(request, self.groups[name.lower()]))
 
     async def _delete_group(self, request: Request) -> Response:
         self._require(request, admin=True)

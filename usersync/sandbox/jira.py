@@ -8,8 +8,9 @@ their leads (`/project`, `/project/{key}/components`, `/component/{id}`), each u
 `/rest/api/latest` too, with the product's envelopes, status codes and error bodies as documented in
 shared/reference/atlassian-rest.md sections 1, 5 and 6: names are matched case-insensitively
 and stored in lower case, user keys (`JIRAUSER10100`) survive renames, `/user/search` returns a
-bare array truncated to its result window (1000 before Jira 10, 100 from 10), `/user/list`
-exists from 10.3 only, adding an existing member is a 400, surrounding blanks of names,
+bare array truncated to its result window, `/user/list` exists from 10.3 only (each supported
+version as its API description declares it: `SUPPORTED_VERSIONS`, newest by default), adding
+an existing member is a 400, surrounding blanks of names,
 e-mails and display names are trimmed, and names Jira refuses (`<`, `>`, `&` in usernames;
 control and bidirectional-override characters, more than 255 characters) are a 400 in Jira's
 error envelope. `rename_user` renames an account as an administrator would in Jira's user
@@ -71,10 +72,21 @@ MAX_PROPERTY_KEY_LENGTH = 255
 #: 'value' is too long: N > M"), answered here as a 400.
 MAX_PROPERTY_VALUE_LENGTH = 32768
 FIRST_USER_ID = 10000
-#: The result window of /user/search: JRASERVER-65089 (1000) and JRASERVER-78520 (100 on 10.x).
-SEARCH_WINDOW_BEFORE_10 = 1000
-SEARCH_WINDOW_FROM_10 = 100
+#: The Jira versions usersync supports, each emulated as its API description declares it
+#: (../shared/reference/specs: the 9.12 WADL, the 10.3.24 and 11.3.8 OpenAPI); the newest is
+#: the default.
+SUPPORTED_VERSIONS = ("9.12.0", "10.3.24", "11.3.8")
+DEFAULT_VERSION = SUPPORTED_VERSIONS[-1]
+#: The result window of /user/search: 1000 (JRASERVER-65089; the 9.12 and 10.3 descriptions:
+#: "The maximum allowed value is 1000"), 100 from 11 (the 11.3 description: "The maximum
+#: allowed value is 100 (The combination of maxResults and startAt is limited to the first
+#: 100 ..."); startAt + maxResults never reaches past the window.
+SEARCH_WINDOW_BEFORE_11 = 1000
+SEARCH_WINDOW_FROM_11 = 100
+SMALL_SEARCH_WINDOW_SINCE = (11,)
 USER_LIST_SINCE = (10, 3)
+#: `PUT /project/{key}` answers 201 in the 9.12 WADL, 200 in the 10.3 and 11.3 descriptions.
+PROJECT_UPDATE_200_SINCE = (10,)
 USER_LIST_DEFAULT_PAGE = 2000
 #: `jira.ajax.autocomplete.limit`, the default cap of /groups/picker.
 GROUP_PICKER_LIMIT = 20
@@ -240,7 +252,7 @@ class JiraEmulator:
 
     Args:
         version: the Jira version `/serverInfo` reports; it switches the `/user/search` window
-            (1000 before 10.0, 100 from 10.0) and whether `/user/list` exists (10.3+).
+            (1000 before 11.0, 100 from 11.0) and whether `/user/list` exists (10.3+).
         context_path: e.g. "/jira"; every path is served under it.
         admin: username and password of the seeded administrator.
         max_page_size: the largest page `/group/member` and `/user/search` return.
@@ -254,7 +266,7 @@ class JiraEmulator:
 
     def __init__(
         self,
-        version: str = "9.12.0",
+        version: str = DEFAULT_VERSION,
         context_path: str = "",
         admin: tuple[str, str] = ("admin", "admin"),
         max_page_size: int = 50,
@@ -270,7 +282,9 @@ class JiraEmulator:
         self.max_page_size = max_page_size
         self.max_list_page_size = max_list_page_size
         default_window = (
-            SEARCH_WINDOW_FROM_10 if self.version_numbers >= (10,) else SEARCH_WINDOW_BEFORE_10
+            SEARCH_WINDOW_FROM_11
+            if self.version_numbers >= SMALL_SEARCH_WINDOW_SINCE
+            else SEARCH_WINDOW_BEFORE_11
         )
         self.search_window = search_window or default_window
         self.rate_limit_headers_always = rate_limit_headers_always
@@ -1304,7 +1318,8 @@ class JiraEmulator:
 
     def _update_project(self, request: Request, me: JiraUser | None, body: Any) -> Response:
         """`PUT /project/{key}`: only non-null fields change (reference §1.6); here `lead`
-        (a username) and `name`. Jira DC answers the update with 201 and the project."""
+        (a username) and `name`. Answered with the project: 201 up to 9.12 (its WADL declares
+        201), 200 from 10 (the 10.3 and 11.3 descriptions declare 200)."""
         if refused := self._refuse_unless_admin(me, NOT_USER_ADMIN):
             return refused
         project = self._target_project(request)
@@ -1334,7 +1349,8 @@ class JiraEmulator:
         if body.get("name") is not None:
             project.name = str(body["name"]).strip()
         return JSONResponse(
-            self._project_bean(request, project, lead=True, full=True), status_code=201
+            self._project_bean(request, project, lead=True, full=True),
+            status_code=200 if self.version_numbers >= PROJECT_UPDATE_200_SINCE else 201,
         )
 
     def _project_components(self, request: Request, me: JiraUser | None, body: Any) -> Response:
