@@ -134,10 +134,10 @@ REST_ENDPOINTS: dict[str, RestEndpoint] = {
     "member_of": RestEndpoint("GET", "/user/memberof"),
     "list_users": RestEndpoint("GET", "/user/list", since=(8, 4)),
     "list_groups": RestEndpoint("GET", "/group"),
-    "get_group": RestEndpoint("GET", "/group/{group}"),
     "group_members": RestEndpoint("GET", "/group/{group}/member"),
-    # The query-parameter form, for names that cannot travel in a path (reference §2.4).
-    "group_members_by_query": RestEndpoint("GET", "/group/member"),
+    # The query-parameter form, for names that cannot travel in a path: declared from 10.2
+    # (getMembersByGroupName); before, `/group/member` is the path form for a group "member".
+    "group_members_by_query": RestEndpoint("GET", "/group/member", since=(10, 2)),
     "create_user": RestEndpoint("POST", "/admin/user", ok=(200, 201), since=(8, 4)),
     "update_user": RestEndpoint("PUT", "/admin/user/{username}", ok=(200, 204), since=(8, 4)),
     "deactivate_user": RestEndpoint(
@@ -877,20 +877,21 @@ class ConfluenceTarget(Target):
         return pd.DataFrame(rows, columns=["username", "group"], dtype="string")
 
     def read_groups(self, groups: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The groups that exist (from the group list: the member list of a group that does
+        not exist is declared as a 200, so it cannot tell) and their members."""
         found: list[str] = []
         memberships: list[dict[str, str]] = []
-        every_group: set[str] | None = None
-        for group in sorted({g.strip().lower() for g in groups if g and g.strip()}):
+        wanted = sorted({g.strip().lower() for g in groups if g and g.strip()})
+        every_group = self._every_group() if wanted else set()
+        for group in wanted:
+            if group not in every_group:
+                continue
             if fits_in_path(group):
                 try:
                     members = self._member_names("group_members", group=group)
                 except TargetNotFoundError:
-                    continue
+                    continue  # deleted meanwhile
             else:
-                if every_group is None:
-                    every_group = self._every_group()
-                if group not in every_group:
-                    continue
                 members = self._members_by_query(group)
             found.append(group)
             memberships.extend({"username": m, "group": group} for m in members)
@@ -918,26 +919,28 @@ class ConfluenceTarget(Target):
         return {str(g.get("name", "")).lower() for g in self._pages("list_groups", params={})}
 
     def _members_by_query(self, group: str) -> list[str]:
-        """Members of a group whose name cannot travel in a path, by the query-parameter form.
-
-        The parameter's name is UNCONFIRMED (reference §2.4: "groupName" like the path
-        resources, or "name" like Confluence Cloud's equivalent), so both are sent with the
-        same value; JAX-RS ignores a query parameter a resource does not declare.
-        """
+        """Members of a group whose name cannot travel in a path, by the query-parameter form
+        (`GET /group/member?groupName=`), which Confluence has from 10.2. Before, nothing is
+        sent: `/group/member` there is the path form for a group called "member"."""
+        since = REST_ENDPOINTS["group_members_by_query"].since
         try:
-            return self._member_names(
-                "group_members_by_query", params={"groupName": group, "name": group}
-            )
-        except (TargetNotFoundError, _NotAPage) as exc:
-            # The group exists (the group list says so): this site has no query form, and its
-            # `/group/member` is the path form for a group called "member".
-            raise TargetRejectedError(
-                f"confluence '{self.name}': cannot read the members of group '{group}': its "
-                "name holds a character Confluence's web server refuses in a URL path (/ or \\) "
-                "and this Confluence has no query-parameter form of the member list "
-                f"(GET {REST_ROOT}/group/member answered: {exc}). Rename the group in "
-                "groups.csv, or upgrade Confluence"
-            ) from exc
+            available = self.version >= since
+        except TargetRejectedError:
+            available = True  # the version cannot be read (no manifest): ask, its answer tells
+        if available:
+            try:
+                return self._member_names("group_members_by_query", params={"groupName": group})
+            except (TargetNotFoundError, _NotAPage) as exc:
+                problem = f"GET {REST_ROOT}/group/member answered: {exc}"
+        else:
+            shown = ".".join(map(str, self.version))
+            problem = f"Confluence {shown} has no query-parameter form of the member list"
+        raise TargetRejectedError(
+            f"confluence '{self.name}': cannot read the members of group '{group}': its "
+            "name holds a character Confluence's web server refuses in a URL path (/ or \\) "
+            f"and {problem} (it arrived in {'.'.join(map(str, since))}). Rename the group in "
+            "groups.csv, or upgrade Confluence"
+        )
 
     # -- writing -------------------------------------------------------------------------
 
@@ -1119,13 +1122,8 @@ class ConfluenceTarget(Target):
         )
 
     def _group_exists(self, group: str) -> bool:
-        if not fits_in_path(group):
-            return group in self._every_group()
-        try:
-            self._rest("get_group", group=group)
-        except TargetNotFoundError:
-            return False
-        return True
+        # The group list, not `GET /group/{name}`: no description declares its 404.
+        return group in self._every_group()
 
     def add_member(self, group: str, username: str) -> None:
         self._membership("add_member", group, username)

@@ -796,7 +796,8 @@ class JiraTarget(Target):
             "name": username,
             "emailAddress": email,
             "displayName": display_name,
-            "notification": False,
+            # A string in UserWriteBean (every description declares it so), not a JSON boolean.
+            "notification": "false",
         }
 
         def made_by_us() -> str | None:
@@ -1091,7 +1092,9 @@ class JiraTarget(Target):
         where = f"jira '{self.name}' at {self.url}"
         try:
             me = self._api.get_json(MYSELF)
-            granted = self._api.get_json(MY_PERMISSIONS, params={"permissions": "ADMINISTER"})
+            # Every permission: Jira DC declares no `permissions` filter (Jira Cloud's), only a
+            # project or issue context.
+            granted = self._api.get_json(MY_PERMISSIONS)
             version = ".".join(str(n) for n in self.server_version())
         except TargetUnreachableError as exc:
             return TargetCheck(False, f"{where} is unreachable: {exc}")
