@@ -15,6 +15,13 @@ grants administrative rights to), and `app` (the `Instrumented` wrapper with `fa
 Every client a harness builds (`target` and those from `make_target`) gets a `RetryPolicy`
 whose `sleep` appends the wait to `TargetEnv.waits` instead of sleeping, so the suite can
 check what a client waited (e.g. exactly the Retry-After a 429 asked for) and never sleeps.
+
+`target_env` runs each test against every supported version of each product (each harness's
+`environment(version=...)`; the versions are the emulators' `SUPPORTED_VERSIONS`), except the
+tests a suite lists in `VERSION_INDEPENDENT` (what no version changes: injected faults, names
+refused before any request), which run against each product's newest version only. It records
+every exchange of the test and, at its end, checks each against that product version's API
+description (`tests/conformance`): a request or answer no description declares fails the test.
 """
 
 from __future__ import annotations
@@ -26,9 +33,19 @@ from typing import Any
 
 import pytest
 
+from tests.conformance.checking import Recording, print_totals, specs_available
+from usersync.sandbox import bitbucket, confluence, jira
 from usersync.targets.base import Target
 
 PRODUCTS = ("jira", "confluence", "bitbucket")
+#: product → the versions usersync supports, oldest first (what each emulator emulates)
+SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
+    "jira": jira.SUPPORTED_VERSIONS,
+    "confluence": confluence.SUPPORTED_VERSIONS,
+    "bitbucket": bitbucket.SUPPORTED_VERSIONS,
+}
+PRODUCT_VERSIONS = [(p, v) for p in PRODUCTS for v in SUPPORTED_VERSIONS[p]]
+NEWEST_VERSIONS = [(p, SUPPORTED_VERSIONS[p][-1]) for p in PRODUCTS]
 
 
 @dataclass
@@ -51,8 +68,30 @@ class TargetEnv:
     waits: list[float] = field(default_factory=list)
 
 
-@pytest.fixture(params=PRODUCTS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every supported version of each product for `target_env`, or each product's newest
+    for a test the suite lists in `VERSION_INDEPENDENT`."""
+    if "target_env" not in metafunc.fixturenames:
+        return
+    independent = metafunc.function.__name__ in getattr(metafunc.module, "VERSION_INDEPENDENT", ())
+    versions = NEWEST_VERSIONS if independent else PRODUCT_VERSIONS
+    metafunc.parametrize(
+        "target_env", [pytest.param(pv, id="-".join(pv)) for pv in versions], indirect=True
+    )
+
+
+@pytest.fixture
 def target_env(request: pytest.FixtureRequest) -> Iterator[TargetEnv]:
-    harness = importlib.import_module(f"tests.targets.harness_{request.param}")
-    with harness.environment() as env:
+    product, version = request.param
+    harness = importlib.import_module(f"tests.targets.harness_{product}")
+    with harness.environment(version=version) as env:
+        recording = Recording(env.emulator, product) if specs_available() else None
         yield env
+    if recording is not None:
+        report = recording.report()
+        if report.violations:
+            pytest.fail(report.describe(), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    print_totals(terminalreporter)

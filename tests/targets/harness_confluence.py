@@ -22,7 +22,7 @@ import httpx
 
 from tests.targets.conftest import TargetEnv
 from usersync.http import RetryPolicy
-from usersync.sandbox.confluence import ConfluenceEmulator
+from usersync.sandbox.confluence import DEFAULT_VERSION, ConfluenceEmulator
 from usersync.sandbox.server import serve
 from usersync.targets.confluence import ConfluenceTarget
 
@@ -36,9 +36,9 @@ CONTEXT_PATH = "/confluence"
 @contextmanager
 def environment(
     *,
-    # 9.2: the first version whose REST API is documented to list global permissions, which
-    # the contract suite needs to see administrators granted directly.
-    version: str = "9.2.0",
+    # The newest supported; every supported version (9.3 and later) lists global permissions
+    # over REST, which the contract suite needs to see administrators granted directly.
+    version: str = DEFAULT_VERSION,
     context_path: str = CONTEXT_PATH,
     page_size: int = PAGE_SIZE,
     license_limit: int | None = None,

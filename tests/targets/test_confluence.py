@@ -473,10 +473,9 @@ def test_lost_create_then_someone_elses_account_is_a_conflict() -> None:
 # -- group names a URL path cannot carry ---------------------------------------------------
 
 
-@pytest.mark.parametrize("parameter", ["groupName", "name"])
-def test_group_names_with_slashes_and_other_url_characters_round_trip(parameter: str) -> None:
+def test_group_names_with_slashes_and_other_url_characters_round_trip() -> None:
     groups = ["team/a", "back\\slash", "100% sure", "what?", "#hash"]
-    with environment(group_query_parameter=parameter) as env:
+    with environment() as env:
         for name in ("ana", "ben"):
             env.emulator.seed_user(name, f"{name}@example.com", name.title())
         with env.make_target() as first_run:
@@ -638,6 +637,9 @@ def grants_answered(grants: list[dict]) -> ConfluenceTarget:
             return httpx.Response(
                 200, json={"type": "known", "username": "ann", "userKey": "k-ann"}
             )
+        if path.endswith("/rest/api/group"):
+            page = {"results": [], "start": 0, "limit": 200, "size": 0, "_links": {}}
+            return httpx.Response(200, json=page)
         return httpx.Response(404, json={"statusCode": 404, "message": "not found"})
 
     return ConfluenceTarget(

@@ -31,6 +31,21 @@ from usersync.targets.base import Target, normalise_name
 #: The account every harness signs its main client in as.
 ADMIN_ACCOUNT = "admin"
 
+#: Tests no product version changes (injected faults, names refused before any request): they
+#: run against each product's newest version only, the others against every supported one.
+VERSION_INDEPENDENT = frozenset(
+    {
+        "test_rate_limited_read_waits_what_the_server_asked_then_succeeds",
+        "test_rate_limited_write_is_sent_again_once",
+        "test_dropped_connection_on_a_read_is_retried",
+        "test_server_error_storm_exhausts_the_attempts",
+        "test_create_user_whose_answer_is_lost_is_done_once",
+        "test_create_group_whose_answer_is_lost_is_done_once",
+        "test_create_refused_before_the_product_did_anything_is_sent_again",
+        "test_refused_names_are_refused_before_any_request",
+    }
+)
+
 
 def by_name(users: pd.DataFrame) -> dict[str, dict]:
     """Rows of a users frame keyed by the normalised username."""
