@@ -35,6 +35,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
+from prefect.runtime import deployment as this_deployment
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import Field
@@ -106,11 +107,25 @@ CONFLICTS_KEPT = 1000
 
 
 def _run_name() -> str:
+    """sync-<profile>[-dry-run]; a run its deployment refuses is named after the deployment's
+    profile (sync-<bound>-refused), where the admin looks for that deployment's runs."""
     parameters = flow_run.parameters
+    bound = None
+    if this_deployment.id:  # the deployment's own parameters, not this run's
+        with get_client(sync_client=True) as client:
+            bound = (client.read_deployment(UUID(this_deployment.id)).parameters or {}).get(
+                "profile"
+            )
+    if bound and bound != parameters["profile"]:
+        return f"sync-{bound}-refused"
     return f"sync-{parameters['profile']}" + ("-dry-run" if parameters.get("dry_run") else "")
 
 
-@flow(name="sync", flow_run_name=_run_name, validate_parameters=True)
+#: How the `sync` flow is made (flows/profiles.py makes each profile's the same way).
+SYNC_FLOW_OPTIONS = {"name": "sync", "flow_run_name": _run_name, "validate_parameters": True}
+
+
+@flow(**SYNC_FLOW_OPTIONS)
 def sync(
     profile: ProfileName = form_field("Profile", PROFILE_HELP),  # noqa: B008 - the run form (flows/parameters.py)
     targets: list[TargetName] | None = form_field(  # noqa: B008 - the run form (flows/parameters.py)
@@ -148,7 +163,14 @@ def sync(
 ) -> list[dict] | State:
     """Sync one profile's source into its targets (the parameters are the run form)."""
     with engine_logs_in_run_log():
-        return _sync(profile, targets, dry_run, allow_mass_changes, full, wait_seconds)
+        try:
+            return _sync(profile, targets, dry_run, allow_mass_changes, full, wait_seconds)
+        except UsersyncError as exc:
+            # Errors usersync expects say what is wrong and what to do: one line, no
+            # traceback (a refused lease, a bad profile, an unreachable source). Called
+            # directly (`usersync sync`), the flow raises `exc`.
+            get_run_logger().error("%s", exc)
+            return Failed(message=str(exc), data=exc)
 
 
 def _sync(
@@ -160,7 +182,7 @@ def _sync(
     wait_seconds: float,
 ) -> list[dict] | State:
     logger = get_run_logger()
-    _refuse_a_profile_the_deployment_is_not_for(profile)
+    _refuse_a_profile_the_deployment_is_not_for(profile, dry_run)
     if dry_run:
         _tag_this_run(DRY_RUN_TAG)
     loaded = steps.load_profile(profile)
@@ -325,15 +347,17 @@ def _deployment_id() -> UUID | None:
     return context.flow_run.deployment_id if context and context.flow_run else None
 
 
-def _refuse_a_profile_the_deployment_is_not_for(profile: str) -> None:
+def _refuse_a_profile_the_deployment_is_not_for(profile: str, dry_run: bool) -> None:
     """A deployment syncs the profile its own parameters name, and no other.
 
-    Its concurrency slot, schedule and alerts are that profile's; a UI or API run that asks
-    for another profile is refused before anything is read. Runs outside a deployment (the
-    CLI, the demo, a subflow) and deployments that name no profile are not bound.
+    Its schedule, alerts and tags are that profile's; a UI or API run that asks for another
+    profile is refused before anything is read. A deployment tagged `dry-run` (its runs carry
+    the tag from the moment they are created) makes dry runs only. Runs outside a deployment
+    (the CLI, the demo, a subflow) and deployments that name no profile are not bound.
 
     Raises:
-        ConfigError: this run's profile is not the deployment's.
+        ConfigError: this run's profile is not the deployment's, or a dry-run deployment was
+            asked for a real run.
     """
     deployment_id = _deployment_id()
     if deployment_id is None:
@@ -345,8 +369,13 @@ def _refuse_a_profile_the_deployment_is_not_for(profile: str) -> None:
         raise ConfigError(
             f"deployment '{deployment.name}' syncs profile '{bound}' only; this run asked for "
             f"profile '{profile}' and stops before reading or writing anything. Run the "
-            f"deployment of profile '{profile}' instead (or `usersync sync {profile}`), so "
-            "that it runs in its own concurrency slot."
+            f"deployment of profile '{profile}' instead (or `usersync sync {profile}`)."
+        )
+    if DRY_RUN_TAG in (deployment.tags or []) and not dry_run:
+        raise ConfigError(
+            f"deployment '{deployment.name}' makes dry runs only (tag {DRY_RUN_TAG}); this run "
+            "asked for a real one and stops before reading or writing anything. Run the "
+            f"deployment '{bound or profile}' for a real sync."
         )
 
 

@@ -7,10 +7,11 @@ use. Scheduled, UI and ad-hoc runs of different profiles therefore never interle
 writes to one instance; the UI shows the limit and who holds it (Concurrency page). Dry runs
 write nothing and take no slot.
 
-`configure_deployments` (`usersync deployments configure`, run after `prefect deploy`) turns
-each sync deployment's free-text `targets` field into a choice among its profile's targets
-(prefect.yaml cannot express that: Prefect builds the form from the flow's signature, which is
-the same for every profile), and creates the instances' limits so the UI lists them at once.
+`configure_deployments` (`usersync deployments configure`, optional) creates the instances'
+limits so the UI lists them before the first run, and turns the free-text `targets` field of
+a sync deployment whose entrypoint is the generic `flows/sync.py:sync` into a choice among its
+profile's targets (the shipped deployments' entrypoints, `flows/profiles.py:<profile>`, give
+`prefect deploy` that choice already).
 """
 
 from __future__ import annotations

@@ -256,3 +256,26 @@ def test_the_example_using_every_setting_validates_cleanly(mappings, capsys):
     out = capsys.readouterr().out
     assert "profile example-settings: OK" in out
     assert "warning" not in out
+
+
+@pytest.mark.parametrize(
+    "command", [["demo"], ["sync", "demo-push"], ["approve", "x", "--name", "n"]]
+)
+def test_an_unreachable_prefect_api_is_one_line(mappings, command, capfd, monkeypatch):
+    import socket
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+
+    assert main(command) == 1
+
+    out, err = capfd.readouterr()
+    # (this suite runs Prefect's loggers at DEBUG; a user's terminal shows none of those)
+    lines = [line for line in err.splitlines() if "| DEBUG " not in line]
+    assert len(lines) == 1, err  # one line
+    assert lines[0].startswith(
+        f"error: the Prefect API at http://127.0.0.1:{port}/api does not answer"
+    )
+    assert "Traceback" not in out + err

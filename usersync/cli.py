@@ -17,6 +17,33 @@ from collections.abc import Sequence
 from usersync.errors import ConfigError, UsersyncError
 
 
+class PrefectUnreachableError(UsersyncError):
+    """PREFECT_API_URL names a server that does not answer."""
+
+
+def _require_prefect_api() -> None:
+    """Stop with one line when the configured Prefect API does not answer (before anything
+    starts); without one, Prefect starts an ephemeral server itself.
+
+    Raises:
+        PrefectUnreachableError: no answer from PREFECT_API_URL within a few seconds.
+    """
+    import httpx
+    from prefect.settings import Settings
+
+    url = Settings().api.url
+    if not url:
+        return
+    try:
+        httpx.get(f"{str(url).rstrip('/')}/health", timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise PrefectUnreachableError(
+            f"the Prefect API at {url} does not answer ({type(exc).__name__}: {exc}): start "
+            "that server (prefect server start), fix PREFECT_API_URL, or unset it to let "
+            "Prefect start a temporary server for this command"
+        ) from None
+
+
 def _validate(args: argparse.Namespace) -> int:
     from usersync import sync
 
@@ -41,6 +68,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     # Validate before Prefect starts, so a bad profile is one line, not a flow run's traceback.
     engine.load(args.profile)
+    _require_prefect_api()
     from flows.sync import SyncBraked, SyncFailed, sync
 
     try:
@@ -97,6 +125,7 @@ def _test_sync(args: argparse.Namespace) -> int:
 def _alerts_install(args: argparse.Namespace) -> int:
     from tasks.alerts import install_alerts
 
+    _require_prefect_api()
     for automation in install_alerts(args.block):
         print(f"automation '{automation.name}' ({automation.id}): notifies through {args.block}")
     return 0
@@ -105,6 +134,7 @@ def _alerts_install(args: argparse.Namespace) -> int:
 def _answer(args: argparse.Namespace) -> int:
     from tasks.approval import answer, run_url
 
+    _require_prefect_api()
     approve = args.command == "approve"
     run = answer(args.run, approve=approve, name=args.name, comment=args.comment)
     verb = "approved" if approve else "rejected"
@@ -118,6 +148,7 @@ def _answer(args: argparse.Namespace) -> int:
 def _deployments_configure(args: argparse.Namespace) -> int:
     from tasks.instances import configure_deployments
 
+    _require_prefect_api()
     lines, skipped = configure_deployments()
     for line in lines:
         print(line)
@@ -207,6 +238,7 @@ def _conflicts(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
+    _require_prefect_api()
     return run_demo(args.source)
 
 

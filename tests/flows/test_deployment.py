@@ -46,16 +46,18 @@ SHIPPED = {
     ("demo", "sandbox"),
     ("sync", "demo-push"),
     ("sync", "example-ldap"),
+    ("sync", "example-ldap-dry-run"),
     ("sync", "example-ad"),
+    ("sync", "example-ad-dry-run"),
     ("test-connection", "on-demand"),
     ("test-sync", "on-demand"),
 }
 
 
-def prefect_cli(*args: str, env: dict[str, str], timeout: float = 240) -> str:
+def prefect_cli(*args: str, env: dict[str, str], timeout: float = 240, cwd: Path = REPO) -> str:
     done = subprocess.run(
         [PREFECT, "--no-prompt", *args],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -72,12 +74,26 @@ class Deployed:
     #: (flow name, deployment name) → deployment
     deployments: dict
 
-    def run(self, flow: str, name: str, *parameters: str) -> FlowRun:
+    def run(
+        self,
+        flow: str,
+        name: str,
+        *parameters: str,
+        worker_env: dict[str, str] | None = None,
+        worker_cwd: Path = REPO,
+    ) -> FlowRun:
         """Run a deployment as `prefect deployment run` does, through a process worker."""
         options = [arg for p in parameters for arg in ("-p", p)]
         prefect_cli("deployment", "run", f"{flow}/{name}", *options, env=self.env)
         prefect_cli(
-            "worker", "start", "--pool", "usersync", "--run-once", env=self.env, timeout=400
+            "worker",
+            "start",
+            "--pool",
+            "usersync",
+            "--run-once",
+            env=worker_env or self.env,
+            cwd=worker_cwd,
+            timeout=400,
         )
         deployment = self.deployments[(flow, name)]
 
@@ -137,7 +153,11 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
         assert deployment.enforce_parameter_schema, name
         if flow != "sync":
             continue
-        assert deployment.parameters["profile"] == name  # bound to its profile
+        profile = deployment.parameters["profile"]
+        assert name in (profile, f"{profile}-dry-run")  # bound to its profile
+        assert f"profile:{profile}" in deployment.tags
+        # Nothing of the deployer's machine: the code and settings are found at run time.
+        assert deployment.pull_steps == [{"tasks.deployment_steps.use_usersync_settings": {}}]
         assert deployment.global_concurrency_limit is None  # the profile's lease instead
         assert all(not s.active for s in deployment.schedules), name
         properties = deployment.parameter_openapi_schema["properties"]
@@ -147,9 +167,19 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
         deployment = deployments[("sync", example)]
         assert deployment.parameters["dry_run"] is True  # a UI run is a dry run
         assert {s.schedule.cron: s.parameters for s in deployment.schedules} == {
-            "30 6 * * *": {"dry_run": True},
             "15 * * * *": {"dry_run": False},
         }
+        dry = deployments[("sync", f"{example}-dry-run")]
+        assert "dry-run" in dry.tags
+        assert [s.schedule.cron for s in dry.schedules] == ["30 6 * * *"]
+    # `prefect deploy` alone gives the complete form: the targets to choose from.
+    for (flow, name), deployment in deployments.items():
+        if flow == "sync" and (flow, name) in SHIPPED:
+            targets = deployment.parameter_openapi_schema["properties"]["targets"]
+            array = next(o for o in targets["anyOf"] if o.get("type") == "array")
+            assert array["items"]["enum"] == (
+                ["jira", "confluence", "bitbucket"] if name == "demo-push" else ["jira"]
+            ), name
 
     async def triggers():
         async with get_client() as client:
@@ -197,6 +227,7 @@ def test_a_sync_deployment_refuses_a_run_of_another_profile(deployed):
     run = deployed.run("sync", "demo-push", "profile=demo", "dry_run=true")
 
     assert run.state.is_failed(), run.state
+    assert run.name == "sync-demo-push-refused"  # listed with the deployment's own runs
     assert "deployment 'demo-push' syncs profile 'demo-push' only" in run.state.message
     assert "asked for profile 'demo'" in run.state.message
     assert [len(e.app.requests) for e in emulators] == requests_before
@@ -259,3 +290,66 @@ def test_configure_offers_each_profiles_targets_and_creates_the_instance_limits(
     )
     assert refused.returncode != 0
     assert "nope" in refused.stdout + refused.stderr
+
+
+def test_a_run_carries_its_profile_and_dry_run_tags_from_the_moment_it_is_created(deployed):
+    async def create_and_read():
+        async with get_client() as client:
+            created = await client.create_flow_run_from_deployment(
+                deployed.deployments[("sync", "example-ldap-dry-run")].id
+            )
+            try:
+                return (await client.read_flow_run(created.id)).tags
+            finally:  # never started: no worker of this session may pick it up
+                await client.delete_flow_run(created.id)
+
+    tags = asyncio.run(create_and_read())
+    assert {"dry-run", "profile:example-ldap"} <= set(tags)
+
+
+def test_a_dry_run_deployment_refuses_a_real_run(deployed):
+    emulators = deployed.sandbox.emulators.values()
+    requests_before = [len(e.app.requests) for e in emulators]
+
+    run = deployed.run("sync", "example-ldap-dry-run", "dry_run=false")
+
+    assert run.state.is_failed(), run.state
+    assert "makes dry runs only" in run.state.message
+    assert [len(e.app.requests) for e in emulators] == requests_before
+
+
+def test_a_worker_elsewhere_finds_the_code_and_settings_at_run_time(deployed, tmp_path):
+    """A second worker, started in another directory without USERSYNC_HOME or the store in
+    its environment: the pull step reads them from Prefect variables when the run starts."""
+    worker_env = {
+        k: v
+        for k, v in deployed.env.items()
+        if k not in ("USERSYNC_HOME", "USERSYNC_STORE_URL", "USERSYNC_MAPPINGS_DIR")
+    }
+    prefect_cli("variable", "set", "usersync_home", str(REPO), "--overwrite", env=deployed.env)
+    prefect_cli(
+        "variable",
+        "set",
+        "usersync_store_url",
+        deployed.env["USERSYNC_STORE_URL"],
+        "--overwrite",
+        env=deployed.env,
+    )
+    try:
+        run = deployed.run(
+            "sync",
+            "demo-push",
+            "dry_run=true",
+            worker_env=worker_env,
+            worker_cwd=tmp_path,
+        )
+    finally:
+        for name in ("usersync_home", "usersync_store_url"):
+            prefect_cli("variable", "unset", name, env=deployed.env)
+
+    assert run.state.is_completed(), run.state
+    assert run.name == "sync-demo-push-dry-run"
+    # The run used the variables' store (where the demo-push inbox holds the sample).
+    store = Store.open(deployed.env["USERSYNC_STORE_URL"])
+    assert any(r == str(run.id) for r in store.runs("demo-push")["flow_run_id"])
+    store.close()

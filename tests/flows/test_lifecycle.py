@@ -336,7 +336,7 @@ def test_run_killed_after_a_rename_keeps_track_of_the_account(make_profile, jira
     assert set(operations["status"]) == {"unknown"}
 
 
-def test_a_second_run_of_a_profile_waits_or_stops_cleanly(make_profile, jira, capsys):
+def test_a_second_run_of_a_profile_waits_or_stops_cleanly(make_profile, jira, capfd):
     import threading
 
     from usersync.cli import main
@@ -350,8 +350,11 @@ def test_a_second_run_of_a_profile_waits_or_stops_cleanly(make_profile, jira, ca
     with pytest.raises(ProfileBusyError, match="being synced by the scheduled run"):
         sync(profile="testprof")
     assert emulator.app.requests == []
+    capfd.readouterr()
     assert main(["sync", "testprof"]) == 1
-    assert "being synced by the scheduled run" in capsys.readouterr().err
+    err = capfd.readouterr().err
+    assert "error: profile testprof is being synced by the scheduled run" in err
+    assert "Traceback" not in err  # one clear line, not Prefect's traceback before it
     assert emulator.app.requests == []
 
     # With a wait, it starts once the other run is done.

@@ -20,7 +20,7 @@ from usersync.config import load_profile
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
-SYNC_DEPLOYMENTS = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/sync.py:sync"]
+SYNC_DEPLOYMENTS = [d for d in DEPLOYMENTS if d["entrypoint"].startswith("flows/profiles.py:")]
 
 
 @pytest.mark.parametrize("flow", [sync, connection_flow, run_test_sync_flow, demo])
@@ -69,7 +69,11 @@ def test_each_sync_deployment_is_its_profiles_and_lists_the_targets_to_choose_fr
     monkeypatch.delenv("USERSYNC_MAPPINGS_DIR", raising=False)
     profile = load_profile(deployment["parameters"]["profile"])
 
-    assert deployment["name"] == profile.name
+    assert deployment["name"] in (profile.name, f"{profile.name}-dry-run")
+    assert deployment["entrypoint"] == f"flows/profiles.py:{profile.name}"
+    assert f"profile:{profile.name}" in deployment["tags"]
+    if deployment["name"].endswith("-dry-run"):
+        assert "dry-run" in deployment["tags"] and deployment["parameters"]["dry_run"] is True
     assert f"targets: {', '.join(profile.targets)})" in deployment["description"]
     # One run at a time comes from the profile's lease, which holds through an approval pause;
     # Prefect's deployment limit would be freed by the pause, and the paused run then cancelled.
@@ -82,13 +86,18 @@ def test_no_shipped_schedule_writes_until_someone_turns_it_on(deployment):
         assert schedule["active"] is False, (deployment["name"], schedule["slug"])
     if deployment["name"].startswith("example-"):
         assert deployment["parameters"]["dry_run"] is True  # a run from the UI is a dry run
-        assert "dry run unless dry_run is false" in deployment["description"]
+        if not deployment["name"].endswith("-dry-run"):
+            assert "dry run unless dry_run is false" in deployment["description"]
+        else:
+            assert "a real run is refused" in deployment["description"]
 
 
 def test_every_deployment_flow_is_shipped_and_the_checks_serve_any_profile():
     by_entrypoint = {d["entrypoint"]: d for d in DEPLOYMENTS}
     assert set(by_entrypoint) == {
-        "flows/sync.py:sync",
+        "flows/profiles.py:demo-push",
+        "flows/profiles.py:example-ldap",
+        "flows/profiles.py:example-ad",
         "flows/test_connection.py:test_connection",
         "flows/test_sync.py:run_test_sync_flow",
         "flows/sandbox_demo.py:demo",
@@ -98,3 +107,25 @@ def test_every_deployment_flow_is_shipped_and_the_checks_serve_any_profile():
         "flows/test_sync.py:run_test_sync_flow",
     ):
         assert "profile" not in by_entrypoint[checks].get("parameters", {})
+
+
+@pytest.mark.parametrize("deployment", SYNC_DEPLOYMENTS, ids=lambda d: d["name"])
+def test_each_sync_entrypoint_offers_its_profiles_targets_as_the_form_s_choices(
+    deployment, monkeypatch
+):
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.delenv("USERSYNC_MAPPINGS_DIR", raising=False)
+    monkeypatch.chdir(REPO)
+    profile = load_profile(deployment["parameters"]["profile"])
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+
+    assert flow.name == "sync"
+    properties = parameter_schema(flow).model_dump_for_openapi()["properties"]
+    array = next(o for o in properties["targets"]["anyOf"] if o.get("type") == "array")
+    assert array["items"]["enum"] == list(profile.targets)
+    # The rest of the form is the sync flow's.
+    assert (
+        properties["dry_run"]
+        == parameter_schema(sync).model_dump_for_openapi()["properties"]["dry_run"]
+    )
