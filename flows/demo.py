@@ -18,7 +18,7 @@ import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +65,7 @@ def _push_source(store_url: str) -> Iterator[str]:
     store = Store.open(store_url)
     issued = issue_token(store.engine, PROFILES["push"])
     try:
-        with serve(InboxApp(store.engine)) as url:
+        with serve(InboxApp(store.engine), port=_pinned_port("USERSYNC_DEMO_INBOX_PORT")) as url:
             base = f"{url}{PREFIX}/{PROFILES['push']}"
             pushed = push_sample(base, issued.token)
             yield (
@@ -74,6 +74,36 @@ def _push_source(store_url: str) -> Iterator[str]:
             )
     finally:
         store.close()
+
+
+def _pinned_port(variable: str) -> int:
+    """The port the environment pins (`variable`), or 0: any free one.
+
+    Raises:
+        ConfigError: the variable is set to something else than a port number.
+    """
+    from usersync.errors import ConfigError
+
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(f"{variable}={value}: not a port number (1-65535)")
+    return int(value)
+
+
+def _remove_instance_limits(urls: list[str]) -> None:
+    """Delete the global concurrency limits of the sandbox's instances (usersync-instance-…,
+    created by the runs), so a demo against a real Prefect server leaves none behind."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.instances import instance_limit_name
+
+    with get_client(sync_client=True) as client:
+        for url in urls:
+            with suppress(ObjectNotFound):
+                client.delete_global_concurrency_limit_by_name(instance_limit_name(url))
 
 
 def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
@@ -97,7 +127,15 @@ def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
         described = stack.enter_context(
             _ldap_source() if source == "ldap" else _push_source(store_url)
         )
-        sandbox = stack.enter_context(Sandbox(products, admin_password=password))
+        sandbox = stack.enter_context(
+            Sandbox(
+                products,
+                admin_password=password,
+                first_port=_pinned_port("USERSYNC_DEMO_FIRST_PORT"),
+            )
+        )
+        # The instance limits the runs create are named after these ports: remove them after.
+        stack.callback(_remove_instance_limits, [sandbox.url(p) for p in products])
         for product in products:
             os.environ[f"USERSYNC_DEMO_{product.upper()}_URL"] = sandbox.url(product)
             os.environ[f"USERSYNC_DEMO_{product.upper()}_PASSWORD"] = password

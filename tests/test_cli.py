@@ -279,3 +279,17 @@ def test_an_unreachable_prefect_api_is_one_line(mappings, command, capfd, monkey
         f"error: the Prefect API at http://127.0.0.1:{port}/api does not answer"
     )
     assert "Traceback" not in out + err
+
+
+def test_inbox_push_sample_fills_a_running_inbox(tmp_path, capsys):
+    from usersync.inbox import InboxApp, issue_token
+    from usersync.sandbox.server import serve
+
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    token = issue_token(store.engine, "demo-push").token
+    with serve(InboxApp(store.engine)) as url:
+        assert main(["inbox", "push-sample", "demo-push", "--url", url, "--token", token]) == 0
+        assert "pushed 6 user(s) and their groups into" in capsys.readouterr().out
+        assert main(["inbox", "push-sample", "demo-push", "--url", url, "--token", "wrong"]) == 1
+        assert "refused the sample" in capsys.readouterr().err
+    store.close()

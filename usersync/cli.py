@@ -243,9 +243,41 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     from usersync.sandbox.serve import serve_forever
 
-    return serve_forever(args.host, args.port)
+    with ExitStack() as stack:
+        if args.ldap:
+            from usersync.sandbox.slapd import SlapdServer
+
+            directory = stack.enter_context(SlapdServer.for_demo())
+            print(f"ldap: {directory.url}  (the sample directory, base {directory.base_dn})")
+            print(f"  bind DN {directory.admin_dn}, password {directory.admin_password}")
+            print(
+                "  for profile demo: export "
+                f"USERSYNC_DEMO_LDAP_URL={directory.url} "
+                f"USERSYNC_DEMO_LDAP_PASSWORD={directory.admin_password}",
+                flush=True,
+            )
+        return serve_forever(args.host, args.port)
+
+
+def _inbox_push_sample(args: argparse.Namespace) -> int:
+    import httpx
+
+    from usersync.inbox import PREFIX
+    from usersync.sandbox.push import push_sample
+
+    base = f"{args.url.rstrip('/')}{PREFIX}/{args.profile}"
+    try:
+        pushed = push_sample(base, args.token)
+    except RuntimeError as exc:
+        raise UsersyncError(f"the inbox at {base} refused the sample: {exc}") from None
+    except httpx.HTTPError as exc:  # connection refused, unknown host, timeout
+        raise UsersyncError(f"no inbox answers at {base}: {exc}") from None
+    print(f"pushed {len(pushed)} user(s) and their groups into {base}")
+    return 0
 
 
 def _inbox_serve(args: argparse.Namespace) -> int:
@@ -550,6 +582,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--store-url", default=None, help="default: $USERSYNC_STORE_URL or var/usersync.db"
     )
     p.set_defaults(func=_inbox_serve)
+    p = inbox.add_parser(
+        "push-sample",
+        help="push the sandbox's sample users and groups into a running inbox, as miniOrange "
+        "would (for a deployment such as sync/demo-push to sync)",
+    )
+    p.add_argument("profile", help="the inbox's profile, e.g. demo-push")
+    p.add_argument("--token", required=True, help="its bearer token (usersync inbox token)")
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:8090",
+        help="where `usersync inbox serve` listens (default http://127.0.0.1:8090)",
+    )
+    p.set_defaults(func=_inbox_push_sample)
     p = inbox.add_parser("token", help="issue (or --rotate) a profile's inbox bearer token")
     p.add_argument("profile", help="a profile whose source is kind: miniorange-push")
     p.add_argument(
@@ -566,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("sandbox", help="serve the sandbox products until interrupted")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081, help="first port; one per product")
+    p.add_argument(
+        "--ldap",
+        action="store_true",
+        help="also serve the sample directory in a real slapd (installed by make setup); "
+        "prints its URL and bind credentials",
+    )
     p.set_defaults(func=_sandbox)
     return parser
 

@@ -19,11 +19,52 @@ def restore_environment():
     os.environ.update(saved)
 
 
-def test_push_demo_matches_what_the_products_hold(tmp_path, capsys):
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    import socket
+
+    for first in range(20000, 40000, 10):
+        try:
+            held = []
+            for port in range(first, first + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return first
+    raise AssertionError("no free ports")
+
+
+def test_push_demo_matches_what_the_products_hold_on_pinned_ports_and_leaves_no_limits(
+    tmp_path, capsys, monkeypatch
+):
+    from prefect.client.orchestration import get_client
+
+    from tasks.instances import instance_limit_name
+
+    first = _free_ports(4)
+    monkeypatch.setenv("USERSYNC_DEMO_FIRST_PORT", str(first))
+    monkeypatch.setenv("USERSYNC_DEMO_INBOX_PORT", str(first + 3))
+
     assert run_demo("push", store_dir=tmp_path) == 0
+
     out = capsys.readouterr().out
     assert "MISMATCH" not in out
     assert "[ok] bitbucket: run 2 planned nothing" in out
+    assert f"SCIM inbox: http://127.0.0.1:{first + 3}/scim/v2/demo-push" in out
+    for offset, product in enumerate(("bitbucket", "confluence", "jira")):
+        assert f"{product}: http://127.0.0.1:{first + offset}/{product}" in out
+    with get_client(sync_client=True) as client:
+        names = [limit.name for limit in client.read_global_concurrency_limits(limit=200)]
+    demo_limits = {
+        instance_limit_name(f"http://127.0.0.1:{first + offset}/{product}")
+        for offset, product in enumerate(("bitbucket", "confluence", "jira"))
+    }
+    assert demo_limits.isdisjoint(names), names  # the runs made them; the demo removed them
 
 
 @pytest.mark.slapd
