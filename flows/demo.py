@@ -156,10 +156,14 @@ def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
         print("\n== read back through each product's REST API ==")
         loaded = load_profile(profile)  # URLs now come from the environment set above
         ok = _verify(loaded, first, second, tuple(p for p in products if p == "jira"))
+    where = (
+        f"on the Prefect server {os.environ['PREFECT_API_URL']}"
+        if os.environ.get("PREFECT_API_URL")
+        else f"in Prefect's database under {os.environ.get('PREFECT_HOME', '~/.prefect')}; "
+        "browse them with `prefect server start` (then http://127.0.0.1:4200)"
+    )
     print(
-        "\nRun history: the flow runs above are in Prefect's database under "
-        f"{os.environ.get('PREFECT_HOME', '~/.prefect')}; browse them with "
-        "`prefect server start` (then http://127.0.0.1:4200). Every operation is in the store: "
+        f"\nRun history: the flow runs above are {where}. Every operation is in the store: "
         f"`USERSYNC_STORE_URL={store_url} usersync runs {profile}`."
     )
     print("demo: OK" if ok else "demo: MISMATCH between the summary and the products")

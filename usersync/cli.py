@@ -10,6 +10,7 @@ success, 1 a sync or check failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -625,6 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader stopped (usersync runs ... | head): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes it at exit
+        return 0
     except UsersyncError as exc:
         if args.debug:
             traceback.print_exc()
