@@ -357,12 +357,14 @@ SCENARIOS = {
 #: with the old plan: the only differences were relinks refused under adoption:
 #: username_and_email (their old accounts deactivated instead of taken over), and the
 #: memberships on-the-fly rules no longer add to (or remove from) existing groups usersync did
-#: not create; the desired digests change by the new `named` column of desired groups.
+#: not create; the desired digests change by the new `named` column of desired groups. Again
+#: for issue 24: a component lead is handed to its project's lead (or held back) before a
+#: deactivation, as Jira refuses to deactivate one.
 EXPECTED: dict[str, tuple[str, str, str, dict[str, int]]] = {
     "default settings": (
         "4795ff59ccbcc458/30e6457b1dadbde6/833149937c0cf73a/b9c63e5a848dd3bc",
         "b6b3b702219db1af",
-        "c7f3f5d7dfbe0b15",
+        "f3126916ada68b91",
         {
             "add_membership": 5161,
             "adopt_user": 32,
@@ -379,7 +381,7 @@ EXPECTED: dict[str, tuple[str, str, str, dict[str, int]]] = {
     "strict groups, deactivated members removed": (
         "4795ff59ccbcc458/132519128d8221b6/833149937c0cf73a/b9c63e5a848dd3bc",
         "5efa2aff2acbe1cf",
-        "ef385aca29949e88",
+        "1bad809aaa003cc5",
         {
             "add_membership": 3013,
             "adopt_user": 72,
@@ -394,13 +396,13 @@ EXPECTED: dict[str, tuple[str, str, str, dict[str, int]]] = {
     ),
     "no creation, no renames, leads blocked": (
         "4795ff59ccbcc458/30e6457b1dadbde6/833149937c0cf73a/b9c63e5a848dd3bc",
-        "f96783bc08008358",
-        "8304fcd5022ffaa0",
+        "fc4087dfa179bec2",
+        "c369c671aa443ccc",
         {
             "add_membership": 4412,
             "adopt_user": 12,
             "create_group": 8,
-            "deactivate_user": 266,
+            "deactivate_user": 265,
             "remove_membership": 120,
             "update_user": 1564,
         },
@@ -408,7 +410,7 @@ EXPECTED: dict[str, tuple[str, str, str, dict[str, int]]] = {
     "updates and removals off": (
         "4795ff59ccbcc458/cfc88fd1814af3a8/190f7bfea8b07157/b9c63e5a848dd3bc",
         "fee92c6845237f0d",
-        "334fe5cecf98bb5f",
+        "3b984194c2b94fac",
         {
             "add_membership": 18382,
             "adopt_user": 32,

@@ -425,7 +425,9 @@ def test_two_profiles_on_two_workers_share_one_postgres_server_and_store(
             assert members("developers") == {"asmith", "bjohnson", "cwilliams"}
             assert members("project-leads") == {"dbrown"}
             assert members("operations") == {"kgreen", "lwhite", "mblack"}
-            assert members("jira-software-users") == {
+            # Jira puts every account it creates in its default role's group by itself, so
+            # the other profile's users are there too; demo-push's default rule adds nobody.
+            assert members("jira-software-users") >= {
                 "asmith",
                 "bjohnson",
                 "cwilliams",

