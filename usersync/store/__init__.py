@@ -528,14 +528,8 @@ class Store:
         ]
         if not rows:
             return
+        self.forget_refusals(profile, target, [r["source_id"] for r in rows])
         with self.engine.begin() as conn:
-            conn.execute(
-                refusals.delete().where(
-                    refusals.c.profile == profile,
-                    refusals.c.target == target,
-                    refusals.c.source_id.in_([r["source_id"] for r in rows]),
-                )
-            )
             conn.execute(refusals.insert(), rows)
 
     def forget_refusals(self, profile: str, target: str, source_ids: Iterable[str]) -> None:

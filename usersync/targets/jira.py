@@ -28,6 +28,7 @@ refuses adding it to a group that grants the full application (`TargetLicenceErr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -491,7 +492,7 @@ class JiraTarget(Target):
     def access_groups(self) -> set[str]:
         """The groups of every application role and their default groups (`GET
         /applicationrole`); the stock role groups when the roles cannot be read."""
-        roles = self._application_roles()
+        roles = self._roles
         if roles is None:
             return set(STOCK_ACCESS_GROUPS)
         return {
@@ -503,7 +504,7 @@ class JiraTarget(Target):
     def groups_of_new_accounts(self) -> set[str]:
         """The default groups of the roles selected by default: Jira puts a new account there
         (user creation without applicationKeys). None known when the roles cannot be read."""
-        roles = self._application_roles() or []
+        roles = self._roles or []
         return {
             normalise_name(str(g))
             for role in roles
@@ -511,8 +512,10 @@ class JiraTarget(Target):
             for g in role.get("defaultGroups") or ()
         }
 
-    def _application_roles(self) -> list[dict] | None:
-        """`GET /applicationrole`, or None when the account may not read it or Jira lacks it."""
+    @functools.cached_property
+    def _roles(self) -> list[dict] | None:
+        """`GET /applicationrole` once per client (a plan asks for the access groups and the
+        groups of new accounts), or None when the account may not read it or Jira lacks it."""
         try:
             roles = self._api.get_json(APPLICATION_ROLES)
         except (TargetPermissionError, TargetNotFoundError):
