@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from usersync.capabilities import AttributeChecker, offers
 from usersync.config import SecretLoader
 from usersync.errors import UsersyncError
 from usersync.sources import Source, SourceCheck, open_source
@@ -96,12 +97,9 @@ def _with_privileges(target: Target, checked: TargetCheck, loaded: LoadedProfile
 def _check_source(source: Source, attributes: Sequence[str]) -> SourceCheck:
     """`source.check()`, then, where the source offers it, its check of the mapped attributes."""
     checked = source.check()
-    # Only some sources can tell a misspelt attribute from an empty one (LDAP, through the
-    # server's schema); the others offer no such check.
-    check_attributes = getattr(source, "check_attributes", None)
-    if not checked.ok or check_attributes is None:
+    if not checked.ok or not offers(source, AttributeChecker):
         return checked
-    named: SourceCheck = check_attributes(attributes)
+    named = source.check_attributes(attributes)
     if not named.ok:
         return named
     return SourceCheck(True, f"{checked.detail}; {named.detail}")

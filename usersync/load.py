@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from usersync.capabilities import BulkMembershipWriter, members_per_call, offers
 from usersync.errors import (
     TargetAuthError,
     TargetConflictError,
@@ -50,9 +51,6 @@ QUARANTINE_ERRORS = (
     TargetUnreachableError,
     TargetDeadlineError,
 )
-
-#: Usernames per bulk membership call unless the target says (`max_members_per_call`).
-MEMBERS_PER_CALL = 100
 
 
 @dataclass(frozen=True)
@@ -230,9 +228,9 @@ def _units(
     target: Target, op: str, rows: list[dict]
 ) -> list[tuple[Callable[[Target, Sequence[dict], _Accounts], list[Result]], list[dict]]]:
     """The calls a phase's runnable rows become: one per row, or bulk membership calls."""
-    if op != "add_membership" or not callable(getattr(target, "add_members", None)):
+    if op != "add_membership" or not offers(target, BulkMembershipWriter):
         return [(_attempt, [row]) for row in rows]
-    size = max(1, int(getattr(target, "max_members_per_call", MEMBERS_PER_CALL)))
+    size = members_per_call(target)
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["group"].casefold(), []).append(row)

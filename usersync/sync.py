@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from usersync.capabilities import AccountGroupsReader, offers
 from usersync.config import (
     Profile,
     SeatSettings,
@@ -100,9 +101,8 @@ def _check_products_take_the_settings(
                     f"{name}) has no place for custom attributes; limit the row to the "
                     "targets that have (targets column, e.g. jira)"
                 )
-        if (
-            not profile.settings.groups.keep_existing_groups
-            and cls.read_user_groups is Target.read_user_groups
+        if not profile.settings.groups.keep_existing_groups and not offers(
+            cls, AccountGroupsReader
         ):
             raise ConfigError(
                 f"{folder / 'profile.yaml'}: settings.groups.keep_existing_groups: false needs "
@@ -183,7 +183,7 @@ def extract(
     with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
         source.on_progress = on_progress
         attributes = loaded.tables.source_attributes()
-        if store is not None and incremental_enabled(loaded.profile.source):
+        if store is not None and incremental_enabled(source):
             snapshot = extract_with_watermark(
                 source, loaded.profile.name, attributes, store, full=full
             )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from usersync.capabilities import UserLookup, offers
 from usersync.config import SecretLoader
 from usersync.errors import ConfigError
 from usersync.mapping import desired_state
@@ -129,12 +130,12 @@ def run_test_sync(
     wanted = list(dict.fromkeys([attribute, *loaded.tables.source_attributes()]))
     report = TestSyncReport(loaded.profile.name, attribute, login, matches=0)
     with open_source(source_config, load_prefect_secret=load_prefect_secret) as source:
-        if not all(hasattr(source, m) for m in ("find_users", "user_groups", "entry_attributes")):
+        if not offers(source, UserLookup):
             raise ConfigError(
                 f"profile {loaded.profile.name}: Test Sync is not available for source kind "
                 f"'{source_config.kind}'"
             )
-        users = source.find_users(attribute, login, wanted)  # type: ignore[attr-defined]
+        users = source.find_users(attribute, login, wanted)
         report.matches = len(users)
         if len(users) != 1:
             return report
@@ -142,8 +143,8 @@ def run_test_sync(
         report.locator = str(user["locator"])
         report.source_id = str(user["source_id"])
         report.active = bool(user["active"])
-        report.directory_attributes = source.entry_attributes(report.locator)  # type: ignore[attr-defined]
-        groups, notes = source.user_groups(report.locator)  # type: ignore[attr-defined]
+        report.directory_attributes = source.entry_attributes(report.locator)
+        groups, notes = source.user_groups(report.locator)
     report.source_groups = groups
     report.notes += notes
     snapshot = SourceSnapshot(

@@ -31,8 +31,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from usersync.config import LdapSourceConfig, SourceConfig
+from usersync.capabilities import IncrementalSource, offers
+from usersync.config import LdapSourceConfig
 from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SourceSnapshot
+from usersync.sources.base import Source
 from usersync.sources.ldap import (
     FILETIME_UNIX_OFFSET_SECONDS,
     DirectoryChanges,
@@ -84,9 +86,10 @@ class CheckpointedSnapshot(SourceSnapshot):
     checkpoint: Checkpoint | None = None
 
 
-def incremental_enabled(config: SourceConfig) -> bool:
-    """Whether the profile's source reads incrementally (LDAP with `incremental.enabled`)."""
-    return isinstance(config, LdapSourceConfig) and config.incremental.enabled
+def incremental_enabled(source: Source) -> bool:
+    """Whether `source` reads incrementally: it can (`capabilities.IncrementalSource`, LDAP)
+    and its profile sets `incremental.enabled`."""
+    return offers(source, IncrementalSource) and source.config.incremental.enabled
 
 
 def scope_fingerprint(config: LdapSourceConfig, attributes: Sequence[str]) -> str:
