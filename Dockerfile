@@ -18,8 +18,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/usersync
 COPY pyproject.toml README.md ./
 COPY usersync ./usersync
-COPY flows ./flows
 COPY tasks ./tasks
+COPY flows ./flows
+COPY cli ./cli
+COPY sandbox ./sandbox
 RUN pip install '.[postgres]'
 # The profiles last: they change more often than the code (or mount them over this folder,
 # or point USERSYNC_MAPPINGS_DIR at a mounted one).

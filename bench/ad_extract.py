@@ -1,6 +1,6 @@
 """Benchmark: extracting N Active Directory users with LdapSource vs `ldapsearch`, in one run.
 
-Starts a Samba AD DC (`usersync.sandbox.samba.SambaDC`, needs root and `make setup`), creates
+Starts a Samba AD DC (`usersync_sandbox.samba.SambaDC`, needs root and `make setup`), creates
 N users (default 10,000) over LDAPS, pipelined on one connection, then times the same paged
 query (page size 1000, the same attributes, validated LDAPS) through `LdapSource.extract` and
 through OpenLDAP's `ldapsearch -E pr=1000/noprompt`, and prints both.
@@ -17,9 +17,9 @@ import subprocess
 import time
 
 from ldap3 import ASYNC, NONE, Connection, Server, Tls
+from usersync_sandbox.samba import SambaDC
 
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
-from usersync.sandbox.samba import SambaDC
 from usersync.sources.ldap import LdapSource
 
 ATTRIBUTES = ["sAMAccountName", "userPrincipalName", "mail", "displayName", "givenName", "sn"]

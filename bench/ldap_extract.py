@@ -2,7 +2,7 @@
 
 Writes an LDIF (default 100,000 inetOrgPerson users with 8 attributes, 5,000 groupOfNames
 holding 1,000,000 member values in all), loads it offline with `slapadd` into a
-`usersync.sandbox.slapd.SlapdServer` (needs `make setup`), then times on the same server:
+`usersync_sandbox.slapd.SlapdServer` (needs `make setup`), then times on the same server:
 
 - `ldapsearch -E pr=1000/noprompt` on the users query and on the groups query (the filters,
   attributes and alias dereferencing LdapSource asks for, output to /dev/null);
@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from usersync_sandbox.slapd import SlapdServer, find_binary, ldif_entry
+
 from usersync.config import LdapSourceConfig, SecretRef
-from usersync.sandbox.slapd import SlapdServer, find_binary, ldif_entry
 from usersync.sources.ldap import LdapSource
 
 BASE_DN = "dc=example,dc=org"

@@ -46,6 +46,7 @@ from ldap_extract import (
     source_config,
     write_ldif,
 )
+from usersync_sandbox.slapd import SlapdServer
 
 from usersync.mapping import (
     DEFAULT_ATTRIBUTES_CSV,
@@ -55,7 +56,6 @@ from usersync.mapping import (
     parse_groups,
 )
 from usersync.model import SourceSnapshot
-from usersync.sandbox.slapd import SlapdServer
 from usersync.sources.ldap import LdapSource
 from usersync.sources.ldap.context_csn import lowest_csn_at
 from usersync.sources.ldap.values import and_filters

@@ -66,7 +66,7 @@ SEED = 20240612
 
 
 def _serve(products: list[str], conn: Connection) -> None:
-    from usersync.sandbox.serve import Sandbox
+    from usersync_sandbox.serve import Sandbox
 
     with Sandbox(products, admin_password=PASSWORD) as sandbox:
         conn.send({p: sandbox.url(p) for p in products})

@@ -62,10 +62,10 @@ def group_of(n: int, k: int, groups: int) -> str:
 
 def _serve(products: list[str], users: int, groups: int, per_user: int, conn: Connection) -> None:
     """Build, seed and serve the emulators; send their URLs; serve until told to stop."""
-    from usersync.sandbox.bitbucket import BitbucketEmulator
-    from usersync.sandbox.confluence import ConfluenceEmulator
-    from usersync.sandbox.jira import JiraEmulator
-    from usersync.sandbox.server import ServedApp
+    from usersync_sandbox.bitbucket import BitbucketEmulator
+    from usersync_sandbox.confluence import ConfluenceEmulator
+    from usersync_sandbox.jira import JiraEmulator
+    from usersync_sandbox.server import ServedApp
 
     built = {
         # 10.3+ has /user/list, the one enumeration without a result window.

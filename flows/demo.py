@@ -3,7 +3,7 @@
 Two sources, one story. By default (`make demo`, `usersync demo`) it needs no system package:
 it starts the SCIM inbox, issues the `demo-push` profile's token and pushes the sample users
 and groups into it over HTTP exactly as miniOrange would. With `--source ldap` (`make
-demo-ldap`) it starts a real OpenLDAP `slapd` loaded with `usersync/sandbox/data/sample.ldif`
+demo-ldap`) it starts a real OpenLDAP `slapd` loaded with `sandbox/data/sample.ldif`
 instead (profile `demo`). Either way it starts the sandbox emulators over HTTP, seeds the
 sandbox Jira with two accounts an admin would already have (one matching a source user, which
 is adopted; one usersync must leave alone), runs the `sync` flow twice (the first run
@@ -22,10 +22,9 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import pandas as pd
+from usersync_sandbox.serve import ADMIN_USERNAME, Sandbox
 
-from usersync.sandbox.serve import ADMIN_USERNAME, Sandbox
-from usersync.sync import load as load_profile
-from usersync.targets import open_target
+from usersync import open_target, prepare_profile
 
 #: profile of each demo source
 PROFILES = {"push": "demo-push", "ldap": "demo"}
@@ -46,7 +45,7 @@ def _products(profile_targets: dict) -> list[str]:
 @contextmanager
 def _ldap_source() -> Iterator[str]:
     """A slapd with the sample directory; the environment points the `demo` profile at it."""
-    from usersync.sandbox.slapd import SlapdServer
+    from usersync_sandbox.slapd import SlapdServer
 
     with SlapdServer.for_demo() as directory:
         os.environ["USERSYNC_DEMO_LDAP_URL"] = directory.url
@@ -57,16 +56,16 @@ def _ldap_source() -> Iterator[str]:
 @contextmanager
 def _push_source(store_url: str) -> Iterator[str]:
     """The SCIM inbox, with the sample pushed into the `demo-push` inbox as miniOrange would."""
-    from usersync.inbox import PREFIX, InboxApp, issue_token
-    from usersync.sandbox.push import push_sample
-    from usersync.sandbox.server import serve
-    from usersync.store import Store
+    from usersync_sandbox.push import push_sample
+    from usersync_sandbox.server import serve
+
+    from usersync import INBOX_PREFIX, InboxApp, Store, issue_inbox_token
 
     store = Store.open(store_url)
-    issued = issue_token(store.engine, PROFILES["push"])
+    issued = issue_inbox_token(store.engine, PROFILES["push"])
     try:
         with serve(InboxApp(store.engine), port=_pinned_port("USERSYNC_DEMO_INBOX_PORT")) as url:
-            base = f"{url}{PREFIX}/{PROFILES['push']}"
+            base = f"{url}{INBOX_PREFIX}/{PROFILES['push']}"
             pushed = push_sample(base, issued.token)
             yield (
                 f"SCIM inbox: {base} (bearer token {issued.token[:6]}…, what you would paste "
@@ -82,7 +81,7 @@ def _pinned_port(variable: str) -> int:
     Raises:
         ConfigError: the variable is set to something else than a port number.
     """
-    from usersync.errors import ConfigError
+    from usersync import ConfigError
 
     value = os.environ.get(variable, "").strip()
     if not value:
@@ -97,8 +96,7 @@ def _remove_instance_limits(urls: list[str]) -> None:
     created by the runs), so a demo against a real Prefect server leaves none behind."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-
-    from tasks.instances import instance_limit_name
+    from usersync_tasks.instances import instance_limit_name
 
     with get_client(sync_client=True) as client:
         for url in urls:
@@ -113,10 +111,10 @@ def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
         source: "push" (SCIM inbox, no system package) or "ldap" (a real slapd).
         store_dir: where the demo's store goes (default: a new temporary folder).
     """
-    from flows.sync import sync
+    from usersync_flows.sync import sync
 
     profile = PROFILES[source]
-    loaded = load_profile(profile)
+    loaded = prepare_profile(profile)
     products = _products(loaded.profile.targets)
     store_dir = store_dir or Path(tempfile.mkdtemp(prefix="usersync-demo-"))
     store_url = f"sqlite:///{store_dir / 'usersync.db'}"
@@ -154,7 +152,7 @@ def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
         _print_outcomes(second)
 
         print("\n== read back through each product's REST API ==")
-        loaded = load_profile(profile)  # URLs now come from the environment set above
+        loaded = prepare_profile(profile)  # URLs now come from the environment set above
         ok = _verify(loaded, first, second, tuple(p for p in products if p == "jira"))
     where = (
         f"on the Prefect server {os.environ['PREFECT_API_URL']}"
@@ -184,7 +182,7 @@ def _verify(
     loaded, first: list[dict], second: list[dict], products_seeded: tuple[str, ...] = ()
 ) -> bool:
     """Compare the summary with what each product reports over REST; print each check."""
-    from usersync import sync as engine
+    from usersync import extract, transform
 
     ok = True
 
@@ -193,10 +191,10 @@ def _verify(
         ok &= good
         print(f"  [{'ok' if good else 'MISMATCH'}] {label}")
 
-    snapshot = engine.extract(loaded)
+    snapshot = extract(loaded)
     for target_outcome, again in zip(first, second, strict=True):
         name = target_outcome["target"]
-        desired = engine.transform(loaded, snapshot, name)
+        desired = transform(loaded, snapshot, name)
         with open_target(name, loaded.profile.targets[name]) as client:
             state = client.read_state(
                 list(desired.users["username"]), list(desired.groups["group"])

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from usersync.config import PROFILE_NAME_PATTERN
+from usersync import PROFILE_NAME_PATTERN
 
 #: A profile (a folder under mappings/) or a target of one: lowercase, digits and dashes.
 ProfileName = Annotated[str, Field(pattern=PROFILE_NAME_PATTERN, max_length=100)]

@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 
 from prefect import Flow
 from pydantic import WithJsonSchema
+from usersync_flows.sync import SYNC_FLOW_OPTIONS, sync
 
-from flows.sync import SYNC_FLOW_OPTIONS, sync
-from usersync.config import load_profile
+from usersync import load_profile
 
 
 @cache
@@ -52,7 +52,7 @@ def sync_for(profile: str) -> Flow:
 
 
 def __getattr__(name: str) -> Flow:
-    """`flows.profiles.<profile>` (what Prefect's entrypoint loader asks for)."""
+    """`usersync_flows.profiles.<profile>` (what Prefect's entrypoint loader asks for)."""
     if name.startswith("__"):
         raise AttributeError(name)
     return sync_for(name)

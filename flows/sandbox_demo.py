@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
+from usersync_flows.demo import run_demo
+from usersync_flows.parameters import form_field
 
-from flows.demo import run_demo
-from flows.parameters import form_field
-from usersync.errors import UsersyncError
+from usersync import UsersyncError
 
 
 class DemoMismatch(UsersyncError):

@@ -39,27 +39,30 @@ from prefect.runtime import deployment as this_deployment
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import Field
+from usersync_flows.parameters import PROFILE_HELP, ProfileName, TargetName, form_field
+from usersync_tasks import approval, report, steps
+from usersync_tasks.instances import instance_slot
+from usersync_tasks.run_logs import engine_logs_in_run_log
 
-from flows.parameters import PROFILE_HELP, ProfileName, TargetName, form_field
-from tasks import approval, report, steps
-from tasks.instances import instance_slot
-from tasks.run_logs import engine_logs_in_run_log
-from usersync.config import instance_of
-from usersync.drift import drift_report
-from usersync.errors import ConfigError, GuardError, UsersyncError
-from usersync.model import SourceSnapshot
-from usersync.plan import brake_limits
-from usersync.report import conflict_lines, summary_text
-from usersync.store import Store
-from usersync.sync import (
+from usersync import (
     DETAILS_KEPT,
+    ConfigError,
+    GuardError,
     LoadedProfile,
+    SourceSnapshot,
+    Store,
     TargetOutcome,
     TargetPlan,
+    UsersyncError,
+    brake_limits,
+    conflict_lines,
     default_lease_holder,
+    drift_report,
     failed_operations,
+    instance_of,
     profile_lease,
     select_targets,
+    summary_text,
 )
 
 #: The tag of a dry run's flow run.

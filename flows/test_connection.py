@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from usersync_flows.parameters import ProfileName, form_field
+from usersync_tasks import steps
+from usersync_tasks.run_logs import engine_logs_in_run_log
+from usersync_tasks.secrets import load_prefect_secret
 
-from flows.parameters import ProfileName, form_field
-from tasks import steps
-from tasks.run_logs import engine_logs_in_run_log
-from tasks.secrets import load_prefect_secret
-from usersync.connection import check_connections, connection_markdown
-from usersync.errors import UsersyncError
+from usersync import UsersyncError, check_connections, connection_markdown
 
 
 class ConnectionFailed(UsersyncError):

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from usersync_flows.parameters import ProfileName, form_field
+from usersync_tasks.run_logs import engine_logs_in_run_log
+from usersync_tasks.secrets import load_prefect_secret
 
-from flows.parameters import ProfileName, form_field
-from tasks.run_logs import engine_logs_in_run_log
-from tasks.secrets import load_prefect_secret
-from usersync import sync
-from usersync.testsync import run_test_sync
+from usersync import prepare_profile, run_test_sync
 
 
 @flow(name="test-sync", flow_run_name="test-sync-{profile}", validate_parameters=True)
@@ -36,7 +35,7 @@ def run_test_sync_flow(
 ) -> dict:
     """Preview what usersync would do for one user; write nothing."""
     with engine_logs_in_run_log():
-        loaded = sync.load(profile)
+        loaded = prepare_profile(profile)
         report = run_test_sync(
             loaded, login, attribute=attribute, load_prefect_secret=load_prefect_secret
         )

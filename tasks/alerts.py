@@ -30,9 +30,9 @@ from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
+from usersync_tasks.report import APPROVAL_EVENT, BRAKED_EVENT, SEATS_EVENT, SECURITY_EVENT
 
-from tasks.report import APPROVAL_EVENT, BRAKED_EVENT, SEATS_EVENT, SECURITY_EVENT
-from usersync.errors import ConfigError
+from usersync import ConfigError
 
 FAILED = "usersync: sync failed"
 BRAKED = "usersync: sync braked"

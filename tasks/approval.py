@@ -40,10 +40,9 @@ from prefect.input import RunInput
 from prefect.states import Running
 from prefect.utilities.urls import url_for
 from pydantic import Field
+from usersync_tasks.report import announce_approval_requested
 
-from tasks.report import announce_approval_requested
-from usersync.errors import ConfigError, UsersyncError
-from usersync.plan import BrakeLimit
+from usersync import BrakeLimit, ConfigError, UsersyncError
 
 #: How often a paused run looks whether someone answered (seconds).
 POLL_SECONDS = 5

@@ -32,8 +32,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentUpdate, GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from usersync.config import instance_of, load_profile
-from usersync.errors import ConfigError
+from usersync import ConfigError, instance_of, load_profile
 
 #: Prefix of the per-instance limits' names.
 LIMIT_PREFIX = "usersync-instance-"

@@ -32,9 +32,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from usersync.drift import drift_markdown
-from usersync.report import PLAN_ROWS_SHOWN, plan_rows, seats_text, summary_markdown
-from usersync.sync import TargetOutcome, TargetPlan
+from usersync import (
+    PLAN_ROWS_SHOWN,
+    TargetOutcome,
+    TargetPlan,
+    drift_markdown,
+    plan_rows,
+    seats_text,
+    summary_markdown,
+)
 
 COMPLETED_EVENT = "usersync.sync.completed"
 SEATS_EVENT = "usersync.licence.short"

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from usersync.errors import SourceUnreachableError, TargetError
-from usersync.http import certificate_failure
+from usersync import SourceUnreachableError, TargetError, certificate_failure
 
 
 def retried_below(error: BaseException) -> bool:

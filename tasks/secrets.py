@@ -11,7 +11,7 @@ from prefect.blocks.system import Secret
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 
-from usersync.errors import ConfigError
+from usersync import ConfigError
 
 
 def load_prefect_secret(name: str) -> str:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from usersync_tasks.progress import OperationCounter, calls_planned, extract_progress, load_progress
+from usersync_tasks.retry import retry_unreachable_source
+from usersync_tasks.secrets import load_prefect_secret
 
-from tasks.progress import OperationCounter, calls_planned, extract_progress, load_progress
-from tasks.retry import retry_unreachable_source
-from tasks.secrets import load_prefect_secret
-from usersync import sync
-from usersync.errors import UsersyncError
-from usersync.load import LoadResult
-from usersync.model import DesiredState, SourceSnapshot
-from usersync.sources import watermark
-from usersync.store import Store
+import usersync as engine
+from usersync import (
+    DesiredState,
+    LoadedProfile,
+    LoadResult,
+    SourceSnapshot,
+    Store,
+    TargetPlan,
+    UsersyncError,
+)
 
 SIDE_EFFECT_FREE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -34,9 +38,9 @@ class LoadFailed(UsersyncError):
 
 
 @task(name="load-profile", **SIDE_EFFECT_FREE)
-def load_profile(profile: str) -> sync.LoadedProfile:
+def load_profile(profile: str) -> LoadedProfile:
     """Validate profile.yaml and both mapping tables before anything else happens."""
-    loaded = sync.load(profile)
+    loaded = engine.prepare_profile(profile)
     get_run_logger().info(
         "profile %s: source %s, targets %s, %d attribute rule(s), %d group rule(s)",
         profile,
@@ -57,7 +61,7 @@ def load_profile(profile: str) -> sync.LoadedProfile:
     retry_condition_fn=retry_unreachable_source,
     **SIDE_EFFECT_FREE,
 )
-def extract(loaded: sync.LoadedProfile, full: bool = False) -> SourceSnapshot:
+def extract(loaded: LoadedProfile, full: bool = False) -> SourceSnapshot:
     """Read the complete source snapshot (refused when it may be incomplete or is empty).
 
     An incremental source reads only what changed and merges it into the stored snapshot,
@@ -68,7 +72,7 @@ def extract(loaded: sync.LoadedProfile, full: bool = False) -> SourceSnapshot:
     try:
         key = f"extract-{profile}"
         with extract_progress(key, store.last_source_counts(profile)) as heard:
-            snapshot = sync.extract(
+            snapshot = engine.extract(
                 loaded,
                 load_prefect_secret=load_prefect_secret,
                 store=store,
@@ -84,9 +88,9 @@ def extract(loaded: sync.LoadedProfile, full: bool = False) -> SourceSnapshot:
 
 
 @task(name="transform", task_run_name="transform-{target}", **SIDE_EFFECT_FREE)
-def transform(loaded: sync.LoadedProfile, snapshot: SourceSnapshot, target: str) -> DesiredState:
+def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> DesiredState:
     """Apply the mapping tables for one target; report users the mapping rejects."""
-    desired = sync.transform(loaded, snapshot, target)
+    desired = engine.transform(loaded, snapshot, target)
     logger = get_run_logger()
     logger.info(
         "%s: %d user(s), %d group(s), %d membership(s) desired",
@@ -102,15 +106,15 @@ def transform(loaded: sync.LoadedProfile, snapshot: SourceSnapshot, target: str)
 
 @task(name="plan", task_run_name="plan-{target}", **SIDE_EFFECT_FREE)
 def plan(
-    loaded: sync.LoadedProfile, target: str, desired: DesiredState, allow_mass_changes: bool
-) -> sync.TargetPlan:
+    loaded: LoadedProfile, target: str, desired: DesiredState, allow_mass_changes: bool
+) -> TargetPlan:
     """Read the target's state and compute the plan; guards run here, before any write."""
     store = Store.open()
     try:
-        with sync.open_target_for(
+        with engine.open_target_for(
             loaded, target, load_prefect_secret=load_prefect_secret
         ) as client:
-            result = sync.plan_target_sync(
+            result = engine.plan_target_sync(
                 loaded,
                 target,
                 client,
@@ -126,9 +130,9 @@ def plan(
 
 @task(name="load", task_run_name="load-{target}", **SIDE_EFFECT_FREE)
 def load(
-    loaded: sync.LoadedProfile,
+    loaded: LoadedProfile,
     target: str,
-    target_plan: sync.TargetPlan,
+    target_plan: TargetPlan,
     run_id: int,
     lease_holder: str | None = None,
 ) -> LoadResult:
@@ -143,7 +147,7 @@ def load(
     profile = loaded.profile.name
     store = Store.open()
     try:
-        with sync.open_target_for(
+        with engine.open_target_for(
             loaded, target, load_prefect_secret=load_prefect_secret
         ) as client:
             counter = OperationCounter(client)
@@ -153,7 +157,7 @@ def load(
                 counter,
                 calls_planned(target_plan.plan),
             ) as progress:
-                result = sync.load_target_sync(
+                result = engine.load_target_sync(
                     loaded,
                     counter,  # type: ignore[arg-type] - a Target, counted
                     target_plan,
@@ -187,7 +191,7 @@ def advance_watermark(snapshot: SourceSnapshot, statuses: list[str], dry_run: bo
     """An incremental source's next read starts from this snapshot, if the run succeeded."""
     store = Store.open()
     try:
-        saved = watermark.advance_watermark(store, snapshot, statuses=statuses, dry_run=dry_run)
+        saved = engine.advance_watermark(store, snapshot, statuses=statuses, dry_run=dry_run)
     finally:
         store.close()
     if saved is not None:

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from usersync_cli.main import main
 
-from usersync.cli import main
 from usersync.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,8 +282,9 @@ def test_an_unreachable_prefect_api_is_one_line(mappings, command, capfd, monkey
 
 
 def test_inbox_push_sample_fills_a_running_inbox(tmp_path, capsys):
+    from usersync_sandbox.server import serve
+
     from usersync.inbox import InboxApp, issue_token
-    from usersync.sandbox.server import serve
 
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
     token = issue_token(store.engine, "demo-push").token

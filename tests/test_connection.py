@@ -8,14 +8,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from usersync_cli.main import main
+from usersync_sandbox.confluence import ConfluenceEmulator
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.server import serve
 
 from usersync import sync
-from usersync.cli import main
 from usersync.connection import check_connections, connection_markdown
 from usersync.inbox import issue_token
-from usersync.sandbox.confluence import ConfluenceEmulator
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.server import serve
 from usersync.store import Store
 
 ADMIN_PASSWORD = "admin-pw"

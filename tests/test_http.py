@@ -23,8 +23,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from usersync_sandbox.faults import Instrumented
+from usersync_sandbox.server import serve
+from usersync_tasks.retry import retry_unreachable_source
 
-from tasks.retry import retry_unreachable_source
 from usersync.errors import (
     SourceUnreachableError,
     TargetAuthError,
@@ -36,8 +38,6 @@ from usersync.errors import (
     TransientError,
 )
 from usersync.http import ApiClient, RetryPolicy, certificate_failure, parse_retry_after
-from usersync.sandbox.faults import Instrumented
-from usersync.sandbox.server import serve
 
 
 async def answer(request: Request) -> Response:

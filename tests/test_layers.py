@@ -1,15 +1,42 @@
-"""Imports go one way: flows → tasks → usersync. The engine never imports Prefect."""
+"""The layers go one way, with no exemptions:
+
+    cli  ->  flows  ->  tasks  ->  usersync (the engine)
+    cli, flows  ->  sandbox  ->  usersync's public API
+
+The engine imports no Prefect, no sandbox and no outer layer; the sandbox and the outer layers
+use the engine only through `usersync`'s public API (`usersync.__all__`); nothing imports the
+command line. The folders are the design's (flows/, tasks/, cli/, sandbox/), installed as
+usersync_flows, usersync_tasks, usersync_cli and usersync_sandbox.
+"""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
-ENGINE = Path(__file__).resolve().parents[1] / "usersync"
-#: The CLI is the outermost layer: its `sync`, `demo` and `inbox serve` commands start flows or
-#: wire Prefect events, importing them inside the command function only.
-OUTERMOST = {"cli.py"}
-FORBIDDEN = ("prefect", "flows", "tasks")
+import usersync
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Installed name -> folder.
+LAYERS = {
+    "usersync": ROOT / "usersync",
+    "usersync_tasks": ROOT / "tasks",
+    "usersync_flows": ROOT / "flows",
+    "usersync_cli": ROOT / "cli",
+    "usersync_sandbox": ROOT / "sandbox",
+}
+#: What each layer may import of the project (besides itself).
+ALLOWED = {
+    "usersync": set(),
+    "usersync_sandbox": {"usersync"},
+    "usersync_tasks": {"usersync"},
+    "usersync_flows": {"usersync", "usersync_tasks", "usersync_sandbox"},
+    "usersync_cli": {"usersync", "usersync_tasks", "usersync_flows", "usersync_sandbox"},
+}
+OUTER = ("usersync_tasks", "usersync_flows", "usersync_cli", "usersync_sandbox")
+#: Third-party packages only the outer layers may import.
+PREFECT = "prefect"
 
 
 def _parse(source: str) -> ast.Module:
@@ -25,29 +52,119 @@ def _parse(source: str) -> ast.Module:
     return ast.parse(source)
 
 
-def imported_modules(path: Path, *, top_level_only: bool) -> set[str]:
+def _imports(path: Path) -> list[ast.Import | ast.ImportFrom]:
     tree = _parse(path.read_text(encoding="utf-8"))
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    names: set[str] = set()
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
 
 
-def test_the_engine_never_imports_prefect_flows_or_tasks():
+def _modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    return [node.module] if node.module and node.level == 0 else []
+
+
+def _sources(layer: str) -> list[Path]:
+    return sorted(LAYERS[layer].rglob("*.py"))
+
+
+def test_each_layer_imports_only_the_layers_below_it():
     offenders = {}
-    for path in ENGINE.rglob("*.py"):
-        relative = path.relative_to(ENGINE)
-        modules = imported_modules(path, top_level_only=str(relative) in OUTERMOST)
-        bad = sorted(m for m in modules if m.split(".")[0] in FORBIDDEN)
-        if bad:
-            offenders[str(relative)] = bad
+    for layer in LAYERS:
+        for path in _sources(layer):
+            for node in _imports(path):
+                for module in _modules(node):
+                    top = module.split(".")[0]
+                    if top in LAYERS and top != layer and top not in ALLOWED[layer]:
+                        offenders.setdefault(str(path.relative_to(ROOT)), []).append(module)
+                    if top in {"flows", "tasks", "cli", "sandbox"}:
+                        offenders.setdefault(str(path.relative_to(ROOT)), []).append(module)
     assert offenders == {}
 
 
+def test_the_engine_never_imports_prefect():
+    offenders = sorted(
+        str(path.relative_to(ROOT))
+        for path in _sources("usersync")
+        for node in _imports(path)
+        for module in _modules(node)
+        if module.split(".")[0] == PREFECT
+    )
+    assert offenders == []
+
+
+def _engine_names_used(layer: str) -> dict[str, set[str]]:
+    """Each `from usersync... import name` / `engine.name` of a layer, by module imported."""
+    used: dict[str, set[str]] = {}
+    for path in _sources(layer):
+        tree = _parse(path.read_text(encoding="utf-8"))
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] == "usersync":
+                    used.setdefault(node.module, set()).update(a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "usersync":
+                        used.setdefault(alias.name, set())
+                        aliases.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
+                used.setdefault("usersync", set()).add(node.attr)
+    return used
+
+
+def test_the_outer_layers_use_the_engine_only_through_its_public_api():
+    for layer in OUTER:
+        used = _engine_names_used(layer)
+        assert set(used) <= {"usersync"}, f"{layer} imports engine modules: {sorted(used)}"
+        unknown = used.get("usersync", set()) - set(usersync.__all__)
+        assert not unknown, f"{layer} uses names the engine does not export: {sorted(unknown)}"
+
+
+def test_the_public_api_is_exactly_what_the_outer_layers_use():
+    """`usersync.__all__` lists every name flows/, tasks/, cli/ and sandbox/ use, and no more:
+    a name added to the API without a user, or used without being added, fails here."""
+    used = set()
+    for layer in OUTER:
+        used |= _engine_names_used(layer).get("usersync", set())
+    assert sorted(usersync.__all__) == sorted(used)
+
+
+def test_every_public_name_resolves():
+    for name in usersync.__all__:
+        assert getattr(usersync, name) is not None, name
+
+
+def test_nothing_imports_the_command_line():
+    importers = sorted(
+        str(path.relative_to(ROOT))
+        for layer in LAYERS
+        if layer != "usersync_cli"
+        for path in _sources(layer)
+        for node in _imports(path)
+        for module in _modules(node)
+        if module.split(".")[0] == "usersync_cli"
+    )
+    assert importers == []
+
+
+def test_no_generic_top_level_package_is_installed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = config["tool"]["setuptools"]["packages"]
+    tops = {name.split(".")[0] for name in packages}
+    assert tops == set(LAYERS)
+    # every engine package folder is listed (a new subpackage left out would not install)
+    folders = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "usersync").rglob("__init__.py")
+    }
+    assert folders <= set(packages)
+
+
 def test_no_module_is_called_utils_helpers_misc_or_common():
-    names = {p.stem for p in ENGINE.rglob("*.py")}
+    names = {p.stem for folder in LAYERS.values() for p in folder.rglob("*.py")}
     assert not names & {"utils", "helpers", "misc", "common"}

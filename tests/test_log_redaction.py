@@ -231,7 +231,7 @@ def test_installing_twice_wraps_once() -> None:
     assert logging.getLogRecordFactory() is before
 
 
-@pytest.mark.parametrize("entry_point", ["usersync.cli", "usersync.config", "usersync.http"])
+@pytest.mark.parametrize("entry_point", ["usersync_cli.main", "usersync.config", "usersync.http"])
 def test_an_embedding_script_s_info_logging_shows_no_password(entry_point: str) -> None:
     script = (
         "import logging; logging.basicConfig(level=logging.INFO)\n"

@@ -20,11 +20,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from usersync_sandbox.faults import Faults, Instrumented
+from usersync_sandbox.server import serve
 
 from usersync.errors import TargetDeadlineError, TransientError
 from usersync.http import ApiClient, InstanceLimiter, RetryPolicy, limiter_for
-from usersync.sandbox.faults import Faults, Instrumented
-from usersync.sandbox.server import serve
 
 
 class FakeClock:

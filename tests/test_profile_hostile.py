@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from usersync_cli.main import main
 
-from usersync.cli import main
 from usersync.config import TargetConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def run_cli(root: Path, *args: str, timeout: float = 10) -> tuple[int, str, floa
     seconds taken, and the child's peak resident memory in MB."""
     code = (
         "import resource, sys\n"
-        "from usersync.cli import main\n"
+        "from usersync_cli.main import main\n"
         "status = main(sys.argv[1:])\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(f'peak_kb={peak}', file=sys.stderr)\n"

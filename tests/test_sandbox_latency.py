@@ -18,9 +18,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from usersync.sandbox.faults import Instrumented
-from usersync.sandbox.server import serve
+from usersync_sandbox.faults import Instrumented
+from usersync_sandbox.server import serve
 
 DONE: list[int] = []
 

@@ -7,7 +7,7 @@ import selectors
 import socket
 import time
 
-from usersync.sandbox.server import _precise_loop, _PreciseEpollSelector
+from usersync_sandbox.server import _precise_loop, _PreciseEpollSelector
 
 
 def test_the_precise_selector_reports_ready_descriptors_and_times_out_empty():

@@ -8,8 +8,7 @@ from typing import ClassVar
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
-
-from usersync.sandbox.substring_index import SubstringIndex, TrackedDict
+from usersync_sandbox.substring_index import SubstringIndex, TrackedDict
 
 TEXT = st.text(alphabet="abcAB\x01é", max_size=6)
 

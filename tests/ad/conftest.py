@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from ldap3 import ASYNC, MODIFY_ADD, NONE, SYNC, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPSessionTerminatedByServerError, LDAPSocketOpenError
+from usersync_sandbox.samba import SambaDC, samba_available
 
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
-from usersync.sandbox.samba import SambaDC, samba_available
 
 PASSWORD_ENV = "USERSYNC_TEST_AD_PASSWORD"
 BIG_GROUP_SIZE = 1600

@@ -10,6 +10,9 @@ from typing import Any
 import pandas as pd
 import pytest
 from ldap3 import BASE, MODIFY_REPLACE
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.server import serve
+from usersync_sandbox.slapd import make_test_certificates
 
 import usersync.sources.ldap.active_directory as active_directory_module
 from tests.ad.conftest import (
@@ -29,9 +32,6 @@ from usersync.errors import (
     SourceUnreachableError,
 )
 from usersync.mapping import load_tables
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.server import serve
-from usersync.sandbox.slapd import make_test_certificates
 from usersync.sources.ldap import LdapSource
 from usersync.store import Store
 from usersync.sync import (
@@ -435,7 +435,7 @@ targets:
     )
     _tables(folder, ["jira"])
     monkeypatch.setenv("USERSYNC_MAPPINGS_DIR", str(tmp_path))
-    from usersync.cli import main
+    from usersync_cli.main import main
 
     assert main(["test-sync", "corp-ad", "Zoë Müller", "--attribute", "displayName"]) == 0
     out = capsys.readouterr().out

@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 from ldap3 import MODIFY_ADD, MODIFY_REPLACE
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.server import serve
 
 from tests.ad.conftest import USER_CLASSES, AdDirectory, ad_source_config, admin_connection
 from usersync import sync
@@ -22,8 +24,6 @@ from usersync.config import Profile, TargetConfig
 from usersync.errors import UsersyncError
 from usersync.mapping import load_tables
 from usersync.model import SourceSnapshot
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.server import serve
 from usersync.sources.ldap import LdapSource
 from usersync.sources.watermark import advance_watermark
 from usersync.store import Store

@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from usersync_sandbox.faults import Exchange
+
 from tests.conformance.descriptions import (
     JSONRPC_PATH,
     SPECS_DIR,
@@ -27,7 +29,6 @@ from tests.conformance.descriptions import (
     rpc_methods,
 )
 from tests.conformance.reliances import allowed_by
-from usersync.sandbox.faults import Exchange
 
 
 def specs_available() -> bool:

@@ -30,8 +30,7 @@ import jsonschema
 from openapi_schema_validator import OAS30Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
-
-from usersync.sandbox.faults import Exchange
+from usersync_sandbox.faults import Exchange
 
 #: The descriptions, beside the repository (tests may read them; the project copies none).
 SPECS_DIR = (

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from usersync_sandbox.faults import Exchange
+
 from tests.conformance.descriptions import Violation
-from usersync.sandbox.faults import Exchange
 
 
 @dataclass(frozen=True)

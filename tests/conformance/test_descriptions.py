@@ -8,11 +8,11 @@ defects SOURCES.md says to tolerate and the reliances allowed by name.
 from __future__ import annotations
 
 import pytest
+from usersync_sandbox.faults import Exchange
 
 from tests.conformance.checking import SKIP_REASON, check, specs_available
 from tests.conformance.descriptions import description
 from tests.conformance.reliances import RELIANCES
-from usersync.sandbox.faults import Exchange
 
 pytestmark = pytest.mark.skipif(not specs_available(), reason=SKIP_REASON)
 

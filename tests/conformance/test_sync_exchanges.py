@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from usersync_sandbox.faults import Exchange
+from usersync_sandbox.push import SampleUser, ScimPusher, push_sample
+from usersync_sandbox.serve import Sandbox
+from usersync_sandbox.server import serve
 
 from tests.conformance.checking import SKIP_REASON, check, specs_available
 from tests.e2e.products import PASSWORD, PRODUCTS, PROFILE, SHIPPED, sync_all
 from tests.targets.conftest import SUPPORTED_VERSIONS
 from usersync import sync
 from usersync.inbox import InboxApp, issue_token
-from usersync.sandbox.faults import Exchange
-from usersync.sandbox.push import SampleUser, ScimPusher, push_sample
-from usersync.sandbox.serve import Sandbox
-from usersync.sandbox.server import serve
 from usersync.store import Store
 
 pytestmark = pytest.mark.skipif(not specs_available(), reason=SKIP_REASON)

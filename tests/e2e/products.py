@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from usersync_sandbox.serve import Sandbox
+from usersync_sandbox.server import serve
 
 from usersync import sync
 from usersync.inbox import InboxApp, issue_token
-from usersync.sandbox.serve import Sandbox
-from usersync.sandbox.server import serve
 from usersync.store import Store
 
 PROFILE = "push-e2e"

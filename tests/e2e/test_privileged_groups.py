@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from usersync_sandbox.push import SampleUser, ScimPusher
 
 from tests.e2e.products import PRODUCTS, members, products_world, rest, sync_all
-from usersync.sandbox.push import SampleUser, ScimPusher
 
 EVE = SampleUser("eve", "Eve", "Attacker", "eve@example.org")
 HANK = SampleUser("hank", "Hank", "Handmade", "hank@example.org")

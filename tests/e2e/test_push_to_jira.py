@@ -15,13 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.push import SampleUser, ScimPusher, push_sample
+from usersync_sandbox.server import serve
 
 from usersync import sync
 from usersync.errors import GuardError
 from usersync.inbox import InboxApp, issue_token
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.push import SampleUser, ScimPusher, push_sample
-from usersync.sandbox.server import serve
 from usersync.store import Store
 
 PROFILE = "demo-push"

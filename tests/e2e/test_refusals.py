@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from usersync_sandbox.push import SampleUser, ScimPusher
 
 from tests.e2e.products import members, products_world, rest, sync_all
-from usersync.sandbox.push import SampleUser, ScimPusher
 
 ANN = SampleUser("ann", "Ann", "Able", "ann@example.org")
 ODD = SampleUser("odd", "Odd <script>", "Name", "odd@example.org")

@@ -40,11 +40,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from usersync_sandbox.push import Sample, SampleUser, load_sample, push_sample
+from usersync_sandbox.serve import Sandbox
 
 from tests.test_store import _postgres_url
 from usersync.inbox import issue_token
-from usersync.sandbox.push import Sample, SampleUser, load_sample, push_sample
-from usersync.sandbox.serve import Sandbox
 from usersync.store import Store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.prefect]

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
+from usersync_sandbox.push import SampleUser, ScimPusher
 
 from tests.e2e.products import PRODUCTS, members, products_world, rest, sync_all
-from usersync.sandbox.push import SampleUser, ScimPusher
 
 HEADER = "source_group,target_group,mode,targets\n"
 ANN = SampleUser("ann", "Ann", "Able", "ann@example.org")

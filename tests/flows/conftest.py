@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
-
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.server import serve
-from usersync.sandbox.slapd import SlapdServer
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.server import serve
+from usersync_sandbox.slapd import SlapdServer
 
 REPO = Path(__file__).resolve().parents[2]
 JIRA_PASSWORD = "jira-admin-secret"

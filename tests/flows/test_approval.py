@@ -21,14 +21,14 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.flow_engine import run_flow
 from prefect.flow_runs import resume_flow_run
 from prefect.logging.handlers import APILogWorker
+from usersync_cli.main import main
+from usersync_flows.sync import sync
+from usersync_sandbox.server import serve
+from usersync_sandbox.slapd import SlapdServer
 
-from flows.sync import sync
 from tests.flows.test_prefect_alerts import Receiver
 from tests.flows.test_prefect_run_history import artifact_versions
 from tests.flows.test_sync_flow import jira_user
-from usersync.cli import main
-from usersync.sandbox.server import serve
-from usersync.sandbox.slapd import SlapdServer
 from usersync.store import Store, store_url
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -240,7 +240,7 @@ def test_outside_a_deployment_the_brake_fails_the_target_as_before(
 def test_usersync_sync_on_a_terminal_asks_there(make_profile, jira, own_directory, monkeypatch):
     import builtins
 
-    from tasks import approval
+    from usersync_tasks import approval
 
     url = braked_profile(make_profile, jira, own_directory)
     monkeypatch.setattr(approval, "channel", lambda: "terminal")
@@ -323,7 +323,7 @@ def test_usersync_reject_by_the_runs_name_writes_nothing(make_profile, jira, own
 def test_a_paused_run_holds_its_profile_later_runs_queue_or_skip_and_none_fails(
     make_profile, jira, own_directory, monkeypatch
 ):
-    from flows import sync as sync_module
+    from usersync_flows import sync as sync_module
 
     url = braked_profile(make_profile, jira, own_directory)
     monkeypatch.setattr(sync_module, "RENEW_EVERY_SECONDS", 0.5)

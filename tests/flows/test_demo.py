@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from flows.demo import run_demo
+from usersync_flows.demo import run_demo
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 
@@ -43,8 +42,7 @@ def test_push_demo_matches_what_the_products_hold_on_pinned_ports_and_leaves_no_
     tmp_path, capsys, monkeypatch
 ):
     from prefect.client.orchestration import get_client
-
-    from tasks.instances import instance_limit_name
+    from usersync_tasks.instances import instance_limit_name
 
     first = _free_ports(4)
     monkeypatch.setenv("USERSYNC_DEMO_FIRST_PORT", str(first))

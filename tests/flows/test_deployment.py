@@ -28,12 +28,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import get_current_settings
+from usersync_sandbox.push import push_sample
+from usersync_sandbox.serve import Sandbox
+from usersync_sandbox.server import serve
+from usersync_sandbox.slapd import SlapdServer
 
 from usersync.inbox import PREFIX, InboxApp, issue_token
-from usersync.sandbox.push import push_sample
-from usersync.sandbox.serve import Sandbox
-from usersync.sandbox.server import serve
-from usersync.sandbox.slapd import SlapdServer
 from usersync.store import Store
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -157,7 +157,7 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
         assert name in (profile, f"{profile}-dry-run")  # bound to its profile
         assert f"profile:{profile}" in deployment.tags
         # Nothing of the deployer's machine: the code and settings are found at run time.
-        assert deployment.pull_steps == [{"tasks.deployment_steps.use_usersync_settings": {}}]
+        assert deployment.pull_steps == [{"usersync_tasks.deployment_steps.use_usersync_settings": {}}]
         assert deployment.global_concurrency_limit is None  # the profile's lease instead
         assert all(not s.active for s in deployment.schedules), name
         properties = deployment.parameter_openapi_schema["properties"]

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import ldap3
 import pytest
 from prefect.client.orchestration import get_client
+from usersync_cli.main import main
+from usersync_flows.sync import sync
+from usersync_sandbox.slapd import SlapdServer
 
-from flows.sync import sync
 from tests.flows.conftest import TEST_GROUPS
-from usersync.cli import main
 from usersync.config import instance_of
-from usersync.sandbox.slapd import SlapdServer
 from usersync.store import LedgerEntry, Store, store_url
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 import httpx
 import ldap3
 import pytest
+from usersync_flows.sync import SyncFailed, sync
+from usersync_sandbox.slapd import SlapdServer
 
-from flows.sync import SyncFailed, sync
 from tests.flows.conftest import JIRA_PASSWORD
 from tests.flows.test_sync_flow import jira_group_members, jira_user
 from usersync import sync as engine
 from usersync.errors import ConfigError
 from usersync.load import execute_plan
-from usersync.sandbox.slapd import SlapdServer
 from usersync.store import Store, store_url
 from usersync.targets.jira import JiraTarget
 
@@ -339,7 +339,8 @@ def test_run_killed_after_a_rename_keeps_track_of_the_account(make_profile, jira
 def test_a_second_run_of_a_profile_waits_or_stops_cleanly(make_profile, jira, capfd):
     import threading
 
-    from usersync.cli import main
+    from usersync_cli.main import main
+
     from usersync.errors import ProfileBusyError
 
     emulator, url = jira

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-
-from flows.sync import sync
-from tasks.alerts import APPROVAL, BRAKED, FAILED, SEATS, SECURITY
-from usersync.cli import main
-from usersync.sandbox.server import serve
+from usersync_cli.main import main
+from usersync_flows.sync import sync
+from usersync_sandbox.server import serve
+from usersync_tasks.alerts import APPROVAL, BRAKED, FAILED, SEATS, SECURITY
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.utilities.callables import parameter_schema
+from usersync_flows.sandbox_demo import demo
+from usersync_flows.sync import sync
+from usersync_flows.test_connection import test_connection as connection_flow
+from usersync_flows.test_sync import run_test_sync_flow
 
-from flows.sandbox_demo import demo
-from flows.sync import sync
-from flows.test_connection import test_connection as connection_flow
-from flows.test_sync import run_test_sync_flow
 from usersync.config import load_profile
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Failed
+from usersync_flows.sync import SyncFailed, sync
+from usersync_tasks.retry import retry_unreachable_source
 
-from flows.sync import SyncFailed, sync
-from tasks.retry import retry_unreachable_source
 from usersync.errors import SourceUnreachableError, TargetUnreachableError
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]

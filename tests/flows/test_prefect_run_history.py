@@ -21,10 +21,10 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from usersync_flows.sync import SyncFailed, sync
+from usersync_sandbox.serve import Sandbox
 
-from flows.sync import SyncFailed, sync
 from tests.flows.conftest import JIRA_PASSWORD
-from usersync.sandbox.serve import Sandbox
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 
@@ -177,12 +177,12 @@ def test_a_load_publishes_its_progress_while_it_runs(make_profile, jira):
 
 
 def test_a_load_goes_on_when_its_progress_cannot_be_published(make_profile, jira, monkeypatch):
-    import tasks.progress
+    import usersync_tasks.progress
 
     def refused(*args, **kwargs):
         raise RuntimeError("the API refused the artifact")
 
-    monkeypatch.setattr(tasks.progress, "update_progress_artifact", refused)
+    monkeypatch.setattr(usersync_tasks.progress, "update_progress_artifact", refused)
     _, url = jira
     make_profile(url, name="no-progress")
 
@@ -207,7 +207,7 @@ def test_an_extract_publishes_what_it_has_read(make_profile, jira):
 
 
 def test_extract_progress_is_estimated_from_the_last_read(monkeypatch):
-    import tasks.progress as module
+    import usersync_tasks.progress as module
 
     published: list[tuple[float, str]] = []
     monkeypatch.setattr(module, "create_progress_artifact", lambda **kw: "artifact")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from prefect.blocks.system import Secret
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from usersync_cli.main import main
 
 from tests.flows.conftest import JIRA_PASSWORD
-from usersync.cli import main
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 

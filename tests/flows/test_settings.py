@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import httpx
 import ldap3
 import pytest
+from usersync_flows.sync import sync
+from usersync_sandbox.slapd import SlapdServer
 
-from flows.sync import sync
 from tests.flows.conftest import JIRA_PASSWORD
 from tests.flows.test_sync_flow import jira_group_members, jira_user
 from usersync.errors import ConfigError
-from usersync.sandbox.slapd import SlapdServer
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 
@@ -208,8 +208,8 @@ def test_keep_existing_groups_false_removes_managed_users_from_unmapped_groups(m
 
 
 def test_a_plan_short_of_licence_seats_creates_nobody_rather_than_half(make_profile, jira):
-    from usersync.sandbox.bitbucket import BitbucketEmulator
-    from usersync.sandbox.server import serve
+    from usersync_sandbox.bitbucket import BitbucketEmulator
+    from usersync_sandbox.server import serve
 
     _, url = jira
     bitbucket = BitbucketEmulator(admin=("admin", JIRA_PASSWORD), licensed_users=10)
@@ -239,9 +239,9 @@ def test_a_plan_short_of_licence_seats_creates_nobody_rather_than_half(make_prof
 
 @pytest.mark.parametrize("product", ["jira", "confluence"])
 def test_a_jira_or_confluence_short_of_seats_gets_nobody_new(make_profile, jira, product):
-    from usersync.sandbox.confluence import ConfluenceEmulator
-    from usersync.sandbox.jira import JiraEmulator
-    from usersync.sandbox.server import serve
+    from usersync_sandbox.confluence import ConfluenceEmulator
+    from usersync_sandbox.jira import JiraEmulator
+    from usersync_sandbox.server import serve
 
     _, url = jira
     admin = ("admin", JIRA_PASSWORD)

@@ -12,11 +12,11 @@ import asyncio
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from usersync_flows.sync import SyncFailed, sync
+from usersync_sandbox.slapd import SlapdServer, free_port
 
-from flows.sync import SyncFailed, sync
 from tests.flows.conftest import JIRA_PASSWORD
 from usersync.errors import ConfigError, GuardError, SourceAuthError
-from usersync.sandbox.slapd import SlapdServer, free_port
 from usersync.store import Store, store_url
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -267,7 +267,7 @@ def test_mass_deactivation_is_refused_before_any_write(make_profile, jira):
 
 
 def test_cli_sync_dry_run_runs_the_flow_and_writes_nothing(make_profile, jira, capsys):
-    from usersync.cli import main
+    from usersync_cli.main import main
 
     emulator, url = jira
     make_profile(url)

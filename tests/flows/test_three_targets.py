@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from usersync_flows.sync import SyncFailed, sync
+from usersync_sandbox.serve import Sandbox
 
-from flows.sync import SyncFailed, sync
 from tests.flows.conftest import JIRA_PASSWORD
-from usersync.sandbox.serve import Sandbox
 from usersync.store import Store, store_url
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from usersync_cli.main import main
+from usersync_flows.sync import sync
+from usersync_sandbox.push import Sample, SampleUser, push_sample
+from usersync_sandbox.server import serve
 
-from flows.sync import sync
 from tests.flows.conftest import REPO
 from tests.flows.test_sync_flow import jira_user
-from usersync.cli import main
 from usersync.config import instance_of
 from usersync.inbox import PREFIX, InboxApp, issue_token
-from usersync.sandbox.push import Sample, SampleUser, push_sample
-from usersync.sandbox.server import serve
 from usersync.store import Store, store_url
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]

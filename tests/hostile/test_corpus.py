@@ -20,6 +20,9 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from usersync_sandbox.serve import Sandbox
+from usersync_sandbox.server import serve
+from usersync_sandbox.slapd import SlapdServer, ldif_entry
 
 from tests.hostile.corpus import (
     BITBUCKET_ADMIN_GROUP,
@@ -40,9 +43,6 @@ from tests.hostile.corpus import (
 from usersync import sync
 from usersync.inbox import InboxApp, issue_token
 from usersync.load import LoadResult
-from usersync.sandbox.serve import Sandbox
-from usersync.sandbox.server import serve
-from usersync.sandbox.slapd import SlapdServer, ldif_entry
 from usersync.store import Store
 
 REPO = Path(__file__).resolve().parents[2]

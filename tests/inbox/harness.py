@@ -108,7 +108,7 @@ def inbox_process(
         environment.pop("PREFECT_API_URL", None)
     if pythonpath:
         environment["PYTHONPATH"] = pythonpath
-    command = [sys.executable, "-m", "usersync.cli", "inbox", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "usersync_cli.main", "inbox", "serve", "--port", str(port)]
     process = subprocess.Popen(
         [*command, "--store-url", store_url, *args],
         cwd=pythonpath or REPO,

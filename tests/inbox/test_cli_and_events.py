@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+from usersync_cli.main import main
+from usersync_tasks.inbox_events import EVENT, InboxEventEmitter, inbox_event_callback
 
-from tasks.inbox_events import EVENT, InboxEventEmitter, inbox_event_callback
-from usersync.cli import main
 from usersync.inbox import token_is_valid
 from usersync.store import Store
 
@@ -63,7 +63,7 @@ def test_a_burst_of_changes_is_one_event_now_and_one_trailing(monkeypatch) -> No
     timers: list[tuple] = []
     # no real timers: record what would be flushed, then flush by hand
     monkeypatch.setattr(
-        "tasks.inbox_events.threading.Timer",
+        "usersync_tasks.inbox_events.threading.Timer",
         lambda wait, fn, args: type(
             "T", (), {"daemon": True, "start": lambda self: timers.append((wait, fn, args))}
         )(),
@@ -87,12 +87,12 @@ def test_a_burst_of_changes_is_one_event_now_and_one_trailing(monkeypatch) -> No
 def test_without_a_prefect_api_nothing_is_emitted(monkeypatch) -> None:
     """emit_event without an API would start a temporary Prefect server: it is never called."""
     called: list[dict] = []
-    monkeypatch.setattr("tasks.inbox_events.emit_event", lambda **event: called.append(event))
-    monkeypatch.setattr("tasks.inbox_events.configured_api_url", lambda: None)
+    monkeypatch.setattr("usersync_tasks.inbox_events.emit_event", lambda **event: called.append(event))
+    monkeypatch.setattr("usersync_tasks.inbox_events.configured_api_url", lambda: None)
     assert inbox_event_callback()[0] is None
     InboxEventEmitter()("acme", {"method": "POST", "path": "/Users", "status": 201})
     assert called == []
-    monkeypatch.setattr("tasks.inbox_events.configured_api_url", lambda: "http://prefect/api")
+    monkeypatch.setattr("usersync_tasks.inbox_events.configured_api_url", lambda: "http://prefect/api")
     emitter, line = inbox_event_callback()
     assert isinstance(emitter, InboxEventEmitter) and "http://prefect/api" in line
     emitter("acme", {"method": "POST", "path": "/Users", "status": 201})

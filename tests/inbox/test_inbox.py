@@ -12,11 +12,11 @@ import httpx2
 import pytest
 from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_tester import Status, check_server
+from usersync_sandbox.server import serve
 
 from usersync.errors import ConfigError
 from usersync.inbox import InboxApp, issue_token, read_inbox, token_is_valid
 from usersync.inbox.tokens import TokenCheck
-from usersync.sandbox.server import serve
 from usersync.store import Store
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from usersync_sandbox.server import ServedApp
 
 from tests.inbox.harness import (
     exchange,
@@ -24,7 +25,6 @@ from tests.inbox.harness import (
     status_of,
 )
 from usersync.inbox import InboxApp, InboxLimits, issue_token
-from usersync.sandbox.server import ServedApp
 from usersync.store import Store
 
 USER = {

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from scim2_server.applications.asgi import ASGIApplication
 from scim2_server.memory import AsyncInMemoryStorage, InMemoryStorage
 from scim2_server.service import ScimService
+from usersync_sandbox.server import serve
 
 from usersync.inbox import InboxApp, inbox_provider, issue_token, read_inbox
-from usersync.sandbox.server import serve
 from usersync.store import Store
 from usersync.store.schema import inbox_members, inbox_resources, migrate, schema_version
 

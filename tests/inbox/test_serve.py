@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from usersync_cli.main import main
+from usersync_sandbox.slapd import make_test_certificates
 
 from tests.inbox.harness import child_pids, inbox_process
-from usersync.cli import main
 from usersync.inbox import issue_token
-from usersync.sandbox.slapd import make_test_certificates
 from usersync.store import Store
 
 USER = {

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from usersync_sandbox.server import serve
 
 from usersync.inbox import InboxApp, issue_token, read_inbox
 from usersync.inbox.writer import StoreWriter
-from usersync.sandbox.server import serve
 from usersync.store import Store
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"

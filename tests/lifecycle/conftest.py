@@ -14,6 +14,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from usersync_sandbox.server import serve
+from usersync_sandbox.slapd import SlapdServer
 
 from tests.lifecycle.directory import (
     DISABLED_FILTER,
@@ -26,8 +28,6 @@ from tests.lifecycle.driver import TargetRun, run_sync
 from tests.lifecycle.oracle import ATTRIBUTES_CSV, GROUPS_CSV, PROTECTED
 from tests.lifecycle.products import PRODUCTS, Product, SwappableApp
 from usersync.config import SyncSettings
-from usersync.sandbox.server import serve
-from usersync.sandbox.slapd import SlapdServer
 from usersync.store import Store
 
 PROFILE = "lifecycle"

@@ -17,8 +17,7 @@ from typing import Any
 
 from ldap3 import LEVEL, MODIFY_REPLACE, Connection, Server
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPSessionTerminatedByServerError
-
-from usersync.sandbox.slapd import SlapdServer, ldif_entry
+from usersync_sandbox.slapd import SlapdServer, ldif_entry
 
 BASE = "dc=example,dc=org"
 PEOPLE = f"ou=people,{BASE}"

@@ -15,9 +15,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from usersync.sandbox.bitbucket import BitbucketEmulator
-from usersync.sandbox.confluence import ConfluenceEmulator
-from usersync.sandbox.jira import JiraEmulator
+from usersync_sandbox.bitbucket import BitbucketEmulator
+from usersync_sandbox.confluence import ConfluenceEmulator
+from usersync_sandbox.jira import JiraEmulator
 
 ADMIN = "admin"
 

@@ -36,6 +36,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from usersync_sandbox.faults import Faults
 
 from tests.lifecycle.conftest import World
 from tests.lifecycle.directory import OUS
@@ -49,7 +50,6 @@ from tests.lifecycle.oracle import (
 )
 from tests.lifecycle.products import PRODUCTS
 from usersync.errors import GuardError
-from usersync.sandbox.faults import Faults
 
 #: A soak run: many random examples (USERSYNC_SOAK_SEED makes them repeatable).
 SOAK = bool(os.environ.get("USERSYNC_SOAK_EXAMPLES"))

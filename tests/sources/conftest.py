@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from usersync_sandbox.slapd import SlapdServer, ldif_entry, make_test_certificates
 
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
-from usersync.sandbox.slapd import SlapdServer, ldif_entry, make_test_certificates
 
 BASE = "dc=example,dc=org"
 PEOPLE = f"ou=people,{BASE}"

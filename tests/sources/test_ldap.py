@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from usersync_sandbox.slapd import SlapdServer, free_port, ldif_entry, make_test_certificates
 
 from tests.sources.conftest import (
     ELSEWHERE,
@@ -41,7 +42,6 @@ from usersync.mapping import (
     parse_attributes,
 )
 from usersync.model import SOURCE_MEMBERSHIP_COLUMNS, SOURCE_USER_COLUMNS
-from usersync.sandbox.slapd import SlapdServer, free_port, ldif_entry, make_test_certificates
 from usersync.sources.ldap import DnIndex, LdapSource, canonical_id, normalise_dn
 from usersync.sources.ldap.referrals import parse_reference
 from usersync.sources.ldap.schema import AttributeSchema
@@ -568,7 +568,7 @@ def test_a_missing_group_base_is_an_incomplete_read(ldap_config: LdapConfigFacto
 
 
 def test_missing_slapd_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from usersync.sandbox import slapd as slapd_module
+    from usersync_sandbox import slapd as slapd_module
 
     monkeypatch.setattr(slapd_module.shutil, "which", lambda *args, **kwargs: None)
     with pytest.raises(slapd_module.SlapdError, match="slapd not found; run `make setup`"):

@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 import pytest
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, Connection, Server
+from usersync_sandbox.slapd import SlapdServer, ldif_entry
 
 from usersync.config import LdapSourceConfig, SecretRef, load_profile
 from usersync.model import SourceSnapshot
-from usersync.sandbox.slapd import SlapdServer, ldif_entry
 from usersync.sources.ldap import LdapSource
 from usersync.sources.watermark import advance_watermark, extract_with_watermark
 from usersync.store import Store

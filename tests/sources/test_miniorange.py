@@ -7,11 +7,11 @@ import hashlib
 from collections.abc import Iterator
 
 import pytest
+from usersync_sandbox.miniorange import MiniorangeEmulator
+from usersync_sandbox.server import serve
 
 from usersync.config import MiniorangeSourceConfig, SecretRef
 from usersync.errors import ConfigError, SourceAuthError
-from usersync.sandbox.miniorange import MiniorangeEmulator
-from usersync.sandbox.server import serve
 from usersync.sources.miniorange import MiniorangeSource, sign
 
 CUSTOMER = "248762"

@@ -29,10 +29,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from usersync_sandbox.server import serve
 
 from usersync.config import ScimSourceConfig, SecretRef
 from usersync.errors import IncompleteSourceError, SourceAuthError, SourceUnreachableError
-from usersync.sandbox.server import serve
 from usersync.sources.scim import ScimSource, scim_value
 
 TOKEN = "scim-test-token"

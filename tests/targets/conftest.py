@@ -1,7 +1,7 @@
 """The contract-suite harness: one `target_env` fixture per product, each over real HTTP.
 
 Every product provides `tests/targets/harness_<product>.py` with a context manager
-`environment(**options)` that starts the product's emulator with `usersync.sandbox.server.serve`
+`environment(**options)` that starts the product's emulator with `usersync_sandbox.server.serve`
 and yields a `TargetEnv`. The contract suite (`test_contract.py`) runs unchanged against each;
 a fourth product only adds its client, its emulator and its harness module.
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from usersync_sandbox import bitbucket, confluence, jira
 
 from tests.conformance.checking import Recording, print_totals, specs_available
-from usersync.sandbox import bitbucket, confluence, jira
 from usersync.targets.base import Target
 
 PRODUCTS = ("jira", "confluence", "bitbucket")

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from usersync_sandbox.bitbucket import BitbucketEmulator
+from usersync_sandbox.server import serve
+
 from tests.targets.conftest import TargetEnv
 from usersync.config import TargetConfig
 from usersync.http import RetryPolicy
-from usersync.sandbox.bitbucket import BitbucketEmulator
-from usersync.sandbox.server import serve
 from usersync.targets.bitbucket import BitbucketTarget
 
 PAGE_SIZE = 5

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from usersync_sandbox.confluence import DEFAULT_VERSION, ConfluenceEmulator
+from usersync_sandbox.server import serve
 
 from tests.targets.conftest import TargetEnv
 from usersync.http import RetryPolicy
-from usersync.sandbox.confluence import DEFAULT_VERSION, ConfluenceEmulator
-from usersync.sandbox.server import serve
 from usersync.targets.confluence import ConfluenceTarget
 
 ADMIN = ("admin", "admin-secret")

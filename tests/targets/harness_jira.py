@@ -13,11 +13,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.server import serve
+
 from tests.targets.conftest import TargetEnv
 from usersync.config import TargetConfig
 from usersync.http import RetryPolicy
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.server import serve
 from usersync.targets.jira import ADMIN_GROUPS, JiraTarget
 
 PAGE_SIZE = 5

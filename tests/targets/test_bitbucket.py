@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pandas as pd
 import pytest
+from usersync_sandbox.bitbucket import DEFAULT_GROUP, BitbucketEmulator
+from usersync_sandbox.server import serve
 
 from tests.targets import harness_bitbucket as harness
 from tests.targets.conftest import TargetEnv
@@ -25,8 +27,6 @@ from usersync.errors import (
     TargetRejectedError,
 )
 from usersync.http import ApiClient, RetryPolicy
-from usersync.sandbox.bitbucket import DEFAULT_GROUP, BitbucketEmulator
-from usersync.sandbox.server import serve
 from usersync.targets.bitbucket import BitbucketTarget
 
 API = f"{harness.CONTEXT_PATH}/rest/api/1.0"

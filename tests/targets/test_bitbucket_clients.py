@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from usersync.sandbox.bitbucket import DEFAULT_GROUP, BitbucketEmulator
-from usersync.sandbox.server import serve
+from usersync_sandbox.bitbucket import DEFAULT_GROUP, BitbucketEmulator
+from usersync_sandbox.server import serve
 
 atlassian = pytest.importorskip("atlassian")
 requests = pytest.importorskip("requests")

@@ -4,7 +4,7 @@ Product-neutral: it uses only the `Target` interface and the harness protocol of
 `tests/targets/conftest.py` (seed_user / seed_group / app.faults / app.requests, make_target,
 page_size, waits), plus `emulator.rename_user(username, new_name)`, which renames an account
 the way an administrator would by hand in the product (its key stays), and the "applied-"
-faults of `usersync.sandbox.faults` (the product does the work, its answer is lost). Every
+faults of `usersync_sandbox.faults` (the product does the work, its answer is lost). Every
 write is read back with a fresh client, as a user would check it in the product; fault tests
 prove what the client waited, how often it asked, and that a write whose answer was lost was
 done exactly once. Each harness signs its main client in as an account named "admin".
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from usersync_sandbox.faults import WRITE_METHODS, RecordedRequest
 
 from tests.targets.conftest import TargetEnv
 from usersync.errors import (
@@ -25,7 +26,6 @@ from usersync.errors import (
     TransientError,
 )
 from usersync.model import TARGET_GROUP_COLUMNS, TARGET_MEMBERSHIP_COLUMNS, TARGET_USER_COLUMNS
-from usersync.sandbox.faults import WRITE_METHODS, RecordedRequest
 from usersync.targets.base import Target, normalise_name
 
 #: The account every harness signs its main client in as.

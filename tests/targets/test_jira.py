@@ -13,12 +13,12 @@ import socket
 import httpx
 import pandas as pd
 import pytest
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.server import serve
 
 from tests.targets.harness_jira import ADMIN, CONTEXT_PATH, NON_ADMIN, environment
 from usersync.config import TargetConfig
 from usersync.errors import ConfigError, TargetConflictError, TargetRejectedError
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.server import serve
 from usersync.targets import open_target
 from usersync.targets.jira import JiraTarget
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from usersync_sandbox.jira import DEFAULT_ROLE, DEFAULT_ROLE_GROUP
 
 from tests.targets import harness_confluence, harness_jira
 from usersync.errors import TargetLicenceError
-from usersync.sandbox.jira import DEFAULT_ROLE, DEFAULT_ROLE_GROUP
 from usersync.targets.base import Seats
 from usersync.targets.confluence import ConfluenceTarget
 from usersync.targets.jira import JiraTarget

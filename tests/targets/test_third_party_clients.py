@@ -17,9 +17,9 @@ import pytest
 import requests
 from atlassian import Jira
 from jira import JIRA
+from usersync_sandbox.jira import JiraEmulator
+from usersync_sandbox.server import serve
 
-from usersync.sandbox.jira import JiraEmulator
-from usersync.sandbox.server import serve
 from usersync.targets.jira import JiraTarget
 
 ADMIN = ("admin", "admin-secret")

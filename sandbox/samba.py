@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from usersync.sandbox.slapd import (
+from usersync_sandbox.slapd import (
     TestCertificates,
     find_binary,
     make_test_certificates,

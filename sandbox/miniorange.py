@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from usersync.sources.miniorange import sign
+from usersync import sign_miniorange_request as sign
 
 PREFIX = "/moas/api/admin/users"
 

@@ -40,9 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 from starlette.routing import Route
-
-from usersync.sandbox.faults import Instrumented, retry_after_only
-from usersync.sandbox.substring_index import SubstringIndex, TrackedDict
+from usersync_sandbox.faults import Instrumented, retry_after_only
+from usersync_sandbox.substring_index import SubstringIndex, TrackedDict
 
 #: Global permissions, lowest first; each implies the ones before it.
 GLOBAL_PERMISSIONS: tuple[str, ...] = ("LICENSED_USER", "PROJECT_CREATE", "ADMIN", "SYS_ADMIN")

@@ -55,8 +55,8 @@ class Sample:
 
 
 def load_sample() -> Sample:
-    """The demo's people from `usersync/sandbox/data/scim-sample.json`."""
-    text = (resources.files("usersync.sandbox") / "data" / SAMPLE_FILE).read_text("utf-8")
+    """The demo's people from `sandbox/data/scim-sample.json`."""
+    text = (resources.files("usersync_sandbox") / "data" / SAMPLE_FILE).read_text("utf-8")
     raw = json.loads(text)
     users = tuple(
         SampleUser(

@@ -38,8 +38,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-
-from usersync.sandbox.faults import Instrumented
+from usersync_sandbox.faults import Instrumented
 
 #: Versions in which the REST admin resources appeared (reference §2.2). Older emulated
 #: versions answer 404 on these paths, as a real site does.

@@ -13,15 +13,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from usersync.plugins import load_class
-from usersync.sandbox.faults import Exchange
-from usersync.sandbox.server import ServedApp
+from usersync_sandbox.faults import Exchange
+from usersync_sandbox.server import ServedApp
+
+from usersync import load_class
 
 #: product → "module:Class" of its emulator, and the context path it is served under.
 EMULATORS: dict[str, tuple[str, str]] = {
-    "jira": ("usersync.sandbox.jira:JiraEmulator", "/jira"),
-    "confluence": ("usersync.sandbox.confluence:ConfluenceEmulator", "/confluence"),
-    "bitbucket": ("usersync.sandbox.bitbucket:BitbucketEmulator", "/bitbucket"),
+    "jira": ("usersync_sandbox.jira:JiraEmulator", "/jira"),
+    "confluence": ("usersync_sandbox.confluence:ConfluenceEmulator", "/confluence"),
+    "bitbucket": ("usersync_sandbox.bitbucket:BitbucketEmulator", "/bitbucket"),
 }
 
 ADMIN_USERNAME = "admin"

@@ -55,8 +55,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-
-from usersync.sandbox.faults import Instrumented
+from usersync_sandbox.faults import Instrumented
 
 API_PREFIX = "/rest/api/2"
 #: Jira serves every REST v2 resource under `/rest/api/latest` as well (clients such as the

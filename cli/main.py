@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from usersync.errors import ConfigError, UsersyncError
+from usersync import ConfigError, UsersyncError
 
 
 class PrefectUnreachableError(UsersyncError):
@@ -46,9 +46,9 @@ def _require_prefect_api() -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from usersync import sync
+    from usersync import prepare_profile, shared_instance_warnings
 
-    loaded = sync.load(args.profile)
+    loaded = prepare_profile(args.profile)
     profile = loaded.profile
     print(f"profile {profile.name}: OK")
     print(f"  source: {profile.source.kind} {getattr(profile.source, 'url', '')}")
@@ -59,18 +59,18 @@ def _validate(args: argparse.Namespace) -> int:
         f"{', '.join(loaded.tables.source_attributes())}"
     )
     print(f"  groups.csv: {len(loaded.tables.groups)} rule(s)")
-    for warning in [*loaded.tables.warnings, *sync.shared_instance_warnings(profile)]:
+    for warning in [*loaded.tables.warnings, *shared_instance_warnings(profile)]:
         print(f"  warning: {warning}")
     return 0
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from usersync import sync as engine
+    from usersync import prepare_profile
 
     # Validate before Prefect starts, so a bad profile is one line, not a flow run's traceback.
-    engine.load(args.profile)
+    prepare_profile(args.profile)
     _require_prefect_api()
-    from flows.sync import SyncBraked, SyncFailed, sync
+    from usersync_flows.sync import SyncBraked, SyncFailed, sync
 
     try:
         outcomes = sync(
@@ -94,27 +94,25 @@ def _sync(args: argparse.Namespace) -> int:
 
 def _prefect_secret(name: str) -> str:
     """A Prefect Secret block's value, for `check` and `test-sync` (Prefect imported if needed)."""
-    from tasks.secrets import load_prefect_secret_if_configured
+    from usersync_tasks.secrets import load_prefect_secret_if_configured
 
     return load_prefect_secret_if_configured(name)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from usersync import sync
-    from usersync.connection import check_connections
+    from usersync import check_connections, prepare_profile
 
-    results = check_connections(sync.load(args.profile), load_prefect_secret=_prefect_secret)
+    results = check_connections(prepare_profile(args.profile), load_prefect_secret=_prefect_secret)
     for result in results:
         print(f"{result.part}: {'OK' if result.ok else 'FAILED'}: {result.detail}")
     return 0 if all(result.ok for result in results) else 1
 
 
 def _test_sync(args: argparse.Namespace) -> int:
-    from usersync import sync
-    from usersync.testsync import run_test_sync
+    from usersync import prepare_profile, run_test_sync
 
     report = run_test_sync(
-        sync.load(args.profile),
+        prepare_profile(args.profile),
         args.login,
         attribute=args.attribute,
         load_prefect_secret=_prefect_secret,
@@ -124,7 +122,7 @@ def _test_sync(args: argparse.Namespace) -> int:
 
 
 def _alerts_install(args: argparse.Namespace) -> int:
-    from tasks.alerts import install_alerts
+    from usersync_tasks.alerts import install_alerts
 
     _require_prefect_api()
     for automation in install_alerts(args.block):
@@ -133,7 +131,7 @@ def _alerts_install(args: argparse.Namespace) -> int:
 
 
 def _answer(args: argparse.Namespace) -> int:
-    from tasks.approval import answer, run_url
+    from usersync_tasks.approval import answer, run_url
 
     _require_prefect_api()
     approve = args.command == "approve"
@@ -147,7 +145,7 @@ def _answer(args: argparse.Namespace) -> int:
 
 
 def _deployments_configure(args: argparse.Namespace) -> int:
-    from tasks.instances import configure_deployments
+    from usersync_tasks.instances import configure_deployments
 
     _require_prefect_api()
     lines, skipped = configure_deployments()
@@ -157,8 +155,7 @@ def _deployments_configure(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from usersync.drift import KINDS
-    from usersync.store import Store
+    from usersync import DRIFT_KINDS, Store
 
     store = Store.open(args.store_url)
     latest = [r for r in store.latest_runs(args.profile) if (r["counts"] or {}).get("drift")]
@@ -167,17 +164,16 @@ def _drift(args: argparse.Namespace) -> int:
         return 0
     for run in sorted(latest, key=lambda r: (r["profile"], r["target"])):
         drift = run["counts"]["drift"]
-        counts = ", ".join(f"{kind} {drift[kind]['count']}" for kind in KINDS)
+        counts = ", ".join(f"{kind} {drift[kind]['count']}" for kind in DRIFT_KINDS)
         print(f"{run['profile']} / {run['target']} (run {run['id']}): {counts}")
-        for kind in KINDS:
+        for kind in DRIFT_KINDS:
             for item in drift[kind]["items"]:
                 print(f"  {kind}: {item['name']}: {item['why']}")
     return 0
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from usersync.report import run_operations_text, runs_table
-    from usersync.store import Store
+    from usersync import Store, run_operations_text, runs_table
 
     store = Store.open(args.store_url)
     if args.run is None:
@@ -222,7 +218,7 @@ def _prefect_run_url():
 
 
 def _conflicts(args: argparse.Namespace) -> int:
-    from usersync.store import Store
+    from usersync import Store
 
     store = Store.open(args.store_url)
     frame = store.latest_conflicts(args.profile)
@@ -237,7 +233,7 @@ def _conflicts(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from usersync_flows.demo import run_demo
 
     _require_prefect_api()
     return run_demo(args.source)
@@ -246,11 +242,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _sandbox(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from usersync.sandbox.serve import serve_forever
+    from usersync_sandbox.serve import serve_forever
 
     with ExitStack() as stack:
         if args.ldap:
-            from usersync.sandbox.slapd import SlapdServer
+            from usersync_sandbox.slapd import SlapdServer
 
             directory = stack.enter_context(SlapdServer.for_demo())
             print(f"ldap: {directory.url}  (the sample directory, base {directory.base_dn})")
@@ -266,11 +262,11 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 def _inbox_push_sample(args: argparse.Namespace) -> int:
     import httpx
+    from usersync_sandbox.push import push_sample
 
-    from usersync.inbox import PREFIX
-    from usersync.sandbox.push import push_sample
+    from usersync import INBOX_PREFIX
 
-    base = f"{args.url.rstrip('/')}{PREFIX}/{args.profile}"
+    base = f"{args.url.rstrip('/')}{INBOX_PREFIX}/{args.profile}"
     try:
         pushed = push_sample(base, args.token)
     except RuntimeError as exc:
@@ -286,10 +282,16 @@ def _inbox_serve(args: argparse.Namespace) -> int:
     import os
 
     import uvicorn
+    from usersync_tasks.inbox_events import inbox_event_callback
 
-    from tasks.inbox_events import inbox_event_callback
-    from usersync.inbox import PREFIX, InboxApp, InboxLimits, plain_http_warning, uvicorn_options
-    from usersync.store import Store
+    from usersync import (
+        INBOX_PREFIX,
+        InboxApp,
+        InboxLimits,
+        Store,
+        plain_http_warning,
+        uvicorn_options,
+    )
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
@@ -308,7 +310,7 @@ def _inbox_serve(args: argparse.Namespace) -> int:
     on_change, events_line = inbox_event_callback()
     app = InboxApp(store.engine, on_change=on_change, limits=limits)
     scheme = "https" if args.tls_cert else "http"
-    print(f"SCIM inbox on {scheme}://{args.host}:{args.port}{PREFIX}/<profile>", flush=True)
+    print(f"SCIM inbox on {scheme}://{args.host}:{args.port}{INBOX_PREFIX}/<profile>", flush=True)
     print(events_line, flush=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
     warning = None if args.tls_cert else plain_http_warning(args.host)
@@ -336,9 +338,7 @@ def _inbox_serve(args: argparse.Namespace) -> int:
 def _inbox_token(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from usersync.config import load_profile
-    from usersync.inbox import PREFIX, issue_token
-    from usersync.store import Store
+    from usersync import INBOX_PREFIX, Store, issue_inbox_token, load_profile
 
     source = load_profile(args.profile).source
     if source.kind != "miniorange-push":
@@ -347,10 +347,10 @@ def _inbox_token(args: argparse.Namespace) -> int:
             "inbox; set source.kind: miniorange-push to receive pushes"
         )
     store = Store.open(args.store_url or source.store_url)
-    issued = issue_token(
+    issued = issue_inbox_token(
         store.engine, source.inbox, rotate=args.rotate, grace=timedelta(hours=args.grace_hours)
     )
-    print(f"SCIM base URL: https://<this host>{PREFIX}/{source.inbox}")
+    print(f"SCIM base URL: https://<this host>{INBOX_PREFIX}/{source.inbox}")
     print(f"bearer token (shown once, paste it into miniOrange): {issued.token}")
     if issued.previous_valid_until:
         until = f"{issued.previous_valid_until:%Y-%m-%d %H:%M} UTC"

@@ -288,7 +288,7 @@ class SlapdServer:
 
         The caller stops it (`stop()` or a `with` block).
         """
-        sample = resources.files("usersync.sandbox") / "data" / SAMPLE_LDIF
+        sample = resources.files("usersync_sandbox") / "data" / SAMPLE_LDIF
         server = cls(ldif=sample.read_text(encoding="utf-8"), load="online", **kwargs)  # type: ignore[arg-type]
         server.start()
         return server
