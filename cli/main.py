@@ -248,7 +248,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         if args.ldap:
             from usersync_sandbox.slapd import SlapdServer
 
-            directory = stack.enter_context(SlapdServer.for_demo())
+            directory = stack.enter_context(SlapdServer.for_demo(port=args.ldap_port))
             print(f"ldap: {directory.url}  (the sample directory, base {directory.base_dn})")
             print(f"  bind DN {directory.admin_dn}, password {directory.admin_password}")
             print(
@@ -617,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve the sample directory in a real slapd (installed by make setup); "
         "prints its URL and bind credentials",
+    )
+    p.add_argument(
+        "--ldap-port",
+        type=int,
+        default=0,
+        help="with --ldap: slapd's port (default: a free one)",
     )
     p.set_defaults(func=_sandbox)
     return parser

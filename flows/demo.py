@@ -47,7 +47,7 @@ def _ldap_source() -> Iterator[str]:
     """A slapd with the sample directory; the environment points the `demo` profile at it."""
     from usersync_sandbox.slapd import SlapdServer
 
-    with SlapdServer.for_demo() as directory:
+    with SlapdServer.for_demo(port=_pinned_port("USERSYNC_DEMO_LDAP_PORT")) as directory:
         os.environ["USERSYNC_DEMO_LDAP_URL"] = directory.url
         os.environ["USERSYNC_DEMO_LDAP_PASSWORD"] = directory.admin_password
         yield f"directory: {directory.url} (slapd, sample.ldif)"

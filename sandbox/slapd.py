@@ -238,6 +238,8 @@ class SlapdServer:
             `(entryCSN>=...)` included (80 ms of the server's time for a change search of
             100k users that finds nothing, against 1 ms with the index).
         start_timeout: seconds to wait for slapd to accept connections.
+        port: the `ldap://` port to listen on; 0 (default) picks a free one. A pinned port
+            that is taken is an error (no other port is tried).
     """
 
     def __init__(
@@ -252,6 +254,7 @@ class SlapdServer:
         database_config: Sequence[str] = (),
         syncprov: bool = False,
         start_timeout: float = 10.0,
+        port: int = 0,
     ) -> None:
         self.base_dn = base_dn
         self.admin_dn = f"cn=admin,{base_dn}"
@@ -263,6 +266,7 @@ class SlapdServer:
         self._database_config = tuple(database_config)
         self._syncprov = syncprov
         self._start_timeout = start_timeout
+        self._pinned_port = port
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self.port = 0
@@ -395,9 +399,12 @@ class SlapdServer:
     def _launch(self, slapd: str, config: Path) -> None:
         assert self._dir is not None
         # The port is free when chosen but another process could take it before slapd binds;
-        # a few attempts make that race harmless.
-        for _attempt in range(3):
-            self.port = free_port()
+        # a few attempts make that race harmless. A pinned port gets one attempt, and is
+        # checked first: another program listening there would pass the readiness check.
+        if self._pinned_port and _accepts(self._pinned_port):
+            raise _pinned_port_taken(self._pinned_port)
+        for _attempt in range(1 if self._pinned_port else 3):
+            self.port = self._pinned_port or free_port()
             urls = [f"ldap://127.0.0.1:{self.port}/"]
             if self._tls:
                 self.ldaps_port = free_port()
@@ -412,6 +419,8 @@ class SlapdServer:
                 )
             if self._wait_ready(stderr_path):
                 return
+        if self._pinned_port:
+            raise _pinned_port_taken(self._pinned_port)
         raise SlapdError(
             f"slapd did not start (config {config}): "
             f"{stderr_path.read_text(errors='replace').strip() or 'no output'}"
@@ -444,6 +453,13 @@ class SlapdServer:
             f"slapd did not accept connections on 127.0.0.1:{ports} within "
             f"{self._start_timeout:g} s: {output.strip() or 'no output'}"
         )
+
+
+def _pinned_port_taken(port: int) -> SlapdError:
+    return SlapdError(
+        f"slapd cannot listen on the pinned port 127.0.0.1:{port}: it is in use; "
+        "free it or pin another"
+    )
 
 
 def _accepts(port: int) -> bool:

@@ -66,8 +66,39 @@ def test_push_demo_matches_what_the_products_hold_on_pinned_ports_and_leaves_no_
 
 
 @pytest.mark.slapd
-def test_ldap_demo_matches_what_the_products_hold(tmp_path, capsys):
+def test_ldap_demo_matches_what_the_products_hold_with_slapd_on_the_pinned_port(
+    tmp_path, capsys, monkeypatch
+):
+    port = _free_ports(1)
+    monkeypatch.setenv("USERSYNC_DEMO_LDAP_PORT", str(port))
     assert run_demo("ldap", store_dir=tmp_path) == 0
     out = capsys.readouterr().out
+    assert f"directory: ldap://127.0.0.1:{port} (slapd, sample.ldif)" in out
     assert "[ok] jira: 'asmith' was adopted" in out
     assert "[ok] confluence: all 18 active source users exist" in out
+
+
+@pytest.mark.slapd
+def test_a_pinned_slapd_port_answers_ldap_and_a_taken_one_is_refused_by_name():
+    import socket
+
+    import ldap3
+    from usersync_sandbox.slapd import SlapdError, SlapdServer
+
+    port = _free_ports(1)
+    with SlapdServer.for_demo(port=port) as directory:
+        assert directory.url == f"ldap://127.0.0.1:{port}"
+        connection = ldap3.Connection(
+            ldap3.Server(f"127.0.0.1:{port}"),
+            directory.admin_dn,
+            directory.admin_password,
+            auto_bind=True,
+        )
+        connection.search(directory.base_dn, "(uid=asmith)", attributes=["mail"])
+        assert [str(e.mail) for e in connection.entries] == ["asmith@example.org"]
+        connection.unbind()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(SlapdError, match=f"pinned port 127.0.0.1:{port}: it is in use"):
+            SlapdServer(port=port).start()
