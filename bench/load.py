@@ -346,7 +346,7 @@ def main() -> None:
         os.environ["USERSYNC_STORE_URL"] = f"sqlite:///{tmp}/store.db"
         os.environ["USERSYNC_BENCH_PASSWORD"] = PASSWORD
         write_profile(Path(tmp) / "mappings", urls)
-        loaded = sync.load(PROFILE)
+        loaded = sync.prepare_profile(PROFILE)
         store = Store.open()
         clean = {"latency_seconds": latency}
         storm = {**clean, **STORM} if args.storm else clean

@@ -33,3 +33,41 @@ def form_field(title: str, description: str, default: Any = ...) -> Any:
         default: the default value; `...` for a required parameter.
     """
     return Field(default, description=description, json_schema_extra={"title": title})
+
+
+#: The `sync` flow's run form: each parameter's default with its title and help.
+SYNC_FORM = {
+    "profile": form_field("Profile", PROFILE_HELP),
+    "targets": form_field(
+        "Targets",
+        "Which of the profile's targets to sync, by their names under `targets:` in its "
+        "profile.yaml (the deployment's description lists them); empty: all of them. An "
+        "unknown name stops the run before anything is read.",
+        None,
+    ),
+    "dry_run": form_field(
+        "Dry run",
+        "Plan and publish the plan (artifact plan-<profile>-<target>); write nothing anywhere. "
+        "The run is named sync-<profile>-dry-run and tagged dry-run.",
+        False,
+    ),
+    "allow_mass_changes": form_field(
+        "Allow mass changes",
+        "Release the brake on deactivations and membership removals for this run only, "
+        "after checking the plan of a dry run.",
+        False,
+    ),
+    "full": form_field(
+        "Full read",
+        "Read the whole source even where an incremental read is possible (Active Directory "
+        "with incremental.enabled); a full read also catches deletions.",
+        False,
+    ),
+    "wait_seconds": form_field(
+        "Wait for a run in progress (seconds)",
+        "Outside a deployment (usersync sync): when another run of this profile is under way, "
+        "wait this long for it, then stop without reading or writing. A deployment run always "
+        "queues behind a run in progress (one waits; later ones end Skipped).",
+        0,
+    ),
+}

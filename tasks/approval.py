@@ -42,7 +42,7 @@ from prefect.utilities.urls import url_for
 from pydantic import Field
 from usersync_tasks.report import announce_approval_requested
 
-from usersync import BrakeLimit, ConfigError, UsersyncError
+from usersync import BrakedTarget, ConfigError, UsersyncError
 
 #: How often a paused run looks whether someone answered (seconds).
 POLL_SECONDS = 5
@@ -82,16 +82,6 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class BrakedTarget:
-    """A target whose plan tripped the brake, as the approver sees it."""
-
-    target: str
-    limits: tuple[BrakeLimit, ...]
-    plan_artifact: str
-    destructive: int
 
 
 def channel() -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from usersync_tasks import report
 from usersync_tasks.progress import OperationCounter, calls_planned, extract_progress, load_progress
 from usersync_tasks.retry import retry_unreachable_source
 from usersync_tasks.secrets import load_prefect_secret
@@ -22,8 +23,10 @@ from usersync import (
     LoadResult,
     SourceSnapshot,
     Store,
+    Target,
     TargetPlan,
     UsersyncError,
+    conflict_lines,
 )
 
 SIDE_EFFECT_FREE = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -106,25 +109,42 @@ def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> D
 
 @task(name="plan", task_run_name="plan-{target}", **SIDE_EFFECT_FREE)
 def plan(
-    loaded: LoadedProfile, target: str, desired: DesiredState, allow_mass_changes: bool
+    loaded: LoadedProfile,
+    target: str,
+    client: Target,
+    desired: DesiredState,
+    allow_mass_changes: bool,
+    run_id: int,
+    dry_run: bool,
 ) -> TargetPlan:
-    """Read the target's state and compute the plan; guards run here, before any write."""
+    """Read the target's state and compute the plan (guards run here, before any write);
+    record it with the run, publish it, and say what a person must look at."""
+    profile = loaded.profile.name
     store = Store.open()
     try:
-        with engine.open_target_for(
-            loaded, target, load_prefect_secret=load_prefect_secret
-        ) as client:
-            result = engine.plan_target_sync(
-                loaded,
-                target,
-                client,
-                desired,
-                store,
-                allow_mass_changes=allow_mass_changes,
-            )
+        result = engine.plan_target_sync(
+            loaded, target, client, desired, store, allow_mass_changes=allow_mass_changes
+        )
+        store.record_plan(run_id, result.plan)
     finally:
         store.close()
-    get_run_logger().info("%s: planned %s", target, result.counts() or "nothing")
+    logger = get_run_logger()
+    logger.info("%s: planned %s", target, result.counts() or "nothing")
+    for line in conflict_lines(result.conflicts.astype(object).to_dict("records")):
+        logger.warning("%s: %s", target, line)
+    for attribute, count in result.unverifiable.items():
+        logger.warning(
+            "%s: %s of %d managed account(s) cannot be read with these credentials; "
+            "left alone, not compared",
+            target,
+            attribute,
+            count,
+        )
+    report.publish_plan(profile, result)
+    if result.seats.get("held_back"):
+        report.announce_seats(profile, target, result.seats, dry_run)
+    if result.alerts:
+        report.announce_security(profile, target, list(result.alerts), dry_run)
     return result
 
 
@@ -132,6 +152,7 @@ def plan(
 def load(
     loaded: LoadedProfile,
     target: str,
+    client: Target,
     target_plan: TargetPlan,
     run_id: int,
     lease_holder: str | None = None,
@@ -147,25 +168,22 @@ def load(
     profile = loaded.profile.name
     store = Store.open()
     try:
-        with engine.open_target_for(
-            loaded, target, load_prefect_secret=load_prefect_secret
-        ) as client:
-            counter = OperationCounter(client)
-            with load_progress(
-                f"load-{profile}-{target}",
-                f"load of {target}",
-                counter,
-                calls_planned(target_plan.plan),
-            ) as progress:
-                result = engine.load_target_sync(
-                    loaded,
-                    counter,  # type: ignore[arg-type] - a Target, counted
-                    target_plan,
-                    store,
-                    run_id,
-                    lease_holder=lease_holder,
-                )
-                progress["outcome"] = result.status
+        counter = OperationCounter(client)
+        with load_progress(
+            f"load-{profile}-{target}",
+            f"load of {target}",
+            counter,
+            calls_planned(target_plan.plan),
+        ) as progress:
+            result = engine.load_target_sync(
+                loaded,
+                counter,  # type: ignore[arg-type] - a Target, counted
+                target_plan,
+                store,
+                run_id,
+                lease_holder=lease_holder,
+            )
+            progress["outcome"] = result.status
     finally:
         store.close()
     logger = get_run_logger()

@@ -91,7 +91,7 @@ def checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_three_failures_are_told_apart(checked, capsys) -> None:
     _, url, _, users_before = checked
-    results = {r.part: r for r in check_connections(sync.load("tc"))}
+    results = {r.part: r for r in check_connections(sync.prepare_profile("tc"))}
 
     assert results["target good"].ok
     assert "administrator 'admin'" in results["target good"].detail
@@ -129,7 +129,7 @@ def test_inbox_source_passes_once_it_has_a_token(checked) -> None:
     store = Store.open(store_url)
     issue_token(store.engine, "tc")
     store.close()
-    source = check_connections(sync.load("tc"))[0]
+    source = check_connections(sync.prepare_profile("tc"))[0]
     assert source.ok and "0 user(s) and 0 group(s) pushed so far" in source.detail
 
 
@@ -142,7 +142,7 @@ def test_test_connection_names_the_groups_that_grant_administration(checked) -> 
     profile = yaml.safe_load(profile_file.read_text("utf-8"))
     profile["targets"]["good"]["admin_groups"] = ["ops-root"]
     profile_file.write_text(yaml.safe_dump(profile), encoding="utf-8")
-    good = {r.part: r for r in check_connections(sync.load("tc"))}["target good"]
+    good = {r.part: r for r in check_connections(sync.prepare_profile("tc"))}["target good"]
     assert good.ok
     assert "2 administrator(s)" in good.detail  # admin, and plain through ops-root
     assert "the stock admin groups, ops-root" in good.detail
@@ -166,7 +166,7 @@ def test_test_connection_fails_when_administrators_cannot_be_established(
         }
         (folder / "profile.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
         monkeypatch.setenv("TC_ADMIN", ADMIN_PASSWORD)
-        wiki_check = {r.part: r for r in check_connections(sync.load("tc"))}["target wiki"]
+        wiki_check = {r.part: r for r in check_connections(sync.prepare_profile("tc"))}["target wiki"]
     assert not wiki_check.ok
     assert "administrators cannot be established" in wiki_check.detail
     assert "adopts and relinks no existing account" in wiki_check.detail

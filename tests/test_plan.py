@@ -9,6 +9,7 @@ import pytest
 
 from usersync.config import SyncSettings
 from usersync.errors import GuardError
+from usersync.guards import check_brake
 from usersync.model import (
     DESIRED_GROUP_COLUMNS,
     DESIRED_MEMBERSHIP_COLUMNS,
@@ -23,7 +24,7 @@ from usersync.model import (
     conform,
     empty_frame,
 )
-from usersync.plan import PlanInput, check_brake, plan_changes, plan_target
+from usersync.plan import PlanInput, plan_changes, plan_target
 
 
 def frame(columns, rows):

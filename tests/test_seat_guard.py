@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from usersync.config import SeatSettings
+from usersync.guards import seat_guard
 from usersync.model import (
     CONFLICT_COLUMNS,
     DESIRED_GROUP_COLUMNS,
@@ -17,7 +18,6 @@ from usersync.model import (
     conform,
     empty_frame,
 )
-from usersync.sync import _seat_guard
 from usersync.targets.base import Seats
 
 
@@ -85,7 +85,7 @@ def ops(frame):
 
 def test_enough_seats_changes_nothing():
     target = Licensed(Seats(free=3, limit=10, used=7))
-    kept, conflicts, seats = _seat_guard(PLAN, NO_CONFLICTS, target, SeatSettings(), DESIRED)
+    kept, conflicts, seats = seat_guard(PLAN, NO_CONFLICTS, target, SeatSettings(), DESIRED)
     assert ops(kept) == ops(PLAN) and conflicts.empty
     assert seats == {
         "needed": 3,
@@ -100,7 +100,7 @@ def test_enough_seats_changes_nothing():
 
 def test_short_of_seats_creates_none_and_holds_their_memberships():
     target = Licensed(Seats(free=2, limit=10, used=8))
-    kept, conflicts, seats = _seat_guard(PLAN, NO_CONFLICTS, target, SeatSettings(), DESIRED)
+    kept, conflicts, seats = seat_guard(PLAN, NO_CONFLICTS, target, SeatSettings(), DESIRED)
     # The deactivation frees a seat only once it succeeds: not counted now.
     assert ops(kept) == [("create_group", ""), ("deactivate_user", "old")]
     assert sorted(conflicts["username"]) == ["ann", "bob", "cid"]
@@ -111,7 +111,7 @@ def test_short_of_seats_creates_none_and_holds_their_memberships():
 def test_by_priority_gives_the_free_seats_to_priority_groups_first():
     target = Licensed(Seats(free=1))
     settings = SeatSettings(when_short="by_priority", priority_groups=("admins",))
-    kept, conflicts, _ = _seat_guard(PLAN, NO_CONFLICTS, target, settings, DESIRED)
+    kept, conflicts, _ = seat_guard(PLAN, NO_CONFLICTS, target, settings, DESIRED)
     assert ops(kept) == [
         ("create_group", ""),
         ("create_user", "bob"),  # in "admins": first
@@ -123,7 +123,7 @@ def test_by_priority_gives_the_free_seats_to_priority_groups_first():
 
 def test_unlimited_or_unknown_seats_hold_nothing_back():
     for seats in (Seats(None), Seats(None, known=False, detail="no permission")):
-        kept, conflicts, figures = _seat_guard(
+        kept, conflicts, figures = seat_guard(
             PLAN, NO_CONFLICTS, Licensed(seats), SeatSettings(), DESIRED
         )
         assert ops(kept) == ops(PLAN) and conflicts.empty
@@ -133,5 +133,5 @@ def test_unlimited_or_unknown_seats_hold_nothing_back():
 def test_seats_are_not_asked_for_a_plan_that_takes_none():
     target = Licensed(Seats(free=0))
     only_groups = plan(("add_membership", "s-x", "K-x", "x", "devs"))
-    _seat_guard(only_groups, NO_CONFLICTS, target, SeatSettings(), DESIRED)
+    seat_guard(only_groups, NO_CONFLICTS, target, SeatSettings(), DESIRED)
     assert target.asked == 0

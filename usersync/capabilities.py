@@ -47,7 +47,7 @@ MEMBERS_PER_CALL = 100
 
 class AccountGroupsReader(Protocol):
     """A target that lists every group of an account, mapped or not (Jira, Confluence,
-    Bitbucket). `settings.groups.keep_existing_groups: false` needs it (`sync.load` refuses
+    Bitbucket). `settings.groups.keep_existing_groups: false` needs it (`sync.prepare_profile` refuses
     the profile otherwise) to remove managed accounts from groups no rule maps."""
 
     def read_user_groups(self, usernames: Sequence[str]) -> pd.DataFrame:

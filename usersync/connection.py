@@ -42,7 +42,7 @@ def check_connections(
     """Check the profile's source, then each target; never raises for a failing part.
 
     Args:
-        loaded: the validated profile (`usersync.sync.load`).
+        loaded: the validated profile (`usersync.sync.prepare_profile`).
         load_prefect_secret: reads Prefect Secret blocks (the flow passes one).
 
     Returns:

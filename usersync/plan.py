@@ -1,4 +1,4 @@
-"""Desired − target − ledger → an ordered table of operations, and the brake that stops a bad plan.
+"""Desired − target − ledger → an ordered table of operations.
 
 `plan_changes` is a pure function: the same inputs give the same plan. Identity is by key: the
 ledger links each source id to the product's immutable account key, and the account is found
@@ -22,7 +22,7 @@ group usersync manages (mapped now or at any time before), the source decides th
 of the accounts it manages, also when a source group empties, is renamed or disappears; other
 accounts' memberships are never touched. Values the target cannot read are unknown, never
 empty, and never "changed". Everything is computed with joins over whole columns; no Python
-loop walks the directory. `check_brake` refuses a plan with too many destructive changes.
+loop walks the directory. What stops a plan that is too destructive is in `guards`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 
 from usersync.config import SyncSettings
-from usersync.errors import GuardError
 from usersync.model import (
     CONFLICT_COLUMNS,
     CUSTOM_PREFIX,
@@ -49,13 +48,6 @@ from usersync.model import (
     conform,
     empty_frame,
 )
-
-#: Share-of-managed brakes apply only from this many managed accounts (small estates churn).
-RATIO_BRAKE_MINIMUM = 20
-#: The per-group share brake applies only to groups with at least this many members.
-GROUP_RATIO_BRAKE_MINIMUM = 10
-#: The release parameter named in brake messages (flow parameter and CLI flag).
-RELEASE_PARAMETER = "allow_mass_changes"
 
 
 @dataclass(frozen=True)
@@ -1121,96 +1113,3 @@ def _inactive_managed(data: PlanInput, ledger: pd.DataFrame, leaving: pd.DataFra
     found = links.merge(accounts, on="target_key")
     found = found.loc[~found["source_id"].isin(active_ids)]
     return found.rename(columns={"target_key": "t_target_key"}).assign(reason="")
-
-
-@dataclass(frozen=True)
-class BrakeLimit:
-    """One limit a plan exceeded."""
-
-    what: str
-    count: int
-    limit: str
-
-
-def brake_limits(
-    plan: pd.DataFrame, ledger: pd.DataFrame, actual: TargetState, settings: SyncSettings
-) -> list[BrakeLimit]:
-    """Every destructive-change limit this plan exceeds (empty: the plan may run).
-
-    Deactivations by count and by share of the managed accounts; membership removals by count,
-    by share of the managed accounts' memberships, and per group by share of its members.
-    """
-    if not len(plan):
-        return []
-    tripped: list[BrakeLimit] = []
-    managed = int((ledger["kind"] == "user").sum()) if len(ledger) else 0
-    deactivations = int((plan["op"] == "deactivate_user").sum())
-    if deactivations > settings.max_deactivations:
-        tripped.append(
-            BrakeLimit(
-                "deactivations", deactivations, f"max_deactivations={settings.max_deactivations}"
-            )
-        )
-    if (
-        deactivations
-        and managed >= RATIO_BRAKE_MINIMUM
-        and deactivations / managed > settings.max_deactivation_ratio
-    ):
-        tripped.append(
-            BrakeLimit(
-                f"deactivations ({deactivations / managed:.0%} of {managed} managed accounts)",
-                deactivations,
-                f"max_deactivation_ratio={settings.max_deactivation_ratio}",
-            )
-        )
-    removals = plan.loc[plan["op"] == "remove_membership"]
-    if len(removals) > settings.max_membership_removals:
-        tripped.append(
-            BrakeLimit(
-                "membership removals",
-                len(removals),
-                f"max_membership_removals={settings.max_membership_removals}",
-            )
-        )
-    if len(removals):
-        sizes = _key(actual.memberships["group"]).value_counts()
-        per_group = _key(removals["group"]).value_counts()
-        for gkey, count in per_group.items():
-            size = int(sizes.get(gkey, 0))
-            if (
-                size >= GROUP_RATIO_BRAKE_MINIMUM
-                and count / size > settings.max_group_removal_ratio
-            ):
-                name = removals.loc[_key(removals["group"]) == gkey, "group"].iloc[0]
-                tripped.append(
-                    BrakeLimit(
-                        f"removals from group '{name}' ({count} of its {size} members)",
-                        int(count),
-                        f"max_group_removal_ratio={settings.max_group_removal_ratio}",
-                    )
-                )
-    return tripped
-
-
-def check_brake(
-    plan: pd.DataFrame,
-    ledger: pd.DataFrame,
-    actual: TargetState,
-    settings: SyncSettings,
-    target: str,
-) -> None:
-    """Refuse a plan that makes more destructive changes than the settings allow.
-
-    Raises:
-        GuardError: naming every limit exceeded, the numbers, and the release parameter.
-    """
-    tripped = brake_limits(plan, ledger, actual, settings)
-    if not tripped:
-        return
-    details = "; ".join(f"{t.what}: {t.count} (limit {t.limit})" for t in tripped)
-    raise GuardError(
-        f"{target}: the plan exceeds the brake: {details}. Nothing was written. Check the "
-        "source and the mapping first (a changed filter, base DN or renamed group is the usual "
-        f"cause); if the change is intended, run once with {RELEASE_PARAMETER} "
-        f"(usersync sync --allow-mass-changes) after reviewing a dry run's plan."
-    )

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from usersync.model import OPERATIONS
-from usersync.sync import TargetOutcome
+from usersync.outcome import TargetOutcome
 
 #: Plan rows shown in one artifact; the store keeps every row.
 PLAN_ROWS_SHOWN = 1000

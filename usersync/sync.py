@@ -2,8 +2,9 @@
 
 The Prefect tasks in `tasks/` are thin wrappers around these functions; tests and the CLI can
 call them directly. Each step takes plain values (profile, tables, frames) and returns plain
-values, so a step can be re-run or inspected alone. Guards run before any write: an empty or
-too small source stops `extract`, a mass deactivation stops `plan_target_sync`.
+values, so a step can be re-run or inspected alone. The guards (`guards`) run before any
+write: an empty or too small source stops `extract`, a mass deactivation stops
+`plan_target_sync`, seats the licence does not have hold creations back.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ import pandas as pd
 from usersync.capabilities import AccountGroupsReader, offers
 from usersync.config import (
     Profile,
-    SeatSettings,
     SecretLoader,
     TargetConfig,
     instance_of,
@@ -33,7 +32,8 @@ from usersync.config import (
     mappings_dir,
     profile_dir,
 )
-from usersync.errors import ConfigError, GuardError, ProfileBusyError
+from usersync.errors import ConfigError
+from usersync.guards import check_brake, check_source, seat_guard
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
 from usersync.model import (
@@ -48,12 +48,12 @@ from usersync.model import (
     empty_frame,
 )
 from usersync.names import lookalike_rejections, skeleton_probes
-from usersync.plan import PlanInput, check_brake, plan_changes
+from usersync.plan import PlanInput, plan_changes
 from usersync.plugins import load_class
 from usersync.sources import open_source
 from usersync.sources.base import ProgressCallback
 from usersync.sources.watermark import extract_with_watermark, incremental_enabled
-from usersync.store import LEASE_SECONDS, LedgerEntry, Store
+from usersync.store import LedgerEntry, Store
 from usersync.targets import TARGET_CLASSES, open_target
 from usersync.targets.base import Target
 
@@ -62,14 +62,18 @@ log = logging.getLogger("usersync.sync")
 
 @dataclass(frozen=True)
 class LoadedProfile:
-    """A validated profile and its validated tables."""
+    """A validated profile and its validated tables, with what a run needs of the profiles
+    beside it: each one's `settings.precedence` (None where unset or invalid), read once when
+    the profile is loaded, not mid-run."""
 
     profile: Profile
     tables: MappingTables
+    precedences: Mapping[str, int | None] = field(default_factory=dict)
 
 
-def load(profile_name: str) -> LoadedProfile:
-    """Read and validate `mappings/<profile_name>/` entirely (profile.yaml and both tables).
+def prepare_profile(profile_name: str) -> LoadedProfile:
+    """Read and validate `mappings/<profile_name>/` entirely (profile.yaml and both tables),
+    and the precedence of every other profile under the same mappings folder.
 
     Raises:
         ConfigError: anything invalid, with file and line.
@@ -78,7 +82,22 @@ def load(profile_name: str) -> LoadedProfile:
     folder = profile_dir(profile_name)
     tables = load_tables(folder, target_names=profile.targets)
     _check_products_take_the_settings(profile, tables, folder)
-    return LoadedProfile(profile, tables)
+    return LoadedProfile(profile, tables, _precedences(folder.parent, besides=profile_name))
+
+
+def _precedences(root: Path, *, besides: str) -> dict[str, int | None]:
+    """Each other profile's `settings.precedence`; None for one that is unset or does not
+    load (an unknown rank decides nothing: an account stays with whoever has it)."""
+    ranks: dict[str, int | None] = {}
+    for path in sorted(root.glob("*/profile.yaml")):
+        name = path.parent.name
+        if name == besides:
+            continue
+        try:
+            ranks[name] = load_profile(name, root).settings.precedence
+        except ConfigError:
+            ranks[name] = None
+    return ranks
 
 
 def _check_products_take_the_settings(
@@ -189,12 +208,7 @@ def extract(
             )
         else:
             snapshot = source.extract(attributes)
-    minimum = loaded.profile.settings.min_source_users
-    if len(snapshot.users) < minimum:
-        raise GuardError(
-            f"the source returned {len(snapshot.users)} user(s), fewer than min_source_users="
-            f"{minimum}; the run stops before any write. Check the base DN and the user filter."
-        )
+    check_source(snapshot, loaded.profile.settings)
     return snapshot
 
 
@@ -548,7 +562,7 @@ def plan_target_sync(
         actual = _with_every_group(target, actual, ledger)
     instance = instance_of(profile.targets[target_name].url)
     claims = store.claims(instance, besides=profile.name)
-    ranks = _precedence_of(set(claims["profile"]))
+    ranks = {p: loaded.precedences.get(p) for p in set(claims["profile"])}
     mine = profile.settings.precedence
     foreign = dict(zip(claims["target_key"], claims["profile"], strict=True))
     plan_input = PlanInput(
@@ -592,7 +606,7 @@ def plan_target_sync(
     conflicts = changes.conflicts
     if len(refused_groups):
         conflicts = pd.concat([conflicts, refused_groups], ignore_index=True)
-    operations, conflicts, seats = _seat_guard(
+    operations, conflicts, seats = seat_guard(
         changes.operations, conflicts, target, profile.settings.seats, desired
     )
     if not allow_mass_changes:
@@ -614,117 +628,6 @@ def plan_target_sync(
         alerts=changes.alerts,
         refused_groups=changes.refused_groups,
     )
-
-
-#: Operations that give an account access, so take a licence seat.
-SEAT_TAKING = ("create_user", "reactivate_user")
-
-
-def _seat_guard(
-    operations: pd.DataFrame,
-    conflicts: pd.DataFrame,
-    target: Target,
-    settings: SeatSettings,
-    desired: DesiredState,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Hold back creations and reactivations the product's licence has no seat for.
-
-    The seats are read only when the plan takes some. Seats that deactivations in the same
-    plan would free are not counted: they are free only once those succeed (the next run uses
-    them). `create_none` holds back every seat-taking operation when they do not all fit;
-    `by_priority` lets through as many as fit, members of `priority_groups` first (in that
-    order), then by username. A held-back account's memberships wait with it. Each held-back
-    account is a conflict row saying why.
-
-    Returns:
-        The operations, the conflicts, and the seat figures for the summary.
-    """
-    taking = operations.loc[operations["op"].isin(SEAT_TAKING)]
-    if not len(taking):
-        return operations, conflicts, {}
-    seats = target.licence_seats()
-    figures: dict[str, Any] = {
-        "needed": len(taking),
-        "free": seats.free,
-        "limit": seats.limit,
-        "used": seats.used,
-        "known": seats.known,
-        "detail": seats.detail,
-        "held_back": 0,
-    }
-    if not seats.known:
-        # Said once and loudly; nothing is held back on a guess.
-        log.error(
-            "%s: licence seats cannot be read (%s): %d creation(s)/reactivation(s) go ahead "
-            "unchecked; the product refuses any past its limit",
-            target.name,
-            seats.detail,
-            len(taking),
-        )
-    if not seats.known or seats.free is None or len(taking) <= seats.free:
-        return operations, conflicts, figures
-    if settings.when_short == "create_none":
-        allowed = 0
-        held = taking
-    else:
-        allowed = max(seats.free, 0)
-        held = _by_seat_priority(taking, settings.priority_groups, desired).iloc[allowed:]
-    held_sources = set(held["source_id"]) - {""}
-    waits = (
-        (operations["op"] == "add_membership")
-        & (operations["target_key"] == "")
-        & operations["source_id"].isin(held_sources)
-    )
-    kept = operations.loc[~operations.index.isin(held.index) & ~waits]
-    why = (
-        f"not {{}}: the licence has {seats.free} free seat(s) and this plan needs "
-        f"{len(taking)} ({settings.when_short}); free seats or raise the licence, and the next run "
-        "goes on (seats that deactivations free count once they succeed)"
-    )
-    rows = pd.DataFrame(
-        {
-            "source_id": held["source_id"],
-            "username": held["username"],
-            "target_key": held["target_key"],
-            "reason": [
-                why.format("created" if op == "create_user" else "reactivated") for op in held["op"]
-            ],
-        },
-        dtype="string",
-    )
-    figures["held_back"] = len(held)
-    first = ", ".join(str(n) for n in held["username"].head(5))
-    log.warning(
-        "%s: licence seats: %d needed, %d free: %d creation(s)/reactivation(s) held back "
-        "(first: %s%s; the plan artifact lists them all)",
-        target.name,
-        len(taking),
-        seats.free,
-        len(held),
-        first,
-        ", ..." if len(held) > 5 else "",
-    )
-    return (
-        kept.reset_index(drop=True),
-        pd.concat([conflicts, rows], ignore_index=True) if len(conflicts) else rows,
-        figures,
-    )
-
-
-def _by_seat_priority(
-    taking: pd.DataFrame, groups: tuple[str, ...], desired: DesiredState
-) -> pd.DataFrame:
-    """Seat-taking operations in seat order: members of `groups` first, in that order."""
-    rank = {g.casefold(): i for i, g in enumerate(groups)}
-    members = desired.memberships.assign(
-        rank=desired.memberships["group"].str.casefold().map(rank)
-    ).dropna(subset=["rank"])
-    best = members.groupby("source_id")["rank"].min()
-    order = taking.assign(
-        _rank=taking["source_id"].map(best).fillna(len(groups)),
-        _name=taking["username"].str.casefold(),
-    )
-    return order.sort_values(["_rank", "_name"], kind="stable").drop(columns=["_rank", "_name"])
 
 
 def _default_leads(config: TargetConfig, target: Target, actual: TargetState) -> dict[str, Any]:
@@ -758,18 +661,6 @@ def _ranks_before(mine: int | None, theirs: int | None) -> bool:
     return mine is not None and theirs is not None and mine < theirs
 
 
-def _precedence_of(profiles: set[str]) -> dict[str, int | None]:
-    """Each profile's `settings.precedence`; None for one that is unset or does not load
-    here (an unknown rank decides nothing: the account stays with whoever has it)."""
-    ranks: dict[str, int | None] = {}
-    for name in profiles:
-        try:
-            ranks[name] = load_profile(name).settings.precedence
-        except ConfigError:
-            ranks[name] = None
-    return ranks
-
-
 def _with_every_group(
     target: Target, actual: TargetState, ledger: pd.DataFrame, keys: set[str] | None = None
 ) -> TargetState:
@@ -788,128 +679,6 @@ def _with_every_group(
         ~memberships[["username", "group"]].apply(lambda c: c.str.casefold()).duplicated()
     ]
     return replace(actual, memberships=memberships.reset_index(drop=True))
-
-
-@dataclass
-class TargetOutcome:
-    """What a sync did to one target (also what the summary shows)."""
-
-    target: str
-    status: str  # planned | succeeded | partial | failed
-    planned: dict[str, int] = field(default_factory=dict)
-    executed: dict[str, dict[str, int]] = field(default_factory=dict)
-    rejected: int = 0
-    error: str | None = None
-    run_id: int | None = None
-    #: users no operation was planned for, with why ({source_id, username, target_key, reason})
-    conflicts: list[dict[str, str]] = field(default_factory=list)
-    #: attribute → managed accounts whose value the target would not reveal
-    unverifiable: dict[str, int] = field(default_factory=dict)
-    #: source users the mapping or the product refuses ({locator, reason}), first ones only
-    rejected_users: list[dict[str, str]] = field(default_factory=list)
-    #: operations that failed ({seq, op, username, group, error}), first ones only
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    #: the decision on a braked plan ({approved, by, channel, at, comment, limits}), if any
-    approval: dict[str, Any] | None = None
-    #: a braked plan waiting for an approval: what the approver is shown, and what it does
-    braked: Any = None
-    signature: frozenset = frozenset()
-    #: the drift report of this target (usersync.drift), None when no plan was made
-    drift: dict[str, Any] | None = None
-    #: licence seats needed and free, and how many seat-taking operations were held back
-    seats: dict[str, Any] = field(default_factory=dict)
-    #: what a person must look at: privileged groups refused, leavers held back, administrators
-    #: that cannot be established (also the event `usersync.sync.security`)
-    alerts: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "status": self.status,
-            "planned": self.planned,
-            "executed": self.executed,
-            "rejected": self.rejected,
-            "error": self.error,
-            "run_id": self.run_id,
-            "conflicts": self.conflicts,
-            "unverifiable": self.unverifiable,
-            "rejected_users": self.rejected_users,
-            "failures": self.failures,
-            "approval": self.approval,
-            "seats": self.seats,
-            "alerts": self.alerts,
-        }
-
-
-#: Rejected users and failed operations kept in a run's outcome (the store has every one).
-DETAILS_KEPT = 200
-
-
-def failed_operations(plan: pd.DataFrame, result: LoadResult) -> list[dict[str, Any]]:
-    """The failed operations of a load with what they were about, first `DETAILS_KEPT`."""
-    rows = plan.set_index("seq")
-    out = []
-    for outcome in result.outcomes:
-        if outcome.status != "failed":
-            continue
-        row = rows.loc[outcome.seq]
-        out.append(
-            {
-                "seq": outcome.seq,
-                "op": outcome.op,
-                "username": str(row["username"]),
-                "group": str(row["group"]),
-                "error": outcome.error or "",
-            }
-        )
-        if len(out) >= DETAILS_KEPT:
-            break
-    return out
-
-
-def default_lease_holder() -> str:
-    """Who runs this sync, for a lease: the process and the host."""
-    return f"pid {os.getpid()} on {socket.gethostname()}"
-
-
-@contextmanager
-def profile_lease(
-    store: Store,
-    profile: str,
-    holder: str,
-    *,
-    wait_seconds: float = 0.0,
-    poll_seconds: float = 2.0,
-    seconds: float = LEASE_SECONDS,
-) -> Iterator[None]:
-    """Hold the profile's lease for the duration: one run of a profile at a time.
-
-    Scheduled, UI, CLI and ad-hoc runs all take it, so two runs of one profile never interleave
-    their writes. The lease expires unless renewed (`Store.renew_lease`), so a crashed run
-    does not lock the profile for good.
-
-    Raises:
-        ProfileBusyError: another run still holds it after `wait_seconds`; nothing was read or
-            written.
-    """
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        current = store.acquire_lease(profile, holder, seconds=seconds)
-        if current is None:
-            break
-        if time.monotonic() >= deadline:
-            raise ProfileBusyError(
-                f"profile {profile} is being synced by {current['holder']} since "
-                f"{current['acquired_at']:%Y-%m-%d %H:%M:%S} UTC (its lease runs until "
-                f"{current['expires_at']:%H:%M:%S} UTC unless renewed); this run stops before "
-                "reading or writing anything. Wait for that run to finish, or give a wait "
-                "(usersync sync --wait SECONDS)."
-            )
-        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
-    try:
-        yield
-    finally:
-        store.release_lease(profile, holder)
 
 
 def load_target_sync(
@@ -997,3 +766,37 @@ def open_target_for(
         loaded.profile.targets[target_name],
         load_prefect_secret=load_prefect_secret,
     )
+
+
+class RunTargets:
+    """The clients of a run's targets: each opened, its secret resolved, once per run, on
+    first use (a target that cannot be opened fails alone), and all closed when the run ends.
+
+    Plan and load, and a plan made again after an approval, use the same client.
+    """
+
+    def __init__(
+        self, loaded: LoadedProfile, *, load_prefect_secret: SecretLoader | None = None
+    ) -> None:
+        self._loaded = loaded
+        self._load_prefect_secret = load_prefect_secret
+        self._open: dict[str, Target] = {}
+        self._lock = threading.Lock()
+        self._closing = ExitStack()
+
+    def __getitem__(self, name: str) -> Target:
+        with self._lock:
+            if name not in self._open:
+                client = open_target_for(
+                    self._loaded, name, load_prefect_secret=self._load_prefect_secret
+                )
+                self._open[name] = self._closing.enter_context(client)
+            return self._open[name]
+
+    def __enter__(self) -> RunTargets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._open.clear()
+            self._closing.close()

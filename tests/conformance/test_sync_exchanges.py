@@ -83,7 +83,7 @@ def test_four_syncs_send_and_answer_only_what_the_descriptions_declare(world) ->
     someone = sorted(sample)[0]
     sandbox.emulators["jira"].seed_user(someone, f"{someone}@example.com", "Hand Made")
     sandbox.emulators["jira"].seed_user("contractor", "contractor@example.com", "Contractor")
-    loaded = sync.load(PROFILE)
+    loaded = sync.prepare_profile(PROFILE)
     for product in PRODUCTS:
         with sync.open_target_for(loaded, product) as target:
             assert target.check().ok, product

@@ -31,7 +31,7 @@ JIRA_PASSWORD = "jira-admin-pw"
 
 def _run_sync(store: Store) -> dict[str, int]:
     """One sync of the profile through the engine's steps; returns what was executed."""
-    loaded = sync.load(PROFILE)
+    loaded = sync.prepare_profile(PROFILE)
     snapshot = sync.extract(loaded)
     desired = sync.transform(loaded, snapshot, "jira")
     with sync.open_target_for(loaded, "jira") as target:
@@ -82,7 +82,7 @@ def _members(jira: httpx.Client, group: str) -> set[str]:
 
 def test_an_empty_inbox_stops_the_sync_before_any_write(world) -> None:
     with pytest.raises(GuardError, match="returned 0 user"):
-        sync.extract(sync.load(PROFILE))
+        sync.extract(sync.prepare_profile(PROFILE))
 
 
 def test_pushed_changes_reach_jira_on_the_next_sync(world) -> None:

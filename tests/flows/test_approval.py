@@ -323,10 +323,10 @@ def test_usersync_reject_by_the_runs_name_writes_nothing(make_profile, jira, own
 def test_a_paused_run_holds_its_profile_later_runs_queue_or_skip_and_none_fails(
     make_profile, jira, own_directory, monkeypatch
 ):
-    from usersync_flows import sync as sync_module
+    from usersync import lease
 
     url = braked_profile(make_profile, jira, own_directory)
-    monkeypatch.setattr(sync_module, "RENEW_EVERY_SECONDS", 0.5)
+    monkeypatch.setattr(lease, "RENEW_EVERY_SECONDS", 0.5)
     first = DeploymentRun("braked")
     first.wait_paused()
     store = Store.open(store_url())

@@ -235,7 +235,7 @@ def test_an_unexpected_exception_fails_one_operation_and_revocations_still_run(
         def update_user(self, username, changes, desired=None):
             raise ConfigError("an odd error no target raises normally")
 
-    loaded = engine.load("testprof")
+    loaded = engine.prepare_profile("testprof")
     snapshot = engine.extract(loaded)
     desired = engine.transform(loaded, snapshot, "jira")
     store = Store.open(store_url())
@@ -311,7 +311,7 @@ def test_run_killed_after_a_rename_keeps_track_of_the_account(make_profile, jira
     conn.unbind()
 
     # The run renames the account in Jira, then dies before recording the outcome.
-    loaded = engine.load("testprof")
+    loaded = engine.prepare_profile("testprof")
     desired = engine.transform(loaded, engine.extract(loaded), "jira")
     store = Store.open(store_url())
     with engine.open_target_for(loaded, "jira") as target:
@@ -510,7 +510,7 @@ def test_a_group_created_by_someone_else_between_plan_and_load_is_not_a_failure(
     """Two profiles creating the same missing group at once (found by the scale-out test)."""
     emulator, url = jira
     make_profile(url)
-    loaded = engine.load("testprof")
+    loaded = engine.prepare_profile("testprof")
     desired = engine.transform(loaded, engine.extract(loaded), "jira")
     store = Store.open(store_url())
     with engine.open_target_for(loaded, "jira") as target:

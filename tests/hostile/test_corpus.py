@@ -220,7 +220,7 @@ def _write_profile(folder: Path, source: str, source_yaml: str, sandbox: Sandbox
 
 def _sync(profile: str, store: Store) -> tuple[dict[str, sync.TargetPlan], dict[str, LoadResult]]:
     """One sync of every product through the engine's steps: the plans and what loading did."""
-    loaded = sync.load(profile)
+    loaded = sync.prepare_profile(profile)
     snapshot = sync.extract(loaded)
     plans, results = {}, {}
     for name in PRODUCTS:
@@ -363,7 +363,7 @@ def ldap_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
         def load(profile: str, store: Store) -> dict[str, str]:
             """The entryUUIDs slapd gave the rows' entries (the locator is the DN cn=<key>,...)."""
-            users = sync.extract(sync.load(profile)).users
+            users = sync.extract(sync.prepare_profile(profile)).users
             rdns = users["locator"].astype(str).str.split(",").str[0].str.casefold()
             return dict(
                 zip(rdns.str.removeprefix("cn="), users["source_id"].astype(str), strict=True)

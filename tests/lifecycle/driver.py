@@ -79,7 +79,7 @@ def run_sync(
         GuardError, SourceError: from extract (no target is touched). Anything that is not a
         `UsersyncError` propagates: in a test it is a finding, not an expected failure.
     """
-    loaded = sync.load(profile)
+    loaded = sync.prepare_profile(profile)
     snapshot = sync.extract(loaded, store=store)
     runs: dict[str, TargetRun] = {}
     for name in loaded.profile.targets:
