@@ -8,8 +8,9 @@ for search `USER_FOUND`/`USER_NOT_FOUND`/...), which is what callers match on.
 What the reference does NOT confirm stays out of the default path:
 - listing all users: `/moas/api/admin/users/getall` (`batchSize`, `batchNo`) is seen in one
   third-party file only; it runs only with `experimental_getall: true`, pages until a batch is
-  shorter than `batchSize` (no total is known, so a truncated listing cannot be detected), and
-  its answer shape (`users` list) is a guess the sandbox emulator shares;
+  shorter than the largest one sent (`usersync.paging`; no total is known, so a truncated
+  listing cannot be detected), and its answer shape (`users` list) is a guess the sandbox
+  emulator shares;
 - groups and memberships: no listing endpoint is known, so the snapshot has none (use the SCIM
   push, `kind: miniorange-push`, for groups);
 - an immutable user id: the source id is the answer's `id` when present, else the username.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -48,6 +49,7 @@ from usersync.model import (
     conform,
     empty_frame,
 )
+from usersync.paging import MINIORANGE_BATCHES, PagedEndpoint, Pager
 from usersync.sources.base import Source, SourceCheck
 
 #: Endpoints, relative to the host. GETALL is UNCONFIRMED (see the module docstring).
@@ -121,6 +123,13 @@ class MiniorangeSource(Source):
             timeout_seconds=config.timeout_seconds,
             retry=RetryPolicy(max_attempts=config.max_attempts),
             transport=transport,
+        )
+        self._pager = Pager(
+            f"miniorange {config.url}",
+            malformed=lambda problem: SourceError(
+                f"{problem}; the endpoint is unconfirmed, turn experimental_getall off"
+            ),
+            incomplete=SourceError,
         )
 
     @classmethod
@@ -208,29 +217,23 @@ class MiniorangeSource(Source):
                 "set source.experimental_getall: true"
             )
         users: list[dict[str, Any]] = []
-        batch_no = 1
-        while True:
-            answer = self.call(
-                USER_GETALL, {"batchSize": self.config.batch_size, "batchNo": batch_no}
-            )
-            if answer.get("status") != "SUCCESS":
-                raise SourceError(
-                    f"miniorange users/getall batch {batch_no}: {answer.get('status')}: "
-                    f"{answer.get('message')}"
-                )
-            batch = answer.get("users")
-            if not isinstance(batch, list):
-                raise SourceError(
-                    f"miniorange users/getall batch {batch_no}: no 'users' list in the answer "
-                    f"(keys: {', '.join(answer)}); the endpoint is unconfirmed, turn "
-                    "experimental_getall off"
-                )
+        pages = self._pager.pages(
+            PagedEndpoint(USER_GETALL, MINIORANGE_BATCHES, self.config.batch_size),
+            self._getall_batch,
+        )
+        for batch in pages:
             users.extend(batch)
             self.report_progress("users", len(users))
-            if len(batch) < self.config.batch_size:
-                break
-            batch_no += 1
         return self._snapshot(users, attributes)
+
+    def _getall_batch(self, page: Mapping[str, Any]) -> dict[str, Any]:
+        answer = self.call(USER_GETALL, dict(page))
+        if answer.get("status") != "SUCCESS":
+            raise SourceError(
+                f"miniorange users/getall batch {page['batchNo']}: {answer.get('status')}: "
+                f"{answer.get('message')}"
+            )
+        return answer
 
     def _snapshot(self, users: list[dict[str, Any]], attributes: Sequence[str]) -> SourceSnapshot:
         ids = [str(u.get("id") or u.get("username") or "") for u in users]

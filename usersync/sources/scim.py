@@ -3,10 +3,11 @@ the canonical source tables.
 
 `ScimSource` lists `/Users` and `/Groups` with a bearer token. Offset paging is not stable
 (RFC 7644 §3.4.2.4: "clients MUST be prepared to handle inconsistent results") and servers
-return fewer resources than asked for, so the pager advances by the number of resources a page
-actually holds, stops once it has walked `totalResults`, keeps each id once, and refuses the
-listing (`IncompleteSourceError`, never a smaller snapshot) when `totalResults` changes, a page
-comes back empty before the end, or fewer distinct ids than `totalResults` arrive.
+return fewer resources than asked for, so the listing (`usersync.paging`, the SCIM envelope)
+advances by the number of resources a page actually holds, stops once it has walked
+`totalResults`, keeps each id once, and refuses the listing (`IncompleteSourceError`, never a
+smaller snapshot) when `totalResults` changes, a page comes back empty before the end, or
+other than `totalResults` distinct ids arrive.
 `snapshot_from_scim` is shared with the inbox source: users keyed by SCIM `id`, one string
 column per attribute the mapping reads, named by its SCIM path (`userName`, `name.givenName`,
 `emails` or `email` for the primary e-mail, `emails[type eq "work"].value`, an extension
@@ -42,6 +43,7 @@ from usersync.model import (
     SourceSnapshot,
     conform,
 )
+from usersync.paging import SCIM_LIST, PagedEndpoint, Pager
 from usersync.sources.base import Source, SourceCheck
 
 #: The endpoints a snapshot reads, in order.
@@ -270,6 +272,9 @@ class ScimSource(Source):
             verify=verify,
             transport=transport,
         )
+        self._pager = Pager(
+            f"scim source {config.url}", malformed=SourceError, incomplete=IncompleteSourceError
+        )
 
     @classmethod
     def from_config(
@@ -304,43 +309,22 @@ class ScimSource(Source):
 
         Raises:
             IncompleteSourceError: `totalResults` changed, a page was empty before the end, or
-                fewer distinct ids than `totalResults` arrived.
+                other than `totalResults` distinct ids arrived.
+            SourceError: an answer without a valid `totalResults`.
             SourceUnreachableError, SourceAuthError, SourceError: as for `extract`.
         """
         where = f"{self.config.url}{endpoint}"
+        what = endpoint.strip("/").lower()
         found: dict[str, dict[str, Any]] = {}
-        total: int | None = None
-        start = 1
-        while total is None or start <= total:
-            page = self._get(endpoint, {"startIndex": start, "count": self.config.page_size}, where)
-            reported = page.get("totalResults")
-            if not isinstance(reported, int) or reported < 0:
-                raise SourceError(f"{where}: the answer has no valid totalResults: {reported!r}")
-            if total is not None and reported != total:
-                raise IncompleteSourceError(
-                    f"{where}: totalResults changed from {total} to {reported} during the "
-                    "listing (resources were added or removed meanwhile); refused, the next "
-                    "run reads again"
-                )
-            total = reported
-            resources = page.get("Resources") or []
-            if not resources:
-                if start <= total:
-                    raise IncompleteSourceError(
-                        f"{where}: the page at startIndex={start} held no resources although "
-                        f"totalResults={total}; refused"
-                    )
-                break
-            for resource in resources:
-                found[_required_id(resource, endpoint.strip("/").lower(), where)] = resource
-            self.report_progress(endpoint.strip("/").lower(), len(found))
-            # Advance by what the server returned: it may cap pages below the count we asked.
-            start += len(resources)
-        if total is not None and len(found) != total:
-            raise IncompleteSourceError(
-                f"{where}: {len(found)} distinct resources arrived but totalResults={total} "
-                "(the pages shifted during the listing); refused, the next run reads again"
-            )
+        pages = self._pager.pages(
+            PagedEndpoint(endpoint, SCIM_LIST, self.config.page_size),
+            lambda page: self._get(endpoint, dict(page), where),
+            identity=lambda resource: _required_id(resource, what, where),
+        )
+        for page in pages:
+            for resource in page:
+                found[_required_id(resource, what, where)] = resource
+            self.report_progress(what, len(found))
         return list(found.values())
 
     def check(self) -> SourceCheck:

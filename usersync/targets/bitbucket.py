@@ -17,9 +17,10 @@ e-mail) or the group, and a recovered create still grants the licence. The accou
 must not take over (`administrators`) are those holding ADMIN or SYS_ADMIN, directly or through
 a group, read from the same global permission lists as the licences. Bitbucket documents no
 username rules beyond the common ones (`Target.refused_name`): spaces, `@` and `+` are fine.
-Endpoints are data (`ENDPOINTS`); one pager follows `isLastPage`/`nextPageStart`; the shared
-`ApiClient` does retries, pacing and error mapping. New members of a group go in by the
-hundred (`add_members`, Bitbucket's add-users), which the loader uses when it finds it.
+Endpoints are data (`ENDPOINTS`; the paged ones in `PAGED`, whose envelope `usersync.paging`
+follows); the shared `ApiClient` does retries, pacing and error mapping. New members of a
+group go in by the hundred (`add_members`, Bitbucket's add-users), which the loader uses when
+it finds it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     empty_frame,
 )
+from usersync.paging import BITBUCKET_PAGE, PagedEndpoint, Pager
 from usersync.targets.base import (
     STOCK_ADMIN_GROUPS,
     Privileges,
@@ -84,6 +86,19 @@ ENDPOINTS: dict[str, str] = {
 
 #: The page size asked for; the server may cap it, and the pager follows nextPageStart anyway.
 PAGE_LIMIT = 1000
+
+#: The list calls, all in Bitbucket's `{values, isLastPage, nextPageStart}` envelope.
+PAGED: dict[str, PagedEndpoint] = {
+    name: PagedEndpoint(ENDPOINTS[name], BITBUCKET_PAGE, PAGE_LIMIT)
+    for name in (
+        "users",
+        "groups",
+        "group_members",
+        "user_groups",
+        "user_permissions",
+        "group_permissions",
+    )
+}
 
 #: Usernames per add-users call. Bitbucket documents no cap; this keeps a body small and a
 #: refused call (all or nothing) cheap to settle one by one.
@@ -134,6 +149,9 @@ class BitbucketTarget(Target):
         self.client = client
         self.admin_username = admin_username
         self.auth_kind = auth_kind
+        self._pager = Pager(
+            f"bitbucket '{name}'", malformed=TargetRejectedError, incomplete=TargetRejectedError
+        )
 
     @classmethod
     def from_config(
@@ -243,22 +261,13 @@ class BitbucketTarget(Target):
         return exc
 
     def _pages(self, endpoint: str, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
-        """Every value of a paged endpoint, following nextPageStart until isLastPage."""
-        start = 0
-        while True:
-            page = self._call(
-                "GET", endpoint, params={**(params or {}), "start": start, "limit": PAGE_LIMIT}
-            ).json()
-            yield from page.get("values", [])
-            if page.get("isLastPage", True):
-                return
-            next_start = page.get("nextPageStart")
-            if not isinstance(next_start, int) or next_start <= start:
-                raise TargetRejectedError(
-                    f"bitbucket '{self.name}': GET {ENDPOINTS[endpoint]}: page at {start} is "
-                    f"not the last but nextPageStart is {next_start!r}; refusing a partial read"
-                )
-            start = next_start
+        """Every value of a paged endpoint (`PAGED`), following nextPageStart until isLastPage."""
+        pages = self._pager.pages(
+            PAGED[endpoint],
+            lambda page: self._call("GET", endpoint, params={**(params or {}), **page}).json(),
+        )
+        for page in pages:
+            yield from page
 
     def _find_user(self, username: str) -> dict[str, Any] | None:
         wanted = normalise_name(username.strip())

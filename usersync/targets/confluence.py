@@ -4,8 +4,8 @@ Confluence's REST API manages groups and memberships since 8.2 and creates and u
 since 8.4 (reference §2.2); older sites only offer the JSON-RPC API, which accepts basic auth
 and no personal access token. `ConfluenceTarget` keeps the operations as data (`REST_ENDPOINTS`
 with the version each appeared in, `JSONRPC_METHODS` for the fallback), chooses per operation
-from the site's version (`confluence_api: auto`) or as configured, and reads every list with one
-pager that follows `_links.next` (Confluence may silently cap `limit`). Confluence stores names
+from the site's version (`confluence_api: auto`) or as configured, and reads every list through
+`usersync.paging`, which follows `_links.next` (Confluence may silently cap `limit`). Confluence stores names
 trimmed and in lower case and refuses some characters in new usernames: usernames are
 normalised here and a name Confluence would refuse is rejected before any request, with the
 user named. What else is hard, and where it is absorbed: e-mails are not part of the REST user
@@ -53,6 +53,7 @@ from usersync.model import (
     TARGET_USER_COLUMNS,
     conform,
 )
+from usersync.paging import CONFLUENCE_PAGE, PagedEndpoint, Pager
 from usersync.targets.base import (
     STOCK_ADMIN_GROUPS,
     Privileges,
@@ -116,12 +117,14 @@ ADMIN_OPERATIONS = frozenset({("application", "administer"), ("system", "adminis
 
 @dataclass(frozen=True)
 class RestEndpoint:
-    """One REST operation: method, path under /rest/api, accepted statuses, first version."""
+    """One REST operation: method, path under /rest/api, accepted statuses, first version, and
+    whether it is a list in Confluence's paging envelope."""
 
     method: str
     path: str
     ok: tuple[int, ...] = (200,)
     since: tuple[int, ...] = ()
+    paged: bool = False
 
 
 #: Every REST call the target makes. `{username}`/`{group}` are percent-encoded path segments.
@@ -131,13 +134,13 @@ REST_ENDPOINTS: dict[str, RestEndpoint] = {
     # references; its first version is UNCONFIRMED, so it is asked and a 404 means "absent".
     "global_permissions": RestEndpoint("GET", "/permissions"),
     "get_user": RestEndpoint("GET", "/user"),
-    "member_of": RestEndpoint("GET", "/user/memberof"),
-    "list_users": RestEndpoint("GET", "/user/list", since=(8, 4)),
-    "list_groups": RestEndpoint("GET", "/group"),
-    "group_members": RestEndpoint("GET", "/group/{group}/member"),
+    "member_of": RestEndpoint("GET", "/user/memberof", paged=True),
+    "list_users": RestEndpoint("GET", "/user/list", since=(8, 4), paged=True),
+    "list_groups": RestEndpoint("GET", "/group", paged=True),
+    "group_members": RestEndpoint("GET", "/group/{group}/member", paged=True),
     # The query-parameter form, for names that cannot travel in a path: declared from 10.2
     # (getMembersByGroupName); before, `/group/member` is the path form for a group "member".
-    "group_members_by_query": RestEndpoint("GET", "/group/member", since=(10, 2)),
+    "group_members_by_query": RestEndpoint("GET", "/group/member", since=(10, 2), paged=True),
     "create_user": RestEndpoint("POST", "/admin/user", ok=(200, 201), since=(8, 4)),
     "update_user": RestEndpoint("PUT", "/admin/user/{username}", ok=(200, 204), since=(8, 4)),
     "deactivate_user": RestEndpoint(
@@ -291,6 +294,7 @@ class ConfluenceTarget(Target):
         )
         self._version: tuple[int, ...] | None = None
         self._announced = False
+        self._pager = Pager(f"confluence '{name}'", malformed=_NotAPage, incomplete=TargetError)
         #: whether JSON-RPC getUser tells e-mails: None until asked, False after a refusal
         self._email_via_rpc: bool | None = None if not self.uses_token else False
         #: whether this site's REST user objects carry e-mails (seen once, then trusted)
@@ -427,35 +431,23 @@ class ConfluenceTarget(Target):
     ) -> Iterator[dict]:
         """Every result of a paged REST list, following `_links.next` to the end.
 
+        `next` is relative to the site's base URL (context path included). It is joined to the
+        configured URL, not to `_links.base`: a wrong "Server Base URL" setting on the site
+        must not send us elsewhere.
+
         Raises:
             _NotAPage: the answer is not Confluence's paging envelope (a path that means
                 something else on this version).
         """
-        response = self._rest(
-            operation, group=group, params={**params, "start": 0, "limit": PAGE_SIZE}
-        ).json()
-        seen: set[str] = set()
-        while True:
-            if not isinstance(response, dict) or not isinstance(response.get("results"), list):
-                raise _NotAPage(
-                    f"confluence '{self.name}': {REST_ENDPOINTS[operation].path} answered "
-                    f"something other than a list page: {str(response)[:200]}"
-                )
-            yield from response["results"]
-            following = (response.get("_links") or {}).get("next")
-            if not following:
-                return
-            if following in seen:
-                raise TargetError(
-                    f"confluence '{self.name}': paging {REST_ENDPOINTS[operation].path} "
-                    f"returned the same next link twice ({following}); the listing would be "
-                    "incomplete"
-                )
-            seen.add(following)
-            # `next` is relative to the site's base URL (context path included). Joined to the
-            # configured URL, not to `_links.base`: a wrong "Server Base URL" setting on the
-            # site must not send us elsewhere.
-            response = self._client.get_json(self.url + following)
+        endpoint = REST_ENDPOINTS[operation]
+        assert endpoint.paged, f"{operation} is not a paged list"
+        pages = self._pager.pages(
+            PagedEndpoint(endpoint.path, CONFLUENCE_PAGE, PAGE_SIZE),
+            lambda page: self._rest(operation, group=group, params={**params, **page}).json(),
+            follow=lambda following: self._client.get_json(self.url + following),
+        )
+        for page in pages:
+            yield from page
 
     def _rest_once(
         self,

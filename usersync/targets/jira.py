@@ -1,8 +1,8 @@
 """The Jira Data Center target: users and groups over REST v2 (`<jira>/rest/api/2`).
 
 `JiraTarget` implements `usersync.targets.base.Target` for Jira DC/Server 8.3+ with basic auth
-or a personal access token. Paths and page sizes are constants here (`PAGED`); one generic
-pager walks the three paging styles Jira uses (offset envelopes, bare arrays inside a search
+or a personal access token. Paths and page sizes are constants here (`PAGED`), each list call
+with the Jira envelope `usersync.paging` follows (offset pages, bare arrays inside a search
 window, cursors). Reading users is the hard part on a large site: `/user/list` (cursor, 10.3+)
 when the server has it, else `/user/search`, which only ever returns the first 1000 matches
 (100 on Jira 10) — so the search is run per prefix of the requested names and a prefix whose
@@ -33,7 +33,6 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -64,6 +63,7 @@ from usersync.model import (
     conform,
     empty_frame,
 )
+from usersync.paging import JIRA_CURSOR, JIRA_OFFSET, JIRA_WINDOW, PagedEndpoint, Pager
 from usersync.targets.base import (
     STOCK_ADMIN_GROUPS,
     Privileges,
@@ -105,28 +105,13 @@ MAX_PROPERTY_VALUE_BYTES = 32768
 #: Reads in flight at once where Jira has no bulk call (user properties, project components).
 READ_WORKERS = 4
 
-Paging = Literal["offset", "window", "cursor"]
-
-
-@dataclass(frozen=True)
-class PagedEndpoint:
-    """A list call and how it pages.
-
-    `offset`: `{startAt, maxResults, isLast, values}` envelopes, paged by `startAt`.
-    `window`: a bare JSON array paged by `startAt`, truncated by the server to a result window.
-    `cursor`: `{values, isLast, nextCursor}`, paged by `cursor`.
-    """
-
-    path: str
-    paging: Paging
-    page_size: int
-
-
+#: The list calls and their envelopes (`usersync.paging`).
 PAGED: dict[str, PagedEndpoint] = {
     # DC's maximum page of /group/member is undocumented; 50 is Cloud's and what Jira answers.
-    "group_members": PagedEndpoint("/group/member", "offset", 50),
-    "user_search": PagedEndpoint("/user/search", "window", 1000),
-    "user_list": PagedEndpoint("/user/list", "cursor", 2000),
+    "group_members": PagedEndpoint("/group/member", JIRA_OFFSET, 50),
+    # A bare array, truncated by the server at the search window (`search_window`).
+    "user_search": PagedEndpoint("/user/search", JIRA_WINDOW, 1000),
+    "user_list": PagedEndpoint("/user/list", JIRA_CURSOR, 2000),
 }
 
 #: /user/search returns only the first N matches (JRASERVER-65089; JRASERVER-78520 on 10.x).
@@ -240,9 +225,9 @@ class JiraTarget(Target):
         self.default_component_lead = (default_component_lead or "").strip() or None
         self.read_workers = max(1, read_workers)
         self._version: tuple[int, ...] | None = None
-        #: the largest page each windowed endpoint ever returned: the server's page cap is at
-        #: least that, so a shorter page is the last one without asking again
-        self._largest_page: dict[str, int] = {}
+        self._pager = Pager(
+            f"jira '{name}'", malformed=TargetRejectedError, incomplete=TargetRejectedError
+        )
         self._api = ApiClient(
             f"jira '{name}'",
             self.url + API_ROOT,
@@ -325,49 +310,16 @@ class JiraTarget(Target):
     # -- the pager ---------------------------------------------------------------------------
 
     def _pages(self, endpoint: PagedEndpoint, params: Mapping[str, Any]) -> Iterator[list[dict]]:
-        """Yield the pages of a list call, in order, until the last one.
+        """Yield the pages of a list call (`PAGED`), in order, until the last one.
 
-        For `window` endpoints paging stops at the search window; the caller compares the
-        count with `search_window` to tell a complete answer from a truncated one.
+        A windowed call stops at the search window; the caller compares the count with
+        `search_window` to tell a complete answer from a truncated one.
         """
-        if endpoint.paging == "cursor":
-            cursor: str | None = None
-            while True:
-                page_params = {**params, "maxResults": endpoint.page_size}
-                if cursor:
-                    page_params["cursor"] = cursor
-                data = self._api.get_json(endpoint.path, params=page_params)
-                yield list(data.get("values") or [])
-                cursor = data.get("nextCursor")
-                if data.get("isLast") or not cursor:
-                    return
-        start_at = 0
-        window = self.search_window if endpoint.paging == "window" else None
-        while True:
-            size = (
-                endpoint.page_size if window is None else min(endpoint.page_size, window - start_at)
-            )
-            data = self._api.get_json(
-                endpoint.path, params={**params, "startAt": start_at, "maxResults": size}
-            )
-            values = list(data if endpoint.paging == "window" else data.get("values") or [])
-            if values:
-                yield values
-            start_at += len(values)
-            if endpoint.paging == "offset":
-                # Trust isLast, else total; with neither, only an empty page ends the list.
-                is_last = data.get("isLast")
-                if is_last is None and "total" in data:
-                    is_last = start_at >= int(data["total"])
-                if is_last or not values:
-                    return
-                continue
-            # A bare array says nothing about more pages. The server caps pages silently, but
-            # never below the largest page it has already sent: shorter than that is the end.
-            largest = self._largest_page.get(endpoint.path, 0)
-            self._largest_page[endpoint.path] = max(largest, len(values))
-            if not values or start_at >= (window or 0) or len(values) < min(size, largest):
-                return
+        return self._pager.pages(
+            endpoint,
+            lambda page: self._api.get_json(endpoint.path, params={**params, **page}),
+            at_most=self.search_window if endpoint.envelope is JIRA_WINDOW else None,
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
