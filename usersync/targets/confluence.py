@@ -4,11 +4,11 @@ Confluence's REST API manages groups and memberships since 8.2 and creates and u
 since 8.4 (reference §2.2); older sites only offer the JSON-RPC API, which accepts basic auth
 and no personal access token. `ConfluenceTarget` keeps the operations as data (`REST_ENDPOINTS`
 with the version each appeared in, `JSONRPC_METHODS` for the fallback), chooses per operation
-from the site's version (`confluence_api: auto`) or as configured, and reads every list through
-`usersync.paging`, which follows `_links.next` (Confluence may silently cap `limit`). Confluence stores names
-trimmed and in lower case and refuses some characters in new usernames: usernames are
-normalised here and a name Confluence would refuse is rejected before any request, with the
-user named. What else is hard, and where it is absorbed: e-mails are not part of the REST user
+from the site's version (`confluence_api: auto`) or as configured, and reads every list
+through `usersync.paging`, which follows `_links.next` (Confluence may silently cap `limit`).
+Confluence stores names trimmed and in lower case and refuses some characters in new
+usernames: usernames are normalised here and a name Confluence would refuse is rejected before
+any request, with the user named. What else is hard, and where it is absorbed: e-mails are not part of the REST user
 object on every site (`_emails`: REST expansion, else JSON-RPC, else unknown, never empty); an
 update must carry e-mail and full name together (`update_user`); a create whose answer was
 lost is read back before it is sent again (`create_user`, `create_group`); and a name with a
