@@ -7,6 +7,11 @@ Events (resource `usersync.profile.<profile>`, related to the flow run that emit
   target, status (planned | succeeded | partial | failed | braked), planned {op: n}, executed
   {op: {succeeded, failed, skipped}}, rejected, error, run_id (the store's), conflicts,
   unverifiable, rejected_users, failures.
+- `usersync.sync.rejected`, once per run in which a target rejects source users (the mapping
+  or the product refuses them: no e-mail, a name or value the product will not take, a refusal
+  the product answered before), with payload `{"dry_run": bool, "targets": [{"target": name,
+  "count": n, "users": [{"locator", "reason"}, ...]}]}`: the first `REJECTED_SHOWN` users of
+  each target (the summary artifact and the completed event carry more).
 - `usersync.sync.security`, when a target's plan refused what IdP data must never do or
   held back what it cannot do safely (a group that grants administration, an existing group
   an on-the-fly rule may not take over, a protected leaver left active, administrators that
@@ -47,6 +52,9 @@ SEATS_EVENT = "usersync.licence.short"
 BRAKED_EVENT = "usersync.sync.braked"
 SECURITY_EVENT = "usersync.sync.security"
 APPROVAL_EVENT = "usersync.approval.requested"
+REJECTED_EVENT = "usersync.sync.rejected"
+#: Rejected users named per target in `usersync.sync.rejected`: enough for a notification.
+REJECTED_SHOWN = 10
 
 
 def profile_resource(profile: str) -> dict[str, str]:
@@ -94,6 +102,23 @@ def publish_summary(
         event=COMPLETED_EVENT,
         resource=profile_resource(profile),
         payload={"dry_run": dry_run, "targets": [o.as_dict() for o in outcomes]},
+    )
+    announce_rejections(profile, outcomes, dry_run)
+
+
+def announce_rejections(profile: str, outcomes: Sequence[TargetOutcome], dry_run: bool) -> None:
+    """Emit `usersync.sync.rejected` once for the run if any target rejects source users."""
+    targets = [
+        {"target": o.target, "count": o.rejected, "users": o.rejected_users[:REJECTED_SHOWN]}
+        for o in outcomes
+        if o.rejected
+    ]
+    if not targets:
+        return
+    emit_event(
+        event=REJECTED_EVENT,
+        resource=profile_resource(profile),
+        payload={"dry_run": dry_run, "targets": targets},
     )
 
 
