@@ -12,6 +12,7 @@ same process are left to that run's own handler.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
@@ -76,12 +77,36 @@ def engine_logs_in_run_log() -> Iterator[None]:
             type(h) is APILogHandler for h in logger.handlers
         ),  # a plain one: the extra-loggers setting
     )
-    level = logger.level
-    if level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+    _raise_level(logger)
     logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
+        _restore_level(logger)
+
+
+#: Flow runs of this process inside `engine_logs_in_run_log`, and the level the engine logger
+#: had before the first of them: it is put back when the last one ends, not when the first
+#: does (a run that ends would otherwise silence the INFO lines of one still going).
+_runs_logging = 0
+_level_before: int = logging.NOTSET
+_level_lock = threading.Lock()
+
+
+def _raise_level(logger: logging.Logger) -> None:
+    global _runs_logging, _level_before
+    with _level_lock:
+        if _runs_logging == 0:
+            _level_before = logger.level
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.INFO)
+        _runs_logging += 1
+
+
+def _restore_level(logger: logging.Logger) -> None:
+    global _runs_logging
+    with _level_lock:
+        _runs_logging -= 1
+        if _runs_logging == 0:
+            logger.setLevel(_level_before)

@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from usersync_tasks import report
 from usersync_tasks.progress import OperationCounter, calls_planned, extract_progress, load_progress
-from usersync_tasks.retry import retry_unreachable_source
+from usersync_tasks.retry import retry_transient
 from usersync_tasks.secrets import load_prefect_secret
 
 import usersync as engine
@@ -61,7 +61,7 @@ def load_profile(profile: str) -> LoadedProfile:
     name="extract",
     retries=2,
     retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_unreachable_source,
+    retry_condition_fn=retry_transient,
     **SIDE_EFFECT_FREE,
 )
 def extract(loaded: LoadedProfile, full: bool = False) -> SourceSnapshot:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,19 +26,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from usersync_sandbox.faults import Instrumented
 from usersync_sandbox.server import serve
-from usersync_tasks.retry import retry_unreachable_source
+from usersync_tasks.retry import retry_transient
 
+from usersync.config import LdapSourceConfig
 from usersync.errors import (
     SourceUnreachableError,
     TargetAuthError,
     TargetConflictError,
+    TargetError,
     TargetNotFoundError,
     TargetPermissionError,
     TargetRejectedError,
     TargetUnreachableError,
     TransientError,
+    source_error_of,
 )
-from usersync.http import ApiClient, RetryPolicy, certificate_failure, parse_retry_after
+from usersync.http import ApiClient, RetryPolicy, parse_retry_after
+from usersync.sources.ldap.connection import LdapConnections
 
 
 async def answer(request: Request) -> Response:
@@ -566,6 +571,8 @@ def test_the_ca_file_the_message_asks_for_fixes_it(tmp_path: Path) -> None:
 
 
 def test_an_ldap_certificate_failure_is_not_retried_by_the_task() -> None:
+    """Whether trying again helps is decided where the LDAP source makes the error."""
+
     class Failed:
         def __init__(self, error: BaseException) -> None:
             self.error = error
@@ -573,21 +580,53 @@ def test_an_ldap_certificate_failure_is_not_retried_by_the_task() -> None:
         def result(self) -> None:
             raise self.error
 
-    def ldap_error(text: str) -> SourceUnreachableError:
-        try:
-            raise OSError(text)  # what ldap3 raises, as the LDAP source wraps it
-        except OSError as exc:
-            wrapped = SourceUnreachableError(f"ldaps://ldap.corp:636: {text}")
-            wrapped.__cause__ = exc
-            return wrapped
-
-    untrusted = ldap_error(
-        "socket ssl wrapping error: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
-        "failed: unable to get local issuer certificate (_ssl.c:1006)"
+    source = LdapConnections()
+    source.config = LdapSourceConfig.model_validate(
+        {
+            "kind": "ldap",
+            "url": "ldaps://ldap.corp:636",
+            "bind_dn": "cn=sync,dc=corp",
+            "bind_password": {"env": "LDAP_PASSWORD"},
+            "user_base_dn": "ou=people,dc=corp",
+            "group_base_dn": "ou=groups,dc=corp",
+            "tls": {"mode": "ldaps"},
+        }
     )
-    down = ldap_error("socket connection error while opening: [Errno 111] Connection refused")
+    untrusted = source._connect_error(
+        "ldaps://ldap.corp:636",
+        OSError(
+            "socket ssl wrapping error: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+            "failed: unable to get local issuer certificate (_ssl.c:1006)"
+        ),
+    )
+    down = source._connect_error(
+        "ldaps://ldap.corp:636",
+        OSError("socket connection error while opening: [Errno 111] Connection refused"),
+    )
 
-    assert certificate_failure(untrusted) == "unable to get local issuer certificate"
-    assert certificate_failure(down) is None
-    assert retry_unreachable_source(None, None, Failed(untrusted)) is False
-    assert retry_unreachable_source(None, None, Failed(down)) is True
+    assert "tls.ca_file" in str(untrusted)
+    assert untrusted.transient is False
+    assert down.transient is True
+    assert retry_transient(None, None, Failed(untrusted)) is False
+    assert retry_transient(None, None, Failed(down)) is True
+
+
+def test_a_source_read_over_http_raises_the_source_family_and_is_not_retried_again() -> None:
+    """The client retried the 503s already: the source's error says so, and no task retries."""
+    answers = iter([503, 503, 503])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(next(answers), json={"detail": "busy"})
+
+    api = ApiClient(
+        "scim",
+        "http://idp.example",
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(max_attempts=3, sleep=lambda _: None),
+        errors=source_error_of,
+    )
+    with pytest.raises(SourceUnreachableError) as caught:
+        api.get_json("/Users")
+    assert not isinstance(caught.value, TargetError)
+    assert caught.value.status == 503
+    assert caught.value.transient is False

@@ -79,13 +79,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plain_http_warning": ("usersync.inbox", "plain_http_warning"),
     "uvicorn_options": ("usersync.inbox", "uvicorn_options"),
     "sign_miniorange_request": ("usersync.sources.miniorange", "sign"),
-    "certificate_failure": ("usersync.http", "certificate_failure"),
     # errors
     "UsersyncError": ("usersync.errors", "UsersyncError"),
     "ConfigError": ("usersync.errors", "ConfigError"),
     "GuardError": ("usersync.errors", "GuardError"),
-    "SourceUnreachableError": ("usersync.errors", "SourceUnreachableError"),
-    "TargetError": ("usersync.errors", "TargetError"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -56,6 +56,7 @@ from usersync.errors import (
     TargetRejectedError,
     TargetUnreachableError,
     TransientError,
+    UsersyncError,
 )
 from usersync.redaction import redact
 
@@ -427,6 +428,8 @@ class ApiClient:
         transport: for tests of fault shapes no server can produce.
         limiter: the pace of the instance; by default the process's one for the instance
             `base_url` belongs to (`limiter_for`), shared with every other client of it.
+        errors: the layer's error for a failed call (a source's client: the source family);
+            by default the target family is raised as it is.
     """
 
     def __init__(
@@ -441,8 +444,12 @@ class ApiClient:
         verify: bool | Path = True,
         transport: httpx.BaseTransport | None = None,
         limiter: InstanceLimiter | None = None,
+        errors: Callable[[TargetError], UsersyncError] | None = None,
     ) -> None:
         self.product = product
+        #: what a failed call raises: the target family, or what `errors` makes of it (a
+        #: source's client raises the source family: `errors.source_error_of`)
+        self._errors = errors
         self.retry = retry or RetryPolicy()
         self._ca_file = verify if isinstance(verify, Path) else None
         verify_arg: bool | ssl.SSLContext = (
@@ -500,9 +507,14 @@ class ApiClient:
         """
         if replay_safe is None:
             replay_safe = method.upper() not in NOT_IDEMPOTENT_METHODS
-        outcome = self._exchange(
-            method, path, params=params, json=json, ok=ok, replay_safe=replay_safe, applied=None
-        )
+        try:
+            outcome = self._exchange(
+                method, path, params=params, json=json, ok=ok, replay_safe=replay_safe, applied=None
+            )
+        except TargetError as exc:
+            if self._errors is None:
+                raise
+            raise self._errors(exc) from exc
         assert isinstance(outcome, httpx.Response)
         return outcome
 

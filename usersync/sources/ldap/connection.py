@@ -25,6 +25,7 @@ from ldap3.core.exceptions import (
 
 from usersync.config import LdapSourceConfig
 from usersync.errors import ConfigError, SourceAuthError, SourceUnreachableError
+from usersync.http import certificate_failure
 from usersync.sources.ldap.decoding import discard
 from usersync.sources.ldap.pager import describe_result
 
@@ -170,7 +171,9 @@ class LdapConnections:
             return SourceUnreachableError(
                 f"{url}: the server's TLS certificate could not be validated with CA file "
                 f"{ca} ({text}); set tls.ca_file to the CA that signed the directory's "
-                "certificate (and check the certificate names this host)"
+                "certificate (and check the certificate names this host)",
+                # no retry fixes a certificate that cannot be verified
+                transient=certificate_failure(exc) is None,
             )
         return SourceUnreachableError(
             f"{url}: cannot connect ({text}); check the host and port, that the "
