@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from usersync_sandbox.samba import SambaDC
 
 # Before anything imports prefect: a private PREFECT_HOME, no profile, no analytics noise.
 _prefect_home = tempfile.mkdtemp(prefix="usersync-prefect-")
@@ -40,6 +45,23 @@ SLOW_TESTS = (
     "tests/conformance/test_sync_exchanges.py",  # four syncs of all three products
     "tests/inbox/test_serve.py",  # `usersync inbox serve` in subprocesses
 )
+
+
+@pytest.fixture(scope="session")
+def samba_dc() -> Iterator[SambaDC]:
+    """The session's Samba AD DC (AD holds fixed ports: one per machine), for tests/ad and the
+    source contract suite; skips where none can run (not root, Samba missing)."""
+    from usersync_sandbox.samba import SambaDC, samba_available
+
+    reason = samba_available()
+    if reason:
+        pytest.skip(f"no Samba AD DC here: {reason}")
+    with SambaDC() as dc:
+        print(
+            f"\nSamba DC: provisioned in {dc.provision_seconds:.1f} s, started in "
+            f"{dc.start_seconds:.1f} s"
+        )
+        yield dc
 
 
 def _version_key(version: str) -> tuple[int, ...]:

@@ -1,6 +1,7 @@
-"""One Samba AD DC per test session, with test data created over LDAPS, and configs for it.
+"""Test data created over LDAPS in the session's Samba AD DC (`samba_dc`), and configs for it.
 
-AD holds fixed ports, so every AD test shares the DC started here. The data lives under its
+AD holds fixed ports, so every AD test shares one DC, started by `tests/conftest.py` (the
+source contract suite in tests/sources uses it too). The data lives under its
 own OU: `BIG_GROUP_SIZE` users in a group big enough to need range retrieval, a three-level
 nested group, disabled and expired accounts, non-ASCII names, a DN with an escaped comma, and
 accounts the rename tests may change (one per test, so the tests stay independent). Users are
@@ -14,13 +15,13 @@ import functools
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from ldap3 import ASYNC, MODIFY_ADD, NONE, SYNC, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPSessionTerminatedByServerError, LDAPSocketOpenError
-from usersync_sandbox.samba import SambaDC, samba_available
+from usersync_sandbox.samba import SambaDC
 
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
 
@@ -31,19 +32,6 @@ DISABLED = "546"  # ... | ACCOUNTDISABLE
 #: accountExpires of 1 (100 ns after 1601-01-01): long expired.
 LONG_AGO = "1"
 SMITH_CN = "Smith, John"
-
-
-@pytest.fixture(scope="session")
-def samba_dc() -> Iterator[SambaDC]:
-    reason = samba_available()
-    if reason:
-        pytest.skip(f"no Samba AD DC here: {reason}")
-    with SambaDC() as dc:
-        print(
-            f"\nSamba DC: provisioned in {dc.provision_seconds:.1f} s, started in "
-            f"{dc.start_seconds:.1f} s"
-        )
-        yield dc
 
 
 def admin_connection(dc: SambaDC, *, strategy: Any = SYNC) -> Connection:
