@@ -34,11 +34,7 @@ from usersync.errors import (
     SourceAuthError,
     SourceError,
     SourceUnreachableError,
-    TargetAuthError,
-    TargetError,
-    TargetPermissionError,
-    TargetUnreachableError,
-    TransientError,
+    source_error_of,
 )
 from usersync.http import ApiClient, RetryPolicy
 from usersync.model import (
@@ -123,6 +119,7 @@ class MiniorangeSource(Source):
             timeout_seconds=config.timeout_seconds,
             retry=RetryPolicy(max_attempts=config.max_attempts),
             transport=transport,
+            errors=source_error_of,  # this layer's errors, not the targets'
         )
         self._pager = Pager(
             f"miniorange {config.url}",
@@ -164,15 +161,15 @@ class MiniorangeSource(Source):
                 ok=(200,),
                 replay_safe=True,  # reads: safe to repeat
             )
-        except (TargetUnreachableError, TransientError) as exc:
-            raise SourceUnreachableError(f"{where}: {exc}") from exc
-        except (TargetAuthError, TargetPermissionError) as exc:
+        except SourceUnreachableError as exc:
+            raise SourceUnreachableError(f"{where}: {exc}", transient=False) from exc
+        except SourceAuthError as exc:
             raise SourceAuthError(
                 f"{where}: the signed request was refused ({exc}); check the customer key, "
                 "the API key and the worker's clock (the Timestamp header must be current)"
             ) from exc
-        except TargetError as exc:
-            raise SourceError(f"{where}: {exc}") from exc
+        except SourceError as exc:
+            raise SourceError(f"{where}: {exc}", status=exc.status) from exc
         try:
             answer = response.json()
         except ValueError as exc:

@@ -29,11 +29,7 @@ from usersync.errors import (
     SourceAuthError,
     SourceError,
     SourceUnreachableError,
-    TargetAuthError,
-    TargetError,
-    TargetPermissionError,
-    TargetUnreachableError,
-    TransientError,
+    source_error_of,
 )
 from usersync.http import ApiClient, RetryPolicy
 from usersync.model import (
@@ -271,6 +267,7 @@ class ScimSource(Source):
             retry=RetryPolicy(max_attempts=config.max_attempts),
             verify=verify,
             transport=transport,
+            errors=source_error_of,  # this layer's errors, not the targets'
         )
         self._pager = Pager(
             f"scim source {config.url}", malformed=SourceError, incomplete=IncompleteSourceError
@@ -343,20 +340,20 @@ class ScimSource(Source):
     def _get(self, path: str, params: dict[str, Any] | None, where: str) -> dict[str, Any]:
         try:
             body = self._client.get_json(path, params=params)
-        except (TargetUnreachableError, TransientError) as exc:
-            raise SourceUnreachableError(f"scim source {where}: {exc}") from exc
-        except TargetAuthError as exc:
+        except SourceUnreachableError as exc:
+            raise SourceUnreachableError(f"scim source {where}: {exc}", transient=False) from exc
+        except SourceAuthError as exc:
+            if exc.status == 403:
+                raise SourceAuthError(
+                    f"scim source {where}: the token may not read {path} (HTTP 403); grant it "
+                    "read access to users and groups"
+                ) from exc
             raise SourceAuthError(
                 f"scim source {where}: the bearer token was refused (HTTP 401); check the "
                 "token the profile's source.token names"
             ) from exc
-        except TargetPermissionError as exc:
-            raise SourceAuthError(
-                f"scim source {where}: the token may not read {path} (HTTP 403); grant it "
-                "read access to users and groups"
-            ) from exc
-        except TargetError as exc:
-            raise SourceError(f"scim source {where}: {exc}") from exc
+        except SourceError as exc:
+            raise SourceError(f"scim source {where}: {exc}", status=exc.status) from exc
         except ValueError as exc:
             raise SourceError(f"scim source {where}{path}: the answer is not JSON") from exc
         if not isinstance(body, dict):
