@@ -8,7 +8,10 @@
 #
 # Secrets are never baked in: profiles name Prefect Secret blocks or environment variables
 # the pool's job variables provide. Keep the Prefect version the server's (pyproject pins 3.9).
-FROM python:3.11-slim
+# BASE: another Python 3.11 image with `python` and `pip` on PATH (a mirror, or one built
+# locally when Docker Hub is unreachable): docker build --build-arg BASE=... .
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
