@@ -28,13 +28,13 @@ import io
 import os
 import pstats
 import random
-import resource
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from usersync_sandbox.server import peak_rss_mb
 from usersync_sandbox.slapd import SlapdServer, find_binary, ldif_entry
 
 from usersync.config import LdapSourceConfig, SecretRef
@@ -140,11 +140,6 @@ def source_config(server: SlapdServer, deref: str, **settings: Any) -> LdapSourc
         deref_aliases=deref,
         **settings,
     )
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

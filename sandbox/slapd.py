@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from usersync_sandbox.server import free_port
+
 SCHEMA_DIR = Path("/etc/ldap/schema")
 MODULE_DIR = Path("/usr/lib/ldap")
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
@@ -63,13 +65,6 @@ def find_binary(
     if path is None:
         raise error(f"{name} not found; run `make setup` (installs the Debian packages {packages})")
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop_and_remove(

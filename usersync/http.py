@@ -161,7 +161,8 @@ def certificate_failure(error: BaseException) -> str | None:
             continue
         seen.add(id(current))
         if isinstance(current, ssl.SSLCertVerificationError):
-            return current.verify_message or str(current)
+            # ldap3 makes its socket errors subclasses of what it caught, without its fields
+            return getattr(current, "verify_message", None) or str(current)
         text = str(current)
         if "CERTIFICATE_VERIFY_FAILED" in text:
             reason = re.search(r"certificate verify failed: ([^(]+?)\s*(?:\(_ssl|$)", text)

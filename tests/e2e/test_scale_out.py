@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ import pytest
 import yaml
 from usersync_sandbox.push import Sample, SampleUser, load_sample, push_sample
 from usersync_sandbox.serve import Sandbox
+from usersync_sandbox.server import free_port
 
 from tests.test_store import _postgres_url
 from usersync.inbox import issue_token
@@ -93,12 +93,6 @@ LOCK_ERROR = re.compile(
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUN_TIMEOUT = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _drop_database(url: str) -> None:
@@ -248,7 +242,7 @@ def test_two_profiles_on_two_workers_share_one_postgres_server_and_store(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
-    api_port = _free_port()
+    api_port = free_port()
     api_url = f"http://127.0.0.1:{api_port}/api"
 
     with ExitStack() as stack:
@@ -279,7 +273,7 @@ def test_two_profiles_on_two_workers_share_one_postgres_server_and_store(
         for product in ("jira", "confluence", "bitbucket"):
             usersync_env[f"USERSYNC_DEMO_{product.upper()}_URL"] = sandbox.url(product)
             usersync_env[f"USERSYNC_DEMO_{product.upper()}_PASSWORD"] = SANDBOX_PASSWORD
-        inbox_port = _free_port()
+        inbox_port = free_port()
         inbox_log = logs / "inbox.log"
         inbox = _start(
             stack,

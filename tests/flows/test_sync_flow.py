@@ -13,7 +13,8 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from usersync_flows.sync import SyncFailed, sync
-from usersync_sandbox.slapd import SlapdServer, free_port
+from usersync_sandbox.server import free_port
+from usersync_sandbox.slapd import SlapdServer
 
 from tests.flows.conftest import JIRA_PASSWORD
 from usersync.errors import ConfigError, GuardError, SourceAuthError

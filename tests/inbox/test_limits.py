@@ -14,12 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from usersync_sandbox.server import ServedApp
+from usersync_sandbox.server import ServedApp, peak_rss_mb
 
 from tests.inbox.harness import (
     exchange,
     inbox_process,
-    peak_rss_mb,
     post_and_ignore_the_answer,
     request_head,
     status_of,

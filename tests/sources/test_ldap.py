@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from usersync_sandbox.slapd import SlapdServer, free_port, ldif_entry, make_test_certificates
+from usersync_sandbox.server import free_port
+from usersync_sandbox.slapd import SlapdServer, ldif_entry, make_test_certificates
 
 from tests.sources.conftest import (
     ELSEWHERE,
