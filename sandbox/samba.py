@@ -127,19 +127,11 @@ class SambaDC:
         return f"Administrator@{self.dns_domain}"
 
     @property
-    def users_dn(self) -> str:
-        return f"CN=Users,{self.base_dn}"
-
-    @property
     def ca_file(self) -> Path:
         """PEM of the CA that signed the DC's LDAPS/StartTLS certificate."""
         if self.certificates is None:
             raise SambaError("the DC is not started: no CA file yet")
         return self.certificates.ca_file
-
-    @property
-    def log_file(self) -> Path | None:
-        return None if self._dir is None else self._dir / "samba.log"
 
     def start(self) -> SambaDC:
         """Provision the domain and start samba; wait until an LDAPS bind succeeds.

@@ -15,9 +15,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Failed
 from usersync_flows.sync import SyncFailed, sync
-from usersync_tasks.retry import retry_unreachable_source
+from usersync_sandbox.server import free_port
+from usersync_tasks.retry import retry_transient
 
+from usersync.config import LdapSourceConfig, ScimSourceConfig, SecretRef
 from usersync.errors import SourceUnreachableError, TargetUnreachableError
+from usersync.sources.ldap import LdapSource
+from usersync.sources.scim import ScimSource
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 
@@ -48,15 +52,27 @@ def test_a_target_answering_503_fails_after_the_clients_attempts_only(make_profi
 
 
 def test_a_task_retries_only_an_unreachable_source_whose_client_did_not_retry():
-    try:
-        raise SourceUnreachableError("ldap: connection refused") from ConnectionRefusedError()
-    except SourceUnreachableError as exc:
-        ldap_down = exc
-    try:
-        raise SourceUnreachableError("scim: no answer") from TargetUnreachableError("5 tries")
-    except SourceUnreachableError as exc:
-        scim_down = exc
+    ldap = LdapSourceConfig.model_validate(
+        {
+            "kind": "ldap",
+            "url": f"ldap://127.0.0.1:{free_port()}",
+            "bind_dn": "cn=sync,dc=example,dc=org",
+            "bind_password": {"env": "UNUSED"},
+            "user_base_dn": "ou=people,dc=example,dc=org",
+            "group_base_dn": "ou=groups,dc=example,dc=org",
+            "allow_cleartext_bind": True,
+        }
+    )
+    with LdapSource(ldap, "secret") as source, pytest.raises(SourceUnreachableError) as caught:
+        source.extract([])
+    ldap_down = caught.value  # the directory may answer a minute later: the task retries
+    scim = ScimSourceConfig(
+        kind="scim", url=f"http://127.0.0.1:{free_port()}/scim/v2", token=SecretRef(env="UNUSED")
+    )
+    with ScimSource(scim, "token") as source, pytest.raises(SourceUnreachableError) as caught:
+        source.extract([])
+    scim_down = caught.value  # its HTTP client retried already: the task does not
 
-    assert retry_unreachable_source(None, None, Failed(data=ldap_down)) is True
-    assert retry_unreachable_source(None, None, Failed(data=scim_down)) is False
-    assert retry_unreachable_source(None, None, Failed(data=TargetUnreachableError("x"))) is False
+    assert retry_transient(None, None, Failed(data=ldap_down)) is True
+    assert retry_transient(None, None, Failed(data=scim_down)) is False
+    assert retry_transient(None, None, Failed(data=TargetUnreachableError("x"))) is False
