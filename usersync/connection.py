@@ -6,6 +6,8 @@ in a target), and writes nothing. A part that cannot even be built (a missing se
 URL) is a failed check with that reason, not an exception, so one bad part never hides the
 others. A source that can look names up in its server's schema (LDAP: `check_attributes`) also
 checks the attributes the mapping tables read, so a misspelt one fails here, before a sync.
+A target's line names its product version (`Target.product_version`); one usersync is not
+tested with is a warning saying what may not work, never a failure on its own.
 `connection_markdown` renders the results for the flow's artifact and the CLI.
 """
 
@@ -62,6 +64,7 @@ def check_connections(
                 checked = target.check()
                 if checked.ok:
                     checked = _with_privileges(target, checked, loaded)
+                    checked = _with_version(target, checked)
             results.append(
                 ConnectionResult(f"target {name}", config.kind, checked.ok, checked.detail)
             )
@@ -92,6 +95,19 @@ def _with_privileges(target: Target, checked: TargetCheck, loaded: LoadedProfile
             "can, a sync adopts and relinks no existing account (fail closed)",
         )
     return TargetCheck(True, detail)
+
+
+def _with_version(target: Target, checked: TargetCheck) -> TargetCheck:
+    """The target's check with the product's version. A version usersync does not support is
+    named with what may not work, as a warning: it does not fail the check."""
+    try:
+        version = target.product_version()
+    except UsersyncError as exc:
+        return TargetCheck(checked.ok, f"{checked.detail}; the version could not be read: {exc}")
+    if version is None:
+        return checked
+    warning = "" if version.supported else "WARNING: "
+    return TargetCheck(checked.ok, f"{checked.detail}; {warning}{version}")
 
 
 def _check_source(source: Source, attributes: Sequence[str]) -> SourceCheck:

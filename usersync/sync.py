@@ -538,6 +538,9 @@ def plan_target_sync(
         TargetError: reading the target failed.
         GuardError: the plan exceeds the brake (and `allow_mass_changes` is not given).
     """
+    if (version := target.product_version()) is not None:
+        level = logging.INFO if version.supported else logging.WARNING
+        log.log(level, "%s '%s': %s", target.product, target_name, version)
     profile = loaded.profile
     desired, refused_groups = _as_target_stores(desired, target)
     desired = _without_refused(desired, store, profile.name, target_name)

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from usersync.errors import (
+    TargetAuthError,
+    TargetError,
+    TargetPermissionError,
+    TargetUnreachableError,
+    TransientError,
+)
 from usersync.http import ApiClient
 from usersync.model import (
     CUSTOM_PREFIX,
@@ -27,6 +34,7 @@ from usersync.model import (
     conform,
     empty_frame,
 )
+from usersync.targets.versions import ProductVersion, describe_version
 
 #: The longest user or group name any of the products stores (their name columns).
 MAX_NAME_LENGTH = 255
@@ -100,6 +108,8 @@ class Target(ABC):
     #: Whether the product can rename an account over its API (Confluence cannot): the planner
     #: reports a source rename it cannot make as a conflict instead of failing it every run.
     can_rename: bool = True
+    #: what `product_version` found, once read
+    _product_version: ProductVersion | None = None
 
     def __init__(self, name: str) -> None:
         #: The target's name in the profile (a profile may have two Jira instances).
@@ -390,6 +400,35 @@ class Target(ABC):
     @abstractmethod
     def check(self) -> TargetCheck:
         """Reach the target, prove the credentials and the admin permission; write nothing."""
+
+    def server_version(self) -> tuple[int, ...] | None:
+        """The product's version as numbers, as the server reports it; None when this client
+        cannot ask. Each product overrides it."""
+        return None
+
+    def product_version(self) -> ProductVersion | None:
+        """The product and version this client talks to, whether usersync supports it and,
+        if not, what may not work (`usersync.targets.versions`); read once per client.
+
+        None when the client cannot ask. A version the server will not tell (a missing or
+        refused resource) is an unknown version, not an error.
+
+        Raises:
+            TransientError, TargetUnreachableError, TargetAuthError, TargetPermissionError: the
+                target cannot be reached or refuses the credentials (as any read would).
+        """
+        if self._product_version is None:
+            try:
+                numbers = self.server_version()
+            except (TransientError, TargetUnreachableError, TargetAuthError, TargetPermissionError):
+                raise
+            except TargetError as exc:
+                self._product_version = describe_version(self.product, None, why=str(exc))
+            else:
+                if numbers is None:
+                    return None
+                self._product_version = describe_version(self.product, numbers)
+        return self._product_version
 
     def set_deadline(self, at: float | None) -> None:
         """Stop sending requests after `at` (a `time.monotonic()` value), retries included.

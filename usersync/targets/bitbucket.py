@@ -63,6 +63,7 @@ from usersync.targets.base import (
     normalise_name,
 )
 from usersync.targets.licence import read_count, read_limit, says_unlimited
+from usersync.targets.versions import version_numbers
 
 #: The REST root under the instance URL (which includes any context path).
 API_ROOT = "/rest/api/1.0"
@@ -149,6 +150,7 @@ class BitbucketTarget(Target):
         self.client = client
         self.admin_username = admin_username
         self.auth_kind = auth_kind
+        self._version: tuple[int, ...] | None = None
         self._pager = Pager(
             f"bitbucket '{name}'", malformed=TargetRejectedError, incomplete=TargetRejectedError
         )
@@ -202,6 +204,14 @@ class BitbucketTarget(Target):
 
     def close(self) -> None:
         self.client.close()
+
+    def server_version(self) -> tuple[int, ...]:
+        """The Bitbucket version as numbers, from `/application-properties`; asked once."""
+        if self._version is None:
+            props = self.client.get_json(ENDPOINTS["application_properties"])
+            text = props.get("version") if isinstance(props, dict) else None
+            self._version = version_numbers(str(text or ""))
+        return self._version
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -367,6 +367,10 @@ class ConfluenceTarget(Target):
             self._version = found
         return self._version
 
+    def server_version(self) -> tuple[int, ...]:
+        """The site's version (`version`), for `Target.product_version`."""
+        return self.version
+
     def _uses_jsonrpc(self, operation: str) -> bool:
         """Whether this write goes through JSON-RPC (decided per operation, logged once)."""
         if self.api != "auto":
