@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from tests.store_reading import saved_watermark
 from usersync.model import PLAN_COLUMNS, conform
 from usersync.store import LedgerEntry, Store
 from usersync.store.schema import SCHEMA_VERSION
@@ -246,7 +247,7 @@ def test_a_source_snapshot_round_trips_through_the_store(store: Store) -> None:
         dc="ldap://x", usn=42, fingerprint="f", read_at=moment, full_read_at=moment
     )
     store.save_source_watermark("p", mark, {"users": users, "memberships": memberships})
-    read, parts = store.source_watermark("p")
+    read, parts = saved_watermark(store, "p")
     assert read == mark
     pd.testing.assert_frame_equal(parts["users"], users)
     pd.testing.assert_frame_equal(parts["memberships"], memberships)
@@ -352,7 +353,18 @@ def test_stored_frames_round_trip_and_old_ones_still_read():
 
 
 def test_stored_frames_pick_the_narrowest_code_width():
-    from usersync.store import _decode_frame, _encode_frame
+    import json
+
+    import numpy as np
+
+    from usersync.store import FRAME_MAGIC, _decode_frame, _encode_frame
+
+    def narrowest(distinct: int) -> str:
+        """The smallest signed integer holding every code (0 .. distinct-1) and -1 (null)."""
+        for kind in (np.int8, np.int16, np.int32):
+            if np.iinfo(kind).max >= distinct - 1:
+                return np.dtype(kind).newbyteorder("<").str
+        raise AssertionError(distinct)
 
     for distinct in (1, 127, 128, 129, 255, 32_767, 32_768, 32_769):
         frame = pd.DataFrame(
@@ -362,8 +374,12 @@ def test_stored_frames_pick_the_narrowest_code_width():
                 )
             }
         )
-        read = _decode_frame(_encode_frame(frame))
-        pd.testing.assert_frame_equal(read, frame)
+        body = _encode_frame(frame)
+        size = int.from_bytes(body[len(FRAME_MAGIC) : len(FRAME_MAGIC) + 4], "little")
+        header = json.loads(body[len(FRAME_MAGIC) + 4 : len(FRAME_MAGIC) + 4 + size])
+        (column,) = header["columns"]
+        assert np.dtype(column["width"]) == np.dtype(narrowest(distinct)), distinct
+        pd.testing.assert_frame_equal(_decode_frame(body), frame)
 
 
 def test_stored_frames_decode_chosen_columns_as_categoricals():

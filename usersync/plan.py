@@ -142,11 +142,6 @@ def _ops(frame: pd.DataFrame, op: str, **columns: pd.Series | str) -> pd.DataFra
     return out
 
 
-def plan_target(data: PlanInput) -> pd.DataFrame:
-    """The operations that bring one target in line with the desired state (see `plan_changes`)."""
-    return plan_changes(data).operations
-
-
 def plan_changes(data: PlanInput) -> PlannedChanges:
     """The operations that bring one target in line with the desired state, and the conflicts.
 

@@ -19,6 +19,7 @@ from usersync_sandbox.jira import JiraEmulator
 from usersync_sandbox.server import serve
 
 from tests.ad.conftest import USER_CLASSES, AdDirectory, ad_source_config, admin_connection
+from tests.store_reading import saved_watermark
 from usersync import sync
 from usersync.config import Profile, TargetConfig
 from usersync.errors import UsersyncError
@@ -155,7 +156,7 @@ def run_sync(
 
 
 def stored_usn(store: Store) -> int:
-    return store.source_watermark("ad-inc")[0].usn
+    return saved_watermark(store, "ad-inc")[0].usn
 
 
 def canonical(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import pytest
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, Connection, Server
 from usersync_sandbox.slapd import SlapdServer, ldif_entry
 
+from tests.store_reading import saved_watermark
 from usersync.config import LdapSourceConfig, SecretRef, load_profile
 from usersync.model import SourceSnapshot
 from usersync.sources.ldap import LdapSource
@@ -224,21 +225,21 @@ def test_a_run_whose_targets_failed_reads_the_same_changes_again(
     directory: Directory, store: Store
 ) -> None:
     synced(store, read(directory, store))
-    before = store.source_watermark(PROFILE)[0].usn
+    before = saved_watermark(store, PROFILE)[0].usn
     directory.set_mail("u1", "u1.new@ex.org")
 
     failed = read(directory, store)
     assert "1 changed user(s)" in failed.notes[0]
     synced(store, failed, "succeeded", "failed")  # one target failed: nothing advances
-    assert store.source_watermark(PROFILE)[0].usn == before
+    assert saved_watermark(store, PROFILE)[0].usn == before
     advance_watermark(store, failed, statuses=["succeeded"], dry_run=True)  # nor a dry run
-    assert store.source_watermark(PROFILE)[0].usn == before
+    assert saved_watermark(store, PROFILE)[0].usn == before
 
     retried = read(directory, store)
     assert "1 changed user(s)" in retried.notes[0]
     assert retried.users.set_index("uid")["mail"]["u1"] == "u1.new@ex.org"
     synced(store, retried)
-    assert store.source_watermark(PROFILE)[0].usn > before
+    assert saved_watermark(store, PROFILE)[0].usn > before
 
 
 def test_a_watermark_ahead_of_the_server_or_of_another_server_forces_a_full_read(
@@ -246,7 +247,7 @@ def test_a_watermark_ahead_of_the_server_or_of_another_server_forces_a_full_read
 ) -> None:
     first = read(directory, store)
     synced(store, first)
-    watermark, parts = store.source_watermark(PROFILE)
+    watermark, parts = saved_watermark(store, PROFILE)
 
     ahead = watermark.__class__(**{**watermark.__dict__, "usn": watermark.usn + 10**12})
     store.save_source_watermark(PROFILE, ahead, parts)
@@ -271,7 +272,7 @@ def test_without_contextcsn_every_run_is_a_full_read_and_says_why(
         assert len(snapshot.users) == 4
         synced(store, snapshot)
         with pytest.raises(KeyError):  # nothing kept: a watermark would mean nothing
-            store.source_watermark(PROFILE)
+            saved_watermark(store, PROFILE)
 
 
 def test_an_openldap_profile_may_enable_incremental_reads(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
-"""The contract-suite harness: one `target_env` fixture per product, each over real HTTP.
+"""The contract-suite harness: one `target_env` fixture, over real HTTP, parametrized by
+product and version.
 
 Every product provides `tests/targets/harness_<product>.py` with a context manager
-`environment(**options)` that starts the product's emulator with `usersync_sandbox.server.serve`
-and yields a `TargetEnv`. The contract suite (`test_contract.py`) runs unchanged against each;
-a fourth product only adds its client, its emulator and its harness module.
+`environment(version=..., **options)` that starts the product's emulator with
+`usersync_sandbox.server.serve` and yields a `TargetEnv`. The contract suite
+(`test_contract.py`) runs unchanged against each; a fourth product adds its client, its
+emulator, its harness module, and its name in `PRODUCTS` and `SUPPORTED_VERSIONS` below.
 
 Each emulator offers the same seeding methods, so the suite needs no product knowledge:
 `seed_user(username, email, display_name, active=True) -> None`,

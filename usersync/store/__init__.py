@@ -621,15 +621,6 @@ class Store:
 
     # -- incremental sources -------------------------------------------------------------
 
-    def source_watermark(self, profile: str) -> tuple[SourceWatermark, dict[str, pd.DataFrame]]:
-        """The profile's watermark and the snapshot parts saved with it.
-
-        Raises:
-            KeyError: none saved yet (a first run, or incremental reads never succeeded).
-        """
-        watermark, stored = self.source_checkpoint(profile)
-        return watermark, stored.parts()
-
     def source_checkpoint(self, profile: str) -> tuple[SourceWatermark, StoredSnapshot]:
         """The profile's watermark and the snapshot saved with it, read in one transaction and
         not yet decoded.
@@ -776,7 +767,7 @@ def _encode_frame(
         origin, values = (shared or {}).get(name, ("", None))
         positions = None if values is None else _positions_in(frame[name], values)
         if positions is not None:
-            width = next(w for w, top in _CODE_WIDTHS if len(values) <= top)
+            width = next(w for w, top in _CODE_WIDTHS if len(values) - 1 <= top)
             raw = positions.astype(width).tobytes()
             columns.append(
                 {
@@ -800,7 +791,7 @@ def _encode_frame(
             text = separator.join(distinct)
         encoded = text.encode("utf-8")
         packed = zlib.compress(encoded, 1)
-        width = next(w for w, top in _CODE_WIDTHS if len(uniques) <= top)
+        width = next(w for w, top in _CODE_WIDTHS if len(uniques) - 1 <= top)
         raw = codes.astype(width).tobytes()
         column = {
             "name": str(name),
@@ -847,6 +838,7 @@ def _separator(distinct: list[Any]) -> str | None:
 
 
 #: Code widths by how many distinct values a column has (a code may also be -1).
+#: Code widths and the largest code each holds (codes run from 0, and -1 stands for null).
 _CODE_WIDTHS = (("<i1", 127), ("<i2", 32_767), ("<i4", 2**31 - 1))
 
 
