@@ -37,11 +37,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_target_sync": ("usersync.sync", "load_target_sync"),
     "TargetPlan": ("usersync.sync", "TargetPlan"),
     "TargetOutcome": ("usersync.outcome", "TargetOutcome"),
-            "profile_lease": ("usersync.lease", "profile_lease"),
+    "profile_lease": ("usersync.lease", "profile_lease"),
     "default_lease_holder": ("usersync.lease", "default_lease_holder"),
     "advance_watermark": ("usersync.sources.watermark", "advance_watermark"),
     "open_target": ("usersync.targets", "open_target"),
-            "run_test_sync": ("usersync.testsync", "run_test_sync"),
+    "run_test_sync": ("usersync.sync_preview", "run_test_sync"),
     "check_connections": ("usersync.connection", "check_connections"),
     "connection_markdown": ("usersync.connection", "connection_markdown"),
     # guards, outcomes and the profile's lease

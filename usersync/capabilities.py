@@ -76,7 +76,7 @@ class AttributeChecker(Protocol):
 
 class UserLookup(Protocol):
     """A source that looks one user up without reading everything (LDAP). Test Sync
-    (`testsync.py`) needs it; a source without it has no Test Sync."""
+    (`sync_preview.py`) needs it; a source without it has no Test Sync."""
 
     def find_users(self, attribute: str, value: str, attributes: Sequence[str]) -> pd.DataFrame:
         """The users whose `attribute` equals `value`, as `extract` would return them."""

@@ -41,7 +41,7 @@ from usersync.sync import (
     plan_target_sync,
     transform,
 )
-from usersync.testsync import run_test_sync
+from usersync.sync_preview import run_test_sync
 
 ATTRIBUTES = ["sAMAccountName", "userPrincipalName", "mail", "displayName"]
 ALL_USERS = BIG_GROUP_SIZE + len(SPECIAL_USERS)

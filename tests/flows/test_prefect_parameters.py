@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.utilities.callables import parameter_schema
+from usersync_flows.connection_check import test_connection as connection_flow
 from usersync_flows.sandbox_demo import demo
 from usersync_flows.sync import sync
-from usersync_flows.test_connection import test_connection as connection_flow
-from usersync_flows.test_sync import run_test_sync_flow
+from usersync_flows.sync_preview import run_test_sync_flow
 
 from usersync.config import load_profile
 
@@ -98,13 +98,13 @@ def test_every_deployment_flow_is_shipped_and_the_checks_serve_any_profile():
         "flows/profiles.py:demo-push",
         "flows/profiles.py:example-ldap",
         "flows/profiles.py:example-ad",
-        "flows/test_connection.py:test_connection",
-        "flows/test_sync.py:run_test_sync_flow",
+        "flows/connection_check.py:test_connection",
+        "flows/sync_preview.py:run_test_sync_flow",
         "flows/sandbox_demo.py:demo",
     }
     for checks in (
-        "flows/test_connection.py:test_connection",
-        "flows/test_sync.py:run_test_sync_flow",
+        "flows/connection_check.py:test_connection",
+        "flows/sync_preview.py:run_test_sync_flow",
     ):
         assert "profile" not in by_entrypoint[checks].get("parameters", {})
 

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 from prefect.client.orchestration import get_client
-from usersync_flows.test_sync import run_test_sync_flow
+from usersync_flows.sync_preview import run_test_sync_flow
 
 pytestmark = [pytest.mark.slapd, pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 

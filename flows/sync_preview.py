@@ -4,7 +4,7 @@ It finds the user in the profile's source (the value escaped into the filter), a
 a markdown artifact `test-sync-<profile>` with every attribute the directory returns and what
 usersync would write in each target (mapped attributes, groups). It reads the source only and
 writes nothing anywhere, so one deployment serves every profile (`test-sync/on-demand`). The
-work is `usersync.testsync.run_test_sync`; this flow wires it.
+work is `usersync.sync_preview.run_test_sync`; this flow wires it.
 """
 
 from __future__ import annotations

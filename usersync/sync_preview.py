@@ -6,7 +6,7 @@ and NUL match only themselves), reads every attribute the directory returns for 
 the groups the user belongs to in scope, and runs the profile's mapping tables on that one
 user for each target: the account attributes and the groups usersync would write, or why the
 user would be rejected. It reads the source only; no target is contacted, nothing is written.
-The Prefect flow `flows/test_sync.py` and `usersync test-sync` present its `markdown()`.
+The Prefect flow `flows/sync_preview.py` and `usersync test-sync` present its `markdown()`.
 """
 
 from __future__ import annotations
