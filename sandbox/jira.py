@@ -485,14 +485,6 @@ class JiraEmulator:
         with self._lock:
             return {self._users[k].name for k in self._seat_holders(self.application_roles[role])}
 
-    def roles_of(self, username: str) -> set[str]:
-        """Keys of the application roles account `username` holds through its groups."""
-        with self._lock:
-            user = self._user_by_name(username)
-            if user is None:
-                raise ValueError(f"jira emulator: no user {username!r}")
-            return {r.key for r in self._roles_granted_to(user)}
-
     def is_admin(self, username: str) -> bool:
         """Whether the account holds ADMINISTER or SYSTEM_ADMIN through one of its groups."""
         with self._lock:

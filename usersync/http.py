@@ -1,6 +1,8 @@
-"""The shared HTTP client of every target: timeouts, retries that honour Retry-After, one error taxonomy.
+"""The HTTP client of the targets and of the sources read over HTTP (SCIM, miniOrange):
+timeouts, retries that honour Retry-After, one error taxonomy.
 
-Each product module builds an `ApiClient` with its base URL and auth and calls `request`.
+Each product module (and each HTTP source) builds an `ApiClient` with its base URL and auth
+and calls `request`; a source's client raises the source family (`errors=source_error_of`).
 Transient answers (429, 5xx, dropped connections, timeouts) are retried with exponential
 backoff and jitter, waiting what `Retry-After` asks for when the server says (seconds or an
 HTTP date, capped). Everything else becomes the matching `usersync.errors` class at once, with
