@@ -9,7 +9,7 @@ the others', 5% modified: display name, and e-mail for a third of them, a few re
 `--membership-churn` of the memberships moved), and it times:
 
 - `usersync.mapping.desired_state` on the changed snapshot;
-- `usersync.plan.plan_target` against the target as it stands, printing the plan's op counts
+- `usersync.plan.plan_changes` against the target as it stands, printing the plan's op counts
   and checking them against the delta;
 - the second run: the target and ledger as the plan leaves them, which must plan zero ops.
 
@@ -53,7 +53,7 @@ from usersync.model import (
     TargetState,
     conform,
 )
-from usersync.plan import PlanInput, plan_target
+from usersync.plan import PlanInput, plan_changes
 
 TARGET = "jira"
 DEFAULT_GROUP = "jira-software-users"
@@ -281,7 +281,7 @@ def main() -> None:
         f"groups, {len(desired.memberships)} memberships, {len(desired.rejected)} rejected"
     )
     data = PlanInput(TARGET, desired, actual, ledger, settings, protected=("svc-usersync",))
-    seconds, plan = timed(args.repeat, lambda: plan_target(data))
+    seconds, plan = timed(args.repeat, lambda: plan_changes(data).operations)
     got = counts(plan)
     print(f"plan_target (delta): {seconds:.2f} s -> {len(plan)} ops {got}")
     if got != expected:
@@ -295,7 +295,7 @@ def main() -> None:
     actual_2 = target_after(desired, keys, gone[list(TARGET_USER_COLUMNS)])
     ledger_2 = ledger_for(actual_2, keys)
     data_2 = PlanInput(TARGET, desired, actual_2, ledger_2, settings, protected=("svc-usersync",))
-    seconds, plan_2 = timed(args.repeat, lambda: plan_target(data_2))
+    seconds, plan_2 = timed(args.repeat, lambda: plan_changes(data_2).operations)
     print(f"plan_target (second run, nothing changed): {seconds:.2f} s -> {len(plan_2)} ops")
     if len(plan_2):
         print(f"  WARNING: expected no ops, got {counts(plan_2)}")
