@@ -55,7 +55,7 @@ def products_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 def sync_all(store: Store, products: tuple[str, ...] = PRODUCTS) -> dict[str, sync.TargetPlan]:
     """One sync of these targets through the engine's steps; the plans it carried out (every
     operation must succeed)."""
-    loaded = sync.load(PROFILE)
+    loaded = sync.prepare_profile(PROFILE)
     snapshot = sync.extract(loaded)
     plans = {}
     for name in products:
