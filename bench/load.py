@@ -254,9 +254,10 @@ def sync_once(
         emulator.faults(**load_faults)
         run_id = store.start_run(PROFILE, product, dry_run=False)
         store.record_plan(run_id, planned.plan)
-        began = time.monotonic()
+        began, cpu = time.monotonic(), time.process_time()
         result = sync.load_target_sync(loaded, target, planned, store, run_id, max_workers=workers)
         load_seconds = time.monotonic() - began
+        cpu_seconds = time.process_time() - cpu
         store.finish_run(run_id, result.status, result.counts())
         emulator.faults(latency_seconds=load_faults.get("latency_seconds", 0))
     failures = [o.error or "" for o in result.outcomes if o.status == "failed"]
@@ -264,6 +265,7 @@ def sync_once(
         "planned": planned.counts(),
         "plan_seconds": plan_seconds,
         "load_seconds": load_seconds,
+        "cpu_seconds": cpu_seconds,
         "status": result.status,
         "failed": len(failures),
         "failed_for_429": sum("HTTP 429" in e for e in failures),
@@ -364,6 +366,10 @@ def main() -> None:
             initial = sync_once(
                 loaded, product, first, store, emulator, workers=args.workers, load_faults=storm
             )
+            # The bare client again right after the load: the machine's load moves, and the
+            # ratio is taken against what the bare client reached around the same minutes.
+            emulator.faults(**clean)
+            args.raw_rate_after = emulator.raw_rate(args.workers)
             report_initial(product, initial, args, latency)
             if args.skip_delta:
                 continue
@@ -407,6 +413,13 @@ def report_initial(
     if run["first_failures"]:
         print(f"  first failures: {run['first_failures']}")
     if not args.storm:
+        bare = (args.raw_rate + args.raw_rate_after) / 2
+        print(
+            f"  usersync {rate:.0f}/s against a bare asyncio client with {args.workers} "
+            f"connections at {args.raw_rate:.0f}/s before and {args.raw_rate_after:.0f}/s after "
+            f"the load: ratio {rate / bare:.2f} (target >= 0.90); usersync's process spent "
+            f"{run['cpu_seconds'] / log['requests'] * 1e6:.0f} µs of CPU per request"
+        )
         bound = args.workers / latency
         stack = args.workers / args.round_trip
         print(

@@ -42,11 +42,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json import dumps as json_dumps
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import httpx
 
+from usersync import cooperative
 from usersync.config import instance_of
 from usersync.errors import (
     TargetAuthError,
@@ -61,6 +63,7 @@ from usersync.errors import (
     UsersyncError,
 )
 from usersync.redaction import redact
+from usersync.wire import Request, Wire
 
 log = logging.getLogger("usersync.http")
 
@@ -70,6 +73,8 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOT_IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
 #: Transport failures that prove the request never reached the server: no connection was made.
 NEVER_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: A path httpx sends as it is written: absolute, nothing in it to quote or normalise.
+_PLAIN_PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 T = TypeVar("T")
 
@@ -92,7 +97,7 @@ class RetryPolicy:
     #: and the wait it asks for is shared by every worker, so waiting it out costs no more
     #: than the server demands (the run's deadline still bounds it)
     max_rate_limited: int = 20
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    sleep: Callable[[float], None] = field(default=cooperative.sleep, compare=False)
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter for the given 1-based attempt."""
@@ -251,7 +256,7 @@ class InstanceLimiter:
         min_concurrency: int = 1,
         max_concurrency: int = 32,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = cooperative.sleep,
     ) -> None:
         self.instance = instance
         self.min_concurrency = min_concurrency
@@ -259,6 +264,14 @@ class InstanceLimiter:
         self._clock = clock
         self._sleep = sleep
         self._cond = threading.Condition()
+        #: calls waiting on a loader's loop (`usersync.cooperative`), woken with the threads
+        self._wakers: list[cooperative.Waker] = []
+        #: the profile's ceiling on requests in flight (`pace`); None: only the adaptive limit
+        self.max_in_flight: int | None = None
+        #: the profile's ceiling on requests per second (`pace`), and the clock reading from
+        #: which the next request may be sent under it
+        self.requests_per_second: float | None = None
+        self._next_slot = 0.0
         #: the concurrency limit (fractional while it grows); `concurrency` is what applies
         self.limit = float(initial_concurrency)
         self.in_flight = 0
@@ -277,7 +290,23 @@ class InstanceLimiter:
     @property
     def concurrency(self) -> int:
         """Requests allowed in flight now."""
-        return max(self.min_concurrency, int(self.limit))
+        allowed = max(self.min_concurrency, int(self.limit))
+        return min(allowed, self.max_in_flight) if self.max_in_flight else allowed
+
+    def pace(self, *, max_in_flight: int | None, requests_per_second: float | None) -> None:
+        """Set the ceilings a profile gives this instance; the stricter of two settings wins.
+
+        Every run in the process that writes to the instance shares them: two profiles on one
+        instance get one budget, not one each, and the strictest profile's figure holds.
+        """
+        with self._cond:
+            if max_in_flight is not None:
+                self.max_in_flight = min(max_in_flight, self.max_in_flight or max_in_flight)
+            if requests_per_second is not None:
+                self.requests_per_second = min(
+                    requests_per_second, self.requests_per_second or requests_per_second
+                )
+            self._notify()
 
     def admit(self, deadline: float | None, what: str) -> float:
         """Wait until a request may be sent; return the clock reading when it may.
@@ -289,10 +318,11 @@ class InstanceLimiter:
         with self._cond:
             while self.in_flight >= self.concurrency:
                 self._out_of_time(deadline, None, what, "a free request slot")
-                self._cond.wait(self._timeout(deadline, None))
+                self._wait(self._timeout(deadline, None))
             self.in_flight += 1
         try:
             self._wait_out_pauses(deadline, what)
+            self._take_slot(deadline, what)
             self._take_token(deadline, what)
         except BaseException:
             self.finish(None, CLEAN)
@@ -318,7 +348,7 @@ class InstanceLimiter:
             elif sent_at >= self._cut_at:
                 self.limit = max(self.min_concurrency, self.limit / 2)
                 self._cut_at = now
-            self._cond.notify_all()
+            self._notify()
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Read the token bucket the server announces in an answer's rate-limit headers."""
@@ -341,7 +371,11 @@ class InstanceLimiter:
         """Stop every request to the instance for `seconds` (or until lifted); return its id."""
         with self._cond:
             pause = next(self._pause_ids)
-            self._pauses[pause] = self._clock() + seconds
+            ends = self._clock() + seconds
+            self._pauses[pause] = ends
+            # The instance asked for time: the profile's rate resumes after the pause, not
+            # with the requests its slots saved up meanwhile.
+            self._next_slot = max(self._next_slot, ends)
             self.throttled += 1
             return pause
 
@@ -349,7 +383,7 @@ class InstanceLimiter:
         """End a pause early: its holder waited it out (on a clock of its own, in tests)."""
         with self._cond:
             self._pauses.pop(pause, None)
-            self._cond.notify_all()
+            self._notify()
 
     def _wait_out_pauses(self, deadline: float | None, what: str) -> None:
         with self._cond:
@@ -364,7 +398,46 @@ class InstanceLimiter:
                 self._out_of_time(
                     deadline, until, what, "the end of the pause the server asked for"
                 )
-                self._cond.wait(self._timeout(deadline, until))
+                self._wait(self._timeout(deadline, until))
+
+    def _take_slot(self, deadline: float | None, what: str) -> None:
+        """Wait for this request's turn under the profile's `requests_per_second`: one every
+        1/rate seconds, no burst (a gap does not save up turns)."""
+        with self._cond:
+            if not self.requests_per_second:
+                return
+            now = self._clock()
+            slot = max(now, self._next_slot)
+            if deadline is not None and slot > deadline:
+                self._out_of_time(deadline, slot, what, "its turn under requests_per_second")
+            self._next_slot = slot + 1 / self.requests_per_second
+            delay = slot - now
+            self.paced_seconds += delay
+        if delay > 0:
+            self._sleep(delay)
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait for a notification, holding `_cond` (released meanwhile): on the loader's
+        loop the other calls go on; on a thread, as `Condition.wait`."""
+        if not cooperative.active():
+            self._cond.wait(timeout)
+            return
+        waker = cooperative.Waker()
+        self._wakers.append(waker)
+        self._cond.release()
+        try:
+            waker.wait(timeout)
+        finally:
+            self._cond.acquire()
+            if waker in self._wakers:
+                self._wakers.remove(waker)
+
+    def _notify(self) -> None:
+        """Wake every waiter, threads and loop calls alike (holding `_cond`)."""
+        self._cond.notify_all()
+        wakers, self._wakers = self._wakers, []
+        for waker in wakers:
+            waker.wake()
 
     def _take_token(self, deadline: float | None, what: str) -> None:
         with self._cond:
@@ -417,6 +490,20 @@ def limiter_for(base_url: str) -> InstanceLimiter:
         return limiter
 
 
+def pace_instance(
+    url: str, *, max_in_flight: int | None, requests_per_second: float | None
+) -> InstanceLimiter:
+    """Give the instance `url` belongs to the profile's ceilings (`InstanceLimiter.pace`).
+
+    The budget is the process's: every task and run in it that writes to the instance shares
+    it. Processes do not share one (that would need a store on every request); one writer per
+    instance at a time is what keeps them apart (`usersync_tasks.instances`).
+    """
+    limiter = limiter_for(url)
+    limiter.pace(max_in_flight=max_in_flight, requests_per_second=requests_per_second)
+    return limiter
+
+
 class ApiClient:
     """An httpx client bound to one product instance, with retries and typed errors.
 
@@ -458,6 +545,16 @@ class ApiClient:
         verify_arg: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=str(verify)) if isinstance(verify, Path) else verify
         )
+        self._timeout = timeout_seconds
+        self._tls = verify_arg if isinstance(verify_arg, ssl.SSLContext) else None
+        if verify_arg is False:
+            self._tls = ssl.create_default_context()
+            self._tls.check_hostname = False
+            self._tls.verify_mode = ssl.CERT_NONE
+        #: tests' transports answer in-process: such a client always sends through them
+        self._own_transport = transport is not None
+        #: the wire form of a bare request to the base URL (host, default headers, credentials)
+        self._template: Request | None = None
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             auth=auth,
@@ -587,7 +684,7 @@ class ApiClient:
             self.sent[method] = self.sent.get(method, 0) + 1
             pause: int | None = None
             try:
-                response = self._client.request(method, path, params=params, json=json)
+                response = self._send(method, path, params=params, json=json)
             except httpx.TransportError as exc:
                 untrusted = certificate_failure(exc)
                 if untrusted is not None:
@@ -693,6 +790,69 @@ class ApiClient:
             finally:
                 if pause is not None:
                     self.limiter.lift(pause)
+
+    def _send(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None, json: Any
+    ) -> httpx.Response:
+        """One try: on the loader's loop through `Wire`, else through the blocking client.
+
+        Both send the request httpx builds (URL, headers, body, cookies, credentials).
+        """
+        if self._own_transport or not cooperative.active():
+            return self._client.request(method, path, params=params, json=json)
+        wire_request = self._wire_request(method, path, params, json)
+        wire = cooperative.resource(
+            self, lambda: Wire(timeout_seconds=self._timeout, ssl_context=self._tls)
+        )
+        response = cooperative.wait(wire.send(wire_request))
+        if "set-cookie" in response.headers:
+            response.request = self._client.build_request(method, path, params=params)
+            self._client.cookies.extract_cookies(response)
+        return response
+
+    def _wire_request(
+        self, method: str, path: str, params: Mapping[str, Any] | None, json: Any
+    ) -> Request:
+        """The request httpx would send, built without httpx's URL model where that is sure
+        to give the same bytes: a plain path, no cookies, basic or no credentials."""
+        auth = self._client.auth
+        if (
+            self._client.cookies
+            or not _PLAIN_PATH.fullmatch(path)
+            or not (auth is None or isinstance(auth, httpx.BasicAuth))
+        ):
+            request = self._client.build_request(method, path, params=params, json=json)
+            if auth is not None:
+                request = next(auth.sync_auth_flow(request))
+            return Request.of(request)
+        if self._template is None:
+            template = self._client.build_request("GET", "/")
+            if auth is not None:
+                template = next(auth.sync_auth_flow(template))
+            self._template = Request.of(template)
+        target = self._template.target.rstrip(b"/") + path.encode("ascii")
+        if params:
+            target += b"?" + str(httpx.QueryParams(params)).encode("ascii")
+        body = b""
+        content: list[tuple[bytes, bytes]] = []
+        if json is not None:
+            body = json_dumps(
+                json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode("utf-8")
+            content = [
+                (b"Content-Length", str(len(body)).encode("ascii")),
+                (b"Content-Type", b"application/json"),
+            ]
+        elif method in ("POST", "PUT", "PATCH"):
+            content = [(b"Content-Length", b"0")]
+        # In httpx's order: the client's headers, the body's, then the credentials.
+        headers = self._template.headers
+        if content and json is None:  # httpx puts an empty body's length after the host
+            headers = [headers[0], *content, *headers[1:]]
+        elif content:
+            plain = [h for h in headers if h[0].lower() != b"authorization"]
+            headers = [*plain, *content, *headers[len(plain) :]]
+        return Request(self._template.origin, method.encode("ascii"), target, headers, body)
 
     @staticmethod
     def _check(applied: Callable[[], T | None], failure: TargetError) -> T | None:

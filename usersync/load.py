@@ -1,7 +1,10 @@
 """Execute a plan against one target: phase by phase, bounded concurrency, failures isolated.
 
 Operations run in the plan's order of kinds (groups, then accounts, then memberships, then
-deactivations); within one kind they are independent and run on a small thread pool. One
+deactivations); within one kind they are independent and run at once, `max_workers` at a time,
+each in a greenlet on one asyncio loop (`usersync.cooperative`): the target modules stay plain
+code, their requests go out through `usersync.wire`, and no thread has to win the interpreter
+lock back for each answer, which on busy cores is what slowed a threaded load. One
 failing operation does not stop the others, but operations that depend on it are skipped (no
 memberships for an account whose creation failed). A refusal of the credentials or the
 permission, or a target that stopped answering, quarantines the target for the rest of the
@@ -12,21 +15,22 @@ A target with a bulk call for memberships (`add_members(group, usernames)`, Bitb
 add-users) gets a group's new members in calls of up to `max_members_per_call` names; if it
 refuses one (all or nothing: a user deleted since the plan), that call's rows are added one by
 one, so each operation still has its own outcome. How many requests are in flight at once is
-the HTTP layer's to decide (`usersync.http.InstanceLimiter`, shared per instance); the pool
-only bounds it from above.
+the HTTP layer's to decide (`usersync.http.InstanceLimiter`, shared per instance, with the
+profile's `max_in_flight` and `requests_per_second`); `max_workers` only bounds it from above.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from usersync import cooperative
 from usersync.capabilities import BulkMembershipWriter, members_per_call, offers
 from usersync.errors import (
     TargetAuthError,
@@ -265,51 +269,59 @@ def execute_plan(
     Returns:
         Every operation's outcome and whether the target was quarantined.
     """
-    result = LoadResult()
     rows = plan.astype(object).where(plan.notna(), "").to_dict("records")
+    return cooperative.run(lambda: _execute(target, rows, max_workers, on_outcomes))
+
+
+def _execute(
+    target: Target,
+    rows: list[dict],
+    max_workers: int,
+    on_outcomes: Callable[[list[Outcome]], None] | None,
+) -> LoadResult:
+    """`execute_plan`'s phases, on the loop of `cooperative.run`."""
+    result = LoadResult()
     accounts = _Accounts(rows)
-    with ThreadPoolExecutor(
-        max_workers=max_workers, thread_name_prefix=f"load-{target.name}"
-    ) as pool:
-        for op in OPERATIONS:
-            phase = [r for r in rows if r["op"] == op]
-            if not phase:
+    for op in OPERATIONS:
+        phase = [r for r in rows if r["op"] == op]
+        if not phase:
+            continue
+        outcomes: list[Outcome] = []
+        runnable = []
+        for row in phase:
+            reason = _skip_reason(row, result.quarantined, accounts)
+            if reason:
+                outcomes.append(Outcome(int(row["seq"]), op, "skipped", reason))
+            else:
+                runnable.append(row)
+        calls = [
+            functools.partial(run, target, unit, accounts)
+            for run, unit in _units(target, op, runnable)
+        ]
+        done_calls = cooperative.gather(calls, limit=max_workers)
+        for row, done in [pair for pairs in done_calls for pair in pairs]:
+            if isinstance(done, Outcome):
+                outcomes.append(done)
                 continue
-            outcomes: list[Outcome] = []
-            runnable = []
-            for row in phase:
-                reason = _skip_reason(row, result.quarantined, accounts)
-                if reason:
-                    outcomes.append(Outcome(int(row["seq"]), op, "skipped", reason))
-                else:
-                    runnable.append(row)
-            futures = [
-                pool.submit(run, target, unit, accounts)
-                for run, unit in _units(target, op, runnable)
-            ]
-            for row, done in [pair for future in futures for pair in future.result()]:
-                if isinstance(done, Outcome):
-                    outcomes.append(done)
-                    continue
-                text = (
-                    str(done)
-                    if isinstance(done, TargetError)
-                    else (f"unexpected {type(done).__name__}: {done}")
-                )
-                status = "rejected" if _refuses_the_data(op, done) else "failed"
-                outcomes.append(Outcome(int(row["seq"]), op, status, text))
-                if op == "create_user" and row["source_id"]:
-                    accounts.failed_sources.add(row["source_id"])
-                if op == "create_group":
-                    accounts.failed_groups.add(row["group"].casefold())
-                if op == "reassign_lead":
-                    accounts.failed_handovers.add(row["target_key"])
-                if isinstance(done, QUARANTINE_ERRORS) and not result.quarantined:
-                    result.quarantined = str(done)
-            outcomes.sort(key=lambda o: o.seq)
-            result.outcomes.extend(outcomes)
-            if on_outcomes:
-                on_outcomes(outcomes)
+            text = (
+                str(done)
+                if isinstance(done, TargetError)
+                else (f"unexpected {type(done).__name__}: {done}")
+            )
+            status = "rejected" if _refuses_the_data(op, done) else "failed"
+            outcomes.append(Outcome(int(row["seq"]), op, status, text))
+            if op == "create_user" and row["source_id"]:
+                accounts.failed_sources.add(row["source_id"])
+            if op == "create_group":
+                accounts.failed_groups.add(row["group"].casefold())
+            if op == "reassign_lead":
+                accounts.failed_handovers.add(row["target_key"])
+            if isinstance(done, QUARANTINE_ERRORS) and not result.quarantined:
+                result.quarantined = str(done)
+        outcomes.sort(key=lambda o: o.seq)
+        result.outcomes.extend(outcomes)
+        if on_outcomes:
+            on_outcomes(outcomes)
     return result
 
 
