@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from usersync.errors import ConfigError
 
@@ -428,6 +429,15 @@ def instance_of(url: str) -> str:
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
+#: Requests usersync has in flight to one product instance at most, unless the profile says:
+#: what one load sends at once (the loader's workers); a second run or task writing to the same
+#: instance in the process shares these eight instead of adding its own.
+DEFAULT_MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT_LIMIT = 64
+#: Highest `requests_per_second` accepted (beyond it the setting would pace nothing).
+MAX_REQUESTS_PER_SECOND = 10_000.0
+
+
 class TargetConfig(StrictModel):
     """One Atlassian Data Center instance."""
 
@@ -453,6 +463,22 @@ class TargetConfig(StrictModel):
     )
     max_attempts: int = Field(5, ge=1, le=20, description="Tries per call for 429/5xx/resets.")
     max_retry_wait_seconds: float = Field(120, gt=0, description="Cap on one Retry-After wait.")
+    max_in_flight: int = Field(
+        DEFAULT_MAX_IN_FLIGHT,
+        description="Requests in flight to this instance at once, at most, shared by every run "
+        "and task of the process that writes to it (its base URL; the strictest profile's "
+        "figure holds). Default 8: what one load sends at once. usersync lowers it by itself "
+        "on 429s and 5xx and raises it back up to this figure while answers are fast.",
+    )
+    requests_per_second: float | None = Field(
+        None,
+        description="Requests per second to this instance, at most, shared like max_in_flight. "
+        "Default: no ceiling of usersync's own; the product paces it: Jira and Confluence Data "
+        "Center's rate limiter answers 429 with Retry-After (usersync pauses every request to "
+        "the instance that long) and announces its bucket in X-RateLimit headers (followed "
+        "before a 429 comes). Set it when the instance has no limiter of its own, or to leave "
+        "room for its users.",
+    )
     ca_file: Path | None = None
     verify_tls: bool = True
     allow_cleartext: bool = Field(False, description=_ALLOW_CLEARTEXT)
@@ -473,6 +499,31 @@ class TargetConfig(StrictModel):
         "default_project_lead; unset too: the component's project lead, when that account "
         "stays; else the leaver stays active and the conflict names the component).",
     )
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _max_in_flight_in_range(cls, value: int) -> int:
+        if not 1 <= value <= MAX_IN_FLIGHT_LIMIT:
+            raise PydanticCustomError(
+                "pacing",
+                "{value} requests at once cannot be: give a whole number from 1 to {most} "
+                "(default {default}), or leave max_in_flight out",
+                {"value": value, "most": MAX_IN_FLIGHT_LIMIT, "default": DEFAULT_MAX_IN_FLIGHT},
+            )
+        return value
+
+    @field_validator("requests_per_second")
+    @classmethod
+    def _rate_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= MAX_REQUESTS_PER_SECOND:
+            raise PydanticCustomError(
+                "pacing",
+                "{value} requests per second cannot be: give a number above 0 and at most "
+                "{most} (e.g. 0.5 for one request every two seconds), or leave "
+                "requests_per_second out to let the product's own rate limiter pace usersync",
+                {"value": value, "most": int(MAX_REQUESTS_PER_SECOND)},
+            )
+        return value
 
     @model_validator(mode="after")
     def _product_options(self) -> TargetConfig:
@@ -639,6 +690,14 @@ class SyncSettings(StrictModel):
         "has a source user for an account: the profile with the lowest precedence owns it "
         "(first match wins), whichever ran first. Unset: such an account stays with the "
         "profile that took it first and the others report it as a conflict.",
+    )
+    reconcile_interval_hours: float = Field(
+        24,
+        gt=0,
+        le=24 * 366,
+        description="A delta run (which reads from the products only what changed) reads "
+        "everything instead, as a reconcile run, when the last reconcile of the product is "
+        "older than this: hand-made changes in the products are repaired at least this often.",
     )
 
 

@@ -9,6 +9,7 @@ it, so a product's dependencies and import cost stay out of runs that do not nee
 from __future__ import annotations
 
 from usersync.config import SecretLoader, TargetConfig
+from usersync.http import pace_instance
 from usersync.plugins import load_class
 from usersync.targets.base import Target, TargetCheck
 
@@ -34,6 +35,12 @@ def open_target(
         ConfigError: unknown kind, or a secret that cannot be resolved.
     """
     cls = load_class(TARGET_CLASSES, config.kind, what=f"target '{name}'")
+    # The profile's pace is the instance's, shared by every client of it in the process.
+    pace_instance(
+        str(config.url),
+        max_in_flight=config.max_in_flight,
+        requests_per_second=config.requests_per_second,
+    )
     return cls.from_config(name, config, load_prefect_secret=load_prefect_secret)
 
 
