@@ -3,23 +3,27 @@
 httpx's AsyncClient spends about 0.9 ms of CPU on a request here (anyio, its pool, its
 models), more than its blocking client on threads: on two busy cores the client, not the
 server, would set the pace of a load. This is the lean path under `ApiClient` when it runs on
-the loader's loop (`usersync.cooperative`): the request is still built by httpx (the same
-bytes as the blocking client sends: URL, headers, body, credentials), h11 writes and parses
-HTTP/1.1 as httpcore does, and the answer is an `httpx.Response` (content decoded as httpx
-decodes it). Building a request with httpx alone costs about 0.27 ms (its URL model parses
-the URL three times), so `ApiClient` builds the bytes of the common ones itself (`Request`). Failures are httpx's own exceptions with httpx's meaning, so the retry rules do
-not know which path a request took: a connection that cannot be made is `ConnectError` or
-`ConnectTimeout` (never sent), one lost after sending is `RemoteProtocolError`, `ReadError` or
-`ReadTimeout` (may have been applied).
+the loader's loop (`usersync.cooperative`). The request is the one httpx builds (URL, headers,
+body, credentials); `ApiClient` writes the bytes of the common ones itself (`Request`), since
+building one with httpx costs about 0.27 ms. Heads are written and read here directly (h11,
+which httpcore uses, costs about 0.1 ms a request validating each event): HTTP/1.1 with
+Content-Length, chunked or connection-delimited bodies, interim 1xx answers skipped,
+keep-alive as the answer says, an idle connection the server closed not reused (httpcore's
+check). The answer is an `httpx.Response`, its content decoded as httpx decodes it.
+
+Failures are httpx's own exceptions with httpx's meaning, so the retry rules do not know which
+path a request took: a connection that cannot be made is `ConnectError` or `ConnectTimeout`
+(never sent), one lost after sending is `RemoteProtocolError`, `ReadError` or `ReadTimeout`
+(may have been applied).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
-import h11
 import httpx
 
 #: Idle connections kept per origin (the limiter bounds those in use).
@@ -56,7 +60,13 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
+        #: whether the last answer left the connection fit for the next request
+        self.reusable = False
+
+    @property
+    def stale(self) -> bool:
+        """The server closed it while it was idle (httpcore's check before reusing one)."""
+        return self.reader.at_eof() or self.writer.is_closing()
 
     def close(self) -> None:
         self.writer.close()
@@ -82,20 +92,23 @@ class Wire:
             httpx.TransportError: the subclass httpcore would raise for the same failure.
         """
         origin = request.origin
-        idle = self._idle.get(origin)
-        connection = idle.pop() if idle else await self._connect(origin)
+        idle = self._idle.get(origin) or []
+        connection = None
+        while idle and connection is None:
+            connection = idle.pop()
+            if connection.stale:
+                connection.close()
+                connection = None
+        if connection is None:
+            connection = await self._connect(origin)
         try:
             response = await self._exchange(connection, request)
         except BaseException:
             connection.close()
             raise
-        if connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE:
-            connection.h11.start_next_cycle()
-            pool = self._idle.setdefault(origin, [])
-            if len(pool) < MAX_IDLE:
-                pool.append(connection)
-            else:
-                connection.close()
+        pool = self._idle.setdefault(origin, [])
+        if connection.reusable and len(pool) < MAX_IDLE:
+            pool.append(connection)
         else:
             connection.close()
         return response
@@ -121,55 +134,116 @@ class Wire:
         return _Connection(reader, writer)
 
     async def _exchange(self, connection: _Connection, request: Request) -> httpx.Response:
-        protocol = connection.h11
-        head = h11.Request(method=request.method, target=request.target, headers=request.headers)
-        data = protocol.send(head) or b""
-        if request.body:
-            data += protocol.send(h11.Data(data=request.body)) or b""
-        data += protocol.send(h11.EndOfMessage()) or b""
+        connection.reusable = False
+        head = b"%s %s HTTP/1.1\r\n" % (request.method, request.target)
+        head += b"".join(b"%s: %s\r\n" % pair for pair in request.headers) + b"\r\n"
         try:
-            connection.writer.write(data)
+            connection.writer.write(head + request.body)
             async with asyncio.timeout(self.timeout):
                 await connection.writer.drain()
         except TimeoutError as exc:
             raise httpx.WriteTimeout("timed out sending") from exc
         except OSError as exc:
             raise httpx.WriteError(str(exc)) from exc
-        answer: h11.Response | None = None
-        body: list[bytes] = []
-        while True:
+        reader = _Reader(connection.reader, self.timeout)
+        status, reason, headers, keep_alive = await reader.head(first=True)
+        while 100 <= status < 200:  # interim answers (100 Continue): the real one follows
+            status, reason, headers, keep_alive = await reader.head(first=False)
+        fields = {name.lower(): value for name, value in headers}
+        if request.method == b"HEAD" or status in (204, 304):
+            body = b""
+        elif b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+            body = await reader.chunked()
+        elif b"content-length" in fields:
             try:
-                event = protocol.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(str(exc)) from exc
-            if event is h11.NEED_DATA:
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        chunk = await connection.reader.read(65536)
-                except TimeoutError as exc:
-                    raise httpx.ReadTimeout("timed out reading") from exc
-                except OSError as exc:
-                    raise httpx.ReadError(str(exc)) from exc
-                if not chunk and answer is None:
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response."
-                    )
-                protocol.receive_data(chunk)
-            elif isinstance(event, h11.Response):
-                answer = event
-            elif isinstance(event, h11.Data):
-                body.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                break
-        assert answer is not None
+                length = int(fields[b"content-length"])
+            except ValueError as exc:
+                raise httpx.RemoteProtocolError("malformed Content-Length") from exc
+            body = await reader.exactly(length)
+        else:  # delimited by the end of the connection
+            body = await reader.to_end()
+            keep_alive = False
+        connection.reusable = keep_alive
         response = httpx.Response(
-            answer.status_code,
-            headers=answer.headers.raw_items(),
-            stream=httpx.ByteStream(b"".join(body)),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason},
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(body),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
         )
         response.read()
         return response
+
+
+class _Reader:
+    """An answer read off a connection, each read bounded by the timeout, errors as httpx's."""
+
+    def __init__(self, reader: asyncio.StreamReader, timeout: float) -> None:
+        self._reader = reader
+        self._timeout = timeout
+        self._started = False
+
+    async def _read(self, read: Awaitable[bytes]) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                data = await read
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout("timed out reading") from exc
+        except asyncio.IncompleteReadError as exc:
+            if not self._started and not exc.partial:
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response."
+                ) from exc
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            ) from exc
+        except asyncio.LimitOverrunError as exc:
+            raise httpx.RemoteProtocolError("answer head too long") from exc
+        except OSError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+        self._started = True
+        return data
+
+    async def head(self, *, first: bool) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
+        """Status, reason, headers, and whether the connection stays open after the answer."""
+        block = await self._read(self._reader.readuntil(b"\r\n\r\n"))
+        lines = block[:-4].split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        try:
+            version, status = parts[0], int(parts[1])
+        except (IndexError, ValueError) as exc:
+            raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:80]!r}") from exc
+        if not version.startswith(b"HTTP/1."):
+            raise httpx.RemoteProtocolError(f"not HTTP/1.x: {lines[0][:80]!r}")
+        headers = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}")
+            headers.append((name, value.strip(b" \t")))
+        tokens = b",".join(v for n, v in headers if n.lower() == b"connection").lower()
+        keep_alive = b"close" not in tokens and (version != b"HTTP/1.0" or b"keep-alive" in tokens)
+        return status, parts[2] if len(parts) > 2 else b"", headers, keep_alive
+
+    async def exactly(self, length: int) -> bytes:
+        return await self._read(self._reader.readexactly(length)) if length else b""
+
+    async def to_end(self) -> bytes:
+        return await self._read(self._reader.read())
+
+    async def chunked(self) -> bytes:
+        body = []
+        while True:
+            line = await self._read(self._reader.readuntil(b"\r\n"))
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError as exc:
+                raise httpx.RemoteProtocolError("malformed chunk size") from exc
+            if size == 0:
+                while await self._read(self._reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # trailers, not used
+                return b"".join(body)
+            chunk = await self._read(self._reader.readexactly(size + 2))
+            body.append(chunk[:-2])
 
 
 __all__ = ["Wire"]
