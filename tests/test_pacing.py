@@ -3,10 +3,10 @@
 A 429 pauses every worker on the instance until its Retry-After has passed; the products'
 rate-limit headers space requests before a 429 happens; concurrency halves on a 429 or a 5xx and
 grows back while answers are clean; the profile's `max_in_flight` and `requests_per_second` cap
-one instance for every load of the process, measured where the product sees the requests (the
-Jira emulator's app wrapped to note arrivals and requests in hand). Each test serves a tiny ASGI app over real HTTP; clocks and
-sleeps are the test's own wherever a wait is asserted, so nothing depends on timing except the
-one check that a paused worker has not sent anything yet.
+one instance for every load of the process. Each test serves a tiny ASGI app, or the Jira
+emulator, over real HTTP. Where the limiter's own arithmetic is asserted, clocks and sleeps are
+the test's own; the profile's pace is measured where the product sees the requests (the
+emulator's app wrapped to note arrivals and the requests in hand), with real time and margins.
 """
 
 from __future__ import annotations
