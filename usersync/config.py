@@ -691,6 +691,14 @@ class SyncSettings(StrictModel):
         "(first match wins), whichever ran first. Unset: such an account stays with the "
         "profile that took it first and the others report it as a conflict.",
     )
+    reconcile_interval_hours: float = Field(
+        24,
+        gt=0,
+        le=24 * 366,
+        description="A delta run (which reads from the products only what changed) reads "
+        "everything instead, as a reconcile run, when the last reconcile of the product is "
+        "older than this: hand-made changes in the products are repaired at least this often.",
+    )
 
 
 class Profile(StrictModel):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,20 @@ from usersync.config import (
     mappings_dir,
     profile_dir,
 )
+from usersync.delta import (
+    DELTA,
+    RECONCILE,
+    Scope,
+    actual_of,
+    basis_of,
+    group_fingerprints,
+    inconsistency,
+    next_record,
+    reconcile_reason,
+    scope_of,
+    strays,
+    user_fingerprints,
+)
 from usersync.errors import ConfigError
 from usersync.guards import check_brake, check_source, seat_guard
 from usersync.load import LoadResult, Outcome, execute_plan
@@ -40,7 +55,11 @@ from usersync.model import (
     CONFLICT_COLUMNS,
     CUSTOM_PREFIX,
     LEAD_COLUMNS,
+    PLAN_COLUMNS,
     REJECTED_USER_COLUMNS,
+    TARGET_GROUP_COLUMNS,
+    TARGET_MEMBERSHIP_COLUMNS,
+    TARGET_USER_COLUMNS,
     DesiredState,
     SourceSnapshot,
     TargetState,
@@ -53,7 +72,7 @@ from usersync.plugins import load_class
 from usersync.sources import open_source
 from usersync.sources.base import ProgressCallback
 from usersync.sources.watermark import extract_with_watermark, incremental_enabled
-from usersync.store import LedgerEntry, Store
+from usersync.store import AppliedRecord, LedgerEntry, Store
 from usersync.targets import TARGET_CLASSES, open_target
 from usersync.targets.base import Target
 
@@ -291,6 +310,15 @@ class TargetPlan:
     alerts: tuple[str, ...] = ()
     #: groups (case-folded) no rule may land on: never recorded as managed
     refused_groups: frozenset[str] = frozenset()
+    #: "reconcile" (everything read) or "delta" (only what changed read: `usersync.delta`)
+    mode: str = RECONCILE
+    #: why a run asked for as a delta run reconciled instead (None: it ran as asked)
+    mode_reason: str | None = None
+    #: a delta run's scope; what was written before; the fingerprints and basis to record
+    scope: Scope | None = None
+    applied: AppliedRecord | None = None
+    fingerprints: tuple[pd.Series, pd.Series] | None = None
+    basis: str = ""
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
@@ -478,14 +506,23 @@ def _remember_refusals(
     )
 
 
-def _without_lookalikes(desired: DesiredState, target: Target, actual: TargetState) -> DesiredState:
+def _without_lookalikes(
+    desired: DesiredState,
+    target: Target,
+    actual: TargetState,
+    only: frozenset[str] | None = None,
+) -> DesiredState:
     """`desired` less the users whose name would pass for another account's (`usersync.names`):
     they join the rejected users with the reason (never sent; an active one keeps what it has).
 
     The product is asked for the plain-looking spelling of every name outside ASCII
-    (`аdmin` → `admin`), so an account the run would not otherwise read is still seen.
+    (`аdmin` → `admin`), so an account the run would not otherwise read is still seen; in a
+    delta run, of the names that changed (`only`: their source ids) alone.
     """
-    probes = skeleton_probes(desired.users["username"].dropna())
+    names = desired.users
+    if only is not None:
+        names = names.loc[names["source_id"].astype(str).isin(only)]
+    probes = skeleton_probes(names["username"].dropna())
     if not probes:  # every name is plain ASCII: none is refused as a look-alike
         return desired
     imitated = target.read_users(probes)["username"]
@@ -527,12 +564,15 @@ def plan_target_sync(
     store: Store,
     *,
     allow_mass_changes: bool = False,
+    mode: str = RECONCILE,
 ) -> TargetPlan:
     """Read the target's current state for the users and groups concerned, then plan.
 
-    Accounts the ledger links are read by key (so renames made by hand are followed), the
-    others by the desired usernames; groups are the mapped ones and every group the ledger
-    remembers.
+    A reconcile run (`mode="reconcile"`) reads every account the ledger links (by key, so
+    renames made by hand are followed) and every desired one (by name), every mapped group and
+    every group the ledger remembers. A delta run reads only the accounts and groups whose
+    fingerprint moved since the last runs wrote them (`usersync.delta`), and reconciles
+    instead, saying why, when it cannot trust what was written.
 
     Raises:
         TargetError: reading the target failed.
@@ -545,24 +585,116 @@ def plan_target_sync(
     desired, refused_groups = _as_target_stores(desired, target)
     desired = _without_refused(desired, store, profile.name, target_name)
     ledger = store.ledger(profile.name, target_name)
-    users = ledger["kind"] == "user"
-    # Managed accounts are asked for by their last known names too (found by name, cheaply);
-    # only those renamed by hand or deleted are then looked up by key.
-    usernames = pd.concat([desired.users["username"], ledger.loc[users, "name"]], ignore_index=True)
-    usernames = list(dict.fromkeys(usernames.dropna().str.casefold()))
-    keys = list(dict.fromkeys(ledger.loc[users, "target_key"].dropna()))
-    groups = list(
-        dict.fromkeys(
-            pd.concat(
-                [desired.groups["group"], ledger.loc[~users, "name"]], ignore_index=True
-            ).dropna()
+    fingerprints = (user_fingerprints(desired.users), group_fingerprints(desired))
+    basis = basis_of(profile, target_name, desired)
+    record = store.applied_state(profile.name, target_name)
+    reason = None
+    if mode == DELTA:
+        reason = reconcile_reason(
+            record, basis, datetime.now(UTC), profile.settings.reconcile_interval_hours
         )
+    if mode == DELTA and reason is None and record is not None:
+        scope = scope_of(desired, *fingerprints, ledger, record)
+        if scope.empty:
+            log.info("%s: delta run: nothing changed since the last run wrote; nothing read", target_name)
+            return TargetPlan(
+                target_name,
+                conform(empty_frame(PLAN_COLUMNS), PLAN_COLUMNS, what="plan"),
+                desired,
+                _empty_state(),
+                ledger,
+                conflicts=empty_frame(CONFLICT_COLUMNS),
+                instance=instance_of(profile.targets[target_name].url),
+                mode=DELTA,
+                scope=scope,
+                applied=record,
+                fingerprints=fingerprints,
+                basis=basis,
+            )
+        plan = _plan_changes(
+            loaded, target_name, target, desired, store, ledger, refused_groups, scope, record
+        )
+        if isinstance(plan, TargetPlan):
+            return _braked_unless(
+                replace(plan, fingerprints=fingerprints, basis=basis),
+                loaded,
+                allow_mass_changes,
+            )
+        reason = plan
+    if reason is not None:
+        log.warning("%s: a reconcile run instead of a delta run: %s", target_name, reason)
+    plan = _plan_changes(
+        loaded, target_name, target, desired, store, ledger, refused_groups, None, record
     )
+    assert isinstance(plan, TargetPlan)
+    return _braked_unless(
+        replace(plan, mode_reason=reason, fingerprints=fingerprints, basis=basis),
+        loaded,
+        allow_mass_changes,
+    )
+
+
+def _empty_state() -> TargetState:
+    return TargetState(
+        users=empty_frame(TARGET_USER_COLUMNS),
+        groups=empty_frame(TARGET_GROUP_COLUMNS),
+        memberships=empty_frame(TARGET_MEMBERSHIP_COLUMNS),
+    )
+
+
+def _braked_unless(plan: TargetPlan, loaded: LoadedProfile, allow_mass_changes: bool) -> TargetPlan:
+    """The plan, unless it exceeds the brake (GuardError)."""
+    if not allow_mass_changes:
+        check_brake(plan.plan, plan.ledger, plan.actual, loaded.profile.settings, plan.target)
+    return plan
+
+
+def _plan_changes(
+    loaded: LoadedProfile,
+    target_name: str,
+    target: Target,
+    desired: DesiredState,
+    store: Store,
+    ledger: pd.DataFrame,
+    refused_groups: pd.DataFrame,
+    scope: Scope | None,
+    record: AppliedRecord | None,
+) -> TargetPlan | str:
+    """Read and plan: everything (`scope` None), or a delta run's scope. A delta run returns
+    why it cannot be trusted instead of a plan when what it read is not what was written, or
+    when its plan would touch anything outside the scope."""
+    profile = loaded.profile
+    users = ledger["kind"] == "user"
     custom = [c.removeprefix(CUSTOM_PREFIX) for c in desired.users if c.startswith(CUSTOM_PREFIX)]
-    actual = target.read_state(usernames, groups, keys, custom=custom)
-    desired = _without_lookalikes(desired, target, actual)
+    if scope is None:
+        # Managed accounts are asked for by their last known names too (found by name,
+        # cheaply); only those renamed by hand or deleted are then looked up by key.
+        usernames = pd.concat(
+            [desired.users["username"], ledger.loc[users, "name"]], ignore_index=True
+        )
+        usernames = list(dict.fromkeys(usernames.dropna().str.casefold()))
+        keys = list(dict.fromkeys(ledger.loc[users, "target_key"].dropna()))
+        groups = list(
+            dict.fromkeys(
+                pd.concat(
+                    [desired.groups["group"], ledger.loc[~users, "name"]], ignore_index=True
+                ).dropna()
+            )
+        )
+        actual = target.read_state(usernames, groups, keys, custom=custom)
+    else:
+        assert record is not None
+        keys = list(scope.keys)
+        read = target.read_state(scope.usernames, scope.group_names, keys, custom=custom)
+        problem = inconsistency(read, scope, record)
+        if problem is not None:
+            return problem
+        actual = actual_of(desired, ledger, read, scope)
+    desired = _without_lookalikes(desired, target, actual, only=None if scope is None else scope.users)
     if not profile.settings.groups.keep_existing_groups:
-        actual = _with_every_group(target, actual, ledger)
+        actual = _with_every_group(
+            target, actual, ledger, None if scope is None else set(scope.keys)
+        )
     instance = instance_of(profile.targets[target_name].url)
     claims = store.claims(instance, besides=profile.name)
     ranks = {p: loaded.precedences.get(p) for p in set(claims["profile"])}
@@ -604,6 +736,19 @@ def plan_target_sync(
                 **_default_leads(profile.targets[target_name], target, actual),
             )
             changes = plan_changes(plan_input)
+    if scope is not None:
+        stray = strays(changes.operations, scope, ledger)
+        if len(stray):
+            first = ", ".join(
+                f"{op} {user or group}"
+                for op, user, group in zip(
+                    stray["op"].head(3), stray["username"].head(3), stray["group"].head(3), strict=True
+                )
+            )
+            return (
+                f"the delta plan would make {len(stray)} change(s) outside what changed since "
+                f"the last run (first: {first}): what was written is not what the product holds"
+            )
     for line in changes.alerts:
         log.error("%s", line)
     conflicts = changes.conflicts
@@ -612,8 +757,6 @@ def plan_target_sync(
     operations, conflicts, seats = seat_guard(
         changes.operations, conflicts, target, profile.settings.seats, desired
     )
-    if not allow_mass_changes:
-        check_brake(operations, ledger, actual, profile.settings, target_name)
     return TargetPlan(
         target_name,
         operations,
@@ -630,6 +773,9 @@ def plan_target_sync(
         instance=instance,
         alerts=changes.alerts,
         refused_groups=changes.refused_groups,
+        mode=RECONCILE if scope is None else DELTA,
+        scope=scope,
+        applied=record,
     )
 
 
@@ -757,7 +903,31 @@ def load_target_sync(
         # An account deleted by hand is gone for good: its link would only be looked up again
         # on every run.
         store.forget(profile, target_plan.target, "user", target_plan.deleted_keys)
+        _record_applied(store, profile, target_plan, result)
     return result
+
+
+def _record_applied(store: Store, profile: str, target_plan: TargetPlan, result: LoadResult) -> None:
+    """What the store knows was written to the target now (`usersync.delta`): the next delta
+    run reads only what moves from here. A reconcile run that ended without a failure counts
+    as the product's last reconcile."""
+    if target_plan.fingerprints is None:
+        return
+    failed = {o.seq for o in result.outcomes if o.status != "succeeded"}
+    record = next_record(
+        previous=target_plan.applied,
+        scope=target_plan.scope,
+        desired=target_plan.desired,
+        users_fp=target_plan.fingerprints[0],
+        groups_fp=target_plan.fingerprints[1],
+        ledger=store.ledger(profile, target_plan.target),
+        plan=target_plan.plan,
+        failed_seqs=failed,
+        basis=target_plan.basis,
+        now=datetime.now(UTC),
+        reconciled=target_plan.mode == RECONCILE and result.status == "succeeded",
+    )
+    store.save_applied_state(profile, target_plan.target, record)
 
 
 def open_target_for(

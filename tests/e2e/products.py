@@ -52,16 +52,18 @@ def products_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     store.close()
 
 
-def sync_all(store: Store, products: tuple[str, ...] = PRODUCTS) -> dict[str, sync.TargetPlan]:
-    """One sync of these targets through the engine's steps; the plans it carried out (every
-    operation must succeed)."""
+def sync_all(
+    store: Store, products: tuple[str, ...] = PRODUCTS, *, mode: str = "reconcile"
+) -> dict[str, sync.TargetPlan]:
+    """One sync of these targets through the engine's steps (a reconcile or a delta run); the
+    plans it carried out (every operation must succeed)."""
     loaded = sync.prepare_profile(PROFILE)
     snapshot = sync.extract(loaded)
     plans = {}
     for name in products:
         desired = sync.transform(loaded, snapshot, name)
         with sync.open_target_for(loaded, name) as target:
-            plan = sync.plan_target_sync(loaded, name, target, desired, store)
+            plan = sync.plan_target_sync(loaded, name, target, desired, store, mode=mode)
             run_id = store.start_run(PROFILE, name, dry_run=False)
             store.record_plan(run_id, plan.plan)
             result = sync.load_target_sync(loaded, target, plan, store, run_id)

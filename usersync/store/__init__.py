@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from usersync.config import usersync_home
 from usersync.model import LEDGER_COLUMNS, conform, empty_frame
 from usersync.store.schema import (
+    applied_states,
     ledger,
     migrate,
     operations,
@@ -38,11 +39,27 @@ from usersync.store.schema import (
 __all__ = [
     "DEFAULT_STORE_PATH",
     "LEASE_SECONDS",
+    "AppliedRecord",
     "LedgerEntry",
     "SourceWatermark",
     "Store",
     "store_url",
 ]
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    """What the last runs wrote to one product for one profile (see `usersync.delta`)."""
+
+    #: one row per linked account: source_id, fingerprint (int64), target_key, name, active
+    users: pd.DataFrame
+    #: one row per managed group: group (case-folded), fingerprint (int64)
+    groups: pd.DataFrame
+    #: the fingerprint of the profile settings and columns the fingerprints were made with
+    basis: str
+    #: when the last reconcile run of this product ended without a failure (None: never)
+    reconciled_at: datetime | None
+    applied_at: datetime
+
 
 #: How long a profile's lease lasts unless renewed (a run renews it as it goes).
 LEASE_SECONDS = 900.0
@@ -531,6 +548,57 @@ class Store:
         self.forget_refusals(profile, target, [r["source_id"] for r in rows])
         with self.engine.begin() as conn:
             conn.execute(refusals.insert(), rows)
+
+    def applied_state(self, profile: str, target: str) -> AppliedRecord | None:
+        """What the last runs wrote to `target` for `profile`; None before the first."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(applied_states).where(
+                        applied_states.c.profile == profile, applied_states.c.target == target
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return AppliedRecord(
+            users=_decode_frame(row["users"]),
+            groups=_decode_frame(row["groups"]),
+            basis=row["basis"],
+            reconciled_at=_aware(row["reconciled_at"]) if row["reconciled_at"] else None,
+            applied_at=_aware(row["applied_at"]),
+        )
+
+    def save_applied_state(self, profile: str, target: str, record: AppliedRecord) -> None:
+        """Replace what the store knows was written to `target` for `profile`."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                applied_states.delete().where(
+                    applied_states.c.profile == profile, applied_states.c.target == target
+                )
+            )
+            conn.execute(
+                applied_states.insert().values(
+                    profile=profile,
+                    target=target,
+                    users=_encode_frame(record.users),
+                    groups=_encode_frame(record.groups),
+                    basis=record.basis,
+                    reconciled_at=record.reconciled_at,
+                    applied_at=record.applied_at,
+                )
+            )
+
+    def forget_applied_state(self, profile: str, target: str) -> None:
+        """Forget what was written (the next delta run of the target reconciles instead)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                applied_states.delete().where(
+                    applied_states.c.profile == profile, applied_states.c.target == target
+                )
+            )
 
     def forget_refusals(self, profile: str, target: str, source_ids: Iterable[str]) -> None:
         """Drop the refusals of users whose data changed (they are sent again)."""

@@ -133,6 +133,7 @@ MIGRATIONS: list[Migration] = [
     _create_missing_tables,
     _ledger_instance,
     _create_missing_tables,  # version 5: `refusals`
+    _create_missing_tables,  # version 6: `applied_states`
 ]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
@@ -261,4 +262,20 @@ profile_leases = sa.Table(
     sa.Column("holder", sa.String(255), nullable=False),
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: What the last runs wrote to each product, per profile and target, for delta runs
+#: (`usersync.delta`): a fingerprint per linked account (with its key, name and active flag) and
+#: per managed group, each part a frame in the store's frame encoding; when the last reconcile
+#: run (which read everything) ended, and the fingerprint of the settings it ran with.
+applied_states = sa.Table(
+    "applied_states",
+    metadata,
+    sa.Column("profile", sa.String(100), primary_key=True),
+    sa.Column("target", sa.String(100), primary_key=True),
+    sa.Column("users", sa.LargeBinary, nullable=False),
+    sa.Column("groups", sa.LargeBinary, nullable=False),
+    sa.Column("basis", sa.String(64), nullable=False),
+    sa.Column("reconciled_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
 )
