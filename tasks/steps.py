@@ -134,7 +134,7 @@ def plan(
         logger.warning("%s: %s", target, line)
     for attribute, count in result.unverifiable.items():
         logger.warning(
-            "%s: %s of %d managed account(s) cannot be read with these credentials; "
+            "%s: %s of %d managed account(s) cannot be read here (the client said why above); "
             "left alone, not compared",
             target,
             attribute,

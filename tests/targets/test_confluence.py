@@ -168,6 +168,24 @@ def test_personal_access_token_works_over_rest_without_emails() -> None:
         assert {r.auth for r in env.emulator.app.requests} == {"bearer"}
 
 
+def test_remote_api_off_is_said_once_with_the_switch_not_blamed_on_admin_rights(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with environment(remote_api_enabled=False) as env:
+        env.emulator.seed_user("ann", "ann@example.com", "Ann")
+        env.emulator.seed_user("bob", "bob@example.com", "Bob")
+        with caplog.at_level(logging.WARNING, logger="usersync"):
+            users = env.target.read_users(["ann", "bob"])
+
+    assert users["email"].isna().all()  # unknown, never "empty"
+    lines = [r.getMessage() for r in caplog.records if "e-mail addresses" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "HTTP 403" in lines[0] and "is disabled" in lines[0]  # what the server said
+    assert "switch the Remote API on" in lines[0]  # and the fix
+    assert "administrator rights" not in lines[0]
+    assert lines[0].count("confluence '") == 1
+
+
 def test_rate_limit_answer_carries_confluence_headers_and_is_retried() -> None:
     with environment() as env:
         env.emulator.seed_user("rita", "rita@example.com", "Rita")

@@ -848,12 +848,12 @@ class ConfluenceTarget(Target):
                 return None  # the RPC API answered: no such user
             if self._email_via_rpc is None:
                 log.warning(
-                    "confluence '%s': e-mail addresses cannot be read (REST does not return "
-                    "them and JSON-RPC getUser was refused: %s); e-mails are treated as unknown "
-                    "and never compared. Enable the Remote API (and use basic auth) to compare "
-                    "them",
+                    "confluence '%s': e-mail addresses cannot be read: REST does not return "
+                    "them and the Remote API refused getUser (%s); e-mails are treated as "
+                    "unknown, never compared or written. To sync them, switch the Remote API on "
+                    "(General Configuration > Further Configuration) and use basic auth",
                     self.name,
-                    exc,
+                    _server_said(exc),
                 )
             self._email_via_rpc = False
             return None
@@ -1283,3 +1283,17 @@ def _manifest_version(response: httpx.Response) -> tuple[int, ...] | None:
         match = re.search(r"<version>([^<]+)</version>", text)
         version = match.group(1) if match else None
     return parse_version(str(version)) if version else None
+
+
+def _server_said(error: TargetError) -> str:
+    """What the server answered to a refused call, without the client's own prefix and hints:
+    "HTTP 403: Remote API is disabled"."""
+    body = error.body
+    message = None
+    if isinstance(body, dict):
+        inner = body.get("error")
+        message = body.get("message") or (inner.get("message") if isinstance(inner, dict) else inner)
+    elif isinstance(body, str):
+        message = body
+    status = f"HTTP {error.status}" if error.status else "no HTTP status"
+    return f"{status}: {str(message).strip()[:200]}" if message else status
