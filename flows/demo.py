@@ -111,6 +111,9 @@ def run_demo(source: str = "push", store_dir: Path | None = None) -> int:
         source: "push" (SCIM inbox, no system package) or "ldap" (a real slapd).
         store_dir: where the demo's store goes (default: a new temporary folder).
     """
+    # A temporary Prefect server's telemetry heartbeat only prints a traceback when its
+    # SQLite database is busy; the demo has nothing to report to Prefect's analytics.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from usersync_flows.sync import sync
 
     profile = PROFILES[source]
