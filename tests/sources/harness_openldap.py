@@ -22,9 +22,6 @@ GROUPS = f"ou=groups,{BASE}"
 #: Most of the bytes of a small read are the subschema entry, read first: a connection that
 #: drops then escapes as ldap3's own exception (`sources/ldap/decoding.py: base_entry` maps
 #: no communication error), not as the SourceUnreachableError the Source interface promises.
-SCHEMA_READ_GAP = "a connection dropped during the schema read raises ldap3's exception"
-
-
 def _user_dn(login: str) -> str:
     return f"uid={login},{PEOPLE}"
 
@@ -93,6 +90,5 @@ def environment(request: pytest.FixtureRequest) -> Iterator[SourceEnv]:
                 share,
             ),
             set_given_name=set_given_name,
-            known_gaps={"early": SCHEMA_READ_GAP, "halfway": SCHEMA_READ_GAP},
         )
         yield env

@@ -14,7 +14,6 @@ from usersync_sandbox.samba import SambaDC
 
 from tests.ad.conftest import DISABLED, ENABLED, USER_CLASSES, admin_connection
 from tests.sources.harness import PAGE_SIZE, SCENARIO, SourceEnv, read_cut_short
-from tests.sources.harness_openldap import SCHEMA_READ_GAP
 from usersync.config import LdapSourceConfig, LdapTls, SecretRef
 from usersync.sources.ldap import LdapSource
 
@@ -81,6 +80,5 @@ def environment(request: pytest.FixtureRequest) -> Iterator[SourceEnv]:
             ("127.0.0.1", 636), open_source, env.attributes, share
         ),
         set_given_name=set_given_name,
-        known_gaps={"early": SCHEMA_READ_GAP, "halfway": SCHEMA_READ_GAP},
     )
     yield env

@@ -22,6 +22,7 @@ from typing import Any
 
 from ldap3 import BASE, DEREF_ALWAYS, DEREF_BASE, DEREF_NEVER, DEREF_SEARCH, Connection
 from ldap3.core.exceptions import (
+    LDAPCommunicationError,
     LDAPException,
     LDAPSessionTerminatedByServerError,
     LDAPSocketReceiveError,
@@ -32,7 +33,7 @@ from ldap3.protocol.rfc2696 import paged_search_control
 from ldap3.utils.conv import to_unicode
 from ldap3.utils.dn import safe_dn
 
-from usersync.errors import IncompleteSourceError
+from usersync.errors import IncompleteSourceError, SourceUnreachableError
 
 #: An entry as the pager reads it: its DN, and raw values by attribute key.
 Entry = tuple[str, dict[str, list[bytes]]]
@@ -430,8 +431,19 @@ def server_text(raw: bytes) -> str:
 def base_entry(
     conn: Connection, dn: str, attributes: list[str], search_filter: str = "(objectClass=*)"
 ) -> dict[str, list[bytes]] | None:
-    """The raw attributes of the entry at `dn` (the rootDSE for ""), or None if unreadable."""
-    conn.search(dn, search_filter, search_scope=BASE, attributes=attributes)
+    """The raw attributes of the entry at `dn` (the rootDSE for ""), or None if unreadable.
+
+    Raises:
+        SourceUnreachableError: the connection failed on the way (nothing was read).
+    """
+    try:
+        conn.search(dn, search_filter, search_scope=BASE, attributes=attributes)
+    except LDAPCommunicationError as exc:
+        discard(conn)  # the next use opens a new one
+        raise SourceUnreachableError(
+            f"{conn.server.host}:{conn.server.port}: the connection failed while reading "
+            f"{dn or 'the rootDSE'} ({exc}); nothing was used"
+        ) from exc
     found = [i for i in conn.response or () if i.get("type") == "searchResEntry"]
     if conn.result["result"] != 0 or not found:
         return None
