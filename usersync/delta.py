@@ -164,8 +164,13 @@ def scope_of(
     groups_fp: pd.Series,
     ledger: pd.DataFrame,
     record: AppliedRecord,
+    only: frozenset[str] | None = None,
 ) -> Scope:
-    """The users and groups whose fingerprint differs from what was written."""
+    """The users and groups whose fingerprint differs from what was written.
+
+    `only` (source ids): a delta run scoped to these identities (an offboarding) reads and
+    plans those of them that changed, and no group: the groups whose member set moved keep
+    their old fingerprints, so the next delta run reads them."""
     written_users = pd.Series(
         record.users["fingerprint"].to_numpy(), index=record.users["source_id"].astype(str)
     )
@@ -184,6 +189,8 @@ def scope_of(
     want_g = groups_fp.reindex(names).fillna(GONE).astype("int64")
     have_g = written_groups[~written_groups.index.duplicated()].reindex(names)
     changed_groups = frozenset(names[(have_g.isna() | (have_g != want_g)).to_numpy()])
+    if only is not None:
+        changed_users, changed_groups = changed_users & only, frozenset()
 
     users = desired.users
     mine = users.loc[users["source_id"].astype(str).isin(changed_users)]

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -565,6 +565,7 @@ def plan_target_sync(
     *,
     allow_mass_changes: bool = False,
     mode: str = RECONCILE,
+    only: Collection[str] | None = None,
 ) -> TargetPlan:
     """Read the target's current state for the users and groups concerned, then plan.
 
@@ -572,7 +573,8 @@ def plan_target_sync(
     renames made by hand are followed) and every desired one (by name), every mapped group and
     every group the ledger remembers. A delta run reads only the accounts and groups whose
     fingerprint moved since the last runs wrote them (`usersync.delta`), and reconciles
-    instead, saying why, when it cannot trust what was written.
+    instead, saying why, when it cannot trust what was written. `only` (source ids or user
+    names) scopes a delta run to those identities: it plans them alone (`delta.scope_of`).
 
     Raises:
         TargetError: reading the target failed.
@@ -594,7 +596,7 @@ def plan_target_sync(
             record, basis, datetime.now(UTC), profile.settings.reconcile_interval_hours
         )
     if mode == DELTA and reason is None and record is not None:
-        scope = scope_of(desired, *fingerprints, ledger, record)
+        scope = scope_of(desired, *fingerprints, ledger, record, _source_ids(only, desired, ledger))
         if scope.empty:
             log.info("%s: delta run: nothing changed since the last run wrote; nothing read", target_name)
             return TargetPlan(
@@ -632,6 +634,20 @@ def plan_target_sync(
         loaded,
         allow_mass_changes,
     )
+
+
+def _source_ids(
+    only: Collection[str] | None, desired: DesiredState, ledger: pd.DataFrame
+) -> frozenset[str] | None:
+    """The source ids `only` names, by id or by user name (desired, or last written)."""
+    if only is None:
+        return None
+    wanted = {str(o).casefold() for o in only}
+    linked = ledger.loc[ledger["kind"] == "user"].dropna(subset=["source_id"])
+    ids = pd.concat([desired.users["source_id"], linked["source_id"]]).astype(str)
+    names = pd.concat([desired.users["username"], linked["name"]]).astype("string").str.casefold()
+    hit = ids.str.casefold().isin(wanted).to_numpy() | names.isin(wanted).fillna(False).to_numpy()
+    return frozenset(ids[hit])
 
 
 def _empty_state() -> TargetState:
