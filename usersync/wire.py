@@ -139,8 +139,9 @@ class Wire:
         head += b"".join(b"%s: %s\r\n" % pair for pair in request.headers) + b"\r\n"
         try:
             connection.writer.write(head + request.body)
-            async with asyncio.timeout(self.timeout):
-                await connection.writer.drain()
+            if connection.writer.transport.get_write_buffer_size():  # not all sent at once
+                async with asyncio.timeout(self.timeout):
+                    await connection.writer.drain()
         except TimeoutError as exc:
             raise httpx.WriteTimeout("timed out sending") from exc
         except OSError as exc:
