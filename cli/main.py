@@ -80,6 +80,8 @@ def _sync(args: argparse.Namespace) -> int:
             allow_mass_changes=args.allow_mass_changes,
             full=args.full,
             wait_seconds=args.wait,
+            mode="delta" if args.delta else "reconcile",
+            only=args.only,
         )
     except SyncBraked as exc:
         print(f"sync braked, nothing written there: {exc}", file=sys.stderr)
@@ -405,6 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--full",
         action="store_true",
         help="read the whole source even where an incremental read is possible (AD)",
+    )
+    p.add_argument(
+        "--delta",
+        action="store_true",
+        help="a delta run: read from the products only the accounts and groups whose source "
+        "data changed since the last runs wrote them (default: a reconcile run, which reads "
+        "everything and repairs hand-made changes); it reconciles instead, saying why, when "
+        "it cannot trust what was written (README, Delta and reconcile runs)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="USER",
+        help="with --delta: plan only this identity (a source id or a user name; repeatable), "
+        "as an offboarding push does",
     )
     p.set_defaults(func=_sync)
 

@@ -8,7 +8,7 @@ declares its constraints in the type (`ProfileName`) and its title and help text
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,8 @@ from usersync import PROFILE_NAME_PATTERN
 #: A profile (a folder under mappings/) or a target of one: lowercase, digits and dashes.
 ProfileName = Annotated[str, Field(pattern=PROFILE_NAME_PATTERN, max_length=100)]
 TargetName = Annotated[str, Field(pattern=PROFILE_NAME_PATTERN, max_length=100)]
+#: The kinds of run (`usersync.delta`).
+RunMode = Literal["delta", "reconcile"]
 
 PROFILE_HELP = (
     "The profile: a folder under mappings/ (its profile.yaml names the source and the "
@@ -69,5 +71,22 @@ SYNC_FORM = {
         "wait this long for it, then stop without reading or writing. A deployment run always "
         "queues behind a run in progress (one waits; later ones end Skipped).",
         0,
+    ),
+    "mode": form_field(
+        "Run kind",
+        "reconcile: read every account and group from the products and repair any difference, "
+        "hand-made changes included. delta: read only the accounts and groups whose source "
+        "data changed since the last runs wrote them; it reconciles instead, and says why in "
+        "the log and the summary, when it cannot trust what was written (no reconcile yet or "
+        "too long ago: settings.reconcile_interval_hours; changed settings; an account changed "
+        "by hand).",
+        "reconcile",
+    ),
+    "only": form_field(
+        "Only these users (delta)",
+        "A delta run scoped to these identities (source ids or user names): it reads and plans "
+        "them alone, what else changed waits for the next run. What an offboarding push "
+        "triggers; empty: everyone.",
+        None,
     ),
 }

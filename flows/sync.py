@@ -6,7 +6,9 @@ running transform → plan → (load) as tasks tagged `target:<name>` and `insta
 then report. A target that fails (unreachable, refused credentials, a guard, a failed or
 partial load) fails alone: the others complete, and the run ends Failed with every target's
 outcome in the summary artifact and the store. The guards are the engine's
-(`usersync.guards`); a target they stop emits `usersync.sync.braked` (tasks/report.py).
+(`usersync.guards`); a target they stop emits `usersync.sync.braked` (tasks/report.py). A run
+reconciles (reads everything) or, `mode="delta"`, reads what changed (`usersync.delta`);
+`only` scopes a delta run to some identities (an offboarding, tasks/inbox_events.py).
 
 One run of a profile at a time: the profile's lease (`usersync.lease`, `runs.profile_turn`),
 held through an approval pause; a deployment run finding it busy queues, or ends Skipped when
@@ -26,7 +28,7 @@ from typing import Annotated
 from prefect import flow, get_run_logger, tags
 from prefect.states import Failed, State
 from pydantic import Field
-from usersync_flows.parameters import SYNC_FORM, ProfileName, TargetName
+from usersync_flows.parameters import SYNC_FORM, ProfileName, RunMode, TargetName
 from usersync_tasks import approval, report, runs, steps
 from usersync_tasks.instances import instance_slot
 from usersync_tasks.run_logs import engine_logs_in_run_log
@@ -81,11 +83,14 @@ def sync(
     allow_mass_changes: bool = SYNC_FORM["allow_mass_changes"],
     full: bool = SYNC_FORM["full"],
     wait_seconds: Annotated[float, Field(ge=0, le=86400)] = SYNC_FORM["wait_seconds"],
+    mode: RunMode = SYNC_FORM["mode"],
+    only: list[str] | None = SYNC_FORM["only"],
 ) -> list[dict] | State:
     """Sync one profile's source into its targets (the parameters are the run form)."""
     with engine_logs_in_run_log():
         try:
-            return _sync(profile, targets, dry_run, allow_mass_changes, full, wait_seconds)
+            kind = runs.run_kind(mode, only)
+            return _sync(profile, targets, dry_run, allow_mass_changes, full, wait_seconds, kind)
         except UsersyncError as exc:
             # Errors usersync expects say what is wrong and what to do: one line, no
             # traceback (a refused lease, a bad profile, an unreachable source). Called
@@ -101,6 +106,7 @@ def _sync(
     allow_mass_changes: bool,
     full: bool,
     wait_seconds: float,
+    kind: runs.RunKind,
 ) -> list[dict] | State:
     runs.refuse_a_profile_the_deployment_is_not_for(profile, dry_run)
     if dry_run:
@@ -115,11 +121,11 @@ def _sync(
                 return skipped
             try:
                 snapshot, outcomes = _sync_profile(
-                    loaded, chosen, store, dry_run, allow_mass_changes, full, holder
+                    loaded, chosen, store, dry_run, allow_mass_changes, full, holder, kind
                 )
             except GuardError as exc:  # the source guard: nothing was planned anywhere
                 report.announce_brake(profile, [{"target": None, "reason": str(exc)}], dry_run)
-                return _braked_state(exc, f"source: {exc}")
+                return runs.braked_state(exc, f"source: {exc}")
     finally:
         store.close()
     report.publish_summary(profile, outcomes, dry_run, snapshot.counts)
@@ -129,17 +135,10 @@ def _sync(
     if ending.announce:  # one notification per run, none after a person rejected the plan
         report.announce_brake(profile, ending.braked, dry_run)
     if ending.message and ending.braked_only:
-        return _braked_state(SyncBraked(ending.message), ending.message)
+        return runs.braked_state(SyncBraked(ending.message), ending.message)
     if ending.message:
         raise SyncFailed(ending.message)
     return [o.as_dict() for o in outcomes]
-
-
-def _braked_state(exc: UsersyncError, message: str) -> State:
-    """The end of a run a guard stopped: Failed (nothing was synced), named Braked; called
-    directly (`usersync sync`), the flow raises `exc`."""
-    get_run_logger().error("braked: %s", message)
-    return Failed(name="Braked", message=message, data=exc)
 
 
 @dataclass(frozen=True)
@@ -152,6 +151,7 @@ class _Run:
     dry_run: bool
     allow_mass_changes: bool
     holder: str
+    kind: runs.RunKind
 
 
 def _sync_profile(
@@ -162,6 +162,7 @@ def _sync_profile(
     allow_mass_changes: bool,
     full: bool,
     holder: str,
+    kind: runs.RunKind,
 ) -> tuple[SourceSnapshot, list[TargetOutcome]]:
     """Extract once, then every target at once, each renewing the profile's lease as it goes.
 
@@ -184,7 +185,7 @@ def _sync_profile(
     ask = not dry_run and not allow_mass_changes and settings.approval == "ask"
     hold: Hold = HOLD if ask and approval.channel() is not None else None
     with RunTargets(loaded, load_prefect_secret=load_prefect_secret) as clients:
-        run = _Run(loaded, clients, store, dry_run, allow_mass_changes, holder)
+        run = _Run(loaded, clients, store, dry_run, allow_mass_changes, holder, kind)
         outcomes = _each_target(chosen, lambda name: _sync_target(run, name, snapshot, hold))
         done = {o.target: o for o in outcomes}
         round_no = 0
@@ -219,8 +220,7 @@ def _sync_profile(
 
 
 def _each_target(names: list[str], work: Callable[[str], TargetOutcome]) -> list[TargetOutcome]:
-    """`work` for every target at once, each in a thread running in a copy of this context
-    (so its tasks belong to this flow run)."""
+    """`work` for every target at once, each in a thread in a copy of this run's context."""
     with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="sync-target") as pool:
         futures = [pool.submit(contextvars.copy_context().run, work, name) for name in names]
         return [future.result() for future in futures]
@@ -272,9 +272,9 @@ def _plan_and_load(
     # plan a real run would stop at), the brake is applied here, not in plan.
     brake_here = (hold is not None or dry_run) and not run.allow_mass_changes
     client = run.clients[name]
-    target_plan = steps.plan(
-        loaded, name, client, desired, run.allow_mass_changes or brake_here, outcome.run_id, dry_run
-    )
+    allow = run.allow_mass_changes or brake_here
+    mode, only = run.kind.mode, run.kind.only
+    target_plan = steps.plan(loaded, name, client, desired, allow, outcome.run_id, dry_run, mode, only)
     outcome.took_plan(target_plan)
     verdict = brake_here and brake_verdict(
         target_plan.plan,

@@ -1,5 +1,5 @@
 """This flow run as Prefect knows it: its name, tags, deployment, the profile it is bound to,
-and its turn at the profile's lease.
+its kind (delta or reconcile, scoped or not), its turn at the profile's lease, how it ends braked.
 
 A deployment is bound to the profile its own parameters name: a run of it that asks for another
 profile is refused before anything is read, and a deployment tagged `dry-run` makes dry runs
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -18,12 +19,14 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.runtime import deployment as this_deployment
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from usersync import (
+    RUN_MODES,
     ConfigError,
     LoadedProfile,
     Store,
+    UsersyncError,
     default_lease_holder,
     instance_of,
     profile_lease,
@@ -33,6 +36,38 @@ from usersync import (
 
 #: The tag of a dry run's flow run.
 DRY_RUN_TAG = "dry-run"
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """A reconcile run (everything read) or a delta run (what changed: `usersync.delta`), and
+    the identities a scoped delta run is for (None: every one)."""
+
+    mode: str
+    only: tuple[str, ...] | None = None
+
+
+def run_kind(mode: str, only: list[str] | None) -> RunKind:
+    """The run's kind from its `mode` and `only` parameters.
+
+    Raises:
+        ConfigError: an unknown mode, or `only` with a reconcile run (which reads everything).
+    """
+    if mode not in RUN_MODES:
+        raise ConfigError(f"mode {mode!r}: unknown run kind (known: {', '.join(RUN_MODES)})")
+    if only is not None and mode != "delta":
+        raise ConfigError(
+            "only: a reconcile run reads and plans everything; give mode=delta to scope a run "
+            "to some identities"
+        )
+    return RunKind(mode, None if only is None else tuple(dict.fromkeys(only)))
+
+
+def braked_state(exc: UsersyncError, message: str) -> State:
+    """The end of a run a guard stopped: Failed (nothing was synced), named Braked; called
+    directly (`usersync sync`), the flow raises `exc`."""
+    get_run_logger().error("braked: %s", message)
+    return Failed(name="Braked", message=message, data=exc)
 
 
 def run_name() -> str:

@@ -116,19 +116,36 @@ def plan(
     allow_mass_changes: bool,
     run_id: int,
     dry_run: bool,
+    mode: str = "reconcile",
+    only: list[str] | None = None,
 ) -> TargetPlan:
     """Read the target's state and compute the plan (guards run here, before any write);
-    record it with the run, publish it, and say what a person must look at."""
+    record it with the run, publish it, and say what a person must look at.
+
+    `mode`: "reconcile" reads everything, "delta" what changed since the last runs wrote
+    (`usersync.delta`); `only` scopes a delta run to those identities (an offboarding)."""
     profile = loaded.profile.name
     store = Store.open()
     try:
         result = engine.plan_target_sync(
-            loaded, target, client, desired, store, allow_mass_changes=allow_mass_changes
+            loaded,
+            target,
+            client,
+            desired,
+            store,
+            allow_mass_changes=allow_mass_changes,
+            mode=mode,
+            only=only,
         )
         store.record_plan(run_id, result.plan)
     finally:
         store.close()
     logger = get_run_logger()
+    if result.mode_reason:
+        logger.warning("%s: reconcile run instead of delta: %s", target, result.mode_reason)
+    else:
+        scoped = f" scoped to {len(only)} identity(ies)" if only and result.mode == "delta" else ""
+        logger.info("%s: %s run%s", target, result.mode, scoped)
     logger.info("%s: planned %s", target, result.counts() or "nothing")
     for line in conflict_lines(result.conflicts.astype(object).to_dict("records")):
         logger.warning("%s: %s", target, line)

@@ -36,6 +36,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plan_target_sync": ("usersync.sync", "plan_target_sync"),
     "load_target_sync": ("usersync.sync", "load_target_sync"),
     "TargetPlan": ("usersync.sync", "TargetPlan"),
+    "RUN_MODES": ("usersync.delta", "RUN_MODES"),
     "TargetOutcome": ("usersync.outcome", "TargetOutcome"),
     "profile_lease": ("usersync.lease", "profile_lease"),
     "default_lease_holder": ("usersync.lease", "default_lease_holder"),

@@ -65,6 +65,10 @@ class TargetOutcome:
     #: what a person must look at: privileged groups refused, leavers held back, administrators
     #: that cannot be established (also the event `usersync.sync.security`)
     alerts: list[str] = field(default_factory=list)
+    #: the kind of run its plan was (`usersync.delta`: "delta" or "reconcile"), None unplanned
+    mode: str | None = None
+    #: why a run asked for as a delta run reconciled instead
+    mode_reason: str | None = None
 
     def took_desired(self, desired: DesiredState) -> None:
         """What the mapping made of the source for this target: the users it rejects."""
@@ -83,6 +87,7 @@ class TargetOutcome:
         self.unverifiable = target_plan.unverifiable
         self.seats = target_plan.seats
         self.alerts = list(target_plan.alerts)
+        self.mode, self.mode_reason = target_plan.mode, target_plan.mode_reason
 
     def took_brake(self, verdict: BrakeVerdict, *, dry_run: bool) -> None:
         """The brake stopped the plan: a dry run shows what a real run would stop at; a real
@@ -140,6 +145,8 @@ class TargetOutcome:
             "approval": self.approval,
             "seats": self.seats,
             "alerts": self.alerts,
+            "mode": self.mode,
+            "mode_reason": self.mode_reason,
         }
 
 
@@ -228,6 +235,9 @@ def record_outcome(store: Store, outcome: TargetOutcome, snapshot: SourceSnapsho
             # What no source, rule or profile explains (`usersync drift`).
             "drift": outcome.drift,
             "seats": outcome.seats,
+            # A delta or a reconcile run, and why a delta run reconciled (`usersync runs`).
+            "mode": outcome.mode,
+            "mode_reason": outcome.mode_reason,
         },
         outcome.error,
     )

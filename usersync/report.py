@@ -91,6 +91,9 @@ def summary_markdown(
             f"| {outcome.target} | {outcome.status} | {op_counts(outcome.planned)} | {done} | "
             f"{op_counts(failed) if failed else ''} | {outcome.rejected} | {error} |"
         )
+    kinds = [line for line in map(mode_line, outcomes) if line]
+    if kinds:
+        lines += ["", *[f"- {line}" for line in kinds]]
     for outcome in outcomes:
         if outcome.alerts:
             lines += ["", f"## {outcome.target}: needs a person (security)", ""]
@@ -155,8 +158,19 @@ def _detail_table(
         lines.append(f"... and {more} more (the run's log and the store have them all)")
 
 
+def mode_line(outcome: TargetOutcome) -> str | None:
+    """What kind of run the target's plan was ("jira: delta run", "jira: reconcile run instead
+    of delta: <why>"); None before a plan was made."""
+    if outcome.mode is None:
+        return None
+    if outcome.mode_reason:
+        return f"{outcome.target}: reconcile run instead of delta: {outcome.mode_reason}"
+    return f"{outcome.target}: {outcome.mode} run"
+
+
 def summary_text(outcomes: Sequence[TargetOutcome]) -> str:
-    """A few lines for a terminal: per target, what was planned and what was done."""
+    """A few lines for a terminal: per target, what was planned and what was done, and what
+    kind of run it was."""
     out = []
     for o in outcomes:
         done = "nothing (dry run)" if o.status == "planned" else op_counts(done_counts(o))
@@ -167,6 +181,8 @@ def summary_text(outcomes: Sequence[TargetOutcome]) -> str:
             + f"; rejected {o.rejected}"
             + (f"; error: {o.error}" if o.error else "")
         )
+        if (kind := mode_line(o)) is not None:
+            out.append(kind)
     return "\n".join(out)
 
 
@@ -264,7 +280,7 @@ def runs_table(runs: pd.DataFrame, limit: int, run_url: Any = None) -> str:
                 [
                     f"{first['started_at']:%Y-%m-%d %H:%M}" if n == 0 else "",
                     first["profile"] if n == 0 else "",
-                    ("dry run" if first["dry_run"] else "sync") if n == 0 else "",
+                    _kind(first) if n == 0 else "",
                     row["target"],
                     outcome,
                     str(_total(row["counts"], "planned")),
@@ -288,6 +304,17 @@ def runs_table(runs: pd.DataFrame, limit: int, run_url: Any = None) -> str:
     return "\n".join(lines)
 
 
+def _kind(row: dict[str, Any]) -> str:
+    """A run's kind for `usersync runs`: dry run, delta, reconcile, or a delta run that
+    reconciled ("reconcile (delta asked)"); "sync" for runs recorded before delta runs."""
+    counts = row["counts"] or {}
+    if row["dry_run"]:
+        return "dry run"
+    if counts.get("mode_reason"):
+        return "reconcile (delta asked)"
+    return counts.get("mode") or "sync"
+
+
 def run_operations_text(runs: pd.DataFrame, operations: dict[int, pd.DataFrame]) -> str:
     """One flow run's targets (its store runs) and each one's operations, with their status.
 
@@ -299,7 +326,7 @@ def run_operations_text(runs: pd.DataFrame, operations: dict[int, pd.DataFrame])
     lines: list[str] = []
     for row in sorted(runs.to_dict("records"), key=lambda r: r["id"]):
         counts = row["counts"] or {}
-        kind = "dry run" if row["dry_run"] else "sync"
+        kind = _kind(row)
         lines.append(
             f"{row['profile']} / {row['target']}: {row['status']} ({kind}, store run {row['id']}, "
             f"started {row['started_at']:%Y-%m-%d %H:%M:%S} UTC, flow run "
@@ -307,6 +334,8 @@ def run_operations_text(runs: pd.DataFrame, operations: dict[int, pd.DataFrame])
         )
         if _short(row["error"]):
             lines.append(f"  error: {row['error']}")
+        if counts.get("mode_reason"):
+            lines.append(f"  reconcile run instead of delta: {counts['mode_reason']}")
         approval = counts.get("approval")
         if approval:
             verdict = "approved" if approval.get("approved") else "not approved"

@@ -43,8 +43,12 @@ def test_the_sync_form_validates_names_and_bounds_and_carries_no_store_or_secret
         "allow_mass_changes",
         "full",
         "wait_seconds",
+        "mode",
+        "only",
     ]
     assert schema["required"] == ["profile"]
+    assert properties["mode"]["enum"] == ["delta", "reconcile"]
+    assert properties["mode"]["default"] == "reconcile"
     assert properties["profile"]["pattern"] == "^[a-z0-9][a-z0-9-]*$"
     target_names = next(a for a in properties["targets"]["anyOf"] if a["type"] == "array")
     assert target_names["items"]["pattern"] == "^[a-z0-9][a-z0-9-]*$"
