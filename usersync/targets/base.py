@@ -20,6 +20,7 @@ from usersync.errors import (
     TargetAuthError,
     TargetError,
     TargetPermissionError,
+    TargetRejectedError,
     TargetUnreachableError,
     TransientError,
 )
@@ -357,6 +358,16 @@ class Target(ABC):
             return f"{kind} name {_nfkc_change(name)}"
         return None
 
+    def refuse_name(self, kind: str, name: str, doing: str) -> None:
+        """Raise before any request if the product would refuse `name` for a "user" or a
+        "group" (`refused_name`), saying what could not be done and the fix."""
+        why = self.refused_name(kind, name)
+        if why:
+            raise TargetRejectedError(
+                f"{self.product} '{self.name}': cannot {doing}: {why}; change the {kind} name "
+                "mapping (nothing was sent)"
+            )
+
     # -- writing -------------------------------------------------------------------------
 
     @abstractmethod
@@ -453,11 +464,6 @@ class Target(ABC):
 def normalise_name(name: str) -> str:
     """The comparison key of a username or group name: Atlassian products ignore case."""
     return name.casefold()
-
-
-def normalise_names(values: pd.Series) -> pd.Series:
-    """Vectorised `normalise_name` over a string column."""
-    return values.astype("string").str.casefold()
 
 
 def _described(ch: str) -> str:

@@ -522,17 +522,6 @@ class BitbucketTarget(Target):
                 return str(user["name"])
         return sent
 
-    def _refuse(self, kind: str, name: str, doing: str) -> None:
-        """Raise before any request if Bitbucket would refuse `name`."""
-        why = self.refused_name(kind, name)
-        if why:
-            raise TargetRejectedError(
-                f"bitbucket '{self.name}': cannot {doing}: {why}; change the {kind} name "
-                "mapping (nothing was sent)"
-            )
-
-    # -- writing --------------------------------------------------------------------------
-
     def create_user(self, username: str, email: str, display_name: str) -> str:
         """Create a licensed account; return its numeric id as the target key.
 
@@ -549,7 +538,7 @@ class BitbucketTarget(Target):
             TargetError: the account was made but the licence could not be granted (the
                 message says so; the account exists, unlicensed).
         """
-        self._refuse("user", username, f"create user '{username}'")
+        self.refuse_name("user", username, f"create user '{username}'")
 
         def made_by_us() -> dict[str, Any] | None:
             user = self._find_user(username)
@@ -602,7 +591,7 @@ class BitbucketTarget(Target):
         current = username
         if "username" in changes:
             new_name = changes["username"]
-            self._refuse("user", new_name, f"rename '{username}'")
+            self.refuse_name("user", new_name, f"rename '{username}'")
             if new_name.strip() != username.strip():
                 current = self._rename(username, new_name)
         if "display_name" not in changes and "email" not in changes:
@@ -678,7 +667,7 @@ class BitbucketTarget(Target):
 
         If the answer is lost, the group is looked for before the POST is sent again.
         """
-        self._refuse("group", group, f"create group '{group}'")
+        self.refuse_name("group", group, f"create group '{group}'")
         self._write_once(
             "POST",
             "groups",

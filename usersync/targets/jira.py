@@ -497,15 +497,6 @@ class JiraTarget(Target):
             out["username"] = out["username"].str.lower()
         return out
 
-    def _refuse(self, kind: str, name: str, doing: str) -> None:
-        """Raise before any request if Jira would refuse `name`."""
-        why = self.refused_name(kind, name)
-        if why:
-            raise TargetRejectedError(
-                f"jira '{self.name}': cannot {doing}: {why}; change the {kind} name mapping "
-                "(nothing was sent)"
-            )
-
     def _search_users(self, wanted: set[str]) -> list[dict]:
         """Find `wanted` (lower-case names) with per-prefix searches, splitting truncated ones.
 
@@ -746,7 +737,7 @@ class JiraTarget(Target):
         If the answer is lost, the account is looked for before the POST is sent again: an
         account with this username and e-mail (any case) is the one this call made.
         """
-        self._refuse("user", username, f"create user '{username}'")
+        self.refuse_name("user", username, f"create user '{username}'")
         body = {
             "name": username,
             "emailAddress": email,
@@ -817,7 +808,7 @@ class JiraTarget(Target):
                 "value (Jira keeps the old one); fix the mapping for this user"
             )
         if "username" in changes:
-            self._refuse("user", changes["username"], f"rename '{username}'")
+            self.refuse_name("user", changes["username"], f"rename '{username}'")
         body = {USER_FIELDS[attr]: value for attr, value in changes.items()}
         if body:
             self._put_user(username, body)
@@ -886,7 +877,7 @@ class JiraTarget(Target):
 
         If the answer is lost, the group is looked for before the POST is sent again.
         """
-        self._refuse("group", group, f"create group '{group}'")
+        self.refuse_name("group", group, f"create group '{group}'")
         try:
             self._api.write_once(
                 "POST",
