@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -170,8 +171,21 @@ class SecretRef(StrictModel):
 SecretLoader = Callable[[str], str]
 
 
-def resolve_secret(ref: SecretRef, *, load_prefect_secret: SecretLoader | None = None) -> str:
-    """The secret's value.
+#: A secret's value on its way to the one call that sends it: `SecretStr` shows as `**********`
+#: in reprs, tracebacks and logs; `reveal` gives the value at the HTTP or LDAP call. A plain
+#: `str` is accepted too (tests, embedding scripts).
+Secret = SecretStr | str
+
+
+def reveal(secret: Secret) -> str:
+    """The plain value of a secret, for the call that sends it (and nothing else)."""
+    return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+
+
+def resolve_secret(
+    ref: SecretRef, *, load_prefect_secret: SecretLoader | None = None
+) -> SecretStr:
+    """The secret's value, wrapped so that it never shows by accident (`reveal` unwraps it).
 
     Args:
         ref: where the secret is.
@@ -185,13 +199,13 @@ def resolve_secret(ref: SecretRef, *, load_prefect_secret: SecretLoader | None =
         value = os.environ.get(ref.env, "")
         if not value:
             raise ConfigError(f"environment variable {ref.env} is not set (needed for a secret)")
-        return value
+        return SecretStr(value)
     if load_prefect_secret is None:
         raise ConfigError(
             f"secret '{ref.prefect_secret}' is a Prefect Secret block; run the sync through "
             "Prefect or use an environment variable instead"
         )
-    return load_prefect_secret(ref.prefect_secret or "")
+    return SecretStr(load_prefect_secret(ref.prefect_secret or ""))
 
 
 # -- sources --------------------------------------------------------------------------------

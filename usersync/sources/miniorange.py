@@ -28,7 +28,13 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from usersync.config import MiniorangeSourceConfig, SecretLoader, resolve_secret
+from usersync.config import (
+    MiniorangeSourceConfig,
+    Secret,
+    SecretLoader,
+    resolve_secret,
+    reveal,
+)
 from usersync.errors import (
     ConfigError,
     SourceAuthError,
@@ -79,14 +85,16 @@ class MiniorangeSignature(httpx.Auth):
     """Signs every request as it is sent, so each retry carries a fresh Timestamp."""
 
     def __init__(
-        self, customer_key: str, api_key: str, clock: Callable[[], float] = time.time
+        self, customer_key: str, api_key: Secret, clock: Callable[[], float] = time.time
     ) -> None:
         self._customer_key = customer_key
-        self._api_key = api_key
+        self._api_key = api_key  # revealed per request, to sign it
         self._clock = clock
 
     def auth_flow(self, request: httpx.Request) -> Any:
-        request.headers.update(signed_headers(self._customer_key, self._api_key, clock=self._clock))
+        request.headers.update(
+            signed_headers(self._customer_key, reveal(self._api_key), clock=self._clock)
+        )
         yield request
 
 
@@ -105,7 +113,7 @@ class MiniorangeSource(Source):
     def __init__(
         self,
         config: MiniorangeSourceConfig,
-        api_key: str,
+        api_key: Secret,
         *,
         clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,

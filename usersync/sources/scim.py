@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from usersync.config import ScimSourceConfig, SecretLoader, resolve_secret
+from usersync.config import ScimSourceConfig, Secret, SecretLoader, resolve_secret, reveal
 from usersync.errors import (
     IncompleteSourceError,
     SourceAuthError,
@@ -253,7 +253,7 @@ class ScimSource(Source):
     def __init__(
         self,
         config: ScimSourceConfig,
-        token: str,
+        token: Secret,
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -262,7 +262,7 @@ class ScimSource(Source):
         self._client = ApiClient(
             f"scim source {config.url}",
             config.url,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/scim+json"},
+            headers={"Authorization": f"Bearer {reveal(token)}", "Accept": "application/scim+json"},
             timeout_seconds=config.timeout_seconds,
             retry=RetryPolicy(max_attempts=config.max_attempts),
             verify=verify,

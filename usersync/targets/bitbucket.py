@@ -34,7 +34,14 @@ from urllib.parse import unquote, unquote_plus
 import httpx
 import pandas as pd
 
-from usersync.config import BasicAuth, SecretLoader, TargetConfig, TokenAuth, resolve_secret
+from usersync.config import (
+    BasicAuth,
+    SecretLoader,
+    TargetConfig,
+    TokenAuth,
+    resolve_secret,
+    reveal,
+)
 from usersync.errors import (
     ConfigError,
     TargetAuthError,
@@ -181,10 +188,10 @@ class BitbucketTarget(Target):
         if isinstance(config.auth, BasicAuth):
             username = config.auth.username
             secret = resolve_secret(config.auth.password, load_prefect_secret=load_prefect_secret)
-            auth = httpx.BasicAuth(username, secret)
+            auth = httpx.BasicAuth(username, reveal(secret))
         elif isinstance(config.auth, TokenAuth):
             secret = resolve_secret(config.auth.token, load_prefect_secret=load_prefect_secret)
-            headers["Authorization"] = f"Bearer {secret}"
+            headers["Authorization"] = f"Bearer {reveal(secret)}"
         client = ApiClient(
             f"bitbucket '{name}'",
             config.url + API_ROOT,

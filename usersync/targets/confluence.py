@@ -35,7 +35,7 @@ from urllib.parse import quote
 import httpx
 import pandas as pd
 
-from usersync.config import BasicAuth, SecretLoader, TargetConfig, resolve_secret
+from usersync.config import BasicAuth, Secret, SecretLoader, TargetConfig, resolve_secret, reveal
 from usersync.errors import (
     ConfigError,
     TargetAuthError,
@@ -258,7 +258,7 @@ class ConfluenceTarget(Target):
         url: str,
         *,
         auth: httpx.BasicAuth | None = None,
-        token: str | None = None,
+        token: Secret | None = None,
         api: str = "auto",
         admin_groups: Iterable[str] = ADMIN_GROUPS,
         retry: RetryPolicy | None = None,
@@ -281,7 +281,7 @@ class ConfluenceTarget(Target):
             raise ConfigError(self._pat_refused_message("confluence_api is jsonrpc"))
         headers = {"X-Atlassian-Token": "no-check"}
         if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {reveal(token)}"
         self._client = ApiClient(
             f"confluence '{name}'",
             self.url,
@@ -319,10 +319,10 @@ class ConfluenceTarget(Target):
         if config.kind != "confluence":
             raise ConfigError(f"target '{name}' is kind {config.kind}, not confluence")
         auth: httpx.BasicAuth | None = None
-        token: str | None = None
+        token: Secret | None = None
         if isinstance(config.auth, BasicAuth):
             password = resolve_secret(config.auth.password, load_prefect_secret=load_prefect_secret)
-            auth = httpx.BasicAuth(config.auth.username, password)
+            auth = httpx.BasicAuth(config.auth.username, reveal(password))
         else:
             token = resolve_secret(config.auth.token, load_prefect_secret=load_prefect_secret)
         return cls(

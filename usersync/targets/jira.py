@@ -40,7 +40,15 @@ from urllib.parse import quote
 import httpx
 import pandas as pd
 
-from usersync.config import BasicAuth, SecretLoader, TargetConfig, TokenAuth, resolve_secret
+from usersync.config import (
+    BasicAuth,
+    Secret,
+    SecretLoader,
+    TargetConfig,
+    TokenAuth,
+    resolve_secret,
+    reveal,
+)
 from usersync.errors import (
     ConfigError,
     TargetAuthError,
@@ -199,8 +207,8 @@ class JiraTarget(Target):
         url: str,
         *,
         username: str | None = None,
-        password: str | None = None,
-        token: str | None = None,
+        password: Secret | None = None,
+        token: Secret | None = None,
         retry: RetryPolicy | None = None,
         timeout_seconds: float = 30.0,
         verify: bool | Path = True,
@@ -231,8 +239,8 @@ class JiraTarget(Target):
         self._api = ApiClient(
             f"jira '{name}'",
             self.url + API_ROOT,
-            auth=httpx.BasicAuth(username, password) if token is None else None,  # type: ignore[arg-type]
-            headers={"Authorization": f"Bearer {token}"} if token is not None else None,
+            auth=httpx.BasicAuth(username, reveal(password)) if token is None else None,  # type: ignore[arg-type]
+            headers={"Authorization": f"Bearer {reveal(token)}"} if token is not None else None,
             timeout_seconds=timeout_seconds,
             retry=retry,
             verify=verify,

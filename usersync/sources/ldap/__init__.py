@@ -51,7 +51,7 @@ import pandas as pd
 from ldap3 import BASE, Connection
 from ldap3.core.exceptions import LDAPException
 
-from usersync.config import LdapSourceConfig, SecretLoader, resolve_secret
+from usersync.config import LdapSourceConfig, Secret, SecretLoader, resolve_secret
 from usersync.errors import ConfigError, SourceError
 from usersync.model import SourceSnapshot
 from usersync.sources.base import Source, SourceCheck
@@ -112,7 +112,7 @@ class LdapSource(
 
     kind = "ldap"
 
-    def __init__(self, config: LdapSourceConfig, password: str) -> None:
+    def __init__(self, config: LdapSourceConfig, password: Secret) -> None:
         self.config = config
         self._password = password
         self._conn: Connection | None = None

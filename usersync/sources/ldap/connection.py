@@ -23,7 +23,7 @@ from ldap3.core.exceptions import (
     LDAPStartTLSError,
 )
 
-from usersync.config import LdapSourceConfig
+from usersync.config import LdapSourceConfig, Secret, reveal
 from usersync.errors import ConfigError, SourceAuthError, SourceUnreachableError
 from usersync.http import certificate_failure
 from usersync.sources.ldap.decoding import discard
@@ -36,7 +36,7 @@ class LdapConnections:
     """The connections of an `LdapSource` (a mixin: the state lives in `LdapSource.__init__`)."""
 
     config: LdapSourceConfig
-    _password: str
+    _password: Secret
     _conn: Connection | None
     _conn2: Connection | None
     _opening: threading.Lock
@@ -84,7 +84,7 @@ class LdapConnections:
                 "unencrypted connection; use tls.mode ldaps (ldaps:// URL) or starttls, or set "
                 "allow_cleartext_bind: true (lab directories only)"
             )
-        if not self._password:
+        if not reveal(self._password):
             # RFC 4513 5.1.2: a DN with an empty password is an unauthenticated bind, which
             # many servers accept as anonymous: refuse rather than read as nobody.
             raise ConfigError(
@@ -101,7 +101,7 @@ class LdapConnections:
         conn = Connection(
             server,
             user=config.bind_dn,
-            password=self._password,
+            password=reveal(self._password),  # to the bind, and nowhere else
             authentication=SIMPLE,
             client_strategy=SYNC,
             read_only=True,
