@@ -43,6 +43,10 @@ from usersync.store import AppliedRecord
 
 #: The fingerprint of an account or group that should not be there.
 GONE = 0
+#: The fingerprint of a rejected user the source has active: nothing is written to its
+#: account (it keeps what it has), yet it is not `GONE`: should the user leave, its account is
+#: deactivated (deprovisioning wins over rejection), so leaving must move its fingerprint.
+KEPT = 2
 #: The run kinds.
 RECONCILE = "reconcile"
 DELTA = "delta"
@@ -58,6 +62,7 @@ def _hashes(frame: pd.DataFrame) -> np.ndarray:
         return np.zeros(0, dtype="int64")
     out = pd.util.hash_pandas_object(frame, index=False).to_numpy().view("int64").copy()
     out[out == GONE] = 1
+    out[out == KEPT] = 3
     return out
 
 
@@ -67,14 +72,22 @@ def user_columns(users: pd.DataFrame) -> list[str]:
     return [c for c in USER_VALUES if c in users.columns] + custom
 
 
-def user_fingerprints(users: pd.DataFrame) -> pd.Series:
-    """Each desired user's fingerprint (int64), indexed by source id."""
+def user_fingerprints(users: pd.DataFrame, rejected: pd.DataFrame | None = None) -> pd.Series:
+    """Each desired user's fingerprint (int64), and `KEPT` for each rejected user the source
+    has active (`rejected`: `DesiredState.rejected`), indexed by source id."""
     columns = user_columns(users)
     values = pd.DataFrame({c: users[c].astype("string") for c in columns})
     for column in ("username", "email"):
         if column in values:
             values[column] = values[column].str.casefold()
-    return pd.Series(_hashes(values), index=pd.Index(users["source_id"].astype(str)))
+    out = pd.Series(_hashes(values), index=pd.Index(users["source_id"].astype(str)))
+    if rejected is None or not len(rejected) or "active" not in rejected:
+        return out
+    # An unknown flag counts as disabled, as the planner counts it (the account is deactivated).
+    active = rejected["active"].astype("boolean").fillna(False).astype(bool)
+    kept = rejected.loc[active.to_numpy(), "source_id"].dropna().astype(str)
+    kept = pd.Index(kept[~kept.isin(out.index)].drop_duplicates())
+    return pd.concat([out, pd.Series(KEPT, index=kept, dtype="int64")])
 
 
 def group_fingerprints(desired: DesiredState) -> pd.Series:
@@ -84,7 +97,9 @@ def group_fingerprints(desired: DesiredState) -> pd.Series:
     keys = groups["group"].astype("string").str.casefold()
     flags = groups.drop(columns=["group"]).astype("string")
     own = pd.Series(
-        _hashes(flags.assign(_key=keys.to_numpy())) if len(flags.columns) else _hashes(keys.to_frame()),
+        _hashes(flags.assign(_key=keys.to_numpy()))
+        if len(flags.columns)
+        else _hashes(keys.to_frame()),
         index=keys.to_numpy(),
     )
     own = own[~own.index.duplicated()]
@@ -242,7 +257,9 @@ def inconsistency(read: TargetState, scope: Scope, record: AppliedRecord) -> str
             problems.append(f"{name} ({'activated' if row['active'] else 'deactivated'} by hand)")
     if not problems:
         return None
-    shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+    shown = ", ".join(problems[:5]) + (
+        f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+    )
     return f"the product differs from what the last run wrote: {shown}"
 
 
@@ -273,12 +290,16 @@ def actual_of(
     name_of = dict(
         zip(all_users["target_key"].astype(str), all_users["username"].astype(str), strict=True)
     )
-    key_of = dict(zip(linked["source_id"].astype(str), linked["target_key"].astype(str), strict=True))
+    key_of = dict(
+        zip(linked["source_id"].astype(str), linked["target_key"].astype(str), strict=True)
+    )
     key_of.update(
         dict(
             zip(
                 ledger.loc[ledger["kind"] == "user", "source_id"].dropna().astype(str),
-                ledger.loc[ledger["kind"] == "user"].dropna(subset=["source_id"])["target_key"].astype(str),
+                ledger.loc[ledger["kind"] == "user"]
+                .dropna(subset=["source_id"])["target_key"]
+                .astype(str),
                 strict=True,
             )
         )
@@ -290,9 +311,7 @@ def actual_of(
     unchanged = members.loc[~gkeys.isin(scope.groups).to_numpy()]
     keys = unchanged["source_id"].astype(str).map(key_of)
     names = keys.map(name_of)
-    written_members = pd.DataFrame(
-        {"username": names, "group": unchanged["group"]}
-    ).dropna()
+    written_members = pd.DataFrame({"username": names, "group": unchanged["group"]}).dropna()
     memberships = pd.concat(
         [read.memberships, conform(written_members, TARGET_MEMBERSHIP_COLUMNS, what="members")],
         ignore_index=True,
@@ -319,7 +338,9 @@ def strays(plan: pd.DataFrame, scope: Scope, ledger: pd.DataFrame) -> pd.DataFra
         )
     )
     source = plan["source_id"].astype("string").fillna("")
-    source = source.where(source != "", plan["target_key"].astype(str).map(key_to_source).fillna(""))
+    source = source.where(
+        source != "", plan["target_key"].astype(str).map(key_to_source).fillna("")
+    )
     in_users = source.isin(scope.users)
     group = plan["group"].astype("string").fillna("").str.casefold()
     in_groups = (group != "") & group.isin(scope.groups)
@@ -365,6 +386,12 @@ def next_record(
     )
     desired_users = desired.users.set_index(desired.users["source_id"].astype(str))
     desired_users = desired_users[~desired_users.index.duplicated()]
+    # What was last written of a kept (rejected, active) user's account: it still holds it.
+    was_active = (
+        dict(zip(previous.users["source_id"].astype(str), previous.users["active"], strict=True))
+        if previous is not None
+        else {}
+    )
 
     covered = (
         set(users_fp.index) | set(linked.index) if scope is None else set(scope.users)
@@ -376,7 +403,19 @@ def next_record(
         entry = linked.loc[sid]
         if sid in desired_users.index:
             row = desired_users.loc[sid]
-            rows.append((sid, int(users_fp[sid]), str(entry["target_key"]), str(row["username"]), bool(row["active"])))
+            rows.append(
+                (
+                    sid,
+                    int(users_fp[sid]),
+                    str(entry["target_key"]),
+                    str(row["username"]),
+                    bool(row["active"]),
+                )
+            )
+        elif sid in users_fp.index and int(users_fp[sid]) == KEPT:
+            active = was_active.get(sid)
+            kept_active = True if active is None or pd.isna(active) else bool(active)
+            rows.append((sid, KEPT, str(entry["target_key"]), str(entry["name"]), kept_active))
         else:
             rows.append((sid, GONE, str(entry["target_key"]), str(entry["name"]), False))
     fresh = pd.DataFrame(rows, columns=["source_id", "fingerprint", "target_key", "name", "active"])

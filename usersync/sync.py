@@ -587,7 +587,10 @@ def plan_target_sync(
     desired, refused_groups = _as_target_stores(desired, target)
     desired = _without_refused(desired, store, profile.name, target_name)
     ledger = store.ledger(profile.name, target_name)
-    fingerprints = (user_fingerprints(desired.users), group_fingerprints(desired))
+    fingerprints = (
+        user_fingerprints(desired.users, desired.rejected),
+        group_fingerprints(desired),
+    )
     basis = basis_of(profile, target_name, desired)
     record = store.applied_state(profile.name, target_name)
     reason = None
