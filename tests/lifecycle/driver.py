@@ -35,6 +35,10 @@ class TargetRun:
     status: str  # succeeded | partial | failed | killed
     plan: pd.DataFrame | None = None
     error: BaseException | None = None
+    #: how the run read the product: "reconcile" or "delta" (None: it never planned)
+    mode: str | None = None
+    #: why a run asked for as a delta run reconciled instead
+    mode_reason: str | None = None
 
 
 class KillingStore:
@@ -66,6 +70,7 @@ def run_sync(
     *,
     release_brake: bool = False,
     kill: dict[str, int] | None = None,
+    mode: str = "reconcile",
 ) -> dict[str, TargetRun]:
     """Sync every target of `profile`; each target fails alone, as in the flow.
 
@@ -74,6 +79,7 @@ def run_sync(
         store: the store (runs, audit trail, ledger).
         release_brake: release the brake for this run.
         kill: target → kill the load after this many executed operations.
+        mode: "reconcile" (read everything) or "delta" (read what changed: `usersync.delta`).
 
     Raises:
         GuardError, SourceError: from extract (no target is touched). Anything that is not a
@@ -91,7 +97,13 @@ def run_sync(
             desired = sync.transform(loaded, snapshot, name)
             with sync.open_target_for(loaded, name) as client:
                 target_plan = sync.plan_target_sync(
-                    loaded, name, client, desired, store, **{RELEASE_KEYWORD: release_brake}
+                    loaded,
+                    name,
+                    client,
+                    desired,
+                    store,
+                    mode=mode,
+                    **{RELEASE_KEYWORD: release_brake},
                 )
                 store.record_plan(run_id, target_plan.plan)
                 result = sync.load_target_sync(loaded, client, target_plan, writer, run_id)
@@ -103,5 +115,10 @@ def run_sync(
             runs[name] = TargetRun("failed", error=exc)
             continue
         store.finish_run(run_id, result.status, {"executed": result.counts()}, result.quarantined)
-        runs[name] = TargetRun(result.status, plan=target_plan.plan)
+        runs[name] = TargetRun(
+            result.status,
+            plan=target_plan.plan,
+            mode=target_plan.mode,
+            mode_reason=target_plan.mode_reason,
+        )
     return runs

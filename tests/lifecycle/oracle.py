@@ -26,8 +26,23 @@ that hypothesis reports each as a distinct failure):
    unmanaged accounts and in unmanaged groups are never touched; deactivated managed accounts
    keep their memberships; groups are never deleted.
 8. Hand-made accounts no source user maps to are never changed.
-9. After a clean sync the next sync writes nothing and plans nothing.
+9. After a clean sync the next sync writes nothing and plans nothing, a delta run as well.
 10. A sync that trips the brake writes nothing.
+
+Delta runs (issue 26: `usersync.delta`) read only what moved since the last run wrote and take
+the rest as written, so a hand edit of a value in a product may outlive them. What they must
+leave, checked after every delta run of a clean sync:
+
+- A hand edit in a product is repaired at the next reconcile at the latest: every clean sync
+  of the machine is a reconcile run, checked against rules 1-8 whatever delta runs and hand
+  edits came before it; a delta run that reconciles instead (and says why) is checked the same
+  way; so is a delta run after which nothing was edited by hand since the last reconcile (it
+  then had nothing to trust that is not so, and must leave what a reconcile would).
+11. No leaver is left active after a delta run that saw them leave: a managed account whose
+    source user was enabled at the last run and is disabled or gone now is inactive.
+12. A delta run never undoes a reconcile's repair: it changes no account, and no account's
+    groups, that neither the source (the facts of its user, or of a user with its name) nor a
+    hand edit moved since the last run.
 """
 
 from __future__ import annotations
@@ -132,6 +147,14 @@ class Rule10Brake(RuleBroken):
     """Rule 10: a sync that trips the brake wrote something."""
 
 
+class Rule11DeltaLeaver(RuleBroken):
+    """Rule 11: a delta run left active the account of a user it saw leave."""
+
+
+class Rule12DeltaUndid(RuleBroken):
+    """Rule 12: a delta run changed an account that neither the source nor a hand edit moved."""
+
+
 RULE_OF_HOW: dict[str, type[RuleBroken]] = {
     "linked": Rule4Identity,
     "adopted": Rule3Adoption,
@@ -197,6 +220,15 @@ def source_facts(directory: Directory) -> dict[int, Facts]:
             label=user.label(),
         )
     return out
+
+
+def moved_users(before: dict[int, Facts], now: dict[int, Facts]) -> tuple[set[int], set[str]]:
+    """The source users whose facts differ between two syncs (new, gone or changed: a user
+    whose name another user took is changed too, being rejected now), and every username
+    (case-folded) they had or have."""
+    moved = {i for i in before.keys() | now.keys() if before.get(i) != now.get(i)}
+    names = {f.username.casefold() for i in moved for f in (before.get(i), now.get(i)) if f}
+    return moved, names
 
 
 def mapped_groups(directory: Directory) -> set[str]:
@@ -376,6 +408,79 @@ class Oracle:
     def note_mapping(self, directory: Directory) -> None:
         """A sync read the source: every group the rules map now is managed from now on."""
         self.managed_groups |= mapped_groups(directory)
+
+    def follow_delta(
+        self,
+        product: str,
+        directory: Directory,
+        synced: dict[int, Facts],
+        last_run: TargetSnapshot,
+        context: str,
+    ) -> None:
+        """Check a delta run that stayed one after hand edits (rules 11 and 12), then take
+        what it did into the book as `check` does, without demanding the rest of the spec:
+        what it took as written may be what a hand edit changed.
+
+        Args:
+            synced: the source's facts at the last run.
+            last_run: the product after the last run, before the hand edits since.
+
+        Raises:
+            Rule11DeltaLeaver, Rule12DeltaUndid: with the evidence.
+        """
+        book = self.books[product]
+        pre = book.baseline
+        assert pre is not None, "start() the oracle first"
+        post = book.product.snapshot()
+        facts = source_facts(directory)
+        expected = expect(facts, book, pre, self.managed_groups)
+        check = _Check(product, book.product.can_rename, facts, pre, post, expected, context)
+        for ident, before in synced.items():
+            now = facts.get(ident)
+            if not before.enabled or (now is not None and now.enabled):
+                continue
+            key = book.links.get(ident)
+            if key in expected.inactive and key in post.accounts and post.accounts[key].active:
+                raise check.fail(
+                    Rule11DeltaLeaver,
+                    f"{before.label} left ({expected.inactive[key]}); its account is active",
+                    [key],
+                )
+        moved, names = moved_users(synced, facts)
+        exempt = {book.links[i] for i in moved if i in book.links}
+        for key in sorted(pre.accounts.keys() | post.accounts.keys()):
+            named = {
+                a.username.casefold() for a in (pre.accounts.get(key), post.accounts.get(key)) if a
+            }
+            if key in exempt or named & names:
+                continue
+            if key not in pre.accounts:
+                raise check.fail(
+                    Rule12DeltaUndid, "an account appeared that no moved source user needed", [key]
+                )
+            hand_edited = last_run.accounts.get(key) != pre.accounts[key] or (
+                last_run.groups_of(key) != pre.groups_of(key)
+            )
+            if hand_edited:
+                continue
+            if post.accounts.get(key) != pre.accounts[key] or post.groups_of(key) != pre.groups_of(
+                key
+            ):
+                raise check.fail(
+                    Rule12DeltaUndid,
+                    f"{key} changed although neither its source user nor a hand edit moved it "
+                    "since the last run",
+                    [key],
+                )
+        created = {}
+        for r in expected.resolutions.values():
+            if r.key is None:
+                account = post.by_name(facts[r.ident].username)
+                if account is not None and account.key not in pre.accounts:
+                    created[r.ident] = account.key
+        book.links = {**expected.links, **created}
+        book.managed = expected.managed | set(created.values())
+        book.baseline = post
 
     def brake_load(self, product: str, directory: Directory) -> tuple[list[str], list[str]]:
         """The deactivations and membership removals a sync from the current state must make."""

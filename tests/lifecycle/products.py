@@ -3,8 +3,9 @@
 The emulator's own state is the truth the oracle checks against, so it is read here directly
 (not through usersync's clients): `snapshot()` gives every account by its immutable key (Jira
 key, Confluence userKey, Bitbucket id) and every group's members by key. Hand edits (an admin
-creating, renaming or deactivating an account, or adding someone to a group in the product's
-UI) change that state directly, as the product's UI would, without a request in the log.
+creating, renaming, deactivating or reactivating an account, changing its e-mail, or adding
+someone to a group or removing them in the product's UI) change that state directly, as the
+product's UI would, without a request in the log.
 `SwappableApp` lets one uvicorn server per product live for the whole module while each
 example gets a fresh emulator behind it.
 """
@@ -106,10 +107,19 @@ class Product(ABC):
     def deactivate(self, key: str) -> None: ...
 
     @abstractmethod
+    def reactivate(self, key: str) -> None: ...
+
+    @abstractmethod
+    def set_email(self, key: str, email: str) -> None: ...
+
+    @abstractmethod
     def create_group(self, group: str) -> None: ...
 
     @abstractmethod
     def add_member(self, group: str, key: str) -> None: ...
+
+    @abstractmethod
+    def remove_member(self, group: str, key: str) -> None: ...
 
 
 class JiraProduct(Product):
@@ -142,11 +152,23 @@ class JiraProduct(Product):
         with self.emulator._lock:
             self.emulator._users[key].active = False
 
+    def reactivate(self, key: str) -> None:
+        with self.emulator._lock:
+            self.emulator._users[key].active = True
+
+    def set_email(self, key: str, email: str) -> None:
+        with self.emulator._lock:
+            self.emulator._users[key].email = email
+
     def create_group(self, group: str) -> None:
         self.emulator.seed_group(group)
 
     def add_member(self, group: str, key: str) -> None:
         self.emulator.seed_group(group, members=[self.snapshot().accounts[key].username])
+
+    def remove_member(self, group: str, key: str) -> None:
+        with self.emulator._lock:
+            self.emulator._groups[group.lower()].member_keys.discard(key)
 
 
 class ConfluenceProduct(Product):
@@ -205,11 +227,20 @@ class ConfluenceProduct(Product):
     def deactivate(self, key: str) -> None:
         self._user(key).active = False
 
+    def reactivate(self, key: str) -> None:
+        self._user(key).active = True
+
+    def set_email(self, key: str, email: str) -> None:
+        self._user(key).email = email
+
     def create_group(self, group: str) -> None:
         self.emulator.seed_group(group)
 
     def add_member(self, group: str, key: str) -> None:
         self.emulator.seed_group(group, members=[self._user(key).username])
+
+    def remove_member(self, group: str, key: str) -> None:
+        self.emulator.groups[group.lower()].members.discard(self._user(key).username)
 
 
 class BitbucketProduct(Product):
@@ -253,11 +284,25 @@ class BitbucketProduct(Product):
         with self.emulator._lock:
             self.emulator.user_permissions.pop(self._user(key).name.casefold(), None)
 
+    def reactivate(self, key: str) -> None:
+        """Licensed directly again, as an admin would under Global permissions."""
+        with self.emulator._lock:
+            name = self._user(key).name.casefold()
+            self.emulator.user_permissions.setdefault(name, "LICENSED_USER")
+
+    def set_email(self, key: str, email: str) -> None:
+        with self.emulator._lock:
+            self._user(key).email = email
+
     def create_group(self, group: str) -> None:
         self.emulator.seed_group(group)
 
     def add_member(self, group: str, key: str) -> None:
         self.emulator.seed_group(group, members=[self._user(key).name])
+
+    def remove_member(self, group: str, key: str) -> None:
+        with self.emulator._lock:
+            self._user(key).groups.discard(group.casefold())
 
 
 PRODUCTS: tuple[type[Product], ...] = (JiraProduct, ConfluenceProduct, BitbucketProduct)

@@ -9,8 +9,15 @@ and syncs: clean ones, ones under injected faults (429 storms, 5xx, dropped conn
 writes applied whose answer is lost) or killed in the middle of the load, each followed by a
 clean one, and one against a closed brake. Every history starts from a synced population
 (`populate`) and ends with a checked sync. After every clean sync `oracle.Oracle` checks every
-lifecycle rule on all three products, then a second sync must write and plan nothing. Names
-come from small pools, so collisions, re-creations and reuse of names happen often.
+lifecycle rule on all three products, then a second sync must write and plan nothing, and so
+must a delta run after it. Names come from small pools, so collisions, re-creations and reuse
+of names happen often.
+
+Delta runs (issue 26) come in between, interleaved with the reconcile runs and with hand edits
+in the products (an account deactivated, reactivated, renamed, its e-mail changed, added to or
+removed from a group by hand): each is checked as the oracle's docstring says (rules 11 and 12,
+and rules 1-8 when it reconciled instead or when nothing was edited by hand since the last
+reconcile). Every clean sync is a reconcile run: a hand edit is repaired by the next one.
 
 CI runs EXAMPLES x STEPS with a fixed seed and does not shrink a failure (it prints the history
 as found; USERSYNC_LIFECYCLE_SHRINK=1 replays the same examples and shrinks). `make soak` sets
@@ -24,7 +31,7 @@ import os
 import sys
 
 import pytest
-from hypothesis import HealthCheck, Phase, seed, settings
+from hypothesis import HealthCheck, Phase, event, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -43,10 +50,12 @@ from tests.lifecycle.directory import OUS
 from tests.lifecycle.driver import TargetRun
 from tests.lifecycle.oracle import (
     MANUAL_RULES,
+    Facts,
     Oracle,
     Rule9Idempotence,
     Rule10Brake,
     planned_changes,
+    source_facts,
 )
 from tests.lifecycle.products import PRODUCTS
 from usersync.errors import GuardError
@@ -154,6 +163,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.oracle.start()
         #: whether anything changed since the last checked sync (else a sync is a known no-op)
         self.dirty = True
+        #: the source's facts at the last checked run, and each product after it
+        self.synced: dict[int, Facts] | None = None
+        self.last_run = {name: p.snapshot() for name, p in world.products.items()}
+        #: products edited by hand since their last reconcile
+        self.hand_edited: set[str] = set()
 
     @initialize(target=users, people=PEOPLE, memberships=MEMBERSHIPS)
     def populate(self, people: list[tuple], memberships: list[tuple[str, int]]) -> object:
@@ -275,7 +289,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         product=st.sampled_from(PRODUCT_NAMES),
         user=users,
         edit=st.sampled_from(
-            ["rename", "deactivate", *(f"join {g}" for g in ("developers", HAND_MADE_GROUP, "eng"))]
+            [
+                "rename",
+                "deactivate",
+                "reactivate",
+                "e-mail",
+                *(f"join {g}" for g in ("developers", HAND_MADE_GROUP, "eng")),
+                *(f"leave {g}" for g in ("developers", "all-staff", "eng", "ops")),
+            ]
         ),
     )
     def hand_edit(self, product: str, user: int, edit: str) -> None:
@@ -285,17 +306,28 @@ class LifecycleMachine(RuleBasedStateMachine):
         if key is None:
             return
         now = target.snapshot()
+        if key not in now.accounts:
+            return
         if edit == "rename":
             new_name = f"{now.accounts[key].username}-hand"
             if now.by_name(new_name) is None:
                 target.rename(key, new_name)
         elif edit == "deactivate":
             target.deactivate(key)
-        else:
+        elif edit == "reactivate":
+            target.reactivate(key)
+        elif edit == "e-mail":
+            target.set_email(key, f"{now.accounts[key].username}.by-hand@example.org")
+        elif edit.startswith("join "):
             group = edit.removeprefix("join ")
             if group in now.groups:
                 target.add_member(group, key)
+        else:
+            group = edit.removeprefix("leave ")
+            if key in now.groups.get(group, frozenset()):
+                target.remove_member(group, key)
         self.oracle.note_hand_edit(product)
+        self.hand_edited.add(product)
         self.dirty = True
 
     @rule(
@@ -310,6 +342,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if target.snapshot().by_name(name) is None:
             target.create_account(name, mail_for(name, mail) or "", f"{cn_for(name, cn)} (hand)")
             self.oracle.note_hand_edit(product)
+            self.hand_edited.add(product)
             self.dirty = True
 
     # -- syncs -------------------------------------------------------------------------------
@@ -321,6 +354,47 @@ class LifecycleMachine(RuleBasedStateMachine):
     def sync(self) -> None:
         if self.dirty:  # else the last check's second sync already showed this one is a no-op
             self.clean_sync_and_check()
+
+    @precondition(has_users)
+    @rule()
+    def delta_sync(self) -> None:
+        """A delta run of every product, checked: as a reconcile when it reconciled instead
+        or had no hand edit to take as written, else rules 11 and 12 (`Oracle.follow_delta`)."""
+        self.oracle.note_mapping(self.directory)
+        if self.synced is not None:
+            now = source_facts(self.directory)
+            moved = sum(now.get(i) != f for i, f in self.synced.items()) + len(
+                now.keys() - self.synced.keys()
+            )
+            left = sum(
+                f.enabled and not getattr(now.get(i), "enabled", False)
+                for i, f in self.synced.items()
+            )
+            event(
+                f"delta run: {'some' if moved else 'no'} source change, {'a' if left else 'no'} leaver"
+            )
+        runs = self.world.sync(mode="delta")
+        context = "delta run:\n" + describe_runs(runs)
+        for name, run in runs.items():
+            event(
+                f"delta run of a product: {run.mode}"
+                + (" instead" if run.mode_reason else "")
+                + (", after hand edits" if name in self.hand_edited else "")
+            )
+            if run.status != "succeeded":
+                raise AssertionError(
+                    f"{name}: a delta run without faults did not succeed\n{context}"
+                )
+            if run.mode == "reconcile" or name not in self.hand_edited:
+                self.oracle.check(name, self.directory, context)
+                self.hand_edited.discard(name)
+            else:
+                assert self.synced is not None
+                self.oracle.follow_delta(
+                    name, self.directory, self.synced, self.last_run[name], context
+                )
+            self.last_run[name] = self.products[name].snapshot()
+        self.synced = source_facts(self.directory)
 
     @precondition(has_users)
     @rule(
@@ -403,6 +477,25 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.oracle.check(name, self.directory, context)
         before = {name: p.writes() for name, p in self.products.items()}
         again = self.world.sync()
+        self.check_no_op(runs, again, before, "sync")
+        before = {name: p.writes() for name, p in self.products.items()}
+        delta = self.world.sync(mode="delta")
+        self.check_no_op(runs, delta, before, "delta run")
+        for name in self.products:
+            self.oracle.note_hand_edit(name)  # the baseline is the state now
+            self.last_run[name] = self.products[name].snapshot()
+        self.synced = source_facts(self.directory)
+        self.hand_edited.clear()
+        self.dirty = False
+
+    def check_no_op(
+        self,
+        runs: dict[str, TargetRun],
+        again: dict[str, TargetRun],
+        before: dict[str, int],
+        what: str,
+    ) -> None:
+        """Rule 9: the run `again` after the clean sync `runs` wrote and planned nothing."""
         for name, product in self.products.items():
             written = product.writes() - before[name]
             planned = planned_changes(again[name].plan, product.can_rename)
@@ -410,11 +503,8 @@ class LifecycleMachine(RuleBasedStateMachine):
                 raise Rule9Idempotence(
                     f"{name}: {Rule9Idempotence.__doc__}\n  {written} write request(s); "
                     f"the sync before:\n{describe_runs({name: runs[name]})}\n"
-                    f"the sync after:\n{describe_runs({name: again[name]})}"
+                    f"the {what} after:\n{describe_runs({name: again[name]})}"
                 )
-        for name in self.products:
-            self.oracle.note_hand_edit(name)  # the baseline is the state now
-        self.dirty = False
 
     def teardown(self) -> None:
         """Every history ends with a checked sync, unless a step already failed."""
