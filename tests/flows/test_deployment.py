@@ -45,6 +45,9 @@ SANDBOX_PASSWORD = "admin"
 SHIPPED = {
     ("demo", "sandbox"),
     ("sync", "demo-push"),
+    ("sync", "demo-push-reconcile"),
+    ("sync", "example-ldap-reconcile"),
+    ("sync", "example-ad-reconcile"),
     ("sync", "example-ldap"),
     ("sync", "example-ldap-dry-run"),
     ("sync", "example-ad"),
@@ -154,7 +157,7 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
         if flow != "sync":
             continue
         profile = deployment.parameters["profile"]
-        assert name in (profile, f"{profile}-dry-run")  # bound to its profile
+        assert name in (profile, f"{profile}-dry-run", f"{profile}-reconcile")  # its profile's
         assert f"profile:{profile}" in deployment.tags
         # Nothing of the deployer's machine: the code and settings are found at run time.
         assert deployment.pull_steps == [{"usersync_tasks.deployment_steps.use_usersync_settings": {}}]
@@ -163,6 +166,12 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
         properties = deployment.parameter_openapi_schema["properties"]
         assert "store_url" not in properties
         assert properties["dry_run"]["title"] == "Dry run"
+        assert properties["mode"]["enum"] == ["delta", "reconcile"]  # a run's kind, in the form
+        # A profile's own deployment makes delta runs; <profile>-reconcile reconciles.
+        if name == profile or name.endswith("-reconcile"):
+            assert deployment.parameters["mode"] == ("delta" if name == profile else "reconcile")
+        if name.endswith("-reconcile"):
+            assert [s.schedule.cron for s in deployment.schedules] == ["5 2 * * *"], name
     for example in ("example-ldap", "example-ad"):
         deployment = deployments[("sync", example)]
         assert deployment.parameters["dry_run"] is True  # a UI run is a dry run
@@ -178,7 +187,7 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
             targets = deployment.parameter_openapi_schema["properties"]["targets"]
             array = next(o for o in targets["anyOf"] if o.get("type") == "array")
             assert array["items"]["enum"] == (
-                ["jira", "confluence", "bitbucket"] if name == "demo-push" else ["jira"]
+                ["jira", "confluence", "bitbucket"] if name.startswith("demo-push") else ["jira"]
             ), name
 
     async def triggers():
@@ -215,7 +224,7 @@ def test_the_demo_push_deployment_syncs_the_inbox_into_the_sandbox(deployed):
 
     assert run.name == "sync-demo-push"
     assert run.state.is_completed(), run.state
-    assert run.parameters == {"profile": "demo-push"}
+    assert run.parameters == {"profile": "demo-push", "mode": "delta"}
     created = [r for r in jira.app.writes() if r.method == "POST" and r.path.endswith("/user")]
     assert any(r.body.get("name") == "asmith" for r in created)
 
