@@ -94,6 +94,18 @@ def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from usersync import prepare_profile
+
+    for profile in args.profile:
+        prepare_profile(profile)  # one line for a bad profile, before Prefect starts
+    _require_prefect_api()
+    from usersync_flows.served import serve_profiles
+
+    serve_profiles(args.profile, limit=args.limit, poll_seconds=args.poll_seconds)
+    return 0
+
+
 def _prefect_secret(name: str) -> str:
     """A Prefect Secret block's value, for `check` and `test-sync` (Prefect imported if needed)."""
     from usersync_tasks.secrets import load_prefect_secret_if_configured
@@ -424,6 +436,30 @@ def build_parser() -> argparse.ArgumentParser:
         "as an offboarding push does",
     )
     p.set_defaults(func=_sync)
+
+    p = commands.add_parser(
+        "serve",
+        help="serve each profile's offboarding deployment (sync/<profile>-offboarding) from this "
+        "process: a push disabling or deleting a user starts a delta run scoped to it within "
+        "seconds, without a worker; on $PREFECT_API_URL",
+    )
+    p.add_argument("profile", nargs="+", help="the profiles to serve")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=4,
+        metavar="N",
+        help="flow runs at once in this process (default 4)",
+    )
+    p.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="how often to ask Prefect for runs to start (default 1; Prefect's own default, "
+        "PREFECT_RUNNER_POLL_FREQUENCY, is 10: every triggered run would wait up to that long)",
+    )
+    p.set_defaults(func=_serve)
 
     p = commands.add_parser(
         "check",

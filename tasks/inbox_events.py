@@ -7,6 +7,11 @@ emitted at once, later ones within `min_interval_seconds` are counted and emitte
 trailing event when the interval ends. A deployment trigger on the event then runs that
 profile's sync; the scheduled sync reconciles anyway if an event is lost.
 
+A change that disables or deletes a user (`change["offboarded"]`, its SCIM id:
+`usersync.inbox.offboarding`) is also sent at once, uncoalesced, as `usersync.inbox.offboarded`
+with `payload["users"]`: the trigger of a served deployment (`usersync serve`,
+flows/served.py) runs a delta run scoped to that identity, deactivating it in seconds.
+
 Events go to the configured Prefect API only (`PREFECT_API_URL`, from the environment or the
 active Prefect profile). Without one, Prefect's `emit_event` would start a private temporary
 server on the first change (seconds of delay for that answer, events no deployment trigger
@@ -26,6 +31,8 @@ from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
 EVENT = "usersync.inbox.changed"
+#: A push disabled or deleted users (`payload["users"]`: their SCIM ids).
+OFFBOARDED_EVENT = "usersync.inbox.offboarded"
 log = logging.getLogger("usersync.inbox.events")
 
 
@@ -84,6 +91,13 @@ class InboxEventEmitter:
         self._pending: dict[str, list[dict[str, Any]]] = {}
 
     def __call__(self, profile: str, change: dict[str, Any]) -> None:
+        if change.get("offboarded"):  # a leaver: no waiting for the burst to end
+            self._emit(
+                event=OFFBOARDED_EVENT,
+                resource=profile_resource(profile),
+                payload={"users": [str(change["offboarded"])]},
+            )
+            log.info("inbox %s: emitted %s (%s)", profile, OFFBOARDED_EVENT, change["offboarded"])
         with self._lock:
             now = self._clock()
             if profile in self._pending:

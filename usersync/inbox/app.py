@@ -64,6 +64,7 @@ from scim2_server.utils import (
 )
 
 from usersync.config import PROFILE_NAME_PATTERN
+from usersync.inbox.offboarding import offboarded_user
 from usersync.inbox.storage import GROUP, MEMBERS, InboxStorage
 from usersync.inbox.tokens import TokenCheck, profiles_with_tokens
 from usersync.inbox.writer import StoreWriter, pending_writes
@@ -230,6 +231,9 @@ class ProfileInbox(_InboxASGI):
         status = int(response.status)
         if request.method.upper() in WRITE_METHODS and 200 <= status < 300 and self.on_change:
             change = {"method": request.method.upper(), "path": request.path, "status": status}
+            offboarded = offboarded_user(request.method, request.path, request.body)
+            if offboarded is not None:  # a leaver: the caller may sync it at once
+                change["offboarded"] = offboarded
             try:
                 await asyncio.to_thread(self.on_change, self.profile, change)
             except Exception:

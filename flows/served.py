@@ -1,0 +1,58 @@
+"""Served deployments: each profile's offboarding run, started in seconds by a long-running process.
+
+`usersync serve PROFILE...` runs `serve_profiles`: Prefect's `serve` of one deployment per
+profile, `sync/<profile>-offboarding`, whose trigger is the inbox's `usersync.inbox.offboarded`
+event about that profile (tasks/inbox_events.py): a delta run scoped to the users the push
+disabled or deleted (`only`), which deactivates them before anything else changes. The
+process holds the flow in memory (no entrypoint to load, no worker to pull code), and polls
+for runs every `poll_seconds` (Prefect's default, PREFECT_RUNNER_POLL_FREQUENCY, is 10 s: the
+latency of every run it takes). Each run still starts in a process of its own, which imports
+usersync (Prefect's runner spawns it): the bench/offboarding.py figures count that.
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from usersync_flows.sync import sync
+from usersync_tasks.inbox_events import OFFBOARDED_EVENT, profile_resource
+
+#: How often the serving process asks for runs to start (seconds), unless told otherwise.
+POLL_SECONDS = 1.0
+
+
+def offboarding_deployment(profile: str) -> RunnerDeployment:
+    """`sync/<profile>-offboarding`: a delta run scoped to the users an offboarding push names."""
+    return sync.to_deployment(
+        name=f"{profile}-offboarding",
+        description=(
+            f"Offboarding of profile {profile}: a push into its inbox that disables or deletes "
+            "a user triggers a delta run scoped to that user (deactivated first, in seconds). "
+            "Served by `usersync serve`; the scheduled runs are the profile's own deployments."
+        ),
+        parameters={"profile": profile, "mode": "delta"},
+        tags=["usersync", f"profile:{profile}", "offboarding"],
+        triggers=[
+            DeploymentEventTrigger(
+                name=f"{profile}: offboarding push",
+                expect={OFFBOARDED_EVENT},
+                match={"prefect.resource.id": profile_resource(profile)["prefect.resource.id"]},
+                parameters={
+                    "profile": profile,
+                    "mode": "delta",
+                    "only": "{{ event.payload.users }}",
+                },
+            )
+        ],
+    )
+
+
+def serve_profiles(profiles: list[str], *, limit: int = 4, poll_seconds: float = POLL_SECONDS) -> None:
+    """Serve every profile's offboarding deployment from this process until it is stopped."""
+    serve(
+        *[offboarding_deployment(p) for p in profiles],
+        limit=limit,
+        query_seconds=poll_seconds,
+        pause_on_shutdown=False,
+    )
