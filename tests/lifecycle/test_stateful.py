@@ -355,7 +355,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         if self.dirty:  # else the last check's second sync already showed this one is a no-op
             self.clean_sync_and_check()
 
-    @precondition(has_users)
+    def moved_since_checked(self) -> bool:
+        """Whether the source or a product changed since the last checked sync (else a delta
+        run is the no-op the check's own delta run already showed)."""
+        return self.dirty and self.has_users()
+
+    @precondition(moved_since_checked)
     @rule()
     def delta_sync(self) -> None:
         """A delta run of every product, checked: as a reconcile when it reconciled instead
