@@ -81,7 +81,9 @@ async def _served(name: str):
     async with get_client() as client:
         with contextlib.suppress(Exception):
             deployment = await client.read_deployment_by_name(name)
-            if await client.read_resource_related_automations(f"prefect.deployment.{deployment.id}"):
+            if await client.read_resource_related_automations(
+                f"prefect.deployment.{deployment.id}"
+            ):
                 return deployment
     return None
 
@@ -100,7 +102,9 @@ def bench(args: argparse.Namespace, work: Path) -> None:
 
     shutil.copytree(REPO / "mappings" / "demo-push", work / "mappings" / PROFILE)
     store_url = f"sqlite:///{work / 'store.db'}"
-    os.environ.update({"USERSYNC_MAPPINGS_DIR": str(work / "mappings"), "USERSYNC_STORE_URL": store_url})
+    os.environ.update(
+        {"USERSYNC_MAPPINGS_DIR": str(work / "mappings"), "USERSYNC_STORE_URL": store_url}
+    )
     store = Store.open(store_url)
     token = issue_token(store.engine, PROFILE).token
     people = [
@@ -123,7 +127,9 @@ def bench(args: argparse.Namespace, work: Path) -> None:
             pusher.add_members("engineering", [p.user_name for p in people[: args.members]])
             ids = {p.user_name: pusher.user_id(p.user_name) for p in people[: args.pushes]}
         sync(profile=PROFILE)  # the reconcile that writes the estate (and its fingerprints)
-        print(f"estate: {args.users} users written in {time.monotonic() - started:.0f} s", flush=True)
+        print(
+            f"estate: {args.users} users written in {time.monotonic() - started:.0f} s", flush=True
+        )
         for product in PRODUCTS:  # the emulator's control endpoint, above its context path
             root = sandbox.url(product).rsplit("/", 1)[0]
             httpx.put(
@@ -160,7 +166,11 @@ def bench(args: argparse.Namespace, work: Path) -> None:
                         time.sleep(0.2)
                     run = max(runs, key=lambda r: r.created)
                     created = (run.created - pushed_at).total_seconds()
-                    running = (run.start_time - pushed_at).total_seconds() if run.start_time else float("nan")
+                    running = (
+                        (run.start_time - pushed_at).total_seconds()
+                        if run.start_time
+                        else float("nan")
+                    )
                     rows.append((took, created, running))
                     print(
                         f"{name}: {took:5.2f} s (run created +{created:.2f} s, running +{running:.2f} s, "

@@ -48,7 +48,9 @@ def offboarding_deployment(profile: str) -> RunnerDeployment:
     )
 
 
-def serve_profiles(profiles: list[str], *, limit: int = 4, poll_seconds: float = POLL_SECONDS) -> None:
+def serve_profiles(
+    profiles: list[str], *, limit: int = 4, poll_seconds: float = POLL_SECONDS
+) -> None:
     """Serve every profile's offboarding deployment from this process until it is stopped."""
     serve(
         *[offboarding_deployment(p) for p in profiles],

@@ -13,8 +13,8 @@ reconciles (reads everything) or, `mode="delta"`, reads what changed (`usersync.
 One run of a profile at a time: the profile's lease (`usersync.lease`, `runs.profile_turn`),
 held through an approval pause; a deployment run finding it busy queues, or ends Skipped when
 one already does (not Prefect's deployment concurrency limit: Prefect frees it when a run
-pauses, then cancels the paused run). Each target's client is opened, and its secret
-resolved, once per run (`RunTargets`). Parameters carry names only, never secrets.
+pauses, then cancels the paused run). Each target's client is opened, and its secret resolved,
+once per run (`RunTargets`). Parameters carry names only, never secrets.
 """
 
 from __future__ import annotations
@@ -208,8 +208,8 @@ def _sync_profile(
             decided = decision.as_dict()
             for o in _each_target(
                 list(approved),
-                lambda name, fresh=snapshot, approved=approved, decided=decided: (
-                    _sync_target(run, name, fresh, approved[name], decided)
+                lambda name, fresh=snapshot, approved=approved, decided=decided: _sync_target(
+                    run, name, fresh, approved[name], decided
                 ),
             ):
                 done[o.target] = o
@@ -273,8 +273,8 @@ def _plan_and_load(
     brake_here = (hold is not None or dry_run) and not run.allow_mass_changes
     client = run.clients[name]
     allow = run.allow_mass_changes or brake_here
-    mode, only = run.kind.mode, run.kind.only
-    target_plan = steps.plan(loaded, name, client, desired, allow, outcome.run_id, dry_run, mode, only)
+    mode, only, run_id = run.kind.mode, run.kind.only, outcome.run_id
+    target_plan = steps.plan(loaded, name, client, desired, allow, run_id, dry_run, mode, only)
     outcome.took_plan(target_plan)
     verdict = brake_here and brake_verdict(
         target_plan.plan,

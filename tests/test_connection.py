@@ -166,7 +166,9 @@ def test_test_connection_fails_when_administrators_cannot_be_established(
         }
         (folder / "profile.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
         monkeypatch.setenv("TC_ADMIN", ADMIN_PASSWORD)
-        wiki_check = {r.part: r for r in check_connections(sync.prepare_profile("tc"))}["target wiki"]
+        wiki_check = {r.part: r for r in check_connections(sync.prepare_profile("tc"))}[
+            "target wiki"
+        ]
     assert not wiki_check.ok
     assert "administrators cannot be established" in wiki_check.detail
     assert "adopts and relinks no existing account" in wiki_check.detail

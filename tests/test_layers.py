@@ -159,8 +159,7 @@ def test_no_generic_top_level_package_is_installed():
     assert tops == set(LAYERS)
     # every engine package folder is listed (a new subpackage left out would not install)
     folders = {
-        ".".join(p.parent.relative_to(ROOT).parts)
-        for p in (ROOT / "usersync").rglob("__init__.py")
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "usersync").rglob("__init__.py")
     }
     assert folders <= set(packages)
 

@@ -31,6 +31,7 @@ def plan_target(data: PlanInput) -> pd.DataFrame:
     """The plan's operations (most tests look at nothing else)."""
     return plan_changes(data).operations
 
+
 def frame(columns, rows):
     if not rows:
         return empty_frame(columns)

@@ -182,9 +182,7 @@ def reveal(secret: Secret) -> str:
     return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
 
 
-def resolve_secret(
-    ref: SecretRef, *, load_prefect_secret: SecretLoader | None = None
-) -> SecretStr:
+def resolve_secret(ref: SecretRef, *, load_prefect_secret: SecretLoader | None = None) -> SecretStr:
     """The secret's value, wrapped so that it never shows by accident (`reveal` unwraps it).
 
     Args:

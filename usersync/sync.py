@@ -601,7 +601,9 @@ def plan_target_sync(
     if mode == DELTA and reason is None and record is not None:
         scope = scope_of(desired, *fingerprints, ledger, record, _source_ids(only, desired, ledger))
         if scope.empty:
-            log.info("%s: delta run: nothing changed since the last run wrote; nothing read", target_name)
+            log.info(
+                "%s: delta run: nothing changed since the last run wrote; nothing read", target_name
+            )
             return TargetPlan(
                 target_name,
                 conform(empty_frame(PLAN_COLUMNS), PLAN_COLUMNS, what="plan"),
@@ -709,7 +711,9 @@ def _plan_changes(
         if problem is not None:
             return problem
         actual = actual_of(desired, ledger, read, scope)
-    desired = _without_lookalikes(desired, target, actual, only=None if scope is None else scope.users)
+    desired = _without_lookalikes(
+        desired, target, actual, only=None if scope is None else scope.users
+    )
     if not profile.settings.groups.keep_existing_groups:
         actual = _with_every_group(
             target, actual, ledger, None if scope is None else set(scope.keys)
@@ -761,7 +765,10 @@ def _plan_changes(
             first = ", ".join(
                 f"{op} {user or group}"
                 for op, user, group in zip(
-                    stray["op"].head(3), stray["username"].head(3), stray["group"].head(3), strict=True
+                    stray["op"].head(3),
+                    stray["username"].head(3),
+                    stray["group"].head(3),
+                    strict=True,
                 )
             )
             return (
@@ -926,7 +933,9 @@ def load_target_sync(
     return result
 
 
-def _record_applied(store: Store, profile: str, target_plan: TargetPlan, result: LoadResult) -> None:
+def _record_applied(
+    store: Store, profile: str, target_plan: TargetPlan, result: LoadResult
+) -> None:
     """What the store knows was written to the target now (`usersync.delta`): the next delta
     run reads only what moves from here. A reconcile run that ended without a failure counts
     as the product's last reconcile."""

@@ -63,16 +63,16 @@ def account(world: dict[str, Any], product: str, name: str) -> dict[str, Any]:
         body = rest(world, "jira", "/user", username=name).raise_for_status().json()
         return {"email": body["emailAddress"], "active": body["active"]}
     if product == "confluence":
-        body = rest(
-            world, "confluence", "/user", username=name, expand="status,details.personal"
-        ).raise_for_status().json()
+        body = (
+            rest(world, "confluence", "/user", username=name, expand="status,details.personal")
+            .raise_for_status()
+            .json()
+        )
         email = (body.get("details") or {}).get("personal", {}).get("email")
         return {"email": email, "active": body["status"] == "Active"}
     body = rest(world, "bitbucket", f"/users/{name}").raise_for_status().json()
     grants = rest(world, "bitbucket", "/admin/permissions/users", filter=name).json()["values"]
-    licensed = any(
-        g["user"]["name"] == name and g["permission"] == "LICENSED_USER" for g in grants
-    )
+    licensed = any(g["user"]["name"] == name and g["permission"] == "LICENSED_USER" for g in grants)
     return {"email": body["emailAddress"], "active": licensed}
 
 
@@ -149,7 +149,9 @@ def test_a_delta_run_reconciles_once_the_last_reconcile_is_too_old(world) -> Non
     sync_all(world["store"], ("bitbucket",), mode="reconcile")
     profile = world["profile_dir"] / "profile.yaml"
     text = profile.read_text()
-    profile.write_text(text.replace("  precedence: 2", "  precedence: 2\n  reconcile_interval_hours: 0.00001"))
+    profile.write_text(
+        text.replace("  precedence: 2", "  precedence: 2\n  reconcile_interval_hours: 0.00001")
+    )
 
     plan = sync_all(world["store"], ("bitbucket",), mode="delta")["bitbucket"]
 

@@ -160,7 +160,9 @@ def test_deploy_all_ships_every_flow_and_nothing_that_writes_on_a_schedule(deplo
         assert name in (profile, f"{profile}-dry-run", f"{profile}-reconcile")  # its profile's
         assert f"profile:{profile}" in deployment.tags
         # Nothing of the deployer's machine: the code and settings are found at run time.
-        assert deployment.pull_steps == [{"usersync_tasks.deployment_steps.use_usersync_settings": {}}]
+        assert deployment.pull_steps == [
+            {"usersync_tasks.deployment_steps.use_usersync_settings": {}}
+        ]
         assert deployment.global_concurrency_limit is None  # the profile's lease instead
         assert all(not s.active for s in deployment.schedules), name
         properties = deployment.parameter_openapi_schema["properties"]

@@ -55,9 +55,7 @@ def _operations_of(store, flow_run_id: str) -> dict[str, set[str]]:
     """Per target, the user names the plans of that flow run's store runs name."""
     runs = store.runs(PROFILE)
     runs = runs.loc[runs["flow_run_id"] == flow_run_id]
-    return {
-        row.target: set(store.operations(int(row.id))["username"]) for row in runs.itertuples()
-    }
+    return {row.target: set(store.operations(int(row.id))["username"]) for row in runs.itertuples()}
 
 
 def test_a_scoped_delta_run_plans_only_the_identities_it_is_for(world) -> None:

@@ -87,12 +87,16 @@ def test_a_burst_of_changes_is_one_event_now_and_one_trailing(monkeypatch) -> No
 def test_without_a_prefect_api_nothing_is_emitted(monkeypatch) -> None:
     """emit_event without an API would start a temporary Prefect server: it is never called."""
     called: list[dict] = []
-    monkeypatch.setattr("usersync_tasks.inbox_events.emit_event", lambda **event: called.append(event))
+    monkeypatch.setattr(
+        "usersync_tasks.inbox_events.emit_event", lambda **event: called.append(event)
+    )
     monkeypatch.setattr("usersync_tasks.inbox_events.configured_api_url", lambda: None)
     assert inbox_event_callback()[0] is None
     InboxEventEmitter()("acme", {"method": "POST", "path": "/Users", "status": 201})
     assert called == []
-    monkeypatch.setattr("usersync_tasks.inbox_events.configured_api_url", lambda: "http://prefect/api")
+    monkeypatch.setattr(
+        "usersync_tasks.inbox_events.configured_api_url", lambda: "http://prefect/api"
+    )
     emitter, line = inbox_event_callback()
     assert isinstance(emitter, InboxEventEmitter) and "http://prefect/api" in line
     emitter("acme", {"method": "POST", "path": "/Users", "status": 201})

@@ -19,6 +19,8 @@ from usersync.sources.ldap import LdapSource
 BASE = "dc=contract,dc=example"
 PEOPLE = f"ou=people,{BASE}"
 GROUPS = f"ou=groups,{BASE}"
+
+
 #: Most of the bytes of a small read are the subschema entry, read first: a connection that
 #: drops then escapes as ldap3's own exception (`sources/ldap/decoding.py: base_entry` maps
 #: no communication error), not as the SourceUnreachableError the Source interface promises.

@@ -46,6 +46,7 @@ __all__ = [
     "store_url",
 ]
 
+
 @dataclass(frozen=True)
 class AppliedRecord:
     """What the last runs wrote to one product for one profile (see `usersync.delta`)."""

@@ -1292,7 +1292,9 @@ def _server_said(error: TargetError) -> str:
     message = None
     if isinstance(body, dict):
         inner = body.get("error")
-        message = body.get("message") or (inner.get("message") if isinstance(inner, dict) else inner)
+        message = body.get("message") or (
+            inner.get("message") if isinstance(inner, dict) else inner
+        )
     elif isinstance(body, str):
         message = body
     status = f"HTTP {error.status}" if error.status else "no HTTP status"
