@@ -73,7 +73,11 @@ def test_each_sync_deployment_is_its_profiles_and_lists_the_targets_to_choose_fr
     monkeypatch.delenv("USERSYNC_MAPPINGS_DIR", raising=False)
     profile = load_profile(deployment["parameters"]["profile"])
 
-    assert deployment["name"] in (profile.name, f"{profile.name}-dry-run")
+    assert deployment["name"] in (
+        profile.name,
+        f"{profile.name}-dry-run",
+        f"{profile.name}-reconcile",
+    )
     assert deployment["entrypoint"] == f"flows/profiles.py:{profile.name}"
     assert f"profile:{profile.name}" in deployment["tags"]
     if deployment["name"].endswith("-dry-run"):
