@@ -20,6 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import deployment as this_deployment
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
+from pydantic.fields import FieldInfo
 
 from usersync import (
     RUN_MODES,
@@ -53,6 +54,10 @@ def run_kind(mode: str, only: list[str] | None) -> RunKind:
     Raises:
         ConfigError: an unknown mode, or `only` with a reconcile run (which reads everything).
     """
+    # A caller of the flow's function itself (flows/profiles.py wraps it for each profile's
+    # deployment) gets the run form's Field objects as defaults: take their values.
+    mode = getattr(mode, "default", mode) if isinstance(mode, FieldInfo) else mode
+    only = getattr(only, "default", only) if isinstance(only, FieldInfo) else only
     if mode not in RUN_MODES:
         raise ConfigError(f"mode {mode!r}: unknown run kind (known: {', '.join(RUN_MODES)})")
     if only is not None and mode != "delta":
