@@ -386,39 +386,42 @@ def next_record(
     )
     desired_users = desired.users.set_index(desired.users["source_id"].astype(str))
     desired_users = desired_users[~desired_users.index.duplicated()]
-    # What was last written of a kept (rejected, active) user's account: it still holds it.
-    was_active = (
-        dict(zip(previous.users["source_id"].astype(str), previous.users["active"], strict=True))
-        if previous is not None
-        else {}
-    )
-
     covered = (
         set(users_fp.index) | set(linked.index) if scope is None else set(scope.users)
     ) - bad_users
-    rows = []
-    for sid in covered:
-        if sid not in linked.index:
-            continue  # not linked to an account (a conflict, a refusal): read again next time
-        entry = linked.loc[sid]
-        if sid in desired_users.index:
-            row = desired_users.loc[sid]
-            rows.append(
-                (
-                    sid,
-                    int(users_fp[sid]),
-                    str(entry["target_key"]),
-                    str(row["username"]),
-                    bool(row["active"]),
-                )
-            )
-        elif sid in users_fp.index and int(users_fp[sid]) == KEPT:
-            active = was_active.get(sid)
-            kept_active = True if active is None or pd.isna(active) else bool(active)
-            rows.append((sid, KEPT, str(entry["target_key"]), str(entry["name"]), kept_active))
-        else:
-            rows.append((sid, GONE, str(entry["target_key"]), str(entry["name"]), False))
-    fresh = pd.DataFrame(rows, columns=["source_id", "fingerprint", "target_key", "name", "active"])
+    # Only accounts linked now are recorded (a conflict or a refusal is read again next time).
+    entries = linked.loc[linked.index.isin(covered)]
+    sids = entries.index
+    in_desired = sids.isin(desired_users.index)
+    wanted = users_fp[~users_fp.index.duplicated()].reindex(sids)
+    kept = ~in_desired & (wanted == KEPT).to_numpy()
+    # What was last written of a kept (rejected, active) user's account: it still holds it.
+    if previous is not None:
+        before = previous.users.drop_duplicates("source_id", keep="last")
+        was_active = before.set_index(before["source_id"].astype(str))["active"].reindex(sids)
+    else:
+        was_active = pd.Series(pd.NA, index=sids, dtype="boolean")
+    kept_active = was_active.astype("boolean").fillna(True).to_numpy(dtype=bool)
+    desired_rows = desired_users.reindex(sids)
+    fresh = pd.DataFrame(
+        {
+            "source_id": sids,
+            "fingerprint": np.where(
+                in_desired, wanted.fillna(GONE).to_numpy(), np.where(kept, KEPT, GONE)
+            ),
+            "target_key": entries["target_key"].astype(str).to_numpy(),
+            "name": np.where(
+                in_desired,
+                desired_rows["username"].astype(str).to_numpy(),
+                entries["name"].astype(str).to_numpy(),
+            ),
+            "active": np.where(
+                in_desired,
+                desired_rows["active"].fillna(False).to_numpy(dtype=bool),
+                kept & kept_active,
+            ),
+        }
+    )
 
     managed = set(ledger.loc[ledger["kind"] == "group", "name"].dropna().astype(str).str.casefold())
     group_cover = (

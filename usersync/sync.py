@@ -941,6 +941,8 @@ def _record_applied(
     as the product's last reconcile."""
     if target_plan.fingerprints is None:
         return
+    if target_plan.scope is not None and target_plan.scope.empty:
+        return  # nothing moved, nothing was written: the record stands as it is
     failed = {o.seq for o in result.outcomes if o.status != "succeeded"}
     record = next_record(
         previous=target_plan.applied,
