@@ -339,7 +339,7 @@ def strays(plan: pd.DataFrame, scope: Scope, ledger: pd.DataFrame) -> pd.DataFra
     )
     source = plan["source_id"].astype("string").fillna("")
     source = source.where(
-        source != "", plan["target_key"].astype(str).map(key_to_source).fillna("")
+        source != "", plan["target_key"].astype(str).map(key_to_source).astype("string").fillna("")
     )
     in_users = source.isin(scope.users)
     group = plan["group"].astype("string").fillna("").str.casefold()
