@@ -15,7 +15,7 @@ import pytest
 
 from tests.targets import harness_bitbucket, harness_jira
 from tests.targets.conftest import TargetEnv
-from usersync.load import execute_plan
+from usersync.load import _phases, execute_plan
 from usersync.model import PLAN_COLUMNS, conform
 
 ADD_USERS = "/admin/groups/add-users"
@@ -134,3 +134,77 @@ def test_a_target_without_a_bulk_call_gets_one_call_per_membership(jira: TargetE
 
     assert result.failed == 0
     assert len([w for w in jira.emulator.app.writes() if w.method == "POST"]) == 3
+
+
+def plan_of(rows: list[dict]) -> pd.DataFrame:
+    """Operations from partial rows (op, username, group, target_key), numbered in order."""
+    blank = {c: "" for c in PLAN_COLUMNS}
+    frame = pd.DataFrame(
+        [{**blank, "target": "t", "seq": seq, **row} for seq, row in enumerate(rows, start=1)]
+    )
+    return conform(frame, PLAN_COLUMNS, what="plan")
+
+
+def test_a_leavers_access_ends_before_anything_else_is_written(jira: TargetEnv) -> None:
+    seed(jira, ["alice", "bob", "carol", "dana"], ["developers", "jira-administrators"])
+    jira.target.add_member("developers", "dana")
+    jira.target.add_member("jira-administrators", "bob")
+    jira.emulator.app.clear_log()
+    # In the plan's order of kinds: groups, accounts, memberships, deactivations.
+    plan = plan_of(
+        [
+            {"op": "create_group", "group": "testers"},
+            {"op": "add_membership", "username": "carol", "target_key": "k-c", "group": "testers"},
+            {
+                "op": "remove_membership",
+                "username": "dana",
+                "target_key": "k-d",
+                "group": "developers",
+            },
+            {
+                "op": "remove_membership",
+                "username": "bob",
+                "target_key": "k-b",
+                "group": "jira-administrators",
+            },
+            {"op": "deactivate_user", "username": "alice", "target_key": "k-a"},
+        ]
+    )
+
+    result = execute_plan(jira.target, plan, revoking_groups={"jira-administrators"})
+
+    assert result.failed == 0
+    writes = [
+        (w.method, w.path.rsplit("/", 1)[-1], w.query.get("username", ""))
+        for w in jira.emulator.app.writes()
+    ]
+    assert writes == [
+        ("PUT", "user", "alice"),  # the leaver first
+        ("DELETE", "user", "bob"),  # then out of the administrators
+        ("POST", "group", ""),
+        ("POST", "user", ""),  # carol into testers (the name is in the body)
+        ("DELETE", "user", "dana"),  # an ordinary removal keeps its place
+    ]
+    assert "bob" not in jira.emulator.group_members("jira-administrators")
+    assert not jira.emulator.user("alice").active
+
+
+def test_a_leader_is_deactivated_after_the_hand_over_the_product_wants_first() -> None:
+    plan = plan_of(
+        [
+            {"op": "create_user", "username": "new", "source_id": "s-new"},
+            {"op": "reassign_lead", "username": "lead", "target_key": "k-l"},
+            {"op": "deactivate_user", "username": "lead", "target_key": "k-l"},
+            {"op": "deactivate_user", "username": "gone", "target_key": "k-g"},
+        ]
+    )
+    rows = plan.astype(object).where(plan.notna(), "").to_dict("records")
+
+    order = [(op, r["username"]) for op, phase in _phases(rows, set()) for r in phase]
+
+    assert order == [
+        ("deactivate_user", "gone"),
+        ("create_user", "new"),
+        ("reassign_lead", "lead"),
+        ("deactivate_user", "lead"),
+    ]

@@ -1,7 +1,11 @@
 """Execute a plan against one target: phase by phase, bounded concurrency, failures isolated.
 
-Operations run in the plan's order of kinds (groups, then accounts, then memberships, then
-deactivations); within one kind they are independent and run at once, `max_workers` at a time,
+Revocations go first: the deactivations of accounts that lead nothing (a lead hands its
+projects over at the end, then goes) and the removals from groups that grant administration or
+access to the product (`revoking_groups`), before any creation or update of the same plan, so
+that a leaver's access ends as soon as possible. The rest runs in the plan's order of kinds
+(groups, then accounts, then memberships, then hand-overs and the remaining deactivations);
+within one kind they are independent and run at once, `max_workers` at a time,
 each in a greenlet on one asyncio loop (`usersync.cooperative`): the target modules stay plain
 code, their requests go out through `usersync.wire`, and no thread has to win the interpreter
 lock back for each answer, which on busy cores is what slowed a threaded load. One
@@ -25,7 +29,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -251,8 +255,9 @@ def execute_plan(
     *,
     max_workers: int = 4,
     on_outcomes: Callable[[list[Outcome]], None] | None = None,
+    revoking_groups: Collection[str] = (),
 ) -> LoadResult:
-    """Run `plan` against `target`.
+    """Run `plan` against `target`, revocations first.
 
     Every failure stays with its operation and its true dependants: only the memberships of
     an account whose creation failed, and those of a group whose creation failed, are
@@ -265,25 +270,53 @@ def execute_plan(
         plan: the planner's operations (`model.PLAN_COLUMNS`).
         max_workers: calls in flight at once within one kind of operation.
         on_outcomes: called after each phase with its outcomes (to record them as they happen).
+        revoking_groups: case-folded names of the groups whose removals run in the first phase
+            with the deactivations (the product's privileged and access groups).
 
     Returns:
         Every operation's outcome and whether the target was quarantined.
     """
     rows = plan.astype(object).where(plan.notna(), "").to_dict("records")
-    return cooperative.run(lambda: _execute(target, rows, max_workers, on_outcomes))
+    phases = _phases(rows, {str(g).casefold() for g in revoking_groups})
+    return cooperative.run(lambda: _execute(target, rows, phases, max_workers, on_outcomes))
+
+
+def _phases(rows: list[dict], revoking_groups: set[str]) -> list[tuple[str, list[dict]]]:
+    """The plan's rows in the order they run: revocations, then each kind of `OPERATIONS`.
+
+    A revocation is a deactivation of an account no hand-over is planned for (Jira refuses
+    to deactivate a lead, so those wait for their `reassign_lead`) or a removal from one of
+    `revoking_groups`. Each phase holds one kind of operation, so that bulk membership calls
+    and the skip rules keep working phase by phase."""
+    leads = {r["target_key"] for r in rows if r["op"] == "reassign_lead"}
+
+    def revokes(row: dict) -> bool:
+        if row["op"] == "deactivate_user":
+            return row["target_key"] not in leads
+        return row["op"] == "remove_membership" and row["group"].casefold() in revoking_groups
+
+    first = [r for r in rows if revokes(r)]
+    rest = [r for r in rows if not revokes(r)]
+    return [
+        *(
+            (op, [r for r in first if r["op"] == op])
+            for op in ("deactivate_user", "remove_membership")
+        ),
+        *((op, [r for r in rest if r["op"] == op]) for op in OPERATIONS),
+    ]
 
 
 def _execute(
     target: Target,
     rows: list[dict],
+    phases: list[tuple[str, list[dict]]],
     max_workers: int,
     on_outcomes: Callable[[list[Outcome]], None] | None,
 ) -> LoadResult:
     """`execute_plan`'s phases, on the loop of `cooperative.run`."""
     result = LoadResult()
     accounts = _Accounts(rows)
-    for op in OPERATIONS:
-        phase = [r for r in rows if r["op"] == op]
+    for op, phase in phases:
         if not phase:
             continue
         outcomes: list[Outcome] = []

@@ -310,6 +310,9 @@ class TargetPlan:
     alerts: tuple[str, ...] = ()
     #: groups (case-folded) no rule may land on: never recorded as managed
     refused_groups: frozenset[str] = frozenset()
+    #: groups (case-folded) that grant administration or access to the product: removals
+    #: from them run first, with the deactivations (`load.execute_plan`)
+    revoking_groups: frozenset[str] = frozenset()
     #: "reconcile" (everything read) or "delta" (only what changed read: `usersync.delta`)
     mode: str = RECONCILE
     #: why a run asked for as a delta run reconciled instead (None: it ran as asked)
@@ -798,6 +801,9 @@ def _plan_changes(
         foreign_names=plan_input.foreign_names,
         instance=instance,
         alerts=changes.alerts,
+        revoking_groups=plan_input.privileged_groups
+        | plan_input.access_groups
+        | {g.casefold() for g in profile.settings.groups.allow_privileged_groups},
         refused_groups=changes.refused_groups,
         mode=RECONCILE if scope is None else DELTA,
         scope=scope,
@@ -890,7 +896,13 @@ def load_target_sync(
 
     budget = loaded.profile.targets[target_plan.target].load_budget_seconds
     target.set_deadline(time.monotonic() + budget)
-    result = execute_plan(target, target_plan.plan, max_workers=max_workers, on_outcomes=record)
+    result = execute_plan(
+        target,
+        target_plan.plan,
+        max_workers=max_workers,
+        on_outcomes=record,
+        revoking_groups=target_plan.revoking_groups,
+    )
     plan = target_plan.plan
     _remember_refusals(store, loaded.profile.name, target_plan.target, plan, result)
     failed_groups = {
