@@ -102,7 +102,12 @@ def _serve(args: argparse.Namespace) -> int:
     _require_prefect_api()
     from usersync_flows.served import serve_profiles
 
-    serve_profiles(args.profile, limit=args.limit, poll_seconds=args.poll_seconds)
+    serve_profiles(
+        args.profile,
+        limit=args.limit,
+        poll_seconds=args.poll_seconds,
+        leaver_poll_seconds=args.leaver_poll_seconds,
+    )
     return 0
 
 
@@ -440,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "serve",
         help="serve each profile's offboarding deployment (sync/<profile>-offboarding) from this "
-        "process: a push disabling or deleting a user starts a delta run scoped to it within "
-        "seconds, without a worker; on $PREFECT_API_URL",
+        "process: a push disabling or deleting a user (or, for an incremental LDAP source, a "
+        "poll finding one disabled) starts a delta run scoped to it within seconds, without a "
+        "worker; on $PREFECT_API_URL",
     )
     p.add_argument("profile", nargs="+", help="the profiles to serve")
     p.add_argument(
@@ -458,6 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="how often to ask Prefect for runs to start (default 1; Prefect's own default, "
         "PREFECT_RUNNER_POLL_FREQUENCY, is 10: every triggered run would wait up to that long)",
+    )
+    p.add_argument(
+        "--leaver-poll-seconds",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="for profiles whose LDAP source reads incrementally: how often to ask the "
+        "directory for users disabled since the last run, each found starting an offboarding "
+        "run (default 15; 0: no poll)",
     )
     p.set_defaults(func=_serve)
 

@@ -8,6 +8,10 @@ process holds the flow in memory (no entrypoint to load, no worker to pull code)
 for runs every `poll_seconds` (Prefect's default, PREFECT_RUNNER_POLL_FREQUENCY, is 10 s: the
 latency of every run it takes). Each run still starts in a process of its own, which imports
 usersync (Prefect's runner spawns it): the bench/offboarding.py figures count that.
+
+For a profile whose LDAP source reads incrementally, the process also polls the directory for
+users disabled since the last run (tasks/leaver_poll.py, every `leaver_poll_seconds`), and the
+same deployment triggers on what the poll emits (`usersync.source.offboarded`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from usersync_flows.sync import sync
 from usersync_tasks.inbox_events import OFFBOARDED_EVENT, profile_resource
+from usersync_tasks.leaver_poll import (
+    POLL_EVERY_SECONDS,
+    SOURCE_OFFBOARDED_EVENT,
+    LeaverPoller,
+    pollable,
+)
 
 #: How often the serving process asks for runs to start (seconds), unless told otherwise.
 POLL_SECONDS = 1.0
@@ -28,7 +38,8 @@ def offboarding_deployment(profile: str) -> RunnerDeployment:
         name=f"{profile}-offboarding",
         description=(
             f"Offboarding of profile {profile}: a push into its inbox that disables or deletes "
-            "a user triggers a delta run scoped to that user (deactivated first, in seconds). "
+            "a user, or a poll of its LDAP source that finds one disabled, triggers a delta run "
+            "scoped to that user (deactivated first, in seconds). "
             "Served by `usersync serve`; the scheduled runs are the profile's own deployments."
         ),
         parameters={"profile": profile, "mode": "delta"},
@@ -36,7 +47,7 @@ def offboarding_deployment(profile: str) -> RunnerDeployment:
         triggers=[
             DeploymentEventTrigger(
                 name=f"{profile}: offboarding push",
-                expect={OFFBOARDED_EVENT},
+                expect={OFFBOARDED_EVENT, SOURCE_OFFBOARDED_EVENT},
                 match={"prefect.resource.id": profile_resource(profile)["prefect.resource.id"]},
                 parameters={
                     "profile": profile,
@@ -49,12 +60,26 @@ def offboarding_deployment(profile: str) -> RunnerDeployment:
 
 
 def serve_profiles(
-    profiles: list[str], *, limit: int = 4, poll_seconds: float = POLL_SECONDS
+    profiles: list[str],
+    *,
+    limit: int = 4,
+    poll_seconds: float = POLL_SECONDS,
+    leaver_poll_seconds: float = POLL_EVERY_SECONDS,
 ) -> None:
-    """Serve every profile's offboarding deployment from this process until it is stopped."""
-    serve(
-        *[offboarding_deployment(p) for p in profiles],
-        limit=limit,
-        query_seconds=poll_seconds,
-        pause_on_shutdown=False,
-    )
+    """Serve every profile's offboarding deployment from this process until it is stopped, and
+    poll the incremental LDAP sources among them for leavers (`leaver_poll_seconds` 0: not)."""
+    poller = None
+    polled = pollable(profiles) if leaver_poll_seconds > 0 else []
+    if polled:
+        poller = LeaverPoller(polled, leaver_poll_seconds)
+        poller.start()
+    try:
+        serve(
+            *[offboarding_deployment(p) for p in profiles],
+            limit=limit,
+            query_seconds=poll_seconds,
+            pause_on_shutdown=False,
+        )
+    finally:
+        if poller is not None:
+            poller.stop()

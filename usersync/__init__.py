@@ -32,6 +32,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "select_targets": ("usersync.sync", "select_targets"),
     "shared_instance_warnings": ("usersync.sync", "shared_instance_warnings"),
     "extract": ("usersync.sync", "extract"),
+    "poll_source_leavers": ("usersync.sync", "poll_source_leavers"),
     "transform": ("usersync.sync", "transform"),
     "plan_target_sync": ("usersync.sync", "plan_target_sync"),
     "load_target_sync": ("usersync.sync", "load_target_sync"),

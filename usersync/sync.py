@@ -71,7 +71,12 @@ from usersync.plan import PlanInput, plan_changes
 from usersync.plugins import load_class
 from usersync.sources import open_source
 from usersync.sources.base import ProgressCallback
-from usersync.sources.watermark import extract_with_watermark, incremental_enabled
+from usersync.sources.watermark import (
+    Leavers,
+    extract_with_watermark,
+    incremental_enabled,
+    poll_leavers,
+)
 from usersync.store import AppliedRecord, LedgerEntry, Store
 from usersync.targets import TARGET_CLASSES, open_target
 from usersync.targets.base import Target
@@ -229,6 +234,18 @@ def extract(
             snapshot = source.extract(attributes)
     check_source(snapshot, loaded.profile.settings)
     return snapshot
+
+
+def poll_source_leavers(
+    loaded: LoadedProfile, store: Store, *, load_prefect_secret: SecretLoader | None = None
+) -> Leavers | None:
+    """The users the profile's LDAP source disabled since its last successful run (an
+    incremental poll: `sources.watermark.poll_leavers`), or None when the source does not
+    read incrementally (not LDAP, or `incremental.enabled` off). Writes nothing."""
+    with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
+        if not incremental_enabled(source):
+            return None
+        return poll_leavers(source, loaded.profile.name, loaded.tables.source_attributes(), store)
 
 
 def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> DesiredState:

@@ -26,7 +26,7 @@ from usersync.errors import UsersyncError
 from usersync.mapping import load_tables
 from usersync.model import SourceSnapshot
 from usersync.sources.ldap import LdapSource
-from usersync.sources.watermark import advance_watermark
+from usersync.sources.watermark import advance_watermark, poll_leavers
 from usersync.store import Store
 from usersync.store.schema import source_watermarks
 
@@ -67,6 +67,12 @@ class IncrementalOu:
     def set_mail(self, sam: str, mail: str) -> None:
         conn = admin_connection(self.directory.dc)
         assert conn.modify(self.user_dn(sam), {"mail": [(MODIFY_REPLACE, [mail])]}), conn.result
+        conn.unbind()
+
+    def disable_user(self, sam: str) -> None:
+        conn = admin_connection(self.directory.dc)
+        change = {"userAccountControl": [(MODIFY_REPLACE, ["546"])]}  # + ACCOUNTDISABLE
+        assert conn.modify(self.user_dn(sam), change), conn.result
         conn.unbind()
 
     def delete_user(self, sam: str) -> None:
@@ -304,3 +310,30 @@ def test_failed_or_dry_run_does_not_advance_the_watermark(
         assert "1 changed user(s)" in again.notes[0]
     assert stored_usn(store) > before
     assert emulator.user("inc2").email == "inc2.changed@example.test"
+
+
+def test_a_poll_names_the_users_disabled_since_the_last_run_and_nothing_else(
+    ou: IncrementalOu, store: Store, tmp_path: Path
+) -> None:
+    ou.add_user("inc-leaver", groups=("inc-team",))
+    emulator = JiraEmulator(admin=("admin", JIRA_PASSWORD))
+    with serve(emulator.app) as url, LdapSource.from_config(ou.config()) as source:
+        loaded = loaded_profile(ou, tmp_path, url)
+        assert poll_leavers(source, "ad-inc", ATTRIBUTES, store).reason == (
+            "no watermark or cached snapshot yet"
+        )
+        synced = run_sync(loaded, store)
+        ids = dict(zip(synced.users["sAMAccountName"], synced.users["source_id"], strict=True))
+        before = stored_usn(store)
+        assert poll_leavers(source, "ad-inc", ATTRIBUTES, store).source_ids == ()
+
+        ou.disable_user("inc-leaver")
+        ou.set_mail("inc3", "inc3.moved@example.test")  # changed, still active: no leaver
+        polled = poll_leavers(source, "ad-inc", ATTRIBUTES, store)
+
+        assert polled.source_ids == (ids["inc-leaver"],) and polled.changed == 2
+        assert stored_usn(store) == before  # a poll moves nothing
+        # The run it starts deactivates the leaver and moves the mark: no longer news.
+        run_sync(loaded, store)
+        assert emulator.user("inc-leaver").active is False
+        assert poll_leavers(source, "ad-inc", ATTRIBUTES, store).source_ids == ()

@@ -20,7 +20,7 @@ from tests.store_reading import saved_watermark
 from usersync.config import LdapSourceConfig, SecretRef, load_profile
 from usersync.model import SourceSnapshot
 from usersync.sources.ldap import LdapSource
-from usersync.sources.watermark import advance_watermark, extract_with_watermark
+from usersync.sources.watermark import advance_watermark, extract_with_watermark, poll_leavers
 from usersync.store import Store
 
 BASE = "dc=example,dc=org"
@@ -297,3 +297,34 @@ targets:
     source = load_profile("openldap-inc", root=tmp_path).source
     assert isinstance(source, LdapSourceConfig)
     assert source.flavour == "openldap" and source.incremental.enabled
+
+
+def test_a_poll_names_the_users_disabled_since_the_last_run(
+    directory: Directory, store: Store
+) -> None:
+    config = {"disabled_filter": "(employeeType=left)"}
+    with LdapSource.from_config(directory.config(**config)) as source:
+        assert poll_leavers(source, PROFILE, ATTRIBUTES, store).reason == (
+            "no watermark or cached snapshot yet"
+        )
+        first = read(directory, store, **config)
+        ids = dict(zip(first.users["uid"], first.users["source_id"], strict=True))
+        synced(store, first)
+        assert poll_leavers(source, PROFILE, ATTRIBUTES, store) == poll_leavers(
+            source, PROFILE, ATTRIBUTES, store
+        )
+        assert poll_leavers(source, PROFILE, ATTRIBUTES, store).source_ids == ()
+
+        directory.modify(user_dn("u2"), {"employeeType": [(MODIFY_REPLACE, ["left"])]})
+        directory.set_mail("u3", "u3.moved@ex.org")  # changed, still active: no leaver
+        polled = poll_leavers(source, PROFILE, ATTRIBUTES, store)
+        assert polled.source_ids == (ids["u2"],) and polled.reason is None
+
+        # The run that deactivates u2 moves the watermark: no longer news.
+        synced(store, read(directory, store, **config))
+        assert poll_leavers(source, PROFILE, ATTRIBUTES, store).source_ids == ()
+
+        # Another scope (here: the attributes the mapping reads) spoils the mark: no guess.
+        assert poll_leavers(source, PROFILE, [*ATTRIBUTES, "cn"], store).reason == (
+            "the source settings or the mapped attributes changed since the watermark"
+        )

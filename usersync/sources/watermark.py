@@ -392,3 +392,68 @@ def _server(position: DirectoryPosition) -> str:
 def _filetime(moment: datetime) -> int:
     """A moment as AD's FILETIME (100 ns intervals since 1601-01-01 UTC)."""
     return int((moment.timestamp() + FILETIME_UNIX_OFFSET_SECONDS) * 10_000_000)
+
+
+@dataclass(frozen=True)
+class Leavers:
+    """What `poll_leavers` found: source ids of users the source disabled since the last run
+    synced them active, or why it could not tell (`reason`, with `source_ids` empty)."""
+
+    source_ids: tuple[str, ...] = ()
+    reason: str | None = None
+    changed: int = 0  # users changed since the watermark
+
+
+def poll_leavers(
+    source: LdapSource,
+    profile: str,
+    attributes: Sequence[str],
+    store: Store,
+    *,
+    now: datetime | None = None,
+) -> Leavers:
+    """The users disabled in the directory since the profile's watermark: an incremental
+    LDAP poll that finds a leaver, for a run scoped to them (`usersync poll-leavers`).
+
+    Reads the server's position and searches only the entries changed after the stored
+    watermark (AD `uSNChanged`, OpenLDAP `entryCSN`; on AD also the accounts that expired
+    since the last read); a changed user who is inactive now and active in the snapshot the
+    last successful run cached is a leaver. Nothing is saved: the watermark moves with the
+    run that deactivates them, after which they are no longer news. Deleted entries and
+    entries that left the scope are not seen (as with any incremental read): the next full
+    read catches them.
+
+    Without a usable watermark (none yet, another server, the scope or the mapped attributes
+    changed, the mark went back, no contextCSN) nothing can be told: `reason` says why.
+    """
+    now = now or datetime.now(UTC)
+    config = source.config
+    try:
+        stored, saved = store.source_checkpoint(profile)
+    except KeyError:
+        stored, saved = None, StoredSnapshot({})
+    if "users" not in saved.bodies:
+        stored = None
+    position = source.position()
+    reason = full_read_reason(
+        stored,
+        position,
+        scope_fingerprint(config, attributes),
+        # A full read being due does not spoil the mark: asked as of the last full read.
+        now=stored.full_read_at if stored is not None else now,
+        full_every_hours=1.0,
+    )
+    if reason is not None or stored is None:
+        return Leavers(reason=reason or "no watermark yet")
+    expiry = None
+    if config.flavour == "active_directory" and config.inactive_accounts == "disabled_or_expired":
+        expiry = (_filetime(stored.read_at), _filetime(now))
+    found = source.search_changes(attributes, since=stored.usn, expired_between=expiry)
+    changed = found.users
+    if not len(changed):
+        return Leavers()
+    cached = StoredSnapshot({"users": saved.bodies["users"]}).parts()["users"]
+    was_active = cached.loc[cached["active"].fillna(False).astype(bool), "source_id"]
+    now_inactive = ~changed["active"].fillna(False).astype(bool)
+    left = changed.loc[now_inactive & changed["source_id"].isin(was_active), "source_id"]
+    return Leavers(tuple(dict.fromkeys(left.astype(str))), changed=len(changed))
