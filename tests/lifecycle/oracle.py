@@ -20,7 +20,8 @@ that hypothesis reports each as a distinct failure):
    and no second account appears.
 5. Deprovisioning wins over rejection: a managed account whose source user is disabled or gone
    is inactive, also when that user is now rejected.
-6. A user deleted and re-created with the same username takes over the old account.
+6. A user deleted and re-created with the same username takes over the old account, if the
+   account's e-mail is the new user's (otherwise, a person other than the account's: refused).
 7. Managed groups are every target group a rule has mapped at some point. In a managed group,
    each managed active account is a member exactly when the source says so; memberships of
    unmanaged accounts and in unmanaged groups are never touched; deactivated managed accounts
@@ -339,10 +340,16 @@ def expect(
             ):
                 resolutions[f.ident] = Resolution(f.ident, holder.key, "adopted")
                 names_checked.add(f.ident)
-        elif owner.get(holder.key) not in facts or (
-            f.enabled and (facts[owner[holder.key]].rejected or "").startswith(SHADOWED)
+        elif (
+            owner.get(holder.key) not in facts
+            or (f.enabled and (facts[owner[holder.key]].rejected or "").startswith(SHADOWED))
+        ) and (
+            not ADOPT_ONLY_WITH_MATCHING_EMAIL
+            or holder.email.casefold() == (f.email or "").casefold()
         ):
-            # Gone, or disabled and shadowed by this user: a re-hire takes the account over.
+            # Gone, or disabled and shadowed by this user: a re-hire takes the account over, as
+            # the adoption policy would let it take any account (a new person with the old
+            # one's username and another e-mail is not them: the old account stays theirs).
             resolutions[f.ident] = Resolution(f.ident, holder.key, "taken over")
             names_checked.add(f.ident)
         elif f.enabled and moves_away(holder.key, frozenset()):
