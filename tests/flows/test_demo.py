@@ -98,6 +98,9 @@ def test_a_pinned_slapd_port_answers_ldap_and_a_taken_one_is_refused_by_name():
         assert [str(e.mail) for e in connection.entries] == ["asmith@example.org"]
         connection.unbind()
     with socket.socket() as taken:
+        # The connection just closed may leave the port in TIME_WAIT: a listener of our own
+        # needs SO_REUSEADDR (slapd's would still be refused while this one listens).
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", port))
         taken.listen()
         with pytest.raises(SlapdError, match=f"pinned port 127.0.0.1:{port}: it is in use"):
