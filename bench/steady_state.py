@@ -49,7 +49,7 @@ import httpx
 
 from usersync import sync
 from usersync.store import Store
-from usersync.store.schema import inbox_members, inbox_resources
+from usersync.store.schema import inbox_generations, inbox_members, inbox_resources
 
 PROFILE = "steady"
 PASSWORD = "bench-admin-secret"
@@ -244,6 +244,8 @@ def fill_inbox(store: Store, users: int, groups: int, per_user: int) -> None:
                 batch = []
         if batch:
             conn.execute(inbox_members.insert(), batch)
+        # What the inbox counts of the changes it accepted (seeded here as one change).
+        conn.execute(inbox_generations.insert().values(profile=PROFILE, generation=1))
 
 
 def change_one_percent(store: Store, users: int, groups: int, per_user: int) -> dict[str, int]:
@@ -288,6 +290,11 @@ def change_one_percent(store: Store, users: int, groups: int, per_user: int) -> 
                 ],
             )
             seq += 1
+        conn.execute(
+            inbox_generations.update()
+            .where(inbox_generations.c.profile == PROFILE)
+            .values(generation=inbox_generations.c.generation + 1)
+        )
     return {"changed": len(changed), "moved": len(movers)}
 
 

@@ -7,14 +7,14 @@ then report. A target that fails (unreachable, refused credentials, a guard, a f
 partial load) fails alone: the others complete, and the run ends Failed with every target's
 outcome in the summary artifact and the store. The guards are the engine's
 (`usersync.guards`); a target they stop emits `usersync.sync.braked` (tasks/report.py). A run
-reconciles (reads everything) or, `mode="delta"`, reads what changed (`usersync.delta`);
-`only` scopes a delta run to some identities (an offboarding, tasks/inbox_events.py).
+reconciles (reads everything) or, `mode="delta"`, reads what changed (`usersync.delta`,
+nothing when the source's mark has not moved); `only` scopes it (an offboarding).
 
 One run of a profile at a time: the profile's lease (`usersync.lease`, `runs.profile_turn`),
 held through an approval pause; a deployment run finding it busy queues, or ends Skipped when
 one already does (not Prefect's deployment concurrency limit: Prefect frees it when a run
-pauses, then cancels the paused run). Each target's client is opened, and its secret resolved,
-once per run (`RunTargets`). Parameters carry names only, never secrets.
+pauses, then cancels it). Each target's client is opened, its secret resolved, once per run
+(`RunTargets`). Parameters carry names only, never secrets.
 """
 
 from __future__ import annotations
@@ -166,12 +166,12 @@ def _sync_profile(
 ) -> tuple[SourceSnapshot, list[TargetOutcome]]:
     """Extract once, then every target at once, each renewing the profile's lease as it goes.
 
-    A target whose plan trips the brake waits, where someone can be asked (a deployment run
-    or a terminal), for an approval; the others load meanwhile. An approved target is planned
-    again from a fresh read and loads only if its destructive operations are the approved
-    ones; otherwise the new plan is put to the approver.
-    """
+    A braked target waits for an approval where someone can be asked; the others load. An
+    approved target is planned again from a fresh read and loads only if its destructive
+    operations are the approved ones; otherwise the new plan is put to the approver."""
     profile = loaded.profile.name
+    if (quiet := steps.unchanged(loaded, chosen, dry_run, kind)) is not None:
+        return quiet  # a delta run, and the source says nothing changed: nothing to read
     try:
         snapshot = steps.extract(loaded, full)
     except Exception as exc:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from usersync_tasks import report
+from usersync_tasks import report, runs
 from usersync_tasks.progress import OperationCounter, calls_planned, extract_progress, load_progress
 from usersync_tasks.retry import retry_transient
+from usersync_tasks.runs import RunKind
 from usersync_tasks.secrets import load_prefect_secret
 
 import usersync as engine
@@ -24,9 +25,12 @@ from usersync import (
     SourceSnapshot,
     Store,
     Target,
+    TargetOutcome,
     TargetPlan,
+    UnchangedSnapshot,
     UsersyncError,
     conflict_lines,
+    record_outcome,
 )
 
 SIDE_EFFECT_FREE = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -88,6 +92,37 @@ def extract(loaded: LoadedProfile, full: bool = False) -> SourceSnapshot:
     for note in snapshot.notes:
         get_run_logger().warning(note)
     return snapshot
+
+
+@task(name="unchanged-source", **SIDE_EFFECT_FREE)
+def unchanged(
+    loaded: LoadedProfile, chosen: list[str], dry_run: bool, kind: RunKind
+) -> tuple[SourceSnapshot, list[TargetOutcome]] | None:
+    """For a delta run of every identity whose source says nothing changed since the last
+    run of each target (`usersync.unchanged_source`): each target's run, recorded as done with
+    nothing planned. None otherwise (the run reads the source as usual)."""
+    if kind.mode != "delta" or kind.only is not None:
+        return None
+    profile = loaded.profile.name
+    store = Store.open()
+    try:
+        why = engine.unchanged_source(
+            loaded, chosen, store, load_prefect_secret=load_prefect_secret
+        )
+        if why is None:
+            return None
+        get_run_logger().info("%s", why)
+        snapshot = UnchangedSnapshot.of(why, store.last_source_counts(profile))
+        outcomes = []
+        for name in chosen:
+            run_id = store.start_run(profile, name, dry_run=dry_run, flow_run_id=runs.run_id())
+            status = "planned" if dry_run else "succeeded"
+            outcome = TargetOutcome(target=name, status=status, run_id=run_id, mode="delta")
+            record_outcome(store, outcome, snapshot)
+            outcomes.append(outcome)
+        return snapshot, outcomes
+    finally:
+        store.close()
 
 
 @task(name="transform", task_run_name="transform-{target}", **SIDE_EFFECT_FREE)

@@ -33,6 +33,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "shared_instance_warnings": ("usersync.sync", "shared_instance_warnings"),
     "extract": ("usersync.sync", "extract"),
     "poll_source_leavers": ("usersync.sync", "poll_source_leavers"),
+    "unchanged_source": ("usersync.sync", "unchanged_source"),
+    "UnchangedSnapshot": ("usersync.sync", "UnchangedSnapshot"),
     "transform": ("usersync.sync", "transform"),
     "plan_target_sync": ("usersync.sync", "plan_target_sync"),
     "load_target_sync": ("usersync.sync", "load_target_sync"),

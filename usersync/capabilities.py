@@ -91,6 +91,16 @@ class UserLookup(Protocol):
         ...
 
 
+class ChangeMarked(Protocol):
+    """A source that can say cheaply whether anything changed: a mark that moves with every
+    change (the inbox's generation). A delta run finding the mark where the last run of every
+    target left it reads nothing (`sync.unchanged_source`)."""
+
+    def change_mark(self) -> str | None:
+        """The mark now; None when the source cannot tell (then the source is read)."""
+        ...
+
+
 class IncrementalSource(Protocol):
     """A source that reads only what changed since a watermark (LDAP: AD's uSNChanged,
     OpenLDAP's entryCSN). `sources/watermark.py` merges the changes into the snapshot of the
@@ -129,6 +139,7 @@ CAPABILITY_MEMBERS: dict[type, tuple[str, ...]] = {
     BulkMembershipWriter: ("add_members",),
     AttributeChecker: ("check_attributes",),
     UserLookup: ("find_users", "user_groups", "entry_attributes"),
+    ChangeMarked: ("change_mark",),
     IncrementalSource: (
         "config",
         "position",

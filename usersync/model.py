@@ -201,6 +201,9 @@ class SourceSnapshot:
     memberships: pd.DataFrame
     source_kind: str = ""
     notes: tuple[str, ...] = field(default=())
+    #: the source's change mark, taken before the read (`capabilities.ChangeMarked`); None
+    #: when the source cannot tell
+    change_mark: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -219,6 +222,8 @@ class DesiredState:
     groups: pd.DataFrame
     memberships: pd.DataFrame
     rejected: pd.DataFrame
+    #: the change mark of the snapshot it was made from (`SourceSnapshot.change_mark`)
+    source_mark: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ import time
 from collections.abc import Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from usersync.capabilities import AccountGroupsReader, offers
+from usersync.capabilities import AccountGroupsReader, ChangeMarked, offers
 from usersync.config import (
     Profile,
     SecretLoader,
@@ -57,6 +57,9 @@ from usersync.model import (
     LEAD_COLUMNS,
     PLAN_COLUMNS,
     REJECTED_USER_COLUMNS,
+    SOURCE_GROUP_COLUMNS,
+    SOURCE_MEMBERSHIP_COLUMNS,
+    SOURCE_USER_COLUMNS,
     TARGET_GROUP_COLUMNS,
     TARGET_MEMBERSHIP_COLUMNS,
     TARGET_USER_COLUMNS,
@@ -226,6 +229,8 @@ def extract(
     with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
         source.on_progress = on_progress
         attributes = loaded.tables.source_attributes()
+        # Taken before the read: a change made during it moves the mark past this one.
+        mark = source.change_mark() if offers(source, ChangeMarked) else None
         if store is not None and incremental_enabled(source):
             snapshot = extract_with_watermark(
                 source, loaded.profile.name, attributes, store, full=full
@@ -233,7 +238,7 @@ def extract(
         else:
             snapshot = source.extract(attributes)
     check_source(snapshot, loaded.profile.settings)
-    return snapshot
+    return replace(snapshot, change_mark=mark)
 
 
 def poll_source_leavers(
@@ -250,9 +255,77 @@ def poll_source_leavers(
 
 def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> DesiredState:
     """Apply the mapping tables for one target."""
-    return desired_state(
+    desired = desired_state(
         snapshot, loaded.tables, target, groups_settings=loaded.profile.settings.groups
     )
+    return replace(desired, source_mark=snapshot.change_mark)
+
+
+def unchanged_source(
+    loaded: LoadedProfile,
+    targets: Collection[str],
+    store: Store,
+    *,
+    load_prefect_secret: SecretLoader | None = None,
+) -> str | None:
+    """Why a delta run of `targets` has nothing to read, plan or write, or None.
+
+    That is so when the source's change mark (`capabilities.ChangeMarked`: the inbox's count
+    of accepted changes) and the profile's rules are what every target's record says it
+    holds everything of (`source_mark`: recorded only by a run that planned from the whole
+    source and ended without a failure), and no target's reconcile is due. Reads the mark and
+    one row per target; None when the source cannot tell, and the run reads as usual.
+    """
+    marks = store.applied_marks(loaded.profile.name)
+    settings = loaded.profile.settings
+    now = datetime.now(UTC)
+    for name in targets:
+        mark, reconciled_at = marks.get(name, (None, None))
+        due = reconciled_at is None or now - reconciled_at > timedelta(
+            hours=settings.reconcile_interval_hours
+        )
+        if mark is None or due:
+            return None
+    with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
+        now_mark = source.change_mark() if offers(source, ChangeMarked) else None
+    if now_mark is None:
+        return None
+    current = source_mark_of(loaded, now_mark)
+    if any(marks[name][0] != current for name in targets):
+        return None
+    return (
+        f"delta run: nothing changed in the source since the last run of every target "
+        f"({now_mark}, same rules): nothing read, planned or written"
+    )
+
+
+@dataclass(frozen=True)
+class UnchangedSnapshot(SourceSnapshot):
+    """Stands for a source a delta run did not read, since nothing changed in it
+    (`unchanged_source`): no rows, and the counts of the profile's last run that read it."""
+
+    known_counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, why: str, counts: dict[str, int] | None) -> UnchangedSnapshot:
+        return cls(
+            empty_frame(SOURCE_USER_COLUMNS),
+            empty_frame(SOURCE_GROUP_COLUMNS),
+            empty_frame(SOURCE_MEMBERSHIP_COLUMNS),
+            notes=(why,),
+            known_counts=dict(counts or {}),
+        )
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.known_counts)
+
+
+def source_mark_of(loaded: LoadedProfile, change_mark: str) -> str:
+    """The mark a record keeps: the source's change mark and a hash of everything that makes
+    the desired state of it (the profile and its mapping tables)."""
+    rules = loaded.profile.model_dump_json() + repr(loaded.tables)
+    return f"{change_mark} rules {hashlib.sha256(rules.encode()).hexdigest()[:16]}"
 
 
 def protected_usernames(
@@ -339,6 +412,9 @@ class TargetPlan:
     applied: AppliedRecord | None = None
     fingerprints: tuple[pd.Series, pd.Series] | None = None
     basis: str = ""
+    #: what the record may keep as its source mark once loaded without failure (None: not
+    #: the whole source was planned from, or it has no mark)
+    source_mark: str | None = None
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.plan["op"].value_counts().items()}
@@ -604,6 +680,10 @@ def plan_target_sync(
         level = logging.INFO if version.supported else logging.WARNING
         log.log(level, "%s '%s': %s", target.product, target_name, version)
     profile = loaded.profile
+    # Only a plan from the whole source may vouch for the source's mark (not one scoped).
+    mark = None
+    if desired.source_mark is not None and only is None:
+        mark = source_mark_of(loaded, desired.source_mark)
     desired, refused_groups = _as_target_stores(desired, target)
     desired = _without_refused(desired, store, profile.name, target_name)
     ledger = store.ledger(profile.name, target_name)
@@ -637,13 +717,14 @@ def plan_target_sync(
                 applied=record,
                 fingerprints=fingerprints,
                 basis=basis,
+                source_mark=mark,
             )
         plan = _plan_changes(
             loaded, target_name, target, desired, store, ledger, refused_groups, scope, record
         )
         if isinstance(plan, TargetPlan):
             return _braked_unless(
-                replace(plan, fingerprints=fingerprints, basis=basis),
+                replace(plan, fingerprints=fingerprints, basis=basis, source_mark=mark),
                 loaded,
                 allow_mass_changes,
             )
@@ -655,7 +736,7 @@ def plan_target_sync(
     )
     assert isinstance(plan, TargetPlan)
     return _braked_unless(
-        replace(plan, mode_reason=reason, fingerprints=fingerprints, basis=basis),
+        replace(plan, mode_reason=reason, fingerprints=fingerprints, basis=basis, source_mark=mark),
         loaded,
         allow_mass_changes,
     )
@@ -970,8 +1051,14 @@ def _record_applied(
     as the product's last reconcile."""
     if target_plan.fingerprints is None:
         return
+    clean = result.status == "succeeded"
     if target_plan.scope is not None and target_plan.scope.empty:
-        return  # nothing moved, nothing was written: the record stands as it is
+        # Nothing moved, nothing was written: the record stands; it holds the source as of
+        # this mark too (a change the mapping does not read moved the mark, not the record).
+        previous = target_plan.applied
+        if target_plan.source_mark and previous and previous.source_mark != target_plan.source_mark:
+            store.mark_applied_state(profile, target_plan.target, target_plan.source_mark)
+        return
     failed = {o.seq for o in result.outcomes if o.status != "succeeded"}
     record = next_record(
         previous=target_plan.applied,
@@ -984,9 +1071,11 @@ def _record_applied(
         failed_seqs=failed,
         basis=target_plan.basis,
         now=datetime.now(UTC),
-        reconciled=target_plan.mode == RECONCILE and result.status == "succeeded",
+        reconciled=target_plan.mode == RECONCILE and clean,
     )
-    store.save_applied_state(profile, target_plan.target, record)
+    # A failure leaves something the record does not hold: the mark then vouches for nothing.
+    mark = target_plan.source_mark if clean and not failed else None
+    store.save_applied_state(profile, target_plan.target, replace(record, source_mark=mark))
 
 
 def open_target_for(

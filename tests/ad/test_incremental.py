@@ -337,3 +337,25 @@ def test_a_poll_names_the_users_disabled_since_the_last_run_and_nothing_else(
         run_sync(loaded, store)
         assert emulator.user("inc-leaver").active is False
         assert poll_leavers(source, "ad-inc", ATTRIBUTES, store).source_ids == ()
+
+
+def test_a_delta_run_knows_from_the_usn_alone_that_nothing_changed(
+    ou: IncrementalOu, store: Store, tmp_path: Path
+) -> None:
+    emulator = JiraEmulator(admin=("admin", JIRA_PASSWORD))
+    with serve(emulator.app) as url:
+        loaded = loaded_profile(ou, tmp_path, url, inactive_accounts="disabled")
+        assert sync.unchanged_source(loaded, ["jira"], store) is None  # nothing written yet
+        run_sync(loaded, store)
+        quiet = sync.unchanged_source(loaded, ["jira"], store)
+        assert quiet is not None and "nothing changed in the source" in quiet and "USN" in quiet
+
+        ou.set_mail("inc4", "inc4.quiet@example.test")
+        assert sync.unchanged_source(loaded, ["jira"], store) is None  # the USN moved
+        run_sync(loaded, store)
+        assert sync.unchanged_source(loaded, ["jira"], store) is not None
+        assert emulator.user("inc4").email == "inc4.quiet@example.test"
+
+    # Where an account may expire (the default), the USN cannot vouch: the source is read.
+    expiring = loaded_profile(ou, tmp_path, "http://127.0.0.1:9")
+    assert sync.unchanged_source(expiring, ["jira"], store) is None

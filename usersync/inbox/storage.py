@@ -39,7 +39,7 @@ from scim2_server.memory import InMemoryStorage
 from scim2_server.storage import SearchPage
 
 from usersync.inbox.writer import Statements, StoreWriter
-from usersync.store.schema import inbox_members, inbox_resources
+from usersync.store.schema import inbox_generations, inbox_members, inbox_resources
 
 USER = "User"
 GROUP = "Group"
@@ -67,6 +67,14 @@ _UPDATE_RESOURCE = (
     )
 )
 _DELETE_RESOURCE = inbox_resources.delete().where(_RESOURCE)
+_BUMP_GENERATION = (
+    inbox_generations.update()
+    .where(inbox_generations.c.profile == sa.bindparam("b_profile"))
+    .values(generation=inbox_generations.c.generation + 1)
+)
+_FIRST_GENERATION = inbox_generations.insert().values(
+    profile=sa.bindparam("b_profile"), generation=1
+)
 _GROUP_MEMBERS = sa.and_(
     inbox_members.c.profile == sa.bindparam("b_profile"),
     inbox_members.c.group_id == sa.bindparam("b_id"),
@@ -412,8 +420,18 @@ class InboxStorage(InMemoryStorage):
 
     def _submit(self, statements: Statements) -> None:
         """Hand a change to the writer. A request collecting its writes (`pending_writes`) waits
-        for them itself; any other caller waits here, and the memory is rebuilt if it failed."""
-        future = self.writer.submit(statements)
+        for them itself; any other caller waits here, and the memory is rebuilt if it failed.
+
+        Each change also moves the inbox's generation, in its own transaction: a delta run that
+        finds the generation where the last run left it knows the inbox holds what it held."""
+        profile = {"b_profile": self.profile}
+
+        def counted(conn: sa.Connection) -> None:
+            statements(conn)
+            if conn.execute(_BUMP_GENERATION, profile).rowcount == 0:
+                conn.execute(_FIRST_GENERATION, profile)
+
+        future = self.writer.submit(counted)
         if self.writer.collecting():
             return
         try:

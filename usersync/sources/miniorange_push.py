@@ -47,6 +47,9 @@ class MiniorangePushSource(Source):
         return cls(config)
 
     def _engine(self) -> sa.Engine:
+        return self._store_of().engine
+
+    def _store_of(self) -> Store:
         if self._store is None:
             try:
                 self._store = Store.open(self.config.store_url)
@@ -54,12 +57,27 @@ class MiniorangePushSource(Source):
                 raise SourceUnreachableError(
                     f"inbox {self.config.inbox}: cannot open the store: {exc}"
                 ) from exc
-        return self._store.engine
+        return self._store
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def change_mark(self) -> str | None:
+        """The inbox's generation (`capabilities.ChangeMarked`): it moves with every change
+        the inbox accepts; None before the first (or in a store older than the count).
+
+        Raises:
+            SourceUnreachableError: the store cannot be read.
+        """
+        try:
+            generation = self._store_of().inbox_generation(self.config.inbox)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceUnreachableError(
+                f"inbox {self.config.inbox}: reading the store failed: {exc}"
+            ) from exc
+        return None if generation is None else f"inbox {self.config.inbox} change {generation}"
 
     def extract(self, attributes: Sequence[str]) -> SourceSnapshot:
         """Every user, group and membership in the inbox now.

@@ -26,6 +26,7 @@ from usersync.config import usersync_home
 from usersync.model import LEDGER_COLUMNS, conform, empty_frame
 from usersync.store.schema import (
     applied_states,
+    inbox_generations,
     ledger,
     migrate,
     operations,
@@ -60,6 +61,8 @@ class AppliedRecord:
     #: when the last reconcile run of this product ended without a failure (None: never)
     reconciled_at: datetime | None
     applied_at: datetime
+    #: the source's change mark and rules this record holds everything of (None: unknown)
+    source_mark: str | None = None
 
 
 #: How long a profile's lease lasts unless renewed (a run renews it as it goes).
@@ -570,7 +573,37 @@ class Store:
             basis=row["basis"],
             reconciled_at=_aware(row["reconciled_at"]) if row["reconciled_at"] else None,
             applied_at=_aware(row["applied_at"]),
+            source_mark=row["source_mark"],
         )
+
+    def applied_marks(self, profile: str) -> dict[str, tuple[str | None, datetime | None]]:
+        """Per target: the source mark of what was written, and when the last reconcile
+        ended, without reading the records themselves (`sync.unchanged_source`)."""
+        query = sa.select(
+            applied_states.c.target, applied_states.c.source_mark, applied_states.c.reconciled_at
+        ).where(applied_states.c.profile == profile)
+        with self.engine.connect() as conn:
+            return {
+                target: (mark, _aware(at) if at else None)
+                for target, mark, at in conn.execute(query)
+            }
+
+    def mark_applied_state(self, profile: str, target: str, source_mark: str | None) -> None:
+        """Set the source mark of what was written (a delta run that found nothing moved)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                applied_states.update()
+                .where(applied_states.c.profile == profile, applied_states.c.target == target)
+                .values(source_mark=source_mark)
+            )
+
+    def inbox_generation(self, profile: str) -> int | None:
+        """How many changes the profile's inbox has accepted; None if it counted none."""
+        query = sa.select(inbox_generations.c.generation).where(
+            inbox_generations.c.profile == profile
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def save_applied_state(self, profile: str, target: str, record: AppliedRecord) -> None:
         """Replace what the store knows was written to `target` for `profile`."""
@@ -589,6 +622,7 @@ class Store:
                     basis=record.basis,
                     reconciled_at=record.reconciled_at,
                     applied_at=record.applied_at,
+                    source_mark=record.source_mark,
                 )
             )
 

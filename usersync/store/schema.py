@@ -127,6 +127,13 @@ def _ledger_instance(conn: sa.Connection) -> None:
         conn.execute(sa.text("CREATE INDEX ix_ledger_instance ON ledger (instance)"))
 
 
+def _source_marks(conn: sa.Connection) -> None:
+    """Version 7: the inbox counts its changes; an applied state keeps the source's mark."""
+    _create_missing_tables(conn)
+    if "source_mark" not in {c["name"] for c in sa.inspect(conn).get_columns("applied_states")}:
+        conn.execute(sa.text("ALTER TABLE applied_states ADD COLUMN source_mark VARCHAR(200)"))
+
+
 #: Steps after the initial schema, in order; step i brings version i+1 to i+2.
 MIGRATIONS: list[Migration] = [
     _inbox_group_members_as_rows,
@@ -134,6 +141,7 @@ MIGRATIONS: list[Migration] = [
     _ledger_instance,
     _create_missing_tables,  # version 5: `refusals`
     _create_missing_tables,  # version 6: `applied_states`
+    _source_marks,  # version 7: `inbox_generations`, `applied_states.source_mark`
 ]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
@@ -278,4 +286,16 @@ applied_states = sa.Table(
     sa.Column("basis", sa.String(64), nullable=False),
     sa.Column("reconciled_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    # The source's change mark and the rules the record was made at, when it holds everything
+    # the source said then (`sync.unchanged_source`); NULL otherwise.
+    sa.Column("source_mark", sa.String(200), nullable=True),
+)
+
+#: How many changes each profile's inbox has accepted: a count every accepted write moves in
+#: the transaction that writes it, so an equal count means the inbox holds what it held.
+inbox_generations = sa.Table(
+    "inbox_generations",
+    metadata,
+    sa.Column("profile", sa.String(100), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
 )

@@ -132,6 +132,20 @@ class IncrementalReads:
             return self._usn_position()
         return self._csn_position()
 
+    def change_mark(self) -> str | None:
+        """Active Directory with `incremental.enabled`: the DC and its highestCommittedUSN,
+        which moves with every change (`capabilities.ChangeMarked`). None elsewhere: an
+        OpenLDAP contextCSN read to the microsecond may not move between two quick changes,
+        and with `inactive_accounts: disabled_or_expired` an account expiring changes no USN.
+        """
+        config = self.config
+        if not config.incremental.enabled or config.flavour != "active_directory":
+            return None
+        if config.inactive_accounts == "disabled_or_expired":
+            return None
+        position = self._usn_position()
+        return f"{position.dc} at {position.describe(position.usn or 0)}"
+
     def _csn_position(self) -> DirectoryPosition:
         """OpenLDAP: the contextCSN of the naming context(s) holding the user and group bases."""
         conn = self._connection()
