@@ -342,6 +342,18 @@ def engine_run(
         emulator.clear()
     began = time.monotonic()
     loaded = sync.prepare_profile(PROFILE)
+    quiet = mode == "delta" and sync.unchanged_source(loaded, list(emulators), store)
+    if quiet:  # what the flow's `unchanged-source` task finds: nothing to read
+        wall = time.monotonic() - began
+        print(f"  {quiet}")
+        runs = {
+            p: {"mode": "delta", "reason": None, "planned": {}, "status": "succeeded"}
+            | {"seconds": 0.0, "plan_seconds": 0.0}
+            | {"requests": (log := e.summary())["requests"], "writes": writes_of(log)}
+            | {"by_call": log["by_call"]}
+            for p, e in emulators.items()
+        }
+        return wall, wall, runs
     snapshot = sync.extract(loaded, store=store)
     extracted = time.monotonic() - began
     out: dict[str, dict[str, Any]] = {}
