@@ -47,7 +47,7 @@ from usersync.delta import (
     strays,
     user_fingerprints,
 )
-from usersync.errors import ConfigError
+from usersync.errors import ConfigError, UsersyncError
 from usersync.guards import check_brake, check_source, seat_guard
 from usersync.load import LoadResult, Outcome, execute_plan
 from usersync.mapping import MappingTables, desired_state, load_tables
@@ -286,8 +286,11 @@ def unchanged_source(
         )
         if mark is None or due:
             return None
-    with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
-        now_mark = source.change_mark() if offers(source, ChangeMarked) else None
+    try:
+        with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as src:
+            now_mark = src.change_mark() if offers(src, ChangeMarked) else None
+    except UsersyncError:
+        return None  # the run's extract meets it again, and reports it for every target
     if now_mark is None:
         return None
     current = source_mark_of(loaded, now_mark)
