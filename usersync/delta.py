@@ -135,6 +135,11 @@ def basis_of(profile: Profile, target: str, desired: DesiredState) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def reconcile_due(reconciled_at: datetime | None, now: datetime, interval_hours: float) -> bool:
+    """Whether a product's last reconcile (None: never) is older than the profile's interval."""
+    return reconciled_at is None or now - reconciled_at > timedelta(hours=interval_hours)
+
+
 def reconcile_reason(
     record: AppliedRecord | None, basis: str, now: datetime, interval_hours: float
 ) -> str | None:
@@ -145,9 +150,8 @@ def reconcile_reason(
         return "no reconcile run of this product has ended without a failure yet"
     if record.basis != basis:
         return "the profile's settings or mapped columns changed since the last run"
-    age = now - record.reconciled_at
-    if age > timedelta(hours=interval_hours):
-        hours = age.total_seconds() / 3600
+    if reconcile_due(record.reconciled_at, now, interval_hours):
+        hours = (now - record.reconciled_at).total_seconds() / 3600
         return (
             f"the last reconcile ended {hours:.1f} h ago, longer than "
             f"settings.reconcile_interval_hours={interval_hours:g}"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from usersync.delta import (
     group_fingerprints,
     inconsistency,
     next_record,
+    reconcile_due,
     reconcile_reason,
     scope_of,
     strays,
@@ -281,10 +282,7 @@ def unchanged_source(
     now = datetime.now(UTC)
     for name in targets:
         mark, reconciled_at = marks.get(name, (None, None))
-        due = reconciled_at is None or now - reconciled_at > timedelta(
-            hours=settings.reconcile_interval_hours
-        )
-        if mark is None or due:
+        if mark is None or reconcile_due(reconciled_at, now, settings.reconcile_interval_hours):
             return None
     try:
         with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as src:

@@ -302,11 +302,7 @@ def extract_with_watermark(
         notes = (*snapshot.notes, f"full read ({reason}); {following}")
         full_read_at = now
     else:
-        expiry = None
-        ad_expiry = config.flavour == "active_directory"
-        if ad_expiry and config.inactive_accounts == "disabled_or_expired":
-            # An account that expires changes no USN: read those that expired since last time.
-            expiry = (_filetime(stored.read_at), _filetime(now))
+        expiry = _expiry_window(config, stored, now)
         # The cached snapshot is decoded while the change searches wait on the server; the
         # collector is paused throughout, as for a full read (it frees nothing here and its
         # passes over the 100k-row cache cost a fifth of the incremental read).
@@ -385,6 +381,16 @@ def advance_watermark(
     return checkpoint
 
 
+def _expiry_window(
+    config: LdapSourceConfig, stored: SourceWatermark, now: datetime
+) -> tuple[int, int] | None:
+    """On AD counting expired accounts as inactive: the FILETIMEs between the last read and
+    now, whose expiries an incremental read must read too (an expiry changes no USN)."""
+    if config.flavour == "active_directory" and config.inactive_accounts == "disabled_or_expired":
+        return (_filetime(stored.read_at), _filetime(now))
+    return None
+
+
 def _server(position: DirectoryPosition) -> str:
     return "domain controller" if position.kind == "usn" else "server or database"
 
@@ -413,7 +419,7 @@ def poll_leavers(
     now: datetime | None = None,
 ) -> Leavers:
     """The users disabled in the directory since the profile's watermark: an incremental
-    LDAP poll that finds a leaver, for a run scoped to them (`usersync poll-leavers`).
+    LDAP poll that finds a leaver, for a run scoped to them (`usersync serve`).
 
     Reads the server's position and searches only the entries changed after the stored
     watermark (AD `uSNChanged`, OpenLDAP `entryCSN`; on AD also the accounts that expired
@@ -427,32 +433,29 @@ def poll_leavers(
     changed, the mark went back, no contextCSN) nothing can be told: `reason` says why.
     """
     now = now or datetime.now(UTC)
-    config = source.config
     try:
-        stored, saved = store.source_checkpoint(profile)
+        stored = store.source_checkpoint(profile, parts=())[0]
     except KeyError:
-        stored, saved = None, StoredSnapshot({})
-    if "users" not in saved.bodies:
-        stored = None
-    position = source.position()
+        return Leavers(reason="no watermark or cached snapshot yet")
     reason = full_read_reason(
         stored,
-        position,
-        scope_fingerprint(config, attributes),
+        source.position(),
+        scope_fingerprint(source.config, attributes),
         # A full read being due does not spoil the mark: asked as of the last full read.
-        now=stored.full_read_at if stored is not None else now,
+        now=stored.full_read_at,
         full_every_hours=1.0,
     )
-    if reason is not None or stored is None:
-        return Leavers(reason=reason or "no watermark yet")
-    expiry = None
-    if config.flavour == "active_directory" and config.inactive_accounts == "disabled_or_expired":
-        expiry = (_filetime(stored.read_at), _filetime(now))
-    found = source.search_changes(attributes, since=stored.usn, expired_between=expiry)
-    changed = found.users
+    if reason is not None:
+        return Leavers(reason=reason)
+    expiry = _expiry_window(source.config, stored, now)
+    changed = source.search_changes(attributes, since=stored.usn, expired_between=expiry).users
     if not len(changed):
         return Leavers()
-    cached = StoredSnapshot({"users": saved.bodies["users"]}).parts()["users"]
+    # Only now the cached users (a poll that finds nothing reads no snapshot).
+    saved = store.source_checkpoint(profile, parts=("users",))[1]
+    if "users" not in saved.bodies:
+        return Leavers(reason="no watermark or cached snapshot yet")
+    cached = saved.parts()["users"]
     was_active = cached.loc[cached["active"].fillna(False).astype(bool), "source_id"]
     now_inactive = ~changed["active"].fillna(False).astype(bool)
     left = changed.loc[now_inactive & changed["source_id"].isin(was_active), "source_id"]

@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -724,9 +724,11 @@ class Store:
 
     # -- incremental sources -------------------------------------------------------------
 
-    def source_checkpoint(self, profile: str) -> tuple[SourceWatermark, StoredSnapshot]:
-        """The profile's watermark and the snapshot saved with it, read in one transaction and
-        not yet decoded.
+    def source_checkpoint(
+        self, profile: str, parts: Collection[str] | None = None
+    ) -> tuple[SourceWatermark, StoredSnapshot]:
+        """The profile's watermark and the snapshot saved with it (only `parts` of it, when
+        named), read in one transaction and not yet decoded.
 
         Raises:
             KeyError: none saved yet (a first run, or incremental reads never succeeded).
@@ -739,11 +741,12 @@ class Store:
                 .mappings()
                 .first()
             )
-            parts = conn.execute(
-                sa.select(source_snapshots.c.part, source_snapshots.c.body).where(
-                    source_snapshots.c.profile == profile
-                )
-            ).all()
+            query = sa.select(source_snapshots.c.part, source_snapshots.c.body).where(
+                source_snapshots.c.profile == profile
+            )
+            if parts is not None:
+                query = query.where(source_snapshots.c.part.in_(list(parts)))
+            bodies = conn.execute(query).all() if parts is None or parts else []
         if row is None:
             raise KeyError(profile)
         watermark = SourceWatermark(
@@ -753,7 +756,7 @@ class Store:
             read_at=_aware(row["read_at"]),
             full_read_at=_aware(row["full_read_at"]),
         )
-        return watermark, StoredSnapshot({part: bytes(body) for part, body in parts})
+        return watermark, StoredSnapshot({part: bytes(body) for part, body in bodies})
 
     def save_source_watermark(
         self,
