@@ -77,6 +77,22 @@ async def _runs(deployment_id) -> list:
         )
 
 
+async def _task_times(flow_run_id, since: datetime) -> str:
+    """The run's tasks, each as `name start+duration` in seconds after `since`."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        tasks = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    spans = sorted((t.start_time, t.end_time, t.name) for t in tasks if t.start_time and t.end_time)
+    return ", ".join(
+        f"{name.rsplit('-', 1)[0] if name[-1].isdigit() else name} "
+        f"+{(a - since).total_seconds():.2f}/{(b - a).total_seconds():.2f}"
+        for a, b, name in spans
+    )
+
+
 async def _served(name: str):
     async with get_client() as client:
         with contextlib.suppress(Exception):
@@ -141,8 +157,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
             [USERSYNC, "serve", PROFILE, "--poll-seconds", str(args.poll_seconds)],
             cwd=REPO,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=(work / "serve.log").open("w") if args.tasks else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         try:
             while (deployment := asyncio.run(_served(f"sync/{PROFILE}-offboarding"))) is None:
@@ -172,6 +188,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
                         else float("nan")
                     )
                     rows.append((took, created, running))
+                    if args.tasks:
+                        print("   tasks: " + asyncio.run(_task_times(run.id, pushed_at)))
                     print(
                         f"{name}: {took:5.2f} s (run created +{created:.2f} s, running +{running:.2f} s, "
                         f"{run.state_name}, only={run.parameters.get('only')})",
@@ -180,6 +198,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         finally:
             served.terminate()
             served.wait(timeout=30)
+            if args.tasks:
+                shutil.copy(work / "serve.log", args.tasks)
     store.close()
     took = [r[0] for r in rows]
     print(
@@ -197,6 +217,12 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=20)
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--poll-seconds", type=float, default=0.5)
+    parser.add_argument(
+        "--tasks",
+        metavar="LOG",
+        help="print each run's tasks (start after the push/duration) and copy the serving "
+        "process's log to LOG",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if os.environ.get("PREFECT_API_URL"):

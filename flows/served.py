@@ -1,13 +1,13 @@
 """Served deployments: each profile's offboarding run, started in seconds by a long-running process.
 
-`usersync serve PROFILE...` runs `serve_profiles`: Prefect's `serve` of one deployment per
-profile, `sync/<profile>-offboarding`, whose trigger is the inbox's `usersync.inbox.offboarded`
+`usersync serve PROFILE...` runs `serve_profiles`: it serves one deployment per profile,
+`sync/<profile>-offboarding`, whose trigger is the inbox's `usersync.inbox.offboarded`
 event about that profile (tasks/inbox_events.py): a delta run scoped to the users the push
 disabled or deleted (`only`), which deactivates them before anything else changes. The
 process holds the flow in memory (no entrypoint to load, no worker to pull code), and polls
 for runs every `poll_seconds` (Prefect's default, PREFECT_RUNNER_POLL_FREQUENCY, is 10 s: the
-latency of every run it takes). Each run still starts in a process of its own, which imports
-usersync (Prefect's runner spawns it): the bench/offboarding.py figures count that.
+latency of every run it takes). Each run runs in a thread of this process (flows/warm.py), where
+usersync is already imported: Prefect's own runner would start a new interpreter for it.
 
 For a profile whose LDAP source reads incrementally, the process also polls the directory for
 users disabled since the last run (tasks/leaver_poll.py, every `leaver_poll_seconds`), and the
@@ -16,10 +16,10 @@ same deployment triggers on what the poll emits (`usersync.source.offboarded`).
 
 from __future__ import annotations
 
-from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from usersync_flows.sync import sync
+from usersync_flows.warm import WarmRunner
 from usersync_tasks.inbox_events import OFFBOARDED_EVENT, profile_resource
 from usersync_tasks.leaver_poll import (
     POLL_EVERY_SECONDS,
@@ -74,12 +74,12 @@ def serve_profiles(
         poller = LeaverPoller(polled, leaver_poll_seconds)
         poller.start()
     try:
-        serve(
-            *[offboarding_deployment(p) for p in profiles],
+        WarmRunner(
+            [offboarding_deployment(p) for p in profiles],
+            sync,
             limit=limit,
-            query_seconds=poll_seconds,
-            pause_on_shutdown=False,
-        )
+            poll_seconds=poll_seconds,
+        ).serve()
     finally:
         if poller is not None:
             poller.stop()

@@ -148,6 +148,8 @@ def test_a_push_disabling_a_user_deactivates_it_everywhere_through_the_served_de
         assert run.parameters["only"] == [leaver]
         assert run.parameters["mode"] == "delta"
         assert run.state.is_completed(), run.state
+        # Run by the serving process itself (flows/warm.py), not by an interpreter it spawned.
+        assert run.infrastructure_pid == str(server.pid)
         assert _operations_of(world["store"], str(run.id)) == {p: {"user06"} for p in PRODUCTS}
         assert account(world, "jira", "user02")["email"] == "user02@example.org"
         print(f"offboarding took {took:.1f} s from the push to the last product")
