@@ -9,13 +9,16 @@ people into the inbox (`--members` of them in one group), reconciles once, then 
 `--pushes` disables one after the other, each once the previous run has ended, and reads the
 three products over REST every 50 ms until the account is inactive in all of them. It reports
 p50 and p95 of that latency, and where the time goes: push → flow run created (event and
-trigger), created → running (the runner's poll and the child process), running → deactivated
-everywhere (the flow: profile, extract, transform, plan, load).
+trigger), created → running (the serving process's poll; the run then starts in a thread of
+that process, flows/warm.py), running → deactivated everywhere (the flow: profile, extract,
+transform, plan, load). `--tasks LOG` prints each run's tasks and keeps the serving log.
 
-The Prefect API is $PREFECT_API_URL, or a temporary server when none is set.
+The Prefect API is $PREFECT_API_URL, or a temporary server when none is set
+(bench/prefect_server.py: on PostgreSQL by default, as in production; `--prefect-database
+sqlite`: Prefect's test harness, whose one SQLite writer serialises a busy run's API writes).
 
     .venv/bin/python bench/offboarding.py [--users 200] [--members 50] [--pushes 20]
-        [--latency-ms 10] [--poll-seconds 0.5]
+        [--latency-ms 10] [--poll-seconds 0.5] [--tasks LOG] [--prefect-database postgresql]
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +44,6 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import get_current_settings
 from usersync_sandbox.push import SampleUser, ScimPusher
 from usersync_sandbox.serve import Sandbox
-from usersync_sandbox.server import serve
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = "bench-offboarding"
@@ -48,26 +52,35 @@ PRODUCTS = ("jira", "confluence", "bitbucket")
 USERSYNC = str(Path(sys.executable).with_name("usersync"))
 
 
-def inactive_everywhere(sandbox: Sandbox, name: str) -> bool:
-    auth = ("admin", PASSWORD)
-    jira = httpx.get(
-        sandbox.url("jira") + "/rest/api/2/user", params={"username": name}, auth=auth
-    ).json()
-    if jira.get("active"):
-        return False
-    wiki = httpx.get(
-        sandbox.url("confluence") + "/rest/api/user",
-        params={"username": name, "expand": "status"},
-        auth=auth,
-    ).json()
-    if wiki.get("status") == "Active":
-        return False
-    grants = httpx.get(
-        sandbox.url("bitbucket") + "/rest/api/1.0/admin/permissions/users",
-        params={"filter": name},
-        auth=auth,
-    ).json()["values"]
-    return not any(g["user"]["name"] == name and g["permission"] == "LICENSED_USER" for g in grants)
+def inactive_everywhere(urls: dict[str, str], password: str, name: str) -> bool:
+    """Whether `name` is inactive in each product at `urls`, read over REST as an admin would
+    (Jira `active`, Confluence `status`, Bitbucket: no LICENSED_USER grant)."""
+    auth = ("admin", password)
+    if "jira" in urls:
+        jira = httpx.get(
+            urls["jira"] + "/rest/api/2/user", params={"username": name}, auth=auth, timeout=60
+        ).json()
+        if jira.get("active"):
+            return False
+    if "confluence" in urls:
+        wiki = httpx.get(
+            urls["confluence"] + "/rest/api/user",
+            params={"username": name, "expand": "status"},
+            auth=auth,
+            timeout=60,
+        ).json()
+        if wiki.get("status") == "Active":
+            return False
+    if "bitbucket" in urls:
+        grants = httpx.get(
+            urls["bitbucket"] + "/rest/api/1.0/admin/permissions/users",
+            params={"filter": name},
+            auth=auth,
+            timeout=60,
+        ).json()["values"]
+        if any(g["user"]["name"] == name and g["permission"] == "LICENSED_USER" for g in grants):
+            return False
+    return True
 
 
 async def _runs(deployment_id) -> list:
@@ -104,6 +117,35 @@ async def _served(name: str):
     return None
 
 
+@contextlib.contextmanager
+def inbox_process(log: Path | None = None) -> Iterator[str]:
+    """`usersync inbox serve` on a free loopback port, in a process of its own as an admin runs
+    it (the store of $USERSYNC_STORE_URL, events to the Prefect API of this process); its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    inbox = subprocess.Popen(
+        [USERSYNC, "inbox", "serve", "--port", str(port)],
+        env=env,
+        stdout=log.open("w") if log else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if inbox.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"usersync inbox serve did not start ({inbox.returncode})")
+            time.sleep(0.2)
+        yield url
+    finally:
+        inbox.terminate()
+        inbox.wait(timeout=30)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -111,9 +153,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench(args: argparse.Namespace, work: Path) -> None:
     from usersync_flows.sync import sync
-    from usersync_tasks.inbox_events import InboxEventEmitter
 
-    from usersync.inbox import PREFIX, InboxApp, issue_token
+    from usersync.inbox import PREFIX, issue_token
     from usersync.store import Store
 
     shutil.copytree(REPO / "mappings" / "demo-push", work / "mappings" / PROFILE)
@@ -129,7 +170,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     ]
     with (
         Sandbox(admin_password=PASSWORD) as sandbox,
-        serve(InboxApp(store.engine, on_change=InboxEventEmitter())) as inbox,
+        inbox_process() as inbox,
     ):
         for product in PRODUCTS:
             os.environ[f"USERSYNC_DEMO_{product.upper()}_URL"] = sandbox.url(product)
@@ -152,62 +193,96 @@ def bench(args: argparse.Namespace, work: Path) -> None:
                 f"{root}/_sandbox/faults", json={"latency_seconds": args.latency_ms / 1000}
             ).raise_for_status()
 
-        env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
-        served = subprocess.Popen(
-            [USERSYNC, "serve", PROFILE, "--poll-seconds", str(args.poll_seconds)],
-            cwd=REPO,
-            env=env,
-            stdout=(work / "serve.log").open("w") if args.tasks else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
+        rows = time_offboarding(
+            PROFILE,
+            {p: sandbox.url(p) for p in PRODUCTS},
+            PASSWORD,
+            base,
+            token,
+            ids,
+            poll_seconds=args.poll_seconds,
+            log=args.tasks and Path(args.tasks),
         )
-        try:
-            while (deployment := asyncio.run(_served(f"sync/{PROFILE}-offboarding"))) is None:
-                time.sleep(0.5)
-            time.sleep(5)  # the server's trigger service loads the automation
-            rows = []
-            with ScimPusher(base, token) as pusher:
-                for name in ids:
-                    pushed_at = datetime.now(UTC)
-                    t0 = time.monotonic()
-                    pusher.set_active(name, False)
-                    while not inactive_everywhere(sandbox, name):
-                        if time.monotonic() - t0 > 120:
-                            raise SystemExit(f"{name}: not deactivated within 120 s")
-                        time.sleep(0.05)
-                    took = time.monotonic() - t0
-                    while not (
-                        (runs := asyncio.run(_runs(deployment.id)))
-                        and all(r.state and r.state.is_final() for r in runs)
-                    ):
-                        time.sleep(0.2)
-                    run = max(runs, key=lambda r: r.created)
-                    created = (run.created - pushed_at).total_seconds()
-                    running = (
-                        (run.start_time - pushed_at).total_seconds()
-                        if run.start_time
-                        else float("nan")
-                    )
-                    rows.append((took, created, running))
-                    if args.tasks:
-                        print("   tasks: " + asyncio.run(_task_times(run.id, pushed_at)))
-                    print(
-                        f"{name}: {took:5.2f} s (run created +{created:.2f} s, running +{running:.2f} s, "
-                        f"{run.state_name}, only={run.parameters.get('only')})",
-                        flush=True,
-                    )
-        finally:
-            served.terminate()
-            served.wait(timeout=30)
-            if args.tasks:
-                shutil.copy(work / "serve.log", args.tasks)
     store.close()
-    took = [r[0] for r in rows]
     print(
-        f"\n{len(took)} pushes, {args.users} users, {args.latency_ms:g} ms per request, poll "
-        f"{args.poll_seconds:g} s: p50 {statistics.median(took):.2f} s, p95 {percentile(took, 0.95):.2f} s "
-        f"(target p95 <= 5 s); median push -> run created {statistics.median(r[1] for r in rows):.2f} s, "
-        f"-> running {statistics.median(r[2] for r in rows):.2f} s"
+        f"\n{args.users} users, {args.latency_ms:g} ms per request, poll {args.poll_seconds:g} s: "
+        + latency_line(rows)
     )
+
+
+def latency_line(rows: list[tuple[float, float, float]]) -> str:
+    took = [r[0] for r in rows]
+    return (
+        f"{len(took)} pushes: p50 {statistics.median(took):.2f} s, p95 "
+        f"{percentile(took, 0.95):.2f} s (target p95 <= 5 s); median push -> run created "
+        f"{statistics.median(r[1] for r in rows):.2f} s, -> running "
+        f"{statistics.median(r[2] for r in rows):.2f} s"
+    )
+
+
+def time_offboarding(
+    profile: str,
+    urls: dict[str, str],
+    password: str,
+    inbox: str,
+    token: str,
+    leavers: dict[str, str],
+    *,
+    poll_seconds: float,
+    log: Path | None = None,
+) -> list[tuple[float, float, float]]:
+    """Start `usersync serve profile`, then disable each of `leavers` (user name -> inbox id)
+    in the inbox at `inbox` one after the other, each once the previous run has ended; per
+    push: seconds until inactive in every product at `urls`, until the run was created, until
+    it was running. `log`: the serving process's log goes there and each run's tasks are
+    printed."""
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    served = subprocess.Popen(
+        [USERSYNC, "serve", profile, "--poll-seconds", str(poll_seconds)],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w") if log else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    rows = []
+    try:
+        while (deployment := asyncio.run(_served(f"sync/{profile}-offboarding"))) is None:
+            if served.poll() is not None:
+                raise SystemExit(f"usersync serve {profile} ended ({served.returncode})")
+            time.sleep(0.5)
+        time.sleep(5)  # the server's trigger service loads the automation
+        with ScimPusher(inbox, token) as pusher:
+            for name, inbox_id in leavers.items():
+                pushed_at = datetime.now(UTC)
+                t0 = time.monotonic()
+                pusher.set_active_by_id(inbox_id, False)
+                while not inactive_everywhere(urls, password, name):
+                    if time.monotonic() - t0 > 600:
+                        raise SystemExit(f"{name}: not deactivated within 600 s")
+                    time.sleep(0.05)
+                took = time.monotonic() - t0
+                while not (
+                    (runs := asyncio.run(_runs(deployment.id)))
+                    and all(r.state and r.state.is_final() for r in runs)
+                ):
+                    time.sleep(0.2)
+                run = max(runs, key=lambda r: r.created)
+                created = (run.created - pushed_at).total_seconds()
+                running = (
+                    (run.start_time - pushed_at).total_seconds() if run.start_time else float("nan")
+                )
+                rows.append((took, created, running))
+                if log:
+                    print("   tasks: " + asyncio.run(_task_times(run.id, pushed_at)))
+                print(
+                    f"{name}: {took:5.2f} s (run created +{created:.2f} s, running "
+                    f"+{running:.2f} s, {run.state_name}, only={run.parameters.get('only')})",
+                    flush=True,
+                )
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
+    return rows
 
 
 def main() -> None:
@@ -223,14 +298,21 @@ def main() -> None:
         help="print each run's tasks (start after the push/duration) and copy the serving "
         "process's log to LOG",
     )
+    parser.add_argument(
+        "--prefect-database",
+        choices=("postgresql", "sqlite"),
+        default="postgresql",
+        help="the temporary Prefect server's database (bench/prefect_server.py; default "
+        "postgresql, as in production)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if os.environ.get("PREFECT_API_URL"):
             bench(args, Path(tmp))
             return
-        from prefect.testing.utilities import prefect_test_harness
+        from prefect_server import prefect_server
 
-        with prefect_test_harness(server_startup_timeout=180):
+        with prefect_server(args.prefect_database):
             bench(args, Path(tmp))
 
 

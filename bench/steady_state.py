@@ -1,16 +1,22 @@
 """Benchmark: the steady state of a big estate, a reconcile run against delta runs (issue 26 point 5).
 
-Builds what a profile looks like after months of syncing, then measures three runs:
+Builds what a profile looks like after months of syncing, then measures, in one run:
 
 (a) a **reconcile** run (everything read from each product: every account, its custom
     attributes, every managed group's members), here the first run of the profile over an
     estate that already holds every account (it adopts them all: no account is written);
 (b) an **unchanged delta** run right after it (nothing moved: nothing should be read), through
-    the engine's steps, and through the Prefect `sync` flow when it offers `mode` (an
-    ephemeral Prefect server, `prefect_test_harness`; `--skip-flow` leaves it out);
+    the engine's steps, and through the Prefect `sync` flow;
 (c) a **delta** run after 1% of the users changed (new e-mail, new display name, new custom
     attribute values, and for a tenth of them a move to another group), whose requests are
-    set against the writes it makes.
+    set against the writes it makes;
+(d) **offboarding** latency: `usersync serve` of the profile, then `--pushes` users disabled
+    over SCIM (`PATCH active=false`) into the inbox one after the other, each timed from the
+    inbox's answer to the account inactive in every product, read over REST
+    (bench/offboarding.py's `time_offboarding`).
+
+The Prefect server of (b) and (d) is a temporary one on PostgreSQL (bench/prefect_server.py;
+`--prefect-database sqlite`: Prefect's test harness); `--skip-flow` leaves both out.
 
 The estate: `--users` users, `--groups` groups, each user in `--groups-per-user` of them
 (1.1M memberships by default), two custom attributes (`custom:department`,
@@ -27,12 +33,13 @@ return, Prefect's own work included).
 
     .venv/bin/python bench/steady_state.py [--users 100000] [--groups 2000]
         [--groups-per-user 11] [--latency-ms 10] [--products jira,confluence,bitbucket]
-        [--skip-flow]
+        [--skip-flow] [--pushes 20] [--serve-log LOG] [--prefect-database postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -40,6 +47,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -335,8 +343,8 @@ targets:
 def engine_run(
     store: Store, emulators: dict[str, Emulator], mode: str
 ) -> tuple[float, float, dict[str, dict[str, Any]]]:
-    """One run of every product as `tests/e2e/products.py:sync_all` does (the engine's
-    steps, targets one after another); its wall, the extract's share, and per product: the
+    """One run of every product through the engine's steps (as `tests/e2e/products.py:sync_all`
+    does, but every target at once, each in a thread, as the flow runs them); its wall, the extract's share, and per product: the
     requests, writes, plan counts, mode and reason, seconds."""
     for emulator in emulators.values():
         emulator.clear()
@@ -356,8 +364,8 @@ def engine_run(
         return wall, wall, runs
     snapshot = sync.extract(loaded, store=store)
     extracted = time.monotonic() - began
-    out: dict[str, dict[str, Any]] = {}
-    for product in emulators:
+
+    def one(product: str) -> dict[str, Any]:
         started = time.monotonic()
         desired = sync.transform(loaded, snapshot, product)
         with sync.open_target_for(loaded, product) as target:
@@ -369,7 +377,7 @@ def engine_run(
             store.record_plan(run_id, plan.plan)
             result = sync.load_target_sync(loaded, target, plan, store, run_id)
             store.finish_run(run_id, result.status, result.counts())
-        out[product] = {
+        return {
             "mode": plan.mode,
             "reason": plan.mode_reason,
             "planned": plan.counts(),
@@ -377,6 +385,9 @@ def engine_run(
             "seconds": time.monotonic() - started,
             "plan_seconds": planned,
         }
+
+    with ThreadPoolExecutor(len(emulators)) as pool:  # every target at once, as the flow does
+        out = dict(zip(emulators, pool.map(one, emulators), strict=True))
     wall = time.monotonic() - began
     for product, emulator in emulators.items():
         log = emulator.summary()
@@ -388,23 +399,46 @@ def engine_run(
 
 def flow_run(emulators: dict[str, Emulator]) -> tuple[float, dict[str, int]] | None:
     """The unchanged delta run through the Prefect `sync` flow (targets at once, as the flow
-    runs them), on an ephemeral Prefect server already started (its start is not counted);
-    None when the flow has no `mode` parameter."""
+    runs them), on the Prefect server already started (its start is not counted); None when
+    the flow has no `mode` parameter."""
     from usersync_flows.sync import sync as sync_flow
 
     if "mode" not in inspect.signature(sync_flow.fn).parameters:
         return None
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=300):
-        for emulator in emulators.values():
-            emulator.clear()
-        began = time.monotonic()
-        result = sync_flow(profile=PROFILE, mode="delta")
-        wall = time.monotonic() - began
+    for emulator in emulators.values():
+        emulator.clear()
+    began = time.monotonic()
+    result = sync_flow(profile=PROFILE, mode="delta")
+    wall = time.monotonic() - began
     if not isinstance(result, list):
         raise RuntimeError(f"the sync flow did not succeed: {result}")
     return wall, {p: e.summary()["requests"] for p, e in emulators.items()}
+
+
+def offboarding(
+    store: Store, urls: dict[str, str], users: int, pushes: int, log: Path | None
+) -> list[tuple[float, float, float]]:
+    """(d): `usersync inbox serve` and `usersync serve` of the profile, each in a process of its
+    own, then `pushes` users disabled in the inbox over SCIM one after the other (bench/offboarding.py's `time_offboarding`): users the 1% change
+    left alone, spread over the estate."""
+    from offboarding import inbox_process, time_offboarding
+
+    from usersync.inbox import PREFIX, issue_token
+
+    token = issue_token(store.engine, PROFILE).token
+    step = max(1, users // pushes)
+    leavers = {username(n): user_id(n) for n in range(step // 2 + 1, users, step)[:pushes]}
+    with inbox_process() as inbox:
+        return time_offboarding(
+            PROFILE,
+            urls,
+            PASSWORD,
+            f"{inbox}{PREFIX}/{PROFILE}",
+            token,
+            leavers,
+            poll_seconds=0.5,
+            log=log,
+        )
 
 
 def show(title: str, wall: float, extracted: float, runs: dict[str, dict[str, Any]]) -> None:
@@ -432,7 +466,23 @@ def main() -> None:
     parser.add_argument("--groups-per-user", type=int, default=11)
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--products", default="jira,confluence,bitbucket")
-    parser.add_argument("--skip-flow", action="store_true")
+    parser.add_argument(
+        "--skip-flow",
+        action="store_true",
+        help="no Prefect: leaves out (b) through the flow and (d)",
+    )
+    parser.add_argument("--pushes", type=int, default=20, help="(d): disables pushed (0: no (d))")
+    parser.add_argument(
+        "--serve-log",
+        metavar="LOG",
+        help="(d): the serving process's log goes to LOG, and each run's tasks are printed",
+    )
+    parser.add_argument(
+        "--prefect-database",
+        choices=("postgresql", "sqlite"),
+        default="postgresql",
+        help="the temporary Prefect server's database (bench/prefect_server.py)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     products = args.products.split(",")
@@ -462,11 +512,19 @@ def main() -> None:
         + f" (all ready after {time.monotonic() - began:.0f} s)"
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as prefect:
         os.environ["USERSYNC_MAPPINGS_DIR"] = str(Path(tmp) / "mappings")
         os.environ["USERSYNC_STORE_URL"] = f"sqlite:///{tmp}/store.db"
         os.environ["USERSYNC_BENCH_PASSWORD"] = PASSWORD
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        if not args.skip_flow:
+            from prefect_server import prefect_server
+
+            started = time.monotonic()
+            api = prefect.enter_context(prefect_server(args.prefect_database))
+            print(
+                f"Prefect server ({args.prefect_database}) at {api}: {time.monotonic() - started:.0f} s"
+            )
         write_profile(Path(tmp) / "mappings", urls, args.groups)
         store = Store.open()
         filled = time.monotonic()
@@ -493,6 +551,14 @@ def main() -> None:
             ratio = r["requests"] / max(1, r["writes"])
             print(f"  {product}: {r['requests']} requests / {r['writes']} writes = {ratio:.2f}")
         show("(c') unchanged delta after it", *engine_run(store, emulators, "delta"))
+        if not args.skip_flow and args.pushes:
+            from offboarding import latency_line
+
+            print(f"(d) offboarding, {args.pushes} pushes through `usersync serve`:", flush=True)
+            rows = offboarding(
+                store, urls, args.users, args.pushes, args.serve_log and Path(args.serve_log)
+            )
+            print(f"(d) offboarding: {latency_line(rows)}")
         store.close()
     for _, parent in servers:
         parent.send("stop")

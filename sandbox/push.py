@@ -166,10 +166,11 @@ class ScimPusher:
 
     def set_active(self, user_name: str, active: bool) -> None:
         """PATCH replace `active` (how an IdP disables an account without deleting it)."""
-        self._patch(
-            f"/Users/{self.user_id(user_name)}",
-            [{"op": "replace", "path": "active", "value": active}],
-        )
+        self.set_active_by_id(self.user_id(user_name), active)
+
+    def set_active_by_id(self, user_id: str, active: bool) -> None:
+        """`set_active` of the user with this inbox id (one request: no lookup first)."""
+        self._patch(f"/Users/{user_id}", [{"op": "replace", "path": "active", "value": active}])
 
     def delete_user(self, user_name: str) -> None:
         """DELETE the user (miniOrange's "Delete Users" toggle)."""
