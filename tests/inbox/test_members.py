@@ -256,6 +256,11 @@ def test_an_old_store_has_its_group_members_moved_to_rows(tmp_path: Path) -> Non
         {"value": "a", "display": "A again"},
         {"value": "b"},
     ]
+    # What a sync's extract reads: the ids alone, in the same order.
+    assert read_inbox(store.engine, "acme", member_bodies=False).groups[0]["members"] == [
+        {"value": "a"},
+        {"value": "b"},
+    ]
     store.close()
 
 

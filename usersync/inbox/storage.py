@@ -104,11 +104,13 @@ class InboxContents:
     groups: list[dict[str, Any]]
 
 
-def read_inbox(engine: sa.Engine, profile: str) -> InboxContents:
+def read_inbox(engine: sa.Engine, profile: str, *, member_bodies: bool = True) -> InboxContents:
     """Every user and group stored for `profile`, groups with their members.
 
     Resources and members are read by one statement, so the view is consistent even while the
-    inbox is being written to.
+    inbox is being written to. `member_bodies=False` gives each member as `{"value": id}` only
+    (what a snapshot reads of it), from its key column: no JSON to decode per membership (half
+    the read's time at 1.1M memberships).
     """
     resources = sa.select(
         sa.literal(0).label("part"),
@@ -116,25 +118,28 @@ def read_inbox(engine: sa.Engine, profile: str) -> InboxContents:
         inbox_resources.c.id.label("owner"),
         sa.literal(0).label("seq"),
         inbox_resources.c.body,
+        sa.null().label("member"),
     ).where(inbox_resources.c.profile == profile)
     members = sa.select(
         sa.literal(1).label("part"),
         sa.literal(MEMBERS).label("kind"),
         inbox_members.c.group_id.label("owner"),
         inbox_members.c.seq,
-        inbox_members.c.body,
+        inbox_members.c.body if member_bodies else sa.null().label("body"),
+        inbox_members.c.member_id.label("member"),
     ).where(inbox_members.c.profile == profile)
     query = sa.union_all(resources, members).order_by("part", "seq")
     users: list[dict[str, Any]] = []
     groups: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
-        for _, kind, owner, _, body in conn.execute(query):
+        for _, kind, owner, _, body, member in conn.execute(query):
             if kind == USER:
                 users.append(body)
             elif kind == GROUP:
                 groups[owner] = body
             elif kind == MEMBERS and owner in groups:
-                groups[owner].setdefault(MEMBERS, []).append(body)
+                listed = body if member_bodies else {"value": member}
+                groups[owner].setdefault(MEMBERS, []).append(listed)
     return InboxContents(users, list(groups.values()))
 
 

@@ -87,7 +87,7 @@ class MiniorangePushSource(Source):
             IncompleteSourceError: stored resources lack ids (a damaged store).
         """
         try:
-            contents = read_inbox(self._engine(), self.config.inbox)
+            contents = read_inbox(self._engine(), self.config.inbox, member_bodies=False)
         except sa.exc.SQLAlchemyError as exc:
             raise SourceUnreachableError(
                 f"inbox {self.config.inbox}: reading the store failed: {exc}"
