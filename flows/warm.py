@@ -96,14 +96,23 @@ class WarmRunner:
             return len(self._running) < self._limit
 
     def _claim(self, client, run: FlowRun) -> bool:
-        """Pending and this process's pid on the run, or False when another took it."""
+        """Pending and this process's pid on the run, or False when another took it (or the
+        API did not answer: the run stays Scheduled, for the next poll)."""
         try:
             state = propose_state_sync(client, Pending(), flow_run_id=run.id)
         except Abort:
             return False
+        except Exception as exc:
+            log.error("run '%s' (%s): cannot claim it: %s", run.name, run.id, exc)
+            return False
         if not state.is_pending():
             return False
-        client.update_flow_run(run.id, infrastructure_pid=str(os.getpid()))
+        try:  # where the run runs, for whoever looks at it; the run goes ahead without it
+            client.update_flow_run(run.id, infrastructure_pid=str(os.getpid()))
+        except Exception as exc:
+            log.warning(
+                "run '%s' (%s): cannot record this process on it: %s", run.name, run.id, exc
+            )
         with self._lock:
             self._running.add(run.id)
         return True

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import DeploymentStatus
 from prefect.settings import get_current_settings
 from usersync_flows.sync import sync
 from usersync_sandbox.push import SampleUser, ScimPusher
@@ -88,6 +89,14 @@ def _deployment_runs(deployment_id) -> list:
     return asyncio.run(read())
 
 
+def _deployment_status(deployment_id):
+    async def read():
+        async with get_client() as client:
+            return (await client.read_deployment(deployment_id)).status
+
+    return asyncio.run(read())
+
+
 def _served_deployment(name: str, timeout: float = 120):
     """The deployment `usersync serve` registers, once it and its trigger exist."""
 
@@ -125,6 +134,8 @@ def test_a_push_disabling_a_user_deactivates_it_everywhere_through_the_served_de
     try:
         deployment = _served_deployment(f"sync/{PROFILE}-offboarding")
         time.sleep(5)  # the server's trigger service loads the new automation
+        # The serving process polls for its runs: the UI shows the deployment Ready.
+        assert _deployment_status(deployment.id) == DeploymentStatus.READY
         emitter = InboxEventEmitter()
         with serve(InboxApp(world["store"].engine, on_change=emitter)) as inbox:
             with ScimPusher(f"{inbox}{PREFIX}/{PROFILE}", world["token"]) as pusher:
