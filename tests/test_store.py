@@ -87,6 +87,40 @@ def test_a_run_records_every_operation_and_its_outcome(store):
     assert recorded["counts"] == {"planned": {"create_user": 3}}
 
 
+def group_plan(*groups: str) -> pd.DataFrame:
+    blank = dict.fromkeys(PLAN_COLUMNS, "")
+    rows = [
+        blank | {"seq": i + 1, "target": "jira", "op": "create_group", "group": g}
+        for i, g in enumerate(groups)
+    ]
+    return conform(pd.DataFrame(rows), PLAN_COLUMNS, what="plan")
+
+
+def test_a_group_a_dead_run_created_joins_the_ledger_and_no_other(store):
+    # A run created 'Sales' and died before the ledger learnt of it; 'ops' never got an
+    # outcome (the process died first: made by hand since, for all usersync knows).
+    dead = store.start_run("corp", "jira", dry_run=False)
+    store.record_plan(dead, group_plan("Sales", "ops"))
+    store.record_outcomes(dead, [(1, "succeeded", None)])
+    # A run that ended normally (its ledger written with its outcomes), and a dry run.
+    done = store.start_run("corp", "jira", dry_run=False)  # closes `dead` as interrupted
+    store.record_plan(done, group_plan("finished"))
+    store.record_outcomes(done, [(1, "succeeded", None)])
+    store.finish_run(done, "succeeded", {})
+    dry = store.start_run("corp", "jira", dry_run=True)
+    store.record_plan(dry, group_plan("dreamt"))
+    store.finish_run(dry, "planned", {})
+    store.start_run("corp", "jira", dry_run=False)
+
+    assert store.recover_created_groups("corp", "jira") == ["Sales"]
+    ledger = store.ledger("corp", "jira")
+    assert ledger[["kind", "target_key", "name", "origin"]].to_dict("records") == [
+        {"kind": "group", "target_key": "sales", "name": "Sales", "origin": "created"}
+    ]
+    assert store.recover_created_groups("corp", "jira") == []  # once
+    assert store.recover_created_groups("corp", "confluence") == []
+
+
 def test_ledger_is_per_profile_and_target_and_follows_renames(store):
     store.remember("corp", "jira", [LedgerEntry("user", "K1", "alice", "s1")])
     store.remember("corp", "jira", [LedgerEntry("user", "K1", "alice.smith", "s1")])

@@ -687,6 +687,14 @@ def plan_target_sync(
         mark = source_mark_of(loaded, desired.source_mark)
     desired, refused_groups = _as_target_stores(desired, target)
     desired = _without_refused(desired, store, profile.name, target_name)
+    instance = instance_of(profile.targets[target_name].url)
+    for group in store.recover_created_groups(profile.name, target_name, instance=instance):
+        log.warning(
+            "%s: group '%s' was created by a run that ended before recording it: "
+            "managed as created by usersync from now on",
+            target_name,
+            group,
+        )
     ledger = store.ledger(profile.name, target_name)
     fingerprints = (
         user_fingerprints(desired.users, desired.rejected),

@@ -365,6 +365,43 @@ class Store:
             return empty_frame(LEDGER_COLUMNS)
         return conform(pd.DataFrame(rows), LEDGER_COLUMNS, what="ledger")
 
+    def recover_created_groups(
+        self, profile: str, target: str, *, instance: str | None = None
+    ) -> list[str]:
+        """Groups an interrupted run of this profile created in `target` (its `create_group`
+        recorded as succeeded) that the ledger never learnt of: the process died between the
+        two records. They join the ledger as created (they are usersync's: an on-the-fly rule
+        fills them), and their names are returned. Operations of runs that ended as they
+        should, or whose outcome is unknown, are left alone: a group made by hand is never
+        taken for one usersync made."""
+        query = (
+            sa.select(operations.c.group_name)
+            .join(runs, runs.c.id == operations.c.run_id)
+            .where(
+                runs.c.profile == profile,
+                runs.c.target == target,
+                runs.c.status.in_(("interrupted", "running")),
+                runs.c.dry_run.is_(False),
+                operations.c.op == "create_group",
+                operations.c.status == "succeeded",
+            )
+            .distinct()
+        )
+        known = sa.select(ledger.c.target_key).where(
+            ledger.c.profile == profile, ledger.c.target == target, ledger.c.kind == "group"
+        )
+        with self.engine.connect() as conn:
+            made = [name for (name,) in conn.execute(query) if name]
+            held = {key for (key,) in conn.execute(known)}
+        lost = list(dict.fromkeys(n for n in made if n.casefold() not in held))
+        self.remember(
+            profile,
+            target,
+            [LedgerEntry("group", n.casefold(), n, origin="created") for n in lost],
+            instance=instance,
+        )
+        return lost
+
     def remember(
         self,
         profile: str,
