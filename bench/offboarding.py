@@ -44,6 +44,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import get_current_settings
 from usersync_sandbox.push import SampleUser, ScimPusher
 from usersync_sandbox.serve import Sandbox
+from usersync_sandbox.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = "bench-offboarding"
@@ -121,9 +122,7 @@ async def _served(name: str):
 def inbox_process(log: Path | None = None) -> Iterator[str]:
     """`usersync inbox serve` on a free loopback port, in a process of its own as an admin runs
     it (the store of $USERSYNC_STORE_URL, events to the Prefect API of this process); its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
     inbox = subprocess.Popen(
         [USERSYNC, "inbox", "serve", "--port", str(port)],

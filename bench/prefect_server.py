@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from usersync_sandbox.server import free_port
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_database() -> str:
@@ -68,7 +62,7 @@ def prefect_server(database: str = "postgresql") -> Iterator[str]:
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     with tempfile.TemporaryDirectory() as home:
         env = {
