@@ -364,15 +364,22 @@ def next_record(
     basis: str,
     now: datetime,
     reconciled: bool,
+    conflicts: pd.DataFrame | None = None,
 ) -> AppliedRecord:
     """What the store knows was written once a load is done: for what the run covered (all
     of it in a reconcile run, the scope in a delta run), the desired fingerprints of linked
     accounts and managed groups, `GONE` for the linked accounts and groups no longer desired;
-    nothing for an account or group whose operations did not all succeed (the next delta run
-    reads it again). `ledger`: the ledger after the load."""
+    nothing for an account or group whose operations did not all succeed, nor for an account
+    the plan listed as a conflict (a rename the product refused keeps the account's old name:
+    it does not hold what the source says), so the next delta run reads it again. `ledger`:
+    the ledger after the load."""
     bad = plan.loc[plan["seq"].isin(failed_seqs)] if len(plan) else plan
     bad_users = set(bad["source_id"].astype("string").dropna().astype(str)) if len(bad) else set()
-    if len(bad):
+    bad_keys = set(bad["target_key"].astype("string").dropna().astype(str)) if len(bad) else set()
+    if conflicts is not None and len(conflicts):
+        bad_users |= set(conflicts["source_id"].astype("string").dropna().astype(str)) - {""}
+        bad_keys |= set(conflicts["target_key"].astype("string").dropna().astype(str)) - {""}
+    if bad_keys:
         key_to_source = dict(
             zip(
                 ledger.loc[ledger["kind"] == "user", "target_key"].astype(str),
@@ -380,7 +387,7 @@ def next_record(
                 strict=True,
             )
         )
-        bad_users |= {key_to_source[k] for k in bad["target_key"].astype(str) if k in key_to_source}
+        bad_users |= {key_to_source[k] for k in bad_keys if k in key_to_source}
     bad_groups = (
         set(bad["group"].astype("string").dropna().str.casefold()) - {""} if len(bad) else set()
     )

@@ -1081,6 +1081,7 @@ def _record_applied(
         basis=target_plan.basis,
         now=datetime.now(UTC),
         reconciled=target_plan.mode == RECONCILE and clean,
+        conflicts=target_plan.conflicts,
     )
     # A failure leaves something the record does not hold: the mark then vouches for nothing.
     mark = target_plan.source_mark if clean and not failed else None

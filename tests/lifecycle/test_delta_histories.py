@@ -84,3 +84,23 @@ def test_a_hand_reactivated_leaver_is_deactivated_again_by_the_next_reconcile(
     key = machine.oracle.books["bitbucket"].links[ids["bob"]]
     assert not machine.products["bitbucket"].snapshot().accounts[key].active
     finished(machine)
+
+
+def test_a_delta_run_adds_a_member_whose_confluence_account_was_renamed_by_hand(
+    world: World,
+) -> None:
+    """Confluence cannot rename an account back: the reconcile lists the conflict and the
+    account keeps the hand-made name, which a later delta run must use to add it to a group
+    (the source's name answers 404). Found by `make soak`, 2026-12-06."""
+    machine, ids = started(world)
+    key = machine.oracle.books["confluence"].links[ids["alice"]]
+    machine.hand_edit("confluence", ids["alice"], "rename")
+    machine.sync()
+    renamed = machine.products["confluence"].snapshot().accounts[key].username
+    assert renamed.casefold() != "alice"
+    machine.set_membership("ops", ids["alice"], True)
+    machine.delta_sync()
+    now = machine.products["confluence"].snapshot()
+    assert now.accounts[key].username == renamed
+    assert "ops" in now.groups_of(key)
+    finished(machine)

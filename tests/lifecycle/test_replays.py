@@ -6,8 +6,6 @@ short random run, so the defect stays fixed.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.lifecycle.conftest import World
 from tests.lifecycle.test_stateful import LifecycleMachine
 
@@ -25,15 +23,12 @@ def test_a_group_created_by_a_run_that_died_is_filled_by_the_next(world: World) 
     state.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 26): a delta run names a Confluence account renamed by hand by its "
-    "source username in add_membership (HTTP 404: no user carol), so the run ends partial",
-)
 def test_a_delta_run_adds_a_member_renamed_by_hand_in_confluence(world: World) -> None:
-    """2026-12-06, `make soak`: the history as found (not shrunk yet). The last delta run
-    plans `add_membership carol ops` in Confluence, whose account was renamed by hand (a
-    product that cannot rename it back), and Confluence answers 404 for the name 'carol'."""
+    """2026-12-06, `make soak`: the history as found (not shrunk). The last delta run planned
+    `add_membership carol ops` in Confluence, whose account was renamed by hand (a product
+    that cannot rename it back): Confluence answered 404 for the name 'carol' and the run
+    ended partial. The reconcile before it listed the rename as a conflict yet recorded the
+    account as written under its source name; a conflicting account is now read again."""
     state = LifecycleMachine(world)
     (users_0,) = state.populate(
         people=[("alice", "a", "plain", True), ("alice", "a", "plain", True)],

@@ -72,7 +72,9 @@ SEED = os.environ.get("USERSYNC_SOAK_SEED")
 #: USERSYNC_LIFECYCLE_SHRINK=1 replays the same fixed examples and shrinks it.
 SHRINK = SOAK or os.environ.get("USERSYNC_LIFECYCLE_SHRINK") == "1"
 
-pytestmark = [pytest.mark.slapd, pytest.mark.timeout(0 if SHRINK else 290)]
+#: The fixed short run takes about 250-330 s on the 2-core CI machine, more when it is busy:
+#: the limit is there to stop a hang, not to time it.
+pytestmark = [pytest.mark.slapd, pytest.mark.timeout(0 if SHRINK else 900)]
 
 #: usernames of the source; "admin" is protected, "frank" also exists as a hand-made account
 USERNAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "admin")
