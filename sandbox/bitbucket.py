@@ -29,6 +29,7 @@ import secrets
 import threading
 import time
 import unicodedata
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,7 +42,7 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 from starlette.routing import Route
 from usersync_sandbox.faults import Instrumented, retry_after_only
-from usersync_sandbox.substring_index import SubstringIndex, TrackedDict
+from usersync_sandbox.substring_index import CountedDict, SubstringIndex, TrackedDict
 
 #: Global permissions, lowest first; each implies the ones before it.
 GLOBAL_PERMISSIONS: tuple[str, ...] = ("LICENSED_USER", "PROJECT_CREATE", "ADMIN", "SYS_ADMIN")
@@ -144,6 +145,115 @@ class BitbucketRefusal(Exception):
 #: The fields `filter` searches; changing one of an existing account counts as an edit.
 _SEARCHED = frozenset({"name", "email", "display_name"})
 
+#: Up to this many accounts created since the sorted user list was last built are inserted
+#: into it one by one; more, and it is sorted again.
+_INSERT_MAX = 1000
+
+
+class Memberships:
+    """Who is in each group, kept current by the accounts' `MemberSet`s: group key -> ids of
+    the accounts whose `groups` hold it, and a counter per group that moves with each change.
+
+    It lets a group's member list, a group's deletion and the licence count visit the members
+    only, not every account (an account deleted keeps its ids here: readers check that it is
+    still one of the emulator's accounts).
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[str, set[int]] = {}
+        self.versions: dict[str, int] = {}
+        self.changes = 0
+
+    def joined(self, group: str, uid: int) -> None:
+        self.ids.setdefault(group, set()).add(uid)
+        self._moved(group)
+
+    def left(self, group: str, uid: int) -> None:
+        held = self.ids.get(group)
+        if held is not None:
+            held.discard(uid)
+            if not held:
+                del self.ids[group]
+        self._moved(group)
+
+    def _moved(self, group: str) -> None:
+        self.versions[group] = self.versions.get(group, 0) + 1
+        self.changes += 1
+
+
+class MemberSet(set):
+    """An account's group keys (a set), telling `Memberships` of every key added or removed,
+    whichever way the set is changed (the handlers, and tests that edit it directly)."""
+
+    def __init__(self, index: Memberships, uid: int, keys: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._index = index
+        self._uid = uid
+        self.update(keys)
+
+    def add(self, key: str) -> None:
+        if key not in self:
+            super().add(key)
+            self._index.joined(key, self._uid)
+
+    def discard(self, key: str) -> None:
+        if key in self:
+            super().discard(key)
+            self._index.left(key, self._uid)
+
+    def remove(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.discard(key)
+
+    def pop(self) -> str:
+        key = super().pop()
+        self._index.left(key, self._uid)
+        return key
+
+    def clear(self) -> None:
+        for key in list(self):
+            self.discard(key)
+
+    def update(self, *others: Iterable[str]) -> None:
+        for other in others:
+            for key in list(other):
+                self.add(key)
+
+    def difference_update(self, *others: Iterable[str]) -> None:
+        for other in others:
+            for key in list(other):
+                self.discard(key)
+
+    def intersection_update(self, *others: Iterable[str]) -> None:
+        kept = set(self).intersection(*others)
+        for key in list(self):
+            if key not in kept:
+                self.discard(key)
+
+    def symmetric_difference_update(self, other: Iterable[str]) -> None:
+        for key in set(other):
+            if key in self:
+                self.discard(key)
+            else:
+                self.add(key)
+
+    def __ior__(self, other: Any) -> MemberSet:
+        self.update(other)
+        return self
+
+    def __iand__(self, other: Any) -> MemberSet:
+        self.intersection_update(other)
+        return self
+
+    def __isub__(self, other: Any) -> MemberSet:
+        self.difference_update(other)
+        return self
+
+    def __ixor__(self, other: Any) -> MemberSet:
+        self.symmetric_difference_update(other)
+        return self
+
 
 def _numbers(version: str) -> tuple[int, ...]:
     """(9, 4, 0) from "9.4.0"; a part that is not a number ends it."""
@@ -169,14 +279,27 @@ class EmulatedUser:
     edits: ClassVar[int] = 0
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SEARCHED and name in self.__dict__:
-            EmulatedUser.edits += 1
+        if name in _SEARCHED:
+            if name in self.__dict__:
+                EmulatedUser.edits += 1
+            self.__dict__.pop("_folded", None)
+        held = self.__dict__.get("groups")
+        if name == "groups" and isinstance(held, MemberSet) and not isinstance(value, MemberSet):
+            # A plain set given to an account: its keys go into the indexed set it has.
+            held.clear()
+            held.update(value)
+            return
         object.__setattr__(self, name, value)
 
     @property
     def folded(self) -> str:
-        """Name, e-mail and display name casefolded, as the `filter` parameter searches them."""
-        return "\0".join(f.casefold() for f in (self.name, self.email, self.display_name))
+        """Name, e-mail and display name casefolded, as the `filter` parameter searches them
+        (kept until one of them changes: the index's rebuild reads every account's)."""
+        text = self.__dict__.get("_folded")
+        if text is None:
+            text = "\0".join(f.casefold() for f in (self.name, self.email, self.display_name))
+            self.__dict__["_folded"] = text
+        return text
 
     def as_json(self, created: bool = True) -> dict[str, Any]:
         """The RestDetailedUser; `created` False leaves out `createdTimestamp` (before 9.6)."""
@@ -270,9 +393,18 @@ class BitbucketEmulator:
         self._ids = itertools.count(1)
         self.users: TrackedDict = TrackedDict()  # by casefolded username
         self._by_filter = SubstringIndex(self.users, lambda u: u.folded, lambda: EmulatedUser.edits)
+        self._by_id: dict[int, EmulatedUser] = {}  # every account made, deleted ones too
+        self._memberships = Memberships()  # kept by the accounts' `groups`
         self.groups: dict[str, EmulatedGroup] = {}  # by casefolded group name
-        self.user_permissions: dict[str, str] = {}  # casefolded username -> direct permission
-        self.group_permissions: dict[str, str] = {}  # casefolded group -> permission
+        # casefolded username -> direct permission
+        self.user_permissions: CountedDict = CountedDict()
+        self.group_permissions: CountedDict = CountedDict()  # casefolded group -> permission
+        # Caches over the state above, each with what it was built from (see `_sorted_users`).
+        self._sorted: tuple[tuple[int, int], list[str], list[EmulatedUser]] | None = None
+        self._licensed: tuple[tuple[int, ...], list[str], list[EmulatedUser]] | None = None
+        self._members_sorted: dict[str, tuple[tuple[int, int], list[EmulatedUser]]] = {}
+        self._slugs: tuple[tuple[int, int], dict[str, EmulatedUser]] | None = None
+        self._count: tuple[tuple[int, ...], int] | None = None
         self.tokens: dict[str, str] = {}  # token -> casefolded username
         self.seed_group(default_group, permission="LICENSED_USER")
         self.seed_user(admin[0], f"{admin[0]}@example.com", "Administrator", password=admin[1])
@@ -309,6 +441,9 @@ class BitbucketEmulator:
                 password=password if password is not None else secrets.token_urlsafe(16),
                 created=int(time.time() * 1000),
             )
+            user.groups = MemberSet(self._memberships, user.id)
+            self._by_id[user.id] = user
+            user.folded  # noqa: B018 (the searched text, made now rather than at the first filter)
             self.users[username.casefold()] = user
             if permission or active:
                 self.user_permissions[username.casefold()] = permission or "LICENSED_USER"
@@ -368,7 +503,90 @@ class BitbucketEmulator:
         """Usernames in `group`, sorted."""
         with self._lock:
             key = self._group(group).name.casefold()
-            return sorted(u.name for u in self.users.values() if key in u.groups)
+            return sorted(u.name for u in self._sorted_members(key))
+
+    # -- indexes: kept between requests, rebuilt (or extended) when the state moved --------
+
+    def _live(self, user: EmulatedUser) -> bool:
+        return self.users.get(user.name.casefold()) is user
+
+    def _sorted_users(self) -> tuple[list[str], list[EmulatedUser]]:
+        """Every account's key and the account, sorted by key (the casefolded name, which is
+        the order of every user list). Accounts created since the last call are inserted;
+        any other change to `users` (a deletion, a rename: `reshaped` moves) sorts again."""
+        users = self.users
+        seen = (users.reshaped, len(users))
+        if self._sorted is not None and self._sorted[0] == seen:
+            return self._sorted[1], self._sorted[2]
+        if (
+            self._sorted is not None
+            and self._sorted[0][0] == users.reshaped
+            and 0 < len(users) - self._sorted[0][1] <= _INSERT_MAX
+        ):
+            _, keys, values = self._sorted
+            # Only additions since (anything else moves `reshaped`): the newest keys.
+            for key in itertools.islice(reversed(users), len(users) - self._sorted[0][1]):
+                at = bisect_left(keys, key)
+                keys.insert(at, key)
+                values.insert(at, users[key])
+        else:
+            keys = sorted(users)
+            values = [users[key] for key in keys]
+        self._sorted = (seen, keys, values)
+        return keys, values
+
+    def _sorted_licensed(self) -> tuple[list[str], list[EmulatedUser]]:
+        """Keys and accounts of those granted a global permission directly, sorted by key
+        (two lists: 100k pairs would be 100k objects for the garbage collector to follow)."""
+        users, granted = self.users, self.user_permissions
+        seen = (users.reshaped, len(users), granted.changes)
+        if self._licensed is None or self._licensed[0] != seen:
+            keys, values = self._sorted_users()
+            chosen = [k in granted for k in keys]
+            self._licensed = (
+                seen,
+                list(itertools.compress(keys, chosen)),
+                list(itertools.compress(values, chosen)),
+            )
+        return self._licensed[1], self._licensed[2]
+
+    def _sorted_members(self, group: str) -> list[EmulatedUser]:
+        """The accounts whose groups hold this group key, sorted by name (casefolded)."""
+        seen = (self._memberships.versions.get(group, 0), self.users.reshaped)
+        cached = self._members_sorted.get(group)
+        if cached is None or cached[0] != seen:
+            members = (self._by_id[uid] for uid in self._memberships.ids.get(group, ()))
+            chosen = sorted((u for u in members if self._live(u)), key=lambda u: u.name.casefold())
+            cached = self._members_sorted[group] = (seen, chosen)
+        return cached[1]
+
+    def _holding(self, floor: int = 0) -> set[str]:
+        """Keys of the accounts whose effective global permission ranks at least `floor`
+        (0: any), as `effective_permission` would tell one account at a time."""
+        users = self.users
+        enough = {p for p in GLOBAL_PERMISSIONS if GLOBAL_PERMISSIONS.index(p) >= floor}
+        held = {k for k, level in self.user_permissions.items() if level in enough and k in users}
+        for group, level in self.group_permissions.items():
+            if level in enough:
+                held.update(u.name.casefold() for u in self._sorted_members(group))
+        return held
+
+    def _by_slug(self, slug: str) -> EmulatedUser | None:
+        """The first account (in creation order) whose name gives this slug."""
+        users = self.users
+        seen = (users.reshaped, len(users))
+        if self._slugs is not None and self._slugs[0][0] == users.reshaped:
+            slugs = self._slugs[1]
+            added = len(users) - self._slugs[0][1]
+            newest = list(itertools.islice(reversed(users), added))
+            for key in reversed(newest):
+                slugs.setdefault(user_slug(users[key].name), users[key])
+        else:
+            slugs = {}
+            for user in users.values():
+                slugs.setdefault(user_slug(user.name), user)
+        self._slugs = (seen, slugs)
+        return slugs.get(slug)
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -384,7 +602,14 @@ class BitbucketEmulator:
             raise BitbucketRefusal(404, f"Group {name} does not exist.", NO_SUCH_GROUP, "name")
         return group
 
-    def _page(self, request: Request, items: list[Any]) -> dict[str, Any]:
+    def _page(
+        self,
+        request: Request,
+        items: list[Any],
+        render: Callable[[Any], Any] | None = None,
+    ) -> dict[str, Any]:
+        """The page of `items` that `start` and `limit` ask for; `render` makes each value of
+        the page (only those) into what the answer carries."""
         try:
             start = max(0, int(request.query_params.get("start", 0)))
             limit = int(request.query_params.get("limit", DEFAULT_PAGE_LIMIT))
@@ -393,6 +618,8 @@ class BitbucketEmulator:
         limit = max(1, min(limit, self.max_page_size))
         values = items[start : start + limit]
         last = start + len(values) >= len(items)
+        if render is not None:
+            values = [render(item) for item in values]
         page: dict[str, Any] = {
             "size": len(values),
             "limit": limit,
@@ -410,24 +637,23 @@ class BitbucketEmulator:
         return not needle or any(needle in f.casefold() for f in fields)
 
     def _filtered_users(
-        self, request: Request, users: Iterable[EmulatedUser] | None = None
-    ) -> list[dict]:
-        """`users` (default: every account) that the `filter` parameter matches, sorted by
-        name. Over every account the index answers: a load of 10k creations reads each back
-        by filter, and a loop over all accounts was most of the emulator's time."""
+        self, request: Request, users: list[EmulatedUser] | None = None
+    ) -> list[EmulatedUser]:
+        """`users` (sorted by casefolded name; default: every account) that the `filter`
+        parameter matches, sorted by name. Over every account the index answers: a load of
+        10k creations reads each back by filter, and a loop over all accounts was most of the
+        emulator's time."""
         needle = request.query_params.get("filter", "").casefold()
         if "\0" in needle:
-            chosen = []  # no field holds a NUL (and the searched text joins fields with one)
-        elif not needle:
-            chosen = list(self.users.values() if users is None else users)
-        elif users is None:
-            chosen = self._by_filter.search(needle)
-        else:
-            chosen = [u for u in users if needle in u.folded]
-        return [
-            u.as_json(self.created_timestamps)
-            for u in sorted(chosen, key=lambda u: u.name.casefold())
-        ]
+            return []  # no field holds a NUL (and the searched text joins fields with one)
+        if not needle:
+            return self._sorted_users()[1] if users is None else users
+        if users is None:
+            return sorted(self._by_filter.search(needle), key=lambda u: u.name.casefold())
+        return [u for u in users if needle in u.folded]
+
+    def _detailed(self, user: EmulatedUser) -> dict[str, Any]:
+        return user.as_json(self.created_timestamps)
 
     # -- authentication -------------------------------------------------------------------
 
@@ -593,54 +819,50 @@ class BitbucketEmulator:
     async def _get_user_by_slug(self, request: Request) -> Response:
         self._caller(request, needs="LICENSED_USER")
         slug = request.path_params["slug"]
-        for user in self.users.values():
-            if user_slug(user.name) == slug:
-                return JSONResponse(
-                    {
-                        k: v
-                        for k, v in user.as_json(self.created_timestamps).items()
-                        if k != "deletable"
-                    }
-                )
+        user = self._by_slug(slug)
+        if user is not None:
+            return JSONResponse(
+                {k: v for k, v in user.as_json(self.created_timestamps).items() if k != "deletable"}
+            )
         raise BitbucketRefusal(404, f"User {slug} does not exist.", NO_SUCH_USER)
 
     async def _list_users(self, request: Request) -> Response:
         self._caller(request, needs="LICENSED_USER")
-        return JSONResponse(self._page(request, self._filtered_users(request)))
+        return JSONResponse(self._page(request, self._filtered_users(request), self._detailed))
 
     async def _list_application_users(self, request: Request) -> Response:
         """`GET /users`: any licensed user's view; `group` keeps that group's members and
         `permission` (a global one) those holding at least that level."""
         self._caller(request, needs="LICENSED_USER")
-        chosen: Iterable[EmulatedUser] = self.users.values()
         group = request.query_params.get("group")
+        permission = request.query_params.get("permission")
+        if permission and permission not in GLOBAL_PERMISSIONS:
+            raise BitbucketRefusal(
+                400,
+                f"'{permission}' is not a valid global permission.",
+                INVALID_ARGUMENT,
+                "permission",
+            )
+        text = request.query_params.get("filter", "")
+        needle = text.casefold()
+        # The smallest candidate list first (each sorted by casefolded name), then every test.
+        chosen: list[EmulatedUser]
+        if needle and "\0" not in needle:
+            chosen = sorted(self._by_filter.search(needle), key=lambda u: u.name.casefold())
+        elif group:
+            chosen = self._sorted_members(group.casefold())
+        else:
+            chosen = self._sorted_users()[1]
         if group:
             key = group.casefold()
             chosen = [u for u in chosen if key in u.groups]
-        permission = request.query_params.get("permission")
         if permission:
-            if permission not in GLOBAL_PERMISSIONS:
-                raise BitbucketRefusal(
-                    400,
-                    f"'{permission}' is not a valid global permission.",
-                    INVALID_ARGUMENT,
-                    "permission",
-                )
-            floor = GLOBAL_PERMISSIONS.index(permission)
-            chosen = [
-                u
-                for u in chosen
-                if (held := self.effective_permission(u.name))
-                and GLOBAL_PERMISSIONS.index(held) >= floor
-            ]
-        text = request.query_params.get("filter", "")
+            holding = self._holding(GLOBAL_PERMISSIONS.index(permission))
+            chosen = [u for u in chosen if u.name.casefold() in holding]
+        if needle:
+            chosen = [u for u in chosen if self._matches(text, u.name, u.display_name, u.email)]
         base = str(request.base_url).rstrip("/") + self.context_path
-        values = [
-            u.as_application_user(base)
-            for u in sorted(chosen, key=lambda u: u.name.casefold())
-            if self._matches(text, u.name, u.display_name, u.email)
-        ]
-        return JSONResponse(self._page(request, values))
+        return JSONResponse(self._page(request, chosen, lambda u: u.as_application_user(base)))
 
     async def _create_user(self, request: Request) -> Response:
         self._caller(request, needs="ADMIN")
@@ -757,7 +979,7 @@ class BitbucketEmulator:
         key = group.name.casefold()
         del self.groups[key]
         self.group_permissions.pop(key, None)
-        for user in self.users.values():
+        for user in self._sorted_members(key):
             user.groups.discard(key)
         return JSONResponse({"name": group.name, "deletable": True})
 
@@ -765,8 +987,10 @@ class BitbucketEmulator:
         self._caller(request, needs="LICENSED_USER")
         # A group that does not exist has no members: 200 and an empty page, as declared.
         key = self._required(request.query_params, "context").casefold()
-        members = [u for u in self.users.values() if key in u.groups] if key in self.groups else []
-        return JSONResponse(self._page(request, self._filtered_users(request, members)))
+        members = self._sorted_members(key) if key in self.groups else []
+        return JSONResponse(
+            self._page(request, self._filtered_users(request, members), self._detailed)
+        )
 
     async def _license(self, request: Request) -> Response:
         """`GET /admin/license` (RestBitbucketLicense, as generated clients describe it; the
@@ -811,7 +1035,29 @@ class BitbucketEmulator:
 
     def licensed_count(self) -> int:
         """How many accounts hold a licence (any global permission, directly or by group)."""
-        return sum(1 for name in self.users if self.effective_permission(name) is not None)
+        with self._lock:
+            users = self.users
+            seen = (
+                users.reshaped,
+                len(users),
+                self.user_permissions.changes,
+                self.group_permissions.changes,
+                self._memberships.changes,
+            )
+            if self._count is None or self._count[0] != seen:
+                granted = self.user_permissions
+                direct = sum(1 for k, level in granted.items() if level and k in users)
+                by_id = self._by_id
+                through_groups = {
+                    key
+                    for group, level in self.group_permissions.items()
+                    if level
+                    for uid in self._memberships.ids.get(group, ())
+                    if not granted.get(key := by_id[uid].name.casefold())
+                    and users.get(key) is by_id[uid]
+                }
+                self._count = (seen, direct + len(through_groups))
+            return self._count[1]
 
     def _refuse_past_the_licence(self, newly_licensed: int) -> None:
         if self.licensed_users is None or newly_licensed <= 0:
@@ -917,16 +1163,30 @@ class BitbucketEmulator:
     async def _list_user_permissions(self, request: Request) -> Response:
         self._caller(request, needs="ADMIN")
         text = request.query_params.get("filter", "")
-        rows = [
-            {
-                "user": user.as_json(self.created_timestamps),
-                "permission": self.user_permissions[key],
-            }
-            for key, user in sorted(self.users.items())
-            if key in self.user_permissions
-            and self._matches(text, user.name, user.display_name, user.email)
-        ]
-        return JSONResponse(self._page(request, rows))
+        needle = text.casefold()
+        granted = self.user_permissions
+        rows: list[EmulatedUser]
+        if not needle:
+            rows = self._sorted_licensed()[1]
+        elif "\0" in needle:
+            rows = [
+                user
+                for user in self._sorted_licensed()[1]
+                if self._matches(text, user.name, user.display_name, user.email)
+            ]
+        else:
+            # The index finds the few accounts the text matches (in any of the three fields).
+            found = self._by_filter.search(needle)
+            rows = sorted(
+                (u for u in found if u.name.casefold() in granted), key=lambda u: u.name.casefold()
+            )
+        return JSONResponse(
+            self._page(
+                request,
+                rows,
+                lambda u: {"user": self._detailed(u), "permission": granted[u.name.casefold()]},
+            )
+        )
 
     async def _set_user_permission(self, request: Request) -> Response:
         caller = self._caller(request, needs="ADMIN")

@@ -6,7 +6,8 @@ makes 10k lookups, each of which scanned every account in Python (most of the em
 in `bench/load.py`). `SubstringIndex` keeps the searched text of every account in one string
 and finds a needle with `str.find`; `TrackedDict` tells it what changed, so an account created
 since the last lookup is appended and anything else (a deletion, a replacement, an edited
-field) rebuilds the text once.
+field) rebuilds the text once. `CountedDict` is a dict that counts its changes, for caches kept
+over one (the Bitbucket emulator's sorted list of directly licensed accounts).
 """
 
 from __future__ import annotations
@@ -60,6 +61,47 @@ class TrackedDict(dict):
         return super().setdefault(key, default)
 
     def __ior__(self, other: Any) -> TrackedDict:
+        self.update(other)
+        return self
+
+
+class CountedDict(dict):
+    """A dict whose `changes` moves with every change made through it (for caches kept over
+    it: the Bitbucket emulator's global permission lists)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changes = 0
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Hashable) -> None:
+        self.changes += 1
+        super().__delitem__(key)
+
+    def pop(self, key: Hashable, *default: Any) -> Any:
+        self.changes += 1
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[Hashable, Any]:
+        self.changes += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.changes += 1
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.changes += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Hashable, default: Any = None) -> Any:
+        self.changes += 1
+        return super().setdefault(key, default)
+
+    def __ior__(self, other: Any) -> CountedDict:
         self.update(other)
         return self
 
