@@ -8,7 +8,9 @@ partial load) fails alone: the others complete, and the run ends Failed with eve
 outcome in the summary artifact and the store. The guards are the engine's
 (`usersync.guards`); a target they stop emits `usersync.sync.braked` (tasks/report.py). A run
 reconciles (reads everything) or, `mode="delta"`, reads what changed (`usersync.delta`,
-nothing when the source's mark has not moved); `only` scopes it (an offboarding).
+nothing when the source's mark has not moved); `only` scopes it (an offboarding): a source that
+reads identities by key (the inbox) is then read for them alone, and a target whose plan from
+that read cannot stand (`usersync.WholeSourceNeeded`) is planned again from the whole source.
 
 One run of a profile at a time: the profile's lease (`usersync.lease`, `runs.profile_turn`),
 held through an approval pause; a deployment run finding it busy queues, or ends Skipped when
@@ -20,6 +22,7 @@ pauses, then cancels it). Each target's client is opened, its secret resolved, o
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ from usersync import (
     Store,
     TargetOutcome,
     UsersyncError,
+    WholeSourceNeeded,
     brake_verdict,
     drift_of,
     record_outcome,
@@ -141,6 +145,22 @@ def _sync(
     return [o.as_dict() for o in outcomes]
 
 
+class _WholeSource:
+    """The whole source, read at most once in a run, for the targets whose plan from a scoped
+    read cannot stand."""
+
+    def __init__(self, loaded: LoadedProfile, full: bool) -> None:
+        self._loaded, self._full = loaded, full
+        self._lock = threading.Lock()
+        self._snapshot: SourceSnapshot | None = None
+
+    def __call__(self) -> SourceSnapshot:
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = steps.extract(self._loaded, self._full)
+            return self._snapshot
+
+
 @dataclass(frozen=True)
 class _Run:
     """What every target of one run shares."""
@@ -152,6 +172,7 @@ class _Run:
     allow_mass_changes: bool
     holder: str
     kind: runs.RunKind
+    whole_source: Callable[[], SourceSnapshot]
 
 
 def _sync_profile(
@@ -172,8 +193,10 @@ def _sync_profile(
     profile = loaded.profile.name
     if (quiet := steps.unchanged(loaded, chosen, dry_run, kind)) is not None:
         return quiet  # a delta run, and the source says nothing changed: nothing to read
+    whole = _WholeSource(loaded, full)
     try:
-        snapshot = steps.extract(loaded, full)
+        scoped = None if kind.only is None else steps.extract_scoped(loaded, list(kind.only))
+        snapshot = whole() if scoped is None else scoped
     except Exception as exc:
         # The audit trail shows the attempt for every target, with the reason nothing ran.
         status = BRAKED if isinstance(exc, GuardError) else "failed"
@@ -185,7 +208,7 @@ def _sync_profile(
     ask = not dry_run and not allow_mass_changes and settings.approval == "ask"
     hold: Hold = HOLD if ask and approval.channel() is not None else None
     with RunTargets(loaded, load_prefect_secret=load_prefect_secret) as clients:
-        run = _Run(loaded, clients, store, dry_run, allow_mass_changes, holder, kind)
+        run = _Run(loaded, clients, store, dry_run, allow_mass_changes, holder, kind, whole)
         outcomes = _each_target(chosen, lambda name: _sync_target(run, name, snapshot, hold))
         done = {o.target: o for o in outcomes}
         round_no = 0
@@ -266,15 +289,20 @@ def _plan_and_load(
 ) -> None:
     """Transform, plan, publish the plan and (unless a dry run) load; fill in `outcome`."""
     loaded, store, dry_run = run.loaded, run.store, run.dry_run
-    desired = steps.transform(loaded, snapshot, name)
-    outcome.took_desired(desired)
     # Where a braked plan may wait for an approval, and in a dry run (which shows the whole
     # plan a real run would stop at), the brake is applied here, not in plan.
     brake_here = (hold is not None or dry_run) and not run.allow_mass_changes
     client = run.clients[name]
     allow = run.allow_mass_changes or brake_here
     mode, only, run_id = run.kind.mode, run.kind.only, outcome.run_id
+    desired = steps.transform(loaded, snapshot, name)
     target_plan = steps.plan(loaded, name, client, desired, allow, run_id, dry_run, mode, only)
+    if target_plan is None:  # a plan from a scoped read that could not stand (logged)
+        desired = steps.transform(loaded, run.whole_source(), name)
+        target_plan = steps.plan(loaded, name, client, desired, allow, run_id, dry_run, mode, only)
+        if target_plan is None:
+            raise WholeSourceNeeded(f"{name}: planned from the whole source, yet it asked for it")
+    outcome.took_desired(desired)
     outcome.took_plan(target_plan)
     verdict = brake_here and brake_verdict(
         target_plan.plan,

@@ -94,6 +94,24 @@ def extract(loaded: LoadedProfile, full: bool = False) -> SourceSnapshot:
     return snapshot
 
 
+@task(
+    name="extract-scoped",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
+    **SIDE_EFFECT_FREE,
+)
+def extract_scoped(loaded: LoadedProfile, ids: list[str]) -> SourceSnapshot | None:
+    """Read only the named identities by key, when the source can (the inbox): a run scoped to
+    them (an offboarding) then neither reads nor maps the whole directory. None: the source
+    cannot, read it whole."""
+    snapshot = engine.extract_scoped(loaded, ids, load_prefect_secret=load_prefect_secret)
+    if snapshot is not None:
+        for note in snapshot.notes:
+            get_run_logger().info(note)
+    return snapshot
+
+
 @task(name="unchanged-source", **SIDE_EFFECT_FREE)
 def unchanged(
     loaded: LoadedProfile, chosen: list[str], dry_run: bool, kind: RunKind
@@ -153,12 +171,14 @@ def plan(
     dry_run: bool,
     mode: str = "reconcile",
     only: list[str] | None = None,
-) -> TargetPlan:
+) -> TargetPlan | None:
     """Read the target's state and compute the plan (guards run here, before any write);
     record it with the run, publish it, and say what a person must look at.
 
     `mode`: "reconcile" reads everything, "delta" what changed since the last runs wrote
-    (`usersync.delta`); `only` scopes a delta run to those identities (an offboarding)."""
+    (`usersync.delta`); `only` scopes a delta run to those identities (an offboarding).
+    None, saying why: `desired` was made from a scoped read and a plan from it cannot stand
+    (`usersync.WholeSourceNeeded`); nothing was recorded, plan again from the whole source."""
     profile = loaded.profile.name
     store = Store.open()
     try:
@@ -173,6 +193,9 @@ def plan(
             only=only,
         )
         store.record_plan(run_id, result.plan)
+    except engine.WholeSourceNeeded as exc:
+        get_run_logger().warning("%s: %s: planning from the whole source", target, exc)
+        return None
     finally:
         store.close()
     logger = get_run_logger()

@@ -32,6 +32,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "select_targets": ("usersync.sync", "select_targets"),
     "shared_instance_warnings": ("usersync.sync", "shared_instance_warnings"),
     "extract": ("usersync.sync", "extract"),
+    "extract_scoped": ("usersync.sync", "extract_scoped"),
+    "WholeSourceNeeded": ("usersync.sync", "WholeSourceNeeded"),
     "poll_source_leavers": ("usersync.sync", "poll_source_leavers"),
     "unchanged_source": ("usersync.sync", "unchanged_source"),
     "UnchangedSnapshot": ("usersync.sync", "UnchangedSnapshot"),

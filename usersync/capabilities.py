@@ -13,7 +13,7 @@ Flags that are plain settings of a client class (`Target.custom_attributes`) sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeGuard, TypeVar
 
 import pandas as pd
@@ -36,6 +36,7 @@ __all__ = [
     "AttributeChecker",
     "BulkMembershipWriter",
     "IncrementalSource",
+    "ScopedRead",
     "UserLookup",
     "members_per_call",
     "offers",
@@ -101,6 +102,17 @@ class ChangeMarked(Protocol):
         ...
 
 
+class ScopedRead(Protocol):
+    """A source that reads a few identities by key without reading everything (the inbox). A
+    delta run scoped to them (an offboarding) plans from that read alone
+    (`sync.extract_scoped`), and from the whole source whenever it cannot trust it."""
+
+    def extract_only(self, attributes: Sequence[str], ids: Collection[str]) -> SourceSnapshot:
+        """The users with these source ids (absent: gone from the source) and, of each group
+        holding one of them, only those members."""
+        ...
+
+
 class IncrementalSource(Protocol):
     """A source that reads only what changed since a watermark (LDAP: AD's uSNChanged,
     OpenLDAP's entryCSN). `sources/watermark.py` merges the changes into the snapshot of the
@@ -140,6 +152,7 @@ CAPABILITY_MEMBERS: dict[type, tuple[str, ...]] = {
     AttributeChecker: ("check_attributes",),
     UserLookup: ("find_users", "user_groups", "entry_attributes"),
     ChangeMarked: ("change_mark",),
+    ScopedRead: ("extract_only",),
     IncrementalSource: (
         "config",
         "position",

@@ -224,6 +224,9 @@ class DesiredState:
     rejected: pd.DataFrame
     #: the change mark of the snapshot it was made from (`SourceSnapshot.change_mark`)
     source_mark: str | None = None
+    #: made from a read of these source ids alone (`sync.ScopedSnapshot`); None: the whole
+    #: source
+    scoped_to: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

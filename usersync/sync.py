@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from usersync.capabilities import AccountGroupsReader, ChangeMarked, offers
+from usersync.capabilities import AccountGroupsReader, ChangeMarked, ScopedRead, offers
 from usersync.config import (
     Profile,
     SecretLoader,
@@ -242,6 +242,59 @@ def extract(
     return replace(snapshot, change_mark=mark)
 
 
+@dataclass(frozen=True)
+class ScopedSnapshot(SourceSnapshot):
+    """A read of a few identities by key (`capabilities.ScopedRead`), not of the whole
+    source: the users with these ids and, of their groups, only them. It says nothing of the
+    source's size (no counts) and vouches for nothing beyond those identities: a plan made from
+    it that would need more raises `WholeSourceNeeded` (`plan_target_sync`)."""
+
+    scoped_to: frozenset[str] = frozenset()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {}
+
+
+class WholeSourceNeeded(UsersyncError):
+    """A plan from a `ScopedSnapshot` cannot be trusted (the delta run would reconcile, plan
+    beyond the named identities, or an identity was named other than by its source id):
+    the caller plans again from the whole source."""
+
+
+def extract_scoped(
+    loaded: LoadedProfile,
+    ids: Collection[str],
+    *,
+    load_prefect_secret: SecretLoader | None = None,
+) -> ScopedSnapshot | None:
+    """The users with these source ids and their groups, read by key, when the source can
+    (`capabilities.ScopedRead`: the inbox); None when it cannot (then read the whole source).
+    No source guard applies: the read is of named identities, not of the directory, and an id
+    it does not find is one the source no longer has.
+
+    Raises:
+        SourceError: unreachable, or a damaged read.
+    """
+    wanted = frozenset(str(i) for i in ids)
+    with open_source(loaded.profile.source, load_prefect_secret=load_prefect_secret) as source:
+        if not offers(source, ScopedRead):
+            return None
+        snapshot = source.extract_only(loaded.tables.source_attributes(), wanted)
+    found = len(snapshot.users)
+    return ScopedSnapshot(
+        snapshot.users,
+        snapshot.groups,
+        snapshot.memberships,
+        source_kind=snapshot.source_kind,
+        notes=(
+            *snapshot.notes,
+            f"scoped read: {found} of the {len(wanted)} identity(ies) asked for found by id",
+        ),
+        scoped_to=wanted,
+    )
+
+
 def poll_source_leavers(
     loaded: LoadedProfile, store: Store, *, load_prefect_secret: SecretLoader | None = None
 ) -> Leavers | None:
@@ -259,7 +312,8 @@ def transform(loaded: LoadedProfile, snapshot: SourceSnapshot, target: str) -> D
     desired = desired_state(
         snapshot, loaded.tables, target, groups_settings=loaded.profile.settings.groups
     )
-    return replace(desired, source_mark=snapshot.change_mark)
+    scoped_to = snapshot.scoped_to if isinstance(snapshot, ScopedSnapshot) else None
+    return replace(desired, source_mark=snapshot.change_mark, scoped_to=scoped_to)
 
 
 def unchanged_source(
@@ -508,7 +562,8 @@ def _as_target_stores(desired: DesiredState, target: Target) -> tuple[DesiredSta
                 if not pd.isna(r)
             ),
         )
-    kept = DesiredState(
+    kept = replace(
+        desired,
         users=users.loc[refused.isna()].reset_index(drop=True),
         groups=groups.loc[group_refusal.isna()].reset_index(drop=True),
         memberships=memberships.reset_index(drop=True),
@@ -567,7 +622,8 @@ def _without_refused(
         }
     )
     gone = set(users.loc[same, "source_id"])
-    return DesiredState(
+    return replace(
+        desired,
         users=users.loc[~same].reset_index(drop=True),
         groups=desired.groups,
         memberships=desired.memberships.loc[
@@ -639,7 +695,8 @@ def _without_lookalikes(
         }
     )
     memberships = desired.memberships
-    return DesiredState(
+    return replace(
+        desired,
         users=desired.users.loc[~bad].reset_index(drop=True),
         groups=desired.groups,
         memberships=memberships.loc[
@@ -681,6 +738,7 @@ def plan_target_sync(
         level = logging.INFO if version.supported else logging.WARNING
         log.log(level, "%s '%s': %s", target.product, target_name, version)
     profile = loaded.profile
+    scoped_to = desired.scoped_to  # made from a read of these identities alone (or None)
     # Only a plan from the whole source may vouch for the source's mark (not one scoped).
     mark = None
     if desired.source_mark is not None and only is None:
@@ -688,6 +746,8 @@ def plan_target_sync(
     desired, refused_groups = _as_target_stores(desired, target)
     desired = _without_refused(desired, store, profile.name, target_name)
     instance = instance_of(profile.targets[target_name].url)
+    if scoped_to is not None and (mode != DELTA or only is None):
+        raise WholeSourceNeeded("only a delta run scoped to identities plans from a scoped read")
     for group in store.recover_created_groups(profile.name, target_name, instance=instance):
         log.warning(
             "%s: group '%s' was created by a run that ended before recording it: "
@@ -707,6 +767,8 @@ def plan_target_sync(
         reason = reconcile_reason(
             record, basis, datetime.now(UTC), profile.settings.reconcile_interval_hours
         )
+    if scoped_to is not None:
+        _trust_scoped_read(scoped_to, _source_ids(only, desired, ledger), reason)
     if mode == DELTA and reason is None and record is not None:
         scope = scope_of(desired, *fingerprints, ledger, record, _source_ids(only, desired, ledger))
         if scope.empty:
@@ -738,6 +800,8 @@ def plan_target_sync(
                 allow_mass_changes,
             )
         reason = plan
+    if scoped_to is not None:
+        raise WholeSourceNeeded(f"the delta run cannot be trusted: {reason}")
     if reason is not None:
         log.warning("%s: a reconcile run instead of a delta run: %s", target_name, reason)
     plan = _plan_changes(
@@ -749,6 +813,19 @@ def plan_target_sync(
         loaded,
         allow_mass_changes,
     )
+
+
+def _trust_scoped_read(
+    read: frozenset[str], named: frozenset[str] | None, reason: str | None
+) -> None:
+    """Raise `WholeSourceNeeded` unless a plan from a read of the source ids `read` may stand:
+    the run would not reconcile, and every identity it is scoped to (`named`, resolved from
+    `only` by id or user name) was read by its id; one named by user name was not, and reads
+    as gone."""
+    if reason is not None:
+        raise WholeSourceNeeded(f"the delta run would reconcile: {reason}")
+    if named is None or not named <= read:
+        raise WholeSourceNeeded("an identity was named other than by its source id")
 
 
 def _source_ids(

@@ -79,6 +79,73 @@ def test_a_scoped_delta_run_plans_only_the_identities_it_is_for(world) -> None:
     assert account(world, "jira", "user02")["email"] == "moved-02@example.org"
 
 
+@pytest.fixture
+def whole_reads(monkeypatch) -> list[str]:
+    """Each time a run reads the whole inbox (the source's `extract`), its inbox's name."""
+    from usersync.sources.miniorange_push import MiniorangePushSource
+
+    calls: list[str] = []
+    whole = MiniorangePushSource.extract
+
+    def counted(self, attributes):
+        calls.append(self.config.inbox)
+        return whole(self, attributes)
+
+    monkeypatch.setattr(MiniorangePushSource, "extract", counted)
+    return calls
+
+
+def test_an_offboarding_run_reads_only_the_leaver_and_the_one_deleted(world, whole_reads) -> None:
+    sync(profile=PROFILE)  # a reconcile wrote everything
+    with ScimPusher(world["inbox"], world["token"]) as pusher:
+        pusher.set_active("user01", False)  # in engineering
+        pusher.push_user(SampleUser("user02", "Given2", "Family2", "moved-02@example.org"))
+        leaver = pusher.user_id("user01")
+        deleted = pusher.user_id("user06")
+        pusher.delete_user("user06")
+    whole_reads.clear()
+
+    scoped = {o["target"]: o for o in sync(profile=PROFILE, mode="delta", only=[leaver, deleted])}
+
+    assert whole_reads == [], "the scoped run read the whole inbox"
+    for product in PRODUCTS:
+        assert scoped[product]["status"] == "succeeded", scoped[product]
+        assert scoped[product]["mode"] == "delta", scoped[product]["mode_reason"]
+        assert account(world, product, "user01")["active"] is False
+        assert account(world, product, "user06")["active"] is False
+        assert account(world, product, "user03")["active"] is True
+    assert account(world, "jira", "user02")["email"] == "user02@example.org"  # waits
+    # What the scoped run recorded stands: the next delta run plans the rest alone.
+    again = {o["target"]: o for o in sync(profile=PROFILE, mode="delta")}
+    assert again["jira"]["planned"] == {"update_user": 1}
+    assert again["jira"]["mode"] == "delta", again["jira"]["mode_reason"]
+
+
+@pytest.mark.parametrize(
+    "named", ["user03", "USER03", "no-such-id", "by id"], ids=["name", "upper", "unknown", "id"]
+)
+def test_an_identity_named_otherwise_than_by_its_id_is_never_taken_as_gone(
+    world, whole_reads, named
+) -> None:
+    """`only` takes user names too, but the inbox is read by id: an active person named by
+    user name is not found by that read, and must not read as deleted (deactivated)."""
+    sync(profile=PROFILE)
+    with ScimPusher(world["inbox"], world["token"]) as pusher:
+        if named == "by id":
+            named = pusher.user_id("user03")
+    whole_reads.clear()
+
+    scoped = {o["target"]: o for o in sync(profile=PROFILE, mode="delta", only=[named])}
+
+    for product in PRODUCTS:
+        assert scoped[product]["status"] == "succeeded", scoped[product]
+        assert scoped[product]["planned"] == {}, scoped[product]
+        assert account(world, product, "user03")["active"] is True
+    # Named by user name, the identity is planned from the whole inbox (read once, not per
+    # product); an id, known or not, needs no more than the scoped read.
+    assert len(whole_reads) == (1 if named in ("user03", "USER03") else 0)
+
+
 def _deployment_runs(deployment_id) -> list:
     async def read():
         async with get_client() as client:

@@ -18,6 +18,7 @@ from scim2_server.service import ScimService
 from usersync_sandbox.server import serve
 
 from usersync.inbox import InboxApp, inbox_provider, issue_token, read_inbox
+from usersync.inbox.storage import read_inbox_users
 from usersync.store import Store
 from usersync.store.schema import inbox_members, inbox_resources, migrate, schema_version
 
@@ -318,3 +319,53 @@ def test_group_patches_end_as_scim2_server_alone_leaves_them(inbox, store: Store
     with serve(reference) as url:
         expected = _outcomes(f"{url}/v2", {})
     assert _outcomes(str(inbox.base_url), dict(inbox.headers)) == expected
+
+
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+
+
+def test_a_scoped_read_holds_the_named_users_and_their_groups_with_them_alone(
+    inbox, store: Store
+) -> None:
+    """What a run scoped to a few identities reads of the inbox (`read_inbox_users`): the
+    oracle is the whole inbox as `read_inbox` gives it, cut down to those users by hand."""
+    ids = {}
+    for name in ("ann", "bob", "cid", "dee", "eve"):
+        made = inbox.post("/Users", json={"schemas": [USER_SCHEMA], "userName": name})
+        assert made.status_code == 201, made.text
+        ids[name] = made.json()["id"]
+    for group, names in {"g1": ["ann", "bob", "cid"], "g2": ["bob", "dee"], "g3": ["eve"]}.items():
+        members = [{"value": ids[n], "type": "User"} for n in names]
+        made = inbox.post(
+            "/Groups", json={"schemas": [GROUP_SCHEMA], "displayName": group, "members": members}
+        )
+        assert made.status_code == 201, made.text
+    asked = {ids["bob"], ids["eve"], "no-such-id"}
+
+    scoped = read_inbox_users(store.engine, "acme", asked)
+    whole = read_inbox(store.engine, "acme", member_bodies=False)
+
+    assert sorted(u["userName"] for u in scoped.users) == ["bob", "eve"]
+    assert {u["id"]: u for u in scoped.users} == {
+        u["id"]: u for u in whole.users if u["id"] in asked
+    }
+    expected = {
+        g["displayName"]: sorted(m["value"] for m in g.get("members", []) if m["value"] in asked)
+        for g in whole.groups
+    }
+    assert {g["displayName"]: sorted(m["value"] for m in g["members"]) for g in scoped.groups} == {
+        name: members for name, members in expected.items() if members
+    }
+    assert read_inbox_users(store.engine, "other", asked).users == []
+    assert read_inbox_users(store.engine, "acme", []).users == []
+
+
+def test_an_old_store_gets_the_index_that_finds_a_users_groups(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/old.db")
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_inbox_members_member"))
+        conn.execute(schema_version.update().values(version=7))  # a store before the index
+    migrate(store.engine)
+    indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("inbox_members")}
+    assert "ix_inbox_members_member" in indexes
+    store.close()

@@ -143,6 +143,57 @@ def read_inbox(engine: sa.Engine, profile: str, *, member_bodies: bool = True) -
     return InboxContents(users, list(groups.values()))
 
 
+def read_inbox_users(engine: sa.Engine, profile: str, ids: Iterable[str]) -> InboxContents:
+    """The users of `profile` with these SCIM ids, and every group holding one of them with
+    those members only (`{"value": id}`): what a run scoped to these identities reads of the
+    inbox, in one statement. An id the inbox does not hold (a user deleted) is left out."""
+    wanted = sorted({str(i) for i in ids})
+    if not wanted:
+        return InboxContents([], [])
+    users = sa.select(
+        sa.literal(0).label("part"),
+        inbox_resources.c.resource_type.label("kind"),
+        inbox_resources.c.id.label("owner"),
+        sa.null().label("member"),
+        inbox_resources.c.body,
+    ).where(
+        inbox_resources.c.profile == profile,
+        inbox_resources.c.resource_type == USER,
+        inbox_resources.c.id.in_(wanted),
+    )
+    memberships = (
+        sa.select(inbox_members.c.group_id, inbox_members.c.member_id)
+        .where(inbox_members.c.profile == profile, inbox_members.c.member_id.in_(wanted))
+        .subquery()
+    )
+    groups = sa.select(
+        sa.literal(1).label("part"),
+        inbox_resources.c.resource_type.label("kind"),
+        inbox_resources.c.id.label("owner"),
+        memberships.c.member_id.label("member"),
+        inbox_resources.c.body,
+    ).join_from(
+        inbox_resources,
+        memberships,
+        sa.and_(
+            inbox_resources.c.profile == profile,
+            inbox_resources.c.resource_type == GROUP,
+            inbox_resources.c.id == memberships.c.group_id,
+        ),
+    )
+    query = sa.union_all(users, groups).order_by("part", "owner", "member")
+    found_users: list[dict[str, Any]] = []
+    found_groups: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for _, kind, owner, member, body in conn.execute(query):
+            if kind == USER:
+                found_users.append(body)
+            elif kind == GROUP:
+                group = found_groups.setdefault(owner, {**body, MEMBERS: []})
+                group[MEMBERS].append({"value": member})
+    return InboxContents(found_users, list(found_groups.values()))
+
+
 class InboxStorage(InMemoryStorage):
     """scim2-server's in-memory storage for one profile, persisted to the store.
 

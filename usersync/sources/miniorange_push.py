@@ -9,13 +9,13 @@ nothing was pushed into yet is an empty snapshot, which the sync's source guard 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import sqlalchemy as sa
 
 from usersync.config import MiniorangePushSourceConfig, SecretLoader
 from usersync.errors import SourceUnreachableError
-from usersync.inbox.storage import read_inbox
+from usersync.inbox.storage import read_inbox, read_inbox_users
 from usersync.inbox.tokens import profiles_with_tokens
 from usersync.model import SourceSnapshot
 from usersync.sources.base import Source, SourceCheck
@@ -95,6 +95,29 @@ class MiniorangePushSource(Source):
         # One read of the store: the counts arrive at once.
         self.report_progress("users", len(contents.users))
         self.report_progress("groups", len(contents.groups))
+        return snapshot_from_scim(
+            contents.users,
+            contents.groups,
+            attributes,
+            source_kind=self.kind,
+            where=f"inbox {self.config.inbox}",
+        )
+
+    def extract_only(self, attributes: Sequence[str], ids: Collection[str]) -> SourceSnapshot:
+        """The users with these SCIM ids, and their groups holding only them
+        (`capabilities.ScopedRead`): what a run scoped to them (an offboarding) needs, read
+        by key. An id the inbox no longer holds (a deleted user) is absent.
+
+        Raises:
+            SourceUnreachableError: the store cannot be read.
+            IncompleteSourceError: stored resources lack ids (a damaged store).
+        """
+        try:
+            contents = read_inbox_users(self._engine(), self.config.inbox, ids)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceUnreachableError(
+                f"inbox {self.config.inbox}: reading the store failed: {exc}"
+            ) from exc
         return snapshot_from_scim(
             contents.users,
             contents.groups,

@@ -134,6 +134,15 @@ def _source_marks(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE applied_states ADD COLUMN source_mark VARCHAR(200)"))
 
 
+def _inbox_members_by_member(conn: sa.Connection) -> None:
+    """Version 8: the inbox's members are found by member too (`ix_inbox_members_member`)."""
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes("inbox_members")}
+    if "ix_inbox_members_member" not in indexes:
+        conn.execute(
+            sa.text("CREATE INDEX ix_inbox_members_member ON inbox_members (profile, member_id)")
+        )
+
+
 #: Steps after the initial schema, in order; step i brings version i+1 to i+2.
 MIGRATIONS: list[Migration] = [
     _inbox_group_members_as_rows,
@@ -142,6 +151,7 @@ MIGRATIONS: list[Migration] = [
     _create_missing_tables,  # version 5: `refusals`
     _create_missing_tables,  # version 6: `applied_states`
     _source_marks,  # version 7: `inbox_generations`, `applied_states.source_mark`
+    _inbox_members_by_member,  # version 8: `ix_inbox_members_member`
 ]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
@@ -209,7 +219,8 @@ inbox_tokens = sa.Table(
 
 #: The members of the inbox's groups, one row per group and member (the group's row holds the
 #: rest of it): a PATCH that adds or removes one member writes one row, whatever the group's
-#: size. `seq` keeps the order members were added in.
+#: size. `seq` keeps the order members were added in. `ix_inbox_members_member` finds a
+#: user's groups (a run scoped to a few identities reads only theirs).
 inbox_members = sa.Table(
     "inbox_members",
     metadata,
@@ -218,6 +229,7 @@ inbox_members = sa.Table(
     sa.Column("member_id", sa.String(255), primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("body", sa.JSON, nullable=False),
+    sa.Index("ix_inbox_members_member", "profile", "member_id"),
 )
 
 #: Incremental extraction (Active Directory), per profile: the uSNChanged watermark of the last
