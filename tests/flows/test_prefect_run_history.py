@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from uuid import UUID
 
 import pytest
@@ -18,10 +19,9 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
-    LogFilter,
-    LogFilterFlowRunId,
 )
 from usersync_flows.sync import SyncFailed, sync
+from usersync_sandbox.faults import WRITE_METHODS
 from usersync_sandbox.serve import Sandbox
 
 from tests.flows.conftest import JIRA_PASSWORD
@@ -102,49 +102,67 @@ def test_a_partial_load_fails_its_load_task_while_the_other_target_completes(mak
 
 def test_targets_run_at_once_each_task_tagged_with_its_target_and_instance(make_profile):
     with Sandbox(["jira", "confluence"], admin_password=JIRA_PASSWORD) as sandbox:
-        make_profile(
+        folder = make_profile(
             sandbox.url("jira"),
             extra_targets=CONFLUENCE_TARGET.format(url=sandbox.url("confluence")),
         )
-        for emulator in sandbox.emulators.values():
-            emulator.app.faults.latency_seconds = 0.05
+        # The rendezvous below may hold a write for a while: no client gives up meanwhile.
+        profile = folder / "profile.yaml"
+        profile.write_text(
+            profile.read_text().replace("timeout_seconds: 5", "timeout_seconds: 120")
+        )
+        meeting = _Rendezvous(["jira", "confluence"])
+        for name, emulator in sandbox.emulators.items():
+            emulator.app.app = meeting.gate(name, emulator.app.app)
         state = sync(profile="testprof", return_state=True)
         jira_instance = sandbox.url("jira").split("/")[2]
 
     assert state.is_completed()
+    # Neither target waited for the other to finish: each product's first write was held
+    # until the other product had received its first write too. Run one after the other,
+    # the first target's write would have waited out the rendezvous alone. (Timestamps are
+    # not used: on a loaded machine one target's thread was seen to take its instance slot
+    # seconds after the other target had finished, though both ran at once.)
+    assert meeting.met == {"jira": True, "confluence": True}, meeting.met
     _, tasks = flow_run_and_tasks(state.state_details.flow_run_id)
     chains = {
         target: [t for name, t in tasks.items() if name.endswith(f"-{target}")]
         for target in ("jira", "confluence")
     }
     assert {t.name for t in chains["jira"]} >= {"transform-jira", "plan-jira", "load-jira"}
-    # Neither target waited for the other to finish: each took up its chain (its instance
-    # slot, logged just before its transform) before the other's load ended. (Task start
-    # times are not used: on a loaded machine Prefect was seen to start one thread's first
-    # task seconds late, after the other target had finished.)
-    started = _slot_taken_at(state.state_details.flow_run_id)
-    ended = {target: max(t.end_time for t in runs) for target, runs in chains.items()}
-    assert started["jira"] < ended["confluence"], (started, ended)
-    assert started["confluence"] < ended["jira"], (started, ended)
     for task in chains["jira"]:
         assert {"target:jira", f"instance:{jira_instance}"} <= set(task.tags), task.name
     assert "target:confluence" in tasks["load-confluence"].tags
 
 
-def _slot_taken_at(flow_run_id: UUID) -> dict:
-    """When each target of the run took its instance slot (its "holding" log line)."""
+class _Rendezvous:
+    """Holds the first write each product receives until every product has received one.
 
-    async def read():
-        async with get_client() as client:
-            return await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-            )
+    `met[name]` says whether that product's first write saw the others arrive within
+    `timeout` seconds (False: it waited alone, so the targets did not run at once).
+    """
 
-    return {
-        log.message.split(":", 1)[0]: log.timestamp
-        for log in asyncio.run(read())
-        if ": holding usersync-instance-" in log.message
-    }
+    def __init__(self, names: list[str], timeout: float = 90.0) -> None:
+        self.barrier = threading.Barrier(len(names))
+        self.timeout = timeout
+        self.met: dict[str, bool] = {}
+
+    def gate(self, name: str, app: Callable) -> Callable:
+        async def gated(scope: dict, receive: Callable, send: Callable) -> None:
+            if (
+                scope["type"] == "http"
+                and scope["method"] in WRITE_METHODS
+                and name not in self.met
+            ):
+                self.met[name] = False  # set before any await: only the first write waits
+                try:
+                    await asyncio.to_thread(self.barrier.wait, self.timeout)
+                    self.met[name] = True
+                except threading.BrokenBarrierError:
+                    pass
+            await app(scope, receive, send)
+
+        return gated
 
 
 def test_a_load_publishes_its_progress_while_it_runs(make_profile, jira):
