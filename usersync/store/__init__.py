@@ -360,10 +360,11 @@ class Store:
             ledger.c.kind, ledger.c.source_id, ledger.c.target_key, ledger.c.name, ledger.c.origin
         ).where(ledger.c.profile == profile, ledger.c.target == target)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            result = conn.execute(query)
+            names, rows = list(result.keys()), result.all()
         if not rows:
             return empty_frame(LEDGER_COLUMNS)
-        return conform(_columns(rows, list(LEDGER_COLUMNS)), LEDGER_COLUMNS, what="ledger")
+        return conform(_columns(rows, names), LEDGER_COLUMNS, what="ledger")
 
     def recover_created_groups(
         self, profile: str, target: str, *, instance: str | None = None
@@ -508,8 +509,9 @@ class Store:
             ledger.c.instance == instance, ledger.c.kind == "user", ledger.c.profile != besides
         )
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return _columns(rows, ["profile", "target_key", "name"]).astype("string")
+            result = conn.execute(query)
+            names, rows = list(result.keys()), result.all()
+        return _columns(rows, names).astype("string")
 
     def claimed_twice(self, instance: str) -> pd.DataFrame:
         """Accounts on this instance that more than one profile's ledger links: target_key,
@@ -986,7 +988,7 @@ _CODE_WIDTHS = (("<i1", 127), ("<i2", 32_767), ("<i4", 2**31 - 1))
 
 
 def _columns(rows: Sequence[Any], names: list[str]) -> pd.DataFrame:
-    """A query's rows (tuples, in `names` order) as a frame built a column at a time: from
+    """A query's rows (tuples of the columns `names`) as a frame built a column at a time: from
     100k row mappings pandas takes twice as long, and a delta run reads the ledger twice
     per target."""
     values = list(zip(*rows, strict=True)) if rows else [() for _ in names]
